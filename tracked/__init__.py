@@ -1,0 +1,68 @@
+"""tracked: long-running code reports how far it has got; anyone else can ask.
+
+``@tracked`` and ``tracked.start()`` keep a live handle whose snapshots go to a
+store (a directory of JSON files by default, or Redis) that other requests,
+processes and machines read.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+from ._api import current, is_running, load, start
+from ._decorator import tracked
+from ._filestore import FileStore
+from ._memorystore import MemoryStore
+from ._progress import Progress
+from ._scope import configure, default_store
+from ._state import State
+from ._store import Store, open_store
+from .errors import (
+    AlreadyRunning,
+    InvalidName,
+    InvalidValue,
+    NoActiveProgress,
+    StoreError,
+    TrackedError,
+)
+
+if TYPE_CHECKING:
+    from .redis import RedisStore
+
+try:
+    __version__ = version("tracked")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = [
+    "AlreadyRunning",
+    "FileStore",
+    "InvalidName",
+    "InvalidValue",
+    "MemoryStore",
+    "NoActiveProgress",
+    "Progress",
+    "RedisStore",
+    "State",
+    "Store",
+    "StoreError",
+    "TrackedError",
+    "configure",
+    "current",
+    "default_store",
+    "is_running",
+    "load",
+    "open_store",
+    "start",
+    "tracked",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # RedisStore needs redis-py, an optional extra: import it only when asked for.
+    if name == "RedisStore":
+        from .redis import RedisStore
+
+        return RedisStore
+    raise AttributeError(f"module 'tracked' has no attribute {name!r}")

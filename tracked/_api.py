@@ -1,0 +1,72 @@
+"""The functions of the public API that are not the decorator: start, current, load."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ._progress import Progress, current_progress
+from ._scope import StoreSpec, request_scope, resolve_store
+from ._state import State, make_key
+from .errors import NoActiveProgress
+
+__all__ = ["current", "is_running", "load", "start"]
+
+
+def start(
+    name: str | None,
+    total: int | None = 100,
+    *,
+    count: int = 0,
+    messages: Iterable[str] = (),
+    status: str | None = None,
+    progress_id: str | None = None,
+    store: StoreSpec | None = None,
+    min_interval: float = 0.1,
+    max_messages: int = 1000,
+) -> Progress:
+    """Claim ``name`` and return its live handle; use it as a context manager.
+
+    Leaving the ``with`` block finishes it; an exception marks it failed. Raises
+    ``AlreadyRunning`` if a live owner holds the name (the record is left as it
+    was), ``InvalidName`` or ``InvalidValue`` for bad arguments, and
+    ``StoreError`` when the store cannot be used. Inside a web request the
+    client's ``progress_id`` is combined with ``name`` unless one is given.
+    """
+    if progress_id is None:
+        scope = request_scope.get()
+        progress_id = scope.progress_id if scope is not None else None
+    progress = Progress(
+        name,
+        store=resolve_store(store),
+        progress_id=progress_id,
+        total=total,
+        count=count,
+        messages=messages,
+        status=status,
+        min_interval=min_interval,
+        max_messages=max_messages,
+    )
+    return progress.claim()
+
+
+def current() -> Progress:
+    """The innermost live progress of this context; ``NoActiveProgress`` if none."""
+    progress = current_progress.get()
+    if progress is None or not progress.in_progress:
+        raise NoActiveProgress("no progress is live here: use @tracked or tracked.start()")
+    return progress
+
+
+def load(
+    name: str | None, *, progress_id: str | None = None, store: StoreSpec | None = None
+) -> State | None:
+    """The stored state of a progress (liveness applied), or None if there is none."""
+    return resolve_store(store).load(make_key(name, progress_id))
+
+
+def is_running(
+    name: str | None, *, progress_id: str | None = None, store: StoreSpec | None = None
+) -> bool:
+    """True only while a live owner holds the progress."""
+    state = load(name, progress_id=progress_id, store=store)
+    return state is not None and state.in_progress

@@ -1,0 +1,263 @@
+"""``@tracked``: wrap a function or generator function so each call is a progress.
+
+What kind of callable it wraps is decided once, at decoration. Name and total
+are resolved at each call from its arguments. Generator functions are driven
+step by step so every yield counts; that loop is the library's hot path.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import string
+from collections.abc import Callable, Generator, Mapping
+from typing import Any, TypeVar
+
+import wrapt
+
+from ._api import start
+from ._progress import Progress, _check_interval, _check_max_messages, current_progress
+from ._scope import StoreSpec, request_scope
+from ._state import check_total, validate_name
+from ._store import open_store
+from .errors import InvalidName, InvalidValue
+
+__all__ = ["tracked"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+NameSpec = str | Callable[..., str] | None
+TotalSpec = int | Callable[..., int | None] | None
+
+
+def tracked(
+    name: NameSpec = None,
+    total: TotalSpec = 100,
+    *,
+    store: StoreSpec | None = None,
+    min_interval: float = 0.1,
+    max_messages: int = 1000,
+) -> Callable[[F], F]:
+    """Make every call of the decorated function or generator function a progress.
+
+    ``name`` is a text, a format template filled from the call's arguments
+    (``"import-{user_id}"``), or a callable taking the call's arguments; None
+    means the client's progress_id in a web request, else the function's
+    qualified name. ``total`` is an int, None (unknown), or a callable taking
+    the call's arguments. A generator's every yield adds one; yielded strings
+    are also messages. The progress is claimed at the call, so a conflict
+    raises ``AlreadyRunning`` there.
+    """
+    spec = _Spec(name, total, store, min_interval, max_messages)
+
+    def decorate(func: F) -> F:
+        target = inspect.unwrap(getattr(func, "__func__", func))
+        if not callable(target):
+            raise TypeError(f"@tracked(...) decorates a function, not {func!r}")
+        if inspect.iscoroutinefunction(target) or inspect.isasyncgenfunction(target):
+            raise TypeError(f"@tracked does not support async functions yet: {func!r}")
+        spec.check_template(target)
+        wrapper = spec.call_generator if inspect.isgeneratorfunction(target) else spec.call
+        return wrapt.decorator(wrapper)(func)  # type: ignore[return-value]
+
+    return decorate
+
+
+class _Spec:
+    """The decorator's arguments, checked once, and the two call paths."""
+
+    def __init__(
+        self,
+        name: NameSpec,
+        total: TotalSpec,
+        store: StoreSpec | None,
+        min_interval: float,
+        max_messages: int,
+    ) -> None:
+        if not (name is None or isinstance(name, str) or callable(name)):
+            raise InvalidName(f"name must be a str, a callable or None, not {type(name).__name__}")
+        if not callable(total):
+            check_total(total)
+        self.name = name
+        self.total = total
+        self.fields = _template_fields(name) if isinstance(name, str) else ()
+        if isinstance(name, str) and not self.fields:
+            validate_name(name)
+        self.store = None if store is None else open_store(store)
+        self.min_interval = _check_interval(min_interval)
+        self.max_messages = _check_max_messages(max_messages)
+
+    def check_template(self, target: Callable[..., Any]) -> None:
+        """Refuse, at decoration, a template naming an argument the function lacks."""
+        try:
+            parameters = inspect.signature(target).parameters
+        except (TypeError, ValueError):
+            return
+        if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+            return
+        known = set(parameters) | {"self", "cls"}
+        unknown = [field for field in self.fields if field not in known]
+        if unknown:
+            raise InvalidName(
+                f"name template {self.name!r} uses {', '.join(unknown)}, "
+                f"which {getattr(target, '__qualname__', target)!r} does not take"
+            )
+
+    def start(
+        self,
+        wrapped: Callable[..., Any],
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Progress:
+        total = self.total
+        if callable(total):
+            total = _check_total_result(total(*args, **kwargs))
+        return start(
+            self.resolve_name(wrapped, instance, args, kwargs),
+            total,
+            store=self.store,
+            min_interval=self.min_interval,
+            max_messages=self.max_messages,
+        )
+
+    def resolve_name(
+        self,
+        wrapped: Callable[..., Any],
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> str | None:
+        name = self.name
+        if name is None:
+            scope = request_scope.get()
+            if scope is not None and scope.progress_id is not None:
+                return None
+            return f"{wrapped.__module__}.{wrapped.__qualname__}"
+        if callable(name):
+            return validate_name(name(*args, **kwargs))
+        if not self.fields:
+            return name
+        return validate_name(_fill(name, _arguments(wrapped, instance, args, kwargs)))
+
+    def call(
+        self,
+        wrapped: Callable[..., Any],
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        with self.start(wrapped, instance, args, kwargs):
+            return wrapped(*args, **kwargs)
+
+    def call_generator(
+        self,
+        wrapped: Callable[..., Any],
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Generator[Any, Any, Any]:
+        generator = wrapped(*args, **kwargs)  # runs none of its body yet
+        try:
+            progress = self.start(wrapped, instance, args, kwargs)
+        except BaseException:
+            generator.close()
+            raise
+        progress._end_on_collect = "cancelled"
+        return _drive(generator, progress)
+
+
+def _drive(generator: Generator[Any, Any, Any], progress: Progress) -> Generator[Any, Any, Any]:
+    """Yield what ``generator`` yields, counting each item; forward send, throw and close.
+
+    The inner generator runs in a context of its own where ``tracked.current()``
+    is ``progress``, whoever iterates it.
+    """
+    context = contextvars.copy_context()
+    context.run(current_progress.set, progress)
+    run = context.run
+    send, throw = generator.send, generator.throw
+    add_message = progress._add_yielded_message
+    flush_each = progress.min_interval == 0
+    step: Callable[[Any], Any] = send
+    argument: Any = None
+    count = 0
+    while True:
+        try:
+            item = run(step, argument)
+        except StopIteration as stop:
+            progress.finish()
+            return stop.value
+        except BaseException as exc:
+            progress.end_by(exc)
+            raise
+        count += 1
+        progress._yields = count
+        if isinstance(item, str):
+            add_message(item)
+        if flush_each:
+            progress.flush()
+        try:
+            argument = yield item
+            step = send
+        except GeneratorExit:
+            _close(run, generator, progress)
+            raise
+        except BaseException as exc:  # noqa: BLE001 - thrown in by the consumer: pass it on
+            step, argument = throw, exc
+
+
+def _close(
+    run: Callable[..., Any], generator: Generator[Any, Any, Any], progress: Progress
+) -> None:
+    try:
+        run(generator.close)
+    except BaseException as exc:
+        progress.end_by(exc)
+        raise
+    progress.cancel()
+
+
+def _template_fields(template: str) -> tuple[str, ...]:
+    """The argument names a name template refers to (``"a-{user.id}"`` -> ``("user",)``)."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise InvalidName(f"bad name template {template!r}: {exc}") from None
+    fields = []
+    for _text, field, _spec, _conversion in parsed:
+        if field is None:
+            continue
+        root = field.split(".", 1)[0].split("[", 1)[0]
+        if not root or root.isdigit():
+            raise InvalidName(f"name template {template!r} must name arguments: {{{field}}}")
+        fields.append(root)
+    return tuple(fields)
+
+
+def _arguments(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """The call's arguments by parameter name, defaults applied; ``self``/``cls`` too."""
+    bound = inspect.signature(wrapped).bind(*args, **kwargs)
+    bound.apply_defaults()
+    arguments = dict(bound.arguments)
+    for parameter in inspect.signature(wrapped).parameters.values():
+        if parameter.kind is parameter.VAR_KEYWORD:
+            arguments.update(arguments.pop(parameter.name, {}))
+    if instance is not None:
+        arguments.setdefault("cls" if isinstance(instance, type) else "self", instance)
+    return arguments
+
+
+def _fill(template: str, arguments: Mapping[str, Any]) -> str:
+    try:
+        return template.format_map(arguments)
+    except (KeyError, AttributeError, IndexError, ValueError, TypeError) as exc:
+        raise InvalidName(f"cannot fill name template {template!r}: {exc!r}") from None
+
+
+def _check_total_result(total: object) -> int | None:
+    try:
+        return check_total(total)
+    except InvalidValue as exc:
+        raise InvalidValue(f"the total callable returned a bad total: {exc}") from None

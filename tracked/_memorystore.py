@@ -1,0 +1,53 @@
+"""``MemoryStore``: records in a dict, for one process (tests, embedding)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+from ._state import State
+from ._store import Owner, Record, Store, claim_or_raise
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore(Store):
+    """Keeps records in this process's memory; nothing is shared with other processes."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, Record] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"MemoryStore(<{len(self._records)} records>)"
+
+    def claim(self, state: State, owner: Owner) -> None:
+        key = state.key
+        with self._lock:
+            claim_or_raise(self._records.get(key), key)
+            self._records[key] = Record(state, owner)
+
+    def save(self, state: State, owner: Owner) -> None:
+        with self._lock:
+            self._records[state.key] = Record(state, owner)
+
+    def read(self, key: str) -> Record | None:
+        return self._records.get(key)
+
+    def records(self) -> Iterator[Record]:
+        with self._lock:
+            snapshot = list(self._records.values())
+        return iter(snapshot)
+
+    def delete(self, key: str) -> bool:
+        with self._lock:
+            return self._records.pop(key, None) is not None
+
+    def prune(self, older_than: float) -> int:
+        cutoff = time.time() - older_than
+        with self._lock:
+            doomed = [k for k, r in self._records.items() if self._prunable(r, cutoff)]
+            for key in doomed:
+                del self._records[key]
+        return len(doomed)

@@ -1,0 +1,255 @@
+"""``State``: one frozen snapshot of a progress, and the wire schema it maps to.
+
+Everything that leaves a process (the file store's records, Redis values, the
+status route's JSON, ``tracked.load()``) is a ``State``. The naming rules live
+here too, because a name and a progress_id together decide the storage key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import InvalidName, InvalidValue
+
+__all__ = [
+    "DEFAULT_STATUS",
+    "ENDED_STATES",
+    "STATES",
+    "State",
+    "make_key",
+    "split_key",
+    "validate_name",
+    "validate_progress_id",
+]
+
+MAX_NAME_LENGTH = 512
+MAX_PROGRESS_ID_LENGTH = 128
+DEFAULT_STATUS = "in progress"
+STATES = ("running", "finished", "failed", "cancelled", "abandoned")
+ENDED_STATES = frozenset(STATES[1:])
+# A NUL can never be part of a name or a progress_id, so it joins them without ambiguity.
+KEY_SEPARATOR = "\0"
+_PROGRESS_ID = re.compile(rf"[A-Za-z0-9._~-]{{1,{MAX_PROGRESS_ID_LENGTH}}}")
+
+
+def validate_name(name: object) -> str:
+    """Return ``name`` if it is a usable progress name, else raise ``InvalidName``."""
+    if not isinstance(name, str):
+        raise InvalidName(f"a progress name must be a str, not {type(name).__name__}")
+    if not name:
+        raise InvalidName("a progress name must not be empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidName(
+            f"a progress name is at most {MAX_NAME_LENGTH} characters, got {len(name)}"
+        )
+    if "\0" in name:
+        raise InvalidName(f"a progress name must not contain NUL: {name!r}")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidName(f"a progress name must be valid unicode text: {name!r}") from None
+    return name
+
+
+def validate_progress_id(progress_id: object) -> str:
+    """Return ``progress_id`` if it is 1-128 characters of ``[A-Za-z0-9._~-]``."""
+    if not isinstance(progress_id, str) or not _PROGRESS_ID.fullmatch(progress_id):
+        raise InvalidName(
+            f"a progress_id is 1 to {MAX_PROGRESS_ID_LENGTH} characters of "
+            f"[A-Za-z0-9._~-], got {progress_id!r}"
+        )
+    return progress_id
+
+
+def make_key(name: str | None, progress_id: str | None = None) -> str:
+    """Combine a server-given name and a client-given progress_id into one storage key.
+
+    Either may be missing but not both; a progress_id alone is the whole key, as
+    in the Perl original, so ``/_progress_status/<progress_id>`` finds it.
+    """
+    if progress_id is not None:
+        validate_progress_id(progress_id)
+        if name is None:
+            return progress_id
+        return validate_name(name) + KEY_SEPARATOR + progress_id
+    if name is None:
+        raise InvalidName("a progress needs a name, a progress_id, or both")
+    return validate_name(name)
+
+
+def split_key(key: str) -> tuple[str | None, str | None]:
+    """Inverse of ``make_key`` for keys that carry a separator; a bare key is a name."""
+    name, sep, progress_id = key.partition(KEY_SEPARATOR)
+    return (name, progress_id) if sep else (key, None)
+
+
+def check_total(total: object) -> int | None:
+    if total is None:
+        return None
+    if isinstance(total, bool) or not isinstance(total, int):
+        raise InvalidValue(f"total must be an int or None, not {type(total).__name__}")
+    if total < 0:
+        raise InvalidValue(f"total must not be negative, got {total}")
+    return total
+
+
+def check_count(count: object) -> int:
+    """Return ``count`` if it is an int (not a bool), else raise ``InvalidValue``."""
+    if isinstance(count, bool) or not isinstance(count, int):
+        raise InvalidValue(f"count must be an int, not {type(count).__name__}")
+    return count
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class State:
+    """A snapshot of one progress, as every store and reader sees it.
+
+    Attributes are the wire keys of ``docs/wire-format.md``; ``percent``,
+    ``elapsed`` and ``eta`` are derived, so they can never disagree with the rest.
+    """
+
+    name: str | None
+    progress_id: str | None = None
+    total: int | None = 100
+    count: int = 0
+    messages: tuple[str, ...] = ()
+    message_count: int = 0
+    in_progress: bool = True
+    state: str = "running"
+    status: str = DEFAULT_STATUS
+    error: str | None = None
+    start_time: float = 0.0
+    current_time: float = 0.0
+    finished_time: float | None = None
+    rate: float | None = None
+
+    @property
+    def key(self) -> str:
+        """The storage key: name and progress_id combined (see ``make_key``)."""
+        return make_key(self.name, self.progress_id)
+
+    @property
+    def percent(self) -> float | None:
+        """``count`` as a percentage of ``total``; None when total is unknown or zero."""
+        if not self.total:
+            return None
+        return round(100.0 * self.count / self.total, 2)
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds from the start to the end, or to the last write while running."""
+        end = self.finished_time if self.finished_time is not None else self.current_time
+        return round(max(0.0, end - self.start_time), 3)
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left at the current rate; None when total or rate is unknown."""
+        if self.total is None:
+            return None
+        remaining = max(0, self.total - self.count)
+        if not self.in_progress or remaining == 0:
+            return 0.0
+        if not self.rate:
+            return None
+        return round(remaining / self.rate, 3)
+
+    @property
+    def first_message_index(self) -> int:
+        """Index (over all messages ever added) of ``messages[0]``."""
+        return self.message_count - len(self.messages)
+
+    def messages_since(self, index: int) -> State:
+        """This state with only the messages whose index is at least ``index``."""
+        skip = max(0, index - self.first_message_index)
+        if skip == 0:
+            return self
+        return dataclasses.replace(self, messages=self.messages[skip:])
+
+    def abandoned(self) -> State:
+        """This state as readers see it once its owner is known to be gone."""
+        return self.ended("abandoned", self.current_time)
+
+    def ended(self, state: str, when: float, error: str | None = None) -> State:
+        """This state ended as ``state`` at ``when``; a default status becomes ``state``."""
+        status = state if self.status == DEFAULT_STATUS else self.status
+        return dataclasses.replace(
+            self,
+            in_progress=False,
+            state=state,
+            status=status,
+            error=error if error is not None else self.error,
+            finished_time=when,
+            current_time=when,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire JSON object, in the documented key order."""
+        return {
+            "name": self.name,
+            "progress_id": self.progress_id,
+            "total": self.total,
+            "count": self.count,
+            "percent": self.percent,
+            "messages": list(self.messages),
+            "message_count": self.message_count,
+            "in_progress": self.in_progress,
+            "state": self.state,
+            "status": self.status,
+            "error": self.error,
+            "start_time": self.start_time,
+            "current_time": self.current_time,
+            "finished_time": self.finished_time,
+            "elapsed": self.elapsed,
+            "rate": self.rate,
+            "eta": self.eta,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> State:
+        """Rebuild a state from its wire JSON; raise ``ValueError`` naming what is wrong."""
+        try:
+            return _parse_state(cls, data)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a progress record: {exc!r}") from exc
+
+
+def _parse_state(cls: type[State], data: Mapping[str, Any]) -> State:
+    if not isinstance(data, Mapping):
+        raise TypeError(f"expected an object, got {type(data).__name__}")
+    messages = data["messages"]
+    if not isinstance(messages, list) or not all(isinstance(m, str) for m in messages):
+        raise TypeError("messages must be a list of strings")
+    state = data["state"]
+    if state not in STATES:
+        raise TypeError(f"unknown state {state!r}")
+    finished_time = data["finished_time"]
+    rate = data["rate"]
+    return cls(
+        name=_optional(data["name"], str, "name"),
+        progress_id=_optional(data.get("progress_id"), str, "progress_id"),
+        total=check_total(data["total"]),
+        count=check_count(data["count"]),
+        messages=tuple(messages),
+        message_count=check_count(data["message_count"]),
+        in_progress=_required(data["in_progress"], bool, "in_progress"),
+        state=state,
+        status=_required(data["status"], str, "status"),
+        error=_optional(data["error"], str, "error"),
+        start_time=float(_required(data["start_time"], (int, float), "start_time")),
+        current_time=float(_required(data["current_time"], (int, float), "current_time")),
+        finished_time=None if finished_time is None else float(finished_time),
+        rate=None if rate is None else float(rate),
+    )
+
+
+def _required(value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    if not isinstance(value, kind):
+        raise TypeError(f"{what} has the wrong type: {value!r}")
+    return value
+
+
+def _optional(value: Any, kind: type, what: str) -> Any:
+    return None if value is None else _required(value, kind, what)

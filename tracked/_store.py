@@ -1,0 +1,303 @@
+"""The ``Store`` contract, the owner record, and the one liveness rule.
+
+A backend only moves records in and out. Whether a running record's owner is
+still alive is decided here, when loading, so the status route, the CLI and
+``tracked.load()`` all agree on what reads as ``abandoned``.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from ._state import State
+from .errors import AlreadyRunning, StoreError
+
+__all__ = ["Owner", "Record", "Store", "decode_record", "encode_record", "open_store"]
+
+RECORD_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Owner:
+    """Who holds a running progress: never part of the wire JSON.
+
+    On one host, ``pid`` plus ``token`` (boot id and process start time) tell a
+    live owner from a dead one, even after the pid is reused. Stores shared
+    across hosts set ``lease_expires`` instead, which the owner keeps renewing.
+    """
+
+    host: str
+    pid: int
+    token: str
+    run: str
+    lease_expires: float | None = None
+
+    @classmethod
+    def for_this_process(cls) -> Owner:
+        """A new owner record for a claim made by this process."""
+        identity = _identity()
+        return cls(host=identity.host, pid=identity.pid, token=identity.token, run=uuid.uuid4().hex)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The owner as a JSON object."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Owner:
+        """Rebuild an owner record; raise ``ValueError`` if it is malformed."""
+        try:
+            lease = data.get("lease_expires")
+            return cls(
+                host=str(data["host"]),
+                pid=int(data["pid"]),
+                token=str(data["token"]),
+                run=str(data["run"]),
+                lease_expires=None if lease is None else float(lease),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"malformed owner record: {exc!r}") from exc
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Record:
+    """What a backend stores for one key: the snapshot and who wrote it."""
+
+    state: State
+    owner: Owner | None
+
+
+def encode_record(state: State, owner: Owner | None) -> bytes:
+    """Serialise a record as the UTF-8 JSON that the file store keeps on disk."""
+    document = {
+        "version": RECORD_VERSION,
+        "state": state.to_dict(),
+        "owner": None if owner is None else owner.to_dict(),
+    }
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def decode_record(raw: bytes | str) -> Record:
+    """Parse what ``encode_record`` wrote; raise ``ValueError`` for anything else."""
+    try:
+        document = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not JSON: {exc}") from exc
+    if not isinstance(document, dict) or document.get("version") != RECORD_VERSION:
+        raise ValueError("not a tracked record (no matching 'version')")
+    owner = document.get("owner")
+    return Record(
+        state=State.from_dict(document.get("state")),  # type: ignore[arg-type]
+        owner=None if owner is None else Owner.from_dict(owner),
+    )
+
+
+# ----------------------------------------------------------------------------- liveness
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Identity:
+    host: str
+    pid: int
+    token: str
+
+
+_identity_cache: list[_Identity] = []
+_live_runs: set[str] = set()
+
+
+def _identity() -> _Identity:
+    """This process's host id, pid and start token; recomputed after a fork."""
+    pid = os.getpid()
+    if _identity_cache and _identity_cache[0].pid == pid:
+        return _identity_cache[0]
+    host = os.environ.get("TRACKED_HOST_ID") or socket.gethostname()
+    token = _process_token(pid) or uuid.uuid4().hex
+    identity = _Identity(host=host, pid=pid, token=token)
+    _identity_cache[:] = [identity]
+    return identity
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as file:
+            return file.read().strip()
+    except OSError:
+        return ""
+
+
+def _process_token(pid: int) -> str | None:
+    """Boot id plus the process's start time from /proc; None where /proc is missing or
+    the process is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            stat = file.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    if not fields or fields[0] in (b"Z", b"X"):
+        return None
+    return f"{_boot_id()}:{fields[19].decode()}"
+
+
+def register_live_run(run: str) -> None:
+    """Mark a claim made by this process as held (see ``owner_alive``)."""
+    _live_runs.add(run)
+
+
+def unregister_live_run(run: str) -> None:
+    """Mark a claim made by this process as released."""
+    _live_runs.discard(run)
+
+
+def owner_alive(owner: Owner, now: float | None = None) -> bool:
+    """The liveness rule every reader applies to a running record.
+
+    A lease, when present, decides alone. Otherwise, on this host, the pid must
+    run with the same start token; in this very process, the run must still be
+    held. An owner on another host without a lease cannot be checked, so it is
+    taken as alive.
+    """
+    if owner.lease_expires is not None:
+        return (time.time() if now is None else now) < owner.lease_expires
+    identity = _identity()
+    if owner.host != identity.host:
+        return True
+    if owner.pid == identity.pid and owner.token == identity.token:
+        return owner.run in _live_runs
+    if _HAS_PROC:
+        return _process_token(owner.pid) == owner.token
+    return _pid_exists(owner.pid)
+
+
+_HAS_PROC = os.path.isdir("/proc/self")
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def judge(record: Record) -> State:
+    """The state readers should see: a running record with a dead owner is abandoned."""
+    state = record.state
+    if state.in_progress and record.owner is not None and not owner_alive(record.owner):
+        return state.abandoned()
+    return state
+
+
+def blocks_claim(record: Record | None) -> bool:
+    """Whether an existing record stops a new claim of its key."""
+    return record is not None and judge(record).in_progress
+
+
+# ----------------------------------------------------------------------------- the contract
+
+
+class Store(abc.ABC):
+    """Where snapshots live. Subclasses implement the storage mechanics only.
+
+    ``claim`` must be atomic across every process that shares the store: of
+    several racing claims of one key, exactly one succeeds.
+    """
+
+    #: Seconds an owner's claim stays valid without a write; None: no lease. The
+    #: background flusher rewrites a running record every ``lease / 3`` seconds.
+    lease: float | None = None
+
+    @abc.abstractmethod
+    def claim(self, state: State, owner: Owner) -> None:
+        """Write the first snapshot of a run, unless a live owner holds the key.
+
+        Raises ``AlreadyRunning`` (leaving the existing record untouched) or
+        ``StoreError``. A corrupt, ended or abandoned record is replaced.
+        """
+
+    @abc.abstractmethod
+    def save(self, state: State, owner: Owner) -> None:
+        """Write a later snapshot of a run this owner claimed."""
+
+    @abc.abstractmethod
+    def read(self, key: str) -> Record | None:
+        """The raw record for ``key``, or None; ``StoreError`` if it is unreadable."""
+
+    @abc.abstractmethod
+    def records(self) -> Iterator[Record]:
+        """Every readable record; unreadable ones are skipped."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> bool:
+        """Remove the record for ``key`` whatever its state; True if one was there."""
+
+    @abc.abstractmethod
+    def prune(self, older_than: float) -> int:
+        """Delete ended and abandoned records that ended more than ``older_than``
+        seconds ago; never a running one. Returns how many were deleted."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections or handles the store holds."""
+
+    def load(self, key: str) -> State | None:
+        """The state readers see for ``key`` (liveness applied), or None."""
+        record = self.read(key)
+        return None if record is None else judge(record)
+
+    def list(self) -> list[State]:
+        """Every progress in the store, running ones first, newest first within each."""
+        states = [judge(record) for record in self.records()]
+        states.sort(key=lambda s: (not s.in_progress, -s.start_time))
+        return states
+
+    def _prunable(self, record: Record, cutoff: float) -> bool:
+        state = judge(record)
+        ended_at = state.finished_time if state.finished_time is not None else state.current_time
+        return not state.in_progress and ended_at < cutoff
+
+
+def claim_or_raise(existing: Record | None, key: str) -> None:
+    """Raise ``AlreadyRunning`` if ``existing`` blocks a claim of ``key``."""
+    if blocks_claim(existing):
+        raise AlreadyRunning(key)
+
+
+def open_store(spec: Store | str | os.PathLike[str]) -> Store:
+    """A store from a ``Store``, a directory path, or a ``file://``, ``memory://``,
+    ``redis://``, ``rediss://`` or ``unix://`` URL."""
+    if isinstance(spec, Store):
+        return spec
+    if not isinstance(spec, (str, os.PathLike)):
+        raise StoreError(f"a store is a Store, a path or a URL, not {type(spec).__name__}")
+    text = os.fspath(spec)
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        from ._filestore import FileStore
+
+        return FileStore(text)
+    scheme = scheme.lower()
+    if scheme == "file":
+        from ._filestore import FileStore
+
+        return FileStore(rest)
+    if scheme == "memory":
+        from ._memorystore import MemoryStore
+
+        return MemoryStore()
+    if scheme in ("redis", "rediss", "unix"):
+        from .redis import RedisStore
+
+        return RedisStore(text)
+    raise StoreError(
+        f"unknown store {text!r}: use a directory, file://, memory://, redis://, rediss:// or unix://"
+    )
