@@ -1,0 +1,188 @@
+"""Shared fixtures: stores of every kind, a real redis-server, free ports.
+
+In CI (``$CI`` set) a missing redis-server or chromium is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import tracked
+
+IN_CI = bool(os.environ.get("CI"))
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def require_binary(name: str) -> str:
+    """The path of ``name``; outside CI a missing binary skips the test, in CI it fails."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (apt-get install -y {name})"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 15.0) -> None:
+    """Block until something accepts connections on 127.0.0.1:port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+class RedisServer:
+    """A real redis-server on a free port, without persistence; stop/start for fault tests."""
+
+    def __init__(self, binary: str, directory: Path) -> None:
+        self.binary = binary
+        self.directory = directory
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def flush(self) -> None:
+        import redis
+
+        client = redis.Redis.from_url(self.url)
+        client.flushall()
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(require_binary("redis-server"), tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The URL of an emptied database on the session's redis-server."""
+    if redis_server.process is None:
+        redis_server.start()
+    redis_server.flush()
+    return redis_server.url
+
+
+STORE_KINDS = ["memory", "file", "redis"]
+SHARED_STORE_KINDS = ["file", "redis"]  # those other processes can see
+
+
+@pytest.fixture
+def make_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], str]:
+    """Build the URL (or path) of an empty store of a kind; other processes can open it."""
+
+    def make(kind: str) -> str:
+        if kind == "file":
+            return str(tmp_path / "store")
+        if kind == "redis":
+            return str(request.getfixturevalue("redis_url"))
+        if kind == "memory":
+            return "memory://"
+        raise ValueError(kind)
+
+    return make
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store(
+    request: pytest.FixtureRequest, make_store_url: Callable[[str], str]
+) -> Iterator[tracked.Store]:
+    """An empty store of each kind, also made the process default for the test."""
+    opened = tracked.open_store(make_store_url(request.param))
+    tracked.configure(store=opened)
+    yield opened
+    tracked.configure(store=None)
+    opened.close()
+
+
+@pytest.fixture(params=SHARED_STORE_KINDS)
+def shared_store_url(
+    request: pytest.FixtureRequest, make_store_url: Callable[[str], str]
+) -> Iterator[str]:
+    """The URL of an empty store that several processes share, of each shared kind."""
+    url = make_store_url(request.param)
+    tracked.configure(store=url)
+    yield url
+    tracked.configure(store=None)
+
+
+@pytest.fixture
+def file_store(tmp_path: Path) -> Iterator[tracked.FileStore]:
+    """An empty file store, made the process default for the test."""
+    opened = tracked.FileStore(tmp_path / "store")
+    tracked.configure(store=opened)
+    yield opened
+    tracked.configure(store=None)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_default_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No test writes to the user's real default store."""
+    monkeypatch.setenv("TRACKED_STORE", str(tmp_path / "default-store"))
+    tracked.configure(store=None)
+    yield
+    tracked.configure(store=None)
+
+
+def python_process(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start ``tests/workers.py`` with ``args`` in a new Python process."""
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "workers.py"), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
