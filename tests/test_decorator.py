@@ -1,0 +1,322 @@
+"""``@tracked`` on functions, generator functions and methods."""
+
+from __future__ import annotations
+
+import gc
+import inspect
+from collections.abc import Iterator
+
+import pytest
+
+import tracked
+from tracked import AlreadyRunning, FileStore, InvalidName, InvalidValue
+from tracked._scope import RequestScope, request_scope
+
+
+def load(name: str) -> tracked.State:
+    state = tracked.load(name)
+    assert state is not None, f"no record for {name!r}"
+    return state
+
+
+# ------------------------------------------------------------------ generators
+
+
+def test_a_generator_yields_exactly_what_the_original_yields(file_store: FileStore) -> None:
+    @tracked.tracked(name="gen")
+    def numbers() -> Iterator[object]:
+        yield 1
+        yield None
+        yield "text"
+        yield [1, 2]
+
+    assert list(numbers()) == [1, None, "text", [1, 2]]
+
+
+def test_each_yield_adds_one_and_strings_become_messages(file_store: FileStore) -> None:
+    @tracked.tracked(name="count", total=4)
+    def job() -> Iterator[object]:
+        yield "first"
+        yield 2
+        yield "third"
+        yield None
+
+    for _ in job():
+        pass
+    state = load("count")
+    assert (state.count, state.messages, state.state, state.in_progress) == (
+        4,
+        ("first", "third"),
+        "finished",
+        False,
+    )
+    assert state.percent == 100.0
+
+
+def test_the_generator_is_running_while_iterated_and_current_reaches_it(
+    file_store: FileStore,
+) -> None:
+    seen = []
+
+    @tracked.tracked(name="live")
+    def job() -> Iterator[int]:
+        progress = tracked.current()
+        progress.status = "working"
+        seen.append(tracked.is_running("live"))
+        yield 1
+        progress.increment(10)
+        yield 2
+
+    assert list(job()) == [1, 2]
+    assert seen == [True]
+    assert load("live").count == 12
+
+
+def test_calling_the_generator_function_claims_so_a_conflict_raises_at_the_call(
+    file_store: FileStore,
+) -> None:
+    @tracked.tracked(name="claim-at-call")
+    def job() -> Iterator[int]:
+        yield 1
+
+    first = job()
+    assert tracked.is_running("claim-at-call")
+    with pytest.raises(AlreadyRunning):
+        job()
+    assert list(first) == [1]
+
+
+def test_send_throw_and_the_return_value_pass_through(file_store: FileStore) -> None:
+    @tracked.tracked(name="protocol")
+    def echo() -> Iterator[object]:
+        received = yield "ready"
+        try:
+            yield f"got {received}"
+        except KeyError:
+            yield "caught"
+        return "returned"
+
+    gen = echo()
+    assert next(gen) == "ready"
+    assert gen.send(7) == "got 7"
+    assert gen.throw(KeyError("k")) == "caught"
+    with pytest.raises(StopIteration) as stop:
+        next(gen)
+    assert stop.value.value == "returned"
+    assert load("protocol").state == "finished"
+
+
+def test_an_exception_in_the_generator_marks_it_failed(file_store: FileStore) -> None:
+    @tracked.tracked(name="gen-fails")
+    def job() -> Iterator[int]:
+        yield 1
+        raise ValueError("bad row")
+
+    with pytest.raises(ValueError):
+        list(job())
+    state = load("gen-fails")
+    assert (state.state, state.error, state.count) == ("failed", "ValueError: bad row", 1)
+
+
+def test_closing_a_generator_early_marks_it_cancelled(file_store: FileStore) -> None:
+    cleaned = []
+
+    @tracked.tracked(name="gen-closed")
+    def job() -> Iterator[int]:
+        try:
+            yield 1
+            yield 2
+        finally:
+            cleaned.append(True)
+
+    gen = job()
+    next(gen)
+    gen.close()
+    assert cleaned == [True]
+    state = load("gen-closed")
+    assert (state.state, state.in_progress, state.count) == ("cancelled", False, 1)
+
+
+def test_a_generator_never_iterated_ends_when_dropped(file_store: FileStore) -> None:
+    @tracked.tracked(name="never")
+    def job() -> Iterator[int]:
+        yield 1
+
+    gen = job()
+    assert tracked.is_running("never")
+    del gen
+    gc.collect()
+    assert load("never").state == "cancelled"
+
+
+def test_yielding_with_min_interval_zero_writes_every_step(file_store: FileStore) -> None:
+    counts = []
+
+    @tracked.tracked(name="eager-gen", min_interval=0)
+    def job() -> Iterator[int]:
+        for i in range(5):
+            yield i
+            counts.append(file_store.load("eager-gen").count)  # type: ignore[union-attr]
+
+    list(job())
+    assert counts == [1, 2, 3, 4, 5]
+
+
+# ------------------------------------------------------------------ plain functions
+
+
+def test_a_function_is_running_during_the_call_and_finished_after(file_store: FileStore) -> None:
+    @tracked.tracked(name="plain", total=3)
+    def work(x: int) -> int:
+        assert tracked.is_running("plain")
+        tracked.current().increment(3, "done")
+        return x * 2
+
+    assert work(21) == 42
+    state = load("plain")
+    assert (state.count, state.messages, state.state) == (3, ("done",), "finished")
+
+
+def test_an_exception_in_a_function_marks_it_failed_and_propagates(file_store: FileStore) -> None:
+    @tracked.tracked(name="plain-fails")
+    def work() -> None:
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        work()
+    assert load("plain-fails").error == "RuntimeError: disk on fire"
+
+
+# ------------------------------------------------------------------ names and totals
+
+
+def test_a_name_template_is_filled_from_the_bound_arguments(file_store: FileStore) -> None:
+    @tracked.tracked(name="import-{user_id}-{kind}")
+    def do_import(user_id: int, kind: str = "csv") -> None:
+        pass
+
+    do_import(7)
+    do_import(user_id=8, kind="xml")
+    assert load("import-7-csv").state == "finished"
+    assert load("import-8-xml").state == "finished"
+
+
+def test_name_and_total_may_be_callables_of_the_arguments(file_store: FileStore) -> None:
+    @tracked.tracked(name=lambda rows: f"rows-{len(rows)}", total=lambda rows: len(rows))
+    def handle(rows: list[int]) -> Iterator[int]:
+        yield from rows
+
+    list(handle([1, 2, 3]))
+    state = load("rows-3")
+    assert (state.total, state.count) == (3, 3)
+
+
+def test_without_a_name_the_qualified_function_name_is_used(file_store: FileStore) -> None:
+    @tracked.tracked()
+    def nameless() -> None:
+        pass
+
+    nameless()
+    qualname = f"{__name__}.{nameless.__qualname__}"
+    assert load(qualname).state == "finished"
+
+
+def test_a_request_progress_id_is_combined_with_the_name(file_store: FileStore) -> None:
+    @tracked.tracked(name="upload")
+    def upload() -> None:
+        pass
+
+    @tracked.tracked()
+    def anonymous() -> None:
+        pass
+
+    token = request_scope.set(RequestScope(progress_id="abc123"))
+    try:
+        upload()
+        anonymous()
+    finally:
+        request_scope.reset(token)
+    state = tracked.load("upload", progress_id="abc123")
+    assert state is not None and (state.name, state.progress_id) == ("upload", "abc123")
+    nameless = tracked.load(None, progress_id="abc123")
+    assert nameless is not None and (nameless.name, nameless.progress_id) == (None, "abc123")
+
+
+def test_a_template_naming_an_unknown_argument_fails_at_decoration() -> None:
+    with pytest.raises(InvalidName, match="user_id"):
+
+        @tracked.tracked(name="import-{user_id}")
+        def do_import(account: int) -> None:
+            pass
+
+
+@pytest.mark.parametrize("name", ["", "x" * 600, "a\0b", "{0}", "{", 5])
+def test_bad_names_fail_at_decoration(name: object) -> None:
+    with pytest.raises(InvalidName):
+        tracked.tracked(name=name)  # type: ignore[arg-type]
+
+
+def test_a_bad_total_fails_at_decoration() -> None:
+    with pytest.raises(InvalidValue):
+        tracked.tracked(name="x", total=-5)
+
+
+def test_a_callable_returning_a_bad_name_fails_at_the_call(file_store: FileStore) -> None:
+    @tracked.tracked(name=lambda: "")
+    def work() -> None:
+        raise AssertionError("must not run")
+
+    with pytest.raises(InvalidName):
+        work()
+
+
+def test_async_functions_are_refused_clearly() -> None:
+    with pytest.raises(TypeError, match="async"):
+
+        @tracked.tracked(name="a")
+        async def work() -> None:
+            pass
+
+
+# ------------------------------------------------------------------ introspection and methods
+
+
+def test_the_decorated_function_keeps_its_identity() -> None:
+    @tracked.tracked(name="intro")
+    def documented(a: int, b: str = "x") -> Iterator[int]:
+        """Docs."""
+        yield a
+
+    assert documented.__name__ == "documented"
+    assert documented.__doc__ == "Docs."
+    assert str(inspect.signature(documented)) == "(a: 'int', b: 'str' = 'x') -> 'Iterator[int]'"
+    assert inspect.isgeneratorfunction(documented)
+
+
+class Importer:
+    def __init__(self, ident: int) -> None:
+        self.ident = ident
+
+    @tracked.tracked(name="method-{self.ident}-{n}", total=lambda n: n)
+    def run(self, n: int) -> Iterator[int]:
+        yield from range(n)
+
+    @classmethod
+    @tracked.tracked(name="classmethod-{cls.__name__}")
+    def run_class(cls) -> str:
+        return cls.__name__
+
+    @staticmethod
+    @tracked.tracked(name="static-{x}")
+    def run_static(x: int) -> int:
+        return x + 1
+
+
+def test_instance_class_and_static_methods_are_tracked(file_store: FileStore) -> None:
+    assert list(Importer(5).run(3)) == [0, 1, 2]
+    assert Importer.run_class() == "Importer"
+    assert Importer.run_static(1) == 2
+    assert Importer(6).run_static(2) == 3
+    assert load("method-5-3").count == 3
+    assert load("classmethod-Importer").state == "finished"
+    assert load("static-1").state == "finished" and load("static-2").state == "finished"
