@@ -24,6 +24,13 @@ def wait_for(path: Path, timeout: float = 60.0) -> None:
         time.sleep(0.0005)
 
 
+def publish(path: Path, text: str) -> None:
+    """Write a file atomically, so the parent never reads it half written."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    temporary.replace(path)
+
+
 def race(store: str, name: str, rounds: str, sync_dir: str, me: str) -> None:
     """Each round: wait for the go file, try to start ``name``, report, hold until the
     end file, end the progress if it won, then report that it is done."""
@@ -35,11 +42,11 @@ def race(store: str, name: str, rounds: str, sync_dir: str, me: str) -> None:
             progress = tracked.start(name, store=opened)
         except tracked.AlreadyRunning:
             progress = None
-        (directory / f"result-{r}-{me}").write_text("win" if progress else "lose")
+        publish(directory / f"result-{r}-{me}", "win" if progress else "lose")
         wait_for(directory / f"end-{r}")
         if progress is not None:
             progress.finish()
-        (directory / f"done-{r}-{me}").write_text("")
+        publish(directory / f"done-{r}-{me}", "")
 
 
 def writer(store: str, name: str, updates: str) -> None:
@@ -77,9 +84,10 @@ def reader(store: str, name: str) -> None:
 
 def hold(store: str, name: str) -> None:
     """Start ``name``, report, and hold it until killed."""
-    tracked.start(name, total=10, store=store)
+    progress = tracked.start(name, total=10, store=store)
     say("started")
     time.sleep(3600)
+    progress.finish()
 
 
 def message_then_sleep(store: str, name: str, min_interval: str) -> None:
