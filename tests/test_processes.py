@@ -50,7 +50,7 @@ def test_readers_never_see_a_torn_or_invalid_record(tmp_path: Path) -> None:
     assert writer.stdout is not None
     assert writer.stdout.readline().strip() == "started"
     readers = [python_process("reader", store, "torn") for _ in range(2)]
-    writer_out, writer_err = writer.communicate(timeout=120)
+    _, writer_err = writer.communicate(timeout=120)
     assert writer.returncode == 0, writer_err
     for reader in readers:
         out, err = reader.communicate(timeout=60)
