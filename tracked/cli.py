@@ -1,0 +1,547 @@
+"""The ``tracked`` command: list, show, watch, prune and serve the progresses of a store.
+
+Every command reads through the public API only, so it agrees with the status
+route on what is running and what is ``abandoned``. Bad input is one line on
+stderr and exit status 2; ``rich`` (the ``tracked[cli]`` extra) is imported
+only to draw ``watch``'s live bar on a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from socketserver import ThreadingMixIn
+from typing import Any, NoReturn, TextIO
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from . import State, Store, TrackedError, default_store, open_store
+from ._state import make_key
+
+__all__ = ["main", "parse_duration"]
+
+#: Without ``--all``, ``list`` shows running progresses and those ended this recently.
+RECENT = 24 * 3600.0
+#: How many of the last messages ``show`` prints.
+SHOW_MESSAGES = 10
+EXIT_OK, EXIT_ENDED_BADLY, EXIT_USAGE = 0, 1, 2
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+class UsageError(Exception):
+    """Bad input on the command line: reported as one line and exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line, not the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        _fail(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``tracked`` command with ``argv`` (default ``sys.argv[1:]``); return its status."""
+    args = _build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except BrokenPipeError:
+        # The reader went away (``tracked list | head``): stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ENDED_BADLY
+    except (UsageError, TrackedError, OSError) as exc:
+        _fail(f"tracked {args.command}: {exc}")
+    except ModuleNotFoundError as exc:
+        _fail(f"tracked {args.command}: {exc.name} is not installed ({_extra_for(exc.name)})")
+    except KeyboardInterrupt:
+        return 130
+
+
+def _fail(line: str) -> NoReturn:
+    print(printable(line), file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
+
+
+def _extra_for(module: str | None) -> str:
+    extra = {"redis": "redis", "rich": "cli"}.get((module or "").split(".")[0])
+    return f"pip install 'tracked[{extra}]'" if extra else "see the installation docs"
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    store_help = (
+        "a directory, file://, redis://, rediss:// or unix:// URL "
+        "(default: $TRACKED_STORE, else the per-user temporary directory)"
+    )
+    common = _Parser(add_help=False)
+    common.add_argument("--store", default=argparse.SUPPRESS, help=store_help)
+    parser = _Parser(prog="tracked", description="Look at the progresses in a tracked store.")
+    parser.add_argument("--store", default=None, help=store_help)
+    parser.add_argument("--version", action="version", version=_version())
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, run: Callable[[argparse.Namespace], int], text: str) -> Any:
+        sub = commands.add_parser(name, parents=[common], help=text, description=text)
+        sub.set_defaults(run=run)
+        return sub
+
+    listing = command("list", _cmd_list, "List progresses, running ones first.")
+    listing.add_argument("--all", action="store_true", help="also those ended over 24h ago")
+    listing.add_argument("--json", action="store_true", help="one wire JSON object per line")
+
+    show = command("show", _cmd_show, "Show one progress and its last messages.")
+    _add_name(show)
+    show.add_argument("--json", action="store_true", help="print the wire JSON")
+
+    watch = command("watch", _cmd_watch, "Follow one progress until it ends.")
+    _add_name(watch)
+    watch.add_argument("--wait", default="0", metavar="SECONDS", help="wait this long for it")
+    watch.add_argument("--interval", default="0.5", metavar="SECONDS", help="poll interval")
+
+    prune = command("prune", _cmd_prune, "Delete ended progresses older than a duration.")
+    prune.add_argument("--older-than", required=True, metavar="DURATION", help="30s, 2h, 7d...")
+
+    serve = command("serve", _cmd_serve, "Serve the status route and a live page over HTTP.")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", default=8080, type=int, help="port (default 8080)")
+    return parser
+
+
+def _add_name(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="NAME", help="the progress name (or a bare progress_id)")
+    parser.add_argument("--progress-id", default=None, metavar="ID", help="the client's id")
+
+
+def _version() -> str:
+    from . import __version__
+
+    return f"tracked {__version__}"
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as ``30s``, ``15m``, ``2h``, ``7d`` or ``1w``."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise UsageError(f"bad duration {text!r}: use a number and a unit, as in 30s, 2h or 7d")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _seconds(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise UsageError(f"{what} must be a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def _store(args: argparse.Namespace) -> Store:
+    """The store named by ``--store``; an explicit directory must already exist."""
+    spec = args.store
+    if spec is None:
+        return default_store()
+    scheme, sep, rest = spec.partition("://")
+    if not sep or scheme.lower() == "file":
+        path = Path(rest if sep else spec).expanduser()
+        if not path.is_dir():
+            problem = "is not a directory" if path.exists() else "does not exist"
+            raise UsageError(f"store directory {str(path)!r} {problem}")
+    return open_store(spec)
+
+
+def _key(args: argparse.Namespace) -> str:
+    return make_key(args.name, args.progress_id)
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped, so no stored text can drive the terminal."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def label(state: State) -> str:
+    """How a progress is named on the command line: ``name``, ``name?progress_id=ID`` or ``ID``."""
+    if state.name is None:
+        return printable(state.progress_id or "")
+    if state.progress_id is None:
+        return printable(state.name)
+    return printable(f"{state.name}?progress_id={state.progress_id}")
+
+
+def span(seconds: float | None) -> str:
+    """A compact duration: ``4.2s``, ``45s``, ``12m``, ``3h``, ``2d``; ``-`` when unknown."""
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, seconds)
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def fraction(state: State) -> str:
+    """``count/total`` and the percentage, as ``20/100 (20.0%)``; ``?`` for an unknown total."""
+    total = "?" if state.total is None else str(state.total)
+    percent = "" if state.percent is None else f" ({state.percent:.1f}%)"
+    return f"{state.count}/{total}{percent}"
+
+
+def rate(state: State) -> str:
+    return "-" if state.rate is None else f"{state.rate:.3g}/s"
+
+
+def _ended_at(state: State) -> float:
+    return state.finished_time if state.finished_time is not None else state.current_time
+
+
+def _json_line(state: State) -> str:
+    return json.dumps(state.to_dict(), ensure_ascii=False)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    states = _store(args).list()
+    if not args.all:
+        cutoff = time.time() - RECENT
+        states = [s for s in states if s.in_progress or _ended_at(s) >= cutoff]
+    if args.json:
+        for state in states:
+            print(_json_line(state))
+        return EXIT_OK
+    rows = [("NAME", "STATE", "PROGRESS", "RATE", "STARTED", "STATUS")]
+    now = time.time()
+    for s in states:
+        started = span(now - s.start_time) + " ago"
+        rows.append((label(s), s.state, fraction(s), rate(s), started, printable(s.status)))
+    _print_table(rows, sys.stdout)
+    return EXIT_OK
+
+
+def _print_table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
+        print("  ".join(cells).rstrip(), file=out)
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    key = _key(args)
+    state = _store(args).load(key)
+    if state is None:
+        raise UsageError(f"no progress {_shown(key)} in the store")
+    if args.json:
+        print(_json_line(state))
+        return EXIT_OK
+    for field, value in _details(state):
+        print(f"{field + ':':<13} {value}")
+    messages = state.messages[-SHOW_MESSAGES:]
+    print(f"messages:     {len(messages)} shown of {state.message_count}")
+    for message in messages:
+        print(f"  {printable(message)}")
+    return EXIT_OK
+
+
+def _details(state: State) -> list[tuple[str, str]]:
+    return [
+        ("name", printable(state.name) if state.name is not None else "-"),
+        ("progress_id", state.progress_id or "-"),
+        ("state", state.state),
+        ("status", printable(state.status)),
+        ("progress", fraction(state)),
+        ("rate", rate(state)),
+        ("eta", span(state.eta)),
+        ("elapsed", span(state.elapsed)),
+        ("started", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.start_time))),
+        ("error", printable(state.error) if state.error else "-"),
+    ]
+
+
+def _display(key: str) -> str:
+    return printable(key.replace("\0", "?progress_id="))
+
+
+def _shown(key: str) -> str:
+    return repr(_display(key))
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    older_than = parse_duration(args.older_than)
+    deleted = _store(args).prune(older_than)
+    noun = "progress" if deleted == 1 else "progresses"
+    print(f"deleted {deleted} ended {noun} older than {args.older_than}")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- watch
+
+
+def exit_status(state: State) -> int:
+    """``watch``'s exit status for an ended progress: 0 finished, 1 any other end."""
+    return EXIT_OK if state.state == "finished" else EXIT_ENDED_BADLY
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    key = _key(args)
+    wait = _seconds(args.wait, "--wait")
+    interval = max(0.05, _seconds(args.interval, "--interval"))
+    store = _store(args)
+    state = _wait_for(store, key, wait, interval)
+    view = _make_view(sys.stdout)
+    try:
+        while True:
+            view.update(state)
+            if not state.in_progress:
+                break
+            time.sleep(interval)
+            latest = store.load(key)
+            if latest is None:
+                raise UsageError(f"progress {_shown(key)} was deleted while watched")
+            state = latest
+    finally:
+        view.close()
+    return exit_status(state)
+
+
+def _wait_for(store: Store, key: str, wait: float, interval: float) -> State:
+    deadline = time.monotonic() + wait
+    while True:
+        state = store.load(key)
+        if state is not None:
+            return state
+        if time.monotonic() >= deadline:
+            waited = f" after waiting {wait:g}s" if wait else ""
+            raise UsageError(f"no progress {_shown(key)} in the store{waited}")
+        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+
+class _PlainView:
+    """``watch`` without a terminal: a line per change, and each new message once."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.seen_messages: int | None = None
+        self.last_line = ""
+
+    def update(self, state: State) -> None:
+        self._messages(state)
+        line = self._line(state)
+        if line != self.last_line:
+            print(line, file=self.out, flush=True)
+            self.last_line = line
+
+    def _messages(self, state: State) -> None:
+        start = state.first_message_index if self.seen_messages is None else self.seen_messages
+        skipped = state.first_message_index - start
+        if skipped > 0:
+            print(f"{label(state)}: ({skipped} messages not seen)", file=self.out)
+        for message in state.messages_since(start).messages:
+            print(f"{label(state)}: message: {printable(message)}", file=self.out)
+        self.seen_messages = state.message_count
+
+    @staticmethod
+    def _line(state: State) -> str:
+        if state.in_progress:
+            details = f"rate {rate(state)} eta {span(state.eta)} elapsed {span(state.elapsed)}"
+            return f"{label(state)}: {state.state} {fraction(state)} {details}"
+        error = f" error: {printable(state.error)}" if state.error else ""
+        return f"{label(state)}: {state.state} {fraction(state)} in {span(state.elapsed)}{error}"
+
+    def close(self) -> None:
+        self.out.flush()
+
+
+class _RichView:
+    """``watch`` on a terminal: a live bar drawn with rich."""
+
+    def __init__(self, out: TextIO) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self.console = Console(file=out)
+        self.live = Live(console=self.console, refresh_per_second=8, transient=False)
+        self.live.start()
+
+    def update(self, state: State) -> None:
+        self.live.update(self._render(state), refresh=True)
+
+    def _render(self, state: State) -> Any:
+        from rich.console import Group
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+        from rich.text import Text
+
+        bar = ProgressBar(
+            total=float(state.total) if state.total else None,
+            completed=float(state.count),
+            pulse=state.total is None and state.in_progress,
+            width=40,
+        )
+        row = Table.grid(padding=(0, 1))
+        row.add_row(Text(label(state), style="bold"), bar, Text(fraction(state)))
+        details = (
+            f"{state.state}  rate {rate(state)}  eta {span(state.eta)}  "
+            f"elapsed {span(state.elapsed)}  {printable(state.status)}"
+        )
+        lines: list[Any] = [row, Text(details, style=_STYLES.get(state.state, ""))]
+        if state.error:
+            lines.append(Text(f"error: {printable(state.error)}", style="red"))
+        if state.messages:
+            lines.append(Text(printable(state.messages[-1]), style="dim"))
+        return Group(*lines)
+
+    def close(self) -> None:
+        self.live.stop()
+
+
+_STYLES = {"finished": "green", "failed": "red", "abandoned": "red", "cancelled": "yellow"}
+
+
+def _make_view(out: TextIO) -> _PlainView | _RichView:
+    """The rich view on a terminal when rich is installed, else plain lines."""
+    if out.isatty() and os.environ.get("TERM") != "dumb":
+        try:
+            return _RichView(out)
+        except ImportError:
+            pass
+    return _PlainView(out)
+
+
+# ----------------------------------------------------------------------------- serve
+
+#: Where ``serve`` mounts the plugin's status route, as the Bottle plugin does by default.
+STATUS_PREFIX = "/_progress_status"
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+def client_script() -> Path:
+    """The JavaScript client shipped in the package (``tracked/static/tracked.js``)."""
+    return STATIC / "tracked.js"
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    store = _store(args)
+    app = build_app(store)
+    try:
+        server: WSGIServer = make_server(
+            args.host, args.port, app, server_class=_ThreadingServer, handler_class=_QuietHandler
+        )
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from exc
+    host, port = str(server.server_address[0]), int(server.server_address[1])
+    print(f"tracked: serving http://{host}:{port}/ (store: {store!r}); Ctrl-C stops", flush=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()
+    return EXIT_OK
+
+
+def build_app(store: Store) -> Any:
+    """The Bottle app of ``tracked serve``: the plugin's status route, the client script,
+    a page listing the progresses and a page following one of them live."""
+    import bottle
+
+    from .bottle import TrackedPlugin
+
+    app = bottle.Bottle()
+    app.install(TrackedPlugin(store=store, prefix=STATUS_PREFIX))
+
+    def index() -> Any:
+        return _static_file("serve-index.html")
+
+    def asset(filename: str) -> Any:
+        return _static_file(filename)
+
+    def progresses() -> Any:
+        everything = bottle.request.query.get("all") == "1"
+        bottle.response.set_header("Cache-Control", "no-store")
+        return {"progresses": [_summary(s) for s in _listed(store, everything)]}
+
+    def progress_page() -> Any:
+        query = bottle.request.query
+        try:
+            key = make_key(query.getunicode("name"), query.getunicode("progress_id"))
+        except TrackedError as exc:
+            bottle.response.status = 400
+            return {"error": str(exc), "status": "error"}
+        return _progress_page(key)
+
+    app.route("/", "GET", index, skip=True)
+    app.route("/<filename:re:tracked\\.js|serve\\.css>", "GET", asset, skip=True)
+    app.route("/progresses.json", "GET", progresses, skip=True)
+    app.route("/progress", "GET", progress_page, skip=True)
+    return app
+
+
+def _listed(store: Store, everything: bool) -> list[State]:
+    states = store.list()
+    if everything:
+        return states
+    cutoff = time.time() - RECENT
+    return [s for s in states if s.in_progress or _ended_at(s) >= cutoff]
+
+
+def _summary(state: State) -> dict[str, Any]:
+    from urllib.parse import quote, urlencode
+
+    wire = state.to_dict()
+    wire["messages"] = wire["messages"][-1:]
+    path = quote(state.name if state.name is not None else state.progress_id or "", safe="/")
+    query = {"progress_id": state.progress_id} if state.name and state.progress_id else {}
+    wire["status_url"] = f"{STATUS_PREFIX}/{path}" + (f"?{urlencode(query)}" if query else "")
+    page = {k: v for k, v in (("name", state.name), ("progress_id", state.progress_id)) if v}
+    wire["page_url"] = "/progress?" + urlencode(page)
+    return wire
+
+
+def _progress_page(key: str) -> str:
+    """The live page for ``key``; its name and status URL are HTML-escaped attributes."""
+    import html
+    from urllib.parse import quote, urlencode
+
+    from ._state import split_key
+
+    name, progress_id = split_key(key)
+    status_url = f"{STATUS_PREFIX}/{quote(name or '', safe='/')}"
+    if progress_id is not None:
+        status_url += "?" + urlencode({"progress_id": progress_id})
+    template = (STATIC / "serve-progress.html").read_text(encoding="utf-8")
+    return template.replace("{{status_url}}", html.escape(status_url, quote=True)).replace(
+        "{{label}}", html.escape(_display(key), quote=True)
+    )
+
+
+def _static_file(name: str) -> Any:
+    import bottle
+
+    response = bottle.static_file(name, root=str(STATIC))
+    response.set_header("Cache-Control", "no-cache")
+    return response
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    """wsgiref's server, one thread per request, so many pages can poll at once."""
+
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log on stderr: the terminal stays for the startup line and errors."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
