@@ -1,0 +1,137 @@
+/* The demo page: start a job with a fresh progress_id, then watch it with tracked.js.
+ * Everything that comes from the server is written with textContent, never as HTML. */
+(function () {
+  'use strict';
+
+  const JOBS = {
+    main: {url: 'jobs/main', method: 'POST', status: '_progress_status/demo-job'},
+    stream: {url: 'jobs/stream', method: 'GET', status: '_progress_status/demo-stream'},
+  };
+  const el = function (id) {
+    return document.getElementById(id);
+  };
+  let watcher = null;
+
+  function setText(id, text) {
+    el(id).textContent = text;
+  }
+
+  function setBusy(busy) {
+    el('start').disabled = busy;
+    el('start-stream').disabled = busy;
+    el('stop').disabled = !busy;
+  }
+
+  function reset(progressId) {
+    el('messages').textContent = '';
+    el('stream-output').textContent = '';
+    el('bar').className = 'bar';
+    showPercent(0);
+    setText('eta', '–');
+    setText('status', 'starting');
+    setText('state', 'waiting');
+    setText('progress-id', progressId);
+  }
+
+  function showPercent(percent) {
+    const value = Math.max(0, Math.min(100, percent));
+    el('bar-fill').style.width = value + '%';
+    el('bar').setAttribute('aria-valuenow', String(Math.round(value)));
+    setText('percent', Math.round(value) + '%');
+  }
+
+  function showState(state) {
+    if (typeof state.percent === 'number') {
+      showPercent(state.percent);
+    } else {
+      setText('percent', state.count + ' done (total unknown)');
+    }
+    setText('eta', formatEta(state));
+    setText('status', String(state.status));
+    setText('state', String(state.state));
+  }
+
+  function formatEta(state) {
+    if (!state.in_progress) return 'done in ' + Number(state.elapsed).toFixed(1) + ' s';
+    if (typeof state.eta !== 'number') return 'estimating…';
+    return state.eta.toFixed(1) + ' s';
+  }
+
+  function addMessage(text, index) {
+    const item = document.createElement('li');
+    item.textContent = text;
+    if (index === null) item.className = 'gap';
+    el('messages').appendChild(item);
+    item.scrollIntoView({block: 'nearest'});
+  }
+
+  function finished(state) {
+    watcher = null;
+    setBusy(false);
+    el('bar').className = 'bar ended-' + String(state.state);
+    if (state.error) setText('status', state.status + ': ' + state.error);
+  }
+
+  function failed(message) {
+    if (watcher) watcher.stop();
+    watcher = null;
+    setBusy(false);
+    setText('state', 'error');
+    setText('status', message);
+  }
+
+  /** The long request: fired and not awaited for the progress; a refusal is shown. */
+  async function runJob(job, progressId) {
+    const response = await fetch(job.url + '?progress_id=' + encodeURIComponent(progressId), {
+      method: job.method,
+    });
+    if (!response.ok) {
+      const body = await response.json().catch(function () { return null; });
+      failed('the job was refused: HTTP ' + response.status + (body && body.error ? ': ' + body.error : ''));
+      return;
+    }
+    if (job === JOBS.stream && response.body) {
+      await readStream(response.body);
+    }
+  }
+
+  async function readStream(body) {
+    const reader = body.getReader();
+    const decoder = new TextDecoder();
+    const output = el('stream-output');
+    for (;;) {
+      const chunk = await reader.read();
+      if (chunk.done) break;
+      output.appendChild(document.createTextNode(decoder.decode(chunk.value, {stream: true})));
+      output.scrollTop = output.scrollHeight;
+    }
+  }
+
+  function start(kind) {
+    const job = JOBS[kind];
+    const progressId = tracked.newProgressId();
+    if (watcher) watcher.stop();
+    reset(progressId);
+    setBusy(true);
+    runJob(job, progressId).catch(function (err) {
+      failed('the job request failed: ' + err.message);
+    });
+    watcher = tracked.trackProgress(job.status, {
+      progressId: progressId,
+      onProgress: showState,
+      onMessage: addMessage,
+      onWaiting: function () { setText('status', 'waiting for the job to start'); },
+      onDone: finished,
+      onError: function (err) { failed(err.message); },
+    });
+  }
+
+  el('start').addEventListener('click', function () { start('main'); });
+  el('start-stream').addEventListener('click', function () { start('stream'); });
+  el('stop').addEventListener('click', function () {
+    if (watcher) watcher.stop();
+    watcher = null;
+    setBusy(false);
+    setText('status', 'stopped watching (the job goes on)');
+  });
+})();
