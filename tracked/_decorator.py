@@ -176,7 +176,7 @@ def _drive(generator: Generator[Any, Any, Any], progress: Progress) -> Generator
     context.run(current_progress.set, progress)
     run = context.run
     send, throw = generator.send, generator.throw
-    add_message = progress._add_yielded_message
+    append, next_index = progress._messages.append, progress._next_index
     flush_each = progress.min_interval == 0
     step: Callable[[Any], Any] = send
     argument: Any = None
@@ -193,7 +193,7 @@ def _drive(generator: Generator[Any, Any, Any], progress: Progress) -> Generator
         count += 1
         progress._yields = count
         if isinstance(item, str):
-            add_message(item)
+            append((next_index(), item))
         if flush_each:
             progress.flush()
         try:

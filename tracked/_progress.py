@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextvars
+import itertools
 import logging
 import threading
 import time
@@ -57,8 +58,8 @@ class Progress:
         "_flushed_mark",
         "_last_write",
         "_lock",
-        "_message_count",
         "_messages",
+        "_next_index",
         "_owner",
         "_rate",
         "_rate_count",
@@ -103,10 +104,12 @@ class Progress:
         self._yields = 0  # written only by the @tracked generator loop, without the lock
         self._status = _check_status(status)
         initial = [_check_message(m) for m in messages]
-        self._messages: collections.deque[str] = collections.deque(
-            initial, maxlen=self.max_messages
+        # (index over all messages ever added, text): indices come from an atomic
+        # counter, so appending needs no lock and a snapshot can tell the count.
+        self._messages: collections.deque[tuple[int, str]] = collections.deque(
+            enumerate(initial), maxlen=max(1, self.max_messages)
         )
-        self._message_count = len(initial)
+        self._next_index = itertools.count(len(initial)).__next__
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._version = 0
@@ -253,13 +256,12 @@ class Progress:
     @property
     def messages(self) -> tuple[str, ...]:
         """The last ``max_messages`` messages, oldest first."""
-        with self._lock:
-            return tuple(self._messages)
+        return self._ordered_messages()[0]
 
     @property
     def message_count(self) -> int:
         """Every message ever added, including those dropped by the cap."""
-        return self._message_count
+        return self._ordered_messages()[1]
 
     @property
     def in_progress(self) -> bool:
@@ -303,15 +305,27 @@ class Progress:
 
     def _append(self, messages: Iterable[str]) -> None:
         for message in messages:
-            self._messages.append(_check_message(message))
-            self._message_count += 1
+            self._messages.append((self._next_index(), _check_message(message)))
 
-    def _add_yielded_message(self, message: str) -> None:
-        """The generator loop's message path: one string, already known to be a str."""
-        with self._lock:
-            self._messages.append(message)
-            self._message_count += 1
-            self._version += 1
+    def _ordered_messages(self) -> tuple[tuple[str, ...], int]:
+        """The kept messages in index order and the count of all messages so far.
+
+        Two threads may append out of order, or one may hold an index it has not
+        appended yet: sort, and stop before a gap, so the messages always end at
+        ``message_count - 1`` (clients use that for ``?since=``).
+        """
+        items = list(self._messages)
+        if not items:
+            return (), 0
+        if any(a[0] > b[0] for a, b in itertools.pairwise(items)):
+            items.sort()
+        end = len(items)
+        for position in range(1, len(items)):
+            if items[position][0] != items[position - 1][0] + 1:
+                end = position
+                break
+        kept = items[max(0, end - self.max_messages) : end] if self.max_messages else []
+        return tuple(text for _index, text in kept), items[end - 1][0] + 1
 
     # ------------------------------------------------------------------ writing
 
@@ -321,13 +335,14 @@ class Progress:
         with self._lock:
             count = self._base + self._yields
             rate = self._update_rate(count)
+            messages, message_count = self._ordered_messages()
             return State(
                 name=self.name,
                 progress_id=self.progress_id,
                 total=self._total,
                 count=count,
-                messages=tuple(self._messages),
-                message_count=self._message_count,
+                messages=messages,
+                message_count=message_count,
                 in_progress=not self._ended,
                 state=self._state,
                 status=self.status,
