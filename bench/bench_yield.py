@@ -41,7 +41,7 @@ def best_of(repeat: int, run: Callable[[], None]) -> float:
 
 def per_yield(n: int, repeat: int, item: object, store: tracked.Store) -> dict[str, float]:
     """Seconds per yield for bare, tqdm and tracked generators yielding ``item``."""
-    devnull = open(os.devnull, "w")  # noqa: SIM115 - closed below
+    devnull = open(os.devnull, "w")  # closed below
     job = tracked.tracked(name="bench-yield", total=n, store=store)(bare)
     results = {
         "bare": best_of(repeat, lambda: consume(bare(n, item))),
