@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import json
 import os
 import socket
@@ -125,7 +126,9 @@ def _identity() -> _Identity:
     return identity
 
 
+@functools.cache
 def _boot_id() -> str:
+    """This boot's id: with a process's start time it names one process incarnation."""
     try:
         with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as file:
             return file.read().strip()
