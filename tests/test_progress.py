@@ -302,3 +302,15 @@ def test_a_corrupt_record_reads_as_a_store_error_and_a_new_start_replaces_it(
         pass
     state = tracked.load("corrupt")
     assert state is not None and state.total == 3
+
+
+def test_a_message_whose_append_is_still_pending_holds_back_later_ones() -> None:
+    """Two threads can take message indices and append in the other order; a snapshot
+    must then stop before the gap, or a ``since`` cursor would skip a message."""
+    progress = tracked.Progress("gap", store=MemoryStore())
+    progress.add_message("zero")
+    pending = progress._next_index()  # a thread took index 1 and has not appended yet
+    progress.add_message("two")
+    assert (progress.messages, progress.message_count) == (("zero",), 1)
+    progress._messages.append((pending, "one"))
+    assert (progress.messages, progress.message_count) == (("zero", "one", "two"), 3)

@@ -317,15 +317,17 @@ class Progress:
         items = list(self._messages)
         if not items:
             return (), 0
-        if any(a[0] > b[0] for a, b in itertools.pairwise(items)):
+        indices, texts = zip(*items)
+        first = indices[0]
+        if indices != tuple(range(first, first + len(indices))):  # rare: racing threads
             items.sort()
-        end = len(items)
-        for position in range(1, len(items)):
-            if items[position][0] != items[position - 1][0] + 1:
-                end = position
-                break
-        kept = items[max(0, end - self.max_messages) : end] if self.max_messages else []
-        return tuple(text for _index, text in kept), items[end - 1][0] + 1
+            end = next(
+                (i for i in range(1, len(items)) if items[i][0] != items[i - 1][0] + 1),
+                len(items),
+            )
+            indices, texts = zip(*items[:end])
+        kept = texts[len(texts) - self.max_messages :] if self.max_messages else ()
+        return kept, indices[-1] + 1
 
     # ------------------------------------------------------------------ writing
 
