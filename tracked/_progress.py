@@ -317,7 +317,7 @@ class Progress:
         items = list(self._messages)
         if not items:
             return (), 0
-        indices, texts = zip(*items)
+        indices, texts = zip(*items, strict=True)
         first = indices[0]
         if indices != tuple(range(first, first + len(indices))):  # rare: racing threads
             items.sort()
@@ -325,7 +325,7 @@ class Progress:
                 (i for i in range(1, len(items)) if items[i][0] != items[i - 1][0] + 1),
                 len(items),
             )
-            indices, texts = zip(*items[:end])
+            indices, texts = zip(*items[:end], strict=True)
         kept = texts[len(texts) - self.max_messages :] if self.max_messages else ()
         return kept, indices[-1] + 1
 
