@@ -95,13 +95,17 @@ def run_steps(config: DemoConfig, progress: tracked.Progress) -> None:
 
 
 def stream_lines(config: DemoConfig) -> Iterator[str]:
-    """The streaming job's output: one line per step, the markup line in the middle."""
+    """The streaming job's output: one line per step, after a pause each."""
     for step in range(1, config.steps + 1):
         time.sleep(config.pause)
-        if step == max(1, config.steps // 2):
-            yield f"line {step} of {config.steps}: {MARKUP_MESSAGE}\n"
-        else:
-            yield f"line {step} of {config.steps}\n"
+        yield stream_line(step, config.steps)
+
+
+def stream_line(step: int, steps: int) -> str:
+    """Line ``step`` of the streaming job; the one in the middle carries markup."""
+    if step == max(1, steps // 2):
+        return f"line {step} of {steps}: {MARKUP_MESSAGE}\n"
+    return f"line {step} of {steps}\n"
 
 
 # ----------------------------------------------------------------------------- running it
