@@ -201,9 +201,8 @@ class RedisStore(Store):
     def _run_write(self, mode: str, state: State, owner: Owner, previous: _Written | None) -> int:
         key = state.key
         base, new_messages = _new_messages(state, owner.run, previous)
-        wire = state.to_dict()
-        event = wire if base < 0 else state.messages_since(base).to_dict()
-        del wire["messages"]
+        event = (state if base < 0 else state.messages_since(base)).to_dict()
+        wire = {name: value for name, value in event.items() if name != "messages"}
         running = state.in_progress
         args: list[str | int] = [
             mode,
@@ -266,6 +265,8 @@ class RedisStore(Store):
         if raw is None:
             return None
         try:
+            if isinstance(raw, Exception):
+                raise ValueError(_describe(raw))
             record = _decode(raw)
         except ValueError as exc:
             raise StoreError(f"corrupt progress record {key!r} in {self}: {exc}") from exc
@@ -280,7 +281,7 @@ class RedisStore(Store):
         for offset in range(0, len(keys), SCAN_BATCH):
             batch = keys[offset : offset + SCAN_BATCH]
             for raw in self._call(self._read_many, batch):
-                if raw is None:
+                if raw is None or isinstance(raw, Exception):
                     continue
                 try:
                     yield _decode(raw)
@@ -288,20 +289,25 @@ class RedisStore(Store):
                     continue
 
     def _scan(self, pattern: str) -> list[Any]:
-        return list(self.client.scan_iter(match=pattern, count=SCAN_BATCH))
+        return list(self.client.scan_iter(match=pattern, count=SCAN_BATCH, _type="hash"))
 
-    def _read_many(self, keys: Sequence[str]) -> list[tuple[Any, ...] | None]:
+    def _read_many(self, keys: Sequence[str]) -> list[tuple[Any, ...] | Exception | None]:
         """Record hash, messages and lease time of each key, in one round trip."""
         pipe = self.client.pipeline(transaction=True)
         for key in keys:
             pipe.hmget(self.record_key(key), "state", "owner")
             pipe.lrange(self.messages_key(key), 0, -1)
             pipe.pttl(self.lease_key(key))
-        replies = pipe.execute()
+        replies = pipe.execute(raise_on_error=False)
         now = time.time()
-        out: list[tuple[Any, ...] | None] = []
+        out: list[tuple[Any, ...] | Exception | None] = []
         for i in range(0, len(replies), 3):
-            (state, owner), messages, pttl = replies[i : i + 3]
+            triple = replies[i : i + 3]
+            error = next((r for r in triple if isinstance(r, Exception)), None)
+            if error is not None:  # e.g. a key of the wrong type under our prefix
+                out.append(error)
+                continue
+            (state, owner), messages, pttl = triple
             out.append(None if state is None else (state, owner, messages, pttl, now))
         return out
 
