@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -580,3 +581,72 @@ def test_only_files_of_the_store_are_written(tmp_path, plugin_store):
     )
     assert outside == []
 
+
+
+# ------------------------------------------------------------------------ ended-record cache
+
+
+def backdate(path: Path, seconds: float = 60.0) -> None:
+    """Set a file's mtime into the past, as if written long ago."""
+    past = int((time.time() - seconds) * 1e9)
+    os.utime(path, ns=(past, past))
+
+
+def rewrite_in_place(path: Path, old: bytes, new: bytes) -> None:
+    """Change a record file's bytes keeping its inode, size and mtime."""
+    assert len(old) == len(new)
+    before = path.stat()
+    data = path.read_bytes()
+    assert old in data
+    with open(path, "r+b") as file:
+        file.write(data.replace(old, new))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def test_ended_record_is_served_without_rereading_an_unchanged_file(app, plugin_store):
+    app.get("/twice")
+    path = plugin_store.path_for("twice")
+    backdate(path)
+    assert status(app, "twice").json["count"] == 2
+    rewrite_in_place(path, b'"count":2', b'"count":9')
+    assert status(app, "twice").json["count"] == 2  # same inode, mtime, size: cached
+
+
+def test_running_record_is_reread_on_every_request(app, plugin_store):
+    with tracked.start("live", store=plugin_store) as progress:
+        progress.increment(2)
+        progress.flush()
+        path = plugin_store.path_for("live")
+        backdate(path)
+        assert status(app, "live").json["count"] == 2
+        rewrite_in_place(path, b'"count":2', b'"count":9')
+        assert status(app, "live").json["count"] == 9
+
+
+def test_rerun_of_a_cached_ended_record_is_served_fresh(app, plugin_store):
+    app.get("/job", params={"total": "10"})
+    path = plugin_store.path_for("job")
+    backdate(path)
+    first = status(app, "job").json
+    app.get("/job", params={"total": "20"})
+    second = status(app, "job").json
+    assert (first["total"], second["total"]) == (10, 20)
+    assert second["start_time"] > first["start_time"]
+
+
+def test_deleted_cached_record_is_404(app, plugin_store):
+    app.get("/twice")
+    backdate(plugin_store.path_for("twice"))
+    status(app, "twice")
+    assert plugin_store.delete("twice")
+    assert_json_error(status(app, "twice", expect=404), 404)
+
+
+def test_record_written_moments_ago_is_not_cached(app, plugin_store):
+    """Within the file system's timestamp tick a replaced file could look unchanged."""
+    app.get("/twice")
+    path = plugin_store.path_for("twice")
+    backdate(path, seconds=-3600.0)  # "now", whatever the speed of this machine
+    assert status(app, "twice").json["count"] == 2
+    rewrite_in_place(path, b'"count":2', b'"count":9')
+    assert status(app, "twice").json["count"] == 9

@@ -13,11 +13,14 @@ unguessable progress_ids (``crypto.randomUUID()``) and pass
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import hashlib
 import inspect
 import json
 import logging
+import os
 import re
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -32,6 +35,7 @@ __all__ = ["TrackedPlugin"]
 logger = logging.getLogger("tracked")
 
 Authorize = Callable[[Any, str], bool]
+Signature = tuple[int, int, int]
 
 JSON_TYPE = "application/json; charset=utf-8"
 #: Options the route-config form ``tracked={...}`` passes on to ``@tracked``.
@@ -65,6 +69,7 @@ class TrackedPlugin:
         self.store = None if store is None else tracked.open_store(store)
         self.prefix = prefix.rstrip("/")
         self.authorize = authorize
+        self._cache: EndedCache | None = None
 
     def __repr__(self) -> str:
         return f"TrackedPlugin(store={self.store!r}, prefix={self.prefix!r})"
@@ -134,15 +139,31 @@ class TrackedPlugin:
         if self.authorize is not None and not self.authorize(bottle.request, key):
             return error_response(403, "not allowed to read this progress")
         try:
-            state = (self.store or tracked.default_store()).load(key)
+            rendered = self._rendered(key, since)
         except tracked.StoreError as exc:
             logger.warning("tracked: status route cannot read %r: %s", key, exc)
             return error_response(500, "the progress store cannot be read")
-        if state is None:
+        if rendered is None:
             return error_response(404, f"no progress named {name!r}")
-        if since:
-            state = state.messages_since(since)
-        return _state_response(state, environ.get("HTTP_IF_NONE_MATCH"))
+        return _respond(rendered, environ.get("HTTP_IF_NONE_MATCH"))
+
+    def _rendered(self, key: str, since: int) -> Rendered | None:
+        """The response body for ``key``, from the cache or the store; None if unknown."""
+        store = self.store or tracked.default_store()
+        cache = self._cache
+        if cache is None or cache.store is not store:
+            cache = self._cache = EndedCache(store)
+        signature = cache.signature(key)  # before reading: see EndedCache
+        rendered = cache.get(key, since, signature)
+        if rendered is not None:
+            return rendered
+        state = store.load(key)
+        if state is None:
+            return None
+        rendered = render(state.messages_since(since) if since else state)
+        if not state.in_progress:
+            cache.put(key, since, signature, rendered)
+        return rendered
 
 
 class ScopedBody:
@@ -165,6 +186,69 @@ class ScopedBody:
         close = getattr(self._generator, "close", None)
         if close is not None:
             self._context.run(close)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rendered:
+    """A status response body and its ETag."""
+
+    body: bytes
+    etag: str
+
+
+class EndedCache:
+    """Rendered bodies of a FileStore's ended records, reused while their file is unchanged.
+
+    An ended (or abandoned) record only changes when its file is replaced, so a
+    ``stat`` (inode, mtime, size) tells whether a cached body is current, without
+    reading or parsing the file. Files younger than ``SETTLE_NS`` are not cached:
+    within one tick of the file system's clock a replaced file could look the same.
+    """
+
+    SETTLE_NS = 50_000_000
+    MAX_ENTRIES = 1024
+
+    def __init__(self, store: tracked.Store) -> None:
+        self.store = store
+        self._files = store if isinstance(store, tracked.FileStore) else None
+        self._paths: dict[str, str] = {}
+        self._entries: dict[tuple[str, int], tuple[Signature, Rendered]] = {}
+
+    def signature(self, key: str) -> Signature | None:
+        """The identity of ``key``'s file now; None when there is no file (or no FileStore)."""
+        if self._files is None:
+            return None
+        path = self._paths.get(key)
+        if path is None:
+            path = str(self._files.path_for(key))
+            _bounded_put(self._paths, key, path, self.MAX_ENTRIES)
+        try:
+            info = os.stat(path)
+        except OSError:
+            return None
+        return (info.st_ino, info.st_mtime_ns, info.st_size)
+
+    def get(self, key: str, since: int, signature: Signature | None) -> Rendered | None:
+        """The cached body for ``key`` and ``since`` if its file is still ``signature``."""
+        if signature is None:
+            return None
+        entry = self._entries.get((key, since))
+        return entry[1] if entry is not None and entry[0] == signature else None
+
+    def put(self, key: str, since: int, signature: Signature | None, rendered: Rendered) -> None:
+        """Remember the body of an ended record read after taking ``signature``."""
+        if signature is not None and time.time_ns() - signature[1] > self.SETTLE_NS:
+            _bounded_put(self._entries, (key, since), (signature, rendered), self.MAX_ENTRIES)
+
+
+def _bounded_put(table: dict[Any, Any], key: Any, value: Any, limit: int) -> None:
+    """Insert into ``table``, dropping the oldest entry once it holds ``limit``."""
+    if len(table) >= limit and key not in table:
+        try:
+            del table[next(iter(table))]
+        except (StopIteration, KeyError, RuntimeError):
+            pass  # another thread changed the table: the bound is approximate
+    table[key] = value
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -220,14 +304,22 @@ def _since(query: Any) -> int:
     return int(value)
 
 
-def _state_response(state: tracked.State, if_none_match: str | None) -> Any:
+def render(state: tracked.State) -> Rendered:
+    """The wire JSON of ``state`` and its ETag, a hash of those very bytes."""
     body = json.dumps(state.to_dict(), ensure_ascii=False, separators=(",", ":")).encode()
-    etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
-    headers = {"ETag": etag, "Cache-Control": "no-store"}
-    if if_none_match and _etag_matches(if_none_match, etag):
-        return bottle.HTTPResponse(status=304, headers=headers)
-    headers["Content-Type"] = JSON_TYPE
-    return bottle.HTTPResponse(body, status=200, headers=headers)
+    return Rendered(body, '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"')
+
+
+def _respond(rendered: Rendered, if_none_match: str | None) -> bytes:
+    """Fill Bottle's response: 304 without a body when the client has this ETag."""
+    response = bottle.response
+    response.set_header("ETag", rendered.etag)
+    response.set_header("Cache-Control", "no-store")
+    if if_none_match and _etag_matches(if_none_match, rendered.etag):
+        response.status = 304
+        return b""
+    response.set_header("Content-Type", JSON_TYPE)
+    return rendered.body
 
 
 def _etag_matches(header: str, etag: str) -> bool:

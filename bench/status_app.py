@@ -1,0 +1,35 @@
+"""The app ``bench_status_route.py`` serves under gunicorn: the status route and two baselines.
+
+``$BENCH_STORE`` is the FileStore directory and ``$BENCH_KEY`` the finished
+record's name, both prepared by the benchmark before the server starts.
+"""
+
+from __future__ import annotations
+
+import os
+
+import bottle
+
+import tracked
+from tracked.bottle import TrackedPlugin
+
+store = tracked.FileStore(os.environ["BENCH_STORE"])
+record_path = store.path_for(os.environ["BENCH_KEY"])
+
+app = bottle.Bottle()
+app.install(TrackedPlugin(store))
+
+
+@app.get("/trivial")
+def trivial() -> dict[str, object]:
+    """Baseline: a Bottle route returning a constant dict (Bottle serialises it)."""
+    return {"ok": True, "status": "constant"}
+
+
+@app.get("/bare")
+def bare() -> bytes:
+    """Baseline: the floor of any file-backed status route, the record file's bytes."""
+    with open(record_path, "rb") as file:
+        body = file.read()
+    bottle.response.content_type = "application/json"
+    return body
