@@ -21,7 +21,7 @@ from typing import Any, NoReturn, TextIO
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from . import State, Store, TrackedError, default_store, open_store
-from ._state import make_key
+from ._state import DEFAULT_STATUS, make_key
 
 __all__ = ["main", "parse_duration"]
 
@@ -357,7 +357,7 @@ class _PlainView:
     def _line(state: State) -> str:
         if state.in_progress:
             details = f"rate {rate(state)} eta {span(state.eta)} elapsed {span(state.elapsed)}"
-            return f"{label(state)}: {state.state} {fraction(state)} {details}"
+            return f"{label(state)}: {state.state} {fraction(state)} {details}{_status_note(state)}"
         error = f" error: {printable(state.error)}" if state.error else ""
         return f"{label(state)}: {state.state} {fraction(state)} in {span(state.elapsed)}{error}"
 
@@ -395,7 +395,7 @@ class _RichView:
         row.add_row(Text(label(state), style="bold"), bar, Text(fraction(state)))
         details = (
             f"{state.state}  rate {rate(state)}  eta {span(state.eta)}  "
-            f"elapsed {span(state.elapsed)}  {printable(state.status)}"
+            f"elapsed {span(state.elapsed)}{_status_note(state)}"
         )
         lines: list[Any] = [row, Text(details, style=_STYLES.get(state.state, ""))]
         if state.error:
@@ -406,6 +406,13 @@ class _RichView:
 
     def close(self) -> None:
         self.live.stop()
+
+
+def _status_note(state: State) -> str:
+    """The status text when it says more than the state word does."""
+    if state.status in (DEFAULT_STATUS, state.state):
+        return ""
+    return f"  {printable(state.status)}"
 
 
 _STYLES = {"finished": "green", "failed": "red", "abandoned": "red", "cancelled": "yellow"}
@@ -469,16 +476,14 @@ def build_app(store: Store) -> Any:
 
     def progresses() -> Any:
         everything = bottle.request.query.get("all") == "1"
-        bottle.response.set_header("Cache-Control", "no-store")
-        return {"progresses": [_summary(s) for s in _listed(store, everything)]}
+        return _json(200, {"progresses": [_summary(s) for s in _listed(store, everything)]})
 
     def progress_page() -> Any:
         query = bottle.request.query
         try:
             key = make_key(query.getunicode("name"), query.getunicode("progress_id"))
         except TrackedError as exc:
-            bottle.response.status = 400
-            return {"error": str(exc), "status": "error"}
+            return _json(400, {"error": str(exc), "status": "error"})
         return _progress_page(key)
 
     app.route("/", "GET", index, skip=True)
@@ -524,6 +529,14 @@ def _progress_page(key: str) -> str:
     return template.replace("{{status_url}}", html.escape(status_url, quote=True)).replace(
         "{{label}}", html.escape(_display(key), quote=True)
     )
+
+
+def _json(status: int, data: dict[str, Any]) -> Any:
+    import bottle
+
+    body = json.dumps(data, ensure_ascii=False).encode("utf-8")
+    headers = {"Content-Type": "application/json; charset=utf-8", "Cache-Control": "no-store"}
+    return bottle.HTTPResponse(body, status=status, headers=headers)
 
 
 def _static_file(name: str) -> Any:

@@ -1,0 +1,657 @@
+"""The ``tracked`` command, run as a real process against stores other processes write."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import tracked
+from tests.conftest import ROOT, free_port, wait_for_port
+from tracked._store import Owner
+
+JOB = r"""
+import sys, time, pathlib, tracked
+store, name, total, outcome, gate = sys.argv[1:6]
+progress_id = sys.argv[6] if len(sys.argv) > 6 else None
+total = int(total)
+with tracked.start(name, total=total, store=store, progress_id=progress_id, min_interval=0) as p:
+    print("started", flush=True)
+    if outcome == "hold":
+        time.sleep(3600)
+    for i in range(total):
+        if i == total // 2 and gate != "-":
+            deadline = time.monotonic() + 60
+            while not pathlib.Path(gate).exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        p.increment(1, f"step {i}")
+        time.sleep(0.01)
+    if outcome == "fail":
+        raise RuntimeError("the job broke")
+print("done", flush=True)
+"""
+
+
+class Job:
+    """A tracked job running in its own process; it pauses half-way until ``release()``."""
+
+    def __init__(
+        self,
+        script: Path,
+        store: str,
+        name: str,
+        total: int,
+        outcome: str,
+        gate: Path | None,
+        progress_id: str | None,
+    ) -> None:
+        args = [str(script), store, name, str(total), outcome, str(gate) if gate else "-"]
+        if progress_id is not None:
+            args.append(progress_id)
+        self.gate = gate
+        self.process = subprocess.Popen(
+            [sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().strip()
+        assert line == "started", self.process.stderr.read() if self.process.stderr else line
+
+    def release(self) -> None:
+        assert self.gate is not None
+        self.gate.write_text("go")
+
+    def wait(self) -> int:
+        _out, _err = self.process.communicate(timeout=60)
+        return self.process.returncode
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def start_job(tmp_path: Path) -> Iterator[Callable[..., Job]]:
+    """Start jobs in other processes; any still alive at the end are killed."""
+    script = tmp_path / "job.py"
+    script.write_text(JOB)
+    jobs: list[Job] = []
+
+    def start(
+        store: str,
+        name: str,
+        *,
+        total: int = 20,
+        outcome: str = "finish",
+        gated: bool = False,
+        progress_id: str | None = None,
+    ) -> Job:
+        gate = tmp_path / f"gate-{len(jobs)}" if gated else None
+        job = Job(script, store, name, total, outcome, gate, progress_id)
+        jobs.append(job)
+        return job
+
+    yield start
+    for job in jobs:
+        if job.process.poll() is None:
+            job.kill()
+
+
+def run_cli(
+    *args: str, store: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m tracked ARGS`` (with ``--store``) and capture its output."""
+    command = [sys.executable, "-m", "tracked", *args]
+    if store is not None:
+        command += ["--store", store]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def json_lines(text: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode == 2, result
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        time.sleep(0.02)
+
+
+def write_old_record(store_url: str, name: str, *, ended_ago: float) -> None:
+    """Store a finished record that ended ``ended_ago`` seconds ago, as an old run leaves it."""
+    store = tracked.open_store(store_url)
+    ended = time.time() - ended_ago
+    state = tracked.State(name=name, total=5, count=5, start_time=ended - 10, current_time=ended)
+    owner = Owner.for_this_process()
+    store.claim(state, owner)
+    store.save(state.ended("finished", ended), owner)
+    store.close()
+
+
+# ----------------------------------------------------------------------------- list
+
+
+def test_list_shows_a_progress_another_process_is_running(
+    shared_store_url: str, start_job: Callable[..., Job]
+) -> None:
+    job = start_job(shared_store_url, "nightly-import", gated=True)
+    wait_until(lambda: tracked.load("nightly-import", store=shared_store_url).count >= 10)
+    table = run_cli("list", store=shared_store_url)
+    assert table.returncode == 0, table.stderr
+    header, row = table.stdout.splitlines()
+    assert header.split()[:3] == ["NAME", "STATE", "PROGRESS"]
+    assert row.split()[:3] == ["nightly-import", "running", "10/20"]
+    [wire] = json_lines(run_cli("list", "--json", store=shared_store_url).stdout)
+    assert wire["name"] == "nightly-import" and wire["in_progress"] is True
+    assert wire["count"] == 10 and wire["total"] == 20
+    job.release()
+    assert job.wait() == 0
+    [done] = json_lines(run_cli("list", "--json", store=shared_store_url).stdout)
+    assert (done["state"], done["count"], done["in_progress"]) == ("finished", 20, False)
+
+
+def test_list_puts_running_progresses_first(
+    shared_store_url: str, start_job: Callable[..., Job]
+) -> None:
+    start_job(shared_store_url, "finished-first", total=2).wait()
+    start_job(shared_store_url, "still-running", gated=True)
+    names = [
+        w["name"] for w in json_lines(run_cli("list", "--json", store=shared_store_url).stdout)
+    ]
+    assert names == ["still-running", "finished-first"]
+
+
+def test_list_hides_progresses_that_ended_long_ago_unless_all(tmp_path: Path) -> None:
+    store = str(tmp_path / "store")
+    write_old_record(store, "last-week", ended_ago=7 * 86400)
+    write_old_record(store, "an-hour-ago", ended_ago=3600)
+    recent = [w["name"] for w in json_lines(run_cli("list", "--json", store=store).stdout)]
+    everything = run_cli("list", "--all", "--json", store=store).stdout
+    assert recent == ["an-hour-ago"]
+    assert sorted(w["name"] for w in json_lines(everything)) == ["an-hour-ago", "last-week"]
+
+
+def test_list_escapes_control_characters_in_names(tmp_path: Path) -> None:
+    store = str(tmp_path / "store")
+    with tracked.start("red\x1b[31mtext", store=store):
+        pass
+    output = run_cli("list", store=store).stdout
+    assert "\x1b" not in output
+    assert "red\\x1b[31mtext" in output
+
+
+def test_store_option_is_accepted_before_the_command(tmp_path: Path) -> None:
+    store = str(tmp_path / "store")
+    with tracked.start("placed-first", store=store):
+        pass
+    result = subprocess.run(
+        [sys.executable, "-m", "tracked", "--store", store, "list", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert [w["name"] for w in json_lines(result.stdout)] == ["placed-first"]
+
+
+def test_default_store_comes_from_the_environment(tmp_path: Path) -> None:
+    """Without --store the command reads $TRACKED_STORE, as the library does."""
+    with tracked.start("from-env"):  # conftest points $TRACKED_STORE at a temp directory
+        pass
+    result = run_cli("list", "--json")
+    assert [w["name"] for w in json_lines(result.stdout)] == ["from-env"]
+
+
+# ----------------------------------------------------------------------------- show
+
+
+def test_show_prints_a_running_progress_and_its_last_messages(
+    shared_store_url: str, start_job: Callable[..., Job]
+) -> None:
+    start_job(shared_store_url, "report", gated=True)
+    wait_until(lambda: tracked.load("report", store=shared_store_url).count >= 10)
+    result = run_cli("show", "report", store=shared_store_url)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "state:        running" in lines
+    assert "progress:     10/20 (50.0%)" in lines
+    assert "messages:     10 shown of 10" in lines
+    assert lines[-10:] == [f"  step {i}" for i in range(10)]
+
+
+def test_show_json_is_the_wire_json(shared_store_url: str, start_job: Callable[..., Job]) -> None:
+    start_job(shared_store_url, "wired", total=4).wait()
+    [wire] = json_lines(run_cli("show", "wired", "--json", store=shared_store_url).stdout)
+    state = tracked.load("wired", store=shared_store_url)
+    assert state is not None
+    assert wire == json.loads(json.dumps(state.to_dict()))
+
+
+def test_show_finds_a_progress_by_name_and_progress_id(
+    tmp_path: Path, start_job: Callable[..., Job]
+) -> None:
+    store = str(tmp_path / "store")
+    start_job(store, "upload", total=3, progress_id="client-a").wait()
+    start_job(store, "upload", total=5, progress_id="client-b").wait()
+    result = run_cli("show", "upload", "--progress-id", "client-b", "--json", store=store)
+    [wire] = json_lines(result.stdout)
+    assert (wire["progress_id"], wire["total"]) == ("client-b", 5)
+    missing = run_cli("show", "upload", store=store)
+    assert_one_line_error(missing, "no progress 'upload'")
+
+
+def test_show_of_an_unknown_name_fails_with_one_line(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    assert_one_line_error(run_cli("show", "nothing-here", store=str(store)), "nothing-here")
+
+
+# ----------------------------------------------------------------------------- watch
+
+
+def test_watch_follows_a_progress_to_the_end_in_plain_lines(
+    shared_store_url: str, start_job: Callable[..., Job]
+) -> None:
+    job = start_job(shared_store_url, "followed", gated=True)
+    watcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tracked",
+            "watch",
+            "followed",
+            "--interval",
+            "0.05",
+            "--store",
+            shared_store_url,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert watcher.stdout is not None
+    first = watcher.stdout.readline()
+    assert first.startswith("followed: ")
+    job.release()
+    rest = watcher.stdout.read()  # communicate() would miss what readline() buffered
+    assert watcher.wait(timeout=60) == 0
+    lines = (first + rest).splitlines()
+    messages = [line.split(": message: ")[1] for line in lines if ": message: " in line]
+    assert messages == [f"step {i}" for i in range(20)]
+    progress = [line for line in lines if ": message: " not in line]
+    counts = [int(line.split()[2].split("/")[0]) for line in progress]
+    assert counts == sorted(counts)
+    assert progress[-1].startswith("followed: finished 20/20 (100.0%) in ")
+
+
+@pytest.mark.parametrize(("outcome", "shown"), [("fail", "failed"), ("finish", "finished")])
+def test_watch_exit_status_says_how_the_progress_ended(
+    tmp_path: Path, start_job: Callable[..., Job], outcome: str, shown: str
+) -> None:
+    store = str(tmp_path / "store")
+    start_job(store, "ending", total=4, outcome=outcome).wait()
+    result = run_cli("watch", "ending", store=store)
+    assert result.returncode == (0 if outcome == "finish" else 1)
+    assert result.stdout.splitlines()[-1].startswith(f"ending: {shown} 4/4")
+    if outcome == "fail":
+        assert "error: RuntimeError: the job broke" in result.stdout
+
+
+def test_watch_of_a_killed_job_exits_1_as_abandoned(
+    shared_store_url: str, start_job: Callable[..., Job]
+) -> None:
+    job = start_job(shared_store_url, "doomed", outcome="hold")
+    watcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tracked",
+            "watch",
+            "doomed",
+            "--interval",
+            "0.05",
+            "--store",
+            shared_store_url,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert watcher.stdout is not None
+    assert watcher.stdout.readline().startswith("doomed: running 0/20")
+    job.kill()
+    rest = watcher.stdout.read()
+    assert watcher.wait(timeout=60) == 1
+    assert rest.splitlines()[-1].startswith("doomed: abandoned 0/20")
+
+
+def test_watch_of_a_missing_progress_exits_2_after_waiting(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    began = time.monotonic()
+    result = run_cli("watch", "never", "--wait", "0.5", store=str(store))
+    assert time.monotonic() - began >= 0.5
+    assert_one_line_error(result, "no progress 'never'", "after waiting 0.5s")
+
+
+def test_watch_waits_for_a_progress_that_starts_later(
+    tmp_path: Path, start_job: Callable[..., Job]
+) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    watcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tracked",
+            "watch",
+            "late",
+            "--wait",
+            "60",
+            "--interval",
+            "0.05",
+            "--store",
+            str(store),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    start_job(str(store), "late", total=3).wait()
+    out, err = watcher.communicate(timeout=60)
+    assert watcher.returncode == 0, err
+    assert out.splitlines()[-1].startswith("late: finished 3/3")
+
+
+def read_terminal(command: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run ``command`` with a pseudo-terminal as stdout and stderr; its exit status and output."""
+    master, slave = pty.openpty()
+    environment = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "100", **(env or {})}
+    process = subprocess.Popen(command, stdout=slave, stderr=slave, env=environment, cwd=ROOT)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    return process.wait(timeout=60), b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_watch_draws_a_live_bar_on_a_terminal(
+    shared_store_url: str, start_job: Callable[..., Job]
+) -> None:
+    job = start_job(shared_store_url, "on-screen", gated=True)
+    job.release()
+    status, screen = read_terminal(
+        [
+            sys.executable,
+            "-m",
+            "tracked",
+            "watch",
+            "on-screen",
+            "--interval",
+            "0.05",
+            "--store",
+            shared_store_url,
+        ]
+    )
+    assert status == 0, screen
+    assert "\x1b[" in screen  # drawn with terminal escapes, redrawn in place
+    assert "━" in screen  # rich's bar
+    assert "20/20 (100.0%)" in screen
+    assert "finished" in screen and "step 19" in screen
+    assert ": message: " not in screen  # not the plain view
+
+
+def test_watch_without_rich_prints_plain_lines_on_a_terminal(tmp_path: Path) -> None:
+    store = str(tmp_path / "store")
+    with tracked.start("no-rich", total=2, store=store) as progress:
+        progress.increment(2)
+    blocked = (
+        "import sys; sys.modules['rich'] = None; from tracked.cli import main; "
+        f"sys.exit(main(['watch', 'no-rich', '--store', {store!r}]))"
+    )
+    status, screen = read_terminal([sys.executable, "-c", blocked])
+    assert status == 0, screen
+    assert "no-rich: finished 2/2 (100.0%)" in screen
+    assert "━" not in screen
+
+
+# ----------------------------------------------------------------------------- prune
+
+
+def test_prune_deletes_old_ended_records_and_never_a_running_one(
+    shared_store_url: str, start_job: Callable[..., Job]
+) -> None:
+    write_old_record(shared_store_url, "old-1", ended_ago=3 * 86400)
+    write_old_record(shared_store_url, "old-2", ended_ago=3 * 86400)
+    write_old_record(shared_store_url, "yesterday", ended_ago=86400)
+    start_job(shared_store_url, "busy", outcome="hold")
+    result = run_cli("prune", "--older-than", "2d", store=shared_store_url)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "deleted 2 ended progresses older than 2d\n"
+    again = run_cli("prune", "--older-than", "0s", store=shared_store_url)
+    assert again.stdout == "deleted 1 ended progress older than 0s\n"
+    left = json_lines(run_cli("list", "--all", "--json", store=shared_store_url).stdout)
+    assert [(w["name"], w["state"]) for w in left] == [("busy", "running")]
+
+
+@pytest.mark.parametrize("duration", ["", "7", "2 days", "-3h", "1y", "h"])
+def test_prune_refuses_a_bad_duration(tmp_path: Path, duration: str) -> None:
+    result = run_cli("prune", f"--older-than={duration}", store=str(tmp_path))
+    assert_one_line_error(result, "bad duration", repr(duration))
+
+
+def test_parse_duration_reads_each_unit() -> None:
+    from tracked.cli import parse_duration
+
+    assert [parse_duration(t) for t in ("30s", "15m", "2h", "7d", "1w", "1.5h")] == [
+        30,
+        900,
+        7200,
+        604800,
+        604800,
+        5400,
+    ]
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_unknown_store_scheme_is_one_line_and_exit_2() -> None:
+    assert_one_line_error(run_cli("list", store="ftp://example.com/x"), "unknown store", "ftp://")
+
+
+def test_missing_store_directory_is_one_line_and_not_created(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    assert_one_line_error(run_cli("list", store=str(missing)), "does not exist")
+    assert not missing.exists()
+
+
+def test_store_that_is_a_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    a_file = tmp_path / "plain.txt"
+    a_file.write_text("not a store")
+    assert_one_line_error(run_cli("show", "x", store=f"file://{a_file}"), "is not a directory")
+
+
+def test_unreachable_redis_is_one_line_and_exit_2() -> None:
+    result = run_cli("list", store=f"redis://127.0.0.1:{free_port()}/0")
+    assert_one_line_error(result, "127.0.0.1")
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["show", "x" * 600], ["at most 512 characters"]),
+        (["show", "job", "--progress-id", "not ok!"], ["progress_id"]),
+        (["watch", "job", "--wait", "soon"], ["--wait", "'soon'"]),
+        (["serve", "--port", "eighty"], ["--port", "eighty"]),
+        (["frobnicate"], ["invalid choice", "frobnicate"]),
+    ],
+)
+def test_bad_arguments_are_one_line_and_exit_2(
+    tmp_path: Path, args: list[str], words: list[str]
+) -> None:
+    assert_one_line_error(run_cli(*args, store=str(tmp_path)), *words)
+
+
+def test_console_script_and_module_are_the_same_command(tmp_path: Path) -> None:
+    script = Path(sys.executable).with_name("tracked")
+    result = subprocess.run([str(script), "--version"], capture_output=True, text=True)
+    module = run_cli("--version")
+    assert result.returncode == module.returncode == 0
+    assert result.stdout == module.stdout == f"tracked {tracked.__version__}\n"
+
+
+# ----------------------------------------------------------------------------- serve
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[[str], str]]:
+    """Start ``tracked serve`` on a free port for a store; returns its base URL."""
+    servers: list[subprocess.Popen[str]] = []
+
+    def start(store: str) -> str:
+        if "://" not in store:
+            Path(store).mkdir(exist_ok=True)  # an explicit store directory must exist
+        port = free_port()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "tracked", "serve", "--port", str(port), "--store", store],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        servers.append(server)
+        assert server.stdout is not None
+        banner = server.stdout.readline()  # printed once the socket listens, or EOF on failure
+        assert banner.startswith("tracked: serving http://127.0.0.1:"), server.stderr
+        wait_for_port(port)
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for server in servers:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def fetch(url: str) -> tuple[int, str, str]:
+    """GET ``url``: status, content type and body (error statuses too)."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.headers["Content-Type"], response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers["Content-Type"], error.read().decode()
+
+
+def test_serve_answers_the_status_route_for_a_job_another_process_runs(
+    shared_store_url: str, start_job: Callable[..., Job], serve: Callable[[str], str]
+) -> None:
+    base = serve(shared_store_url)
+    job = start_job(shared_store_url, "batch/one", gated=True)
+    wait_until(lambda: tracked.load("batch/one", store=shared_store_url).count >= 10)
+    status, kind, body = fetch(f"{base}/_progress_status/batch/one")
+    assert (status, kind) == (200, "application/json; charset=utf-8")
+    wire = json.loads(body)
+    assert (wire["name"], wire["count"], wire["state"]) == ("batch/one", 10, "running")
+    status, _kind, body = fetch(f"{base}/progresses.json")
+    [listed] = json.loads(body)["progresses"]
+    assert listed["status_url"] == "/_progress_status/batch/one"
+    assert listed["page_url"] == "/progress?name=batch%2Fone"
+    job.release()
+    assert job.wait() == 0
+    wire = json.loads(fetch(f"{base}/_progress_status/batch/one")[2])
+    assert (wire["count"], wire["state"]) == (20, "finished")
+
+
+def test_serve_pages_and_client_script(tmp_path: Path, serve: Callable[[str], str]) -> None:
+    store = str(tmp_path / "store")
+    base = serve(store)
+    status, kind, page = fetch(base + "/")
+    assert status == 200 and kind.startswith("text/html")
+    assert "/progresses.json" in page
+    status, kind, script = fetch(base + "/tracked.js")
+    assert status == 200 and "javascript" in kind
+    assert "function trackProgress" in script
+    status, _kind, body = fetch(base + "/progress?name=job&progress_id=bad%20id")
+    assert status == 400 and "progress_id" in json.loads(body)["error"]
+
+
+def test_serve_never_puts_stored_text_into_html_unescaped(
+    tmp_path: Path, serve: Callable[[str], str]
+) -> None:
+    store = str(tmp_path / "store")
+    name = '<img src=x onerror=alert(1)>"quoted'
+    with tracked.start(name, store=store, progress_id="p-1") as progress:
+        progress.add_message("<script>alert(2)</script>")
+    base = serve(store)
+    [listed] = json.loads(fetch(base + "/progresses.json")[2])["progresses"]
+    status, _kind, page = fetch(base + listed["page_url"])
+    assert status == 200
+    assert "<img" not in page and '"quoted' not in page
+    assert "&lt;img src=x onerror=alert(1)&gt;&quot;quoted?progress_id=p-1" in page
+    encoded = "%3Cimg%20src%3Dx%20onerror%3Dalert%281%29%3E%22quoted"
+    assert f'data-status-url="/_progress_status/{encoded}?progress_id=p-1"' in page
+    wire = json.loads(fetch(base + listed["status_url"])[2])
+    assert wire["name"] == name
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local IPv4 addresses (hex, as /proc/net/tcp writes them) listening on ``port``."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, hex_port = local.split(":")
+        if int(hex_port, 16) == port and state == "0A":  # 0A: LISTEN
+            found.add(address)
+    return found
+
+
+def test_serve_binds_to_localhost_by_default(tmp_path: Path, serve: Callable[[str], str]) -> None:
+    base = serve(str(tmp_path / "store"))
+    port = int(base.rsplit(":", 1)[1])
+    assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1, not 0.0.0.0
+
+
+def test_serve_on_a_busy_port_is_one_line_and_exit_2(
+    tmp_path: Path, serve: Callable[[str], str]
+) -> None:
+    base = serve(str(tmp_path / "store"))
+    port = base.rsplit(":", 1)[1]
+    result = run_cli("serve", "--port", port, store=str(tmp_path / "store"))
+    assert_one_line_error(result, f"cannot listen on 127.0.0.1:{port}")
+
+
+def test_packaged_client_is_the_examples_client() -> None:
+    """``tracked serve`` ships ``tracked/static/tracked.js``; while examples/ keeps a copy,
+    the two must not drift apart (the JS client is one file)."""
+    packaged = ROOT / "tracked" / "static" / "tracked.js"
+    assert packaged.is_file()
+    example = ROOT / "examples" / "static" / "tracked.js"
+    if example.exists():
+        assert example.read_bytes() == packaged.read_bytes()

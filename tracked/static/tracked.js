@@ -1,0 +1,305 @@
+/*
+ * tracked.js: poll a `tracked` status route from a browser.
+ *
+ * Plain ES2017, no dependency, no build step. Load it with a <script> tag and use
+ * the global `tracked`, or require() it where `module.exports` exists.
+ *
+ *   const id = tracked.newProgressId();
+ *   fetch('/jobs/main?progress_id=' + id, {method: 'POST'});      // not awaited
+ *   const watcher = tracked.trackProgress('/_progress_status/demo-job', {
+ *     progressId: id,
+ *     onProgress(state) { bar.style.width = (state.percent || 0) + '%'; },
+ *     onMessage(text) { const li = document.createElement('li'); li.textContent = text; list.append(li); },
+ *     onDone(state) { console.log('ended as', state.state); },
+ *     onError(err) { console.error(err.message); },
+ *   });
+ *   // watcher.stop() stops polling; no callback is called after it.
+ *
+ * Each poll asks for `?since=N` (N = messages received so far), so every message is
+ * downloaded and reported once. If the server has dropped messages the client never
+ * saw (it keeps only the newest ones), `onGap(n)` is called; without an `onGap`
+ * option, `onMessage` is called once with a placeholder text naming how many.
+ */
+(function (root, factory) {
+  'use strict';
+  const api = factory();
+  if (typeof module === 'object' && module && module.exports) {
+    module.exports = api;
+  }
+  if (root) {
+    root.tracked = api;
+  }
+})(typeof globalThis !== 'undefined' ? globalThis : this, function () {
+  'use strict';
+
+  const DEFAULTS = {
+    interval: 500, // ms between the end of one poll and the start of the next
+    progressId: null, // sent as ?progress_id=
+    startTimeout: 10000, // ms during which a 404 means "not started yet"
+    requestTimeout: 15000, // ms before one poll is abandoned as a network error
+    maxRetries: 8, // consecutive failed polls (network, timeout, 5xx) before giving up
+    maxBackoff: 10000, // ms, the longest wait between two failed polls
+    onProgress: null, // (state) after every changed state
+    onMessage: null, // (text, index) once per message, in order
+    onGap: null, // (count, firstIndex) when the server dropped messages never received
+    onWaiting: null, // (elapsedMs) for each 404 inside startTimeout
+    onDone: null, // (state) once, when the progress is no longer in progress
+    onError: null, // (err) once, when tracking gives up; err.kind and err.status say why
+  };
+
+  /** Start polling `url`; returns {stop()}. See the file header for the options. */
+  function trackProgress(url, options) {
+    if (typeof url !== 'string' || !url) {
+      throw new TypeError('trackProgress(url, options): url must be a non-empty string');
+    }
+    const opts = Object.assign({}, DEFAULTS, options || {});
+    const tracker = new Tracker(url, opts);
+    tracker.poll();
+    return {
+      stop: function () {
+        tracker.stop();
+      },
+      get stopped() {
+        return tracker.stopped;
+      },
+    };
+  }
+
+  function Tracker(url, opts) {
+    this.url = url;
+    this.opts = opts;
+    this.cursor = 0; // index of the next message to report
+    this.etag = null;
+    this.failures = 0;
+    this.seen = false; // a state has been received at least once
+    this.startedAt = Date.now();
+    this.stopped = false;
+    this.timer = null;
+    this.controller = null;
+  }
+
+  Tracker.prototype.stop = function () {
+    this.stopped = true;
+    if (this.timer !== null) {
+      clearTimeout(this.timer);
+      this.timer = null;
+    }
+    if (this.controller) {
+      this.controller.abort();
+      this.controller = null;
+    }
+  };
+
+  Tracker.prototype.pollUrl = function () {
+    const params = ['since=' + this.cursor];
+    if (this.opts.progressId) {
+      params.unshift('progress_id=' + encodeURIComponent(this.opts.progressId));
+    }
+    return this.url + (this.url.indexOf('?') === -1 ? '?' : '&') + params.join('&');
+  };
+
+  Tracker.prototype.poll = async function () {
+    this.timer = null;
+    if (this.stopped) return;
+    let response;
+    try {
+      response = await this.fetch();
+    } catch (err) {
+      if (!this.stopped) this.failed(err);
+      return;
+    }
+    if (this.stopped) return;
+    await this.handle(response);
+  };
+
+  Tracker.prototype.fetch = async function () {
+    const headers = {Accept: 'application/json'};
+    if (this.etag) headers['If-None-Match'] = this.etag;
+    const controller = typeof AbortController === 'function' ? new AbortController() : null;
+    this.controller = controller;
+    const timeout = setTimeout(function () {
+      if (controller) controller.abort();
+    }, this.opts.requestTimeout);
+    try {
+      return await fetch(this.pollUrl(), {
+        headers: headers,
+        cache: 'no-store',
+        credentials: 'same-origin',
+        signal: controller ? controller.signal : undefined,
+      });
+    } catch (err) {
+      throw trackingError(
+        controller && controller.signal.aborted ? 'timeout' : 'network',
+        'polling ' + this.url + ' failed: ' + (err && err.message ? err.message : err),
+        0,
+        null
+      );
+    } finally {
+      clearTimeout(timeout);
+      if (this.controller === controller) this.controller = null;
+    }
+  };
+
+  Tracker.prototype.handle = async function (response) {
+    if (response.status === 304) {
+      this.failures = 0;
+      this.schedule(this.opts.interval);
+      return;
+    }
+    if (response.ok) {
+      let state;
+      try {
+        state = await response.json();
+      } catch (err) {
+        if (!this.stopped) this.failed(trackingError('bad_response', 'the status route did not answer JSON', response.status, null));
+        return;
+      }
+      if (this.stopped) return;
+      this.etag = response.headers.get('ETag');
+      this.failures = 0;
+      this.received(state);
+      return;
+    }
+    const body = await readJson(response);
+    if (this.stopped) return;
+    const detail = body && typeof body.error === 'string' ? body.error : response.statusText;
+    if (response.status === 404 && !this.seen) {
+      const waited = Date.now() - this.startedAt;
+      if (waited < this.opts.startTimeout) {
+        call(this.opts.onWaiting, waited);
+        this.schedule(this.opts.interval);
+        return;
+      }
+      return this.fail(trackingError('not_found', 'no progress at ' + this.url + ' after ' + this.opts.startTimeout + ' ms: ' + detail, 404, body));
+    }
+    if (response.status >= 500 || response.status === 429) {
+      return this.failed(trackingError('http', 'HTTP ' + response.status + ' from ' + this.url + ': ' + detail, response.status, body));
+    }
+    this.fail(trackingError('http', 'HTTP ' + response.status + ' from ' + this.url + ': ' + detail, response.status, body));
+  };
+
+  /** Report the messages and state of one answer; finish if the progress ended. */
+  Tracker.prototype.received = function (state) {
+    if (!state || typeof state !== 'object') {
+      return this.failed(trackingError('bad_response', 'the status route answered something other than a state', 200, null));
+    }
+    this.seen = true;
+    this.deliverMessages(state);
+    call(this.opts.onProgress, state);
+    if (this.stopped) return;
+    if (state.in_progress === false) {
+      this.stop();
+      call(this.opts.onDone, state);
+      return;
+    }
+    this.schedule(this.opts.interval);
+  };
+
+  /**
+   * `messages` holds the newest messages (those with index >= since, if the server
+   * honoured it); `message_count` counts every message ever added, so the first one
+   * here has index message_count - messages.length. Report each index once.
+   */
+  Tracker.prototype.deliverMessages = function (state) {
+    const messages = Array.isArray(state.messages) ? state.messages : [];
+    const total = typeof state.message_count === 'number' ? state.message_count : messages.length;
+    const first = total - messages.length;
+    if (first > this.cursor) {
+      this.reportGap(first - this.cursor, this.cursor);
+      this.cursor = first;
+    }
+    for (let index = Math.max(this.cursor, first); index < total; index++) {
+      if (this.stopped) return;
+      call(this.opts.onMessage, String(messages[index - first]), index);
+      this.cursor = index + 1;
+    }
+  };
+
+  Tracker.prototype.reportGap = function (count, firstIndex) {
+    if (typeof this.opts.onGap === 'function') {
+      call(this.opts.onGap, count, firstIndex);
+    } else {
+      const noun = count === 1 ? 'message was' : 'messages were';
+      call(this.opts.onMessage, '[' + count + ' earlier ' + noun + ' dropped by the server]', null);
+    }
+  };
+
+  /** A failure worth retrying (network, timeout, 5xx): back off, or give up at the limit. */
+  Tracker.prototype.failed = function (err) {
+    this.failures += 1;
+    if (this.failures > this.opts.maxRetries) {
+      err.lastKind = err.kind;
+      err.kind = 'gave_up';
+      err.message = 'gave up after ' + this.failures + ' failed polls; last: ' + err.message;
+      return this.fail(err);
+    }
+    const ceiling = Math.min(this.opts.maxBackoff, this.opts.interval * Math.pow(2, this.failures));
+    // "Equal jitter": half the ceiling for sure, the rest at random, so clients spread out.
+    this.schedule(ceiling / 2 + Math.random() * (ceiling / 2));
+  };
+
+  /** A final failure: stop and report it once. */
+  Tracker.prototype.fail = function (err) {
+    this.stop();
+    call(this.opts.onError, err);
+  };
+
+  Tracker.prototype.schedule = function (delay) {
+    if (this.stopped) return;
+    const self = this;
+    this.timer = setTimeout(function () {
+      self.poll();
+    }, delay);
+  };
+
+  async function readJson(response) {
+    try {
+      return await response.json();
+    } catch (err) {
+      return null;
+    }
+  }
+
+  function trackingError(kind, message, status, body) {
+    const err = new Error(message);
+    err.kind = kind; // 'network', 'timeout', 'http', 'not_found', 'bad_response' or 'gave_up'
+    err.status = status; // HTTP status, 0 when there was no answer
+    err.body = body; // the JSON error body, when there was one
+    return err;
+  }
+
+  /** Call a user callback; an exception in it is reported but does not stop polling. */
+  function call(callback) {
+    if (typeof callback !== 'function') return;
+    try {
+      callback.apply(null, Array.prototype.slice.call(arguments, 1));
+    } catch (err) {
+      setTimeout(function () {
+        throw err;
+      }, 0);
+    }
+  }
+
+  /** A random progress_id (a UUID), unguessable where the browser has crypto. */
+  function newProgressId() {
+    const c = typeof crypto !== 'undefined' ? crypto : null;
+    if (c && typeof c.randomUUID === 'function') {
+      return c.randomUUID();
+    }
+    const bytes = new Uint8Array(16);
+    if (c && typeof c.getRandomValues === 'function') {
+      c.getRandomValues(bytes);
+    } else {
+      // No crypto at all (very old engines): unique enough for a demo, not secret.
+      for (let i = 0; i < bytes.length; i++) bytes[i] = Math.floor(Math.random() * 256);
+    }
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    const hex = Array.prototype.map.call(bytes, function (b) {
+      return (b + 0x100).toString(16).slice(1);
+    }).join('');
+    return [hex.slice(0, 8), hex.slice(8, 12), hex.slice(12, 16), hex.slice(16, 20), hex.slice(20)].join('-');
+  }
+
+  return {trackProgress: trackProgress, newProgressId: newProgressId, defaults: DEFAULTS};
+});
