@@ -463,3 +463,19 @@ def test_a_foreign_value_under_a_record_key_reads_as_corrupt_and_is_replaced_by_
     fresh = running(count=3)
     store.claim(fresh, Owner.for_this_process())
     assert store.load("job") == fresh
+
+
+def test_messages_of_any_text_round_trip_through_the_server_side_json(store: RedisStore) -> None:
+    odd = ("ünïcødé ✓ 日本", 'a "quote" and a \\', "new\nline\ttab\x01\x7f", "</script>/", "😀", "")
+    state = running(messages=odd, message_count=len(odd))
+    store.claim(state, Owner.for_this_process())
+    assert store.load("job") == state
+    assert store.list() == [state]
+
+
+def test_list_reads_every_record_beyond_one_scan_batch(store: RedisStore) -> None:
+    owner = Owner.for_this_process()
+    names = {f"n{i}" for i in range(450)}
+    for name in names:
+        store.claim(running(name), owner)
+    assert {s.name for s in store.list()} == names

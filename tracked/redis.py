@@ -17,7 +17,7 @@ Every write runs one Lua script (one round trip) that writes the record, sets th
 lease and publishes an event on ``{prefix}events:K``: the wire JSON of the new
 state whose ``messages`` hold at least the messages added since the previous
 event of the run (place them with ``message_count - len(messages)``, as with
-the status route's ``?since=`` cursor). A read is one MULTI/EXEC round trip.
+the status route's ``?since=`` cursor). A read is one script call, one round trip.
 """
 
 from __future__ import annotations
@@ -105,6 +105,16 @@ return 1
 """
 
 
+# The state and owner fields, the kept messages as one JSON array (one reply to
+# parse, not one per message) and the lease's remaining milliseconds.
+_READ = """
+local fields = redis.call('HMGET', KEYS[1], 'state', 'owner')
+if not fields[1] then return false end
+return {fields[1], fields[2], cjson.encode(redis.call('LRANGE', KEYS[2], 0, -1)),
+  redis.call('PTTL', KEYS[3])}
+"""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Written:
     """What this store last wrote for a key, so the next write sends only new messages."""
@@ -141,6 +151,7 @@ class RedisStore(Store):
         self.address = _address(url_or_client, self.client)
         self._write = self.client.register_script(_WRITE)
         self._prune = self.client.register_script(_PRUNE)
+        self._read = self.client.register_script(_READ)
         self._written: dict[str, _Written] = {}
 
     def __repr__(self) -> str:
@@ -261,13 +272,18 @@ class RedisStore(Store):
     # ------------------------------------------------------------------ reads
 
     def read(self, key: str) -> Record | None:
-        raw = self._call(self._read_many, [key])[0]
-        if raw is None:
+        try:
+            reply = self._read(keys=self._keys(key))
+        except redis.ResponseError as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise self._failure(exc) from exc
+            raise StoreError(f"corrupt progress record {key!r} in {self}: {exc}") from exc
+        except redis.RedisError as exc:
+            raise self._failure(exc) from exc
+        if not reply:
             return None
         try:
-            if isinstance(raw, Exception):
-                raise ValueError(_describe(raw))
-            record = _decode(raw)
+            record = _decode(reply, time.time())
         except ValueError as exc:
             raise StoreError(f"corrupt progress record {key!r} in {self}: {exc}") from exc
         if record.state.key != key:
@@ -279,44 +295,35 @@ class RedisStore(Store):
         start = len(self.prefix + "rec:")
         keys = [_text(k)[start:] for k in self._call(self._scan, pattern)]
         for offset in range(0, len(keys), SCAN_BATCH):
-            batch = keys[offset : offset + SCAN_BATCH]
-            for raw in self._call(self._read_many, batch):
-                if raw is None or isinstance(raw, Exception):
-                    continue
+            replies = self._call(self._read_many, keys[offset : offset + SCAN_BATCH])
+            now = time.time()
+            for reply in replies:
+                if not reply or isinstance(reply, Exception):
+                    continue  # gone since the scan, or a foreign value under our prefix
                 try:
-                    yield _decode(raw)
+                    yield _decode(reply, now)
                 except ValueError:
                     continue
 
     def _scan(self, pattern: str) -> list[Any]:
         return list(self.client.scan_iter(match=pattern, count=SCAN_BATCH, _type="hash"))
 
-    def _read_many(self, keys: Sequence[str]) -> list[tuple[Any, ...] | Exception | None]:
-        """Record hash, messages and lease time of each key, in one round trip."""
-        pipe = self.client.pipeline(transaction=True)
+    def _read_many(self, keys: Sequence[str]) -> list[Any]:
+        """The read script's reply for each key, in one round trip (plus a script check)."""
+        pipe = self.client.pipeline(transaction=False)
         for key in keys:
-            pipe.hmget(self.record_key(key), "state", "owner")
-            pipe.lrange(self.messages_key(key), 0, -1)
-            pipe.pttl(self.lease_key(key))
-        replies = pipe.execute(raise_on_error=False)
-        now = time.time()
-        out: list[tuple[Any, ...] | Exception | None] = []
-        for i in range(0, len(replies), 3):
-            triple = replies[i : i + 3]
-            error = next((r for r in triple if isinstance(r, Exception)), None)
-            if error is not None:  # e.g. a key of the wrong type under our prefix
-                out.append(error)
-                continue
-            (state, owner), messages, pttl = triple
-            out.append(None if state is None else (state, owner, messages, pttl, now))
-        return out
+            self._read(keys=self._keys(key), client=pipe)
+        return pipe.execute(raise_on_error=False)
+
+    def _failure(self, exc: redis.RedisError) -> StoreError:
+        return StoreError(f"Redis at {self.address} failed: {_describe(exc)}")
 
     def _call(self, function: Any, *args: Any, **kwargs: Any) -> Any:
         """Run a Redis operation, turning every Redis failure into ``StoreError``."""
         try:
             return function(*args, **kwargs)
         except redis.RedisError as exc:
-            raise StoreError(f"Redis at {self.address} failed: {_describe(exc)}") from exc
+            raise self._failure(exc) from exc
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -337,15 +344,18 @@ def _new_messages(state: State, run: str, previous: _Written | None) -> tuple[in
     return prev_count, state.messages[overlap:]
 
 
-def _decode(raw: tuple[Any, ...]) -> Record:
-    """A record from the replies of ``_read_many``; ``ValueError`` if malformed."""
-    state_json, owner_json, messages, pttl, now = raw
+def _decode(reply: Sequence[Any], now: float) -> Record:
+    """A record from the read script's reply; ``ValueError`` if malformed."""
+    state_json, owner_json, messages_json, pttl = reply
     try:
         data = json.loads(state_json)
-        data["messages"] = [_text(m) for m in messages]
+        messages = json.loads(messages_json)
         owner_data = None if owner_json is None else json.loads(owner_json)
     except (TypeError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError("the state is not a JSON object")
+    data["messages"] = messages or []  # Lua's cjson writes an empty list as {}
     state = State.from_dict(data)
     if owner_data is None:
         return Record(state, None)
