@@ -169,7 +169,14 @@ class FakeStatus:
             route.fulfill(status=status, headers=headers, json=body)
 
 
-def state(count: int, messages: list[str], *, total_messages: int, ended: bool = False) -> dict:
+def state(
+    count: int,
+    messages: list[str],
+    *,
+    total_messages: int,
+    ended: bool = False,
+    start: float = 1.0,
+) -> dict:
     """A wire state whose ``messages`` are the newest of ``total_messages`` ever added."""
     return {
         "name": "fake",
@@ -183,8 +190,8 @@ def state(count: int, messages: list[str], *, total_messages: int, ended: bool =
         "state": "finished" if ended else "running",
         "status": "finished" if ended else "in progress",
         "error": None,
-        "start_time": 1.0,
-        "current_time": 2.0,
+        "start_time": start,
+        "current_time": start + 1.0,
         "finished_time": 2.0 if ended else None,
         "elapsed": 1.0,
         "rate": 1.0,
@@ -262,6 +269,23 @@ def test_client_reports_messages_the_server_dropped_as_a_gap(watched: PageWatch)
         ["m5", 5],
         ["m6", 6],
     ]
+
+
+def test_a_restarted_run_is_followed_from_its_first_message(watched: PageWatch) -> None:
+    """The name is started again mid-watch: its messages are not cut at the old cursor."""
+    page = watched.page
+
+    def respond(n: int, since: int, _etag: str | None) -> tuple[int, Any, str | None]:
+        if n == 1:
+            return 200, state(2, ["a", "b"], total_messages=2), None
+        new_run = ["x", "y"][since:]
+        return 200, state(5, new_run, total_messages=2, ended=n > 2, start=9.0), None
+
+    fake = FakeStatus(respond)
+    start_tracker(page, "restart", fake)
+    wait_until(page, "log.done !== null", "restart")
+    assert log_of(page, "restart")["messages"] == [["a", 0], ["b", 1], ["x", 0], ["y", 1]]
+    assert [r["since"] for r in fake.requests] == [0, 2, 0]
 
 
 def test_client_sends_the_etag_back_and_a_304_changes_nothing(watched: PageWatch) -> None:
