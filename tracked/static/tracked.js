@@ -72,6 +72,7 @@
     this.etag = null;
     this.failures = 0;
     this.seen = false; // a state has been received at least once
+    this.runStart = null; // start_time of the run being followed
     this.startedAt = Date.now();
     this.stopped = false;
     this.timer = null;
@@ -183,7 +184,17 @@
     if (!state || typeof state !== 'object') {
       return this.failed(trackingError('bad_response', 'the status route answered something other than a state', 200, null));
     }
+    if (this.seen && state.start_time !== this.runStart && this.cursor > 0) {
+      // The name was started again: this answer was cut at the old run's cursor.
+      // Start over from its first message rather than skip any of them.
+      this.runStart = state.start_time;
+      this.cursor = 0;
+      this.etag = null;
+      this.schedule(0);
+      return;
+    }
     this.seen = true;
+    this.runStart = state.start_time;
     this.deliverMessages(state);
     call(this.opts.onProgress, state);
     if (this.stopped) return;
