@@ -383,7 +383,9 @@ def _make_client(url_or_client: str | redis.Redis) -> redis.Redis:  # type: igno
             url_or_client,
             socket_connect_timeout=CONNECT_TIMEOUT,
             socket_timeout=SOCKET_TIMEOUT,
-            retry=Retry(NoBackoff(), 1),
+            # One immediate retry on a broken connection (a pooled socket the server
+            # closed by restarting); none on timeouts, so a dead host costs one wait.
+            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
         )
     except (ValueError, TypeError, redis.RedisError) as exc:
         raise StoreError(f"cannot use {_redact(url_or_client)!r} as a Redis store: {exc}") from exc
