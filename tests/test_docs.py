@@ -42,7 +42,7 @@ def test_every_python_sample_of_a_page_runs(
     code = "\n\n".join(python_blocks(page))
     if SAMPLE_REDIS in code:
         code = code.replace(SAMPLE_REDIS, str(request.getfixturevalue("redis_url")))
-    script = tmp_path / f"{page.stem}.py"
+    script = tmp_path / f"sample_{page.stem.replace('-', '_')}.py"  # never shadows a module
     script.write_text(code, encoding="utf-8")
     runner = "import runpy, sys; runpy.run_path(sys.argv[1], run_name='docs_sample')"
     result = subprocess.run(
