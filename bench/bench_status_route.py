@@ -6,12 +6,13 @@ the trivial constant-dict route, the bare file-bytes route, the real status
 route (200), and the status route with a matching ``If-None-Match`` (304).
 Targets: status >= 0.9 x bare for a 200, status-304 >= 0.95 x trivial.
 
-    .venv/bin/python bench/bench_status_route.py [--duration 5] [--rounds 1]
+    .venv/bin/python bench/bench_status_route.py [--duration 5] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import re
 import shutil
@@ -43,6 +44,8 @@ def main() -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="tracked-bench-") as directory:
         make_record(Path(directory))
+        time.sleep(0.1)  # let the record settle, as any record polled after its end has
+        report_app_costs(Path(directory))
         for label, options in SERVERS.items():
             results = bench_server(wrk, Path(directory), options, args)
             report(label, results)
@@ -53,7 +56,10 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=1, help="runs per route; best kept")
+    parser.add_argument(
+        "--rounds", type=int, default=3,
+        help="interleaved runs per route; the best is kept, since other load only slows runs",
+    )
     return parser.parse_args()
 
 
@@ -104,6 +110,8 @@ def bench_server(
             "status": (status_url, []),
             "status-304": (status_url, ["-H", f"If-None-Match: {etag}"]),
         }
+        for url, extra in urls.values():  # warm up workers, threads and caches
+            run_wrk(wrk, url, extra, args, duration=1)
         best: dict[str, tuple[float, str, str]] = {}
         for _ in range(args.rounds):
             for route in ROUTES:
@@ -118,11 +126,12 @@ def bench_server(
 
 
 def run_wrk(
-    wrk: str, url: str, extra: list[str], args: argparse.Namespace
+    wrk: str, url: str, extra: list[str], args: argparse.Namespace, duration: int = 0
 ) -> tuple[float, str, str]:
     """Requests/s, p50 and p99 of one wrk run; fails on any error response."""
+    seconds = duration or args.duration
     output = subprocess.run(
-        [wrk, "-t2", f"-c{args.connections}", f"-d{args.duration}s", "--latency", *extra, url],
+        [wrk, "-t2", f"-c{args.connections}", f"-d{seconds}s", "--latency", *extra, url],
         check=True, capture_output=True, text=True,
     ).stdout
     if "Non-2xx or 3xx" in output:
@@ -131,6 +140,51 @@ def run_wrk(
     p50 = re.search(r"\s50%\s+(\S+)", output).group(1)  # type: ignore[union-attr]
     p99 = re.search(r"\s99%\s+(\S+)", output).group(1)  # type: ignore[union-attr]
     return rate, p50, p99
+
+
+def report_app_costs(directory: Path, calls: int = 3000) -> None:
+    """Microseconds of one WSGI call of each route in this process, no server: the
+    part of a request the plugin controls, steadier than wrk on a shared machine."""
+    os.environ.update(BENCH_STORE=str(directory), BENCH_KEY=KEY)
+    sys.path.insert(0, str(ROOT / "bench"))
+    from status_app import app
+
+    etag = wsgi_call(app, f"/_progress_status/{KEY}")["Etag"]  # Bottle title-cases names
+    paths = {"trivial": ("/trivial", None), "bare": ("/bare", None),
+             "status": (f"/_progress_status/{KEY}", None),
+             "status-304": (f"/_progress_status/{KEY}", etag)}
+    costs = {}
+    for route, (path, if_none_match) in paths.items():
+        best = float("inf")
+        for _ in range(5):
+            started = time.perf_counter()
+            for _ in range(calls):
+                wsgi_call(app, path, if_none_match)
+            best = min(best, (time.perf_counter() - started) / calls)
+        costs[route] = best * 1e6
+    print("in-process WSGI call, microseconds per request (best of 5)")
+    for route, cost in costs.items():
+        print(f"  {route:<12}{cost:>8.1f}")
+    print(f"  status - bare {costs['status'] - costs['bare']:+.1f}, "
+          f"status-304 - trivial {costs['status-304'] - costs['trivial']:+.1f}")
+
+
+def wsgi_call(app: object, path: str, if_none_match: str | None = None) -> dict[str, str]:
+    """Call a WSGI app for ``GET path``, drain the body, return the response headers."""
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": "",
+               "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80", "wsgi.url_scheme": "http",
+               "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.input": io.BytesIO()}
+    if if_none_match:
+        environ["HTTP_IF_NONE_MATCH"] = if_none_match
+    headers: dict[str, str] = {}
+
+    def start_response(status: str, header_list: list[tuple[str, str]], exc_info=None):
+        headers.update(header_list)
+
+    body = app(environ, start_response)  # type: ignore[operator]
+    b"".join(body)
+    getattr(body, "close", lambda: None)()
+    return headers
 
 
 def report(label: str, results: dict[str, tuple[float, str, str]]) -> None:
