@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +19,7 @@ import webob
 import webtest
 
 import tracked
+from tests.conftest import free_port, wait_for_port
 from tracked._scope import request_scope
 from tracked.bottle import TrackedPlugin
 
@@ -110,6 +114,11 @@ def build_app(store: tracked.Store, **plugin_options: Any) -> bottle.Bottle:
     def stream() -> Iterator[str]:
         for i in range(5):
             yield f"line {i}\n"
+
+    @app.get("/gen-start")
+    def gen_start() -> Iterator[str]:
+        with tracked.start("busy"):
+            yield "working\n"
 
     @app.get("/inner-start")
     def inner_start() -> Iterator[str]:
@@ -217,6 +226,11 @@ def test_invalid_progress_id_is_400_json_on_status_and_tracked_routes(app, bad):
     assert_json_error(status(app, "job", expect=400, progress_id=bad), 400)
     assert_json_error(app.get("/job", params={"progress_id": bad}, status=400), 400)
     assert not tracked.is_running("job", store=app.app.plugins[-1].store)
+
+
+def test_percent_encoded_progress_id_parameter_is_understood(app):
+    app.get("/nameless?progress%5Fid=encoded")
+    assert status(app, "encoded").json["progress_id"] == "encoded"
 
 
 def test_longest_valid_progress_id_is_accepted(app):
@@ -430,6 +444,13 @@ def test_route_starting_a_running_name_is_409_and_leaves_it_untouched(app, plugi
 def test_generator_route_starting_a_running_name_is_409(app, plugin_store):
     with tracked.start("stream", store=plugin_store):
         assert_json_error(app.get("/stream", status=409), 409)
+
+
+def test_generator_route_refused_before_its_first_chunk_is_409(app, plugin_store):
+    """A start inside the body fails before anything is sent: still a JSON 409."""
+    with tracked.start("busy", store=plugin_store):
+        assert_json_error(app.get("/gen-start", status=409), 409)
+    assert app.get("/gen-start").text == "working\n"
 
 
 def test_second_plugin_on_one_app_is_refused(plugin_store):
@@ -650,3 +671,55 @@ def test_record_written_moments_ago_is_not_cached(app, plugin_store):
     assert status(app, "twice").json["count"] == 2
     rewrite_in_place(path, b'"count":2', b'"count":9')
     assert status(app, "twice").json["count"] == 9
+
+
+# ------------------------------------------------------------------------ under a real server
+
+STREAMING_APP = '''
+import os, time
+import bottle
+import tracked
+from tracked.bottle import TrackedPlugin
+
+app = bottle.Bottle()
+app.install(TrackedPlugin(os.environ["TEST_STORE"]))
+
+
+@app.get("/ticks", tracked={"name": "ticks", "total": 2000, "min_interval": 0})
+def ticks():
+    for i in range(2000):
+        yield "tick %d\\n" % i
+        time.sleep(0.01)
+'''
+
+
+def test_client_disconnecting_from_a_streaming_route_cancels_it(tmp_path, plugin_store):
+    """gunicorn closes the body once writes to the gone client fail."""
+    (tmp_path / "streaming_app.py").write_text(STREAMING_APP)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "-w", "1",
+         "--pythonpath", str(tmp_path), "--log-level", "warning", "streaming_app:app"],
+        env={**os.environ, "TEST_STORE": str(plugin_store.directory)},
+    )
+    try:
+        wait_for_port(port)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            client.sendall(b"GET /ticks?progress_id=gone HTTP/1.1\r\nHost: x\r\n\r\n")
+            received = b""
+            while b"tick 2\n" not in received:
+                chunk = client.recv(4096)
+                assert chunk, "the server closed the stream early"
+                received += chunk
+        key = tracked.State("ticks", "gone").key
+        deadline = time.monotonic() + 30
+        state = plugin_store.load(key)
+        while state is not None and state.in_progress and time.monotonic() < deadline:
+            time.sleep(0.05)
+            state = plugin_store.load(key)
+        assert state is not None
+        assert (state.state, state.in_progress) == ("cancelled", False)
+        assert 3 <= state.count < 2000
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

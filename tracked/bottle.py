@@ -111,10 +111,8 @@ class TrackedPlugin:
                     # Bottle iterates the body after this returns: keep the scope for it.
                     result = ScopedBody(result, contextvars.copy_context())
                 return result
-            except tracked.AlreadyRunning as exc:
-                return error_response(409, str(exc))
-            except tracked.InvalidName as exc:
-                return error_response(400, str(exc))
+            except REFUSALS as exc:
+                return refusal_response(exc)
             finally:
                 request_scope.reset(token)
 
@@ -144,7 +142,8 @@ class TrackedPlugin:
             logger.warning("tracked: status route cannot read %r: %s", key, exc)
             return error_response(500, "the progress store cannot be read")
         if rendered is None:
-            return error_response(404, f"no progress named {name!r}")
+            shown = key.replace("\0", "?progress_id=")
+            return error_response(404, f"no progress {shown!r}")
         return _respond(rendered, environ.get("HTTP_IF_NONE_MATCH"))
 
     def _rendered(self, key: str, since: int) -> Rendered | None:
@@ -170,17 +169,25 @@ class ScopedBody:
     """A generator route's body, run step by step in the context captured when the
     route was called; closing it (the client went away) closes the generator."""
 
-    __slots__ = ("_context", "_generator")
+    __slots__ = ("_context", "_generator", "_started")
 
     def __init__(self, generator: Iterator[Any], context: contextvars.Context) -> None:
         self._generator = generator
         self._context = context
+        self._started = False
 
     def __iter__(self) -> ScopedBody:
         return self
 
     def __next__(self) -> Any:
-        return self._context.run(next, self._generator)
+        if self._started:
+            return self._context.run(next, self._generator)
+        self._started = True
+        try:
+            return self._context.run(next, self._generator)
+        except REFUSALS as exc:
+            # Nothing is sent yet: Bottle turns a raised HTTPResponse into the answer.
+            raise refusal_response(exc) from exc
 
     def close(self) -> None:
         close = getattr(self._generator, "close", None)
@@ -276,7 +283,7 @@ def _route_options(route: Any) -> dict[str, Any] | None:
 
 def _requested_progress_id() -> str | None:
     """The client's ``?progress_id=``, validated; None when the request has none."""
-    if "progress_id" not in bottle.request.environ.get("QUERY_STRING", ""):
+    if "progress" not in bottle.request.environ.get("QUERY_STRING", ""):
         return None
     value = bottle.request.query.get("progress_id")
     return None if value is None else _valid_progress_id(value)
@@ -331,6 +338,15 @@ def _etag_matches(header: str, etag: str) -> bool:
         if candidate == "*" or candidate.removeprefix("W/") == etag:
             return True
     return False
+
+
+#: What a route may raise that is the client's doing, answered as a JSON error.
+REFUSALS = (tracked.AlreadyRunning, tracked.InvalidName)
+
+
+def refusal_response(exc: tracked.TrackedError) -> Any:
+    """409 for a progress already running, 400 for a name the request made invalid."""
+    return error_response(409 if isinstance(exc, tracked.AlreadyRunning) else 400, str(exc))
 
 
 def error_response(status: int, message: str) -> Any:
