@@ -49,6 +49,8 @@ class TrackedPlugin:
     ``store`` is a ``Store``, a directory or a store URL (None: the process
     default at request time); ``prefix`` is where the status route lives;
     ``authorize(request, key)`` returning false makes the status route answer 403.
+    ``key`` is the name, the progress_id, or both joined by NUL, as
+    ``tracked.State(name, progress_id).key`` builds it.
     """
 
     name = "tracked"
@@ -56,7 +58,7 @@ class TrackedPlugin:
 
     def __init__(
         self,
-        store: tracked.Store | str | None = None,
+        store: tracked.Store | str | os.PathLike[str] | None = None,
         prefix: str = "/_progress_status",
         authorize: Authorize | None = None,
     ) -> None:
