@@ -13,11 +13,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import tracked
-from tests.conftest import ROOT, free_port, wait_for_port
+from tests.conftest import ROOT, free_port, require_binary, wait_for_port
 from tracked._store import Owner
 
 JOB = r"""
@@ -655,3 +656,62 @@ def test_packaged_client_is_the_examples_client() -> None:
     example = ROOT / "examples" / "static" / "tracked.js"
     if example.exists():
         assert example.read_bytes() == packaged.read_bytes()
+
+
+# ----------------------------------------------------------------------------- serve, in a browser
+
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    executable = require_binary("chromium")
+    from playwright.sync_api import sync_playwright
+
+    playwright = sync_playwright().start()
+    try:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+    finally:
+        playwright.stop()
+
+
+def test_serve_pages_follow_a_batch_job_live_in_a_browser(
+    tmp_path: Path, start_job: Callable[..., Job], serve: Callable[[str], str], chromium: Any
+) -> None:
+    """The list page links to the job; its page fills the bar and the messages through
+    tracked.js as another process works; a name made of markup stays text."""
+    from playwright.sync_api import expect
+
+    store = str(tmp_path / "store")
+    base = serve(store)
+    name = "<img src=x onerror=alert(1)>"
+    job = start_job(store, name, gated=True)
+    page = chromium.new_page()
+    page.set_default_timeout(30_000)
+    dialogs: list[str] = []
+    errors: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(base + "/")
+    link = page.get_by_role("link", name=name)
+    expect(link).to_be_visible()
+    link.click()
+    expect(page.locator("#title")).to_have_text(name)
+    expect(page.locator("#state")).to_have_text("running")
+    expect(page.locator("#fraction")).to_have_text("10/20 (50.0%)")
+    job.release()
+    expect(page.locator("#fraction")).to_have_text("20/20 (100.0%)")
+    expect(page.locator("#state")).to_have_text("finished")
+    expect(page.locator("#messages li")).to_have_text([f"step {i}" for i in range(20)])
+    assert job.wait() == 0
+    assert dialogs == [] and errors == []
+    page.close()
