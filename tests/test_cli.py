@@ -715,3 +715,12 @@ def test_serve_pages_follow_a_batch_job_live_in_a_browser(
     assert job.wait() == 0
     assert dialogs == [] and errors == []
     page.close()
+
+
+def test_printable_escapes_controls_and_text_reordering_marks() -> None:
+    from tracked.cli import printable
+
+    assert printable("ok\x1b[2J\x07\r\n\u202egnp.exe\u2066") == (
+        "ok\\x1b[2J\\x07\\x0d\\x0a\\u202egnp.exe\\u2066"
+    )
+    assert printable("naïve — 東京") == "naïve — 東京"

@@ -32,7 +32,8 @@ SHOW_MESSAGES = 10
 EXIT_OK, EXIT_ENDED_BADLY, EXIT_USAGE = 0, 1, 2
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# C0 and C1 controls, and the Unicode marks that reorder text (bidirectional overrides).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 
 
 class UsageError(Exception):
@@ -167,7 +168,12 @@ def _key(args: argparse.Namespace) -> str:
 
 def printable(text: str) -> str:
     """``text`` with control characters escaped, so no stored text can drive the terminal."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return _CONTROL.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
 
 
 def label(state: State) -> str:
@@ -276,7 +282,7 @@ def _display(key: str) -> str:
 
 
 def _shown(key: str) -> str:
-    return repr(_display(key))
+    return f"'{_display(key)}'"
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
