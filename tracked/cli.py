@@ -89,8 +89,12 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, run: Callable[[argparse.Namespace], int], text: str) -> Any:
-        sub = commands.add_parser(name, parents=[common], help=text, description=text)
+    def command(
+        name: str, run: Callable[[argparse.Namespace], int], text: str, epilog: str = ""
+    ) -> Any:
+        sub = commands.add_parser(
+            name, parents=[common], help=text, description=text, epilog=epilog or None
+        )
         sub.set_defaults(run=run)
         return sub
 
@@ -102,7 +106,12 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_name(show)
     show.add_argument("--json", action="store_true", help="print the wire JSON")
 
-    watch = command("watch", _cmd_watch, "Follow one progress until it ends.")
+    watch = command(
+        "watch",
+        _cmd_watch,
+        "Follow one progress until it ends: a live bar on a terminal, else a line per change.",
+        "exit status: 0 finished, 1 failed, cancelled or abandoned, 2 not found or bad input",
+    )
     _add_name(watch)
     watch.add_argument("--wait", default="0", metavar="SECONDS", help="wait this long for it")
     watch.add_argument("--interval", default="0.5", metavar="SECONDS", help="poll interval")
