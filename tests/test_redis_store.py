@@ -320,30 +320,54 @@ def test_snapshots_that_rewrite_earlier_messages_are_stored_as_given(store: Redi
         assert store.load("job") == snapshot
 
 
-def test_a_write_and_a_read_take_one_round_trip_each(
-    redis_server: RedisServer, redis_url: str
-) -> None:
-    class CountingConnection(redis.Connection):
-        sent = 0
+class CountingConnection(redis.Connection):
+    """A real connection that counts what it sends: round trips and bytes."""
 
-        def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-            CountingConnection.sent += 1
-            super().send_packed_command(command, check_health)
+    sends = 0
+    sent_bytes = 0
 
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        chunks = [command] if isinstance(command, (bytes, str)) else command
+        CountingConnection.sends += 1
+        CountingConnection.sent_bytes += sum(len(c) for c in chunks)
+        super().send_packed_command(command, check_health)
+
+
+@pytest.fixture
+def counted_store(redis_server: RedisServer, redis_url: str) -> Iterator[RedisStore]:
+    """A RedisStore whose connections count their sends, warmed up on one record."""
     pool = redis.ConnectionPool(
         host="127.0.0.1", port=redis_server.port, connection_class=CountingConnection
     )
     store = RedisStore(redis.Redis(connection_pool=pool))
-    owner = Owner.for_this_process()
-    store.claim(running(messages=("a",), message_count=1), owner)
-    store.load("job")  # scripts loaded and the connection open: now count
-    before = CountingConnection.sent
-    store.save(running(count=5, messages=("a", "b"), message_count=2), owner)
-    assert CountingConnection.sent - before == 1
-    before = CountingConnection.sent
-    assert store.load("job") is not None
-    assert CountingConnection.sent - before == 1
+    store.claim(running("warm-up"), Owner.for_this_process())
+    store.load("warm-up")  # the scripts are loaded and a connection is open
+    yield store
     pool.disconnect()
+
+
+def test_a_write_and_a_read_take_one_round_trip_each(counted_store: RedisStore) -> None:
+    owner = Owner.for_this_process()
+    counted_store.claim(running(messages=("a",), message_count=1), owner)
+    before = CountingConnection.sends
+    counted_store.save(running(count=5, messages=("a", "b"), message_count=2), owner)
+    assert CountingConnection.sends - before == 1
+    before = CountingConnection.sends
+    assert counted_store.load("job") is not None
+    assert CountingConnection.sends - before == 1
+
+
+def test_a_write_sends_only_the_messages_added_since_the_previous_one(
+    counted_store: RedisStore,
+) -> None:
+    owner = Owner.for_this_process()
+    kept = tuple(f"message {i:03d} " + "x" * 90 for i in range(500))  # about 50 kB
+    counted_store.claim(running(messages=kept, message_count=500), owner)
+    before = CountingConnection.sent_bytes
+    one_more = running(messages=(*kept[1:], "the new one"), message_count=501)
+    counted_store.save(one_more, owner)
+    assert CountingConnection.sent_bytes - before < 2_000
+    assert counted_store.load("job") == one_more
 
 
 # ----------------------------------------------------------------------------- expiry
