@@ -20,12 +20,10 @@ from tracked.redis import RedisStore
 def hold(url: str, name: str, lease: str) -> None:
     """Claim ``name`` and keep it, doing nothing, until killed; the flusher renews the lease."""
     store = RedisStore(url, lease=float(lease))
-    progress = tracked.start(name, total=None, store=store)
+    _held = tracked.start(name, total=None, store=store)  # a live local: never collected
     print("claimed", flush=True)
     while True:
-        time.sleep(0.05)
-        if progress.count < 0:  # never true: keeps the handle referenced
-            break
+        time.sleep(1)
 
 
 def watch(url: str, name: str, lease: str) -> None:
