@@ -254,9 +254,13 @@ def test_an_unreachable_unix_socket_raises_store_error_naming_the_path(tmp_path:
         tracked.start("nowhere", store=store)
 
 
-def test_error_messages_never_show_the_password() -> None:
+@pytest.mark.parametrize(
+    "template",
+    ["redis://user:s3cret@127.0.0.1:{port}/0", "redis://127.0.0.1:{port}/0?password=s3cret"],
+)
+def test_error_messages_never_show_the_password(template: str) -> None:
     port = free_port()
-    store = RedisStore(f"redis://user:s3cret@127.0.0.1:{port}/0")
+    store = RedisStore(template.format(port=port))
     with pytest.raises(StoreError) as caught:
         store.load("x")
     assert "s3cret" not in str(caught.value) and f"127.0.0.1:{port}" in str(caught.value)

@@ -402,12 +402,14 @@ def _address(url_or_client: str | redis.Redis, client: redis.Redis) -> str:  # t
 
 
 def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return parts._replace(netloc=user + host).geturl()
+    """The URL as shown in messages: no password, no query (it may hold one)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.netloc.rpartition("@")[2]
+        user = f"{parts.username or ''}:***@" if parts.password is not None else ""
+        return parts._replace(netloc=user + host, query="", fragment="").geturl()
+    except ValueError:
+        return "<a malformed URL>"
 
 
 def _check_prefix(prefix: object) -> str:
