@@ -648,14 +648,12 @@ def test_serve_on_a_busy_port_is_one_line_and_exit_2(
     assert_one_line_error(result, f"cannot listen on 127.0.0.1:{port}")
 
 
-def test_packaged_client_is_the_examples_client() -> None:
-    """``tracked serve`` ships ``tracked/static/tracked.js``; while examples/ keeps a copy,
-    the two must not drift apart (the JS client is one file)."""
+def test_the_examples_client_is_the_packaged_file() -> None:
+    """The JS client is one file: the package ships it and examples/ links to it."""
     packaged = ROOT / "tracked" / "static" / "tracked.js"
-    assert packaged.is_file()
     example = ROOT / "examples" / "static" / "tracked.js"
-    if example.exists():
-        assert example.read_bytes() == packaged.read_bytes()
+    assert packaged.is_file() and example.is_symlink()
+    assert example.samefile(packaged)
 
 
 # ----------------------------------------------------------------------------- serve, in a browser
