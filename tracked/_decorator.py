@@ -195,7 +195,7 @@ def _drive(generator: Generator[Any, Any, Any], progress: Progress) -> Generator
         if isinstance(item, str):
             append((next_index(), item))
         if flush_each:
-            progress.flush()
+            progress._maybe_flush()
         try:
             argument = yield item
             step = send

@@ -377,6 +377,7 @@ class Progress:
         if (
             self._owner is not None
             and not self._ended
+            and not self._store_failing  # retries are the flusher's, not the task's
             and time.monotonic() - self._last_write >= self.min_interval
         ):
             self.flush()

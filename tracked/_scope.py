@@ -36,6 +36,7 @@ request_scope: contextvars.ContextVar[RequestScope | None] = contextvars.Context
 
 _configured: Store | None = None
 _from_environment: Store | None = None
+_opened: dict[str, Store] = {}
 _lock = threading.Lock()
 
 
@@ -70,9 +71,22 @@ def default_directory() -> Path:
 
 
 def resolve_store(store: StoreSpec | None) -> Store:
-    """The store to use: the one given, else the request's, else the default."""
+    """The store to use: the one given, else the request's, else the default.
+
+    A path or URL opens its store once per process and reuses it afterwards, so
+    ``load(name, store="redis://...")`` does not connect anew on every call.
+    """
+    if isinstance(store, Store):
+        return store
     if store is not None:
-        return open_store(store)
+        spec = os.fspath(store)
+        with _lock:
+            opened = _opened.get(spec)
+        if opened is None:
+            opened = open_store(spec)
+            with _lock:
+                opened = _opened.setdefault(spec, opened)
+        return opened
     scope = request_scope.get()
     if scope is not None and scope.store is not None:
         return scope.store
