@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import functools
 import hashlib
 import inspect
 import json
@@ -291,16 +292,21 @@ def _requested_progress_id() -> str | None:
     return None if value is None else _valid_progress_id(value)
 
 
+@functools.lru_cache(maxsize=4096)
+def storage_key(name: str | None, progress_id: str | None) -> str:
+    """The key ``name`` and ``progress_id`` combine into (validated once, then cached);
+    raises ``InvalidName`` for a bad name or progress_id."""
+    return tracked.State(name=name, progress_id=progress_id).key
+
+
 def _valid_progress_id(value: str) -> str:
-    return tracked.State(name=None, progress_id=value).key
+    return storage_key(None, value)
 
 
 def _status_key(name: str, query: Any) -> str:
     """The storage key a status request names: the path's name, with any progress_id."""
     progress_id = None if query is None else query.get("progress_id")
-    if progress_id is not None:
-        _valid_progress_id(progress_id)
-    return tracked.State(name=name, progress_id=progress_id).key
+    return storage_key(name, progress_id)
 
 
 def _since(query: Any) -> int:
