@@ -194,6 +194,13 @@ def test_status_is_the_wire_json_with_content_type_and_no_store(app):
     assert list(json.loads(response.body)) == WIRE_KEYS
 
 
+def test_head_request_gets_the_headers_without_a_body(app):
+    app.get("/twice")
+    response = app.head(f"{PREFIX}/twice", status=200)
+    assert response.body == b""
+    assert response.headers["ETag"] == status(app, "twice").headers["ETag"]
+
+
 def test_progress_id_is_combined_with_the_route_name(app):
     app.get("/job", params={"progress_id": "abc"})
     state = status(app, "job", progress_id="abc").json
@@ -532,6 +539,7 @@ def test_generator_route_streams_while_recorded(plugin_store):
     assert chunks == [f"line {i}\n".encode() for i in range(5)]
     state = status(client, "stream", progress_id="s1").json
     assert (state["count"], state["state"], state["message_count"]) == (5, "finished", 5)
+    assert tracked.load("stream", progress_id="s1") is None  # not in the process default
 
 
 def test_closing_the_body_early_cancels_the_progress(plugin_store):
