@@ -320,3 +320,22 @@ def test_instance_class_and_static_methods_are_tracked(file_store: FileStore) ->
     assert load("method-5-3").count == 3
     assert load("classmethod-Importer").state == "finished"
     assert load("static-1").state == "finished" and load("static-2").state == "finished"
+
+
+def test_a_generator_body_sees_the_callers_context_even_when_iterated_later(
+    file_store: FileStore,
+) -> None:
+    """A web server iterates a generator route after the request scope is reset."""
+    seen = []
+
+    @tracked.tracked(name="late")
+    def job() -> Iterator[int]:
+        scope = request_scope.get()
+        seen.append(None if scope is None else scope.progress_id)
+        yield 1
+
+    token = request_scope.set(RequestScope(progress_id="p1"))
+    gen = job()
+    request_scope.reset(token)
+    assert list(gen) == [1]
+    assert seen == ["p1"]

@@ -163,17 +163,21 @@ class _Spec:
             generator.close()
             raise
         progress._end_on_collect = "cancelled"
-        return _drive(generator, progress)
+        # Copied now, not at the first step: a web server may iterate the generator
+        # after the request scope of the call is gone.
+        context = contextvars.copy_context()
+        context.run(current_progress.set, progress)
+        return _drive(generator, progress, context)
 
 
-def _drive(generator: Generator[Any, Any, Any], progress: Progress) -> Generator[Any, Any, Any]:
+def _drive(
+    generator: Generator[Any, Any, Any], progress: Progress, context: contextvars.Context
+) -> Generator[Any, Any, Any]:
     """Yield what ``generator`` yields, counting each item; forward send, throw and close.
 
-    The inner generator runs in a context of its own where ``tracked.current()``
-    is ``progress``, whoever iterates it.
+    The inner generator runs in ``context``, the caller's context at the call with
+    ``tracked.current()`` set to ``progress``, whoever iterates it and whenever.
     """
-    context = contextvars.copy_context()
-    context.run(current_progress.set, progress)
     run = context.run
     send, throw = generator.send, generator.throw
     append, next_index = progress._messages.append, progress._next_index

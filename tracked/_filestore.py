@@ -8,6 +8,7 @@ File names are a hash of the key, so no name can reach outside the directory.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tempfile
@@ -49,8 +50,7 @@ class FileStore(Store):
 
     def path_for(self, key: str) -> Path:
         """The file that holds ``key``'s record: a hash, never derived from the text itself."""
-        digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:40]
-        return self.directory / (digest + SUFFIX)
+        return self.directory / _file_name(key)
 
     # ------------------------------------------------------------------ writes
 
@@ -163,6 +163,12 @@ class FileStore(Store):
             if skip_corrupt:
                 return None
             raise StoreError(f"corrupt progress record {str(path)!r}: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=4096)
+def _file_name(key: str) -> str:
+    """A key's file name; cached because pollers ask for the same few keys again and again."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:40] + SUFFIX
 
 
 class _StoreLock(filelock.FileLock):
