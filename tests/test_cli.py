@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 import tracked
-from tests.conftest import ROOT, free_port, require_binary, wait_for_port
+from tests.conftest import ROOT, free_port, wait_for_port
 from tracked._store import Owner
 
 JOB = r"""
@@ -657,29 +657,6 @@ def test_the_examples_client_is_the_packaged_file() -> None:
 
 
 # ----------------------------------------------------------------------------- serve, in a browser
-
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
-    executable = require_binary("chromium")
-    from playwright.sync_api import sync_playwright
-
-    playwright = sync_playwright().start()
-    try:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
-        yield browser
-        browser.close()
-    finally:
-        playwright.stop()
 
 
 def test_serve_pages_follow_a_batch_job_live_in_a_browser(
