@@ -46,7 +46,7 @@ def start(
         min_interval=min_interval,
         max_messages=max_messages,
     )
-    return progress.claim()
+    return progress._claim()
 
 
 def current() -> Progress:

@@ -192,7 +192,7 @@ def _drive(
             progress.finish()
             return stop.value
         except BaseException as exc:
-            progress.end_by(exc)
+            progress._end_by(exc)
             raise
         count += 1
         progress._yields = count
@@ -216,7 +216,7 @@ def _close(
     try:
         run(generator.close)
     except BaseException as exc:
-        progress.end_by(exc)
+        progress._end_by(exc)
         raise
     progress.cancel()
 

@@ -60,7 +60,7 @@ class _Flusher:
         sleep = MAX_SLEEP
         for progress in self.watched:
             interval = progress.min_interval or ZERO_INTERVAL_POLL
-            if progress.changed():
+            if progress._changed():
                 interval = max(0.0, progress._last_write + progress.min_interval - now)
             lease = progress.store.lease
             if lease:
@@ -74,7 +74,7 @@ class _Flusher:
         for progress in watched:
             since_write = now - progress._last_write
             lease = progress.store.lease
-            if (progress.changed() and since_write >= progress.min_interval) or (
+            if (progress._changed() and since_write >= progress.min_interval) or (
                 lease and since_write >= lease / 3
             ):
                 progress.flush()
@@ -82,7 +82,7 @@ class _Flusher:
     def flush_all(self) -> None:
         """At exit: write every pending change and retry failed final writes once."""
         with self.cond:
-            pending = [p for p in self.watched if p.changed()] + list(self.retrying)
+            pending = [p for p in self.watched if p._changed()] + list(self.retrying)
         for progress in pending:
             progress.flush()
 

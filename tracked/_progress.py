@@ -134,7 +134,7 @@ class Progress:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def claim(self) -> Progress:
+    def _claim(self) -> Progress:
         """Write the first snapshot, claiming the key; raise ``AlreadyRunning`` if held."""
         owner = Owner.for_this_process()
         register_live_run(owner.run)
@@ -191,9 +191,9 @@ class Progress:
     ) -> None:
         if self._context_tokens:
             current_progress.reset(self._context_tokens.pop())
-        self.end_by(exc)
+        self._end_by(exc)
 
-    def end_by(self, exc: BaseException | None) -> None:
+    def _end_by(self, exc: BaseException | None) -> None:
         """End the way an exiting block says: no exception finishes, an interrupt
         or ``GeneratorExit`` cancels, any other exception fails."""
         if exc is None:
@@ -382,7 +382,7 @@ class Progress:
         ):
             self.flush()
 
-    def changed(self) -> bool:
+    def _changed(self) -> bool:
         """Whether the handle changed since the last successful write."""
         return (self._version, self._yields) != self._flushed_mark
 
