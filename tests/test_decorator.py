@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import inspect
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -270,14 +271,6 @@ def test_a_callable_returning_a_bad_name_fails_at_the_call(file_store: FileStore
         work()
 
 
-def test_async_functions_are_refused_clearly() -> None:
-    with pytest.raises(TypeError, match="async"):
-
-        @tracked.tracked(name="a")
-        async def work() -> None:
-            pass
-
-
 # ------------------------------------------------------------------ introspection and methods
 
 
@@ -339,3 +332,94 @@ def test_a_generator_body_sees_the_callers_context_even_when_iterated_later(
     request_scope.reset(token)
     assert list(gen) == [1]
     assert seen == ["p1"]
+
+
+# ------------------------------------------------------------------ async
+
+
+def test_a_coroutine_function_is_running_while_awaited_and_finished_after(
+    file_store: FileStore,
+) -> None:
+    @tracked.tracked(name="async-{n}", total=lambda n: n)
+    async def work(n: int) -> str:
+        for _ in range(n):
+            await asyncio.sleep(0)
+            tracked.current().increment()
+        assert tracked.is_running(f"async-{n}")
+        return "done"
+
+    assert inspect.iscoroutinefunction(work)
+    assert asyncio.run(work(3)) == "done"
+    state = load("async-3")
+    assert (state.count, state.state) == (3, "finished")
+
+
+def test_calling_a_coroutine_function_claims_so_a_conflict_raises_at_the_call(
+    file_store: FileStore,
+) -> None:
+    @tracked.tracked(name="async-claim")
+    async def work() -> None:
+        pass
+
+    first = work()
+    with pytest.raises(AlreadyRunning):
+        work()
+    asyncio.run(first)
+    assert load("async-claim").state == "finished"
+
+
+def test_a_cancelled_task_ends_cancelled_and_a_failing_one_failed(file_store: FileStore) -> None:
+    @tracked.tracked(name="async-{what}")
+    async def work(what: str) -> None:
+        if what == "fails":
+            raise ValueError("no")
+        await asyncio.sleep(60)
+
+    async def main() -> None:
+        task = asyncio.create_task(work("hangs"))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        with pytest.raises(ValueError):
+            await work("fails")
+
+    asyncio.run(main())
+    assert load("async-hangs").state == "cancelled"
+    assert (load("async-fails").state, load("async-fails").error) == ("failed", "ValueError: no")
+
+
+def test_an_async_generator_counts_each_yield_and_strings_become_messages(
+    file_store: FileStore,
+) -> None:
+    @tracked.tracked(name="agen", total=3)
+    async def rows() -> AsyncIterator[object]:
+        assert tracked.current().name == "agen"
+        yield "one"
+        await asyncio.sleep(0)
+        yield 2
+        yield "three"
+
+    async def main() -> list[object]:
+        return [item async for item in rows()]
+
+    assert inspect.isasyncgenfunction(rows)
+    assert asyncio.run(main()) == ["one", 2, "three"]
+    state = load("agen")
+    assert (state.count, state.messages, state.state) == (3, ("one", "three"), "finished")
+
+
+def test_an_async_generator_closed_early_ends_cancelled(file_store: FileStore) -> None:
+    @tracked.tracked(name="agen-closed")
+    async def rows() -> AsyncIterator[int]:
+        yield 1
+        yield 2
+
+    async def main() -> None:
+        generator = rows()
+        assert await generator.__anext__() == 1
+        await generator.aclose()
+
+    asyncio.run(main())
+    state = load("agen-closed")
+    assert (state.state, state.count) == ("cancelled", 1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextvars
 import inspect
 import string
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator, Mapping
 from typing import Any, TypeVar
 
 import wrapt
@@ -43,9 +43,9 @@ def tracked(
     (``"import-{user_id}"``), or a callable taking the call's arguments; None
     means the client's progress_id in a web request, else the function's
     qualified name. ``total`` is an int, None (unknown), or a callable taking
-    the call's arguments. A generator's every yield adds one; yielded strings
-    are also messages. The progress is claimed at the call, so a conflict
-    raises ``AlreadyRunning`` there.
+    the call's arguments. A generator's (or async generator's) every yield adds
+    one; yielded strings are also messages. The progress is claimed at the call,
+    so a conflict raises ``AlreadyRunning`` there, also for coroutine functions.
     """
     spec = _Spec(name, total, store, min_interval, max_messages)
 
@@ -53,10 +53,16 @@ def tracked(
         target = inspect.unwrap(getattr(func, "__func__", func))
         if not callable(target):
             raise TypeError(f"@tracked(...) decorates a function, not {func!r}")
-        if inspect.iscoroutinefunction(target) or inspect.isasyncgenfunction(target):
-            raise TypeError(f"@tracked does not support async functions yet: {func!r}")
         spec.check_template(target)
-        wrapper = spec.call_generator if inspect.isgeneratorfunction(target) else spec.call
+        wrapper: Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
+        if inspect.isgeneratorfunction(target):
+            wrapper = spec.call_generator
+        elif inspect.isasyncgenfunction(target):
+            wrapper = spec.call_async_generator
+        elif inspect.iscoroutinefunction(target):
+            wrapper = spec.call_coroutine
+        else:
+            wrapper = spec.call
         return wrapt.decorator(wrapper)(func)  # type: ignore[return-value]
 
     return decorate
@@ -157,17 +163,52 @@ class _Spec:
         kwargs: dict[str, Any],
     ) -> Generator[Any, Any, Any]:
         generator = wrapped(*args, **kwargs)  # runs none of its body yet
-        try:
-            progress = self.start(wrapped, instance, args, kwargs)
-        except BaseException:
-            generator.close()
-            raise
-        progress._end_on_collect = "cancelled"
+        progress = self.start_for(generator.close, wrapped, instance, args, kwargs)
         # Copied now, not at the first step: a web server may iterate the generator
         # after the request scope of the call is gone.
         context = contextvars.copy_context()
         context.run(current_progress.set, progress)
         return _drive(generator, progress, context)
+
+    def call_coroutine(
+        self,
+        wrapped: Callable[..., Any],
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Coroutine[Any, Any, Any]:
+        coroutine = wrapped(*args, **kwargs)  # runs none of its body yet
+        progress = self.start_for(coroutine.close, wrapped, instance, args, kwargs)
+        return _await(coroutine, progress)
+
+    def call_async_generator(
+        self,
+        wrapped: Callable[..., Any],
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> AsyncGenerator[Any, Any]:
+        generator = wrapped(*args, **kwargs)  # runs none of its body yet
+        progress = self.start_for(lambda: None, wrapped, instance, args, kwargs)
+        return _drive_async(generator, progress)
+
+    def start_for(
+        self,
+        close: Callable[[], object],
+        wrapped: Callable[..., Any],
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Progress:
+        """Claim the progress of a call that made a generator or coroutine: it ends
+        ``cancelled`` if dropped unfinished; ``close`` it, unrun, if the claim fails."""
+        try:
+            progress = self.start(wrapped, instance, args, kwargs)
+        except BaseException:
+            close()
+            raise
+        progress._end_on_collect = "cancelled"
+        return progress
 
 
 def _drive(
@@ -208,6 +249,67 @@ def _drive(
             raise
         except BaseException as exc:  # noqa: BLE001 - thrown in by the consumer: pass it on
             step, argument = throw, exc
+
+
+async def _await(coroutine: Coroutine[Any, Any, Any], progress: Progress) -> Any:
+    """Await ``coroutine`` with ``progress`` current; end it the way the coroutine ends."""
+    token = current_progress.set(progress)
+    try:
+        result = await coroutine
+    except BaseException as exc:
+        progress._end_by(exc)
+        raise
+    finally:
+        current_progress.reset(token)
+    progress.finish()
+    return result
+
+
+async def _drive_async(
+    generator: AsyncGenerator[Any, Any], progress: Progress
+) -> AsyncGenerator[Any, Any]:
+    """The async twin of ``_drive``: count each item, forward asend, athrow and aclose.
+
+    Each step runs in the awaiting task's context, with ``progress`` made current
+    for the step only.
+    """
+    asend, athrow = generator.asend, generator.athrow
+    append, next_index = progress._messages.append, progress._next_index
+    flush_each = progress.min_interval == 0
+    step: Callable[[Any], Awaitable[Any]] = asend
+    argument: Any = None
+    count = 0
+    while True:
+        token = current_progress.set(progress)
+        try:
+            item = await step(argument)
+        except StopAsyncIteration:
+            progress.finish()
+            return
+        except BaseException as exc:
+            progress._end_by(exc)
+            raise
+        finally:
+            current_progress.reset(token)
+        count += 1
+        progress._yields = count
+        if isinstance(item, str):
+            append((next_index(), item))
+        if flush_each:
+            progress._maybe_flush()
+        try:
+            argument = yield item
+            step = asend
+        except GeneratorExit:
+            try:
+                await generator.aclose()
+            except BaseException as exc:
+                progress._end_by(exc)
+                raise
+            progress.cancel()
+            raise
+        except BaseException as exc:  # noqa: BLE001 - thrown in by the consumer: pass it on
+            step, argument = athrow, exc
 
 
 def _close(

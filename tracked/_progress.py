@@ -12,6 +12,7 @@ import collections
 import contextvars
 import itertools
 import logging
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -194,11 +195,11 @@ class Progress:
         self._end_by(exc)
 
     def _end_by(self, exc: BaseException | None) -> None:
-        """End the way an exiting block says: no exception finishes, an interrupt
-        or ``GeneratorExit`` cancels, any other exception fails."""
+        """End the way an exiting block says: no exception finishes, an interrupt,
+        ``GeneratorExit`` or a task's cancellation cancels, any other exception fails."""
         if exc is None:
             self.finish()
-        elif isinstance(exc, (GeneratorExit, KeyboardInterrupt)):
+        elif _is_cancellation(exc):
             self.cancel()
         else:
             self.fail(exc)
@@ -419,6 +420,15 @@ class Progress:
                 self.store,
                 exc if isinstance(exc, StoreError) else _describe(exc),
             )
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    """Whether ``exc`` stops work from outside (a closed generator, Ctrl-C, a
+    cancelled asyncio task) rather than reporting that the work failed."""
+    if isinstance(exc, (GeneratorExit, KeyboardInterrupt)):
+        return True
+    asyncio = sys.modules.get("asyncio")  # no task can be cancelled without it
+    return asyncio is not None and isinstance(exc, asyncio.CancelledError)
 
 
 def _describe(error: BaseException) -> str:
