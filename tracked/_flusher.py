@@ -50,10 +50,16 @@ class _Flusher:
                 watched = list(self.watched)
                 retrying = list(self.retrying)
             self.flush_due(watched)
-            for progress in retrying:
-                if progress.flush():
-                    with self.cond:
-                        self.retrying.discard(progress)
+            self.retry_final_writes(retrying)
+            # Drop the strong references here, outside the lock: the last one may
+            # be a handle whose collection ends (and writes) its progress.
+            del watched, retrying
+
+    def retry_final_writes(self, retrying: list[Progress]) -> None:
+        for progress in retrying:
+            if progress.flush():
+                with self.cond:
+                    self.retrying.discard(progress)
 
     def sleep_time(self) -> float:
         now = time.monotonic()
