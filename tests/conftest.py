@@ -128,9 +128,13 @@ CHROMIUM_FLAGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
-    """A headless Chromium browser (Playwright), shared by every browser test."""
+    """A headless Chromium browser (Playwright) for one test module.
+
+    Not for the whole session: Playwright's sync API keeps an event loop running
+    in the main thread while it is started, and asyncio tests need it gone.
+    """
     executable = require_binary("chromium")
     from playwright.sync_api import sync_playwright
 
