@@ -699,3 +699,49 @@ def test_printable_escapes_controls_and_text_reordering_marks() -> None:
         "ok\\x1b[2J\\x07\\x0d\\x0a\\u202egnp.exe\\u2066"
     )
     assert printable("naïve — 東京") == "naïve — 東京"
+
+
+def test_watch_rides_out_a_store_outage_and_follows_the_job_to_its_end(
+    tmp_path: Path, start_job: Callable[..., Job]
+) -> None:
+    """The store's directory becomes unreadable mid-watch: one line on stderr, no
+    exit; when it is back, the watch follows the job to ``finished``."""
+    store = tmp_path / "store"
+    job = start_job(str(store), "outage", gated=True)
+    errors = tmp_path / "watch.err"
+    with errors.open("w") as stderr:
+        watcher = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tracked",
+                "watch",
+                "outage",
+                "--interval",
+                "0.05",
+                "--store",
+                str(store),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+        assert watcher.stdout is not None
+        assert watcher.stdout.readline().startswith("outage: ")  # it is following
+        aside = tmp_path / "store-aside"
+        store.rename(aside)
+        store.write_text("not a directory any more")
+        deadline = time.monotonic() + 30
+        while "retrying" not in errors.read_text():
+            assert watcher.poll() is None, "watch exited during the outage"
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        store.unlink()
+        aside.rename(store)
+        job.release()
+        assert watcher.wait(timeout=60) == 0
+    assert job.wait() == 0
+    shown = [line for line in watcher.stdout.read().splitlines() if ": message: " not in line]
+    assert shown[-1].startswith("outage: finished 20/20")
+    lines = errors.read_text().splitlines()
+    assert len(lines) == 2 and lines[1] == "tracked watch: the store answers again"

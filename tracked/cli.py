@@ -317,19 +317,36 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     store = _store(args)
     state = _wait_for(store, key, wait, interval)
     view = _make_view(sys.stdout)
+    outage: list[str] = []
     try:
         while True:
             view.update(state)
             if not state.in_progress:
                 break
             time.sleep(interval)
-            latest = store.load(key)
+            latest = _load_through_outage(store, key, state, outage)
             if latest is None:
                 raise UsageError(f"progress {_shown(key)} was deleted while watched")
             state = latest
     finally:
         view.close()
     return exit_status(state)
+
+
+def _load_through_outage(store: Store, key: str, shown: State, outage: list[str]) -> State | None:
+    """Load ``key``; while the store fails, say so once on stderr and keep showing
+    the last state, so a restarting Redis or a moved directory does not end a watch."""
+    try:
+        state = store.load(key)
+    except TrackedError as exc:
+        if not outage:
+            outage.append(str(exc))
+            print(printable(f"tracked watch: {exc}; retrying"), file=sys.stderr, flush=True)
+        return shown
+    if outage:
+        outage.clear()
+        print("tracked watch: the store answers again", file=sys.stderr, flush=True)
+    return state
 
 
 def _wait_for(store: Store, key: str, wait: float, interval: float) -> State:
