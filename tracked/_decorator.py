@@ -17,9 +17,8 @@ import wrapt
 
 from ._api import start
 from ._progress import Progress, _check_interval, _check_max_messages, current_progress
-from ._scope import StoreSpec, request_scope
+from ._scope import StoreSpec, request_scope, resolve_store
 from ._state import check_total, validate_name
-from ._store import open_store
 from .errors import InvalidName, InvalidValue
 
 __all__ = ["tracked"]
@@ -88,7 +87,7 @@ class _Spec:
         self.fields = _template_fields(name) if isinstance(name, str) else ()
         if isinstance(name, str) and not self.fields:
             validate_name(name)
-        self.store = None if store is None else open_store(store)
+        self.store = None if store is None else resolve_store(store)
         self.min_interval = _check_interval(min_interval)
         self.max_messages = _check_max_messages(max_messages)
 

@@ -467,11 +467,6 @@ STATUS_PREFIX = "/_progress_status"
 STATIC = Path(__file__).resolve().parent / "static"
 
 
-def client_script() -> Path:
-    """The JavaScript client shipped in the package (``tracked/static/tracked.js``)."""
-    return STATIC / "tracked.js"
-
-
 def _cmd_serve(args: argparse.Namespace) -> int:
     store = _store(args)
     app = build_app(store)
