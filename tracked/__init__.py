@@ -23,6 +23,7 @@ from .errors import (
     InvalidName,
     InvalidValue,
     NoActiveProgress,
+    RunSuperseded,
     StoreError,
     TrackedError,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "NoActiveProgress",
     "Progress",
     "RedisStore",
+    "RunSuperseded",
     "State",
     "Store",
     "StoreError",

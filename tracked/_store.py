@@ -15,7 +15,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from ._state import State
@@ -230,7 +230,28 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def save(self, state: State, owner: Owner) -> None:
-        """Write a later snapshot of a run this owner claimed."""
+        """Write a later snapshot of a run this owner claimed.
+
+        Raises ``RunSuperseded`` when the stored record belongs to another run
+        (the caller drops the write), ``StoreError`` when the store fails.
+        """
+
+    def save_many(self, writes: Sequence[tuple[State, Owner]]) -> list[Exception | None]:
+        """Write several snapshots at once (the flusher's batch for one tick).
+
+        Returns, in order, None for each write that landed and the exception for
+        each that did not; never raises for one failed write. Backends with round
+        trips (Redis) override it to send the batch together.
+        """
+        results: list[Exception | None] = []
+        for state, owner in writes:
+            try:
+                self.save(state, owner)
+            except Exception as exc:  # noqa: BLE001 - reported per write, to the caller
+                results.append(exc)
+            else:
+                results.append(None)
+        return results
 
     @abc.abstractmethod
     def read(self, key: str) -> Record | None:

@@ -11,6 +11,7 @@ __all__ = [
     "InvalidName",
     "InvalidValue",
     "NoActiveProgress",
+    "RunSuperseded",
     "StoreError",
     "TrackedError",
 ]
@@ -39,6 +40,14 @@ class InvalidValue(TrackedError, ValueError):
 
 class StoreError(TrackedError, OSError):
     """The store cannot be used: unreachable, unwritable, or holding a corrupt record."""
+
+
+class RunSuperseded(StoreError):
+    """A write was refused because another run now owns the record's key.
+
+    The writer's run has ended (or lost its claim): its write must be dropped,
+    never retried over the newer run.
+    """
 
 
 class NoActiveProgress(TrackedError, LookupError):
