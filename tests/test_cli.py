@@ -829,6 +829,15 @@ def test_serve_accepts_the_highest_port(tmp_path: Path, serve: Callable[..., str
     assert fetch(base + "/progresses.json")[0] == 200
 
 
+def test_serve_on_localhost_listens_on_ipv4_loopback(
+    tmp_path: Path, serve: Callable[..., str]
+) -> None:
+    """A name with both an IPv4 and an IPv6 address binds the IPv4 one, as before."""
+    base = serve(str(tmp_path / "store"), "--host", "localhost")
+    assert base.startswith("http://127.0.0.1:")
+    assert listening_addresses(int(base.rsplit(":", 1)[1])) == {"0100007F"}
+
+
 def test_serve_listens_on_an_ipv6_address(tmp_path: Path, serve: Callable[..., str]) -> None:
     base = serve(str(tmp_path / "store"), "--host", "::1", "--port", "0")
     assert base.startswith("http://[::1]:")

@@ -642,7 +642,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _address_family(host: str, port: int) -> socket.AddressFamily:
-    """The address family to listen on ``host`` with: IPv4 or IPv6, as the name resolves.
+    """The address family to listen on ``host`` with: IPv4 when the name has an IPv4
+    address (``localhost`` stays 127.0.0.1), else IPv6 (``::1``).
 
     An empty host is refused rather than read as "every interface": say ``0.0.0.0``
     or ``::`` for that, so nobody exposes the server by leaving a variable unset."""
@@ -653,7 +654,8 @@ def _address_family(host: str, port: int) -> socket.AddressFamily:
     except (OSError, UnicodeError) as exc:  # an unknown name; a label IDNA cannot encode
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise UsageError(f"cannot listen on {_host_port(host, port)}: {reason}") from exc
-    return socket.AddressFamily(found[0][0])
+    families = [family for family, *_rest in found]
+    return socket.AF_INET if socket.AF_INET in families else socket.AddressFamily(families[0])
 
 
 def _host_port(host: str, port: int) -> str:
