@@ -596,6 +596,10 @@ TOO_LONG_LABEL = "ü" * 70 + ".example"  # IDNA cannot encode a label this long
         (["watch", "job", "--wait", "nan"], ["--wait", "'nan'"]),
         (["watch", "job", "--interval", "-1"], ["--interval", "'-1'"]),
         (["watch", "job", "--interval", "1e300"], ["--interval", "<= 3600", "'1e300'"]),
+        (["watch", "job", "--interval", "3600.5"], ["--interval", "<= 3600", "'3600.5'"]),
+        (["watch", "job", "--interval", "3600"], ["no progress 'job'"]),  # the cap is accepted
+        (["watch", "job", "--interval", "0"], ["no progress 'job'"]),
+        (["prune", "--older-than", "-0s"], ["bad duration '-0s'", "cannot be negative"]),
         (["watch", "job", "--interval", ""], ["--interval", "''"]),
         (["prune"], ["required", "--older-than"]),
         (["prune", "--older-than", "-5d"], ["bad duration '-5d'", "cannot be negative", "5d?"]),

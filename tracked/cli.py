@@ -478,7 +478,8 @@ def _cmd_watch(args: argparse.Namespace) -> int:
             time.sleep(interval)
             latest = _load_through_outage(store, key, state, outage)
             if latest is None:
-                raise UsageError(f"progress {_shown(key)} was deleted from {_where(store)}")
+                gone = f"progress {_shown(key)} was deleted from {_where(store)} while watched"
+                raise UsageError(gone)
             state = latest
     finally:
         view.close()
