@@ -18,6 +18,7 @@ from ._progress import Progress
 from ._scope import configure, default_store
 from ._state import State
 from ._store import Store, open_store
+from ._track import track
 from .errors import (
     AlreadyRunning,
     InvalidName,
@@ -57,6 +58,7 @@ __all__ = [
     "load",
     "open_store",
     "start",
+    "track",
     "tracked",
 ]
 
