@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ._api import current, is_running, load, start
 from ._decorator import tracked
 from ._filestore import FileStore
+from ._loghandler import LogHandler
 from ._memorystore import MemoryStore
 from ._progress import Progress
 from ._scope import configure, default_store
@@ -42,6 +43,7 @@ __all__ = [
     "FileStore",
     "InvalidName",
     "InvalidValue",
+    "LogHandler",
     "MemoryStore",
     "NoActiveProgress",
     "Progress",
