@@ -203,3 +203,13 @@ def memory_store() -> Iterator[tracked.Store]:
     tracked.configure(store=opened)
     yield opened
     tracked.configure(store=None)
+
+
+def test_records_in_a_track_loop_go_to_the_loops_progress(
+    memory_store: tracked.Store, log: logging.Logger
+) -> None:
+    for path in tracked.track(["a.csv", "b.csv"], name="files"):
+        log.info("loading %s", path)
+    log.info("after the loop")
+    state = tracked.load("files")
+    assert state is not None and state.messages == ("loading a.csv", "loading b.csv")

@@ -329,3 +329,20 @@ def test_a_captured_bar_never_ends_the_live_progress(
         assert job.in_progress
         tqdm_library.crunch(range(4))  # the failed bar released the count
         assert job.count == 4
+
+
+def test_no_bar_keeps_a_claim_on_a_progress_after_it_closes(
+    store: tracked.Store, devnull: IO[str]
+) -> None:
+    from tracked._adopt import _drivers
+
+    with tracked.start("claims", total=None), tracked.capture_tqdm():
+        for _ in tracked.tqdm(range(3), file=devnull):
+            tqdm_library.crunch(range(3))
+        with pytest.raises(ZeroDivisionError):
+            for _ in plain_tqdm(range(3), file=devnull):
+                1 / 0  # noqa: B018
+    for item in tracked.tqdm(range(3), desc="own", file=devnull):
+        if item == 1:
+            break
+    assert _drivers == {}

@@ -276,3 +276,18 @@ def test_a_break_out_of_a_driving_loop_leaves_the_live_progress_running(
         for _ in tracked.track(range(2)):  # the driver was released: this one counts
             pass
         assert (job.count, job.total) == (7, 7)
+
+
+def test_no_loop_keeps_a_claim_on_a_progress_after_it_ends(store: tracked.Store) -> None:
+    from tracked._adopt import _drivers
+
+    with tracked.start("claims", total=None):
+        for item in tracked.track(range(5)):
+            if item == 2:
+                break
+        with pytest.raises(KeyError):
+            for _ in tracked.track(range(5)):
+                raise KeyError("x")
+        list(tracked.track(range(3)))
+    list(tracked.track(range(3), name="own"))
+    assert _drivers == {}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextvars
 import sys
 import threading
-import weakref
 from types import FrameType
 
 from ._progress import Progress, current_progress
@@ -83,20 +82,23 @@ def caller_frame(depth: int) -> FrameType | None:
 
 # Which loop or bar drives the count of a progress: the outermost one. Loops and
 # bars nested inside it do not count into it (a bar shows itself as status text).
-_drivers: weakref.WeakKeyDictionary[Progress, object] = weakref.WeakKeyDictionary()
+# Keyed by id, holding the progress, so it needs nothing of the handle (no weak
+# reference); every claim is released when its loop or bar ends.
+_drivers: dict[int, tuple[Progress, object]] = {}
 _drivers_lock = threading.Lock()
 
 
 def claim_driver(progress: Progress, driver: object) -> bool:
     """Make ``driver`` the one that counts into ``progress`` unless another already does."""
     with _drivers_lock:
-        return _drivers.setdefault(progress, driver) is driver
+        return _drivers.setdefault(id(progress), (progress, driver))[1] is driver
 
 
 def release_driver(progress: Progress, driver: object) -> None:
     with _drivers_lock:
-        if _drivers.get(progress) is driver:
-            del _drivers[progress]
+        entry = _drivers.get(id(progress))
+        if entry is not None and entry[1] is driver:
+            del _drivers[id(progress)]
 
 
 def end_by(progress: Progress, exc: BaseException | None) -> None:
