@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from ._adopt import live_progress
-from ._progress import Progress
+from ._progress import Progress, current_progress
 
 __all__ = ["LogHandler"]
 
@@ -34,8 +34,8 @@ class LogHandler(logging.Handler):
         super().__init__(level)
 
     def handle(self, record: logging.LogRecord) -> bool:
-        progress = live_progress()
-        if progress is None or _is_own(record.name):
+        progress = current_progress.get()  # inlined live_progress(): the common no-op path
+        if progress is None or not progress.in_progress or _is_own(record.name):
             return False
         verdict = self.filter(record)
         if not verdict:
