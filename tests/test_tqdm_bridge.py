@@ -4,6 +4,8 @@ bars of code that cannot be edited report into the live progress."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from typing import IO, Any
@@ -346,3 +348,32 @@ def test_no_bar_keeps_a_claim_on_a_progress_after_it_closes(
         if item == 1:
             break
     assert _drivers == {}
+
+
+# ------------------------------------------------------------------ packaging
+
+
+def test_tracked_imports_without_tqdm_and_names_the_extra_when_the_bridge_is_asked_for() -> None:
+    script = (
+        "import sys\n"
+        "sys.modules['tqdm'] = None  # as if tqdm were not installed\n"
+        "import tracked\n"
+        "assert tracked.track and tracked.LogHandler\n"
+        "for name in ('tqdm', 'capture_tqdm'):\n"
+        "    try:\n"
+        "        getattr(tracked, name)\n"
+        "    except ImportError as exc:\n"
+        "        print(exc)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.count("pip install 'tracked[tqdm]'") == 2
+
+
+def test_the_public_names_are_listed_in_order_and_all_resolve() -> None:
+    assert tracked.__all__ == sorted(tracked.__all__)
+    for name in ("track", "tqdm", "capture_tqdm", "LogHandler"):
+        assert name in tracked.__all__
+        assert getattr(tracked, name) is not None
+    assert issubclass(tracked.tqdm, plain_tqdm)
