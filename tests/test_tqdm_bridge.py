@@ -64,6 +64,17 @@ def test_a_manual_bar_records_updates(store: tracked.Store, devnull: IO[str]) ->
     assert (state.count, state.total, state.state) == (100, 100, "finished")
 
 
+def test_a_reset_bar_starts_its_count_again_with_its_new_total(
+    store: tracked.Store, devnull: IO[str]
+) -> None:
+    with tracked.tqdm(total=10, desc="reused", **eager(devnull)) as bar:
+        bar.update(5)
+        bar.reset(total=3)
+        assert (tracked.current().count, tracked.current().total) == (0, 3)
+        bar.update(3)
+    assert (load("reused").count, load("reused").total) == (3, 3)
+
+
 def test_an_unknown_total_stays_unknown(store: tracked.Store, devnull: IO[str]) -> None:
     for _ in tracked.tqdm(iter(range(7)), desc="unsized", file=devnull):
         pass

@@ -235,7 +235,7 @@ class _Bridge:
         self.shown_status: str | None = None
         self.token: CurrentToken | None = None
         self.total: int | object | None = _UNSET
-        self.n = -1
+        self.n = 0  # the bar's count as last added to the progress
         self.desc: str | None = None
         self.postfix: object = None
         self.outcome: BaseException | None = None
@@ -257,6 +257,7 @@ class _Bridge:
             store=store,
         )
         bridge = cls(progress, owned=True)
+        bridge.n = progress.count
         bridge.token = make_current(progress)
         return bridge
 
@@ -276,8 +277,11 @@ class _Bridge:
                         progress.total = None
                 n = _whole(bar.n) or 0
                 if n != self.n:
+                    # Add the difference rather than set the count: counts added
+                    # to the progress by others (a handle shared with threads)
+                    # stay, and it needs nothing but increment() of the handle.
+                    progress.increment(n - self.n)
                     self.n = n
-                    progress.count = self.base + n
                 desc = _name_from(bar.desc)
                 if desc != self.desc:
                     self.desc = desc
