@@ -145,6 +145,16 @@ def test_an_exception_in_a_loop_body_inside_a_with_block_fails_the_progress(
     assert (load("with-loop").count, load("with-loop").state) == (4, "failed")
 
 
+def test_a_with_block_left_normally_after_a_break_finishes_the_progress(
+    store: tracked.Store, devnull: IO[str]
+) -> None:
+    with tracked.tqdm(range(10), desc="found", file=devnull) as bar:
+        for item in bar:
+            if item == 3:
+                break
+    assert (load("found").count, load("found").state) == (3, "finished")
+
+
 def test_an_exception_from_the_iterable_fails_the_progress(
     store: tracked.Store, devnull: IO[str]
 ) -> None:

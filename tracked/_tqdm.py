@@ -68,10 +68,12 @@ class tqdm(_GenericTqdm[_T]):
     Given a ``name``, or outside a live progress, the bar starts its own progress
     (named after ``desc``, else the caller's module and qualified name), which is
     ``tracked.current()`` until the bar closes. Closing ends it: ``finished``;
-    ``failed`` if the wrapped iterable raised or a ``with`` block around the bar
-    was left by an exception; ``cancelled`` if a ``for`` loop over the bar
-    stopped early (a ``break`` and an exception in the loop body look the same
-    to the bar: use ``with`` to tell them apart) or on Ctrl-C.
+    ``failed`` if the wrapped iterable raised; ``cancelled`` if a ``for`` loop
+    over the bar stopped early (a ``break`` and an exception in the loop body
+    look the same to the bar) or on Ctrl-C. Used as a context manager, the
+    ``with`` block decides instead, as ``with tracked.start()`` does: left
+    normally, ``finished``; by an exception, ``failed`` (``cancelled`` for
+    Ctrl-C or a cancelled task).
 
     Without a ``name`` inside a live progress the bar counts into that progress
     (its total becomes the count so far plus the bar's total) and leaves ending
@@ -159,8 +161,7 @@ class tqdm(_GenericTqdm[_T]):
         bridge = self._tracked_bridge
         if bridge is not None:
             bridge.managed = False
-            if exc_value is not None:
-                bridge.outcome = exc_value
+            bridge.outcome = exc_value  # the block's ending, not the loop's, as start() does
         super().__exit__(exc_type, exc_value, traceback)
 
     def __iter__(self) -> Iterator[_T]:
