@@ -285,6 +285,18 @@ def test_captured_postfix_and_write_lines_are_messages(store: tracked.Store) -> 
     assert job.count == 3
 
 
+def test_a_tracked_bar_inside_a_capture_reports_once(
+    store: tracked.Store, devnull: IO[str]
+) -> None:
+    with tracked.start("job", total=None) as job, tracked.capture_tqdm():
+        with tracked.tqdm(total=4, **eager(devnull)) as bar:
+            bar.update(4)
+            bar.set_postfix_str("done")
+            tracked.tqdm.write("written once", file=devnull)
+        assert (job.count, job.total) == (4, 4)
+    assert job.messages == ("done", "written once")
+
+
 def test_captured_bars_inside_a_counting_loop_are_its_status(store: tracked.Store) -> None:
     statuses = []
     with tracked.start("files", total=None) as job, tracked.capture_tqdm():

@@ -215,6 +215,7 @@ class _Bridge:
         "base",
         "desc",
         "drives",
+        "lock",
         "managed",
         "n",
         "outcome",
@@ -241,6 +242,9 @@ class _Bridge:
         self.postfix: object = None
         self.outcome: BaseException | None = None
         self.managed = False
+        # tqdm's monitor thread may redraw a bar while its own thread does: the
+        # count goes out as differences, which must not be sent twice.
+        self.lock = threading.Lock()
 
     @classmethod
     def attach(cls, progress: Progress) -> _Bridge:
@@ -268,36 +272,41 @@ class _Bridge:
         if not progress.in_progress:
             return
         try:
-            if self.drives:
-                total = _whole(bar.total)
-                if total != self.total:
-                    self.total = total
-                    if total is not None:
-                        progress.total = self.base + total
-                    elif self.owned:
-                        progress.total = None
-                n = _whole(bar.n) or 0
-                if n != self.n:
-                    # Add the difference rather than set the count: counts added
-                    # to the progress by others (a handle shared with threads)
-                    # stay, and it needs nothing but increment() of the handle.
-                    progress.increment(n - self.n)
-                    self.n = n
-                desc = _name_from(bar.desc)
-                if desc != self.desc:
-                    self.desc = desc
-                    if desc:
-                        progress.status = self.shown_status = desc
-            else:
-                text = _meter(bar)
-                if text != self.shown_status:
-                    progress.status = self.shown_status = text
-            postfix = bar.postfix
-            if postfix and postfix != self.postfix:
-                self.postfix = postfix
-                progress.add_message(str(postfix))
+            with self.lock:
+                self._send(bar, progress)
         except Exception:
             logger.debug("tracked: could not mirror a tqdm bar", exc_info=True)
+
+    def _send(self, bar: std_tqdm[Any], progress: Progress) -> None:
+        """One sync's changes, under the lock."""
+        if self.drives:
+            total = _whole(bar.total)
+            if total != self.total:
+                self.total = total
+                if total is not None:
+                    progress.total = self.base + total
+                elif self.owned:
+                    progress.total = None
+            n = _whole(bar.n) or 0
+            if n != self.n:
+                # Add the difference rather than set the count: counts added
+                # to the progress by others (a handle shared with threads)
+                # stay, and it needs nothing but increment() of the handle.
+                progress.increment(n - self.n)
+                self.n = n
+            desc = _name_from(bar.desc)
+            if desc != self.desc:
+                self.desc = desc
+                if desc:
+                    progress.status = self.shown_status = desc
+        else:
+            text = _meter(bar)
+            if text != self.shown_status:
+                progress.status = self.shown_status = text
+        postfix = bar.postfix
+        if postfix and postfix != self.postfix:
+            self.postfix = postfix
+            progress.add_message(str(postfix))
 
     def end(self, bar: std_tqdm[Any]) -> None:
         """The bar closed: a last sync, then end the progress or hand it back."""
