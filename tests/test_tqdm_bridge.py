@@ -383,7 +383,7 @@ def test_no_bar_keeps_a_claim_on_a_progress_after_it_closes(
     assert _drivers == {}
 
 
-# ------------------------------------------------------------------ packaging
+# ------------------------------------------------------------------ packaging and others
 
 
 def test_tracked_imports_without_tqdm_and_names_the_extra_when_the_bridge_is_asked_for() -> None:
@@ -410,3 +410,13 @@ def test_the_public_names_are_listed_in_order_and_all_resolve() -> None:
         assert name in tracked.__all__
         assert getattr(tracked, name) is not None
     assert issubclass(tracked.tqdm, plain_tqdm)
+
+
+@pytest.mark.filterwarnings("ignore::tqdm.TqdmExperimentalWarning")
+def test_a_captured_subclass_with_its_own_display_reports_too(store: tracked.Store) -> None:
+    from tqdm.rich import tqdm as rich_tqdm
+
+    with tracked.start("job", total=None) as job, tracked.capture_tqdm():
+        for _ in rich_tqdm(range(50), desc="rich bar", mininterval=0):
+            pass
+        assert (job.count, job.total) == (50, 50)
