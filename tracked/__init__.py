@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING, Any
 from ._api import current, is_running, load, start
 from ._decorator import tracked
 from ._filestore import FileStore
+from ._loghandler import LogHandler
 from ._memorystore import MemoryStore
 from ._progress import Progress
 from ._scope import configure, default_store
 from ._state import State
 from ._store import Store, open_store
+from ._track import track
 from .errors import (
     AlreadyRunning,
     InvalidName,
@@ -29,6 +31,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from ._tqdm import capture_tqdm, tqdm
     from .redis import RedisStore
 
 try:
@@ -41,6 +44,7 @@ __all__ = [
     "FileStore",
     "InvalidName",
     "InvalidValue",
+    "LogHandler",
     "MemoryStore",
     "NoActiveProgress",
     "Progress",
@@ -50,6 +54,7 @@ __all__ = [
     "Store",
     "StoreError",
     "TrackedError",
+    "capture_tqdm",
     "configure",
     "current",
     "default_store",
@@ -57,14 +62,21 @@ __all__ = [
     "load",
     "open_store",
     "start",
+    "tqdm",
+    "track",
     "tracked",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    # RedisStore needs redis-py, an optional extra: import it only when asked for.
+    # RedisStore needs redis-py and the tqdm bridge tqdm, optional extras: import
+    # them only when asked for.
     if name == "RedisStore":
         from .redis import RedisStore
 
         return RedisStore
+    if name in ("tqdm", "capture_tqdm"):
+        from . import _tqdm
+
+        return getattr(_tqdm, name)
     raise AttributeError(f"module 'tracked' has no attribute {name!r}")

@@ -1,0 +1,474 @@
+"""The tqdm bridge: ``tracked.tqdm`` and ``tracked.capture_tqdm()``.
+
+A bar reports where tqdm already throttles itself: when it redraws (``display``,
+at most every ``mininterval``) and when it closes. The per-item path is tqdm's
+own loop, unchanged, so a bridged bar costs what a plain one costs per item.
+
+Nested bars: the outermost bar (or ``tracked.track`` loop) counting into a
+progress drives its count, total and status; a bar opened while another one
+drives the same progress shows itself as the status text ("Downloading:
+3.20M/10.0M B") and hands the status back when it closes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, overload
+
+try:
+    import tqdm.std as _tqdm_std
+except ImportError as exc:  # pragma: no cover - tqdm is in the test extra
+    raise ImportError(
+        "tracked.tqdm and tracked.capture_tqdm need tqdm: pip install 'tracked[tqdm]'"
+    ) from exc
+
+from ._adopt import (
+    CurrentToken,
+    caller_frame,
+    caller_name,
+    claim_driver,
+    end_by,
+    live_progress,
+    make_current,
+    release_driver,
+    restore_current,
+)
+from ._api import start
+from ._progress import Progress
+from ._scope import StoreSpec
+from ._state import DEFAULT_STATUS, validate_name
+from .errors import InvalidName
+
+__all__ = ["capture_tqdm", "tqdm"]
+
+_T = TypeVar("_T")
+logger = logging.getLogger("tracked")
+std_tqdm = _tqdm_std.tqdm
+
+if TYPE_CHECKING:
+    _GenericTqdm = std_tqdm
+else:
+
+    class _GenericTqdm(std_tqdm, Generic[_T]):
+        """``tqdm.std.tqdm``, subscriptable at run time as it is in its type stubs."""
+
+
+class tqdm(_GenericTqdm[_T]):
+    """A ``tqdm.tqdm`` that also records to a progress: ``from tracked import tqdm``.
+
+    It takes tqdm's arguments, plus ``name`` and ``store`` for the progress. The
+    bar's total and count become the progress's, its ``desc`` the status, and
+    ``set_postfix``/``set_postfix_str`` texts and ``tqdm.write()`` lines messages.
+
+    Given a ``name``, or outside a live progress, the bar starts its own progress
+    (named after ``desc``, else the caller's module and qualified name), which is
+    ``tracked.current()`` until the bar closes. Closing ends it: ``finished``;
+    ``failed`` if the wrapped iterable raised; ``cancelled`` if a ``for`` loop
+    over the bar stopped early (a ``break`` and an exception in the loop body
+    look the same to the bar) or on Ctrl-C. Used as a context manager, the
+    ``with`` block decides instead, as ``with tracked.start()`` does: left
+    normally, ``finished``; by an exception, ``failed`` (``cancelled`` for
+    Ctrl-C or a cancelled task).
+
+    Without a ``name`` inside a live progress the bar counts into that progress
+    (its total becomes the count so far plus the bar's total) and leaves ending
+    it to its owner; nested in another bar or loop that counts into it, the bar
+    only shows as the status text.
+
+    A disabled bar (``disable=True``) records nothing: tqdm keeps no count for
+    it. For a bar that reports without drawing, pass ``file=open(os.devnull,
+    "w")``.
+    """
+
+    _tracked_bridge: _Bridge | None = None
+
+    @overload
+    def __init__(
+        self,
+        iterable: Iterable[_T],
+        *args: Any,
+        name: str | None = None,
+        store: StoreSpec | None = None,
+        **kwargs: Any,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self: tqdm[NoReturn],
+        iterable: None = None,
+        *args: Any,
+        name: str | None = None,
+        store: StoreSpec | None = None,
+        **kwargs: Any,
+    ) -> None: ...
+
+    def __init__(
+        self,
+        iterable: Iterable[_T] | None = None,
+        *args: Any,
+        name: str | None = None,
+        store: StoreSpec | None = None,
+        **kwargs: Any,
+    ) -> None:
+        frame = caller_frame(1)
+        super().__init__(iterable, *args, **kwargs)  # type: ignore[arg-type]
+        if self.disable:
+            return
+        try:
+            live = live_progress() if name is None else None
+            if live is not None:
+                bridge = _Bridge.attach(live)
+            else:
+                if name is None:
+                    name = _name_from(self.desc)
+                    if name is None:
+                        name = caller_name(frame)
+                bridge = _Bridge.own(self, name, store)
+        except BaseException:
+            std_tqdm.close(self)  # no bar left on screen for a progress that never was
+            raise
+        self._tracked_bridge = bridge
+        bridge.sync(self)
+
+    def display(self, msg: str | None = None, pos: int | None = None) -> Any:
+        shown = super().display(msg, pos)
+        bridge = self._tracked_bridge
+        if bridge is not None:
+            bridge.sync(self)
+        return shown
+
+    def close(self) -> None:
+        bridge = self._tracked_bridge
+        try:
+            super().close()
+        finally:
+            if bridge is not None and not bridge.managed:
+                self._tracked_bridge = None
+                bridge.end(self)
+
+    def __enter__(self) -> tqdm[_T]:
+        bridge = self._tracked_bridge
+        if bridge is not None:
+            bridge.managed = True  # the with block, not the loop, says how it ended
+        return self
+
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        bridge = self._tracked_bridge
+        if bridge is not None:
+            bridge.managed = False
+            bridge.outcome = exc_value  # the block's ending, not the loop's, as start() does
+        super().__exit__(exc_type, exc_value, traceback)
+
+    def __iter__(self) -> Iterator[_T]:
+        bridge = self._tracked_bridge
+        if bridge is None:
+            return super().__iter__()
+        return self._iterate(bridge)
+
+    def _iterate(self, bridge: _Bridge) -> Iterator[_T]:
+        """tqdm's own loop (``tqdm.std.tqdm.__iter__``), which also notes how it ended.
+
+        Copied rather than wrapped: a wrapping generator would add a frame per item.
+        """
+        iterable = self.iterable
+        mininterval = self.mininterval
+        last_print_t = self.last_print_t
+        last_print_n = self.last_print_n
+        min_start_t = self.start_t + (self.delay or 0)
+        n = self.n
+        time = self._time  # type: ignore[attr-defined]
+        try:
+            for obj in iterable:
+                yield obj
+                n += 1
+                if n - last_print_n >= self.miniters:  # type: ignore[operator]
+                    cur_t = time()
+                    dt = cur_t - last_print_t
+                    if dt >= mininterval and cur_t >= min_start_t:
+                        self.update(n - last_print_n)
+                        last_print_n = self.last_print_n
+                        last_print_t = self.last_print_t
+        except BaseException as exc:
+            if bridge.outcome is None:
+                bridge.outcome = exc
+            raise
+        finally:
+            self.n = n
+            self.close()
+
+    @classmethod
+    def write(cls, s: str, file: Any = None, end: str = "\n", nolock: bool = False) -> None:
+        """Print ``s`` as tqdm does, and add it as a message to the live progress."""
+        super().write(s, file=file, end=end, nolock=nolock)
+        _add_message(s)
+
+
+class _Bridge:
+    """What one bar has told its progress, so each redraw sends only what changed."""
+
+    __slots__ = (
+        "base",
+        "desc",
+        "drives",
+        "lock",
+        "managed",
+        "n",
+        "outcome",
+        "owned",
+        "postfix",
+        "progress",
+        "shown_status",
+        "status_before",
+        "token",
+        "total",
+    )
+
+    def __init__(self, progress: Progress, *, owned: bool) -> None:
+        self.progress = progress
+        self.owned = owned
+        self.drives = claim_driver(progress, self)
+        self.base = 0 if owned or not self.drives else progress.count
+        self.status_before = progress.status
+        self.shown_status: str | None = None
+        self.token: CurrentToken | None = None
+        self.total: int | object | None = _UNSET
+        self.n = 0  # the bar's count as last added to the progress
+        self.desc: str | None = None
+        self.postfix: object = None
+        self.outcome: BaseException | None = None
+        self.managed = False
+        # tqdm's monitor thread may redraw a bar while its own thread does: the
+        # count goes out as differences, which must not be sent twice.
+        self.lock = threading.Lock()
+
+    @classmethod
+    def attach(cls, progress: Progress) -> _Bridge:
+        """Report into a live progress that someone else owns and ends."""
+        return cls(progress, owned=False)
+
+    @classmethod
+    def own(cls, bar: std_tqdm[Any], name: str | None, store: StoreSpec | None) -> _Bridge:
+        """Start a progress of the bar's own, current until the bar closes."""
+        progress = start(
+            name,
+            _whole(bar.total),
+            count=_whole(bar.n) or 0,
+            status=_name_from(bar.desc),
+            store=store,
+        )
+        bridge = cls(progress, owned=True)
+        bridge.n = progress.count
+        bridge.token = make_current(progress)
+        return bridge
+
+    def sync(self, bar: std_tqdm[Any]) -> None:
+        """Send what changed since the last redraw. Never raises into the bar."""
+        progress = self.progress
+        if not progress.in_progress:
+            return
+        try:
+            with self.lock:
+                self._send(bar, progress)
+        except Exception:
+            logger.debug("tracked: could not mirror a tqdm bar", exc_info=True)
+
+    def _send(self, bar: std_tqdm[Any], progress: Progress) -> None:
+        """One sync's changes, under the lock."""
+        if self.drives:
+            total = _whole(bar.total)
+            if total != self.total:
+                self.total = total
+                if total is not None:
+                    progress.total = self.base + total
+                elif self.owned:
+                    progress.total = None
+            n = _whole(bar.n) or 0
+            if n != self.n:
+                # Add the difference rather than set the count: counts added
+                # to the progress by others (a handle shared with threads)
+                # stay, and it needs nothing but increment() of the handle.
+                progress.increment(n - self.n)
+                self.n = n
+            desc = _name_from(bar.desc)
+            if desc != self.desc:
+                self.desc = desc
+                if desc:
+                    progress.status = self.shown_status = desc
+        else:
+            text = _meter(bar)
+            if text != self.shown_status:
+                progress.status = self.shown_status = text
+        postfix = bar.postfix
+        if postfix and postfix != self.postfix:
+            self.postfix = postfix
+            progress.add_message(str(postfix))
+
+    def end(self, bar: std_tqdm[Any]) -> None:
+        """The bar closed: a last sync, then end the progress or hand it back."""
+        self.sync(bar)
+        progress = self.progress
+        release_driver(progress, self)
+        if self.owned:
+            restore_current(self.token)
+            end_by(progress, self.outcome)
+        elif self.shown_status is not None and progress.in_progress:
+            with contextlib.suppress(Exception):
+                if progress.status == self.shown_status:
+                    # Give the status back; the default one by unsetting it, so a
+                    # finished progress still says "finished".
+                    before = None if self.status_before == DEFAULT_STATUS else self.status_before
+                    progress.status = before  # type: ignore[assignment]
+
+
+_UNSET = object()
+
+
+def _whole(value: object) -> int | None:
+    """A bar's count or total as a progress takes it: a whole number >= 0, or None."""
+    if value is None:
+        return None
+    try:
+        whole = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):  # inf, nan
+        return None
+    return whole if whole >= 0 else None
+
+
+def _name_from(desc: str | None) -> str | None:
+    """The bar's description without the ": " tqdm's ``set_description`` adds, or None."""
+    if not desc:
+        return None
+    text = desc.strip().removesuffix(":").rstrip()
+    if not text:
+        return None
+    try:
+        return validate_name(text)
+    except InvalidName:
+        return None
+
+
+def _meter(bar: std_tqdm[Any]) -> str:
+    """A nested bar as one line of status: "Downloading: 3.20M/10.0M B"."""
+    total = bar.total
+    text = bar.format_meter(
+        bar.n,
+        total,  # type: ignore[arg-type]
+        0,
+        unit=bar.unit,
+        unit_scale=bar.unit_scale,
+        unit_divisor=bar.unit_divisor,
+        bar_format="{n_fmt}/{total_fmt} {unit}" if total else "{n_fmt} {unit}",
+    )
+    desc = _name_from(bar.desc)
+    return f"{desc}: {text}" if desc else text
+
+
+def _add_message(text: object) -> None:
+    progress = live_progress()
+    if progress is not None:
+        try:
+            progress.add_message(str(text))
+        except Exception:
+            logger.debug("tracked: could not add a tqdm.write() line", exc_info=True)
+
+
+# ---------------------------------------------------------------------- capture_tqdm
+
+_capturing: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "tracked_capture_tqdm", default=False
+)
+_hooks_lock = threading.Lock()
+_hooks_installed = False
+
+
+@contextlib.contextmanager
+def capture_tqdm() -> Iterator[None]:
+    """Make every tqdm bar created inside the block, in a live progress, report into it.
+
+    For code you cannot edit: a library's download bar, a helper module's
+    ``from tqdm import tqdm``. Each such bar counts into the live progress
+    (or, nested in a loop or bar that already counts into it, shows as its
+    status text), adds its postfix texts and ``tqdm.write()`` lines as
+    messages, and never ends the progress. Bars created outside a live
+    progress, in other threads, or disabled, are left alone.
+
+    It works on ``tqdm.std.tqdm``, the base class of every tqdm bar (``tqdm.auto``,
+    ``tqdm.asyncio``, ...). The first use installs small hooks on it that do
+    nothing outside a ``capture_tqdm()`` block; they stay installed.
+    """
+    _install_hooks()
+    token = _capturing.set(True)
+    try:
+        yield
+    finally:
+        _capturing.reset(token)
+
+
+def _install_hooks() -> None:
+    global _hooks_installed
+    with _hooks_lock:
+        if _hooks_installed:
+            return
+        std_tqdm.__init__ = _after(std_tqdm.__init__, _capture)  # type: ignore[method-assign]
+        std_tqdm.refresh = _after(std_tqdm.refresh, _sync_captured)  # type: ignore[method-assign]
+        std_tqdm.close = _closing(std_tqdm.close)  # type: ignore[method-assign, assignment]
+        std_tqdm.write = classmethod(_writing(std_tqdm.__dict__["write"].__func__))  # type: ignore[method-assign, assignment]
+        _hooks_installed = True
+
+
+def _after(
+    original: Callable[..., Any], hook: Callable[[std_tqdm[Any]], None]
+) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def wrapper(self: std_tqdm[Any], *args: Any, **kwargs: Any) -> Any:
+        result = original(self, *args, **kwargs)
+        hook(self)
+        return result
+
+    return wrapper
+
+
+def _capture(bar: std_tqdm[Any]) -> None:
+    """After a bar's ``__init__``: inside a capture and a live progress, attach it."""
+    if not _capturing.get() or bar.disable or isinstance(bar, tqdm):
+        return
+    progress = live_progress()
+    if progress is None:
+        return
+    bridge = _Bridge.attach(progress)
+    bar.__dict__["_tracked_captured"] = bridge
+    bridge.sync(bar)
+
+
+def _sync_captured(bar: std_tqdm[Any]) -> None:
+    bridge = bar.__dict__.get("_tracked_captured")
+    if bridge is not None:
+        bridge.sync(bar)
+
+
+def _closing(original: Callable[[std_tqdm[Any]], None]) -> Callable[[std_tqdm[Any]], None]:
+    @functools.wraps(original)
+    def close(self: std_tqdm[Any]) -> None:
+        bridge = self.__dict__.pop("_tracked_captured", None)
+        try:
+            original(self)
+        finally:
+            if bridge is not None:
+                bridge.end(self)
+
+    return close
+
+
+def _writing(original: Callable[..., None]) -> Callable[..., None]:
+    @functools.wraps(original)
+    def write(cls: type[std_tqdm[Any]], s: str, *args: Any, **kwargs: Any) -> None:
+        original(cls, s, *args, **kwargs)
+        if _capturing.get() and not issubclass(cls, tqdm):  # tracked.tqdm adds its own
+            _add_message(s)
+
+    return write
