@@ -159,6 +159,15 @@ def check_args(args: argparse.Namespace) -> str | None:
     return None
 
 
+def gunicorn_timeout(seconds: float) -> int:
+    """gunicorn's ``timeout`` for jobs of ``seconds``: comfortably longer than the job.
+
+    gunicorn kills a sync worker that has not answered for ``timeout`` seconds (30 by
+    default): a longer job would die mid-way and end ``failed`` with ``SystemExit: 1``.
+    """
+    return max(30, int(seconds * 2) + 10)
+
+
 def serve_gunicorn(app: bottle.Bottle, args: argparse.Namespace, seconds: float) -> None:
     """Run ``app`` under gunicorn: sync workers, or gthread ones when --threads > 1."""
     from gunicorn.app.base import BaseApplication
@@ -168,7 +177,7 @@ def serve_gunicorn(app: bottle.Bottle, args: argparse.Namespace, seconds: float)
         "workers": args.workers,
         "threads": args.threads,
         "worker_class": "gthread" if args.threads > 1 else "sync",
-        "timeout": max(30, int(seconds * 2) + 10),  # a job must not look like a hung worker
+        "timeout": gunicorn_timeout(seconds),
         "graceful_timeout": 5,
         # gunicorn >= 25 opens a control socket at one fixed path per user: several demos
         # (or test servers) at once would fight over it, and the demo does not need it.

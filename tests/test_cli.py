@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import unicodedata
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 import tracked
-from tests.conftest import ROOT, free_port, wait_for_port
+from tests.conftest import ROOT, free_port
 from tracked._store import Owner
 
 JOB = r"""
@@ -160,7 +161,7 @@ def test_list_shows_a_progress_another_process_is_running(
     wait_until(lambda: tracked.load("nightly-import", store=shared_store_url).count >= 10)
     table = run_cli("list", store=shared_store_url)
     assert table.returncode == 0, table.stderr
-    header, row = table.stdout.splitlines()
+    header, row, _blank, _footer = table.stdout.splitlines()
     assert header.split()[:3] == ["NAME", "STATE", "PROGRESS"]
     assert row.split()[:3] == ["nightly-import", "running", "10/20"]
     [wire] = json_lines(run_cli("list", "--json", store=shared_store_url).stdout)
@@ -223,6 +224,72 @@ def test_default_store_comes_from_the_environment(tmp_path: Path) -> None:
     assert [w["name"] for w in json_lines(result.stdout)] == ["from-env"]
 
 
+def test_list_ends_with_a_line_naming_the_store_it_read(tmp_path: Path) -> None:
+    """An empty table cannot pass for an empty store, or for the store the user meant."""
+    store = tmp_path / "store"
+    write_old_record(str(store), "last-week", ended_ago=7 * 86400)
+    write_old_record(str(store), "an-hour-ago", ended_ago=3600)
+    result = run_cli("list", store=str(store))
+    assert result.returncode == 0 and result.stderr == ""
+    *_table, blank, footer = result.stdout.splitlines()
+    assert blank == ""
+    assert footer == (
+        f"1 progress in FileStore({str(store)!r}); 1 ended over 24h ago (--all shows them)"
+    )
+    everything = run_cli("list", "--all", store=str(store)).stdout.splitlines()
+    assert everything[-1] == f"2 progresses in FileStore({str(store)!r})"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run_cli("list", store=str(empty)).stdout.splitlines() == [
+        "NAME  STATE  PROGRESS  RATE  STARTED  STATUS",
+        "",
+        f"0 progresses in FileStore({str(empty)!r})",
+    ]
+
+
+def test_list_names_the_default_store_when_none_is_given(tmp_path: Path) -> None:
+    """Without --store and $TRACKED_STORE the footer shows the per-user directory it read."""
+    environment = {k: v for k, v in os.environ.items() if k != "TRACKED_STORE"}
+    environment["TMPDIR"] = str(tmp_path)  # the default directory lives under it
+    result = subprocess.run(
+        [sys.executable, "-m", "tracked", "list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environment,
+    )
+    assert result.returncode == 0, result.stderr
+    default = tmp_path / f"tracked-{os.getuid()}"
+    assert result.stdout.splitlines()[-1] == f"0 progresses in FileStore({str(default)!r})"
+
+
+def test_json_output_is_only_wire_json_and_stderr_stays_empty(tmp_path: Path) -> None:
+    """The store is named in text mode only: ``--json`` stays parseable line by line."""
+    store = str(tmp_path / "store")
+    with tracked.start("scripted", store=store):
+        pass
+    for args in (("list", "--json"), ("show", "scripted", "--json")):
+        result = run_cli(*args, store=store)
+        assert result.returncode == 0 and result.stderr == ""
+        assert [w["name"] for w in json_lines(result.stdout)] == ["scripted"]
+
+
+def test_tracked_store_naming_a_missing_directory_is_one_line_and_exit_2(
+    tmp_path: Path,
+) -> None:
+    """$TRACKED_STORE is checked as --store is: a typo is reported, not read as empty."""
+    missing = tmp_path / "typo"
+    result = subprocess.run(
+        [sys.executable, "-m", "tracked", "list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TRACKED_STORE": str(missing)},
+    )
+    assert_one_line_error(result, repr(str(missing)), "$TRACKED_STORE", "does not exist")
+    assert not missing.exists()
+
+
 # ----------------------------------------------------------------------------- show
 
 
@@ -237,6 +304,7 @@ def test_show_prints_a_running_progress_and_its_last_messages(
     assert "state:        running" in lines
     assert "progress:     10/20 (50.0%)" in lines
     assert "messages:     10 shown of 10" in lines
+    assert f"store:        {tracked.open_store(shared_store_url)!r}" in lines
     assert lines[-10:] == [f"  step {i}" for i in range(10)]
 
 
@@ -261,10 +329,13 @@ def test_show_finds_a_progress_by_name_and_progress_id(
     assert_one_line_error(missing, "no progress 'upload'")
 
 
-def test_show_of_an_unknown_name_fails_with_one_line(tmp_path: Path) -> None:
+def test_show_of_an_unknown_name_fails_with_one_line_naming_the_store(tmp_path: Path) -> None:
     store = tmp_path / "store"
     store.mkdir()
-    assert_one_line_error(run_cli("show", "nothing-here", store=str(store)), "nothing-here")
+    assert_one_line_error(
+        run_cli("show", "nothing-here", store=str(store)),
+        f"no progress 'nothing-here' in FileStore({str(store)!r})",
+    )
 
 
 # ----------------------------------------------------------------------------- watch
@@ -505,20 +576,118 @@ def test_unreachable_redis_is_one_line_and_exit_2() -> None:
     assert_one_line_error(result, "127.0.0.1")
 
 
+PORT_RULE = "a port is 0 to 65535 (0: any free port)"
+TOO_LONG_LABEL = "ü" * 70 + ".example"  # IDNA cannot encode a label this long
+
+
 @pytest.mark.parametrize(
     ("args", "words"),
     [
         (["show", "x" * 600], ["at most 512 characters"]),
+        (["show"], ["required", "NAME"]),
+        (["show", ""], ["must not be empty"]),
         (["show", "job", "--progress-id", "not ok!"], ["progress_id"]),
+        (["show", "job", "--progress-id", ""], ["progress_id"]),
+        (["show", "caf\udce9"], ["caf"]),  # a non-UTF-8 byte in argv: never a traceback
+        (["watch"], ["required", "NAME"]),
         (["watch", "job", "--wait", "soon"], ["--wait", "'soon'"]),
-        (["serve", "--port", "eighty"], ["--port", "eighty"]),
+        (["watch", "job", "--wait", "-3"], ["--wait", ">= 0", "'-3'"]),
+        (["watch", "job", "--wait", "inf"], ["--wait", "'inf'"]),
+        (["watch", "job", "--wait", "nan"], ["--wait", "'nan'"]),
+        (["watch", "job", "--interval", "-1"], ["--interval", "'-1'"]),
+        (["watch", "job", "--interval", "1e300"], ["--interval", "<= 3600", "'1e300'"]),
+        (["watch", "job", "--interval", "3600.5"], ["--interval", "<= 3600", "'3600.5'"]),
+        (["watch", "job", "--interval", "3600"], ["no progress 'job'"]),  # the cap is accepted
+        (["watch", "job", "--interval", "0"], ["no progress 'job'"]),
+        (["prune", "--older-than", "-0s"], ["bad duration '-0s'", "cannot be negative"]),
+        (["watch", "job", "--interval", ""], ["--interval", "''"]),
+        (["prune"], ["required", "--older-than"]),
+        (["prune", "--older-than", "-5d"], ["bad duration '-5d'", "cannot be negative", "5d?"]),
+        (["prune", "--older-than", "9" * 400 + "s"], ["bad duration", "too long"]),
+        (["serve", "--port", "eighty"], ["--port", PORT_RULE, "'eighty'"]),
+        (["serve", "--port", "-1"], ["--port", PORT_RULE, "'-1'"]),
+        (["serve", "--port", "65536"], ["--port", PORT_RULE, "'65536'"]),
+        (["serve", "--port", "99999"], ["--port", PORT_RULE, "'99999'"]),
+        (["serve", "--port", ""], ["--port", PORT_RULE, "''"]),
+        (["serve", "--host", ""], ["--host is empty", "0.0.0.0"]),
+        (["serve", "--host", "no-such-host.invalid"], ["cannot listen on no-such-host.invalid"]),
+        (["serve", "--host", "256.0.0.1"], ["cannot listen on 256.0.0.1"]),
+        (["serve", "--host", TOO_LONG_LABEL], ["cannot listen on", "idna"]),
         (["frobnicate"], ["invalid choice", "frobnicate"]),
+        (["list", "--frobnicate"], ["unrecognized arguments", "--frobnicate"]),
     ],
 )
 def test_bad_arguments_are_one_line_and_exit_2(
     tmp_path: Path, args: list[str], words: list[str]
 ) -> None:
     assert_one_line_error(run_cli(*args, store=str(tmp_path)), *words)
+
+
+@pytest.mark.parametrize(
+    ("store", "words"),
+    [
+        ("", ["--store is empty"]),
+        ("   ", ["--store is empty"]),
+        ("file://", ["--store names no directory"]),
+        ("memory://", ["'memory://'", "inside one process"]),
+        ("x" * 300, ["cannot use store directory", "File name too long"]),
+        ("redis://localhost:99999/0", ["redis://localhost:99999/0", "Port out of range"]),
+        ("redis://localhost:abc/0", ["redis://localhost:abc/0"]),
+        ("redis://[::1/0", ["Redis store"]),
+        ("http://example.com/", ["unknown store", "http://example.com/"]),
+    ],
+)
+def test_bad_store_is_one_line_and_exit_2(store: str, words: list[str]) -> None:
+    for command in (["list"], ["show", "x"], ["watch", "x"], ["prune", "--older-than", "1d"]):
+        assert_one_line_error(run_cli(*command, store=store), *words)
+
+
+def test_a_store_inside_a_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    a_file = tmp_path / "plain.txt"
+    a_file.write_text("not a store")
+    assert_one_line_error(run_cli("list", store=str(a_file / "sub")), "does not exist")
+
+
+def without_file_permission_override() -> None:
+    """In the child: drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the bounding set,
+    so the program it runs obeys file modes even as root (as the tests run in CI)."""
+    if os.geteuid() != 0:
+        return  # an ordinary user obeys file modes already
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def run_cli_bound_by_file_modes(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tracked", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        preexec_fn=without_file_permission_override,
+    )
+
+
+@pytest.mark.parametrize("where", ["store", "parent", "record"])
+def test_unreadable_store_is_one_line_and_exit_2(tmp_path: Path, where: str) -> None:
+    """A store directory, a parent of it, or a record that the user may not read."""
+    store = tmp_path / "parent" / "store"
+    store.parent.mkdir()
+    with tracked.start("secret", store=str(store)):
+        pass
+    locked = {"store": store, "parent": store.parent, "record": next(store.glob("*.json"))}
+    locked[where].chmod(0)
+    try:
+        for command in (["list"], ["show", "secret"], ["watch", "secret"]):
+            result = run_cli_bound_by_file_modes(*command, "--store", str(store))
+            assert_one_line_error(result, f"tracked {command[0]}: ")
+            assert str(locked[where]) in result.stderr
+    finally:
+        locked[where].chmod(0o700)
 
 
 def test_console_script_and_module_are_the_same_command(tmp_path: Path) -> None:
@@ -533,16 +702,18 @@ def test_console_script_and_module_are_the_same_command(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[[str], str]]:
-    """Start ``tracked serve`` on a free port for a store; returns its base URL."""
+def serve(tmp_path: Path) -> Iterator[Callable[..., str]]:
+    """Start ``tracked serve`` for a store (on a free port unless ``options`` name one);
+    returns the base URL its startup line announces."""
     servers: list[subprocess.Popen[str]] = []
 
-    def start(store: str) -> str:
+    def start(store: str, *options: str) -> str:
         if "://" not in store:
             Path(store).mkdir(exist_ok=True)  # an explicit store directory must exist
-        port = free_port()
+        if "--port" not in options:
+            options = (*options, "--port", str(free_port()))
         server = subprocess.Popen(
-            [sys.executable, "-m", "tracked", "serve", "--port", str(port), "--store", store],
+            [sys.executable, "-m", "tracked", "serve", *options, "--store", store],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -551,9 +722,8 @@ def serve(tmp_path: Path) -> Iterator[Callable[[str], str]]:
         servers.append(server)
         assert server.stdout is not None
         banner = server.stdout.readline()  # printed once the socket listens, or EOF on failure
-        assert banner.startswith("tracked: serving http://127.0.0.1:"), server.stderr
-        wait_for_port(port)
-        return f"http://127.0.0.1:{port}"
+        assert banner.startswith("tracked: serving http://"), banner
+        return banner.split()[2].rstrip("/")
 
     yield start
     for server in servers:
@@ -571,7 +741,7 @@ def fetch(url: str) -> tuple[int, str, str]:
 
 
 def test_serve_answers_the_status_route_for_a_job_another_process_runs(
-    shared_store_url: str, start_job: Callable[..., Job], serve: Callable[[str], str]
+    shared_store_url: str, start_job: Callable[..., Job], serve: Callable[..., str]
 ) -> None:
     base = serve(shared_store_url)
     job = start_job(shared_store_url, "batch/one", gated=True)
@@ -590,7 +760,7 @@ def test_serve_answers_the_status_route_for_a_job_another_process_runs(
     assert (wire["count"], wire["state"]) == (20, "finished")
 
 
-def test_serve_pages_and_client_script(tmp_path: Path, serve: Callable[[str], str]) -> None:
+def test_serve_pages_and_client_script(tmp_path: Path, serve: Callable[..., str]) -> None:
     store = str(tmp_path / "store")
     base = serve(store)
     status, kind, page = fetch(base + "/")
@@ -604,7 +774,7 @@ def test_serve_pages_and_client_script(tmp_path: Path, serve: Callable[[str], st
 
 
 def test_serve_never_puts_stored_text_into_html_unescaped(
-    tmp_path: Path, serve: Callable[[str], str]
+    tmp_path: Path, serve: Callable[..., str]
 ) -> None:
     store = str(tmp_path / "store")
     name = '<img src=x onerror=alert(1)>"quoted'
@@ -633,19 +803,49 @@ def listening_addresses(port: int) -> set[str]:
     return found
 
 
-def test_serve_binds_to_localhost_by_default(tmp_path: Path, serve: Callable[[str], str]) -> None:
+def test_serve_binds_to_localhost_by_default(tmp_path: Path, serve: Callable[..., str]) -> None:
     base = serve(str(tmp_path / "store"))
     port = int(base.rsplit(":", 1)[1])
     assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1, not 0.0.0.0
 
 
 def test_serve_on_a_busy_port_is_one_line_and_exit_2(
-    tmp_path: Path, serve: Callable[[str], str]
+    tmp_path: Path, serve: Callable[..., str]
 ) -> None:
     base = serve(str(tmp_path / "store"))
     port = base.rsplit(":", 1)[1]
     result = run_cli("serve", "--port", port, store=str(tmp_path / "store"))
     assert_one_line_error(result, f"cannot listen on 127.0.0.1:{port}")
+
+
+def test_serve_on_port_0_listens_on_a_free_port_and_announces_it(
+    tmp_path: Path, serve: Callable[..., str]
+) -> None:
+    base = serve(str(tmp_path / "store"), "--port", "0")
+    port = int(base.rsplit(":", 1)[1])
+    assert 0 < port <= 65535
+    assert fetch(base + "/progresses.json")[0] == 200
+
+
+def test_serve_accepts_the_highest_port(tmp_path: Path, serve: Callable[..., str]) -> None:
+    base = serve(str(tmp_path / "store"), "--port", "65535")
+    assert base == "http://127.0.0.1:65535"
+    assert fetch(base + "/progresses.json")[0] == 200
+
+
+def test_serve_on_localhost_listens_on_ipv4_loopback(
+    tmp_path: Path, serve: Callable[..., str]
+) -> None:
+    """A name with both an IPv4 and an IPv6 address binds the IPv4 one, as before."""
+    base = serve(str(tmp_path / "store"), "--host", "localhost")
+    assert base.startswith("http://127.0.0.1:")
+    assert listening_addresses(int(base.rsplit(":", 1)[1])) == {"0100007F"}
+
+
+def test_serve_listens_on_an_ipv6_address(tmp_path: Path, serve: Callable[..., str]) -> None:
+    base = serve(str(tmp_path / "store"), "--host", "::1", "--port", "0")
+    assert base.startswith("http://[::1]:")
+    assert fetch(base + "/progresses.json")[0] == 200
 
 
 def test_the_examples_client_is_the_packaged_file() -> None:
@@ -660,7 +860,7 @@ def test_the_examples_client_is_the_packaged_file() -> None:
 
 
 def test_serve_pages_follow_a_batch_job_live_in_a_browser(
-    tmp_path: Path, start_job: Callable[..., Job], serve: Callable[[str], str], chromium: Any
+    tmp_path: Path, start_job: Callable[..., Job], serve: Callable[..., str], chromium: Any
 ) -> None:
     """The list page links to the job; its page fills the bar and the messages through
     tracked.js as another process works; a name made of markup stays text."""
@@ -699,6 +899,97 @@ def test_printable_escapes_controls_and_text_reordering_marks() -> None:
         "ok\\x1b[2J\\x07\\x0d\\x0a\\u202egnp.exe\\u2066"
     )
     assert printable("naïve — 東京") == "naïve — 東京"
+
+
+#: Every character the command must never write as it is (nor through ``--json``): all of
+#: Unicode's Cc, Cf, Zl and Zp, which hold every bidirectional control.
+UNSAFE = "".join(
+    chr(code)
+    for code in range(0x110000)
+    if unicodedata.category(chr(code)) in {"Cc", "Cf", "Zl", "Zp"}
+)
+BIDI_CONTROLS = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+
+
+def unsafe_in(output: bytes) -> set[str]:
+    """The unsafe characters in ``output`` (UTF-8), line ends apart. Split on ``\\n`` only:
+    ``str.splitlines`` would also split on (and so hide) ``\\x85``, ``\\u2028``..."""
+    text = output.decode("utf-8")  # strict: lone surrogates would fail here
+    return {char for line in text.split("\n") for char in line if char in UNSAFE}
+
+
+def run_cli_bytes(*args: str) -> subprocess.CompletedProcess[bytes]:
+    """``run_cli`` without text mode, which would turn a raw ``\\r`` into ``\\n``."""
+    command = [sys.executable, "-m", "tracked", *args]
+    return subprocess.run(command, capture_output=True, timeout=60, cwd=ROOT)
+
+
+def test_the_unsafe_set_holds_every_bidirectional_control() -> None:
+    """Guards the category test: the bidi controls (U+061C among them) are all Cf."""
+    assert set(BIDI_CONTROLS) <= set(UNSAFE)
+    assert {"\x85", "\u2028", "\u2029", "\u200b", "\ufeff", "\U000e0001"} <= set(UNSAFE)
+
+
+def test_text_output_escapes_every_control_format_and_separator_character(
+    tmp_path: Path,
+) -> None:
+    """A name, status, error and message made of every unsafe character: list, show and
+    watch print none of them raw, but their escapes, so stored text cannot drive the
+    terminal or reorder the line it is on."""
+    store = str(tmp_path / "store")
+    name = "n" + UNSAFE.replace("\0", "")  # a name cannot hold NUL
+    with pytest.raises(RuntimeError), tracked.start(name, store=store) as progress:
+        progress.status = UNSAFE
+        progress.add_message(UNSAFE)
+        raise RuntimeError(UNSAFE)
+    outputs = {
+        "list": run_cli_bytes("list", "--store", store),
+        "show": run_cli_bytes("show", name, "--store", store),
+        "watch": run_cli_bytes("watch", name, "--store", store),
+    }
+    for command, result in outputs.items():
+        assert result.returncode == (1 if command == "watch" else 0), result.stderr
+        assert unsafe_in(result.stdout) == set(), command
+        shown = result.stdout.decode()
+        for escape in ("n\\x01\\x02", "\\x85", "\\u061c", "\\u202e", "\\u2029", "\\U000e007f"):
+            assert escape in shown, (command, escape)
+    assert "messages:     1 shown of 1" in outputs["show"].stdout.decode()
+
+
+def test_json_output_escapes_c1_bidi_and_separator_characters_and_round_trips(
+    tmp_path: Path,
+) -> None:
+    store = str(tmp_path / "store")
+    with tracked.start("json\u202eeman", store=store) as progress:
+        progress.status = "next\x85line"
+        progress.add_message(UNSAFE)
+    stored = json.loads(json.dumps(tracked.load("json\u202eeman", store=store).to_dict()))
+    for args in (("list", "--json"), ("show", "json\u202eeman", "--json")):
+        result = run_cli_bytes(*args, "--store", store)
+        assert result.returncode == 0, result.stderr
+        assert unsafe_in(result.stdout) == set()
+        line = result.stdout.decode()
+        assert "json\\u202eeman" in line and "next\\u0085line" in line
+        assert "\\u2028" in line and "\\udb40\\udc01" in line  # U+E0001 as JSON writes it
+        assert json.loads(line) == stored
+
+
+def test_printable_escapes_exactly_the_unsafe_categories_across_all_of_unicode() -> None:
+    """Every code point: escaped if it is Cc, Cf, Zl, Zp or a lone surrogate (which a
+    UTF-8 terminal could not even be sent), left as it is otherwise."""
+    from tracked.cli import json_text, printable
+
+    unsafe = {"Cc", "Cf", "Zl", "Zp", "Cs"}
+    for code in range(0x110000):
+        char = chr(code)
+        shown = printable(char)
+        if unicodedata.category(char) in unsafe:
+            width = 2 if code <= 0xFF else 4 if code <= 0xFFFF else 8
+            assert shown == f"\\{'x' if width == 2 else 'u' if width == 4 else 'U'}{code:0{width}x}"
+            assert json.loads(json_text(char)) == char
+            assert json_text(char).isascii(), hex(code)
+        else:
+            assert shown == char, hex(code)
 
 
 def test_watch_rides_out_a_store_outage_and_follows_the_job_to_its_end(

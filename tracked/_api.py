@@ -26,6 +26,7 @@ def start(
 ) -> Progress:
     """Claim ``name`` and return its live handle; use it as a context manager.
 
+    ``total`` defaults to 100, as in the Perl original; ``None`` means unknown.
     Leaving the ``with`` block finishes it; an exception marks it failed. Raises
     ``AlreadyRunning`` if a live owner holds the name (the record is left as it
     was), ``InvalidName`` or ``InvalidValue`` for bad arguments, and

@@ -4,6 +4,10 @@ Every command reads through the public API only, so it agrees with the status
 route on what is running and what is ``abandoned``. Bad input is one line on
 stderr and exit status 2; ``rich`` (the ``tracked[cli]`` extra) is imported
 only to draw ``watch``'s live bar on a terminal.
+
+Stored text is shown, never obeyed: text output escapes every character that
+could drive a terminal or reorder what is shown, and ``--json`` output writes
+the same characters as ``\\u`` escapes.
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ import argparse
 import json
 import os
 import re
+import socket
 import sys
 import time
+import unicodedata
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from socketserver import ThreadingMixIn
@@ -31,9 +37,18 @@ RECENT = 24 * 3600.0
 SHOW_MESSAGES = 10
 EXIT_OK, EXIT_ENDED_BADLY, EXIT_USAGE = 0, 1, 2
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-# C0 and C1 controls, and the Unicode marks that reorder text (bidirectional overrides).
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+_DURATION = re.compile(r"(-?)(\d+(?:\.\d+)?)([smhdw])")
+#: Longest ``watch --interval``: polling less often than hourly is not watching.
+MAX_INTERVAL = 3600.0
+#: Unicode categories never written as they are: controls (C0, C1), format characters
+#: (every bidirectional control among them: U+061C, U+200E-F, U+202A-E, U+2066-9, and
+#: zero-width and tag characters), line and paragraph separators, and lone surrogates.
+UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+#: Options that take a value: their value may start with ``-`` (``--older-than -5d``).
+_VALUE_OPTIONS = frozenset(
+    {"--store", "--progress-id", "--wait", "--interval", "--older-than", "--host", "--port"}
+)
+_FLAGS = frozenset({"--all", "--json", "--help", "-h", "--version", "--"})
 
 
 class UsageError(Exception):
@@ -49,7 +64,9 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``tracked`` command with ``argv`` (default ``sys.argv[1:]``); return its status."""
-    args = _build_parser().parse_args(argv)
+    _never_fail_to_print()
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = _build_parser().parse_args(_attach_dash_values(words))
     try:
         return int(args.run(args))
     except BrokenPipeError:
@@ -67,6 +84,39 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _fail(line: str) -> NoReturn:
     print(printable(line), file=sys.stderr)
     raise SystemExit(EXIT_USAGE)
+
+
+def _never_fail_to_print() -> None:
+    """Text the terminal's encoding cannot show is written as backslash escapes,
+    rather than ending the command with a UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
+def _attach_dash_values(words: list[str]) -> list[str]:
+    """``--opt -value`` as ``--opt=-value``: argparse would take ``-5d`` for an option
+    and answer "expected one argument", where the user needs to hear what is wrong
+    with ``-5d`` itself. A known option or flag after ``--opt`` is left alone."""
+    joined: list[str] = []
+    index = 0
+    while index < len(words):
+        word = words[index]
+        following = words[index + 1] if index + 1 < len(words) else None
+        if (
+            word in _VALUE_OPTIONS
+            and following is not None
+            and following.startswith("-")
+            and following not in _VALUE_OPTIONS | _FLAGS
+        ):
+            joined.append(f"{word}={following}")
+            index += 2
+            continue
+        if word == "--":
+            return joined + words[index:]
+        joined.append(word)
+        index += 1
+    return joined
 
 
 def _extra_for(module: str | None) -> str:
@@ -121,8 +171,21 @@ def _build_parser() -> argparse.ArgumentParser:
 
     serve = command("serve", _cmd_serve, "Serve the status route and a live page over HTTP.")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", default=8080, type=int, help="port (default 8080)")
+    serve.add_argument(
+        "--port", default=8080, type=_port, help="port, 0 for any free one (default 8080)"
+    )
     return parser
+
+
+def _port(text: str) -> int:
+    """A TCP port for ``--port``: 0 (the system picks a free one) to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535 (0: any free port), got {text!r}")
+    return port
 
 
 def _add_name(parser: argparse.ArgumentParser) -> None:
@@ -137,35 +200,79 @@ def _version() -> str:
 
 
 def parse_duration(text: str) -> float:
-    """Seconds in a duration such as ``30s``, ``15m``, ``2h``, ``7d`` or ``1w``."""
+    """Seconds in a duration such as ``30s``, ``15m``, ``2h``, ``7d`` or ``1w``.
+
+    A negative duration is refused with its reason: "ended longer ago than -5d"
+    would mean every ended progress, which is ``0s`` said by accident."""
     match = _DURATION.fullmatch(text.strip())
     if match is None:
         raise UsageError(f"bad duration {text!r}: use a number and a unit, as in 30s, 2h or 7d")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    sign, number, unit = match.groups()
+    if sign:
+        raise UsageError(
+            f"bad duration {text!r}: a duration cannot be negative, it counts back from now "
+            f"(0s means every ended progress; did you mean {number}{unit}?)"
+        )
+    seconds = float(number) * _UNITS[unit]
+    if seconds == float("inf"):
+        raise UsageError(f"bad duration {text!r}: too long")
+    return seconds
 
 
-def _seconds(text: str, what: str) -> float:
+def _seconds(text: str, what: str, at_most: float = float("inf")) -> float:
+    """A number of seconds from 0 to ``at_most`` (finite) given to option ``what``."""
     try:
         value = float(text)
     except ValueError:
-        value = -1.0
-    if not value >= 0 or value == float("inf"):
-        raise UsageError(f"{what} must be a number of seconds >= 0, got {text!r}")
+        value = float("nan")
+    if not 0 <= value <= at_most or value == float("inf"):
+        limit = "" if at_most == float("inf") else f" and <= {at_most:g}"
+        raise UsageError(f"{what} must be a number of seconds >= 0{limit}, got {text!r}")
     return value
 
 
 def _store(args: argparse.Namespace) -> Store:
-    """The store named by ``--store``; an explicit directory must already exist."""
-    spec = args.store
+    """The store named by ``--store``, else by ``$TRACKED_STORE``, else the per-user default.
+
+    A store someone named must be one the command can see: an existing directory
+    (a typo does not create an empty store), not this process's own memory."""
+    spec, origin = args.store, "--store"
+    if spec is None:
+        spec, origin = os.environ.get("TRACKED_STORE") or None, "$TRACKED_STORE"
     if spec is None:
         return default_store()
+    if not spec.strip():
+        raise UsageError(f"{origin} is empty: give a directory or a store URL")
     scheme, sep, rest = spec.partition("://")
+    if sep and scheme.lower() == "memory":
+        raise UsageError(
+            f"{origin} {spec!r} is a store inside one process, which this command cannot see:"
+            " use the directory or Redis URL the jobs write to"
+        )
     if not sep or scheme.lower() == "file":
-        path = Path(rest if sep else spec).expanduser()
-        if not path.is_dir():
-            problem = "is not a directory" if path.exists() else "does not exist"
-            raise UsageError(f"store directory {str(path)!r} {problem}")
+        _check_directory(rest if sep else spec, origin)
     return open_store(spec)
+
+
+def _check_directory(text: str, origin: str) -> None:
+    """Raise ``UsageError`` unless ``text`` (from option ``origin``) is an existing directory."""
+    if not text:
+        raise UsageError(f"{origin} names no directory: give one after file://")
+    path = Path(text).expanduser()
+    where = " (from $TRACKED_STORE)" if origin.startswith("$") else ""
+    try:
+        is_dir, exists = path.is_dir(), path.exists()
+    except OSError as exc:  # a parent that cannot be searched, a name too long
+        problem = f"cannot use store directory {str(path)!r}{where}: {exc.strerror}"
+        raise UsageError(problem) from exc
+    if not is_dir:
+        problem = "is not a directory" if exists else "does not exist"
+        raise UsageError(f"store directory {str(path)!r}{where} {problem}")
+
+
+def _where(store: Store) -> str:
+    """How the command names the store it read, in footers and errors."""
+    return printable(repr(store))
 
 
 def _key(args: argparse.Namespace) -> str:
@@ -176,13 +283,41 @@ def _key(args: argparse.Namespace) -> str:
 
 
 def printable(text: str) -> str:
-    """``text`` with control characters escaped, so no stored text can drive the terminal."""
-    return _CONTROL.sub(_escape, text)
+    """``text`` with every character of ``UNSAFE_CATEGORIES`` written as a Python-style
+    escape (``\\x1b``, ``\\u061c``, ``\\U000e0001``), so no stored text can drive the
+    terminal, hide itself or reorder what is shown around it."""
+    return _replace_unsafe(text, _python_escape)
 
 
-def _escape(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+def json_text(data: Any) -> str:
+    """``data`` as one line of JSON: non-ASCII text as it is, but every character of
+    ``UNSAFE_CATEGORIES`` (``\\u0085``, ``\\u202e``...) as a ``\\u`` escape, so
+    ``--json`` output is as safe to print as text output and still decodes to ``data``."""
+    return _replace_unsafe(json.dumps(data, ensure_ascii=False), _json_escape)
+
+
+def _replace_unsafe(text: str, escape: Callable[[str], str]) -> str:
+    if text.isprintable():  # the common case; False for every unsafe character
+        return text
+    return "".join(
+        escape(char) if unicodedata.category(char) in UNSAFE_CATEGORIES else char for char in text
+    )
+
+
+def _python_escape(char: str) -> str:
+    code = ord(char)
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def _json_escape(char: str) -> str:
+    """``char`` as JSON's ``\\uXXXX``; above U+FFFF as its UTF-16 surrogate pair."""
+    code = ord(char)
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
 
 
 def label(state: State) -> str:
@@ -223,17 +358,16 @@ def _ended_at(state: State) -> float:
 
 
 def _json_line(state: State) -> str:
-    return json.dumps(state.to_dict(), ensure_ascii=False)
+    return json_text(state.to_dict())
 
 
 # ----------------------------------------------------------------------------- commands
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    states = _store(args).list()
-    if not args.all:
-        cutoff = time.time() - RECENT
-        states = [s for s in states if s.in_progress or _ended_at(s) >= cutoff]
+    store = _store(args)
+    everything = store.list()
+    states = everything if args.all else _recent(everything)
     if args.json:
         for state in states:
             print(_json_line(state))
@@ -242,28 +376,46 @@ def _cmd_list(args: argparse.Namespace) -> int:
     now = time.time()
     for s in states:
         started = span(now - s.start_time) + " ago"
-        rows.append((label(s), s.state, fraction(s), rate(s), started, printable(s.status)))
+        rows.append((label(s), s.state, fraction(s), rate(s), started, s.status))
     _print_table(rows, sys.stdout)
+    print(f"\n{_list_footer(store, len(states), len(everything) - len(states))}")
     return EXIT_OK
 
 
+def _recent(states: list[State]) -> list[State]:
+    """The running progresses and those that ended within ``RECENT``."""
+    cutoff = time.time() - RECENT
+    return [s for s in states if s.in_progress or _ended_at(s) >= cutoff]
+
+
+def _list_footer(store: Store, shown: int, hidden: int) -> str:
+    """The line under the table: which store was read, and what ``--all`` would add,
+    so an empty table cannot be mistaken for an empty store, or the wrong one."""
+    noun = "progress" if shown == 1 else "progresses"
+    more = f"; {hidden} ended over 24h ago (--all shows them)" if hidden else ""
+    return f"{shown} {noun} in {_where(store)}{more}"
+
+
 def _print_table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
+    """``rows`` in aligned columns, every cell escaped with ``printable``."""
+    shown = [[printable(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in shown) for i in range(len(shown[0]))]
+    for row in shown:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
         print("  ".join(cells).rstrip(), file=out)
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
     key = _key(args)
-    state = _store(args).load(key)
+    store = _store(args)
+    state = store.load(key)
     if state is None:
-        raise UsageError(f"no progress {_shown(key)} in the store")
+        raise UsageError(f"no progress {_shown(key)} in {_where(store)}")
     if args.json:
         print(_json_line(state))
         return EXIT_OK
-    for field, value in _details(state):
-        print(f"{field + ':':<13} {value}")
+    for field, value in [*_details(state), ("store", _where(store))]:
+        print(f"{field + ':':<13} {printable(value)}")
     messages = state.messages[-SHOW_MESSAGES:]
     print(f"messages:     {len(messages)} shown of {state.message_count}")
     for message in messages:
@@ -273,16 +425,16 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 def _details(state: State) -> list[tuple[str, str]]:
     return [
-        ("name", printable(state.name) if state.name is not None else "-"),
+        ("name", state.name if state.name is not None else "-"),
         ("progress_id", state.progress_id or "-"),
         ("state", state.state),
-        ("status", printable(state.status)),
+        ("status", state.status),
         ("progress", fraction(state)),
         ("rate", rate(state)),
         ("eta", span(state.eta)),
         ("elapsed", span(state.elapsed)),
         ("started", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.start_time))),
-        ("error", printable(state.error) if state.error else "-"),
+        ("error", state.error or "-"),
     ]
 
 
@@ -313,7 +465,7 @@ def exit_status(state: State) -> int:
 def _cmd_watch(args: argparse.Namespace) -> int:
     key = _key(args)
     wait = _seconds(args.wait, "--wait")
-    interval = max(0.05, _seconds(args.interval, "--interval"))
+    interval = max(0.05, _seconds(args.interval, "--interval", at_most=MAX_INTERVAL))
     store = _store(args)
     state = _wait_for(store, key, wait, interval)
     view = _make_view(sys.stdout)
@@ -326,7 +478,8 @@ def _cmd_watch(args: argparse.Namespace) -> int:
             time.sleep(interval)
             latest = _load_through_outage(store, key, state, outage)
             if latest is None:
-                raise UsageError(f"progress {_shown(key)} was deleted while watched")
+                gone = f"progress {_shown(key)} was deleted from {_where(store)} while watched"
+                raise UsageError(gone)
             state = latest
     finally:
         view.close()
@@ -357,7 +510,7 @@ def _wait_for(store: Store, key: str, wait: float, interval: float) -> State:
             return state
         if time.monotonic() >= deadline:
             waited = f" after waiting {wait:g}s" if wait else ""
-            raise UsageError(f"no progress {_shown(key)} in the store{waited}")
+            raise UsageError(f"no progress {_shown(key)} in {_where(store)}{waited}")
         time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
 
 
@@ -468,21 +621,47 @@ STATIC = Path(__file__).resolve().parent / "static"
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    family = _address_family(args.host, args.port)
     store = _store(args)
     app = build_app(store)
+    server_class = type("_Server", (_ThreadingServer,), {"address_family": family})
     try:
         server: WSGIServer = make_server(
-            args.host, args.port, app, server_class=_ThreadingServer, handler_class=_QuietHandler
+            args.host, args.port, app, server_class=server_class, handler_class=_QuietHandler
         )
     except OSError as exc:
-        raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from exc
+        where = _host_port(args.host, args.port)
+        raise UsageError(f"cannot listen on {where}: {exc.strerror}") from exc
     host, port = str(server.server_address[0]), int(server.server_address[1])
-    print(f"tracked: serving http://{host}:{port}/ (store: {store!r}); Ctrl-C stops", flush=True)
+    url = f"http://{_host_port(host, port)}/"
+    print(f"tracked: serving {url} (store: {_where(store)}); Ctrl-C stops", flush=True)
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
         server.server_close()
     return EXIT_OK
+
+
+def _address_family(host: str, port: int) -> socket.AddressFamily:
+    """The address family to listen on ``host`` with: IPv4 when the name has an IPv4
+    address (``localhost`` stays 127.0.0.1), else IPv6 (``::1``).
+
+    An empty host is refused rather than read as "every interface": say ``0.0.0.0``
+    or ``::`` for that, so nobody exposes the server by leaving a variable unset."""
+    if not host.strip():
+        raise UsageError("--host is empty: give an address (0.0.0.0 or :: for every interface)")
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as exc:  # an unknown name; a label IDNA cannot encode
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise UsageError(f"cannot listen on {_host_port(host, port)}: {reason}") from exc
+    families = [family for family, *_rest in found]
+    return socket.AF_INET if socket.AF_INET in families else socket.AddressFamily(families[0])
+
+
+def _host_port(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 address in brackets as URLs write it."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def build_app(store: Store) -> Any:
