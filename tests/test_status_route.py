@@ -1,0 +1,245 @@
+"""The status route's behaviour, one suite run against every adapter (Bottle plugin, WSGI app).
+
+Each adapter is mounted at ``/_progress_status`` and driven through WebTest;
+records are written with ``tracked.start`` into the adapter's own store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import bottle
+import pytest
+import webtest
+
+import tracked
+from tracked.bottle import TrackedPlugin
+from tracked.wsgi import status_app
+
+PREFIX = "/_progress_status"
+ADAPTERS = ["bottle", "wsgi"]
+WIRE_KEYS = [
+    "name", "progress_id", "total", "count", "percent", "messages", "message_count",
+    "in_progress", "state", "status", "error", "start_time", "current_time",
+    "finished_time", "elapsed", "rate", "eta",
+]
+
+Build = Callable[..., webtest.TestApp]
+
+
+def mounted(app: Callable[..., Any], prefix: str) -> Callable[..., Any]:
+    """Mount a WSGI app at ``prefix`` the way Werkzeug's DispatcherMiddleware does:
+    the prefix moves from PATH_INFO to SCRIPT_NAME; other paths get a plain 404."""
+
+    def dispatch(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        path = environ.get("PATH_INFO", "")
+        if path == prefix or path.startswith(prefix + "/"):
+            environ["SCRIPT_NAME"] = environ.get("SCRIPT_NAME", "") + prefix
+            environ["PATH_INFO"] = path[len(prefix):]
+            return app(environ, start_response)
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not here"]
+
+    return dispatch
+
+
+@pytest.fixture(params=ADAPTERS)
+def build(request: pytest.FixtureRequest) -> Build:
+    """Make a WebTest client for one adapter serving ``store`` at ``PREFIX``."""
+
+    def make(store: tracked.Store | None, **options: Any) -> webtest.TestApp:
+        if request.param == "bottle":
+            app = bottle.Bottle()
+            app.install(TrackedPlugin(store, **options))
+            return webtest.TestApp(app)
+        return webtest.TestApp(mounted(status_app(store, **options), PREFIX))
+
+    return make
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> tracked.FileStore:
+    return tracked.FileStore(tmp_path / "status-store")
+
+
+@pytest.fixture
+def client(build: Build, store: tracked.FileStore) -> webtest.TestApp:
+    return build(store)
+
+
+def finished(store: tracked.Store, name: str | None, count: int = 2, *messages: str,
+             progress_id: str | None = None, total: int = 100) -> None:
+    """Write an ended record: ``count`` done, with ``messages``."""
+    with tracked.start(name, progress_id=progress_id, total=total, store=store) as progress:
+        progress.increment(count, *messages)
+
+
+def status(client: webtest.TestApp, name: str, expect: int = 200, **params: str) -> Any:
+    return client.get(f"{PREFIX}/{name}", params=params, status=expect)
+
+
+def assert_json_error(response: Any, code: int) -> str:
+    assert response.status_int == code
+    assert response.content_type == "application/json"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.json["status"] == "error"
+    assert isinstance(response.json["error"], str) and response.json["error"]
+    return str(response.json["error"])
+
+
+# ----------------------------------------------------------------------------- answers
+
+
+def test_status_is_the_wire_json_with_etag_and_no_store(client, store):
+    finished(store, "job", 2, "a", "b")
+    response = status(client, "job")
+    assert response.headers["Content-Type"] == "application/json; charset=utf-8"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["ETag"].startswith('"')
+    assert list(json.loads(response.body)) == WIRE_KEYS
+    assert (response.json["count"], response.json["messages"]) == (2, ["a", "b"])
+
+
+def test_head_gets_the_headers_without_a_body(client, store):
+    finished(store, "job")
+    response = client.head(f"{PREFIX}/job", status=200)
+    assert response.body == b""
+    assert response.headers["ETag"] == status(client, "job").headers["ETag"]
+
+
+def test_unknown_name_is_404_json(client):
+    assert "never-started" in assert_json_error(status(client, "never-started", expect=404), 404)
+
+
+def test_prefix_without_a_name_is_400_json(client):
+    assert_json_error(client.get(PREFIX + "/", status=400), 400)
+    assert_json_error(client.get(PREFIX, status=400), 400)
+
+
+def test_progress_id_is_combined_with_the_name(client, store):
+    finished(store, "job", 3, progress_id="abc")
+    state = status(client, "job", progress_id="abc").json
+    assert (state["name"], state["progress_id"], state["count"]) == ("job", "abc", 3)
+    assert_json_error(status(client, "job", expect=404), 404)
+
+
+def test_nameless_progress_is_found_by_its_progress_id(client, store):
+    finished(store, None, 5, progress_id="1000")
+    assert status(client, "1000").json["count"] == 5
+
+
+@pytest.mark.parametrize("bad", ["a/b", "", "x" * 129, "caf\u00e9", "a b", "<script>"])
+def test_invalid_progress_id_is_400_json(client, bad):
+    assert_json_error(status(client, "job", expect=400, progress_id=bad), 400)
+
+
+@pytest.mark.parametrize("name", ["a%00b", "n" * 513])
+def test_invalid_name_is_400_json(client, name):
+    assert_json_error(client.get(f"{PREFIX}/{name}", status=400), 400)
+
+
+def test_matching_if_none_match_gets_304_without_body(client, store):
+    finished(store, "job")
+    etag = status(client, "job").headers["ETag"]
+    for header in (etag, f'"other", {etag}', f"W/{etag}", "*"):
+        response = client.get(f"{PREFIX}/job", headers={"If-None-Match": header}, status=304)
+        assert response.body == b""
+        assert response.headers["ETag"] == etag
+    client.get(f"{PREFIX}/job", headers={"If-None-Match": '"other"'}, status=200)
+
+
+def test_since_returns_only_messages_from_that_index(client, store):
+    with tracked.start("m", store=store, max_messages=3) as progress:
+        for i in range(5):
+            progress.add_message(f"m{i}")
+    assert status(client, "m").json["messages"] == ["m2", "m3", "m4"]
+    assert status(client, "m", since="3").json["messages"] == ["m3", "m4"]
+    assert status(client, "m", since="5").json["messages"] == []
+    assert status(client, "m", since="3").headers["ETag"] != status(client, "m").headers["ETag"]
+
+
+@pytest.mark.parametrize("bad", ["-1", "x", "1.5", "", "\u00b2", "9" * 40])
+def test_bad_since_is_400_json(client, store, bad):
+    finished(store, "job")
+    assert_json_error(status(client, "job", expect=400, since=bad), 400)
+
+
+def test_authorize_refusal_is_403_before_revealing_anything(build, store):
+    asked: list[str] = []
+
+    def authorize(request: Any, key: str) -> bool:
+        asked.append(key)
+        return False
+
+    finished(store, "job", progress_id="p1")
+    client = build(store, authorize=authorize)
+    refused = client.get(f"{PREFIX}/job?progress_id=p1", status=403)
+    assert "count" not in assert_json_error(refused, 403)
+    assert_json_error(status(client, "never-started", expect=403), 403)
+    assert asked == [tracked.State("job", "p1").key, "never-started"]
+
+
+def test_corrupt_record_is_500_json_without_the_path(client, store):
+    store.path_for("broken").write_bytes(b"{not json")
+    message = assert_json_error(client.get(f"{PREFIX}/broken", status=500), 500)
+    assert str(store.directory) not in message
+
+
+def test_memory_store_is_served_too(build):
+    memory = tracked.MemoryStore()
+    finished(memory, "job", 4)
+    assert status(build(memory), "job").json["count"] == 4
+
+
+def test_process_default_store_is_read_when_none_is_given(build, tmp_path):
+    tracked.configure(store=tmp_path / "configured")
+    finished(tracked.default_store(), "job", 6)
+    assert status(build(None), "job").json["count"] == 6
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["%ff%fe", "%E2%98%83/%C3%A9", "%25%32%65", "a" * 4000, "x?since=-1", "x?progress_id=&since=",
+     "x;y", "%0d%0aSet-Cookie:%20a=b", "%u002e%u002e", "../../etc/passwd"],
+)
+def test_odd_requests_answer_json_not_500(client, path):
+    response = client.get(f"{PREFIX}/{path}", expect_errors=True)
+    assert response.status_int in (400, 404)
+    if response.content_type == "application/json":
+        assert response.json["status"] == "error"
+    assert "Set-Cookie" not in response.headers
+
+
+def test_ended_record_is_served_from_cache_while_its_file_is_unchanged(client, store):
+    finished(store, "job", 2)
+    path = store.path_for("job")
+    backdate(path)
+    assert status(client, "job").json["count"] == 2
+    rewrite_in_place(path, b'"count":2', b'"count":9')
+    assert status(client, "job").json["count"] == 2
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def backdate(path: Path, seconds: float = 60.0) -> None:
+    """Set a file's mtime into the past, as if written long ago."""
+    past = int((time.time() - seconds) * 1e9)
+    os.utime(path, ns=(past, past))
+
+
+def rewrite_in_place(path: Path, old: bytes, new: bytes) -> None:
+    """Change a record file's bytes keeping its inode, size and mtime."""
+    assert len(old) == len(new)
+    before = path.stat()
+    data = path.read_bytes()
+    assert old in data
+    with open(path, "r+b") as file:
+        file.write(data.replace(old, new))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
