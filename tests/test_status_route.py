@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import bottle
 import pytest
@@ -243,3 +244,100 @@ def rewrite_in_place(path: Path, old: bytes, new: bytes) -> None:
         file.write(data.replace(old, new))
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
 
+
+
+# ----------------------------------------------------------------------------- issue 8 regressions
+
+
+def corrupt(store: tracked.FileStore, key: str, fields: dict[str, Any]) -> None:
+    """Rewrite ``key``'s record file with ``fields`` of its state replaced."""
+    path = store.path_for(key)
+    document = json.loads(path.read_bytes())
+    document["state"].update(fields)
+    path.write_text(json.dumps(document))
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"progress_id": "bad id!"}, {"count": "5"}, {"in_progress": "yes"}, {"messages": [1]},
+     {"name": 7}],
+    ids=["bad-progress-id", "count-str", "in-progress-str", "message-int", "name-int"],
+)
+def test_corrupt_record_reads_as_a_json_error_not_html(client, store, fields):
+    finished(store, "rec", 2)
+    corrupt(store, "rec", fields)
+    response = client.get(f"{PREFIX}/rec", expect_errors=True)
+    message = assert_json_error(response, 500)
+    assert str(store.directory) not in message
+
+
+NAMES = [
+    "report\n2024", "x/../b", "y/./z", ".", "..", "...", "a//b", "/lead", "trail/",
+    "tab\there", "crlf\r\nx", "caf\u00e9 \u2603", "?q=1#f", "%41%2F", "+plus+", " spaced ",
+    "\u2028sep", "%2e%2e", "n" * 512,
+]
+
+
+@pytest.mark.parametrize("name", NAMES, ids=[repr(n)[:20] for n in NAMES])
+def test_every_name_start_accepts_is_reachable_by_path_and_by_query(client, store, name):
+    finished(store, name, 3)
+    finished(store, name, 4, progress_id="p1")
+    by_path = client.get(f"{PREFIX}/{quote(name, safe='')}").json
+    by_query = client.get(f"{PREFIX}/?{urlencode({'name': name})}").json
+    bare_prefix = client.get(f"{PREFIX}?{urlencode({'name': name, 'progress_id': 'p1'})}").json
+    assert (by_path["name"], by_path["count"]) == (name, 3)
+    assert (by_query["name"], by_query["count"]) == (name, 3)
+    assert (bare_prefix["name"], bare_prefix["progress_id"]) == (name, "p1")
+    assert bare_prefix["count"] == 4
+
+
+def test_a_name_in_the_path_and_another_in_the_query_is_400(client, store):
+    finished(store, "a")
+    finished(store, "b")
+    assert_json_error(client.get(f"{PREFIX}/a?name=b", status=400), 400)
+    assert_json_error(client.get(f"{PREFIX}/?name=a&name=b", status=400), 400)
+    assert client.get(f"{PREFIX}/a?name=a").json["name"] == "a"
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE", "TRACE", "PROPFIND"])
+def test_other_methods_get_a_json_405_with_allow(client, store, method):
+    finished(store, "job")
+    for path in (f"{PREFIX}/job", f"{PREFIX}/", PREFIX, f"{PREFIX}/never-started"):
+        response = client.request(path, method=method, expect_errors=True)
+        assert_json_error(response, 405)
+        assert response.headers["Allow"] == "GET, HEAD, OPTIONS"
+    assert status(client, "job").json["count"] == 2
+
+
+def test_options_answers_204_with_allow(client, store):
+    finished(store, "job")
+    for path in (f"{PREFIX}/job", PREFIX):
+        response = client.options(path, status=204)
+        assert response.headers["Allow"] == "GET, HEAD, OPTIONS"
+        assert response.body == b""
+
+
+def test_percent_encoded_query_names_are_decoded(client, store):
+    finished(store, "job", 3, progress_id="abc123")
+    state = client.get(f"{PREFIX}/job?%70rogress_id=abc123&%73ince=0").json
+    assert (state["progress_id"], state["count"]) == ("abc123", 3)
+
+
+def test_progress_id_header_is_read_by_the_status_route(client, store):
+    finished(store, "job", 3, progress_id="hdr")
+    state = client.get(f"{PREFIX}/job", headers={"X-Progress-Id": "hdr"}).json
+    assert (state["progress_id"], state["count"]) == ("hdr", 3)
+    agreeing = client.get(f"{PREFIX}/job?progress_id=hdr", headers={"X-Progress-Id": "hdr"})
+    assert agreeing.json["progress_id"] == "hdr"
+
+
+@pytest.mark.parametrize(
+    ("query", "header"),
+    [("progress_id=a", "b"), ("progress_id=a&progress_id=b", None),
+     ("%70rogress_id=a&progress_id=b", None)],
+)
+def test_conflicting_progress_ids_are_400(client, store, query, header):
+    finished(store, "job", progress_id="a")
+    headers = {"X-Progress-Id": header} if header else {}
+    response = client.get(f"{PREFIX}/job?{query}", headers=headers, status=400)
+    assert "conflicting progress_id" in assert_json_error(response, 400)
