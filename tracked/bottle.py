@@ -133,27 +133,47 @@ class TrackedPlugin:
 
 class ScopedBody:
     """A generator route's body, run step by step in the context captured when the
-    route was called; closing it (the client went away) closes the generator."""
+    route was called; closing it (the client went away) closes the generator.
 
-    __slots__ = ("_context", "_generator", "_started")
+    Only ``str`` (encoded in the response's charset) and ``bytes`` items are
+    sent; anything else a route yields (None, numbers, objects) was counted by
+    ``@tracked`` and is skipped here, so Bottle never fails mid-stream on it and
+    a route may mix ``str`` and ``bytes``. An exception from the route ends its
+    run ``failed`` (``@tracked`` records it) and then reaches the server.
+    """
+
+    __slots__ = ("_charset", "_context", "_generator", "_started")
 
     def __init__(self, generator: Iterator[Any], context: contextvars.Context) -> None:
         self._generator = generator
         self._context = context
         self._started = False
+        self._charset: str | None = None
 
     def __iter__(self) -> ScopedBody:
         return self
 
-    def __next__(self) -> Any:
-        if self._started:
-            return self._context.run(next, self._generator)
-        self._started = True
-        try:
-            return self._context.run(next, self._generator)
-        except REFUSALS as exc:
-            # Nothing is sent yet: Bottle turns a raised HTTPResponse into the answer.
-            raise refusal_response(exc) from exc
+    def __next__(self) -> bytes:
+        run, generator = self._context.run, self._generator
+        if not self._started:
+            self._started = True
+            try:
+                item = run(next, generator)
+            except REFUSALS as exc:
+                # Nothing is sent yet: Bottle turns a raised HTTPResponse into the answer.
+                raise refusal_response(exc) from exc
+            if isinstance(item, bottle.HTTPResponse):
+                return item  # type: ignore[no-any-return]  # Bottle answers with it
+        else:
+            item = run(next, generator)
+        while True:
+            if isinstance(item, bytes):
+                return item
+            if isinstance(item, str):
+                if self._charset is None:
+                    self._charset = bottle.response.charset or "UTF-8"
+                return item.encode(self._charset)
+            item = run(next, generator)
 
     def close(self) -> None:
         close = getattr(self._generator, "close", None)
