@@ -341,3 +341,9 @@ def test_conflicting_progress_ids_are_400(client, store, query, header):
     headers = {"X-Progress-Id": header} if header else {}
     response = client.get(f"{PREFIX}/job?{query}", headers=headers, status=400)
     assert "conflicting progress_id" in assert_json_error(response, 400)
+
+
+def test_nameless_progress_is_found_by_a_progress_id_in_the_query(client, store):
+    finished(store, None, 5, progress_id="..")
+    assert client.get(f"{PREFIX}/?progress_id=..").json["count"] == 5
+    assert client.get(f"{PREFIX}?progress_id=..").json["progress_id"] == ".."

@@ -21,7 +21,7 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote, urlencode
 
 import tracked
 
@@ -38,6 +38,7 @@ __all__ = [
     "query_values",
     "render",
     "requested_progress_id",
+    "status_url",
     "storage_key",
 ]
 
@@ -153,9 +154,9 @@ class StatusService:
                         "the request names two different progresses (path and ?name=)"
                     )
                 name = names[0]
-        if name is None:
-            raise _missing_name(request.prefix)
         progress_id = requested_progress_id(query, request.progress_id_header)
+        if name is None and progress_id is None:
+            raise _missing_name(request.prefix)
         return storage_key(name, progress_id), _since(query)
 
     def _rendered(self, key: str, since: int) -> Rendered | None:
@@ -306,6 +307,27 @@ def _missing_name(prefix: str) -> tracked.InvalidName:
     return tracked.InvalidName(
         f"the URL names no progress: use {prefix}/<name> or {prefix}/?name=<name>"
     )
+
+
+def status_url(prefix: str, key: str) -> str:
+    """The status URL of ``key`` under ``prefix`` that every browser requests unchanged.
+
+    Browsers resolve ``.`` and ``..`` path segments (``%2e%2e`` too) before sending a
+    request, so the name travels as one segment with ``/`` encoded as ``%2F``, and
+    a name that is itself ``.`` or ``..`` as ``?name=``. ``tracked.statusUrl`` in
+    tracked.js follows the same rule.
+    """
+    name, separator, rest = key.partition("\0")  # see tracked.State.key
+    progress_id = rest if separator else None
+    if name in (".", ".."):
+        query = [("name", name)]
+        url = prefix + "/"
+    else:
+        query = []
+        url = prefix + "/" + quote(name, safe="")
+    if progress_id is not None:
+        query.append(("progress_id", progress_id))
+    return url + ("?" + urlencode(query) if query else "")
 
 
 # ----------------------------------------------------------------------------- responses

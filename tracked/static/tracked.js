@@ -6,7 +6,7 @@
  *
  *   const id = tracked.newProgressId();
  *   fetch('/jobs/main?progress_id=' + id, {method: 'POST'});      // not awaited
- *   const watcher = tracked.trackProgress('/_progress_status/demo-job', {
+ *   const watcher = tracked.trackProgress(tracked.statusUrl('demo-job'), {
  *     progressId: id,
  *     onProgress(state) { bar.style.width = (state.percent || 0) + '%'; },
  *     onMessage(text) { const li = document.createElement('li'); li.textContent = text; list.append(li); },
@@ -14,6 +14,11 @@
  *     onError(err) { console.error(err.message); },
  *   });
  *   // watcher.stop() stops polling; no callback is called after it.
+ *
+ * `tracked.statusUrl(name, {prefix})` builds the status URL of any progress name
+ * so that browsers request it unchanged: `/` inside the name is sent as `%2F`,
+ * and a name that is `.` or `..` (which browsers would resolve away as a dot
+ * segment) is sent as `?name=`.
  *
  * Each poll asks for `?since=N` (N = messages received so far), so every message is
  * downloaded and reported once. If the server has dropped messages the client never
@@ -291,6 +296,22 @@
     }
   }
 
+  /**
+   * The status URL of progress `name` (default prefix '/_progress_status'): the
+   * name as one path segment, '/' included as %2F, so '.' and '..' inside it are
+   * not dot segments; a name that is exactly '.' or '..' goes as ?name= instead.
+   */
+  function statusUrl(name, options) {
+    if (typeof name !== 'string' || !name) {
+      throw new TypeError('statusUrl(name, options): name must be a non-empty string');
+    }
+    const prefix = String((options && options.prefix) || '/_progress_status').replace(/\/+$/, '');
+    if (name === '.' || name === '..') {
+      return prefix + '/?name=' + encodeURIComponent(name);
+    }
+    return prefix + '/' + encodeURIComponent(name);
+  }
+
   /** A random progress_id (a UUID), unguessable where the browser has crypto. */
   function newProgressId() {
     const c = typeof crypto !== 'undefined' ? crypto : null;
@@ -312,5 +333,10 @@
     return [hex.slice(0, 8), hex.slice(8, 12), hex.slice(12, 16), hex.slice(16, 20), hex.slice(20)].join('-');
   }
 
-  return {trackProgress: trackProgress, newProgressId: newProgressId, defaults: DEFAULTS};
+  return {
+    trackProgress: trackProgress,
+    statusUrl: statusUrl,
+    newProgressId: newProgressId,
+    defaults: DEFAULTS,
+  };
 });
