@@ -312,22 +312,19 @@ def _missing_name(prefix: str) -> tracked.InvalidName:
 def status_url(prefix: str, key: str) -> str:
     """The status URL of ``key`` under ``prefix`` that every browser requests unchanged.
 
-    Browsers resolve ``.`` and ``..`` path segments (``%2e%2e`` too) before sending a
-    request, so the name travels as one segment with ``/`` encoded as ``%2F``, and
-    a name that is itself ``.`` or ``..`` as ``?name=``. ``tracked.statusUrl`` in
-    tracked.js follows the same rule.
+    Browsers resolve ``.`` and ``..`` path segments (``%2e%2e`` too) before sending
+    a request. A name with such a segment travels as one segment, its ``/`` as
+    ``%2F``; a name that is itself ``.`` or ``..`` as ``?name=``; any other name
+    keeps its slashes (proxies that refuse ``%2F`` still pass it). ``statusUrl``
+    in tracked.js follows the same rule.
     """
     name, separator, rest = key.partition("\0")  # see tracked.State.key
-    progress_id = rest if separator else None
+    query = [("progress_id", rest)] if separator else []
     if name in (".", ".."):
-        query = [("name", name)]
-        url = prefix + "/"
-    else:
-        query = []
-        url = prefix + "/" + quote(name, safe="")
-    if progress_id is not None:
-        query.append(("progress_id", progress_id))
-    return url + ("?" + urlencode(query) if query else "")
+        return f"{prefix}/?{urlencode([('name', name), *query])}"
+    dotted = any(segment in (".", "..") for segment in name.split("/"))
+    url = prefix + "/" + quote(name, safe="" if dotted else "/")
+    return url + (f"?{urlencode(query)}" if query else "")
 
 
 # ----------------------------------------------------------------------------- responses

@@ -16,9 +16,8 @@
  *   // watcher.stop() stops polling; no callback is called after it.
  *
  * `tracked.statusUrl(name, {prefix})` builds the status URL of any progress name
- * so that browsers request it unchanged: `/` inside the name is sent as `%2F`,
- * and a name that is `.` or `..` (which browsers would resolve away as a dot
- * segment) is sent as `?name=`.
+ * so that browsers request it unchanged: a name with a `.` or `..` segment is
+ * sent as one segment (`/` as `%2F`), a name that is `.` or `..` as `?name=`.
  *
  * Each poll asks for `?since=N` (N = messages received so far), so every message is
  * downloaded and reported once. If the server has dropped messages the client never
@@ -297,9 +296,10 @@
   }
 
   /**
-   * The status URL of progress `name` (default prefix '/_progress_status'): the
-   * name as one path segment, '/' included as %2F, so '.' and '..' inside it are
-   * not dot segments; a name that is exactly '.' or '..' goes as ?name= instead.
+   * The status URL of progress `name` (default prefix '/_progress_status') that
+   * browsers request unchanged: a name with a '.' or '..' segment goes as one
+   * path segment ('/' as %2F), a name that is exactly '.' or '..' as ?name=,
+   * any other name with its slashes kept. tracked._web.status_url does the same.
    */
   function statusUrl(name, options) {
     if (typeof name !== 'string' || !name) {
@@ -309,7 +309,11 @@
     if (name === '.' || name === '..') {
       return prefix + '/?name=' + encodeURIComponent(name);
     }
-    return prefix + '/' + encodeURIComponent(name);
+    const segments = name.split('/');
+    if (segments.indexOf('.') !== -1 || segments.indexOf('..') !== -1) {
+      return prefix + '/' + encodeURIComponent(name);
+    }
+    return prefix + '/' + segments.map(encodeURIComponent).join('/');
   }
 
   /** A random progress_id (a UUID), unguessable where the browser has crypto. */
