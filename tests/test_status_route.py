@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +21,7 @@ import pytest
 import webtest
 
 import tracked
+from tracked._web import RenderCache
 from tracked.bottle import TrackedPlugin
 from tracked.wsgi import status_app
 
@@ -234,6 +237,18 @@ def backdate(path: Path, seconds: float = 60.0) -> None:
     os.utime(path, ns=(past, past))
 
 
+def quiet(path: Path, still: float = 0.1) -> None:
+    """Wait until nothing has replaced ``path`` for ``still`` seconds: the owner's
+    flusher may write a snapshot once more just after an inline write."""
+    before = path.stat()
+    while True:
+        time.sleep(still)
+        now = path.stat()
+        if (now.st_ino, now.st_mtime_ns) == (before.st_ino, before.st_mtime_ns):
+            return
+        before = now
+
+
 def rewrite_in_place(path: Path, old: bytes, new: bytes) -> None:
     """Change a record file's bytes keeping its inode, size and mtime."""
     assert len(old) == len(new)
@@ -347,3 +362,80 @@ def test_nameless_progress_is_found_by_a_progress_id_in_the_query(client, store)
     finished(store, None, 5, progress_id="..")
     assert client.get(f"{PREFIX}/?progress_id=..").json["count"] == 5
     assert client.get(f"{PREFIX}?progress_id=..").json["progress_id"] == ".."
+
+
+# ----------------------------------------------------------------------------- issue 9: cache
+
+
+@pytest.fixture
+def long_recheck(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Liveness re-judged every 60 s instead of 1 s: cache hits without a race with the clock."""
+    monkeypatch.setattr(RenderCache, "RECHECK_S", 60.0)
+
+
+def test_running_record_is_served_from_cache_while_its_file_is_unchanged(
+    client, store, long_recheck
+):
+    with tracked.start("live", store=store, min_interval=0) as progress:
+        progress.increment(2)
+        path = store.path_for("live")
+        quiet(path)
+        backdate(path)
+        first = status(client, "live")
+        assert (first.json["count"], first.json["in_progress"]) == (2, True)
+        rewrite_in_place(path, b'"count":2', b'"count":9')
+        assert status(client, "live").json["count"] == 2  # same inode, mtime, size
+        etag = first.headers["ETag"]
+        client.get(f"{PREFIX}/live", headers={"If-None-Match": etag}, status=304)
+        progress.increment(1)  # a real write replaces the file
+        assert status(client, "live").json["count"] == 3
+        client.get(f"{PREFIX}/live", headers={"If-None-Match": etag}, status=200)
+    assert status(client, "live").json["state"] == "finished"
+
+
+def test_young_running_record_is_cached_only_until_it_settles(client, store, long_recheck):
+    """A file written within the file system's clock tick may be replaced unseen."""
+    with tracked.start("live", store=store, min_interval=0) as progress:
+        progress.increment(2)
+        path = store.path_for("live")
+        quiet(path)
+        backdate(path, seconds=-3600.0)  # young, whatever the speed of this machine
+        assert status(client, "live").json["count"] == 2
+        rewrite_in_place(path, b'"count":2', b'"count":9')
+        time.sleep(2 * RenderCache.SETTLE_NS / 1e9)
+        assert status(client, "live").json["count"] == 9
+
+
+OWNER = """
+import sys, time, tracked
+progress = tracked.start("owned", store=sys.argv[1], min_interval=0)
+progress.increment(4)
+print("running", flush=True)
+time.sleep(120)
+"""
+
+
+def test_running_record_whose_owner_is_killed_reads_abandoned_after_the_recheck(
+    client, store, tmp_path
+):
+    """The file does not change when its owner dies: the liveness is judged again
+    (at most a second later) and the route answers ``abandoned``."""
+    script = tmp_path / "owner.py"
+    script.write_text(OWNER)
+    owner = subprocess.Popen([sys.executable, str(script), str(store.directory)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout is not None and owner.stdout.readline() == "running\n"
+        quiet(store.path_for("owned"))
+        backdate(store.path_for("owned"))
+        assert status(client, "owned").json["state"] == "running"
+        before = store.path_for("owned").stat()
+    finally:
+        owner.kill()
+        owner.wait(timeout=30)
+    deadline = time.monotonic() + 15
+    while (state := status(client, "owned").json)["state"] == "running":
+        assert time.monotonic() < deadline, "never seen abandoned"
+        time.sleep(0.05)
+    assert (state["state"], state["count"], state["in_progress"]) == ("abandoned", 4, False)
+    assert store.path_for("owned").stat().st_mtime_ns == before.st_mtime_ns

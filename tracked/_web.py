@@ -29,7 +29,7 @@ __all__ = [
     "ALLOW",
     "JSON_TYPE",
     "Authorize",
-    "EndedCache",
+    "RenderCache",
     "Rendered",
     "Response",
     "StatusRequest",
@@ -111,7 +111,7 @@ class StatusService:
             raise tracked.InvalidValue(f"authorize must be callable, got {authorize!r}")
         self.store = None if store is None else tracked.open_store(store)
         self.authorize = authorize
-        self._cache: EndedCache | None = None
+        self._cache: RenderCache | None = None
 
     def __repr__(self) -> str:
         return f"StatusService(store={self.store!r})"
@@ -164,37 +164,43 @@ class StatusService:
         store = self.store or tracked.default_store()
         cache = self._cache
         if cache is None or cache.store is not store:
-            cache = self._cache = EndedCache(store)
-        signature = cache.signature(key)  # before reading: see EndedCache
-        rendered = cache.get(key, since, signature)
+            cache = self._cache = RenderCache(store)
+        signature = cache.signature(key)  # before reading: see RenderCache
+        now = time.monotonic()
+        rendered = cache.get(key, since, signature, now)
         if rendered is not None:
             return rendered
         state = store.load(key)
         if state is None:
             return None
         rendered = render(state.messages_since(since) if since else state)
-        if not state.in_progress:
-            cache.put(key, since, signature, rendered)
+        cache.put(key, since, signature, rendered, state.in_progress, now)
         return rendered
 
 
-class EndedCache:
-    """Rendered bodies of a FileStore's ended records, reused while their file is unchanged.
+class RenderCache:
+    """Rendered bodies of a FileStore's records, reused while their file is unchanged.
 
-    An ended (or abandoned) record only changes when its file is replaced, so a
-    ``stat`` (inode, mtime, size) tells whether a cached body is current, without
-    reading or parsing the file. Files younger than ``SETTLE_NS`` are not cached:
-    within one tick of the file system's clock a replaced file could look the same.
+    A record only changes when its file is replaced, so a ``stat`` (inode, mtime,
+    size) tells whether a cached body is current without reading or parsing the
+    file. An ended (or abandoned) record's body is then reused for as long as its
+    file stays the same. A running record's body also depends on its owner being
+    alive, so it is reused for at most ``RECHECK_S`` (1 s) after the liveness was
+    judged: an owner that dies is seen as ``abandoned`` up to a second later.
+    Files younger than ``SETTLE_NS`` look the same as a file replaced within one
+    tick of the file system's clock: an ended one is not cached, a running one
+    only until it could have settled.
     """
 
     SETTLE_NS = 50_000_000
+    RECHECK_S = 1.0
     MAX_ENTRIES = 1024
 
     def __init__(self, store: tracked.Store) -> None:
         self.store = store
         self._files = store if isinstance(store, tracked.FileStore) else None
         self._paths: dict[str, str] = {}
-        self._entries: dict[tuple[str, int], tuple[Signature, Rendered]] = {}
+        self._entries: dict[tuple[str, int], tuple[Signature, Rendered, float]] = {}
 
     def signature(self, key: str) -> Signature | None:
         """The identity of ``key``'s file now; None when there is no file (or no FileStore)."""
@@ -210,17 +216,32 @@ class EndedCache:
             return None
         return (info.st_ino, info.st_mtime_ns, info.st_size)
 
-    def get(self, key: str, since: int, signature: Signature | None) -> Rendered | None:
-        """The cached body for ``key`` and ``since`` if its file is still ``signature``."""
+    def get(self, key: str, since: int, signature: Signature | None, now: float) -> Rendered | None:
+        """The cached body for ``key`` and ``since`` if its file is still ``signature``
+        and, for a running record, its owner was judged alive less than a second ago."""
         if signature is None:
             return None
         entry = self._entries.get((key, since))
-        return entry[1] if entry is not None and entry[0] == signature else None
+        if entry is None or entry[0] != signature or now >= entry[2]:
+            return None
+        return entry[1]
 
-    def put(self, key: str, since: int, signature: Signature | None, rendered: Rendered) -> None:
-        """Remember the body of an ended record read after taking ``signature``."""
-        if signature is not None and time.time_ns() - signature[1] > self.SETTLE_NS:
-            _bounded_put(self._entries, (key, since), (signature, rendered), self.MAX_ENTRIES)
+    def put(
+        self, key: str, since: int, signature: Signature | None, rendered: Rendered,
+        running: bool, now: float,
+    ) -> None:
+        """Remember a body rendered from a record read (and judged, at ``now``) after
+        taking ``signature``."""
+        if signature is None:
+            return
+        settled = time.time_ns() - signature[1] > self.SETTLE_NS
+        if running:
+            expires = now + (self.RECHECK_S if settled else self.SETTLE_NS / 1e9)
+        elif settled:
+            expires = float("inf")
+        else:
+            return
+        _bounded_put(self._entries, (key, since), (signature, rendered, expires), self.MAX_ENTRIES)
 
 
 def _bounded_put(table: dict[Any, Any], key: Any, value: Any, limit: int) -> None:
