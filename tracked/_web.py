@@ -87,10 +87,13 @@ class Response:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Rendered:
-    """A status response body and its ETag."""
+    """A status response body, its ETag, and the two answers made of them (200 and
+    304), built once so that a cached record is answered without building anything."""
 
     body: bytes
     etag: str
+    ok: Response
+    not_modified: Response
 
 
 class StatusService:
@@ -354,15 +357,16 @@ def status_url(prefix: str, key: str) -> str:
 def render(state: tracked.State) -> Rendered:
     """The wire JSON of ``state`` and its ETag, a hash of those very bytes."""
     body = json.dumps(state.to_dict(), ensure_ascii=False, separators=(",", ":")).encode()
-    return Rendered(body, '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"')
+    etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+    ok = Response(200, (("Content-Type", JSON_TYPE), ("ETag", etag), _NO_STORE), body)
+    return Rendered(body, etag, ok, Response(304, (("ETag", etag), _NO_STORE)))
 
 
 def respond(rendered: Rendered, if_none_match: str | None) -> Response:
     """200 with the body, or 304 without one when the client already has this ETag."""
     if if_none_match and _etag_matches(if_none_match, rendered.etag):
-        return Response(304, (("ETag", rendered.etag), _NO_STORE))
-    headers = (("Content-Type", JSON_TYPE), ("ETag", rendered.etag), _NO_STORE)
-    return Response(200, headers, rendered.body)
+        return rendered.not_modified
+    return rendered.ok
 
 
 def _etag_matches(header: str, etag: str) -> bool:
