@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ import pytest
 import webtest
 
 import tracked
+from tests.conftest import free_port, wait_for_port
 from tracked._web import RenderCache
 from tracked.bottle import TrackedPlugin
 from tracked.wsgi import status_app
@@ -439,3 +442,63 @@ def test_running_record_whose_owner_is_killed_reads_abandoned_after_the_recheck(
         time.sleep(0.05)
     assert (state["state"], state["count"], state["in_progress"]) == ("abandoned", 4, False)
     assert store.path_for("owned").stat().st_mtime_ns == before.st_mtime_ns
+
+
+# ----------------------------------------------------------------------------- a real server
+
+GUNICORN_APP = '''
+import os
+import bottle
+from tracked.bottle import TrackedPlugin
+from tracked.wsgi import status_app
+
+plain = status_app(os.environ["TEST_STORE"])
+
+
+def app(environ, start_response):
+    """/plain/... is the WSGI app mounted at /plain; the rest is the Bottle plugin's."""
+    path = environ.get("PATH_INFO", "")
+    if path == "/plain" or path.startswith("/plain/"):
+        environ["SCRIPT_NAME"] += "/plain"
+        environ["PATH_INFO"] = path[len("/plain"):]
+        return plain(environ, start_response)
+    return plugged(environ, start_response)
+
+
+plugged = bottle.Bottle()
+plugged.install(TrackedPlugin(os.environ["TEST_STORE"]))
+'''
+
+
+def test_names_with_newlines_slashes_and_dots_reach_both_adapters_under_gunicorn(
+    tmp_path, store
+):
+    """A real server decodes the path (``%0A``, ``%2F``) before either adapter sees it."""
+    names = ["report\n2024", "x/../b", "..", "b", "caf\u00e9 \u2603"]
+    for count, name in enumerate(names, start=1):
+        finished(store, name, count)
+    (tmp_path / "both_app.py").write_text(GUNICORN_APP)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "-w", "1",
+         "--pythonpath", str(tmp_path), "--log-level", "warning", "both_app:app"],
+        env={**os.environ, "TEST_STORE": str(store.directory)},
+    )
+    try:
+        wait_for_port(port)
+        for prefix in ("/_progress_status", "/plain"):
+            for count, name in enumerate(names, start=1):
+                for url in (f"{prefix}/{quote(name, safe='')}",
+                            f"{prefix}/?{urlencode({'name': name})}"):
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}{url}") as response:
+                        state = json.load(response)
+                    assert (state["name"], state["count"]) == (name, count), url
+            request = urllib.request.Request(f"http://127.0.0.1:{port}{prefix}/b", method="PUT")
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request)
+            assert refused.value.code == 405
+            assert refused.value.headers["Allow"] == "GET, HEAD, OPTIONS"
+            assert json.load(refused.value)["status"] == "error"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
