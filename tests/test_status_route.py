@@ -1,19 +1,25 @@
-"""The status route's behaviour, one suite run against every adapter (Bottle plugin, WSGI app).
+"""The status route's behaviour, one suite run against every adapter (Bottle plugin,
+WSGI app, ASGI app).
 
-Each adapter is mounted at ``/_progress_status`` and driven through WebTest;
-records are written with ``tracked.start`` into the adapter's own store.
+Each adapter is mounted at ``/_progress_status`` and driven through WebTest (the
+ASGI app through a small driver that runs it on an event loop per request, as an
+ASGI server would); records are written with ``tracked.start`` into the
+adapter's own store.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -25,11 +31,12 @@ import webtest
 import tracked
 from tests.conftest import free_port, wait_for_port
 from tracked._web import RenderCache
+from tracked.asgi import status_app as asgi_status_app
 from tracked.bottle import TrackedPlugin
 from tracked.wsgi import status_app
 
 PREFIX = "/_progress_status"
-ADAPTERS = ["bottle", "wsgi"]
+ADAPTERS = ["bottle", "wsgi", "asgi"]
 WIRE_KEYS = [
     "name", "progress_id", "total", "count", "percent", "messages", "message_count",
     "in_progress", "state", "status", "error", "start_time", "current_time",
@@ -55,6 +62,42 @@ def mounted(app: Callable[..., Any], prefix: str) -> Callable[..., Any]:
     return dispatch
 
 
+def asgi_driver(app: Callable[..., Any]) -> Callable[..., Any]:
+    """Serve an ASGI app to WSGI callers the way an ASGI server does: the scope's path is
+    the full decoded path (UTF-8, undecodable bytes replaced, as uvicorn does), its
+    ``root_path`` the mount point; the app runs to completion on a fresh event loop."""
+
+    def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        raw = (environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")).encode("latin-1")
+        headers = [(key[5:].replace("_", "-").lower().encode("latin-1"), value.encode("latin-1"))
+                   for key, value in environ.items() if key.startswith("HTTP_")]
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": environ["REQUEST_METHOD"], "scheme": "http",
+            "path": raw.decode("utf-8", "replace"), "raw_path": raw,
+            "root_path": environ.get("SCRIPT_NAME", ""),
+            "query_string": environ.get("QUERY_STRING", "").encode("latin-1"),
+            "headers": headers, "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1),
+        }
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        asyncio.run(app(scope, receive, send))
+        start, body = sent[0], sent[1]
+        assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+        status = HTTPStatus(start["status"])
+        start_response(f"{status.value} {status.phrase}",
+                       [(k.decode("latin-1"), v.decode("latin-1")) for k, v in start["headers"]])
+        return [body["body"]]
+
+    return wsgi
+
+
 @pytest.fixture(params=ADAPTERS)
 def build(request: pytest.FixtureRequest) -> Build:
     """Make a WebTest client for one adapter serving ``store`` at ``PREFIX``."""
@@ -64,6 +107,8 @@ def build(request: pytest.FixtureRequest) -> Build:
             app = bottle.Bottle()
             app.install(TrackedPlugin(store, **options))
             return webtest.TestApp(app)
+        if request.param == "asgi":
+            return webtest.TestApp(mounted(asgi_driver(asgi_status_app(store, **options)), PREFIX))
         return webtest.TestApp(mounted(status_app(store, **options), PREFIX))
 
     return make
@@ -450,6 +495,7 @@ GUNICORN_APP = '''
 import os
 import bottle
 from tracked.bottle import TrackedPlugin
+from tracked.asgi import status_app as asgi_status_app
 from tracked.wsgi import status_app
 
 plain = status_app(os.environ["TEST_STORE"])
@@ -502,3 +548,36 @@ def test_names_with_newlines_slashes_and_dots_reach_both_adapters_under_gunicorn
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_asgi_app_answers_lifespan_and_refuses_other_scopes():
+    app = asgi_status_app(tracked.MemoryStore())
+    incoming = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app({"type": "lifespan"}, receive, send))
+    assert sent == [{"type": "lifespan.startup.complete"}, {"type": "lifespan.shutdown.complete"}]
+    with pytest.raises(ValueError, match="HTTP only"):
+        asyncio.run(app({"type": "websocket", "path": "/x"}, receive, send))
+
+
+def test_asgi_app_reads_the_store_off_the_event_loop(tmp_path):
+    """Store reads block: the answer is computed in a worker thread, never on the loop."""
+    threads: list[str] = []
+
+    def authorize(scope: Any, key: str) -> bool:
+        threads.append(threading.current_thread().name)
+        return True
+
+    store = tracked.FileStore(tmp_path / "s")
+    finished(store, "job", 3)
+    client = webtest.TestApp(mounted(asgi_driver(asgi_status_app(store, authorize=authorize)),
+                                     PREFIX))
+    assert status(client, "job").json["count"] == 3
+    assert threads and threads[0] != threading.main_thread().name
