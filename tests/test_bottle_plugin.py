@@ -825,6 +825,11 @@ def stream_app(store: tracked.Store) -> bottle.Bottle:
         yield None
         yield "two\n"
 
+    @app.get("/undecodable", tracked={"name": "undecodable", "min_interval": 0})
+    def undecodable() -> Iterator[Any]:
+        yield "caf\udce9.txt\n"  # a file name from os.listdir on a non-UTF-8 name
+        yield "\ud800 lone\n"
+
     @app.get("/breaks", tracked={"name": "breaks", "min_interval": 0})
     def breaks() -> Iterator[Any]:
         yield "before\n"
@@ -857,3 +862,14 @@ def test_exception_while_streaming_ends_the_run_failed_with_its_error(plugin_sto
     assert state is not None
     assert (state.state, state.in_progress, state.count) == ("failed", False, 2)
     assert state.error is not None and "disk on fire" in state.error
+
+
+def test_streamed_text_that_cannot_be_encoded_never_breaks_the_stream(plugin_store):
+    client = webtest.TestApp(stream_app(plugin_store))
+    assert client.get("/undecodable").body == b"caf\xe9.txt\n? lone\n"
+
+
+def test_a_route_with_many_query_fields_still_runs(app):
+    fields = "&".join(f"f{i}=v" for i in range(500))
+    app.get(f"/nameless?{fields}&progress_id=many")
+    assert status(app, "many").json["count"] == 5

@@ -172,13 +172,26 @@ class ScopedBody:
             if isinstance(item, str):
                 if self._charset is None:
                     self._charset = bottle.response.charset or "UTF-8"
-                return item.encode(self._charset)
+                return _encode(item, self._charset)
             item = run(next, generator)
 
     def close(self) -> None:
         close = getattr(self._generator, "close", None)
         if close is not None:
             self._context.run(close)
+
+
+def _encode(text: str, charset: str) -> bytes:
+    """``text`` in the response's charset; lone surrogates (file names from
+    ``os.listdir``) go back to their original bytes, anything else unencodable
+    becomes ``?``, so a body never fails mid-stream on its own text."""
+    try:
+        return text.encode(charset)
+    except UnicodeEncodeError:
+        try:
+            return text.encode(charset, "surrogateescape")
+        except UnicodeEncodeError:
+            return text.encode(charset, "replace")
 
 
 # ----------------------------------------------------------------------------- helpers
