@@ -147,15 +147,7 @@ class StatusService:
             if not request.name:
                 raise _missing_name(request.prefix)
             return storage_key(request.name, None), 0
-        name = request.name or None
-        if query:
-            names = query_values(query, "name")
-            if names:
-                if len(set(names)) > 1 or (name is not None and names[0] != name):
-                    raise tracked.InvalidName(
-                        "the request names two different progresses (path and ?name=)"
-                    )
-                name = names[0]
+        name = _requested_name(request.name or None, query)
         progress_id = requested_progress_id(query, request.progress_id_header)
         if name is None and progress_id is None:
             raise _missing_name(request.prefix)
@@ -273,6 +265,17 @@ def query_values(query: str, field: str) -> list[str]:
     if not query:
         return []
     return [value for name, value in _parsed_query(query) if name == field]
+
+
+def _requested_name(path_name: str | None, query: str) -> str | None:
+    """The progress name a request gives in its path or as ``?name=`` (for names a
+    browser would rewrite as dot segments); two different names are ``InvalidName``."""
+    names = query_values(query, "name")
+    if not names:
+        return path_name
+    if len(set(names)) > 1 or (path_name is not None and names[0] != path_name):
+        raise tracked.InvalidName("the request names two different progresses (path and ?name=)")
+    return names[0]
 
 
 def requested_progress_id(
