@@ -1,8 +1,11 @@
 """Bottle integration: ``TrackedPlugin`` sets the request scope and serves the status route.
 
 ``app.install(TrackedPlugin(store))`` makes ``store`` the default for the app's
-routes, combines a client's ``?progress_id=`` with the names routes give, and
-adds ``GET {prefix}/<name>`` answering the wire JSON of a progress.
+routes, combines a client's progress_id (``?progress_id=``, a form field or an
+``X-Progress-Id`` header, read as ``tracked._web.requested_progress_id`` reads
+it) with the names routes give, and answers every request under ``{prefix}``
+through the framework-free status service (``tracked._web``): the wire JSON of
+``GET {prefix}/<name>``, JSON errors, 405s. This module only translates.
 
 Access control: anyone who knows a progress's name (and progress_id) can read
 it, as in the Perl original. For anything sensitive, let clients generate
