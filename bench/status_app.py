@@ -1,7 +1,8 @@
-"""The app ``bench_status_route.py`` serves under gunicorn: the status route and two baselines.
+"""The app ``bench_status_route.py`` serves under gunicorn: the status route and baselines.
 
-``$BENCH_STORE`` is the FileStore directory and ``$BENCH_KEY`` the finished
-record's name, both prepared by the benchmark before the server starts.
+``$BENCH_STORE`` is the FileStore directory, ``$BENCH_KEY`` the finished
+record's name and ``$BENCH_RUNNING_KEY`` the running record's, all prepared by
+the benchmark before the server starts.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from tracked.bottle import TrackedPlugin
 
 store = tracked.FileStore(os.environ["BENCH_STORE"])
 record_path = store.path_for(os.environ["BENCH_KEY"])
+running_path = store.path_for(os.environ.get("BENCH_RUNNING_KEY", "bench-running"))
 
 app = bottle.Bottle()
 app.install(TrackedPlugin(store))
@@ -30,6 +32,15 @@ def trivial() -> dict[str, object]:
 def bare() -> bytes:
     """Baseline: the floor of any file-backed status route, the record file's bytes."""
     with open(record_path, "rb") as file:
+        body = file.read()
+    bottle.response.content_type = "application/json"
+    return body
+
+
+@app.get("/bare-running")
+def bare_running() -> bytes:
+    """Baseline for the running record: its file's bytes, nothing else."""
+    with open(running_path, "rb") as file:
         body = file.read()
     bottle.response.content_type = "application/json"
     return body

@@ -641,14 +641,14 @@ def test_ended_record_is_served_without_rereading_an_unchanged_file(app, plugin_
     assert status(app, "twice").json["count"] == 2  # same inode, mtime, size: cached
 
 
-def test_running_record_is_reread_on_every_request(app, plugin_store):
-    with tracked.start("live", store=plugin_store) as progress:
+def test_running_record_is_reread_once_its_file_changes(app, plugin_store):
+    """Issue 9: a running record's body is cached while its file is unchanged (and its
+    owner judged alive within a second), and read again as soon as the file changes."""
+    with tracked.start("live", store=plugin_store, min_interval=0) as progress:
         progress.increment(2)
-        progress.flush()
-        path = plugin_store.path_for("live")
-        backdate(path)
+        backdate(plugin_store.path_for("live"))
         assert status(app, "live").json["count"] == 2
-        rewrite_in_place(path, b'"count":2', b'"count":9')
+        progress.increment(7)
         assert status(app, "live").json["count"] == 9
 
 
@@ -731,3 +731,145 @@ def test_client_disconnecting_from_a_streaming_route_cancels_it(tmp_path, plugin
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+# ------------------------------------------------------------------------ issue 8 regressions
+
+
+def form_app(store: tracked.Store) -> webtest.TestApp:
+    """A tracked nameless POST route that still reads its own form afterwards."""
+    app = bottle.Bottle()
+    app.install(TrackedPlugin(store))
+
+    @app.post("/upload")
+    @tracked.tracked(total=5)
+    def upload() -> str:
+        tracked.current().increment(5)
+        return "note=" + (bottle.request.forms.getunicode("note") or "")
+
+    return webtest.TestApp(app)
+
+
+def test_percent_encoded_progress_id_name_is_read_on_tracked_routes(app):
+    app.get("/nameless?%70rogress_id=abc123")
+    state = status(app, "abc123").json
+    assert (state["progress_id"], state["count"]) == ("abc123", 5)
+    assert tracked.load("__main__.nameless", store=app.app.plugins[-1].store) is None
+
+
+def test_progress_id_from_a_urlencoded_form_field(plugin_store):
+    client = form_app(plugin_store)
+    assert client.post("/upload", {"progress_id": "form-1", "note": "kept"}).text == "note=kept"
+    assert plugin_store.load("form-1") is not None
+
+
+def test_progress_id_from_a_multipart_form_field(plugin_store):
+    client = form_app(plugin_store)
+    response = client.post(
+        "/upload", {"progress_id": "multi-1", "note": "caf\u00e9"},
+        upload_files=[("file", "data.bin", b"\x00\x01payload")],
+    )
+    assert response.text == "note=caf\u00e9"
+    state = plugin_store.load("multi-1")
+    assert state is not None and state.count == 5
+
+
+def test_progress_id_from_the_x_progress_id_header(plugin_store):
+    client = form_app(plugin_store)
+    client.post("/upload", headers={"X-Progress-Id": "hdr-1"})
+    assert plugin_store.load("hdr-1") is not None
+
+
+def test_agreeing_progress_id_sources_are_accepted(plugin_store):
+    client = form_app(plugin_store)
+    client.post("/upload?progress_id=same", {"progress_id": "same"},
+                headers={"X-Progress-Id": "same"})
+    assert plugin_store.load("same") is not None
+
+
+@pytest.mark.parametrize(
+    ("url", "form", "header"),
+    [("/upload?progress_id=a", {"progress_id": "b"}, None),
+     ("/upload?progress_id=a", {}, "b"),
+     ("/upload", {"progress_id": "a"}, "b"),
+     ("/upload?progress_id=a&%70rogress_id=b", {}, None)],
+)
+def test_conflicting_progress_ids_on_a_tracked_route_are_400_and_run_nothing(
+    plugin_store, url, form, header
+):
+    client = form_app(plugin_store)
+    headers = {"X-Progress-Id": header} if header else {}
+    response = client.post(url, form, headers=headers, status=400)
+    assert "conflicting progress_id" in assert_json_error(response, 400)
+    assert plugin_store.list() == []
+
+
+def stream_app(store: tracked.Store) -> bottle.Bottle:
+    app = bottle.Bottle()
+    app.install(TrackedPlugin(store))
+
+    @app.get("/mixed", tracked={"name": "mixed", "total": 8, "min_interval": 0})
+    def mixed() -> Iterator[Any]:
+        yield "text\n"
+        yield None
+        yield 42
+        yield b"bytes\n"
+        yield {"not": "sent"}
+        yield ""
+        yield "caf\u00e9\n"
+        yield b""
+
+    @app.get("/bytes-first", tracked={"name": "bytes-first", "min_interval": 0})
+    def bytes_first() -> Iterator[Any]:
+        yield b"one\n"
+        yield None
+        yield "two\n"
+
+    @app.get("/undecodable", tracked={"name": "undecodable", "min_interval": 0})
+    def undecodable() -> Iterator[Any]:
+        yield "caf\udce9.txt\n"  # a file name from os.listdir on a non-UTF-8 name
+        yield "\ud800 lone\n"
+
+    @app.get("/breaks", tracked={"name": "breaks", "min_interval": 0})
+    def breaks() -> Iterator[Any]:
+        yield "before\n"
+        yield None
+        raise RuntimeError("disk on fire")
+
+    return app
+
+
+def test_generator_route_sends_only_str_and_bytes_and_counts_every_item(plugin_store):
+    client = webtest.TestApp(stream_app(plugin_store))
+    assert client.get("/mixed").body == "text\nbytes\ncaf\u00e9\n".encode()
+    state = plugin_store.load("mixed")
+    assert state is not None
+    assert (state.state, state.error, state.count) == ("finished", None, 8)
+    assert client.get("/bytes-first").body == b"one\ntwo\n"
+    state = plugin_store.load("bytes-first")
+    assert state is not None and (state.state, state.count) == ("finished", 3)
+
+
+def test_exception_while_streaming_ends_the_run_failed_with_its_error(plugin_store):
+    _, body = wsgi_get(stream_app(plugin_store), "/breaks")
+    chunks = []
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        for chunk in body:
+            chunks.append(chunk)
+    body.close()
+    assert chunks == [b"before\n"]
+    state = plugin_store.load("breaks")
+    assert state is not None
+    assert (state.state, state.in_progress, state.count) == ("failed", False, 2)
+    assert state.error is not None and "disk on fire" in state.error
+
+
+def test_streamed_text_that_cannot_be_encoded_never_breaks_the_stream(plugin_store):
+    client = webtest.TestApp(stream_app(plugin_store))
+    assert client.get("/undecodable").body == b"caf\xe9.txt\n? lone\n"
+
+
+def test_a_route_with_many_query_fields_still_runs(app):
+    fields = "&".join(f"f{i}=v" for i in range(500))
+    app.get(f"/nameless?{fields}&progress_id=many")
+    assert status(app, "many").json["count"] == 5

@@ -1,8 +1,11 @@
 """Bottle integration: ``TrackedPlugin`` sets the request scope and serves the status route.
 
 ``app.install(TrackedPlugin(store))`` makes ``store`` the default for the app's
-routes, combines a client's ``?progress_id=`` with the names routes give, and
-adds ``GET {prefix}/<name>`` answering the wire JSON of a progress.
+routes, combines a client's progress_id (``?progress_id=``, a form field or an
+``X-Progress-Id`` header, read as ``tracked._web.requested_progress_id`` reads
+it) with the names routes give, and answers every request under ``{prefix}``
+through the framework-free status service (``tracked._web``): the wire JSON of
+``GET {prefix}/<name>``, JSON errors, 405s. This module only translates.
 
 Access control: anyone who knows a progress's name (and progress_id) can read
 it, as in the Perl original. For anything sensitive, let clients generate
@@ -13,15 +16,8 @@ unguessable progress_ids (``crypto.randomUUID()``) and pass
 from __future__ import annotations
 
 import contextvars
-import dataclasses
-import functools
-import hashlib
 import inspect
-import json
-import logging
 import os
-import re
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -30,18 +26,16 @@ import bottle
 import tracked
 
 from ._scope import RequestScope, request_scope
+from ._web import Authorize, StatusRequest, StatusService, error, requested_progress_id
 
 __all__ = ["TrackedPlugin"]
 
-logger = logging.getLogger("tracked")
-
-Authorize = Callable[[Any, str], bool]
-Signature = tuple[int, int, int]
-
-JSON_TYPE = "application/json; charset=utf-8"
 #: Options the route-config form ``tracked={...}`` passes on to ``@tracked``.
 ROUTE_OPTIONS = frozenset({"name", "total", "min_interval", "max_messages"})
-_SINCE = re.compile(r"[0-9]{1,15}")
+#: Bodies whose fields may carry the client's progress_id.
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+#: Everything after the prefix, newlines included: any valid name reaches ``_web``.
+_NAME_RULE = "/<name:re:(?s:.*)>"
 
 
 class TrackedPlugin:
@@ -67,12 +61,10 @@ class TrackedPlugin:
             raise tracked.InvalidValue(
                 f"prefix must be a URL path starting with '/' and without '<', got {prefix!r}"
             )
-        if authorize is not None and not callable(authorize):
-            raise tracked.InvalidValue(f"authorize must be callable, got {authorize!r}")
-        self.store = None if store is None else tracked.open_store(store)
+        self.service = StatusService(store, authorize=authorize)
+        self.store = self.service.store
         self.prefix = prefix.rstrip("/")
         self.authorize = authorize
-        self._cache: EndedCache | None = None
 
     def __repr__(self) -> str:
         return f"TrackedPlugin(store={self.store!r}, prefix={self.prefix!r})"
@@ -84,10 +76,9 @@ class TrackedPlugin:
         for other in app.plugins:
             if isinstance(other, TrackedPlugin):
                 raise bottle.PluginError(f"{app!r} already has a TrackedPlugin: {other!r}")
-        status = self.status_response
-        app.route(self.prefix + "/<name:path>", "GET", status, skip=[self])
-        app.route(self.prefix, "GET", self.missing_name, skip=[self])
-        app.route(self.prefix + "/", "GET", self.missing_name, skip=[self])
+        # Every method: the service answers each one (405s included) in JSON.
+        app.route(self.prefix + _NAME_RULE, "ANY", self.status_response, skip=[self])
+        app.route(self.prefix, "ANY", self.status_response, skip=[self])
 
     def apply(self, callback: Callable[..., Any], route: Any) -> Callable[..., Any]:
         """Wrap a route: ``tracked={...}`` in its config tracks it; every call runs
@@ -105,7 +96,7 @@ class TrackedPlugin:
         def call_in_scope(*args: Any, **kwargs: Any) -> Any:
             try:
                 progress_id = _requested_progress_id()
-            except tracked.InvalidName as exc:
+            except tracked.TrackedError as exc:
                 return error_response(400, str(exc))
             token = request_scope.set(RequestScope(progress_id, store))
             try:
@@ -123,74 +114,69 @@ class TrackedPlugin:
 
     # ------------------------------------------------------------------ the status route
 
-    def missing_name(self) -> Any:
-        """``GET {prefix}/``: a 400 saying what the URL lacks."""
-        return error_response(400, f"the URL names no progress: use {self.prefix}/<name>")
-
-    def status_response(self, name: str) -> Any:
-        """``GET {prefix}/<name>[?progress_id=X][&since=N]``: the wire JSON, 304 when
-        ``If-None-Match`` holds the current ETag, else a JSON error."""
+    def status_response(self, name: str | None = None) -> Any:
+        """Every request under the prefix: translated for ``_web`` and its answer sent back."""
         environ = bottle.request.environ
-        query = bottle.request.query if environ.get("QUERY_STRING") else None
-        try:
-            key = _status_key(name, query)
-            since = _since(query)
-        except tracked.TrackedError as exc:
-            return error_response(400, str(exc))
-        if self.authorize is not None and not self.authorize(bottle.request, key):
-            return error_response(403, "not allowed to read this progress")
-        try:
-            rendered = self._rendered(key, since)
-        except tracked.StoreError as exc:
-            logger.warning("tracked: status route cannot read %r: %s", key, exc)
-            return error_response(500, "the progress store cannot be read")
-        if rendered is None:
-            shown = key.replace("\0", "?progress_id=")
-            return error_response(404, f"no progress {shown!r}")
-        return _respond(rendered, environ.get("HTTP_IF_NONE_MATCH"))
-
-    def _rendered(self, key: str, since: int) -> Rendered | None:
-        """The response body for ``key``, from the cache or the store; None if unknown."""
-        store = self.store or tracked.default_store()
-        cache = self._cache
-        if cache is None or cache.store is not store:
-            cache = self._cache = EndedCache(store)
-        signature = cache.signature(key)  # before reading: see EndedCache
-        rendered = cache.get(key, since, signature)
-        if rendered is not None:
-            return rendered
-        state = store.load(key)
-        if state is None:
-            return None
-        rendered = render(state.messages_since(since) if since else state)
-        if not state.in_progress:
-            cache.put(key, since, signature, rendered)
-        return rendered
+        request = StatusRequest(
+            environ["REQUEST_METHOD"],
+            name,
+            environ.get("QUERY_STRING", ""),
+            environ.get("HTTP_IF_NONE_MATCH"),
+            environ.get("HTTP_X_PROGRESS_ID"),
+            self.prefix,
+            bottle.request,
+        )
+        answer = self.service.handle(request)
+        response = bottle.response
+        response.status = answer.status
+        for header, value in answer.headers:
+            response.set_header(header, value)
+        return answer.body
 
 
 class ScopedBody:
     """A generator route's body, run step by step in the context captured when the
-    route was called; closing it (the client went away) closes the generator."""
+    route was called; closing it (the client went away) closes the generator.
 
-    __slots__ = ("_context", "_generator", "_started")
+    Only ``str`` (encoded in the response's charset) and ``bytes`` items are
+    sent; anything else a route yields (None, numbers, objects) was counted by
+    ``@tracked`` and is skipped here, so Bottle never fails mid-stream on it and
+    a route may mix ``str`` and ``bytes``. An exception from the route ends its
+    run ``failed`` (``@tracked`` records it) and then reaches the server.
+    """
+
+    __slots__ = ("_charset", "_context", "_generator", "_started")
 
     def __init__(self, generator: Iterator[Any], context: contextvars.Context) -> None:
         self._generator = generator
         self._context = context
         self._started = False
+        self._charset: str | None = None
 
     def __iter__(self) -> ScopedBody:
         return self
 
-    def __next__(self) -> Any:
-        if self._started:
-            return self._context.run(next, self._generator)
-        self._started = True
-        try:
-            return self._context.run(next, self._generator)
-        except REFUSALS as exc:
-            # Nothing is sent yet: Bottle turns a raised HTTPResponse into the answer.
-            raise refusal_response(exc) from exc
+    def __next__(self) -> bytes:
+        run, generator = self._context.run, self._generator
+        if not self._started:
+            self._started = True
+            try:
+                item = run(next, generator)
+            except REFUSALS as exc:
+                # Nothing is sent yet: Bottle turns a raised HTTPResponse into the answer.
+                raise refusal_response(exc) from exc
+            if isinstance(item, bottle.HTTPResponse):
+                return item  # type: ignore[no-any-return]  # Bottle answers with it
+        else:
+            item = run(next, generator)
+        while True:
+            if isinstance(item, bytes):
+                return item
+            if isinstance(item, str):
+                if self._charset is None:
+                    self._charset = bottle.response.charset or "UTF-8"
+                return _encode(item, self._charset)
+            item = run(next, generator)
 
     def close(self) -> None:
         close = getattr(self._generator, "close", None)
@@ -198,67 +184,17 @@ class ScopedBody:
             self._context.run(close)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Rendered:
-    """A status response body and its ETag."""
-
-    body: bytes
-    etag: str
-
-
-class EndedCache:
-    """Rendered bodies of a FileStore's ended records, reused while their file is unchanged.
-
-    An ended (or abandoned) record only changes when its file is replaced, so a
-    ``stat`` (inode, mtime, size) tells whether a cached body is current, without
-    reading or parsing the file. Files younger than ``SETTLE_NS`` are not cached:
-    within one tick of the file system's clock a replaced file could look the same.
-    """
-
-    SETTLE_NS = 50_000_000
-    MAX_ENTRIES = 1024
-
-    def __init__(self, store: tracked.Store) -> None:
-        self.store = store
-        self._files = store if isinstance(store, tracked.FileStore) else None
-        self._paths: dict[str, str] = {}
-        self._entries: dict[tuple[str, int], tuple[Signature, Rendered]] = {}
-
-    def signature(self, key: str) -> Signature | None:
-        """The identity of ``key``'s file now; None when there is no file (or no FileStore)."""
-        if self._files is None:
-            return None
-        path = self._paths.get(key)
-        if path is None:
-            path = str(self._files.path_for(key))
-            _bounded_put(self._paths, key, path, self.MAX_ENTRIES)
+def _encode(text: str, charset: str) -> bytes:
+    """``text`` in the response's charset; lone surrogates (file names from
+    ``os.listdir``) go back to their original bytes, anything else unencodable
+    becomes ``?``, so a body never fails mid-stream on its own text."""
+    try:
+        return text.encode(charset)
+    except UnicodeEncodeError:
         try:
-            info = os.stat(path)
-        except OSError:
-            return None
-        return (info.st_ino, info.st_mtime_ns, info.st_size)
-
-    def get(self, key: str, since: int, signature: Signature | None) -> Rendered | None:
-        """The cached body for ``key`` and ``since`` if its file is still ``signature``."""
-        if signature is None:
-            return None
-        entry = self._entries.get((key, since))
-        return entry[1] if entry is not None and entry[0] == signature else None
-
-    def put(self, key: str, since: int, signature: Signature | None, rendered: Rendered) -> None:
-        """Remember the body of an ended record read after taking ``signature``."""
-        if signature is not None and time.time_ns() - signature[1] > self.SETTLE_NS:
-            _bounded_put(self._entries, (key, since), (signature, rendered), self.MAX_ENTRIES)
-
-
-def _bounded_put(table: dict[Any, Any], key: Any, value: Any, limit: int) -> None:
-    """Insert into ``table``, dropping the oldest entry once it holds ``limit``."""
-    if len(table) >= limit and key not in table:
-        try:
-            del table[next(iter(table))]
-        except (StopIteration, KeyError, RuntimeError):
-            pass  # another thread changed the table: the bound is approximate
-    table[key] = value
+            return text.encode(charset, "surrogateescape")
+        except UnicodeEncodeError:
+            return text.encode(charset, "replace")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -285,67 +221,35 @@ def _route_options(route: Any) -> dict[str, Any] | None:
 
 
 def _requested_progress_id() -> str | None:
-    """The client's ``?progress_id=``, validated; None when the request has none."""
-    if "progress" not in bottle.request.environ.get("QUERY_STRING", ""):
-        return None
-    value = bottle.request.query.get("progress_id")
-    return None if value is None else _valid_progress_id(value)
+    """The client's ``progress_id`` for a tracked route, read as ``_web`` reads it:
+    the decoded query, a urlencoded or multipart body field, the ``X-Progress-Id``
+    header; None when the request has none."""
+    environ = bottle.request.environ
+    return requested_progress_id(
+        environ.get("QUERY_STRING", ""),
+        environ.get("HTTP_X_PROGRESS_ID"),
+        _form_progress_ids(environ),
+    )
 
 
-@functools.lru_cache(maxsize=4096)
-def storage_key(name: str | None, progress_id: str | None) -> str:
-    """The key ``name`` and ``progress_id`` combine into (validated once, then cached);
-    raises ``InvalidName`` for a bad name or progress_id."""
-    return tracked.State(name=name, progress_id=progress_id).key
+def _form_progress_ids(environ: dict[str, Any]) -> list[str]:
+    """``progress_id`` fields of a urlencoded or multipart body (parsed and kept by
+    Bottle, so the route can still read its form); none for other bodies."""
+    content_type = environ.get("CONTENT_TYPE", "")
+    if not content_type.startswith(_FORM_TYPES):
+        return []
+    try:
+        return [_unicode(v) for v in bottle.request.forms.getall("progress_id")]
+    except (ValueError, UnicodeError, bottle.HTTPError) as exc:
+        raise tracked.InvalidValue(f"the request body cannot be read as a form: {exc}") from None
 
 
-def _valid_progress_id(value: str) -> str:
-    return storage_key(None, value)
-
-
-def _status_key(name: str, query: Any) -> str:
-    """The storage key a status request names: the path's name, with any progress_id."""
-    progress_id = None if query is None else query.get("progress_id")
-    return storage_key(name, progress_id)
-
-
-def _since(query: Any) -> int:
-    """The ``?since=N`` message cursor: a non-negative integer, 0 when absent."""
-    value = None if query is None else query.get("since")
-    if value is None:
-        return 0
-    if not _SINCE.fullmatch(value):
-        raise tracked.InvalidValue(f"since must be a non-negative integer, got {value!r}")
-    return int(value)
-
-
-def render(state: tracked.State) -> Rendered:
-    """The wire JSON of ``state`` and its ETag, a hash of those very bytes."""
-    body = json.dumps(state.to_dict(), ensure_ascii=False, separators=(",", ":")).encode()
-    return Rendered(body, '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"')
-
-
-def _respond(rendered: Rendered, if_none_match: str | None) -> bytes:
-    """Fill Bottle's response: 304 without a body when the client has this ETag."""
-    response = bottle.response
-    response.set_header("ETag", rendered.etag)
-    response.set_header("Cache-Control", "no-store")
-    if if_none_match and _etag_matches(if_none_match, rendered.etag):
-        response.status = 304
-        return b""
-    response.set_header("Content-Type", JSON_TYPE)
-    return rendered.body
-
-
-def _etag_matches(header: str, etag: str) -> bool:
-    """Whether an ``If-None-Match`` header names ``etag`` (weak comparison, or ``*``)."""
-    if header == etag:
-        return True
-    for candidate in header.split(","):
-        candidate = candidate.strip()
-        if candidate == "*" or candidate.removeprefix("W/") == etag:
-            return True
-    return False
+def _unicode(value: str) -> str:
+    """Bottle's form values are latin-1 decoded bytes: the client sent UTF-8."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        raise tracked.InvalidName(f"a progress_id must be UTF-8 text, got {value!r}") from None
 
 
 #: What a route may raise that is the client's doing, answered as a JSON error.
@@ -358,7 +262,6 @@ def refusal_response(exc: tracked.TrackedError) -> Any:
 
 
 def error_response(status: int, message: str) -> Any:
-    """The JSON error body every failure of the plugin answers with."""
-    body = json.dumps({"error": message, "status": "error"}, ensure_ascii=False)
-    headers = {"Content-Type": JSON_TYPE, "Cache-Control": "no-store"}
-    return bottle.HTTPResponse(body.encode(), status=status, headers=headers)
+    """The JSON error body every failure of the plugin answers with (see ``_web.error``)."""
+    answer = error(status, message)
+    return bottle.HTTPResponse(answer.body, status=status, headers=dict(answer.headers))

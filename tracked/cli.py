@@ -708,13 +708,13 @@ def _listed(store: Store, everything: bool) -> list[State]:
 
 
 def _summary(state: State) -> dict[str, Any]:
-    from urllib.parse import quote, urlencode
+    from urllib.parse import urlencode
+
+    from ._web import status_url
 
     wire = state.to_dict()
     wire["messages"] = wire["messages"][-1:]
-    path = quote(state.name if state.name is not None else state.progress_id or "", safe="/")
-    query = {"progress_id": state.progress_id} if state.name and state.progress_id else {}
-    wire["status_url"] = f"{STATUS_PREFIX}/{path}" + (f"?{urlencode(query)}" if query else "")
+    wire["status_url"] = status_url(STATUS_PREFIX, state.key)
     page = {k: v for k, v in (("name", state.name), ("progress_id", state.progress_id)) if v}
     wire["page_url"] = "/progress?" + urlencode(page)
     return wire
@@ -723,14 +723,10 @@ def _summary(state: State) -> dict[str, Any]:
 def _progress_page(key: str) -> str:
     """The live page for ``key``; its name and status URL are HTML-escaped attributes."""
     import html
-    from urllib.parse import quote, urlencode
 
-    from ._state import split_key
+    from ._web import status_url as build_status_url
 
-    name, progress_id = split_key(key)
-    status_url = f"{STATUS_PREFIX}/{quote(name or '', safe='/')}"
-    if progress_id is not None:
-        status_url += "?" + urlencode({"progress_id": progress_id})
+    status_url = build_status_url(STATUS_PREFIX, key)
     template = (STATIC / "serve-progress.html").read_text(encoding="utf-8")
     return template.replace("{{status_url}}", html.escape(status_url, quote=True)).replace(
         "{{label}}", html.escape(_display(key), quote=True)

@@ -6,7 +6,7 @@
  *
  *   const id = tracked.newProgressId();
  *   fetch('/jobs/main?progress_id=' + id, {method: 'POST'});      // not awaited
- *   const watcher = tracked.trackProgress('/_progress_status/demo-job', {
+ *   const watcher = tracked.trackProgress(tracked.statusUrl('demo-job'), {
  *     progressId: id,
  *     onProgress(state) { bar.style.width = (state.percent || 0) + '%'; },
  *     onMessage(text) { const li = document.createElement('li'); li.textContent = text; list.append(li); },
@@ -14,6 +14,10 @@
  *     onError(err) { console.error(err.message); },
  *   });
  *   // watcher.stop() stops polling; no callback is called after it.
+ *
+ * `tracked.statusUrl(name, {prefix})` builds the status URL of any progress name
+ * so that browsers request it unchanged: a name with a `.` or `..` segment is
+ * sent as one segment (`/` as `%2F`), a name that is `.` or `..` as `?name=`.
  *
  * Each poll asks for `?since=N` (N = messages received so far), so every message is
  * downloaded and reported once. If the server has dropped messages the client never
@@ -291,6 +295,27 @@
     }
   }
 
+  /**
+   * The status URL of progress `name` (default prefix '/_progress_status') that
+   * browsers request unchanged: a name with a '.' or '..' segment goes as one
+   * path segment ('/' as %2F), a name that is exactly '.' or '..' as ?name=,
+   * any other name with its slashes kept. tracked._web.status_url does the same.
+   */
+  function statusUrl(name, options) {
+    if (typeof name !== 'string' || !name) {
+      throw new TypeError('statusUrl(name, options): name must be a non-empty string');
+    }
+    const prefix = String((options && options.prefix) || '/_progress_status').replace(/\/+$/, '');
+    if (name === '.' || name === '..') {
+      return prefix + '/?name=' + encodeURIComponent(name);
+    }
+    const segments = name.split('/');
+    if (segments.indexOf('.') !== -1 || segments.indexOf('..') !== -1) {
+      return prefix + '/' + encodeURIComponent(name);
+    }
+    return prefix + '/' + segments.map(encodeURIComponent).join('/');
+  }
+
   /** A random progress_id (a UUID), unguessable where the browser has crypto. */
   function newProgressId() {
     const c = typeof crypto !== 'undefined' ? crypto : null;
@@ -312,5 +337,10 @@
     return [hex.slice(0, 8), hex.slice(8, 12), hex.slice(12, 16), hex.slice(16, 20), hex.slice(20)].join('-');
   }
 
-  return {trackProgress: trackProgress, newProgressId: newProgressId, defaults: DEFAULTS};
+  return {
+    trackProgress: trackProgress,
+    statusUrl: statusUrl,
+    newProgressId: newProgressId,
+    defaults: DEFAULTS,
+  };
 });
