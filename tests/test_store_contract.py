@@ -119,3 +119,22 @@ def test_a_progress_runs_end_to_end_through_the_public_api(store: Store) -> None
         False,
     )
     assert not tracked.is_running("api", store=store)
+
+
+# ------------------------------------------------------------------ kept messages
+
+CAP = 10
+
+
+@pytest.mark.parametrize("added", [0, 1, CAP // 2, CAP // 2 + 1, CAP - 1, CAP, CAP + 1, 10 * CAP])
+def test_the_last_max_messages_are_kept_and_every_one_is_counted(store: Store, added: int) -> None:
+    with tracked.start("kept", total=None, max_messages=CAP, store=store) as progress:
+        for i in range(added):
+            progress.add_message(f"m{i}")
+        progress.flush()
+        running_state = store.load("kept")
+    final = store.load("kept")
+    expected = tuple(f"m{i}" for i in range(max(0, added - CAP), added))
+    for state in (running_state, final):
+        assert state is not None
+        assert (state.messages, state.message_count) == (expected, added)

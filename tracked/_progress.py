@@ -327,7 +327,7 @@ class Progress:
                 len(items),
             )
             indices, texts = zip(*items[:end], strict=True)
-        kept = texts[len(texts) - self.max_messages :] if self.max_messages else ()
+        kept = texts[max(0, len(texts) - self.max_messages) :] if self.max_messages else ()
         return kept, indices[-1] + 1
 
     # ------------------------------------------------------------------ writing
