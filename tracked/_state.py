@@ -227,13 +227,20 @@ def _parse_state(cls: type[State], data: Mapping[str, Any]) -> State:
         raise TypeError(f"unknown state {state!r}")
     finished_time = data["finished_time"]
     rate = data["rate"]
+    name = _optional(data["name"], str, "name")
+    progress_id = _optional(data.get("progress_id"), str, "progress_id")
+    make_key(name, progress_id)  # InvalidName (a ValueError) for a name no run could have
+    count = check_count(data["count"])
+    message_count = check_count(data["message_count"])
+    if count < 0 or message_count < len(messages):
+        raise TypeError(f"count {count} or message_count {message_count} is out of range")
     return cls(
-        name=_optional(data["name"], str, "name"),
-        progress_id=_optional(data.get("progress_id"), str, "progress_id"),
+        name=name,
+        progress_id=progress_id,
         total=check_total(data["total"]),
-        count=check_count(data["count"]),
+        count=count,
         messages=tuple(messages),
-        message_count=check_count(data["message_count"]),
+        message_count=message_count,
         in_progress=_required(data["in_progress"], bool, "in_progress"),
         state=state,
         status=_required(data["status"], str, "status"),

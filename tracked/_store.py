@@ -76,11 +76,14 @@ class Record:
 
 
 def encode_record(state: State, owner: Owner | None) -> bytes:
-    """Serialise a record as the UTF-8 JSON that the file store keeps on disk."""
+    """Serialise a record as the UTF-8 JSON that the file store keeps on disk.
+
+    The owner comes first, so a writer can check the run token from the file's head.
+    """
     document = {
         "version": RECORD_VERSION,
-        "state": state.to_dict(),
         "owner": None if owner is None else owner.to_dict(),
+        "state": state.to_dict(),
     }
     return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
@@ -259,7 +262,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def records(self) -> Iterator[Record]:
-        """Every readable record; unreadable ones are skipped."""
+        """Every readable record; unreadable ones are skipped (see ``unreadable``)."""
+
+    def unreadable(self) -> list[str]:
+        """One description (where, and why) per record that exists but cannot be read,
+        so a listing can report what ``records()`` skips. None by default."""
+        return []
 
     @abc.abstractmethod
     def delete(self, key: str) -> bool:

@@ -230,7 +230,10 @@ def _json_line(state: State) -> str:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    states = _store(args).list()
+    store = _store(args)
+    states = store.list()
+    for problem in store.unreadable():  # one line each, never skipped silently
+        print(f"tracked: skipped {printable(problem)}", file=sys.stderr)
     if not args.all:
         cutoff = time.time() - RECENT
         states = [s for s in states if s.in_progress or _ended_at(s) >= cutoff]
