@@ -303,13 +303,35 @@ def test_a_corrupt_record_reads_as_a_store_error_and_a_new_start_replaces_it(
     assert state is not None and state.total == 3
 
 
-def test_a_message_whose_append_is_still_pending_holds_back_later_ones() -> None:
-    """Two threads can take message indices and append in the other order; a snapshot
-    must then stop before the gap, or a ``since`` cursor would skip a message."""
-    progress = tracked.Progress("gap", store=MemoryStore())
-    progress.add_message("zero")
-    pending = progress._next_index()  # a thread took index 1 and has not appended yet
-    progress.add_message("two")
-    assert (progress.messages, progress.message_count) == (("zero",), 1)
-    progress._messages.append((pending, "one"))
-    assert (progress.messages, progress.message_count) == (("zero", "one", "two"), 3)
+def test_message_indices_stay_fixed_while_threads_add_and_a_reader_snapshots() -> None:
+    """Each message keeps its index in every later snapshot, so a ``since`` cursor never
+    skips or repeats one, and each thread's messages keep their order."""
+    progress = tracked.Progress("indices", store=MemoryStore(), max_messages=100_000)
+    stop = threading.Event()
+    snapshots: list[State] = []
+
+    def read() -> None:
+        while not stop.is_set():
+            snapshots.append(progress.snapshot())
+
+    def work(t: int) -> None:
+        for i in range(3000):
+            progress.add_message(f"{t}:{i}")
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    writers = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for thread in writers:
+        thread.start()
+    for thread in writers:
+        thread.join()
+    stop.set()
+    reader.join()
+    final = progress.snapshot()
+    assert final.message_count == len(final.messages) == 24_000
+    for state in snapshots:
+        assert state.message_count == len(state.messages)
+        assert final.messages[: state.message_count] == state.messages
+    for t in range(8):
+        mine = [m for m in final.messages if m.startswith(f"{t}:")]
+        assert mine == [f"{t}:{i}" for i in range(3000)]

@@ -134,6 +134,12 @@ def read_only(store: str, name: str) -> None:
         say("claim", "succeeded")
 
 
+def show_state(store: str, name: str) -> None:
+    """Print the state word of ``name`` as this process reads it."""
+    state = tracked.open_store(store).load(name)
+    say("none" if state is None else state.state)
+
+
 COMMANDS = {
     "race": race,
     "writer": writer,
@@ -143,6 +149,7 @@ COMMANDS = {
     "generator_job": generator_job,
     "big_writer": big_writer,
     "read_only": read_only,
+    "show_state": show_state,
 }
 
 if __name__ == "__main__":

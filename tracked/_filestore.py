@@ -84,8 +84,11 @@ class FileStore(Store):
         """The run token of the record at ``path`` (a cheap read of the file's head);
         ``_NO_RECORD`` if there is none or it is corrupt, None if it has no owner."""
         try:
-            with open(path, "rb") as file:
-                head = file.read(_HEAD_BYTES)
+            fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+            try:
+                head = os.read(fd, _HEAD_BYTES)
+            finally:
+                os.close(fd)
         except FileNotFoundError:
             return _NO_RECORD
         except OSError as exc:

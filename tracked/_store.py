@@ -85,7 +85,11 @@ def encode_record(state: State, owner: Owner | None) -> bytes:
         "owner": None if owner is None else owner.to_dict(),
         "state": state.to_dict(),
     }
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: \u escapes keep the record readable
+        return json.dumps(document, separators=(",", ":")).encode("ascii")
 
 
 def decode_record(raw: bytes | str) -> Record:
