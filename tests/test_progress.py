@@ -335,3 +335,65 @@ def test_message_indices_stay_fixed_while_threads_add_and_a_reader_snapshots() -
     for t in range(8):
         mine = [m for m in final.messages if m.startswith(f"{t}:")]
         assert mine == [f"{t}:{i}" for i in range(3000)]
+
+
+# ------------------------------------------------------------------ who writes
+
+
+class ThreadRecordingStore(MemoryStore):
+    """A real MemoryStore that remembers which thread made each later write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writers: list[tuple[str, State]] = []
+
+    def save(self, state: State, owner: Owner) -> None:
+        super().save(state, owner)
+        self.writers.append((threading.current_thread().name, state))
+
+
+def test_the_tasks_thread_writes_only_the_first_and_final_snapshots() -> None:
+    store = ThreadRecordingStore()
+    with tracked.start("quiet-task", store=store, min_interval=0.02, total=None) as progress:
+        deadline = time.monotonic() + 0.3
+        while time.monotonic() < deadline:
+            progress += 1
+            progress.add_message("tick")
+        running = list(store.writers)
+    assert running, "the flusher wrote nothing while the task ran"
+    assert {name for name, _ in running} == {"tracked-flusher"}
+    name, final = store.writers[-1]
+    assert name == threading.current_thread().name and not final.in_progress
+
+
+def test_a_thousand_threads_updating_a_thousand_handles_share_two_redis_connections(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import redis
+
+    from tracked.redis import RedisStore
+
+    pool = redis.ConnectionPool.from_url(redis_url, max_connections=2)
+    store = RedisStore(redis.Redis(connection_pool=pool))
+    handles = [
+        tracked.start(f"h{i}", total=None, store=store, min_interval=0.05) for i in range(1000)
+    ]
+    go = threading.Event()
+
+    def work(progress: tracked.Progress) -> None:
+        go.wait()
+        for _ in range(20):
+            progress += 1
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=work, args=(p,)) for p in handles]
+    with caplog.at_level(logging.WARNING, logger="tracked"):
+        for thread in threads:
+            thread.start()
+        go.set()
+        for thread in threads:
+            thread.join()
+        for progress in handles:
+            progress.finish()
+    assert [r.getMessage() for r in caplog.records if "cannot write" in r.getMessage()] == []
+    assert all(store.load(f"h{i}").count == 20 for i in range(1000))  # type: ignore[union-attr]

@@ -221,7 +221,7 @@ def _drive(
     """
     run = context.run
     send, throw = generator.send, generator.throw
-    push = progress._push
+    push, none, text = progress._push, _NoneType, str
     step: Callable[[Any], Any] = send
     argument: Any = None
     count = 0
@@ -237,7 +237,7 @@ def _drive(
         count += 1
         progress._yields = count
         kind = item.__class__
-        if kind is str or (kind is not _NoneType and isinstance(item, str)):
+        if kind is text or (kind is not none and isinstance(item, text)):
             push(item)
         if progress._clean:
             progress._touched()

@@ -161,8 +161,12 @@ class FileStore(Store):
         tmp = self.directory / f".{secrets.token_hex(8)}{TEMP_SUFFIX}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o666)
         try:
-            with os.fdopen(fd, "wb") as file:
-                file.write(data)
+            try:
+                view = memoryview(data)
+                while view:  # plain os calls: they still work while the interpreter exits
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
             os.replace(tmp, path)
         except BaseException:
             try:

@@ -128,7 +128,7 @@ class Progress:
         self._status = _check_status(status)
         # Updates append bare texts to `_incoming`; a snapshot moves them to `_kept`
         # in order and numbers them, so indices need no lock on the update path.
-        self._incoming: collections.deque[str] = collections.deque(_check_messages(messages))
+        self._incoming: list[str] = _check_messages(messages)
         self._push = self._incoming.append
         self._kept: collections.deque[str] = collections.deque(maxlen=self.max_messages)
         self._kept_tuple: tuple[str, ...] = ()
@@ -351,12 +351,12 @@ class Progress:
         if self._clean:
             self._touched()
 
-    def add_message(self, *messages: str) -> None:
+    def add_message(self, message: str = "", /, *more: str) -> None:
         """Append messages without changing the count."""
-        if len(messages) == 1 and messages[0].__class__ is str:
-            self._push(messages[0])
+        if message.__class__ is str and not more:
+            self._push(message)  # one plain str: the common case, checked cheaply
         else:
-            self._incoming.extend(_check_messages(messages))
+            self._incoming.extend(_check_messages((message, *more)))
         if self._clean:
             self._touched()
 
@@ -403,19 +403,19 @@ class Progress:
     def _drain(self) -> tuple[tuple[str, ...], int]:
         """Number and keep the messages appended since the last call (under ``_lock``):
         one reader assigns every index, so ``message_count`` and ``?since=`` are exact.
-        A message left empty once its trailing line break is dropped is not kept."""
+
+        Appends only ever go to the end, so copying then deleting the first ``n``
+        takes exactly those; only the texts that can still be kept are cleaned.
+        """
         incoming = self._incoming
         waiting = len(incoming)
         if not waiting:
             return self._kept_tuple, self._message_count
-        popleft, keep = incoming.popleft, self._kept.append
-        added = 0
-        for _ in itertools.repeat(None, waiting):
-            text = clean_message(popleft())
-            if text:
-                keep(text)
-                added += 1
+        batch = incoming[:waiting]
+        del incoming[:waiting]
+        added = waiting - sum(map(batch.count, _BLANK))
         if added:
+            self._kept.extend(_last_messages(batch, self.max_messages))
             self._message_count += added
             self._kept_tuple = tuple(self._kept)
         return self._kept_tuple, self._message_count
@@ -560,6 +560,20 @@ class Progress:
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._clean = False  # updates stay in the child's memory and wake nothing
+
+
+#: What a message is once its trailing line break is dropped, if nothing is left.
+_BLANK = ("", "\n", "\r\n")
+
+
+def _last_messages(texts: list[str], keep: int) -> list[str]:
+    """The last ``keep`` texts that are messages, cleaned (see ``clean_message``)."""
+    window = keep
+    while True:
+        kept = [t for t in map(clean_message, texts[-window:] if window else ()) if t]
+        if len(kept) >= keep or window >= len(texts):
+            return kept[max(0, len(kept) - keep) :] if keep else []
+        window *= 2
 
 
 def _after_fork_in_child() -> None:
