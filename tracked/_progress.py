@@ -251,7 +251,8 @@ class Progress:
 
     def __del__(self) -> None:
         try:
-            if not self._ended and self._owner is not None:
+            # An inherited handle collected in a forked child is not the child's to end.
+            if not self._ended and self._owner is not None and self._pid == os.getpid():
                 self._end(self._end_on_collect)
         except Exception:  # noqa: BLE001, S110 - never raise from a finaliser
             pass
