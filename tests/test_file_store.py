@@ -126,7 +126,6 @@ def stored_document(store: FileStore, name: str) -> dict[str, Any]:
         {"name": ""},
         {"count": "5"},
         {"count": 2.5},
-        {"count": -3},
         {"total": True},
         {"messages": [1, 2]},
         {"message_count": 0, "messages": ["a"]},
@@ -147,6 +146,16 @@ def test_a_record_with_a_bad_field_reads_as_corrupt_and_a_start_replaces_it(
         pass
     state = tracked.load("edited", progress_id="ok")
     assert state is not None and state.total == 3 and state.state == "finished"
+
+
+def test_a_negative_count_stored_by_an_older_version_reads_as_zero(file_store: FileStore) -> None:
+    with tracked.start("old", total=10):
+        pass
+    document = stored_document(file_store, "old")
+    document["state"]["count"] = -7
+    file_store.path_for("old").write_text(json.dumps(document))
+    state = tracked.load("old")
+    assert state is not None and (state.count, state.percent) == (0, 0.0)
 
 
 def test_unreadable_names_each_corrupt_record_that_records_skips(file_store: FileStore) -> None:

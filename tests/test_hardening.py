@@ -107,6 +107,24 @@ def test_a_retried_final_write_is_dropped_rather_than_replace_a_newer_run(
     newer.finish()
 
 
+def test_a_running_handle_whose_name_another_run_claimed_stops_writing(
+    file_store: FileStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    old = tracked.start("taken", min_interval=0)
+    file_store.delete("taken")  # `tracked delete` on a running record
+    newer = tracked.start("taken", total=7)
+    with caplog.at_level(logging.WARNING, logger="tracked"):
+        old.increment(5)
+        old.increment(5)
+        old.finish()
+    superseded = [r for r in caplog.records if "another run" in r.getMessage()]
+    assert len(superseded) == 1
+    state = tracked.load("taken")
+    assert state is not None and (state.total, state.count, state.in_progress) == (7, 0, True)
+    assert not pending_finals("taken")
+    newer.finish()
+
+
 def test_at_most_one_final_write_is_pending_per_key(tmp_path: Path) -> None:
     store = FlakyFileStore(tmp_path / "store")
     for total in range(1, 6):

@@ -44,6 +44,7 @@ class Flushable(Protocol):
     _clean: bool
     _scheduled: bool
     _ended: bool
+    _superseded: bool
     _last_write: float
     _store_failing: bool
 
@@ -123,8 +124,8 @@ class _Flusher:
         due = []
         while self.schedule and self.schedule[0][0] <= now:
             progress = heapq.heappop(self.schedule)[2]()
-            if progress is None or progress._ended:
-                continue
+            if progress is None or progress._ended or progress._superseded:
+                continue  # nothing more to write for it: it leaves the schedule
             if progress._clean:
                 progress._scheduled = False
                 if progress._clean:  # an update after this check sees _scheduled False
@@ -135,7 +136,7 @@ class _Flusher:
 
     def plan(self, progress: Flushable, now: float) -> None:
         """Look at a just written (or failed) handle again one interval later."""
-        if not progress._ended and progress._scheduled:
+        if not progress._ended and not progress._superseded and progress._scheduled:
             self.push(progress, now + delay(progress))
 
     def lease_due(self, now: float) -> list[Flushable]:

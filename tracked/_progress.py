@@ -217,7 +217,7 @@ class Progress:
         """Try the final write; True once it needs no retry (written or superseded)."""
         with self._write_lock:
             assert self._final is not None
-            return self._save(self._final) or self._superseded
+            return self._superseded or self._save(self._final) or self._superseded
 
     def _release(self) -> None:
         """The final write landed, was superseded, or gave way to a newer run's: the

@@ -242,10 +242,10 @@ def _parse_state(cls: type[State], data: Mapping[str, Any]) -> State:
     name = _optional(data["name"], str, "name")
     progress_id = _optional(data.get("progress_id"), str, "progress_id")
     make_key(name, progress_id)  # InvalidName (a ValueError) for a name no run could have
-    count = check_count(data["count"])
+    count = max(0, check_count(data["count"]))  # older versions could store a negative count
     message_count = check_count(data["message_count"])
-    if count < 0 or message_count < len(messages):
-        raise TypeError(f"count {count} or message_count {message_count} is out of range")
+    if message_count < len(messages):
+        raise TypeError(f"message_count {message_count} is less than the messages kept")
     return cls(
         name=name,
         progress_id=progress_id,
