@@ -100,7 +100,7 @@ class _Flusher:
             due = list(dict.fromkeys(due + self.lease_due(now)))
         self.write(due)
         for progress in due:
-            self.plan(progress, time.monotonic())
+            self.plan(progress)
         if self.finals:
             self.retry_finals()
         # Strong references are dropped here, outside any lock: the last one may be a
@@ -134,10 +134,11 @@ class _Flusher:
             due.append(progress)
         return due
 
-    def plan(self, progress: Flushable, now: float) -> None:
-        """Look at a just written (or failed) handle again one interval later."""
+    def plan(self, progress: Flushable) -> None:
+        """Look at a just written (or failed) handle again one interval after that
+        write began, so the time a write takes does not stretch the interval."""
         if not progress._ended and not progress._superseded and progress._scheduled:
-            self.push(progress, now + delay(progress))
+            self.push(progress, progress._last_write + delay(progress))
 
     def lease_due(self, now: float) -> list[Flushable]:
         """Running records whose lease needs renewing, changed or not."""
