@@ -64,9 +64,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument(
-        "--rounds",
-        type=int,
-        default=3,
+        "--rounds", type=int, default=3,
         help="interleaved runs per route; the best is kept, since other load only slows runs",
     )
     return parser.parse_args()
@@ -105,19 +103,8 @@ def bench_server(
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {**os.environ, "BENCH_STORE": str(directory), "BENCH_KEY": KEY}
-    command = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "-b",
-        f"127.0.0.1:{port}",
-        *options,
-        "--pythonpath",
-        str(ROOT / "bench"),
-        "--log-level",
-        "warning",
-        "status_app:app",
-    ]
+    command = [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", *options,
+               "--pythonpath", str(ROOT / "bench"), "--log-level", "warning", "status_app:app"]
     server = subprocess.Popen(command, env=env, cwd=ROOT)
     try:
         status_url = f"{base}/_progress_status/{KEY}"
@@ -154,9 +141,7 @@ def run_wrk(
     seconds = duration or args.duration
     output = subprocess.run(
         [wrk, "-t2", f"-c{args.connections}", f"-d{seconds}s", "--latency", *extra, url],
-        check=True,
-        capture_output=True,
-        text=True,
+        check=True, capture_output=True, text=True,
     ).stdout
     if "Non-2xx or 3xx" in output:
         raise SystemExit(f"error responses from {url}:\n{output}")
@@ -174,12 +159,9 @@ def report_app_costs(directory: Path, calls: int = 3000) -> None:
     from status_app import app
 
     etag = wsgi_call(app, f"/_progress_status/{KEY}")["Etag"]  # Bottle title-cases names
-    paths = {
-        "trivial": ("/trivial", None),
-        "bare": ("/bare", None),
-        "status": (f"/_progress_status/{KEY}", None),
-        "status-304": (f"/_progress_status/{KEY}", etag),
-    }
+    paths = {"trivial": ("/trivial", None), "bare": ("/bare", None),
+             "status": (f"/_progress_status/{KEY}", None),
+             "status-304": (f"/_progress_status/{KEY}", etag)}
     costs = {}
     for route, (path, if_none_match) in paths.items():
         best = float("inf")
@@ -192,24 +174,15 @@ def report_app_costs(directory: Path, calls: int = 3000) -> None:
     print("in-process WSGI call, microseconds per request (best of 5)")
     for route, cost in costs.items():
         print(f"  {route:<12}{cost:>8.1f}")
-    print(
-        f"  status - bare {costs['status'] - costs['bare']:+.1f}, "
-        f"status-304 - trivial {costs['status-304'] - costs['trivial']:+.1f}"
-    )
+    print(f"  status - bare {costs['status'] - costs['bare']:+.1f}, "
+          f"status-304 - trivial {costs['status-304'] - costs['trivial']:+.1f}")
 
 
 def wsgi_call(app: object, path: str, if_none_match: str | None = None) -> dict[str, str]:
     """Call a WSGI app for ``GET path``, drain the body, return the response headers."""
-    environ = {
-        "REQUEST_METHOD": "GET",
-        "PATH_INFO": path,
-        "QUERY_STRING": "",
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "80",
-        "wsgi.url_scheme": "http",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "wsgi.input": io.BytesIO(),
-    }
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": "",
+               "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80", "wsgi.url_scheme": "http",
+               "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.input": io.BytesIO()}
     if if_none_match:
         environ["HTTP_IF_NONE_MATCH"] = if_none_match
     headers: dict[str, str] = {}
