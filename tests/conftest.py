@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -192,7 +193,8 @@ def shared_store_url(
 
 @pytest.fixture
 def file_store(tmp_path: Path) -> Iterator[tracked.FileStore]:
-    """An empty file store, made the process default for the test."""
+    """An empty file store (its directory made), made the process default for the test."""
+    (tmp_path / "store").mkdir()
     opened = tracked.FileStore(tmp_path / "store")
     tracked.configure(store=opened)
     yield opened
@@ -208,10 +210,35 @@ def _isolated_default_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     tracked.configure(store=None)
 
 
-def python_process(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    """Start ``tests/workers.py`` with ``args`` in a new Python process."""
+#: Run a process as this user (``python_process(user=NOBODY)``) to test another user's access.
+NOBODY = 65534
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A temporary directory every user may enter (pytest's own is private to us)."""
+    directory = Path(tempfile.mkdtemp(prefix="tracked-shared-"))
+    directory.chmod(0o755)
+    yield directory
+    for path in [directory, *directory.rglob("*")]:
+        if path.is_dir():
+            path.chmod(0o755)
+    shutil.rmtree(directory)
+
+
+def python_process(
+    *args: str, env: dict[str, str] | None = None, user: int | None = None
+) -> subprocess.Popen[str]:
+    """Start ``tests/workers.py`` with ``args`` in a new Python process.
+
+    With ``user``, as root the process runs as that uid (and gid); as anyone else it
+    runs as ourselves, where a read-only directory already denies writes.
+    """
+    prefix: list[str] = []
+    if user is not None and os.geteuid() == 0:
+        prefix = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"]
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "workers.py"), *args],
+        [*prefix, sys.executable, str(ROOT / "tests" / "workers.py"), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -1036,3 +1036,16 @@ def test_watch_rides_out_a_store_outage_and_follows_the_job_to_its_end(
     assert shown[-1].startswith("outage: finished 20/20")
     lines = errors.read_text().splitlines()
     assert len(lines) == 2 and lines[1] == "tracked watch: the store answers again"
+
+
+def test_list_reports_each_corrupt_record_in_one_line(tmp_path: Path) -> None:
+    store = tracked.FileStore(tmp_path / "store")
+    with tracked.start("fine", store=store):
+        pass
+    store.path_for("broken").write_text('{"version": 1, "owner": null, "state": {"count": "x"}}')
+    for args in (("list",), ("list", "--json")):
+        result = run_cli(*args, store=str(store.directory))
+        assert result.returncode == 0, result.stderr
+        assert "fine" in result.stdout and "broken" not in result.stdout
+        [line] = result.stderr.splitlines()
+        assert str(store.path_for("broken")) in line and "corrupt" in line

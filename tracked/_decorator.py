@@ -24,6 +24,7 @@ from .errors import InvalidName, InvalidValue
 __all__ = ["tracked"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+_NoneType = type(None)
 NameSpec = str | Callable[..., str] | None
 TotalSpec = int | Callable[..., int | None] | None
 
@@ -220,8 +221,7 @@ def _drive(
     """
     run = context.run
     send, throw = generator.send, generator.throw
-    append, next_index = progress._messages.append, progress._next_index
-    flush_each = progress.min_interval == 0
+    push, none, text = progress._push, _NoneType, str
     step: Callable[[Any], Any] = send
     argument: Any = None
     count = 0
@@ -236,10 +236,11 @@ def _drive(
             raise
         count += 1
         progress._yields = count
-        if isinstance(item, str):
-            append((next_index(), item))
-        if flush_each:
-            progress._maybe_flush()
+        kind = item.__class__
+        if kind is text or (kind is not none and isinstance(item, text)):
+            push(item)
+        if progress._clean:
+            progress._touched()
         try:
             argument = yield item
             step = send
@@ -273,8 +274,7 @@ async def _drive_async(
     for the step only.
     """
     asend, athrow = generator.asend, generator.athrow
-    append, next_index = progress._messages.append, progress._next_index
-    flush_each = progress.min_interval == 0
+    push = progress._push
     step: Callable[[Any], Awaitable[Any]] = asend
     argument: Any = None
     count = 0
@@ -293,9 +293,9 @@ async def _drive_async(
         count += 1
         progress._yields = count
         if isinstance(item, str):
-            append((next_index(), item))
-        if flush_each:
-            progress._maybe_flush()
+            push(item)
+        if progress._clean:
+            progress._touched()
         try:
             argument = yield item
             step = asend

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 from ._state import State
 from ._store import Owner, Record, Store, claim_or_raise
+from .errors import RunSuperseded
 
 __all__ = ["MemoryStore"]
 
@@ -29,8 +30,14 @@ class MemoryStore(Store):
             self._records[key] = Record(state, owner)
 
     def save(self, state: State, owner: Owner) -> None:
+        key = state.key
         with self._lock:
-            self._records[state.key] = Record(state, owner)
+            existing = self._records.get(key)
+            if existing is not None and (existing.owner is None or existing.owner.run != owner.run):
+                raise RunSuperseded(
+                    f"progress {key!r} belongs to another run now; not overwriting it"
+                )
+            self._records[key] = Record(state, owner)
 
     def read(self, key: str) -> Record | None:
         return self._records.get(key)

@@ -8,6 +8,7 @@ here too, because a name and a progress_id together decide the storage key.
 from __future__ import annotations
 
 import dataclasses
+import operator
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -96,6 +97,16 @@ def check_total(total: object) -> int | None:
     return total
 
 
+def as_int(value: object, what: str) -> int:
+    """``value`` as a plain int: an int or an integer type with ``__index__`` (numpy's),
+    never a bool or a float; else ``InvalidValue`` naming ``what``."""
+    if value.__class__ is int:
+        return value  # type: ignore[return-value,unused-ignore]
+    if isinstance(value, bool) or not hasattr(type(value), "__index__"):
+        raise InvalidValue(f"{what} must be an int, not {type(value).__name__}: {value!r}")
+    return operator.index(value)  # type: ignore[arg-type]
+
+
 def check_count(count: object) -> int:
     """Return ``count`` if it is an int (not a bool), else raise ``InvalidValue``."""
     if isinstance(count, bool) or not isinstance(count, int):
@@ -133,10 +144,11 @@ class State:
 
     @property
     def percent(self) -> float | None:
-        """``count`` as a percentage of ``total``; None when total is unknown or zero."""
+        """``count`` as a percentage of ``total``, within 0-100 even when count passes
+    total; None when total is unknown or zero."""
         if not self.total:
             return None
-        return round(100.0 * self.count / self.total, 2)
+        return round(min(100.0, max(0.0, 100.0 * self.count / self.total)), 2)
 
     @property
     def elapsed(self) -> float:
@@ -227,13 +239,20 @@ def _parse_state(cls: type[State], data: Mapping[str, Any]) -> State:
         raise TypeError(f"unknown state {state!r}")
     finished_time = data["finished_time"]
     rate = data["rate"]
+    name = _optional(data["name"], str, "name")
+    progress_id = _optional(data.get("progress_id"), str, "progress_id")
+    make_key(name, progress_id)  # InvalidName (a ValueError) for a name no run could have
+    count = max(0, check_count(data["count"]))  # older versions could store a negative count
+    message_count = check_count(data["message_count"])
+    if message_count < len(messages):
+        raise TypeError(f"message_count {message_count} is less than the messages kept")
     return cls(
-        name=_optional(data["name"], str, "name"),
-        progress_id=_optional(data.get("progress_id"), str, "progress_id"),
+        name=name,
+        progress_id=progress_id,
         total=check_total(data["total"]),
-        count=check_count(data["count"]),
+        count=count,
         messages=tuple(messages),
-        message_count=check_count(data["message_count"]),
+        message_count=message_count,
         in_progress=_required(data["in_progress"], bool, "in_progress"),
         state=state,
         status=_required(data["status"], str, "status"),

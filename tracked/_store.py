@@ -76,13 +76,41 @@ class Record:
 
 
 def encode_record(state: State, owner: Owner | None) -> bytes:
-    """Serialise a record as the UTF-8 JSON that the file store keeps on disk."""
+    """Serialise a record as the UTF-8 JSON that the file store keeps on disk.
+
+    The owner comes first, so a writer can check the run token from the file's head.
+    """
+    wire = state.to_dict()
+    wire["messages"] = 0  # spliced in below, encoded once per kept tuple
     document = {
         "version": RECORD_VERSION,
-        "state": state.to_dict(),
         "owner": None if owner is None else owner.to_dict(),
+        "state": wire,
     }
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+    # A quote inside any string is escaped, so the first match is the real key.
+    text = text.replace('"messages":0', '"messages":' + _messages_json(state.messages), 1)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: \u escapes keep the record readable
+        wire["messages"] = list(state.messages)
+        return json.dumps(document, separators=(",", ":")).encode("ascii")
+
+
+_encoded_messages: dict[int, tuple[tuple[str, ...], str]] = {}
+
+
+def _messages_json(messages: tuple[str, ...]) -> str:
+    """The JSON array of ``messages``, reused while a handle's kept messages are unchanged
+    (a snapshot hands over the same tuple): most flushes add few or no messages."""
+    cached = _encoded_messages.get(id(messages))
+    if cached is not None and cached[0] is messages:
+        return cached[1]
+    encoded = json.dumps(messages, ensure_ascii=False, separators=(",", ":"))
+    if len(_encoded_messages) >= 256:
+        _encoded_messages.clear()
+    _encoded_messages[id(messages)] = (messages, encoded)
+    return encoded
 
 
 def decode_record(raw: bytes | str) -> Record:
@@ -259,7 +287,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def records(self) -> Iterator[Record]:
-        """Every readable record; unreadable ones are skipped."""
+        """Every readable record; unreadable ones are skipped (see ``unreadable``)."""
+
+    def unreadable(self) -> list[str]:
+        """One description (where, and why) per record that exists but cannot be read,
+        so a listing can report what ``records()`` skips. None by default."""
+        return []
 
     @abc.abstractmethod
     def delete(self, key: str) -> bool:

@@ -367,6 +367,8 @@ def _json_line(state: State) -> str:
 def _cmd_list(args: argparse.Namespace) -> int:
     store = _store(args)
     everything = store.list()
+    for problem in store.unreadable():  # one line each, never skipped silently
+        print(f"tracked: skipped {printable(problem)}", file=sys.stderr)
     states = everything if args.all else _recent(everything)
     if args.json:
         for state in states:
