@@ -116,6 +116,8 @@ def build(request: pytest.FixtureRequest) -> Build:
 
 @pytest.fixture
 def store(tmp_path: Path) -> tracked.FileStore:
+    # Opening a FileStore creates nothing; tests that write files by hand need the directory.
+    (tmp_path / "status-store").mkdir()
     return tracked.FileStore(tmp_path / "status-store")
 
 
