@@ -283,6 +283,7 @@ def _details(state: State) -> list[tuple[str, str]]:
         ("elapsed", span(state.elapsed)),
         ("started", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.start_time))),
         ("error", printable(state.error) if state.error else "-"),
+        ("result", "-" if state.result is None else printable(json.dumps(state.result))),
     ]
 
 
