@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -31,7 +32,7 @@ import tracked
 
 from ._scope import RequestScope, request_scope
 
-__all__ = ["TrackedPlugin"]
+__all__ = ["TrackedPlugin", "accepted", "status_url"]
 
 logger = logging.getLogger("tracked")
 
@@ -362,3 +363,40 @@ def error_response(status: int, message: str) -> Any:
     body = json.dumps({"error": message, "status": "error"}, ensure_ascii=False)
     headers = {"Content-Type": JSON_TYPE, "Cache-Control": "no-store"}
     return bottle.HTTPResponse(body.encode(), status=status, headers=headers)
+
+
+def accepted(progress: tracked.Progress) -> Any:
+    """``202 Accepted`` for a run started off the request (``tracked.submit``).
+
+    The body is the run's wire JSON now; ``Location`` is its status URL on this
+    app (the plugin's prefix, the name, and ``?progress_id=`` when it has one),
+    so a client can poll it without knowing the name. Return it from the route.
+    """
+    body = json.dumps(progress.snapshot().to_dict(), ensure_ascii=False, separators=(",", ":"))
+    headers = {
+        "Content-Type": JSON_TYPE,
+        "Cache-Control": "no-store",
+        "Location": status_url(progress.name, progress.progress_id),
+    }
+    return bottle.HTTPResponse(body.encode(), status=202, headers=headers)
+
+
+def status_url(name: str | None, progress_id: str | None = None) -> str:
+    """The path of the status route for a run of this request's app: the mount point,
+    the app's ``TrackedPlugin`` prefix (``/_progress_status`` without one) and the key."""
+    route = bottle.request.environ.get("bottle.route")
+    app = route.app if route is not None else bottle.request.app
+    prefix = next(
+        (p.prefix for p in app.plugins if isinstance(p, TrackedPlugin)), "/_progress_status"
+    )
+    mounted = ""
+    while "_mount.app" in app.config:  # Bottle >= 0.13 mounts an app by copying its routes
+        mounted = app.config["_mount.prefix"].rstrip("/") + mounted
+        app = app.config["_mount.app"]
+    path: str = bottle.request.script_name.rstrip("/") + mounted + prefix + "/"
+    if name is None:
+        return path + urllib.parse.quote(storage_key(None, progress_id), safe="")
+    path += urllib.parse.quote(name, safe="")
+    if progress_id is not None:
+        path += "?progress_id=" + urllib.parse.quote(progress_id, safe="")
+    return path
