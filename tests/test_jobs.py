@@ -292,3 +292,19 @@ def test_a_queued_run_cancelled_at_exit_makes_wait_raise_cancelled(
         tracked.submit(blocked, 3, gate)
     state = tracked.load("blocked-2")
     assert state is not None and state.state == "cancelled"
+
+
+def test_a_generator_whose_claim_fails_is_closed_unrun(file_store: tracked.FileStore) -> None:
+    ran: list[str] = []
+
+    @tracked.tracked("feed")
+    def feed() -> Iterator[str]:
+        try:
+            ran.append("body")
+            yield "item"
+        finally:
+            ran.append("closed")
+
+    with tracked.start("feed"), pytest.raises(tracked.AlreadyRunning):
+        tracked.submit(feed)
+    assert ran == []

@@ -243,7 +243,7 @@ class _Pool:
             logger.warning(
                 "tracked: progress %r still ran %ss after the interpreter started to exit; "
                 "ending it as cancelled",
-                job.progress.key,
+                job.progress.key.replace("\0", "?progress_id="),
                 timeout,
             )
             _started(job.progress)
