@@ -504,8 +504,7 @@ def _warn_result_once(name: str, problem: str) -> None:
         return
     _result_warned.add(name)
     logger.warning(
-        "tracked: the result of progress %r is published as null: %s "
-        "(logged once for this name)",
+        "tracked: the result of progress %r is published as null: %s (logged once for this name)",
         name,
         problem,
     )

@@ -36,6 +36,7 @@ request_scope: contextvars.ContextVar[RequestScope | None] = contextvars.Context
     "tracked_request_scope", default=None
 )
 
+
 class _Keep:
     """The type of ``KEEP``: a ``configure()`` argument that was not given."""
 
@@ -94,15 +95,17 @@ def configure(
     """
     global _configured, _from_environment
     jobs.check(max_workers, exit_timeout)
+    keep_store = isinstance(store, _Keep)
+    chosen = None if store is None or isinstance(store, _Keep) else open_store(store)
+    # Everything that can fail has been checked (this validates first): apply.
     if max_result_bytes is not None:
         set_max_result_bytes(max_result_bytes)
     if max_workers is not None:
         jobs.max_workers = max_workers
     if exit_timeout is not None:
         jobs.exit_timeout = float(exit_timeout)
-    if isinstance(store, _Keep):
+    if keep_store:
         return
-    chosen = None if store is None else open_store(store)
     with _lock:
         _configured = chosen
         _from_environment = None
