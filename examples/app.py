@@ -32,6 +32,9 @@ from tracked.bottle import TrackedPlugin, accepted
 STATIC = Path(__file__).resolve().parent / "static"
 #: Shown in the message list as text; if it ever became HTML the page would run alert(1).
 MARKUP_MESSAGE = "messages are text, not HTML: <img src=x onerror=alert(1)>"
+#: Seconds gunicorn gives a stopping worker; background jobs get less, so that a
+#: job still running then ends "cancelled" rather than being killed mid-write.
+GRACEFUL_TIMEOUT = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +54,7 @@ def make_app(config: DemoConfig) -> bottle.Bottle:
     """The demo's Bottle app: the page, its scripts, three job routes and the status route."""
     app = bottle.Bottle()
     app.install(TrackedPlugin(store=tracked.FileStore(config.store)))
+    tracked.configure(exit_timeout=GRACEFUL_TIMEOUT - 2)
 
     @app.get("/")
     def index() -> Any:
@@ -184,7 +188,7 @@ def serve_gunicorn(app: bottle.Bottle, args: argparse.Namespace, seconds: float)
         "threads": args.threads,
         "worker_class": "gthread" if args.threads > 1 else "sync",
         "timeout": max(30, int(seconds * 2) + 10),  # a job must not look like a hung worker
-        "graceful_timeout": 5,
+        "graceful_timeout": GRACEFUL_TIMEOUT,
         # gunicorn >= 25 opens a control socket at one fixed path per user: several demos
         # (or test servers) at once would fight over it, and the demo does not need it.
         "control_socket_disable": True,

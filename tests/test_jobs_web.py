@@ -164,3 +164,24 @@ def test_starting_a_running_job_again_answers_409_from_any_worker(demo: DemoServ
         assert code == 409, body
         assert body["status"] == "error" and "already running" in body["error"]
     assert final_state(demo, "demo-job", progress_id)["state"] == "finished"
+
+
+def test_stopping_the_server_ends_a_running_background_job_cancelled(tmp_path: Path) -> None:
+    """gunicorn's SIGTERM makes each worker exit: the demo's jobs get exit_timeout (less
+    than gunicorn's graceful_timeout), then end cancelled; none is left running."""
+    progress_id = uuid.uuid4().hex
+    with demo_server(tmp_path, "--seconds", "600", "--steps", "6000") as server:
+        assert start_job(server, progress_id)[0] == 202
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            code, _, body = request(
+                f"{server.url}_progress_status/demo-job?progress_id={progress_id}"
+            )
+            if code == 200 and json.loads(body)["count"] >= 1:
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        store = tracked.FileStore(server.store)
+    record = store.read(f"demo-job\0{progress_id}")  # raw: no liveness rule applied
+    assert record is not None
+    assert (record.state.state, record.state.in_progress) == ("cancelled", False)
