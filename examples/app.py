@@ -1,12 +1,15 @@
-"""The tracked demo: a long job runs in one worker process; the page asks the others.
+"""The tracked demo: a long job runs in one worker process; the page asks any of them.
 
     python examples/app.py                      # gunicorn, 3 sync workers, port 8080
     python examples/app.py --seconds 30 --port 8000
     python examples/app.py --server waitress    # one process, many threads
 
-A long request occupies its worker for the whole job, so the status polls must
-be served by other workers (or threads): hence gunicorn with several workers,
-all sharing one FileStore directory (``--store`` or ``$TRACKED_STORE``).
+The page's Start button runs the job off the request (``tracked.submit``: the
+POST answers 202 at once). ``POST /jobs/main`` runs it in the request, as the
+Perl original did: a long request occupies its worker for the whole job, so the
+status polls must be served by other workers (or threads). Hence gunicorn with
+several workers, all sharing one FileStore directory (``--store`` or
+``$TRACKED_STORE``).
 """
 
 from __future__ import annotations
@@ -24,11 +27,14 @@ from typing import Any
 import bottle
 
 import tracked
-from tracked.bottle import TrackedPlugin
+from tracked.bottle import TrackedPlugin, accepted
 
 STATIC = Path(__file__).resolve().parent / "static"
 #: Shown in the message list as text; if it ever became HTML the page would run alert(1).
 MARKUP_MESSAGE = "messages are text, not HTML: <img src=x onerror=alert(1)>"
+#: Seconds gunicorn gives a stopping worker; background jobs get less, so that a
+#: job still running then ends "cancelled" rather than being killed mid-write.
+GRACEFUL_TIMEOUT = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,9 +51,10 @@ class DemoConfig:
 
 
 def make_app(config: DemoConfig) -> bottle.Bottle:
-    """The demo's Bottle app: the page, its scripts, two job routes and the status route."""
+    """The demo's Bottle app: the page, its scripts, three job routes and the status route."""
     app = bottle.Bottle()
     app.install(TrackedPlugin(store=tracked.FileStore(config.store)))
+    tracked.configure(exit_timeout=GRACEFUL_TIMEOUT - 2)
 
     @app.get("/")
     def index() -> Any:
@@ -63,6 +70,18 @@ def make_app(config: DemoConfig) -> bottle.Bottle:
         """The long job: sleeps through its steps, reporting each one."""
         run_steps(config, tracked.current())
         return {"result": "done", "steps": config.steps}
+
+    @tracked.tracked("demo-job", total=config.steps)
+    def background_job() -> dict[str, Any]:
+        """The same job, to be run off the request by ``tracked.submit``."""
+        run_steps(config, tracked.current())
+        return {"result": "done", "steps": config.steps}
+
+    @app.post("/jobs/background")
+    def start_background_job() -> Any:
+        """Claim the job (409 if this progress_id runs it already), run it on a thread
+        of this worker, answer 202 with its status URL at once: no worker is held."""
+        return accepted(tracked.submit(background_job))
 
     @app.get("/jobs/stream")
     @tracked.tracked("demo-stream", total=config.steps)
@@ -178,7 +197,7 @@ def serve_gunicorn(app: bottle.Bottle, args: argparse.Namespace, seconds: float)
         "threads": args.threads,
         "worker_class": "gthread" if args.threads > 1 else "sync",
         "timeout": gunicorn_timeout(seconds),
-        "graceful_timeout": 5,
+        "graceful_timeout": GRACEFUL_TIMEOUT,
         # gunicorn >= 25 opens a control socket at one fixed path per user: several demos
         # (or test servers) at once would fight over it, and the demo does not need it.
         "control_socket_disable": True,

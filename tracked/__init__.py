@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ._api import current, is_running, load, start
 from ._decorator import tracked
 from ._filestore import FileStore
+from ._jobs import submit
 from ._loghandler import LogHandler
 from ._memorystore import MemoryStore
 from ._progress import Progress
@@ -62,6 +63,7 @@ __all__ = [
     "load",
     "open_store",
     "start",
+    "submit",
     "tqdm",
     "track",
     "tracked",

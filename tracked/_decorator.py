@@ -18,7 +18,7 @@ import wrapt
 from ._api import start
 from ._progress import Progress, _check_interval, _check_max_messages, current_progress
 from ._scope import StoreSpec, request_scope, resolve_store
-from ._state import check_total, validate_name
+from ._state import check_total, validate_name, validate_progress_id
 from .errors import InvalidName, InvalidValue
 
 __all__ = ["tracked"]
@@ -27,6 +27,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 _NoneType = type(None)
 NameSpec = str | Callable[..., str] | None
 TotalSpec = int | Callable[..., int | None] | None
+ProgressIdSpec = str | Callable[..., str] | None
 
 
 def tracked(
@@ -36,6 +37,7 @@ def tracked(
     store: StoreSpec | None = None,
     min_interval: float = 0.1,
     max_messages: int = 1000,
+    progress_id: ProgressIdSpec = None,
 ) -> Callable[[F], F]:
     """Make every call of the decorated function or generator function a progress.
 
@@ -46,8 +48,12 @@ def tracked(
     the call's arguments. A generator's (or async generator's) every yield adds
     one; yielded strings are also messages. The progress is claimed at the call,
     so a conflict raises ``AlreadyRunning`` there, also for coroutine functions.
+    ``progress_id`` is a text or a callable taking the call's arguments (a queue
+    worker names a run by its job id this way); None means the request's.
+    The function's return value (a generator's ``return`` value), unless None,
+    becomes the progress's ``result``.
     """
-    spec = _Spec(name, total, store, min_interval, max_messages)
+    spec = _Spec(name, total, store, min_interval, max_messages, progress_id)
 
     def decorate(func: F) -> F:
         target = inspect.unwrap(getattr(func, "__func__", func))
@@ -78,6 +84,7 @@ class _Spec:
         store: StoreSpec | None,
         min_interval: float,
         max_messages: int,
+        progress_id: ProgressIdSpec = None,
     ) -> None:
         if not (name is None or isinstance(name, str) or callable(name)):
             raise InvalidName(f"name must be a str, a callable or None, not {type(name).__name__}")
@@ -91,6 +98,13 @@ class _Spec:
         self.store = None if store is None else resolve_store(store)
         self.min_interval = _check_interval(min_interval)
         self.max_messages = _check_max_messages(max_messages)
+        if isinstance(progress_id, str):
+            validate_progress_id(progress_id)
+        elif not (progress_id is None or callable(progress_id)):
+            raise InvalidName(
+                f"progress_id must be a str, a callable or None, not {type(progress_id).__name__}"
+            )
+        self.progress_id = progress_id
 
     def check_template(self, target: Callable[..., Any]) -> None:
         """Refuse, at decoration, a template naming an argument the function lacks."""
@@ -114,13 +128,19 @@ class _Spec:
         instance: Any,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        status: str | None = None,
     ) -> Progress:
         total = self.total
         if callable(total):
             total = _check_total_result(total(*args, **kwargs))
+        progress_id = self.progress_id
+        if callable(progress_id):
+            progress_id = validate_progress_id(progress_id(*args, **kwargs))
         return start(
             self.resolve_name(wrapped, instance, args, kwargs),
             total,
+            status=status,
+            progress_id=progress_id,
             store=self.store,
             min_interval=self.min_interval,
             max_messages=self.max_messages,
@@ -135,6 +155,8 @@ class _Spec:
     ) -> str | None:
         name = self.name
         if name is None:
+            if self.progress_id is not None:
+                return None
             scope = request_scope.get()
             if scope is not None and scope.progress_id is not None:
                 return None
@@ -152,8 +174,8 @@ class _Spec:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
-        with self.start(wrapped, instance, args, kwargs):
-            return wrapped(*args, **kwargs)
+        with self.start(wrapped, instance, args, kwargs) as progress:
+            return returned(progress, wrapped(*args, **kwargs))
 
     def call_generator(
         self,
@@ -229,6 +251,7 @@ def _drive(
         try:
             item = run(step, argument)
         except StopIteration as stop:
+            returned(progress, stop.value)
             progress.finish()
             return stop.value
         except BaseException as exc:
@@ -261,6 +284,7 @@ async def _await(coroutine: Coroutine[Any, Any, Any], progress: Progress) -> Any
         raise
     finally:
         current_progress.reset(token)
+    returned(progress, result)
     progress.finish()
     return result
 
@@ -366,3 +390,10 @@ def _check_total_result(total: object) -> int | None:
         return check_total(total)
     except InvalidValue as exc:
         raise InvalidValue(f"the total callable returned a bad total: {exc}") from None
+
+
+def returned(progress: Progress, value: Any) -> Any:
+    """Make a run's return value its result, unless it is None; pass it on."""
+    if value is not None:
+        progress.result = value
+    return value

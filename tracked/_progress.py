@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import Any
 
 from . import _flusher
-from ._state import DEFAULT_STATUS, State, as_int, make_key
+from ._state import DEFAULT_STATUS, State, as_int, encode_result, make_key
 from ._store import Owner, Store, register_live_run, unregister_live_run
 from ._text import clean_message, clean_text
 from .errors import InvalidValue, RunSuperseded, StoreError
@@ -69,6 +69,7 @@ class Progress:
         "_final",
         "_finished_time",
         "_incoming",
+        "_job",
         "_kept",
         "_kept_tuple",
         "_last_write",
@@ -82,6 +83,7 @@ class Progress:
         "_rate_count",
         "_rate_time",
         "_ref",
+        "_result",
         "_scheduled",
         "_state",
         "_status",
@@ -156,6 +158,8 @@ class Progress:
         self._rate_time = time.monotonic()
         self._rate_count = self._base
         _handles.add(self)
+        self._result: Any = None
+        self._job: Any = None  # set by tracked.submit(): what wait() waits for
 
     def __repr__(self) -> str:
         total = "?" if self._total is None else self._total
@@ -291,13 +295,15 @@ class Progress:
 
     @property
     def status(self) -> str:
-        """Free text for people; defaults to "in progress", then the final state word."""
+        """Free text for people; defaults to "in progress", then the final state word.
+
+        Setting it to None goes back to that default."""
         if self._status is not None:
             return self._status
         return DEFAULT_STATUS if not self._ended else self._state
 
     @status.setter
-    def status(self, value: str) -> None:
+    def status(self, value: str | None) -> None:
         checked = _check_status(value)
         if self._ended:
             return
@@ -330,6 +336,33 @@ class Progress:
     def state(self) -> str:
         """``running``, then ``finished``, ``failed`` or ``cancelled``."""
         return self._state
+
+    @property
+    def result(self) -> Any:
+        """What the run produced: readers see it once it has ended (``null`` before).
+
+        ``@tracked`` sets it from the function's return value (a generator's
+        ``return`` value) unless that is None. Only a JSON value of at most
+        ``max_result_bytes`` (``tracked.configure``; 64 KiB) once encoded is
+        kept; anything else is stored as None, with a warning logged once per name.
+        """
+        return self._result
+
+    @result.setter
+    def result(self, value: Any) -> None:
+        kept, problem = encode_result(value)
+        if problem is not None:
+            _warn_result_once(self.name if self.name is not None else "", problem)
+        if not self._ended:  # readers see it in the final snapshot, frozen at the end
+            self._result = kept
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """Block until a run started with ``tracked.submit`` ends; return its function's
+        return value or raise its exception. ``TimeoutError`` after ``timeout`` seconds;
+        ``concurrent.futures.CancelledError`` if it was cancelled before it started."""
+        if self._job is None:
+            raise TypeError(f"{self!r} was not started by tracked.submit(): nothing to wait for")
+        return self._job.wait(timeout)
 
     # ------------------------------------------------------------------ updating
 
@@ -447,6 +480,7 @@ class Progress:
             current_time=time.time() if self._finished_time is None else self._finished_time,
             finished_time=self._finished_time,
             rate=self._update_rate(count),
+            result=self._result if self._ended else None,
         )
 
     def _update_rate(self, count: int) -> float | None:
@@ -633,3 +667,18 @@ def _check_messages(messages: Iterable[object]) -> list[str]:
         if not isinstance(message, str):
             raise InvalidValue(f"a message must be a str, not {type(message).__name__}")
     return checked  # type: ignore[return-value]
+
+
+_result_warned: set[str] = set()
+
+
+def _warn_result_once(name: str, problem: str) -> None:
+    """Log that a result was dropped, once per progress name (not per run)."""
+    if name in _result_warned or len(_result_warned) >= 1024:
+        return
+    _result_warned.add(name)
+    logger.warning(
+        "tracked: the result of progress %r is published as null: %s (logged once for this name)",
+        name,
+        problem,
+    )

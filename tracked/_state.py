@@ -8,6 +8,7 @@ here too, because a name and a progress_id together decide the storage key.
 from __future__ import annotations
 
 import dataclasses
+import json
 import operator
 import re
 from collections.abc import Mapping
@@ -16,10 +17,12 @@ from typing import Any
 from .errors import InvalidName, InvalidValue
 
 __all__ = [
+    "DEFAULT_MAX_RESULT_BYTES",
     "DEFAULT_STATUS",
     "ENDED_STATES",
     "STATES",
     "State",
+    "encode_result",
     "make_key",
     "split_key",
     "validate_name",
@@ -136,6 +139,7 @@ class State:
     current_time: float = 0.0
     finished_time: float | None = None
     rate: float | None = None
+    result: Any = dataclasses.field(default=None, hash=False)
 
     @property
     def key(self) -> str:
@@ -217,6 +221,7 @@ class State:
             "elapsed": self.elapsed,
             "rate": self.rate,
             "eta": self.eta,
+            "result": self.result,
         }
 
     @classmethod
@@ -261,6 +266,7 @@ def _parse_state(cls: type[State], data: Mapping[str, Any]) -> State:
         current_time=float(_required(data["current_time"], (int, float), "current_time")),
         finished_time=None if finished_time is None else float(finished_time),
         rate=None if rate is None else float(rate),
+        result=data.get("result"),
     )
 
 
@@ -272,3 +278,33 @@ def _required(value: Any, kind: type | tuple[type, ...], what: str) -> Any:
 
 def _optional(value: Any, kind: type, what: str) -> Any:
     return None if value is None else _required(value, kind, what)
+
+
+#: The largest result, in bytes of compact UTF-8 JSON, a run may publish by default.
+DEFAULT_MAX_RESULT_BYTES = 64 * 1024
+_max_result_bytes = [DEFAULT_MAX_RESULT_BYTES]
+
+
+def set_max_result_bytes(limit: object) -> None:
+    """Set the process-wide result size limit (see ``tracked.configure``)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise InvalidValue(f"max_result_bytes must be an int >= 0, got {limit!r}")
+    _max_result_bytes[0] = limit
+
+
+def encode_result(value: object) -> tuple[Any, str | None]:
+    """``(what readers will see, None)`` for a publishable result, else ``(None, why not)``.
+
+    What readers see is the value after a JSON round trip (tuples become lists),
+    copied, so changing the original object later changes nothing published.
+    """
+    if value is None:
+        return None, None
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        return None, f"it is not JSON-serialisable ({type(exc).__name__}: {exc})"
+    size, limit = len(text.encode("utf-8")), _max_result_bytes[0]
+    if size > limit:
+        return None, f"it is {size} bytes of JSON, over max_result_bytes={limit}"
+    return json.loads(text), None

@@ -26,9 +26,18 @@ import bottle
 import tracked
 
 from ._scope import RequestScope, request_scope
-from ._web import Authorize, StatusRequest, StatusService, error, requested_progress_id
+from ._web import (
+    Authorize,
+    StatusRequest,
+    StatusService,
+    error,
+    render,
+    requested_progress_id,
+    storage_key,
+)
+from ._web import status_url as web_status_url
 
-__all__ = ["TrackedPlugin"]
+__all__ = ["TrackedPlugin", "accepted", "status_url"]
 
 #: Options the route-config form ``tracked={...}`` passes on to ``@tracked``.
 ROUTE_OPTIONS = frozenset({"name", "total", "min_interval", "max_messages"})
@@ -265,3 +274,33 @@ def error_response(status: int, message: str) -> Any:
     """The JSON error body every failure of the plugin answers with (see ``_web.error``)."""
     answer = error(status, message)
     return bottle.HTTPResponse(answer.body, status=status, headers=dict(answer.headers))
+
+
+def accepted(progress: tracked.Progress) -> Any:
+    """``202 Accepted`` for a run started off the request (``tracked.submit``).
+
+    The body is the run's wire JSON now; ``Location`` is its status URL on this
+    app (the plugin's prefix, the name, and ``?progress_id=`` when it has one),
+    so a client can poll it without knowing the name. Return it from the route.
+    """
+    answer = render(progress.snapshot()).ok
+    headers = dict(answer.headers)
+    del headers["ETag"]  # a 202 describes the run's start, not a cacheable status
+    headers["Location"] = status_url(progress.name, progress.progress_id)
+    return bottle.HTTPResponse(answer.body, status=202, headers=headers)
+
+
+def status_url(name: str | None, progress_id: str | None = None) -> str:
+    """The path of the status route for a run of this request's app: the mount point,
+    the app's ``TrackedPlugin`` prefix (``/_progress_status`` without one) and the key."""
+    route = bottle.request.environ.get("bottle.route")
+    app = route.app if route is not None else bottle.request.app
+    prefix = next(
+        (p.prefix for p in app.plugins if isinstance(p, TrackedPlugin)), "/_progress_status"
+    )
+    mounted = ""
+    while "_mount.app" in app.config:  # Bottle >= 0.13 mounts an app by copying its routes
+        mounted = app.config["_mount.prefix"].rstrip("/") + mounted
+        app = app.config["_mount.app"]
+    base = bottle.request.script_name.rstrip("/") + mounted + prefix
+    return web_status_url(base, storage_key(name, progress_id))

@@ -437,6 +437,7 @@ def _details(state: State) -> list[tuple[str, str]]:
         ("elapsed", span(state.elapsed)),
         ("started", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.start_time))),
         ("error", state.error or "-"),
+        ("result", "-" if state.result is None else json.dumps(state.result, ensure_ascii=False)),
     ]
 
 

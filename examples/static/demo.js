@@ -4,7 +4,7 @@
   'use strict';
 
   const JOBS = {
-    main: {url: 'jobs/main', method: 'POST', status: '_progress_status/demo-job'},
+    main: {url: 'jobs/background', method: 'POST', status: '_progress_status/demo-job'},
     stream: {url: 'jobs/stream', method: 'GET', status: '_progress_status/demo-stream'},
   };
   const el = function (id) {
@@ -31,6 +31,7 @@
     setText('status', 'starting');
     setText('state', 'waiting');
     setText('progress-id', progressId);
+    setText('result', '–');
   }
 
   function showPercent(percent) {
@@ -80,7 +81,7 @@
     setText('status', message);
   }
 
-  /** The long request: fired and not awaited for the progress; a refusal is shown. */
+  /** Start the job (202 at once, or a long request for the stream); a refusal is shown. */
   async function runJob(job, progressId) {
     const response = await fetch(job.url + '?progress_id=' + encodeURIComponent(progressId), {
       method: job.method,
@@ -121,6 +122,7 @@
       onProgress: showState,
       onMessage: addMessage,
       onWaiting: function () { setText('status', 'waiting for the job to start'); },
+      onSuccess: function (state) { setText('result', JSON.stringify(state.result)); },
       onDone: finished,
       onError: function (err) { failed(err.message); },
     });

@@ -10,6 +10,7 @@
  *     progressId: id,
  *     onProgress(state) { bar.style.width = (state.percent || 0) + '%'; },
  *     onMessage(text) { const li = document.createElement('li'); li.textContent = text; list.append(li); },
+ *     onSuccess(state) { console.log('finished with', state.result); },
  *     onDone(state) { console.log('ended as', state.state); },
  *     onError(err) { console.error(err.message); },
  *   });
@@ -47,6 +48,7 @@
     onMessage: null, // (text, index) once per message, in order
     onGap: null, // (count, firstIndex) when the server dropped messages never received
     onWaiting: null, // (elapsedMs) for each 404 inside startTimeout
+    onSuccess: null, // (state) once, before onDone, when it finished; state.result is its result
     onDone: null, // (state) once, when the progress is no longer in progress
     onError: null, // (err) once, when tracking gives up; err.kind and err.status say why
   };
@@ -204,6 +206,7 @@
     if (this.stopped) return;
     if (state.in_progress === false) {
       this.stop();
+      if (state.state === 'finished') call(this.opts.onSuccess, state);
       call(this.opts.onDone, state);
       return;
     }
