@@ -295,7 +295,11 @@ def test_every_write_publishes_the_new_state_on_the_events_channel(
     events: list[dict[str, Any]] = []
     while not events or events[-1]["in_progress"]:
         message = wait_until(lambda: pubsub.get_message(timeout=0.1))
-        events.append(json.loads(message["data"]))
+        event = json.loads(message["data"])
+        if events and event["in_progress"] and not event["messages"]:
+            if event["count"] == events[-1]["count"]:
+                continue  # the flusher rewrote an unchanged running state (a lease renewal)
+        events.append(event)
     pubsub.close()
     assert [e["count"] for e in events] == [0, 1, 2, 3, 3]
     assert [e["messages"] for e in events] == [[], ["a"], ["b", "c"], [], []]

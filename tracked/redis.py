@@ -30,6 +30,7 @@ Scripts are called by their SHA1 (``EVALSHA``) and loaded when a server answers
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -59,20 +60,25 @@ CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 5.0
 #: Keys fetched per SCAN step and records read per pipeline in ``records()``.
 SCAN_BATCH = 200
+#: Progress keys whose Redis key names a store keeps at hand (then it starts afresh).
+NAME_CACHE_SIZE = 10_000
 #: URL schemes that select a Redis Cluster, and the plain scheme redis-py takes.
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 #: A client of one server or of a cluster.
 Client: TypeAlias = "redis.Redis | RedisCluster"  # type: ignore[type-arg]
 
-# ARGV: mode, run, state, owner, running, message_count, lease_ms, expire_ms, base,
-# keep, channel, payload, messages... -- returns 1 written, 0 resend all messages,
-# -1 another live run holds the key.
+# ARGV: "mode running message_count lease_ms expire_ms base keep" (one argument:
+# fewer to pack per write), run, state, owner, channel, payload, messages...
+# -- returns 1 written, 0 resend all messages, -1 another live run holds the key.
+# Every write bumps the record's version ``v`` (see ``RedisStore.version``).
 _WRITE = """
 local rec, msgs, lease = KEYS[1], KEYS[2], KEYS[3]
-local mode, run, running = ARGV[1], ARGV[2], ARGV[5]
-local lease_ms, expire_ms = tonumber(ARGV[7]), tonumber(ARGV[8])
-local base, keep = tonumber(ARGV[9]), tonumber(ARGV[10])
+local mode, running, mc, lease_ms, expire_ms, base, keep = string.match(ARGV[1],
+  '^(%a+) ([01]) (%d+) (%d+) (%d+) (-?%d+) (%d+)$')
+local run = ARGV[2]
+lease_ms, expire_ms = tonumber(lease_ms), tonumber(expire_ms)
+base, keep = tonumber(base), tonumber(keep)
 local kind = redis.call('TYPE', rec).ok
 if mode == 'claim' then
   if kind == 'hash' and redis.call('HGET', rec, 'running') == '1'
@@ -89,12 +95,13 @@ else
   end
 end
 if base < 0 then redis.call('DEL', msgs) end
-for i = 13, #ARGV, 1000 do
+for i = 7, #ARGV, 1000 do
   redis.call('RPUSH', msgs, unpack(ARGV, i, math.min(i + 999, #ARGV)))
 end
 if keep > 0 then redis.call('LTRIM', msgs, -keep, -1) else redis.call('DEL', msgs) end
 redis.call('HSET', rec, 'state', ARGV[3], 'owner', ARGV[4], 'run', run,
-  'running', running, 'mc', ARGV[6])
+  'running', running, 'mc', mc)
+redis.call('HINCRBY', rec, 'v', 1)
 if running == '1' then
   redis.call('SET', lease, run, 'PX', lease_ms)
 else
@@ -107,7 +114,7 @@ else
   redis.call('PERSIST', rec)
   redis.call('PERSIST', msgs)
 end
-redis.call('PUBLISH', ARGV[11], ARGV[12])
+redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 1
 """
 
@@ -151,13 +158,17 @@ class _Script:
 
     def __init__(self, source: str) -> None:
         self.source = source
-        self.sha = hashlib.sha1(source.encode("utf-8"), usedforsecurity=False).hexdigest()
+        self.sha = hashlib.sha1(source.encode("utf-8"), usedforsecurity=False).hexdigest().encode()
 
-    def command(self, keys: Sequence[str], args: Sequence[str | int]) -> tuple[Any, ...]:
+    def command(
+        self, keys: Sequence[str | bytes], args: Sequence[str | bytes | int]
+    ) -> tuple[Any, ...]:
         """The ``EVALSHA`` command for these keys and arguments."""
-        return ("EVALSHA", self.sha, len(keys), *keys, *args)
+        return ("EVALSHA", self.sha, len(keys), *keys, *args)  # a str: the cluster wants one
 
-    def __call__(self, client: Client, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+    def __call__(
+        self, client: Client, keys: Sequence[str | bytes], args: Sequence[str | bytes | int]
+    ) -> Any:
         try:
             return client.execute_command(*self.command(keys, args))
         except NoScriptError:  # a restarted or a new server: load it (on every master)
@@ -171,7 +182,7 @@ class _Script:
 
 
 #: One script call in a pipeline: its keys and its arguments.
-_Call: TypeAlias = tuple[Sequence[str], Sequence["str | int"]]
+_Call: TypeAlias = tuple[Sequence["str | bytes"], Sequence["str | bytes | int"]]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -217,6 +228,7 @@ class RedisStore(Store):
         self._read = _Script(_READ)
         self._delete = _Script(_DELETE)
         self._written: dict[str, _Written] = {}
+        self._name_cache: dict[str, tuple[list[bytes], bytes]] = {}
 
     def __repr__(self) -> str:
         return f"RedisStore({self.address!r}, prefix={self.prefix!r})"
@@ -257,6 +269,16 @@ class RedisStore(Store):
 
     def _keys(self, key: str) -> list[str]:
         return self._sibling_keys(_tag(key))
+
+    def _names(self, key: str) -> tuple[list[bytes], bytes]:
+        """The keys and the channel of ``key``, encoded; cached, as every write needs them."""
+        names = self._name_cache.get(key)
+        if names is None:
+            if len(self._name_cache) >= NAME_CACHE_SIZE:
+                self._name_cache.clear()
+            keys = [name.encode() for name in self._keys(key)]
+            names = self._name_cache[key] = (keys, self.channel(key).encode())
+        return names
 
     def _sibling_keys(self, tagged: str) -> list[str]:
         """The record, messages and lease keys of a record from its ``{T}`` part."""
@@ -339,28 +361,27 @@ class RedisStore(Store):
     def _write_call(
         self, mode: str, state: State, owner: Owner, previous: _Written | None
     ) -> _Call:
-        """The keys and arguments of the write script for one snapshot."""
-        key = state.key
+        """The keys and arguments of the write script for one snapshot, encoded here
+        (redis-py would check each argument's type on the way: costly by the thousand)."""
+        keys, channel = self._names(state.key)
         base, new_messages = _new_messages(state, owner.run, previous)
-        event = (state if base < 0 else state.messages_since(base)).to_dict()
-        wire = {name: value for name, value in event.items() if name != "messages"}
+        wire, event = _encode(state, new_messages)
         running = state.in_progress
-        args: list[str | int] = [
-            mode,
-            owner.run,
-            _dumps(wire),
-            _dumps(owner.to_dict()),
-            "1" if running else "0",
-            state.message_count,
-            _ms(self._lease),
-            self._expire_ms(running),
-            base,
-            len(state.messages),
-            self.channel(key),
-            _dumps(event),
-            *map(_clean, new_messages),
+        numbers = (
+            f"{mode} {1 if running else 0} {state.message_count} {_ms(self._lease)} "
+            f"{self._expire_ms(running)} {base} {len(state.messages)}"
+        )
+        run, owner_json = _owner_args(owner)
+        args: list[str | bytes | int] = [
+            numbers.encode(),
+            run,
+            wire.encode(),
+            owner_json,
+            channel,
+            event.encode(),
+            *[_clean(message).encode() for message in new_messages],
         ]
-        return self._keys(key), args
+        return keys, args
 
     def _expire_ms(self, running: bool) -> int:
         """Milliseconds until the record expires: never while its lease is renewed."""
@@ -436,7 +457,9 @@ class RedisStore(Store):
 
     # ------------------------------------------------------------------ plumbing
 
-    def _run(self, script: _Script, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+    def _run(
+        self, script: _Script, keys: Sequence[str | bytes], args: Sequence[str | bytes | int]
+    ) -> Any:
         """One script call: one round trip (two the first time a server sees it)."""
         return script(self.client, keys, args)
 
@@ -444,8 +467,13 @@ class RedisStore(Store):
         """Each call's reply, or the error it got, from one pipeline round trip.
 
         Calls a server answered NOSCRIPT (restarted, or a master added) are sent
-        once more after loading the script.
+        once more after loading the script. A single call skips the pipeline.
         """
+        if len(calls) == 1:
+            try:
+                return [self._run(script, *calls[0])]
+            except redis.ResponseError as exc:  # an error reply, as a pipeline returns it
+                return [exc]
         replies = self._pipeline(script, calls)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:
@@ -508,6 +536,33 @@ def _clean(text: str) -> str:
     if text.isascii():
         return text
     return _SURROGATE.sub("\ufffd", text)
+
+
+#: Stands in for the messages while the state is encoded once (see ``_encode``).
+_HOLE = "\0messages\0"
+_HOLE_JSON = json.dumps(_HOLE)
+
+
+def _encode(state: State, messages: Sequence[str]) -> tuple[str, str]:
+    """(the stored JSON: the wire JSON without messages, the event JSON: the wire JSON
+    with only ``messages``), from one encoding of the state, in the wire's key order.
+
+    The messages are encoded as a placeholder that is then cut out or filled in: its
+    first occurrence is the right one, as the keys before ``messages`` (a name, which
+    has no NUL, a progress_id and numbers) cannot hold it.
+    """
+    fields = state.to_dict()
+    fields["messages"] = _HOLE
+    encoded = _dumps(fields)
+    wire = encoded.replace(f',"messages":{_HOLE_JSON}', "", 1)
+    return wire, encoded.replace(_HOLE_JSON, _dumps(list(messages)), 1)
+
+
+@functools.lru_cache(maxsize=4096)
+def _owner_args(owner: Owner) -> tuple[bytes, bytes]:
+    """The run id and the owner record as JSON: the same for every write of a run,
+    so encoded once."""
+    return _clean(owner.run).encode(), _dumps(owner.to_dict()).encode()
 
 
 def _new_messages(state: State, run: str, previous: _Written | None) -> tuple[int, Sequence[str]]:
@@ -667,9 +722,12 @@ def _ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def _dumps(value: Any) -> str:
     """Compact JSON, with lone surrogates replaced (see ``_clean``)."""
-    return _clean(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+    return _clean(_ENCODER.encode(value))
 
 
 def _text(value: bytes | str) -> str:
