@@ -23,11 +23,12 @@ IN_CI = bool(os.environ.get("CI"))
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def require_binary(name: str) -> str:
-    """The path of ``name``; outside CI a missing binary skips the test, in CI it fails."""
+def require_binary(name: str, package: str | None = None) -> str:
+    """The path of ``name``; outside CI a missing binary skips the test, in CI it fails.
+    ``package``: the Debian package that has it, if not named ``name``."""
     path = shutil.which(name)
     if path is None:
-        message = f"{name} is not installed (apt-get install -y {name})"
+        message = f"{name} is not installed (apt-get install -y {package or name})"
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
@@ -234,7 +235,7 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
     """A real 3-master Redis Cluster for the whole session."""
     cluster = RedisCluster(
         require_binary("redis-server"),
-        require_binary("redis-cli"),
+        require_binary("redis-cli", "redis-tools"),
         tmp_path_factory.mktemp("redis-cluster"),
     )
     try:

@@ -19,6 +19,8 @@ PAGES = sorted(DOCS.glob("*.md"))
 PYTHON_FENCE = re.compile(r"^```python\n(.*?)^```\s*$", re.S | re.M)
 #: Samples name this Redis; the test points them at its own redis-server instead.
 SAMPLE_REDIS = "redis://localhost:6379/0"
+#: Samples name this Redis Cluster node; the test points them at its own cluster.
+SAMPLE_REDIS_CLUSTER_NODE = "localhost:7000"
 
 
 def python_blocks(page: Path) -> list[str]:
@@ -42,6 +44,9 @@ def test_every_python_sample_of_a_page_runs(
     code = "\n\n".join(python_blocks(page))
     if SAMPLE_REDIS in code:
         code = code.replace(SAMPLE_REDIS, str(request.getfixturevalue("redis_url")))
+    if SAMPLE_REDIS_CLUSTER_NODE in code:
+        node = str(request.getfixturevalue("redis_cluster_url")).split("://")[1]
+        code = code.replace(SAMPLE_REDIS_CLUSTER_NODE, node)
     script = tmp_path / f"sample_{page.stem.replace('-', '_')}.py"  # never shadows a module
     script.write_text(code, encoding="utf-8")
     runner = "import runpy, sys; runpy.run_path(sys.argv[1], run_name='docs_sample')"

@@ -823,3 +823,42 @@ def test_a_prefix_with_its_own_hash_tag_keeps_every_record_in_one_slot(
         store.claim(running(name), Owner.for_this_process())
     assert sorted(s.name or "" for s in store.list()) == ["a", "b", "}c"]
     store.close()
+
+
+# ----------------------------------------------------------------------------- version
+
+
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
+def test_the_version_token_changes_exactly_when_the_loaded_state_may_change(
+    make_store_url: Callable[[str], str], kind: str
+) -> None:
+    store = RedisStore(make_store_url(kind), lease=0.5)
+    assert store.version("job") is None
+    owner = Owner.for_this_process()
+    store.claim(running(count=1), owner)
+    first = store.version("job")
+    assert first is not None and first == store.version("job")  # reading changes nothing
+    store.save(running(count=2), owner)
+    second = store.version("job")
+    assert second not in (None, first)
+    wait_until(lambda: store.load("job").state == "abandoned")  # type: ignore[union-attr]
+    lapsed = store.version("job")  # no write: the owner's lease ran out
+    assert lapsed not in (None, second)
+    again = Owner.for_this_process()
+    store.claim(running(count=1), again)  # a new run's first write
+    third = store.version("job")
+    assert third not in (None, first, second, lapsed)
+    store.save(running().ended("finished", time.time()), again)
+    assert store.version("job") not in (None, third)
+    store.delete("job")
+    assert store.version("job") is None
+    store.close()
+
+
+def test_a_foreign_value_under_a_record_key_makes_version_raise_corrupt(
+    store: RedisStore,
+    client: redis.Redis,  # type: ignore[type-arg]
+) -> None:
+    client.set(store.record_key("job"), "not a record")
+    with pytest.raises(StoreError, match="corrupt"):
+        store.version("job")

@@ -140,6 +140,17 @@ return {fields[1], fields[2], cjson.encode(redis.call('LRANGE', KEYS[2], 0, -1))
 """
 
 
+# The record's version token (see ``RedisStore.version``), or false if there is none.
+_VERSION = """
+local fields = redis.call('HMGET', KEYS[1], 'run', 'v', 'running')
+if not fields[1] then return false end
+local live = 'ended'
+if fields[3] == '1' then
+  live = redis.call('EXISTS', KEYS[3]) == 1 and 'live' or 'lapsed'
+end
+return fields[1] .. ':' .. (fields[2] or '0') .. ':' .. live
+"""
+
 # Deletes a record's keys; returns 1 if the record hash was there.
 _DELETE = """
 local gone = redis.call('DEL', KEYS[1])
@@ -227,6 +238,7 @@ class RedisStore(Store):
         self._prune = _Script(_PRUNE)
         self._read = _Script(_READ)
         self._delete = _Script(_DELETE)
+        self._version = _Script(_VERSION)
         self._written: dict[str, _Written] = {}
         self._name_cache: dict[str, tuple[list[bytes], bytes]] = {}
 
@@ -433,6 +445,26 @@ class RedisStore(Store):
         if record.state.key != key:
             raise StoreError(f"{self.record_key(key)!r} holds another progress in {self}")
         return record
+
+    def version(self, key: str) -> str | None:
+        """A token that changes whenever what ``load(key)`` returns may change; None
+        when there is no record.
+
+        Every write bumps a counter kept in the record; the token is the owner's run
+        id, that counter and, for a running record, whether its lease is live (so it
+        also changes when the owner dies). One round trip that moves no messages: a
+        status route can keep what it rendered for a token, and answer with it (or
+        with a 304) while the token stays the same.
+        """
+        try:
+            token = self._run(self._version, self._keys(key), ())
+        except redis.ResponseError as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise self._failure(exc) from exc
+            raise StoreError(f"corrupt progress record {key!r} in {self}: {exc}") from exc
+        except (redis.RedisError, RedisClusterException) as exc:
+            raise self._failure(exc) from exc
+        return None if token is None else _text(token)
 
     def records(self) -> Iterator[Record]:
         """Every readable record: SCAN (on a cluster: every master), then the
