@@ -156,6 +156,23 @@ class RedisCluster:
         return f"redis+cluster://127.0.0.1:{self.ports[0]}"
 
     def start(self) -> None:
+        """Start the nodes and join them into one cluster."""
+        self.start_nodes()
+        nodes = [f"127.0.0.1:{port}" for port in self.ports]
+        subprocess.run(
+            [self.cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        self.wait_until_ok()
+
+    def restart(self) -> None:
+        """Start stopped nodes again: they rejoin from their nodes.conf, empty."""
+        self.start_nodes()
+        self.wait_until_ok()
+
+    def start_nodes(self) -> None:
         for port in self.ports:
             node_dir = self.directory / str(port)
             node_dir.mkdir(exist_ok=True)
@@ -184,14 +201,6 @@ class RedisCluster:
             )
         for port in self.ports:
             wait_for_port(port)
-        nodes = [f"127.0.0.1:{port}" for port in self.ports]
-        subprocess.run(
-            [self.cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        self.wait_until_ok()
 
     def wait_until_ok(self, timeout: float = 30.0) -> None:
         """Block until every node reports ``cluster_state:ok`` and knows every other."""
@@ -248,6 +257,8 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
 @pytest.fixture
 def redis_cluster_url(redis_cluster: RedisCluster) -> str:
     """The ``redis+cluster://`` URL of the session's emptied Redis Cluster."""
+    if not redis_cluster.processes:  # a test stopped it and failed before restarting it
+        redis_cluster.restart()
     redis_cluster.flush()
     return redis_cluster.url
 

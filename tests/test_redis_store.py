@@ -862,3 +862,30 @@ def test_a_foreign_value_under_a_record_key_makes_version_raise_corrupt(
     client.set(store.record_key("job"), "not a record")
     with pytest.raises(StoreError, match="corrupt"):
         store.version("job")
+
+
+def test_a_run_on_a_cluster_survives_the_cluster_restarting(
+    redis_cluster: RedisCluster, redis_cluster_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = RedisStore(redis_cluster_url)
+    caplog.set_level(logging.WARNING, logger="tracked")
+    try:
+        with tracked.start("fault", total=12, store=store, min_interval=0) as progress:
+            for i in range(4):
+                progress.increment(1, f"m{i}")
+            redis_cluster.stop()
+            for i in range(4, 8):
+                progress.increment(1, f"m{i}")
+            redis_cluster.restart()  # every master is back, empty
+            for i in range(8, 12):
+                progress.increment(1, f"m{i}")
+    finally:
+        if not redis_cluster.processes:
+            redis_cluster.restart()
+    state = RedisStore(redis_cluster_url).load("fault")
+    assert state is not None
+    assert (state.state, state.count) == ("finished", 12)
+    assert state.messages == tuple(f"m{i}" for i in range(12))
+    failures = [r for r in caplog.records if "cannot write" in r.getMessage()]
+    assert len(failures) == 1 and redis_cluster_url in failures[0].getMessage()
+    store.close()
