@@ -590,6 +590,15 @@ def test_save_many_reports_each_write_on_its_own(redis_url: str) -> None:
     store.close()
 
 
+def test_a_snapshot_that_cannot_be_written_fails_alone_in_its_batch(store: RedisStore) -> None:
+    writes = claimed(store, 2)
+    unnamed = (running(name=""), Owner.for_this_process())  # no key: InvalidName
+    results = store.save_many([writes[0], unnamed, writes[1]])
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], tracked.InvalidName)
+    assert store.load("batch-1") == writes[1][0]
+
+
 def test_save_many_resends_every_message_when_the_stored_list_is_not_its_own(
     redis_url: str,
 ) -> None:

@@ -342,19 +342,25 @@ class RedisStore(Store):
     ) -> list[int]:
         """Send the writes at ``indices``; fill ``results``; return those to resend
         with all their messages."""
-        calls = []
+        calls, sent = [], []
         for i in indices:
             state, owner = writes[i]
-            previous = None if resend else self._written.get(state.key)
-            calls.append(self._write_call("save", state, owner, previous))
-        try:
-            replies = self._call(self._run_many, self._write, calls)
-        except StoreError as exc:
-            for i in indices:
+            try:
+                previous = None if resend else self._written.get(state.key)
+                calls.append(self._write_call("save", state, owner, previous))
+            except Exception as exc:  # noqa: BLE001 - one bad snapshot fails alone
                 results[i] = exc
+            else:
+                sent.append(i)
+        try:
+            replies = self._call(self._run_many, self._write, calls) if calls else []
+        except StoreError as exc:
+            for i in sent:  # one error each: the caller may raise or chain them apart
+                error = results[i] = StoreError(str(exc))
+                error.__cause__ = exc.__cause__
             return []
         again = []
-        for i, reply in zip(indices, replies, strict=True):
+        for i, reply in zip(sent, replies, strict=True):
             state, owner = writes[i]
             if isinstance(reply, Exception):
                 results[i] = self._failure(reply)
@@ -428,14 +434,7 @@ class RedisStore(Store):
     # ------------------------------------------------------------------ reads
 
     def read(self, key: str) -> Record | None:
-        try:
-            reply = self._run(self._read, self._keys(key), ())
-        except redis.ResponseError as exc:
-            if "WRONGTYPE" not in str(exc):
-                raise self._failure(exc) from exc
-            raise StoreError(f"corrupt progress record {key!r} in {self}: {exc}") from exc
-        except (redis.RedisError, RedisClusterException) as exc:
-            raise self._failure(exc) from exc
+        reply = self._read_record(self._read, key)
         if not reply:
             return None
         try:
@@ -456,15 +455,19 @@ class RedisStore(Store):
         status route can keep what it rendered for a token, and answer with it (or
         with a 304) while the token stays the same.
         """
+        token = self._read_record(self._version, key)
+        return None if token is None else _text(token)
+
+    def _read_record(self, script: _Script, key: str) -> Any:
+        """Run a script that reads ``key``'s record; a foreign value there is corrupt."""
         try:
-            token = self._run(self._version, self._keys(key), ())
+            return self._run(script, self._keys(key), ())
         except redis.ResponseError as exc:
             if "WRONGTYPE" not in str(exc):
                 raise self._failure(exc) from exc
             raise StoreError(f"corrupt progress record {key!r} in {self}: {exc}") from exc
         except (redis.RedisError, RedisClusterException) as exc:
             raise self._failure(exc) from exc
-        return None if token is None else _text(token)
 
     def records(self) -> Iterator[Record]:
         """Every readable record: SCAN (on a cluster: every master), then the
