@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib.util
 import os
 import shutil
@@ -105,7 +106,7 @@ def bench(
         rate = {}
         for how in order:
             writes[how] = advance(writes[how])
-            rate[how] = timed(lambda h=how: write(stores[h], h, writes[h]), args.handles)
+            rate[how] = timed(functools.partial(write, stores[how], how, writes[how]), args.handles)
             rates[how].append(rate[how])
         for how in ratios:
             ratios[how].append(rate["save_many"] / rate[how])
