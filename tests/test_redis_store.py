@@ -509,6 +509,15 @@ def test_messages_of_any_text_round_trip_through_the_server_side_json(store: Red
     assert store.list() == [state]
 
 
+def test_text_like_the_encoders_placeholder_for_messages_round_trips(store: RedisStore) -> None:
+    odd = '"messages":"\x00messages\x00"'
+    owner = Owner.for_this_process()
+    store.claim(running(status=odd, messages=(odd,), message_count=1), owner)
+    later = running(status=odd, error=odd, messages=(odd, odd), message_count=2)
+    store.save(later, owner)
+    assert store.load("job") == later
+
+
 def test_list_reads_every_record_beyond_one_scan_batch(store: RedisStore) -> None:
     owner = Owner.for_this_process()
     names = {f"n{i}" for i in range(450)}

@@ -574,23 +574,25 @@ def _clean(text: str) -> str:
 
 
 #: Stands in for the messages while the state is encoded once (see ``_encode``).
-_HOLE = "\0messages\0"
-_HOLE_JSON = json.dumps(_HOLE)
+_HOLE = f'"messages":{json.dumps(chr(0) + "messages" + chr(0))}'
 
 
 def _encode(state: State, messages: Sequence[str]) -> tuple[str, str]:
     """(the stored JSON: the wire JSON without messages, the event JSON: the wire JSON
     with only ``messages``), from one encoding of the state, in the wire's key order.
 
-    The messages are encoded as a placeholder that is then cut out or filled in: its
-    first occurrence is the right one, as the keys before ``messages`` (a name, which
-    has no NUL, a progress_id and numbers) cannot hold it.
+    The messages are encoded as a placeholder, then cut out or filled in. Its text,
+    ``"messages":"\u0000messages\u0000"``, occurs nowhere else: inside a JSON string
+    every quote is escaped, and no other key is named ``messages``.
     """
     fields = state.to_dict()
-    fields["messages"] = _HOLE
+    fields["messages"] = chr(0) + "messages" + chr(0)
     encoded = _dumps(fields)
-    wire = encoded.replace(f',"messages":{_HOLE_JSON}', "", 1)
-    return wire, encoded.replace(_HOLE_JSON, _dumps(list(messages)), 1)
+    if f",{_HOLE}" in encoded:
+        wire = encoded.replace(f",{_HOLE}", "", 1)
+    else:  # the first key
+        wire = encoded.replace(f"{_HOLE},", "", 1)
+    return wire, encoded.replace(_HOLE, f'"messages":{_dumps(list(messages))}', 1)
 
 
 @functools.lru_cache(maxsize=4096)
