@@ -131,12 +131,11 @@ def test_killed_owner_on_another_machine_reads_as_abandoned_within_lease(
                 process.wait()
 
 
-def test_racing_starters_on_eight_machines_have_exactly_one_winner_each_round(
-    redis_url: str, store: RedisStore
-) -> None:
-    parties, rounds = 8, 30
+def race(url: str, parties: int, rounds: int) -> None:
+    """``parties`` machines start ``race-<round>`` together, ``rounds`` times: each
+    round has exactly one winner, whose record the store holds."""
     racers = [
-        machine(f"racer-{i}", "race", redis_url, "race", str(rounds), str(parties))
+        machine(f"racer-{i}", "race", url, "race", str(rounds), str(parties))
         for i in range(parties)
     ]
     try:
@@ -151,6 +150,7 @@ def test_racing_starters_on_eight_machines_have_exactly_one_winner_each_round(
                 racer.kill()
                 racer.wait()
     assert [o["errors"] for o in outcomes] == [[]] * parties
+    store = RedisStore(url)
     for round_ in range(rounds):
         winners = [i for i, o in enumerate(outcomes) if round_ in o["won"]]
         losers = [i for i, o in enumerate(outcomes) if round_ in o["lost"]]
@@ -159,6 +159,19 @@ def test_racing_starters_on_eight_machines_have_exactly_one_winner_each_round(
         record = store.read(f"race-{round_}")
         assert record is not None and record.owner is not None
         assert record.owner.host == f"racer-{winners[0]}"
+    store.close()
+
+
+def test_racing_starters_on_eight_machines_have_exactly_one_winner_each_round(
+    redis_url: str,
+) -> None:
+    race(redis_url, parties=8, rounds=30)
+
+
+def test_racing_starters_on_a_cluster_have_exactly_one_winner_each_round(
+    redis_cluster_url: str,
+) -> None:
+    race(redis_cluster_url, parties=4, rounds=15)
 
 
 def test_a_stalled_owner_that_lost_its_lease_cannot_overwrite_the_new_owner(
