@@ -920,3 +920,40 @@ def test_a_run_on_a_cluster_survives_the_cluster_restarting(
     failures = [r for r in caplog.records if "cannot write" in r.getMessage()]
     assert len(failures) == 1 and redis_cluster_url in failures[0].getMessage()
     store.close()
+
+
+def test_save_many_follows_a_record_whose_slot_moved_to_another_master(
+    redis_cluster: RedisCluster, cluster_store: RedisStore
+) -> None:
+    """The store's slot table is stale after a resharding: the batch's write for the
+    moved record gets MOVED from its old master and lands on the new one."""
+    from redis.crc import key_slot
+
+    writes = claimed(cluster_store, 20)
+    moved = writes[7][0].key
+    keys = [k(moved) for k in (cluster_store.record_key, cluster_store.messages_key)]
+    keys.append(cluster_store.lease_key(moved))
+    slot = key_slot(keys[0].encode())
+    nodes = node_clients(redis_cluster)
+    [source] = [c for c in nodes if c.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) > 0]
+    target = next(c for c in nodes if c is not source)
+    source_id, target_id = (_text(c.execute_command("CLUSTER", "MYID")) for c in (source, target))
+    target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+    source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+    port = target.connection_pool.connection_kwargs["port"]
+    source.execute_command("MIGRATE", "127.0.0.1", port, "", 0, 5000, "KEYS", *keys)
+    for c in nodes:
+        c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+    stale = cluster_store.client.get_node_from_key(keys[0])
+    assert stale.port == source.connection_pool.connection_kwargs["port"]  # not told yet
+    assert cluster_store.save_many(writes) == [None] * 20
+    counts = [c.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) for c in (source, target)]
+    assert counts == [0, 3]
+    for state, _ in writes:
+        assert cluster_store.load(state.key) == state
+    for c in nodes:
+        c.close()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
