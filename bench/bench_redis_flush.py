@@ -248,7 +248,7 @@ def cluster_ports(count: int) -> list[int]:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = int(sock.getsockname()[1])
-        if port > 55535 or port in ports:
+        if port > 55535 or {port, port + 10000, port - 10000} & set(ports):
             continue
         try:
             with socket.socket() as sock:

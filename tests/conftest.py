@@ -126,7 +126,7 @@ def free_cluster_port(taken: set[int]) -> int:
     """A free port below ``MAX_CLUSTER_PORT`` whose cluster bus port (+10000) is free too."""
     while True:
         port = free_port()
-        if port > MAX_CLUSTER_PORT or port in taken or port + 10000 in taken:
+        if port > MAX_CLUSTER_PORT or taken & {port, port + 10000, port - 10000}:
             continue
         try:
             with socket.socket() as sock:
