@@ -817,14 +817,16 @@ def test_an_unreachable_cluster_raises_store_error_naming_the_address() -> None:
     "url",
     [
         "redis+cluster://127.0.0.1:notaport",
-        "redis+cluster://127.0.0.1:7000/1",
+        "redis+cluster://user:s3cret@127.0.0.1:7000/1",
         "redis+cluster:///tmp/redis.sock",
-        "rediss+cluster://",
+        "rediss+cluster://:s3cret@",
+        "redis+cluster://127.0.0.1:7000?socket_timeout=s3cret",
     ],
 )
 def test_a_malformed_cluster_url_raises_store_error_at_once(url: str) -> None:
-    with pytest.raises(StoreError, match="Redis store"):
+    with pytest.raises(StoreError, match="Redis store") as caught:
         RedisStore(url)
+    assert "s3cret" not in str(caught.value)
 
 
 def test_a_cluster_node_given_as_a_plain_url_says_to_use_a_cluster_url(
