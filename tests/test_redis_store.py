@@ -192,6 +192,23 @@ def test_a_stalled_owner_that_lost_its_lease_cannot_overwrite_the_new_owner(
     store.close()
 
 
+def test_a_running_snapshot_arriving_after_the_final_one_is_refused(redis_url: str) -> None:
+    """A late write of the same run (a flush racing the end) cannot bring an ended
+    record back to running, where it would read as abandoned once the lease ran out."""
+    store = RedisStore(redis_url)
+    owner = Owner.for_this_process()
+    store.claim(running(count=1), owner)
+    final = running(count=3).ended("finished", time.time())
+    store.save(final, owner)
+    with pytest.raises(RunSuperseded, match="already ended"):
+        store.save(running(count=2), owner)
+    [late] = store.save_many([(running(count=2), owner)])
+    assert isinstance(late, RunSuperseded)
+    store.save(final, owner)  # rewriting the final state (a retried final write) is fine
+    assert store.load("job") == final
+    store.close()
+
+
 def test_an_owner_whose_lease_lapsed_resumes_when_nobody_claimed_the_name(
     redis_url: str,
 ) -> None:

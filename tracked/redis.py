@@ -70,7 +70,8 @@ Client: TypeAlias = "redis.Redis | RedisCluster"  # type: ignore[type-arg]
 
 # ARGV: "mode running message_count lease_ms expire_ms base keep" (one argument:
 # fewer to pack per write), run, state, owner, channel, payload, messages...
-# -- returns 1 written, 0 resend all messages, -1 another live run holds the key.
+# -- returns 1 written, 0 resend all messages, -1 another run holds the key (a live
+# one, for a claim), -2 this run has ended (a late running snapshot is refused).
 # Every write bumps the record's version ``v`` (see ``RedisStore.version``).
 _WRITE = """
 local rec, msgs, lease = KEYS[1], KEYS[2], KEYS[3]
@@ -90,6 +91,9 @@ else
   if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', rec, msgs) end
   local holder = redis.call('HGET', rec, 'run')
   if holder and holder ~= run then return -1 end
+  if holder and running == '1' and redis.call('HGET', rec, 'running') == '0' then
+    return -2
+  end
   if base >= 0 and tonumber(redis.call('HGET', rec, 'mc') or '-1') ~= base then
     return 0
   end
@@ -370,11 +374,21 @@ class RedisStore(Store):
                 again.append(i)
             else:
                 self._written.pop(state.key, None)
-                results[i] = RunSuperseded(
-                    f"progress {state.key!r} was started again by another owner after "
-                    f"this one's lease lapsed; not overwriting it in {self}"
-                )
+                results[i] = self._refusal(state.key, reply)
         return again
+
+    def _refusal(self, key: str, reply: int) -> RunSuperseded:
+        """Why the write script refused a snapshot: another run owns the key, or this
+        run has already ended there."""
+        if reply == -2:
+            return RunSuperseded(
+                f"progress {key!r} has already ended; not writing a running snapshot "
+                f"over its final state in {self}"
+            )
+        return RunSuperseded(
+            f"progress {key!r} was started again by another owner after this one's "
+            f"lease lapsed; not overwriting it in {self}"
+        )
 
     def _write_call(
         self, mode: str, state: State, owner: Owner, previous: _Written | None
