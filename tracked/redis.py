@@ -7,7 +7,8 @@ runs unchanged on Redis Cluster:
 
 - ``{prefix}rec:{T}``: a hash with the wire JSON of the state without its
   messages (``state``), the owner record (``owner``), the owner's run id
-  (``run``), ``running`` ("1"/"0") and the ``message_count`` stored (``mc``);
+  (``run``), ``running`` ("1"/"0"), the ``message_count`` stored (``mc``) and
+  a count of the run's writes (``v``, for ``version()``);
 - ``{prefix}msg:{T}``: a list with the kept messages, appended to with only the
   messages that are new since the owner's previous write, then trimmed;
 - ``{prefix}lease:{T}``: the run id of a running owner, with a TTL of ``lease``
@@ -15,11 +16,13 @@ runs unchanged on Redis Cluster:
   as ``abandoned``. Readers take its remaining time from the server, so clock
   skew between machines does not matter.
 
-Every write runs one Lua script (one round trip) that writes the record, sets the
-lease and publishes an event on ``{prefix}events:K``: the wire JSON of the new
-state whose ``messages`` hold at least the messages added since the previous
-event of the run (place them with ``message_count - len(messages)``, as with
-the status route's ``?since=`` cursor). A read is one script call, one round trip.
+Every write runs one Lua script (one round trip) that checks the owner (another
+run's record, or this run's ended one, is never overwritten: ``RunSuperseded``),
+writes the record, sets the lease and publishes an event on ``{prefix}events:K``:
+the wire JSON of the new state whose ``messages`` hold at least the messages
+added since the previous event of the run (place them with
+``message_count - len(messages)``, as with the status route's ``?since=``
+cursor). A read is one script call, one round trip.
 ``save_many`` sends a whole batch of writes in one pipeline (on a cluster: one
 per master, all sent before any reply is read).
 
