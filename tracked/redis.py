@@ -71,12 +71,22 @@ CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 #: A client of one server or of a cluster.
 Client: TypeAlias = "redis.Redis | RedisCluster"  # type: ignore[type-arg]
 
+# Whether a lease is held, exactly as readers judge it from PTTL (``_lease_expires``):
+# a key in its last millisecond answers PTTL 0, and reads as lapsed, so it is lapsed
+# here too (EXISTS would still say 1, and refuse a claim that a reader allows).
+_LIVE = """
+local function live(lease)
+  local ttl = redis.call('PTTL', lease)
+  return ttl > 0 or ttl == -1
+end
+"""
+
 # ARGV: "mode running message_count lease_ms expire_ms base keep" (one argument:
 # fewer to pack per write), run, state, owner, channel, payload, messages...
 # -- returns 1 written, 0 resend all messages, -1 another run holds the key (a live
 # one, for a claim), -2 this run has ended (a late running snapshot is refused).
 # Every write bumps the record's version ``v`` (see ``RedisStore.version``).
-_WRITE = """
+_WRITE = _LIVE + """
 local rec, msgs, lease = KEYS[1], KEYS[2], KEYS[3]
 local mode, running, mc, lease_ms, expire_ms, base, keep = string.match(ARGV[1],
   '^(%a+) ([01]) (%d+) (%d+) (%d+) (-?%d+) (%d+)$')
@@ -85,8 +95,7 @@ lease_ms, expire_ms = tonumber(lease_ms), tonumber(expire_ms)
 base, keep = tonumber(base), tonumber(keep)
 local kind = redis.call('TYPE', rec).ok
 if mode == 'claim' then
-  if kind == 'hash' and redis.call('HGET', rec, 'running') == '1'
-      and redis.call('EXISTS', lease) == 1 then
+  if kind == 'hash' and redis.call('HGET', rec, 'running') == '1' and live(lease) then
     return -1
   end
   redis.call('DEL', rec, msgs, lease)
@@ -126,10 +135,10 @@ return 1
 """
 
 # ARGV: run -- deletes the record if that run still holds it and is not live.
-_PRUNE = """
+_PRUNE = _LIVE + """
 local rec, msgs, lease = KEYS[1], KEYS[2], KEYS[3]
 if redis.call('HGET', rec, 'run') ~= ARGV[1] then return 0 end
-if redis.call('HGET', rec, 'running') == '1' and redis.call('EXISTS', lease) == 1 then
+if redis.call('HGET', rec, 'running') == '1' and live(lease) then
   return 0
 end
 redis.call('DEL', rec, msgs, lease)
@@ -148,14 +157,14 @@ return {fields[1], fields[2], cjson.encode(redis.call('LRANGE', KEYS[2], 0, -1))
 
 
 # The record's version token (see ``RedisStore.version``), or false if there is none.
-_VERSION = """
+_VERSION = _LIVE + """
 local fields = redis.call('HMGET', KEYS[1], 'run', 'v', 'running')
 if not fields[1] then return false end
-local live = 'ended'
+local lease = 'ended'
 if fields[3] == '1' then
-  live = redis.call('EXISTS', KEYS[3]) == 1 and 'live' or 'lapsed'
+  lease = live(KEYS[3]) and 'live' or 'lapsed'
 end
-return fields[1] .. ':' .. (fields[2] or '0') .. ':' .. live
+return fields[1] .. ':' .. (fields[2] or '0') .. ':' .. lease
 """
 
 # Deletes a record's keys; returns 1 if the record hash was there.
