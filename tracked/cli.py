@@ -251,7 +251,10 @@ def _store(args: argparse.Namespace) -> Store:
         )
     if not sep or scheme.lower() == "file":
         _check_directory(rest if sep else spec, origin)
-    return open_store(spec)
+    try:
+        return open_store(spec)
+    except ImportError as exc:  # a Redis URL without redis-py: the message names the extra
+        raise UsageError(f"{origin}: {exc}") from None
 
 
 def _check_directory(text: str, origin: str) -> None:
