@@ -139,9 +139,19 @@ def default_store_directory() -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("PORT", "8080")),
+        help="port to listen on (default $PORT, else 8080)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--server", choices=("gunicorn", "waitress"), default="gunicorn")
+    parser.add_argument(
+        "--server",
+        choices=("gunicorn", "waitress"),
+        default="gunicorn",
+        help="gunicorn (default: several processes) or waitress (one process, threads)",
+    )
     parser.add_argument("--workers", type=int, default=3, help="gunicorn worker processes (>= 2)")
     parser.add_argument(
         "--threads",
@@ -150,12 +160,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="threads per gunicorn worker (default 1: sync) or waitress threads (default 8)",
     )
     parser.add_argument(
-        "--seconds", type=float, default=float(os.environ.get("TRACKED_DEMO_SECONDS", "10"))
+        "--seconds",
+        type=float,
+        default=float(os.environ.get("TRACKED_DEMO_SECONDS", "10")),
+        help="how long a job takes (default $TRACKED_DEMO_SECONDS, else 10)",
     )
     parser.add_argument(
-        "--steps", type=int, default=int(os.environ.get("TRACKED_DEMO_STEPS", "50"))
+        "--steps",
+        type=int,
+        default=int(os.environ.get("TRACKED_DEMO_STEPS", "50")),
+        help="how many steps (and messages) a job has (default $TRACKED_DEMO_STEPS, else 50)",
     )
-    parser.add_argument("--store", default=default_store_directory(), help="shared FileStore dir")
+    parser.add_argument(
+        "--store",
+        default=default_store_directory(),
+        help="the FileStore directory every worker shares"
+        " (default $TRACKED_STORE, else $TMPDIR/tracked-demo-<uid>)",
+    )
     args = parser.parse_args(argv)
     if args.threads is None:
         args.threads = 8 if args.server == "waitress" else 1

@@ -44,6 +44,30 @@ def test_start_runs_the_job_off_the_request_and_shows_its_result(watched: PageWa
     assert watched.errors == [] and watched.dialogs == []
 
 
+def test_start_polls_only_once_the_job_is_claimed_at_the_url_its_202_names(
+    watched: PageWatch,
+) -> None:
+    page = watched.page
+    polls: list[tuple[str, int]] = []
+    page.on(
+        "response",
+        lambda r: polls.append((r.url, r.status)) if "/_progress_status/" in r.url else None,
+    )
+    with page.expect_response("**/jobs/background?*") as started:
+        page.click("#start")
+    location = started.value.headers["location"]
+    expect(page.locator("#state")).to_have_text("finished", timeout=TIMEOUT_MS)
+    assert polls and all(status in (200, 304) for _, status in polls), polls
+    assert all(location in url for url, _ in polls), (location, polls)
+
+
+def test_a_job_that_returns_nothing_shows_no_result_rather_than_null(watched: PageWatch) -> None:
+    page = watched.page
+    page.click("#start-stream")
+    expect(page.locator("#state")).to_have_text("finished", timeout=TIMEOUT_MS)
+    expect(page.locator("#result")).to_have_text("none (the job returned nothing)")
+
+
 ENDS_JS = """
 ([url]) => new Promise((resolve) => {
   const seen = {success: [], done: []};

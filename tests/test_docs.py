@@ -134,6 +134,22 @@ def test_site_builds_without_a_warning(tmp_path: Path) -> None:
         assert documented in api
 
 
+def test_the_api_page_documents_every_public_name() -> None:
+    """Each name a module exports (``__all__``) has its ``::: `` entry on the API page."""
+    import tracked.asgi
+    import tracked.bottle
+    import tracked.wsgi
+
+    text = (DOCS / "api.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"^::: (\S+)$", text, re.M))
+    public = [f"tracked.{name}" for name in tracked.__all__]
+    for module in (tracked.bottle, tracked.wsgi, tracked.asgi):
+        public += [f"{module.__name__}.{name}" for name in module.__all__]
+    aliases = {"tracked.RedisStore": "tracked.redis.RedisStore"}
+    missing = [name for name in public if aliases.get(name, name) not in documented]
+    assert missing == []
+
+
 def test_wire_format_page_lists_every_key_of_the_wire_json() -> None:
     text = (DOCS / "wire-format.md").read_text(encoding="utf-8")
     documented = re.findall(r"^\| `([a-z_]+)` \|", text, re.M)

@@ -189,7 +189,7 @@ def test_submit_refuses_what_it_cannot_run_on_a_thread(file_store: tracked.FileS
     async def coroutine() -> None:
         pass
 
-    with pytest.raises(TypeError, match="@tracked function"):
+    with pytest.raises(TypeError, match=r"@tracked function.*decorate it with @tracked\.tracked"):
         tracked.submit(plain)
     with pytest.raises(TypeError, match="await"):
         tracked.submit(coroutine)

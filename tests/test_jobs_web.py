@@ -59,6 +59,43 @@ def gate() -> Iterator[threading.Event]:
     event.set()
 
 
+def test_accepted_without_the_plugin_warns_once_that_the_clients_progress_id_was_lost(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tracked.bottle, "_warned_no_plugin", False)
+    store = tracked.FileStore(tmp_path / "no-plugin-store")
+    app = bottle.Bottle()  # no TrackedPlugin: nothing carries the request's progress_id
+
+    @tracked.tracked("forgotten", total=1, store=store)
+    def forgotten() -> None:
+        tracked.current().increment()
+
+    @app.post("/go")
+    def go() -> Any:
+        progress = tracked.submit(forgotten)
+        progress.wait(DEADLINE)
+        return accepted(progress)
+
+    client = webtest.TestApp(app)
+    with caplog.at_level("WARNING", logger="tracked"):
+        client.post("/go?progress_id=tab-1", status=202)
+        client.post("/go?progress_id=tab-2", status=202)
+    warnings = [r.getMessage() for r in caplog.records if "install TrackedPlugin" in r.getMessage()]
+    assert len(warnings) == 1 and "'forgotten'" in warnings[0]
+
+
+def test_accepted_with_the_plugin_does_not_warn(
+    tmp_path: Path, gate: threading.Event, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(tracked.bottle, "_warned_no_plugin", False)
+    app = webtest.TestApp(build_app(tracked.FileStore(tmp_path / "app-store"), gate))
+    with caplog.at_level("WARNING", logger="tracked"):
+        app.post("/export?progress_id=tab-1", status=202)
+        app.post("/by-id?progress_id=tab-2", status=202)
+    assert not [r for r in caplog.records if "install TrackedPlugin" in r.getMessage()]
+
+
 def test_accepted_answers_202_with_the_wire_json_and_the_status_url(
     tmp_path: Path, gate: threading.Event
 ) -> None:

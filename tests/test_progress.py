@@ -220,6 +220,32 @@ def test_current_is_the_innermost_live_progress(file_store: FileStore) -> None:
         tracked.current()
 
 
+def test_current_outside_a_progress_says_where_it_works_and_about_decorator_order(
+    file_store: FileStore,
+) -> None:
+    import bottle
+    from webtest import TestApp
+
+    from tracked.bottle import TrackedPlugin
+
+    app = bottle.Bottle()
+    app.install(TrackedPlugin(store=file_store))
+    app.catchall = False
+
+    @tracked.tracked("job")  # above the route decorator: the route is the bare function
+    @app.post("/job")
+    def job() -> str:
+        tracked.current().increment()
+        return "ok"
+
+    with pytest.raises(tracked.NoActiveProgress, match="under the route decorator"):
+        TestApp(app).post("/job")
+    with tracked.start("ended") as ended:
+        ended.finish()
+        with pytest.raises(tracked.NoActiveProgress, match=r"'ended'.* has ended"):
+            tracked.current()
+
+
 # ------------------------------------------------------------------ coalesced writes
 
 

@@ -279,6 +279,32 @@ def test_a_final_write_made_while_redis_is_down_lands_once_it_is_back(
     store.close()
 
 
+def test_a_redis_url_without_redis_py_names_the_extra_to_install() -> None:
+    script = (
+        "import sys\n"
+        "sys.modules['redis'] = None  # as if redis-py were not installed\n"
+        "import tracked\n"
+        "for attempt in (lambda: tracked.RedisStore, lambda: tracked.open_store('redis://h/0')):\n"
+        "    try:\n"
+        "        attempt()\n"
+        "    except ImportError as exc:\n"
+        "        print(exc)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.count("pip install 'tracked[redis]'") == 2
+    cli = (
+        "import sys\n"
+        "sys.modules['redis'] = None\n"
+        "from tracked.cli import main\n"
+        "sys.exit(main(['--store', 'redis://h/0', 'list']))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", cli], capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "pip install 'tracked[redis]'" in result.stderr
+
+
 def test_an_unreachable_redis_raises_store_error_naming_the_address() -> None:
     port = free_port()
     store = RedisStore(f"redis://127.0.0.1:{port}/0")

@@ -53,8 +53,17 @@ def start(
 def current() -> Progress:
     """The innermost live progress of this context; ``NoActiveProgress`` if none."""
     progress = current_progress.get()
-    if progress is None or not progress.in_progress:
-        raise NoActiveProgress("no progress is live here: use @tracked or tracked.start()")
+    if progress is None:
+        raise NoActiveProgress(
+            "no progress is live here: call tracked.current() inside a @tracked function"
+            " or a tracked.start() block (on a web route, @tracked.tracked(...) goes under"
+            " the route decorator, or the route registers the undecorated function)"
+        )
+    if not progress.in_progress:
+        raise NoActiveProgress(
+            f"no progress is live here: {progress!r} has ended, and tracked.current()"
+            " only gives a live one"
+        )
     return progress
 
 

@@ -81,7 +81,10 @@ def _target(func: Callable[..., Any]) -> tuple[_Spec, Callable[..., Any], Any, s
     wrapper = getattr(func, "_self_wrapper", None)  # wrapt's name for the wrapper function
     spec = getattr(wrapper, "__self__", None)
     if not isinstance(spec, _Spec):
-        raise TypeError(f"tracked.submit() runs a @tracked function, not {func!r}")
+        raise TypeError(
+            f"tracked.submit() runs a @tracked function, not {func!r}: decorate it with"
+            " @tracked.tracked(...) (the run's name, total and progress_id come from there)"
+        )
     method = getattr(wrapper, "__func__", None)
     if method is _Spec.call:
         kind = "function"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
+import logging
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -287,7 +288,27 @@ def accepted(progress: tracked.Progress) -> Any:
     headers = dict(answer.headers)
     del headers["ETag"]  # a 202 describes the run's start, not a cacheable status
     headers["Location"] = status_url(progress.name, progress.progress_id)
+    _warn_if_the_client_id_was_lost(progress)
     return bottle.HTTPResponse(answer.body, status=202, headers=headers)
+
+
+_warned_no_plugin = False
+
+
+def _warn_if_the_client_id_was_lost(progress: tracked.Progress) -> None:
+    """Once per process: a client sent a progress_id that could not reach the run,
+    because no ``TrackedPlugin`` runs this app's routes in a request scope."""
+    global _warned_no_plugin
+    if _warned_no_plugin or progress.progress_id is not None:
+        return
+    if "progress_id" not in bottle.request.query or request_scope.get() is not None:
+        return
+    _warned_no_plugin = True
+    logging.getLogger("tracked").warning(
+        "tracked.bottle.accepted: the request carries a progress_id but run %r has none:"
+        " install TrackedPlugin on this app so the client's progress_id reaches @tracked",
+        progress.name,
+    )
 
 
 def status_url(name: str | None, progress_id: str | None = None) -> str:

@@ -251,7 +251,10 @@ def _store(args: argparse.Namespace) -> Store:
         )
     if not sep or scheme.lower() == "file":
         _check_directory(rest if sep else spec, origin)
-    return open_store(spec)
+    try:
+        return open_store(spec)
+    except ImportError as exc:  # a Redis URL without redis-py: the message names the extra
+        raise UsageError(f"{origin}: {exc}") from None
 
 
 def _check_directory(text: str, origin: str) -> None:
@@ -275,8 +278,41 @@ def _where(store: Store) -> str:
     return printable(repr(store))
 
 
-def _key(args: argparse.Namespace) -> str:
-    return make_key(args.name, args.progress_id)
+#: How ``label`` joins a name and a progress_id in ``tracked list``'s NAME column.
+LABEL_SEPARATOR = "?progress_id="
+
+
+def _keys(args: argparse.Namespace) -> tuple[str, ...]:
+    """The keys ``NAME`` may mean: itself, and, when it is written as ``tracked list``
+    shows it (``name?progress_id=ID``) and no ``--progress-id`` is given, that pair, so
+    a NAME copied from the list finds its progress."""
+    key = make_key(args.name, args.progress_id)
+    name, separator, progress_id = args.name.rpartition(LABEL_SEPARATOR)
+    if args.progress_id is not None or not separator or not name or not progress_id:
+        return (key,)
+    try:
+        return (key, make_key(name, progress_id))
+    except TrackedError:
+        return (key,)
+
+
+def _load_any(store: Store, keys: Sequence[str]) -> tuple[str, State | None]:
+    """The first of ``keys`` the store holds, and its state; else the first key and None."""
+    for key in keys:
+        state = store.load(key)
+        if state is not None:
+            return key, state
+    return keys[0], None
+
+
+def _not_found(args: argparse.Namespace, key: str, store: Store, waited: str = "") -> str:
+    """The one-line error for a progress the store does not hold, with the hint a newcomer
+    needs when the name alone is not the key (runs started with a progress_id)."""
+    hint = ""
+    if args.progress_id is None and LABEL_SEPARATOR not in args.name:
+        hint = "; started with a progress_id? add --progress-id ID, or write"
+        hint += f" {_display(args.name)}{LABEL_SEPARATOR}ID as tracked list shows it"
+    return f"no progress {_shown(key)} in {_where(store)}{waited}{hint}"
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -326,7 +362,7 @@ def label(state: State) -> str:
         return printable(state.progress_id or "")
     if state.progress_id is None:
         return printable(state.name)
-    return printable(f"{state.name}?progress_id={state.progress_id}")
+    return printable(f"{state.name}{LABEL_SEPARATOR}{state.progress_id}")
 
 
 def span(seconds: float | None) -> str:
@@ -408,11 +444,11 @@ def _print_table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    key = _key(args)
+    keys = _keys(args)
     store = _store(args)
-    state = store.load(key)
+    key, state = _load_any(store, keys)
     if state is None:
-        raise UsageError(f"no progress {_shown(key)} in {_where(store)}")
+        raise UsageError(_not_found(args, key, store))
     if args.json:
         print(_json_line(state))
         return EXIT_OK
@@ -466,11 +502,11 @@ def exit_status(state: State) -> int:
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
-    key = _key(args)
+    keys = _keys(args)
     wait = _seconds(args.wait, "--wait")
     interval = max(0.05, _seconds(args.interval, "--interval", at_most=MAX_INTERVAL))
     store = _store(args)
-    state = _wait_for(store, key, wait, interval)
+    key, state = _wait_for(args, store, keys, wait, interval)
     view = _make_view(sys.stdout)
     outage: list[str] = []
     try:
@@ -505,15 +541,17 @@ def _load_through_outage(store: Store, key: str, shown: State, outage: list[str]
     return state
 
 
-def _wait_for(store: Store, key: str, wait: float, interval: float) -> State:
+def _wait_for(
+    args: argparse.Namespace, store: Store, keys: Sequence[str], wait: float, interval: float
+) -> tuple[str, State]:
     deadline = time.monotonic() + wait
     while True:
-        state = store.load(key)
+        key, state = _load_any(store, keys)
         if state is not None:
-            return state
+            return key, state
         if time.monotonic() >= deadline:
             waited = f" after waiting {wait:g}s" if wait else ""
-            raise UsageError(f"no progress {_shown(key)} in {_where(store)}{waited}")
+            raise UsageError(_not_found(args, key, store, waited))
         time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
 
 

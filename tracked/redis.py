@@ -44,7 +44,12 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeAlias
 from urllib.parse import urlsplit
 
-import redis
+try:
+    import redis
+except ImportError as exc:  # pragma: no cover - redis is in the test extra
+    raise ImportError(
+        "tracked's Redis store needs redis-py: pip install 'tracked[redis]'"
+    ) from exc
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.connection import parse_url
