@@ -126,6 +126,8 @@ class TrackedPlugin:
                 return result
             except REFUSALS as exc:
                 return refusal_response(exc)
+            except tracked.Cancelled as exc:  # an in-request run was asked to stop
+                return error_response(409, str(exc))
             finally:
                 request_scope.reset(token)
 
