@@ -401,7 +401,9 @@ class Progress:
     def wait(self, timeout: float | None = None) -> Any:
         """Block until a run started with ``tracked.submit`` ends; return its function's
         return value or raise its exception. ``TimeoutError`` after ``timeout`` seconds;
-        ``concurrent.futures.CancelledError`` if it was cancelled before it started."""
+        ``concurrent.futures.CancelledError`` if it was cancelled before it started;
+        ``tracked.Cancelled`` (a ``BaseException``) if a generator job asked to stop
+        while running let it out."""
         if self._job is None:
             raise TypeError(f"{self!r} was not started by tracked.submit(): nothing to wait for")
         return self._job.wait(timeout)
