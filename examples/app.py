@@ -5,9 +5,12 @@
     python examples/app.py --server waitress    # one process, many threads
 
 The page's Start button runs the job off the request (``tracked.submit``: the
-POST answers 202 at once). ``POST /jobs/main`` runs it in the request, as the
-Perl original did: a long request occupies its worker for the whole job, so the
-status polls must be served by other workers (or threads). Hence gunicorn with
+POST answers 202 at once); its Stop job button asks the running job to stop
+(``DELETE`` on the status route, allowed here with ``TrackedPlugin(cancel=True)``:
+anyone who knows the unguessable progress_id may stop that run).
+``POST /jobs/main`` runs it in the request, as the Perl original did: a long
+request occupies its worker for the whole job, so the status polls must be
+served by other workers (or threads). Hence gunicorn with
 several workers, all sharing one FileStore directory (``--store`` or
 ``$TRACKED_STORE``).
 """
@@ -32,6 +35,8 @@ from tracked.bottle import TrackedPlugin, accepted
 STATIC = Path(__file__).resolve().parent / "static"
 #: Shown in the message list as text; if it ever became HTML the page would run alert(1).
 MARKUP_MESSAGE = "messages are text, not HTML: <img src=x onerror=alert(1)>"
+#: The message a job adds when it cleans up after being asked to stop.
+CLEANUP_MESSAGE = "cleanup ran: partial output removed"
 #: Seconds gunicorn gives a stopping worker; background jobs get less, so that a
 #: job still running then ends "cancelled" rather than being killed mid-write.
 GRACEFUL_TIMEOUT = 5
@@ -53,7 +58,7 @@ class DemoConfig:
 def make_app(config: DemoConfig) -> bottle.Bottle:
     """The demo's Bottle app: the page, its scripts, three job routes and the status route."""
     app = bottle.Bottle()
-    app.install(TrackedPlugin(store=tracked.FileStore(config.store)))
+    app.install(TrackedPlugin(store=tracked.FileStore(config.store), cancel=True))
     tracked.configure(exit_timeout=GRACEFUL_TIMEOUT - 2)
 
     @app.get("/")
@@ -104,13 +109,21 @@ def job_messages(steps: int) -> list[str]:
 
 
 def run_steps(config: DemoConfig, progress: tracked.Progress) -> None:
-    """Do the main job's steps: one pause, one increment and its messages each."""
+    """Do the main job's steps: one pause, one increment and its messages each.
+
+    Before each step it checks whether it was asked to stop (``check()`` raises
+    ``tracked.Cancelled``); its cleanup then runs and says so in a message."""
     expected = iter(job_messages(config.steps))
-    for step in range(1, config.steps + 1):
-        time.sleep(config.pause)
-        progress.increment(1, next(expected))
-        if step == max(1, config.steps // 2):
-            progress.add_message(next(expected))
+    try:
+        for step in range(1, config.steps + 1):
+            progress.check()
+            time.sleep(config.pause)
+            progress.increment(1, next(expected))
+            if step == max(1, config.steps // 2):
+                progress.add_message(next(expected))
+    finally:
+        if progress.cancel_requested:
+            progress.add_message(CLEANUP_MESSAGE)
 
 
 def stream_lines(config: DemoConfig) -> Iterator[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 import inspect
 import string
+import sys
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator, Mapping
 from typing import Any, TypeVar
 
@@ -19,7 +20,7 @@ from ._api import start
 from ._progress import Progress, _check_interval, _check_max_messages, current_progress
 from ._scope import StoreSpec, request_scope, resolve_store
 from ._state import check_total, validate_name, validate_progress_id
-from .errors import InvalidName, InvalidValue
+from .errors import Cancelled, InvalidName, InvalidValue
 
 __all__ = ["tracked"]
 
@@ -247,6 +248,7 @@ def _drive(
     step: Callable[[Any], Any] = send
     argument: Any = None
     count = 0
+    stopping = False
     while True:
         try:
             item = run(step, argument)
@@ -264,6 +266,11 @@ def _drive(
             push(item)
         if progress._clean:
             progress._touched()
+            if progress._cancel_requested and not stopping:
+                # Asked to stop: thrown in at this yield instead of handing the item on.
+                stopping = True
+                step, argument = throw, Cancelled(progress.key)
+                continue
         try:
             argument = yield item
             step = send
@@ -277,6 +284,7 @@ def _drive(
 async def _await(coroutine: Coroutine[Any, Any, Any], progress: Progress) -> Any:
     """Await ``coroutine`` with ``progress`` current; end it the way the coroutine ends."""
     token = current_progress.set(progress)
+    _cancel_task_on_request(progress)
     try:
         result = await coroutine
     except BaseException as exc:
@@ -287,6 +295,27 @@ async def _await(coroutine: Coroutine[Any, Any, Any], progress: Progress) -> Any
     returned(progress, result)
     progress.finish()
     return result
+
+
+def _cancel_task_on_request(progress: Progress) -> None:
+    """Have a cancel request cancel the asyncio task awaiting the coroutine (from the
+    flusher's thread, so thread-safely): it stops at its next await."""
+    asyncio = sys.modules.get("asyncio")  # not imported: no asyncio task awaits this
+    if asyncio is None:
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # not asyncio (trio, a manual send): cooperative only
+        return
+    task = asyncio.current_task(loop)
+    if task is None:
+        return
+
+    def cancel_task() -> None:  # on the loop's thread: the coroutine may have ended since
+        if not progress._ended:
+            task.cancel()
+
+    progress._cancel_hooks.append(lambda: loop.call_soon_threadsafe(cancel_task))
 
 
 async def _drive_async(
@@ -302,6 +331,7 @@ async def _drive_async(
     step: Callable[[Any], Awaitable[Any]] = asend
     argument: Any = None
     count = 0
+    stopping = False
     while True:
         token = current_progress.set(progress)
         try:
@@ -320,6 +350,10 @@ async def _drive_async(
             push(item)
         if progress._clean:
             progress._touched()
+            if progress._cancel_requested and not stopping:
+                stopping = True
+                step, argument = athrow, Cancelled(progress.key)
+                continue
         try:
             argument = yield item
             step = asend

@@ -15,13 +15,21 @@ import itertools
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import filelock
 
 from ._state import State
-from ._store import Owner, Record, Store, claim_or_raise, decode_record, encode_record
+from ._store import (
+    Owner,
+    Record,
+    Store,
+    cancellable,
+    claim_or_raise,
+    decode_record,
+    encode_record,
+)
 from .errors import RunSuperseded, StoreError
 
 __all__ = ["FileStore"]
@@ -29,6 +37,8 @@ __all__ = ["FileStore"]
 LOCK_TIMEOUT = 10.0
 SUFFIX = ".json"
 TEMP_SUFFIX = ".tmp"
+#: A cancel request is an empty file ``<record's hash>.<run token>.cancel``.
+CANCEL_SUFFIX = ".cancel"
 #: A temporary file older than this was left by a killed writer: ``prune`` removes it.
 STALE_TEMP_AGE = 60.0
 #: ``encode_record`` writes the owner first, so its run token is in the file's head.
@@ -131,6 +141,7 @@ class FileStore(Store):
                 if record is not None and self._prunable(record, cutoff):
                     deleted += self._unlink(path)
             self._remove_stale_temporaries(time.time() - STALE_TEMP_AGE)
+            self._remove_stale_cancels()
         return deleted
 
     def _remove_stale_temporaries(self, cutoff: float) -> None:
@@ -142,6 +153,42 @@ class FileStore(Store):
                 continue
             except OSError as exc:
                 raise StoreError(f"cannot delete {str(path)!r}: {exc}") from exc
+
+    # ------------------------------------------------------------------ cancel requests
+
+    def cancel_path(self, key: str, run: str) -> Path:
+        """The marker file asking run ``run`` of ``key`` to stop (next to its record)."""
+        return self.directory / (_file_name(key)[: -len(SUFFIX)] + "." + run + CANCEL_SUFFIX)
+
+    def request_cancel(self, key: str) -> bool:
+        owner = cancellable(self.read(key))
+        if owner is None:
+            return False
+        path = self.cancel_path(key, owner.run)
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | _O_CLOEXEC, 0o666))
+        except OSError as exc:
+            raise StoreError(f"cannot write the cancel request {str(path)!r}: {exc}") from exc
+        return True
+
+    def cancels_requested(self, runs: Sequence[tuple[str, Owner]]) -> list[bool]:
+        """One ``stat`` per run."""
+        return [os.path.exists(self.cancel_path(key, owner.run)) for key, owner in runs]
+
+    def clear_cancel(self, key: str, owner: Owner) -> None:
+        self._unlink(self.cancel_path(key, owner.run))
+
+    def _remove_stale_cancels(self) -> None:
+        """Markers left by owners that died before removing them: their run no longer
+        holds a running record."""
+        for path in self._names(lambda n: n.endswith(CANCEL_SUFFIX) and not n.startswith(".")):
+            digest, _, run = path.name[: -len(CANCEL_SUFFIX)].partition(".")
+            record = self._read_path(
+                self.directory / (digest + SUFFIX), missing_ok=True, skip_corrupt=True
+            )
+            owner = cancellable(record)
+            if owner is None or owner.run != run:
+                self._unlink(path)
 
     def _write(self, path: Path, data: bytes) -> None:
         try:

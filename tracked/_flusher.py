@@ -5,8 +5,12 @@ handle at most once per ``min_interval``, looking again one interval after each
 write, and forgets it once it stays unchanged for an interval. Due writes of one
 tick go to each store as one ``save_many`` batch. Stores with a lease get their
 running records rewritten every ``lease / 3`` seconds; final writes that failed
-are retried (at most one pending per key). The thread starts on first use,
-anew in a forked child, and writes what is pending at exit.
+are retried (at most one pending per key). While runs are live it also asks
+their stores, every ``min_interval`` (at least ``CANCEL_POLL_MIN``, at most
+``CANCEL_POLL_MAX`` seconds), whether someone requested them to stop: one
+``cancels_requested`` call per store (a ``stat`` per FileStore run, one round
+trip per RedisStore). The thread starts on first use, anew in a forked child,
+and writes what is pending at exit.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import atexit
 import collections
 import heapq
 import itertools
+import math
 import os
 import threading
 import time
@@ -33,6 +38,9 @@ MAX_SLEEP = 1.0
 FAILURE_RETRY = 0.25
 #: Seconds between attempts of a final write that failed.
 FINAL_RETRY = 0.5
+#: Bounds of the interval between looks for cancel requests of the live runs.
+CANCEL_POLL_MIN = 0.05
+CANCEL_POLL_MAX = 1.0
 
 
 class Flushable(Protocol):
@@ -47,12 +55,14 @@ class Flushable(Protocol):
     _superseded: bool
     _last_write: float
     _store_failing: bool
+    _owner: Owner | None
 
     def flush(self) -> bool: ...
     def _begin_write(self) -> tuple[State, Owner] | None: ...
     def _end_write(self, error: Exception | None) -> None: ...
     def _write_final(self) -> bool: ...
     def _release(self) -> None: ...
+    def _cancel_seen(self) -> None: ...
 
 
 Ref = weakref.ref[Flushable]
@@ -68,6 +78,7 @@ class _Flusher:
         self.order = itertools.count().__next__
         self.next_lease_scan = 0.0
         self.leases = False  # whether a watched handle's store has a lease
+        self.next_cancel_scan = 0.0
         self.thread: threading.Thread | None = None
         self.pid = os.getpid()
 
@@ -90,6 +101,8 @@ class _Flusher:
             deadlines.append(now + FINAL_RETRY)
         if self.leases:
             deadlines.append(self.next_lease_scan)
+        if self.watched:
+            deadlines.append(self.next_cancel_scan)
         return max(0.0, min(deadlines) - now) if deadlines else None
 
     def tick(self) -> None:
@@ -103,6 +116,8 @@ class _Flusher:
             self.plan(progress)
         if self.finals:
             self.retry_finals()
+        if now >= self.next_cancel_scan and self.watched:
+            self.scan_cancels(now)
         # Strong references are dropped here, outside any lock: the last one may be a
         # handle whose collection ends (and writes) its progress.
         del due
@@ -165,6 +180,24 @@ class _Flusher:
             for (progress, _, _), error in zip(batch, results, strict=True):
                 progress._end_write(error)
 
+    def scan_cancels(self, now: float) -> None:
+        """Ask each store whether any of its live runs here was requested to stop."""
+        live = [p for p in list(self.watched) if not p._ended and p._owner is not None]
+        poll = min([CANCEL_POLL_MAX, *(p.min_interval for p in live)])
+        self.next_cancel_scan = now + max(CANCEL_POLL_MIN, poll)
+        by_store: dict[int, tuple[Store, list[Flushable]]] = {}
+        for progress in live:
+            by_store.setdefault(id(progress.store), (progress.store, []))[1].append(progress)
+        for store, handles in by_store.values():
+            runs = [(p.key, p._owner) for p in handles if p._owner is not None]
+            try:
+                asked = store.cancels_requested(runs)
+            except Exception:  # noqa: BLE001, S112 - a broken store never kills the thread
+                continue
+            for progress, yes in zip(handles, asked, strict=True):
+                if yes:
+                    progress._cancel_seen()
+
     def retry_finals(self) -> None:
         with self.cond:
             pending = list(self.finals.items())
@@ -208,6 +241,11 @@ def watch(progress: Flushable) -> None:
     flusher = _current()
     with flusher.cond:
         flusher.watched.add(progress)
+        flusher.next_cancel_scan = min(
+            flusher.next_cancel_scan or math.inf,
+            time.monotonic() + max(CANCEL_POLL_MIN, min(progress.min_interval, CANCEL_POLL_MAX)),
+        )
+        flusher.cond.notify()
         if progress.store.lease:
             flusher.leases = True
             flusher.cond.notify()

@@ -71,6 +71,7 @@ def submit(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Progress:
         call = functools.partial(_call, progress, wrapped, args, kwargs)
     job = _Job(progress, call, context)
     progress._job = job
+    progress._cancel_hooks.append(functools.partial(pool.drop, job))
     pool.put(job)
     return progress
 
@@ -220,12 +221,26 @@ class _Pool:
                         self.cond.notify()
                     return
                 job = self.queue.popleft()
-                self.running.add(job)
+                stopped = job.progress.cancel_requested  # asked to stop while queued
+                if not stopped:
+                    self.running.add(job)
+            if stopped:
+                job.cancel_queued()  # it never starts
+                continue
             try:
                 job.run()
             finally:
                 with self.cond:
                     self.running.discard(job)
+
+    def drop(self, job: _Job) -> None:
+        """A cancel request reached a run: if it is still queued, it never starts."""
+        with self.cond:
+            try:
+                self.queue.remove(job)
+            except ValueError:
+                return  # running (it stops at its next yield or check()) or done
+        job.cancel_queued()
 
     def shutdown(self, timeout: float) -> None:
         """Cancel queued runs, wait up to ``timeout`` for running ones, cancel the rest."""

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from ._state import State
-from ._store import Owner, Record, Store, claim_or_raise
+from ._store import Owner, Record, Store, cancellable, claim_or_raise
 from .errors import RunSuperseded
 
 __all__ = ["MemoryStore"]
@@ -19,6 +19,7 @@ class MemoryStore(Store):
     def __init__(self) -> None:
         self._records: dict[str, Record] = {}
         self._lock = threading.Lock()
+        self._cancels: set[tuple[str, str]] = set()  # (key, run) asked to stop
 
     def __repr__(self) -> str:
         return f"MemoryStore(<{len(self._records)} records>)"
@@ -58,3 +59,19 @@ class MemoryStore(Store):
             for key in doomed:
                 del self._records[key]
         return len(doomed)
+
+    def request_cancel(self, key: str) -> bool:
+        with self._lock:
+            owner = cancellable(self._records.get(key))
+            if owner is None:
+                return False
+            self._cancels.add((key, owner.run))
+            return True
+
+    def cancels_requested(self, runs: Sequence[tuple[str, Owner]]) -> list[bool]:
+        cancels = self._cancels
+        return [(key, owner.run) in cancels for key, owner in runs]
+
+    def clear_cancel(self, key: str, owner: Owner) -> None:
+        with self._lock:
+            self._cancels.discard((key, owner.run))

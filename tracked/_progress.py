@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
@@ -26,7 +26,7 @@ from . import _flusher
 from ._state import DEFAULT_STATUS, State, as_int, encode_result, make_key
 from ._store import Owner, Store, register_live_run, unregister_live_run
 from ._text import clean_message, clean_text
-from .errors import InvalidValue, RunSuperseded, StoreError
+from .errors import Cancelled, InvalidValue, RunSuperseded, StoreError
 
 __all__ = ["Progress", "current_progress"]
 
@@ -61,6 +61,8 @@ class Progress:
     __slots__ = (
         "__weakref__",
         "_base",
+        "_cancel_hooks",
+        "_cancel_requested",
         "_clean",
         "_context_tokens",
         "_end_on_collect",
@@ -160,6 +162,8 @@ class Progress:
         _handles.add(self)
         self._result: Any = None
         self._job: Any = None  # set by tracked.submit(): what wait() waits for
+        self._cancel_requested = False  # set once, by the flusher: someone asked to stop
+        self._cancel_hooks: list[Callable[[], object]] = []  # run when that is seen
 
     def __repr__(self) -> str:
         total = "?" if self._total is None else self._total
@@ -205,6 +209,8 @@ class Progress:
                 return
             self._ended = True
             self._clean = False  # updates after the end no longer reach the flusher
+            if self._cancel_requested:  # asked to stop, and stopped: however it ended
+                state, error, self._status = "cancelled", None, None
             self._state = state
             self._error = None if error is None else clean_text(error)
             self._finished_time = time.time()
@@ -228,6 +234,42 @@ class Progress:
         run is no longer held by this process."""
         if self._owner is not None:
             unregister_live_run(self._owner.run)
+            if self._cancel_requested:
+                try:
+                    self.store.clear_cancel(self.key, self._owner)
+                except Exception as exc:  # noqa: BLE001 - a leftover request reaches no run
+                    logger.warning("tracked: cannot remove the cancel request of %r: %s",
+                                   self.key, exc)
+
+    # ------------------------------------------------------------------ cancel requests
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True once someone asked this run to stop (``tracked.cancel``, a DELETE on
+        the status route, ``tracked cancel``): the flusher sees requests within about
+        ``min_interval``. The run then ends ``cancelled`` however it ends."""
+        return self._cancel_requested
+
+    def check(self) -> None:
+        """Raise ``tracked.Cancelled`` if this run was asked to stop; else do nothing.
+
+        Call it where the task can stop cleanly; it only reads a flag."""
+        if self._cancel_requested:
+            raise Cancelled(self.key)
+
+    def _cancel_seen(self) -> None:
+        """The flusher found a cancel request for this run: raise the flag, make the
+        next update (a ``@tracked`` generator's next yield) look at it, run the hooks
+        (a coroutine's task is cancelled, a queued job dropped)."""
+        if self._cancel_requested or self._ended:
+            return
+        self._cancel_requested = True
+        self._clean = True  # the generator loops test the flag on their `_clean` path
+        for hook in self._cancel_hooks:
+            try:
+                hook()
+            except Exception:
+                logger.exception("tracked: a cancel hook of %r failed", self.key)
 
     def __enter__(self) -> Progress:
         self._context_tokens.append(current_progress.set(self))
@@ -359,7 +401,9 @@ class Progress:
     def wait(self, timeout: float | None = None) -> Any:
         """Block until a run started with ``tracked.submit`` ends; return its function's
         return value or raise its exception. ``TimeoutError`` after ``timeout`` seconds;
-        ``concurrent.futures.CancelledError`` if it was cancelled before it started."""
+        ``concurrent.futures.CancelledError`` if it was cancelled before it started;
+        ``tracked.Cancelled`` (a ``BaseException``) if a generator job asked to stop
+        while running let it out."""
         if self._job is None:
             raise TypeError(f"{self!r} was not started by tracked.submit(): nothing to wait for")
         return self._job.wait(timeout)
@@ -623,7 +667,7 @@ if hasattr(os, "register_at_fork"):
 def _is_cancellation(exc: BaseException) -> bool:
     """Whether ``exc`` stops work from outside (a closed generator, Ctrl-C, a
     cancelled asyncio task) rather than reporting that the work failed."""
-    if isinstance(exc, (GeneratorExit, KeyboardInterrupt)):
+    if isinstance(exc, (GeneratorExit, KeyboardInterrupt, Cancelled)):
         return True
     asyncio = sys.modules.get("asyncio")  # no task can be cancelled without it
     return asyncio is not None and isinstance(exc, asyncio.CancelledError)

@@ -303,6 +303,24 @@ class Store(abc.ABC):
         """Delete ended and abandoned records that ended more than ``older_than``
         seconds ago; never a running one. Returns how many were deleted."""
 
+    def request_cancel(self, key: str) -> bool:
+        """Ask the running progress ``key`` to stop: True when a live run was asked
+        (again: requests are idempotent), False when none runs (unknown or ended).
+
+        Never rewrites the owner's record: a request is a side marker tied to the
+        run's token, which the owner's flusher picks up, so a request for one run
+        never reaches a later run of the same name.
+        """
+        raise StoreError(f"{self!r} cannot take cancel requests")
+
+    def cancels_requested(self, runs: Sequence[tuple[str, Owner]]) -> list[bool]:
+        """For the owner's flusher: whether a stop was requested for each (key, owner)
+        of this process's live runs. Backends with round trips send them together."""
+        return [False] * len(runs)
+
+    def clear_cancel(self, key: str, owner: Owner) -> None:  # noqa: B027 - optional hook
+        """For the owner, once its run has ended: remove the run's cancel request."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections or handles the store holds."""
 
@@ -321,6 +339,13 @@ class Store(abc.ABC):
         state = judge(record)
         ended_at = state.finished_time if state.finished_time is not None else state.current_time
         return not state.in_progress and ended_at < cutoff
+
+
+def cancellable(record: Record | None) -> Owner | None:
+    """The owner of ``record`` if it is a live run a cancel request may reach."""
+    if record is None or record.owner is None or not judge(record).in_progress:
+        return None
+    return record.owner
 
 
 def claim_or_raise(existing: Record | None, key: str) -> None:

@@ -29,6 +29,7 @@ __all__ = [
     "ALLOW",
     "JSON_TYPE",
     "Authorize",
+    "CancelPolicy",
     "RenderCache",
     "Rendered",
     "Response",
@@ -47,6 +48,9 @@ logger = logging.getLogger("tracked")
 #: ``authorize(request, key) -> bool``: ``request`` is whatever the adapter passes
 #: (Bottle's request, a WSGI environ), ``key`` the storage key asked for.
 Authorize = Callable[[Any, str], bool]
+#: ``cancel=``: False (DELETE answers 405), True (whoever may read may cancel), or
+#: ``(request, key) -> bool`` deciding per request (403 when it says no).
+CancelPolicy = bool | Callable[[Any, str], bool]
 Signature = tuple[int, int, int]
 
 JSON_TYPE = "application/json; charset=utf-8"
@@ -108,11 +112,17 @@ class StatusService:
         store: tracked.Store | str | os.PathLike[str] | None = None,
         *,
         authorize: Authorize | None = None,
+        cancel: CancelPolicy = False,
+        show_errors: bool = True,
     ) -> None:
         if authorize is not None and not callable(authorize):
             raise tracked.InvalidValue(f"authorize must be callable, got {authorize!r}")
+        if not isinstance(cancel, bool) and not callable(cancel):
+            raise tracked.InvalidValue(f"cancel must be a bool or a callable, got {cancel!r}")
         self.store = None if store is None else tracked.open_store(store)
         self.authorize = authorize
+        self.cancel = cancel
+        self.show_errors = bool(show_errors)
         self._cache: RenderCache | None = None
 
     def __repr__(self) -> str:
@@ -122,6 +132,8 @@ class StatusService:
         """The answer to ``request``: the wire JSON, a 304, or a JSON error; never raises
         for anything a client sends."""
         method = request.method
+        if self.cancel is not False and (method == "DELETE" or method == "OPTIONS"):
+            return self._cancel(request) if method == "DELETE" else _OPTIONS_WITH_DELETE
         if method != "GET" and method != "HEAD":
             return _not_allowed(method)
         try:
@@ -167,9 +179,46 @@ class StatusService:
         state = store.load(key)
         if state is None:
             return None
-        rendered = render(state.messages_since(since) if since else state)
+        rendered = render(self._shown(state.messages_since(since) if since else state))
         cache.put(key, since, signature, rendered, state.in_progress, now)
         return rendered
+
+
+    def _shown(self, state: tracked.State) -> tracked.State:
+        """``state`` as readers of the route see it: with ``show_errors=False`` a failed
+        run's error text is replaced by ``"failed"`` (the store keeps the text)."""
+        if self.show_errors or state.error is None:
+            return state
+        return dataclasses.replace(state, error="failed")
+
+    def _cancel(self, request: StatusRequest) -> Response:
+        """``DELETE {prefix}/<name>``: ask the running progress to stop (see ``tracked.cancel``).
+
+        202 with the wire JSON when a running progress was asked, 404 when there is
+        none, 409 when it already ended; 403 when ``authorize`` or a ``cancel``
+        callable refuses."""
+        try:
+            key, _ = self._key_and_since(request)
+        except tracked.TrackedError as exc:
+            return error(400, str(exc))
+        if self.authorize is not None and not self.authorize(request.native, key):
+            return error(403, "not allowed to read this progress")
+        if callable(self.cancel) and not self.cancel(request.native, key):
+            return error(403, "not allowed to cancel this progress")
+        shown = key.replace("\0", "?progress_id=")
+        store = self.store or tracked.default_store()
+        try:
+            state = store.load(key)
+            asked = state is not None and state.in_progress and store.request_cancel(key)
+        except Exception as exc:  # noqa: BLE001 - a store problem, answered in JSON
+            logger.warning("tracked: cannot ask %r to stop: %s", key, exc)
+            return error(500, "the progress store cannot be used")
+        if state is None:
+            return error(404, f"no progress {shown!r}")
+        if not asked:
+            return error(409, f"progress {shown!r} is not running (it ended {state.state})")
+        body = render(self._shown(state)).body
+        return Response(202, (("Content-Type", JSON_TYPE), _NO_STORE), body)
 
 
 class RenderCache:
@@ -380,6 +429,10 @@ def error(status: int, message: str, *headers: tuple[str, str]) -> Response:
     """The JSON error every failure answers with: ``{"error": ..., "status": "error"}``."""
     body = json.dumps({"error": message, "status": "error"}, ensure_ascii=False).encode()
     return Response(status, (("Content-Type", JSON_TYPE), _NO_STORE, *headers), body)
+
+
+#: OPTIONS while DELETE is allowed (``cancel=``).
+_OPTIONS_WITH_DELETE = Response(204, (("Allow", ALLOW + ", DELETE"), _NO_STORE))
 
 
 def _not_allowed(method: str) -> Response:

@@ -18,7 +18,7 @@ from typing import Any
 
 import tracked
 
-from ._web import Authorize, Response, StatusRequest, StatusService
+from ._web import Authorize, CancelPolicy, Response, StatusRequest, StatusService
 
 __all__ = ["status_app"]
 
@@ -33,11 +33,17 @@ def status_app(
     store: tracked.Store | str | os.PathLike[str] | None = None,
     *,
     authorize: Authorize | None = None,
+    cancel: CancelPolicy = False,
+    show_errors: bool = True,
 ) -> ASGIApp:
     """An ASGI app serving the status route for ``store`` (None: the process default
     at request time). ``authorize(scope, key)`` returning false answers 403; it
-    runs in the worker thread with the rest of the request."""
-    service = StatusService(store, authorize=authorize)
+    runs in the worker thread with the rest of the request. ``cancel`` (off by
+    default) lets ``DELETE /<name>`` ask a running progress to stop: True for
+    whoever ``authorize`` lets read it, or ``(scope, key) -> bool`` per request.
+    ``show_errors=False`` sends ``"error": "failed"`` instead of the exception's
+    text (the store keeps it)."""
+    service = StatusService(store, authorize=authorize, cancel=cancel, show_errors=show_errors)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

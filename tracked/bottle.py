@@ -29,6 +29,7 @@ import tracked
 from ._scope import RequestScope, request_scope
 from ._web import (
     Authorize,
+    CancelPolicy,
     StatusRequest,
     StatusService,
     error,
@@ -54,8 +55,13 @@ class TrackedPlugin:
     ``store`` is a ``Store``, a directory or a store URL (None: the process
     default at request time); ``prefix`` is where the status route lives;
     ``authorize(request, key)`` returning false makes the status route answer 403.
-    ``key`` is the name, the progress_id, or both joined by NUL, as
-    ``tracked.State(name, progress_id).key`` builds it.
+    ``cancel`` (off by default: DELETE answers 405) lets ``DELETE {prefix}/<name>``
+    ask a running progress to stop: True for whoever ``authorize`` lets read it, or
+    ``(request, key) -> bool`` deciding per request (403 when it says no).
+    ``show_errors=False`` sends ``"error": "failed"`` to readers instead of the
+    exception's text, which the store keeps for ``tracked show``. ``key`` is the
+    name, the progress_id, or both joined by NUL, as ``tracked.State(name,
+    progress_id).key`` builds it.
     """
 
     name = "tracked"
@@ -66,12 +72,16 @@ class TrackedPlugin:
         store: tracked.Store | str | os.PathLike[str] | None = None,
         prefix: str = "/_progress_status",
         authorize: Authorize | None = None,
+        cancel: CancelPolicy = False,
+        show_errors: bool = True,
     ) -> None:
         if not isinstance(prefix, str) or not prefix.startswith("/") or "<" in prefix:
             raise tracked.InvalidValue(
                 f"prefix must be a URL path starting with '/' and without '<', got {prefix!r}"
             )
-        self.service = StatusService(store, authorize=authorize)
+        self.service = StatusService(
+            store, authorize=authorize, cancel=cancel, show_errors=show_errors
+        )
         self.store = self.service.store
         self.prefix = prefix.rstrip("/")
         self.authorize = authorize
@@ -117,6 +127,8 @@ class TrackedPlugin:
                 return result
             except REFUSALS as exc:
                 return refusal_response(exc)
+            except tracked.Cancelled as exc:  # an in-request run was asked to stop
+                return error_response(409, str(exc))
             finally:
                 request_scope.reset(token)
 
@@ -167,6 +179,12 @@ class ScopedBody:
         return self
 
     def __next__(self) -> bytes:
+        try:
+            return self._next()
+        except tracked.Cancelled:  # the run was asked to stop: the stream simply ends
+            raise StopIteration from None
+
+    def _next(self) -> bytes:
         run, generator = self._context.run, self._generator
         if not self._started:
             self._started = True

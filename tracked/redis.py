@@ -160,6 +160,22 @@ return {fields[1], fields[2], cjson.encode(redis.call('LRANGE', KEYS[2], 0, -1))
   redis.call('PTTL', KEYS[3])}
 """
 
+# KEYS: record, lease, cancel; ARGV: ttl_ms -- asks the running run to stop:
+# stores its run id under the cancel key; 1 asked, 0 nothing running.
+_REQUEST_CANCEL = """
+if redis.call('HGET', KEYS[1], 'running') ~= '1' then return 0 end
+local run = redis.call('GET', KEYS[2])
+if not run or redis.call('HGET', KEYS[1], 'run') ~= run then return 0 end
+redis.call('SET', KEYS[3], run, 'PX', tonumber(ARGV[1]))
+return 1
+"""
+
+# KEYS: cancel; ARGV: run -- the owner removes its own run's request.
+_CLEAR_CANCEL = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 
 # The record's version token (see ``RedisStore.version``), or false if there is none.
 _VERSION = _LIVE + """
@@ -260,6 +276,8 @@ class RedisStore(Store):
         self._read = _Script(_READ)
         self._delete = _Script(_DELETE)
         self._version = _Script(_VERSION)
+        self._request_cancel = _Script(_REQUEST_CANCEL)
+        self._clear_cancel = _Script(_CLEAR_CANCEL)
         self._written: dict[str, _Written] = {}
         self._name_cache: dict[str, tuple[list[bytes], bytes]] = {}
 
@@ -295,6 +313,11 @@ class RedisStore(Store):
     def lease_key(self, key: str) -> str:
         """The Redis key whose TTL is the running owner's lease."""
         return f"{self.prefix}lease:{_tag(key)}"
+
+    def cancel_key(self, key: str) -> str:
+        """The Redis key holding the run id of a running owner asked to stop (with the
+        run's lease as its TTL)."""
+        return f"{self.prefix}cancel:{_tag(key)}"
 
     def channel(self, key: str) -> str:
         """The pub/sub channel on which every write of ``key`` is published."""
@@ -461,6 +484,28 @@ class RedisStore(Store):
             if isinstance(reply, Exception):
                 raise self._failure(reply)
         return sum(int(reply) for reply in replies)
+
+    # ------------------------------------------------------------------ cancel requests
+
+    def request_cancel(self, key: str) -> bool:
+        keys = [self.record_key(key), self.lease_key(key), self.cancel_key(key)]
+        return bool(self._call(self._run, self._request_cancel, keys, [_ms(self._lease)]))
+
+    def cancels_requested(self, runs: Sequence[tuple[str, Owner]]) -> list[bool]:
+        """One round trip for all of this process's live runs on this store."""
+        if not runs:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for key, _ in runs:
+            pipe.get(self.cancel_key(key))
+        replies = self._call(pipe.execute, raise_on_error=False)
+        return [
+            isinstance(reply, (bytes, str)) and _text(reply) == owner.run
+            for reply, (_, owner) in zip(replies, runs, strict=True)
+        ]
+
+    def clear_cancel(self, key: str, owner: Owner) -> None:
+        self._call(self._run, self._clear_cancel, [self.cancel_key(key)], [owner.run])
 
     # ------------------------------------------------------------------ reads
 

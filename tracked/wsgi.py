@@ -21,7 +21,7 @@ from typing import Any
 
 import tracked
 
-from ._web import Authorize, Response, StatusRequest, StatusService, error
+from ._web import Authorize, CancelPolicy, Response, StatusRequest, StatusService, error
 
 __all__ = ["status_app"]
 
@@ -35,10 +35,16 @@ def status_app(
     store: tracked.Store | str | os.PathLike[str] | None = None,
     *,
     authorize: Authorize | None = None,
+    cancel: CancelPolicy = False,
+    show_errors: bool = True,
 ) -> WSGIApp:
     """A WSGI app serving the status route for ``store`` (None: the process default
-    at request time). ``authorize(environ, key)`` returning false answers 403."""
-    service = StatusService(store, authorize=authorize)
+    at request time). ``authorize(environ, key)`` returning false answers 403.
+    ``cancel`` (off by default) lets ``DELETE /<name>`` ask a running progress to
+    stop: True for whoever ``authorize`` lets read it, or ``(environ, key) -> bool``
+    per request. ``show_errors=False`` sends ``"error": "failed"`` instead of the
+    exception's text (the store keeps it)."""
+    service = StatusService(store, authorize=authorize, cancel=cancel, show_errors=show_errors)
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         answer = _answer(service, environ)

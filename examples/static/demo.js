@@ -21,6 +21,7 @@
     el('start').disabled = busy;
     el('start-stream').disabled = busy;
     el('stop').disabled = !busy;
+    el('cancel').disabled = !busy;
   }
 
   function reset(progressId) {
@@ -127,6 +128,7 @@
       onSuccess: function (state) {
         setText('result', state.result === null ? 'none (the job returned nothing)' : JSON.stringify(state.result));
       },
+      onCancel: function () { setText('result', 'stopped on request'); },
       onDone: finished,
       onError: function (err) { failed(err.message); },
     };
@@ -149,6 +151,16 @@
 
   el('start').addEventListener('click', function () { start('background'); });
   el('start-stream').addEventListener('click', function () { start('stream'); });
+  el('cancel').addEventListener('click', function () {
+    if (!watcher) return;
+    el('cancel').disabled = true;
+    setText('status', 'asking the job to stop');
+    watcher.cancel().then(function (answer) {
+      if (answer.httpStatus !== 202) setText('status', 'not stopped: ' + String(answer.error));
+    }, function (err) {
+      setText('status', 'the stop request failed: ' + err.message);
+    });
+  });
   el('stop').addEventListener('click', function () {
     if (watcher) watcher.stop();
     watcher = null;

@@ -15,6 +15,10 @@
  *     onError(err) { console.error(err.message); },
  *   });
  *   // watcher.stop() stops polling; no callback is called after it.
+ *   // watcher.cancel() asks the run to stop (DELETE on the status route, allowed
+ *   // by the server's `cancel=` option): a Promise of the JSON answer (the state
+ *   // with a 202, else {error, status: 'error'}); polling goes on, and the final
+ *   // state reaches onProgress, then onCancel(state) and onDone(state).
  *
  * `tracked.statusUrl(name, {prefix})` builds the status URL of any progress name
  * so that browsers request it unchanged: a name with a `.` or `..` segment is
@@ -49,6 +53,7 @@
     onGap: null, // (count, firstIndex) when the server dropped messages never received
     onWaiting: null, // (elapsedMs) for each 404 inside startTimeout
     onSuccess: null, // (state) once, before onDone, when it finished; state.result is its result
+    onCancel: null, // (state) once, before onDone, when it ended cancelled (asked to stop)
     onDone: null, // (state) once, when the progress is no longer in progress
     onError: null, // (err) once, when tracking gives up; err.kind and err.status say why
   };
@@ -67,6 +72,9 @@
       },
       get stopped() {
         return tracker.stopped;
+      },
+      cancel: function () {
+        return tracker.cancel();
       },
     };
   }
@@ -95,6 +103,32 @@
       this.controller.abort();
       this.controller = null;
     }
+  };
+
+  /**
+   * Ask the run to stop: DELETE on the status URL (with the progressId). Resolves
+   * with the JSON answer and its HTTP status as `answer.httpStatus` (202: asked;
+   * 404, 409, 403, 405: see `answer.error`); rejects on a network failure. The
+   * tracker keeps polling, so the final state arrives by the usual callbacks.
+   */
+  Tracker.prototype.cancel = async function () {
+    let url = this.url;
+    if (this.opts.progressId) {
+      url += (url.indexOf('?') === -1 ? '?' : '&') + 'progress_id=' + encodeURIComponent(this.opts.progressId);
+    }
+    const response = await fetch(url, {
+      method: 'DELETE',
+      headers: {Accept: 'application/json'},
+      cache: 'no-store',
+      credentials: 'same-origin',
+    });
+    const body = (await readJson(response)) || {error: response.statusText, status: 'error'};
+    body.httpStatus = response.status;
+    if (response.status === 202 && !this.stopped && this.timer !== null) {
+      clearTimeout(this.timer); // look again soon: the run stops within about a tick
+      this.schedule(Math.min(this.opts.interval, 200));
+    }
+    return body;
   };
 
   Tracker.prototype.pollUrl = function () {
@@ -207,6 +241,7 @@
     if (state.in_progress === false) {
       this.stop();
       if (state.state === 'finished') call(this.opts.onSuccess, state);
+      if (state.state === 'cancelled') call(this.opts.onCancel, state);
       call(this.opts.onDone, state);
       return;
     }
