@@ -9,6 +9,7 @@ so no name can reach outside the directory. Reading needs no write access.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import itertools
@@ -21,7 +22,16 @@ from pathlib import Path
 import filelock
 
 from ._state import State
-from ._store import Owner, Record, Store, claim_or_raise, decode_record, encode_record
+from ._store import (
+    Owner,
+    Record,
+    SharedPart,
+    Store,
+    claim_or_raise,
+    decode_record,
+    encode_record,
+    judge,
+)
 from .errors import RunSuperseded, StoreError
 
 __all__ = ["FileStore"]
@@ -29,6 +39,8 @@ __all__ = ["FileStore"]
 LOCK_TIMEOUT = 10.0
 SUFFIX = ".json"
 TEMP_SUFFIX = ".tmp"
+#: The joined workers' parts of a shared run live in ``<record name>.parts/``.
+PARTS_SUFFIX = ".parts"
 #: A temporary file older than this was left by a killed writer: ``prune`` removes it.
 STALE_TEMP_AGE = 60.0
 #: ``encode_record`` writes the owner first, so its run token is in the file's head.
@@ -116,6 +128,7 @@ class FileStore(Store):
 
     def delete(self, key: str) -> bool:
         with self._locked():
+            self._remove_parts(self.parts_dir(key))
             return self._unlink(self.path_for(key))
 
     def prune(self, older_than: float) -> int:
@@ -131,6 +144,7 @@ class FileStore(Store):
                 if record is not None and self._prunable(record, cutoff):
                     deleted += self._unlink(path)
             self._remove_stale_temporaries(time.time() - STALE_TEMP_AGE)
+            self._prune_parts()
         return deleted
 
     def _remove_stale_temporaries(self, cutoff: float) -> None:
@@ -201,6 +215,77 @@ class FileStore(Store):
         # A fresh lock object per use: flock conflicts between open files even
         # within one process, so threads and processes are excluded alike.
         return _StoreLock(self._lock_path, timeout=LOCK_TIMEOUT)
+
+    # ------------------------------------------------------------------ shared runs
+
+    def parts_dir(self, key: str) -> Path:
+        """The directory of the joined workers' parts of ``key`` (``tracked.join``):
+        one file per worker, ``<run>.<worker>.json``, never the owner's record."""
+        return self.path_for(key).with_suffix(PARTS_SUFFIX)
+
+    def write_part(self, key: str, part: SharedPart) -> bool:
+        record = self._read_path(self.path_for(key), missing_ok=True, skip_corrupt=True)
+        if (
+            record is None
+            or record.owner is None
+            or record.owner.run != part.run
+            or not record.state.in_progress
+        ):
+            return False
+        folder = self.parts_dir(key)
+        path = folder / f"{part.run}.{part.worker}{SUFFIX}"
+        try:
+            try:
+                self._replace(path, part.encode())
+            except FileNotFoundError:
+                folder.mkdir(parents=True, exist_ok=True)
+                self._replace(path, part.encode())
+        except OSError as exc:
+            raise StoreError(f"cannot write {str(path)!r}: {exc}") from exc
+        return True
+
+    def read_parts(self, key: str, run: str) -> list[SharedPart]:
+        folder = self.parts_dir(key)
+        try:
+            names = os.listdir(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as exc:
+            raise StoreError(f"cannot list {str(folder)!r}: {exc}") from exc
+        parts = []
+        for name in names:
+            if name.startswith(run + ".") and name.endswith(SUFFIX):
+                try:
+                    part = SharedPart.decode((folder / name).read_bytes())
+                except (OSError, ValueError):
+                    continue  # gone since the listing, or not a part: it adds nothing
+                if part.run == run:
+                    parts.append(part)
+        return parts
+
+    def delete_parts(self, key: str, run: str) -> None:
+        self._remove_parts(self.parts_dir(key), run + ".")
+
+    @staticmethod
+    def _remove_parts(folder: Path, prefix: str = "") -> None:
+        """Delete the part files in ``folder`` whose names start with ``prefix``, and
+        the folder once empty; never raises (what is left, ``prune`` removes later)."""
+        try:
+            for name in os.listdir(folder):
+                if name.startswith(prefix):
+                    with contextlib.suppress(OSError):
+                        os.unlink(folder / name)
+            os.rmdir(folder)
+        except OSError:
+            pass
+
+    def _prune_parts(self) -> None:
+        """Remove parts directories whose record is gone or ended (a worker's write
+        that raced its owner's end, or a run whose owner was killed)."""
+        for folder in self._names(lambda n: n.endswith(PARTS_SUFFIX)):
+            record = self._read_path(folder.with_suffix(SUFFIX), missing_ok=True, skip_corrupt=True)
+            if record is None or not judge(record).in_progress:
+                self._remove_parts(folder)
 
     # ------------------------------------------------------------------ reads
 

@@ -35,7 +35,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ._state import State
-from ._store import Owner, Record, Store
+from ._store import Owner, Record, SharedPart, Store
 from .errors import AlreadyRunning, InvalidValue, StoreError
 
 __all__ = ["RedisStore"]
@@ -93,6 +93,27 @@ redis.call('PUBLISH', ARGV[11], ARGV[12])
 return 1
 """
 
+# ARGV: run, field, part -- writes one joined worker's part while that run is running;
+# returns 1 written, 0 the run is over (the part is dropped).
+_WRITE_PART = """
+if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then return 0 end
+local fields = redis.call('HMGET', KEYS[1], 'run', 'running')
+if fields[1] ~= ARGV[1] or fields[2] ~= '1' then return 0 end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) else redis.call('PERSIST', KEYS[2]) end
+return 1
+"""
+
+# ARGV: run -- removes the parts of that run.
+_DELETE_PARTS = """
+local prefix = ARGV[1] .. '/'
+for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(field, 1, #prefix) == prefix then redis.call('HDEL', KEYS[1], field) end
+end
+return 1
+"""
+
 # ARGV: run -- deletes the record if that run still holds it and is not live.
 _PRUNE = """
 local rec, msgs, lease = KEYS[1], KEYS[2], KEYS[3]
@@ -110,8 +131,10 @@ return 1
 _READ = """
 local fields = redis.call('HMGET', KEYS[1], 'state', 'owner')
 if not fields[1] then return false end
-return {fields[1], fields[2], cjson.encode(redis.call('LRANGE', KEYS[2], 0, -1)),
+local reply = {fields[1], fields[2], cjson.encode(redis.call('LRANGE', KEYS[2], 0, -1)),
   redis.call('PTTL', KEYS[3])}
+if KEYS[4] then reply[5] = redis.call('HVALS', KEYS[4]) end
+return reply
 """
 
 
@@ -153,6 +176,7 @@ class RedisStore(Store):
         self._prune = self.client.register_script(_PRUNE)
         self._read = self.client.register_script(_READ)
         self._written: dict[str, _Written] = {}
+        self._url = url_or_client if isinstance(url_or_client, str) else None
 
     def __repr__(self) -> str:
         return f"RedisStore({self.address!r}, prefix={self.prefix!r})"
@@ -176,12 +200,21 @@ class RedisStore(Store):
         """The Redis key whose TTL is the running owner's lease."""
         return f"{self.prefix}lease:{key}"
 
+    def parts_key(self, key: str) -> str:
+        """The Redis hash of the joined workers' parts of ``key`` (``tracked.join``):
+        one field ``<run>/<worker>`` per worker, its part as JSON."""
+        return f"{self.prefix}parts:{key}"
+
     def channel(self, key: str) -> str:
         """The pub/sub channel on which every write of ``key`` is published."""
         return f"{self.prefix}events:{key}"
 
     def _keys(self, key: str) -> list[str]:
         return [self.record_key(key), self.messages_key(key), self.lease_key(key)]
+
+    def _read_keys(self, key: str) -> list[str]:
+        """A read's keys: the record's, then its joined workers' parts."""
+        return [*self._keys(key), self.parts_key(key)]
 
     # ------------------------------------------------------------------ writes
 
@@ -257,6 +290,7 @@ class RedisStore(Store):
         pipe = self.client.pipeline(transaction=True)
         pipe.delete(self.record_key(key))
         pipe.delete(self.messages_key(key), self.lease_key(key))
+        pipe.delete(self.parts_key(key))
         return int(pipe.execute()[0])
 
     def prune(self, older_than: float) -> int:
@@ -269,11 +303,45 @@ class RedisStore(Store):
             deleted += int(self._call(self._prune, keys=keys, args=[record.owner.run]))
         return deleted
 
+    # ------------------------------------------------------------------ shared runs
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickle as what reopens this store in another process (a share token
+        carries it to workers): the URL, or the client's connection settings."""
+        if self._url is not None:
+            source: Any = self._url
+        else:
+            pool = self.client.connection_pool
+            source = (pool.connection_class, dict(pool.connection_kwargs))
+        return (_reopen, (source, self.prefix, self.finished_ttl, self._lease))
+
+    def write_part(self, key: str, part: SharedPart) -> bool:
+        script = self.client.register_script(_WRITE_PART)
+        args = [part.run, f"{part.run}/{part.worker}", part.encode()]
+        keys = [self.record_key(key), self.parts_key(key)]
+        return bool(self._call(script, keys=keys, args=args))
+
+    def read_parts(self, key: str, run: str) -> list[SharedPart]:
+        fields = self._call(self.client.hgetall, self.parts_key(key))
+        prefix = run + "/"
+        parts = []
+        for field, value in fields.items():
+            if _text(field).startswith(prefix):
+                try:
+                    parts.append(SharedPart.decode(value))
+                except ValueError:
+                    continue
+        return [part for part in parts if part.run == run]
+
+    def delete_parts(self, key: str, run: str) -> None:
+        script = self.client.register_script(_DELETE_PARTS)
+        self._call(script, keys=[self.parts_key(key)], args=[run])
+
     # ------------------------------------------------------------------ reads
 
     def read(self, key: str) -> Record | None:
         try:
-            reply = self._read(keys=self._keys(key))
+            reply = self._read(keys=self._read_keys(key))
         except redis.ResponseError as exc:
             if "WRONGTYPE" not in str(exc):
                 raise self._failure(exc) from exc
@@ -312,7 +380,7 @@ class RedisStore(Store):
         """The read script's reply for each key, in one round trip (plus a script check)."""
         pipe = self.client.pipeline(transaction=False)
         for key in keys:
-            self._read(keys=self._keys(key), client=pipe)
+            self._read(keys=self._read_keys(key), client=pipe)
         return pipe.execute(raise_on_error=False)
 
     def _failure(self, exc: redis.RedisError) -> StoreError:
@@ -346,7 +414,8 @@ def _new_messages(state: State, run: str, previous: _Written | None) -> tuple[in
 
 def _decode(reply: Sequence[Any], now: float) -> Record:
     """A record from the read script's reply; ``ValueError`` if malformed."""
-    state_json, owner_json, messages_json, pttl = reply
+    state_json, owner_json, messages_json, pttl = reply[:4]
+    parts = _decode_parts(reply[4]) if len(reply) > 4 else None
     try:
         data = json.loads(state_json)
         messages = json.loads(messages_json)
@@ -360,7 +429,19 @@ def _decode(reply: Sequence[Any], now: float) -> Record:
     if owner_data is None:
         return Record(state, None)
     owner = Owner.from_dict(owner_data)
-    return Record(state, dataclasses.replace(owner, lease_expires=_lease_expires(pttl, now)))
+    owner = dataclasses.replace(owner, lease_expires=_lease_expires(pttl, now))
+    return Record(state, owner, parts)
+
+
+def _decode_parts(values: Sequence[Any]) -> tuple[SharedPart, ...]:
+    """The readable parts among a parts hash's values (others add nothing)."""
+    parts = []
+    for value in values or ():
+        try:
+            parts.append(SharedPart.decode(value))
+        except ValueError:
+            continue
+    return tuple(parts)
 
 
 def _lease_expires(pttl: int, now: float) -> float:
@@ -368,6 +449,20 @@ def _lease_expires(pttl: int, now: float) -> float:
     if pttl == -1:  # a lease key without a TTL: held until someone deletes it
         return math.inf
     return now + pttl / 1000.0 if pttl > 0 else 0.0
+
+
+def _reopen(
+    source: Any, prefix: str, finished_ttl: float | None, lease: float
+) -> RedisStore:
+    """A ``RedisStore`` from what ``RedisStore.__reduce__`` pickled."""
+    if isinstance(source, str):
+        return RedisStore(source, prefix=prefix, finished_ttl=finished_ttl, lease=lease)
+    connection_class, kwargs = source
+    pool = redis.ConnectionPool(connection_class=connection_class, **kwargs)
+    client = redis.Redis(connection_pool=pool)
+    store = RedisStore(client, prefix=prefix, finished_ttl=finished_ttl, lease=lease)
+    store._owns_client = True  # made here, so close() closes it
+    return store
 
 
 def _make_client(url_or_client: str | redis.Redis) -> redis.Redis:  # type: ignore[type-arg]

@@ -1,0 +1,239 @@
+"""One progress across processes: ``Progress.share()`` and ``tracked.join()``.
+
+Real worker processes (``ProcessPoolExecutor``, ``multiprocessing``) add to a run
+that the test process owns, through a real FileStore and a real redis-server.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import pickle
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+
+import tracked
+from tracked._share import JoinedProgress
+
+WORKERS = 8
+PER_WORKER = 10_000
+FORK = multiprocessing.get_context("fork")
+
+
+def add(token: tracked.ShareToken, n: int, message: str | None = None) -> int:
+    """A pool task: join the shared run, count ``n`` items one by one, say so."""
+    with tracked.join(token) as part:
+        for _ in range(n):
+            part += 1
+        if message is not None:
+            part.add_message(message)
+    return n
+
+
+def add_then_die(token: tracked.ShareToken, flushed: int, unflushed: int) -> None:
+    """Count ``flushed`` items and write them, then ``unflushed`` more, then SIGKILL
+    ourselves: no block exit, no atexit, no flusher write in between (the run's
+    ``min_interval`` is long)."""
+    part = tracked.join(token)
+    part.flush()  # written once, so the next wake is due min_interval from now
+    for _ in range(flushed):
+        part += 1
+    assert part.flush()
+    for _ in range(unflushed):
+        part += 1
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_eight_worker_processes_add_exactly_to_one_progress(shared_store_url: str) -> None:
+    store = tracked.open_store(shared_store_url)
+    with tracked.start("shared-count", total=WORKERS * PER_WORKER + 3, store=store) as run:
+        token = run.share()
+        with concurrent.futures.ProcessPoolExecutor(WORKERS, mp_context=FORK) as pool:
+            tasks = [
+                pool.submit(add, token, PER_WORKER, f"worker {i} done") for i in range(WORKERS)
+            ]
+            assert sum(task.result() for task in tasks) == WORKERS * PER_WORKER
+        run += 3
+        run.flush()
+        running = tracked.load("shared-count", store=store)
+        assert running is not None and running.in_progress
+        assert running.count == WORKERS * PER_WORKER + 3  # readers add the parts
+        assert running.message_count == WORKERS
+    final = tracked.load("shared-count", store=store)
+    assert final is not None and final.state == "finished"
+    assert final.count == WORKERS * PER_WORKER + 3
+    assert final.message_count == WORKERS
+    assert sorted(final.messages) == sorted(f"worker {i} done" for i in range(WORKERS))
+    assert run.count == final.count  # the owner's handle holds the folded final snapshot
+    store.close()
+
+
+def test_a_multiprocessing_pool_adds_to_the_progress_a_reader_lists(
+    shared_store_url: str,
+) -> None:
+    store = tracked.open_store(shared_store_url)
+    with tracked.start("pool-count", total=None, store=store) as run:
+        token = run.share()
+        with FORK.Pool(4) as pool:
+            assert pool.starmap(add, [(token, 250)] * 4) == [250] * 4
+        [listed] = [s for s in store.list() if s.name == "pool-count"]
+        assert listed.in_progress and listed.count == 1000
+    store.close()
+
+
+def test_a_sigkilled_worker_loses_only_its_unflushed_part(shared_store_url: str) -> None:
+    store = tracked.open_store(shared_store_url)
+    with tracked.start("killed-worker", total=None, store=store, min_interval=60) as run:
+        token = run.share()
+        workers = [FORK.Process(target=add, args=(token, PER_WORKER)) for _ in range(WORKERS - 1)]
+        killed = FORK.Process(target=add_then_die, args=(token, 5_000, 1_000))
+        for process in [*workers, killed]:
+            process.start()
+        for process in [*workers, killed]:
+            process.join(60)
+        assert [p.exitcode for p in workers] == [0] * (WORKERS - 1)
+        assert killed.exitcode == -signal.SIGKILL
+        running = tracked.load("killed-worker", store=store)
+        assert running is not None and running.count == (WORKERS - 1) * PER_WORKER + 5_000
+    final = tracked.load("killed-worker", store=store)
+    assert final is not None and final.count == (WORKERS - 1) * PER_WORKER + 5_000
+    store.close()
+
+
+def test_the_owners_end_ends_the_run_and_later_parts_are_dropped(tmp_path: Path) -> None:
+    store = tracked.FileStore(tmp_path / "store")
+    with tracked.start("ends-here", total=10, store=store) as run:
+        token = run.share()
+        part = tracked.join(token)
+        part += 4
+        assert part.flush()
+    assert tracked.load("ends-here", store=store).count == 4  # type: ignore[union-attr]
+    assert not store.parts_dir(run.key).exists()  # folded into the final record
+    part += 100  # after the owner's end
+    assert not part.flush()
+    assert not part.in_progress
+    assert part.state == "finished"
+    final = tracked.load("ends-here", store=store)
+    assert final is not None and final.count == 4 and final.state == "finished"
+    assert not store.parts_dir(run.key).exists()
+
+
+def test_joining_an_ended_progress_gives_an_inert_handle(shared_store_url: str) -> None:
+    store = tracked.open_store(shared_store_url)
+    with tracked.start("already-over", store=store) as run:
+        token = run.share()
+        run.cancel()
+    with tracked.join(token) as late:
+        assert not late.in_progress
+        assert late.state == "cancelled"
+        late += 7
+        late.add_message("too late")
+        assert not late.flush()
+    final = tracked.load("already-over", store=store)
+    assert final is not None and final.count == 0 and final.messages == ()
+    store.close()
+
+
+def test_a_later_run_of_the_same_name_never_receives_an_older_runs_parts(
+    tmp_path: Path,
+) -> None:
+    store = tracked.FileStore(tmp_path / "store")
+    with tracked.start("again", store=store) as first:
+        token = first.share()
+    with tracked.start("again", store=store):
+        stale = tracked.join(token)
+        assert not stale.in_progress
+        stale += 5
+        assert not stale.flush()
+        assert tracked.load("again", store=store).count == 0  # type: ignore[union-attr]
+
+
+def test_a_share_token_pickles_and_reopens_its_store(shared_store_url: str) -> None:
+    store = tracked.open_store(shared_store_url)
+    with tracked.start("pickled", store=store, progress_id="job-7", max_messages=5) as run:
+        token = run.share()
+        data = pickle.dumps(token)
+        assert len(data) < 1024
+        copy = pickle.loads(data)
+        assert (copy.key, copy.run, copy.max_messages) == (token.key, token.run, 5)
+        assert type(copy.store) is type(store)
+        with tracked.join(copy) as part:
+            part.add_message(*[f"m{i}" for i in range(7)])
+            part += 2
+        state = tracked.load("pickled", store=store, progress_id="job-7")
+        assert state is not None
+        assert state.count == 2 and state.message_count == 7
+        assert state.messages == ("m2", "m3", "m4", "m5", "m6")  # the run's max_messages
+        copy.store.close()
+    store.close()
+
+
+def test_a_memory_store_is_joined_by_threads_and_refused_to_other_processes() -> None:
+    store = tracked.MemoryStore()
+    with tracked.start("in-memory", total=None, store=store) as run:
+        token = run.share()
+
+        def count() -> None:
+            with tracked.join(token) as part:
+                for _ in range(1000):
+                    part += 1
+
+        threads = [threading.Thread(target=count) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert tracked.load("in-memory", store=store).count == 4000  # type: ignore[union-attr]
+        with pytest.raises(TypeError, match="MemoryStore lives in one process"):
+            pickle.dumps(token)
+        said = FORK.SimpleQueue()  # a forked child inherits the token without pickling
+        child = FORK.Process(target=lambda: said.put(_join_inherited(token)))
+        child.start()
+        child.join(30)
+        assert "can be joined only in that process" in said.get()
+    assert run.count == 4000
+
+
+def _join_inherited(token: tracked.ShareToken) -> str:
+    try:
+        tracked.join(token)
+    except tracked.StoreError as exc:
+        return str(exc)
+    return "joined"
+
+
+def test_a_forked_child_cannot_share_the_parents_run(tmp_path: Path) -> None:
+    store = tracked.FileStore(tmp_path / "store")
+    with tracked.start("not-yours", store=store) as run:
+        said = FORK.SimpleQueue()
+        child = FORK.Process(target=lambda: said.put(_share_inherited(run)))
+        child.start()
+        child.join(30)
+        assert "only by the process that started it" in said.get()
+
+
+def _share_inherited(run: tracked.Progress) -> str:
+    try:
+        run.share()
+    except tracked.TrackedError as exc:
+        return str(exc)
+    return "shared"
+
+
+def test_a_joined_handle_is_current_inside_its_block_and_leaves_the_run_running(
+    tmp_path: Path,
+) -> None:
+    store = tracked.FileStore(tmp_path / "store")
+    with tracked.start("current", store=store) as run:
+        with tracked.join(run.share()) as part:
+            assert isinstance(part, JoinedProgress)
+            assert tracked.current() is part
+            tracked.current().increment(3, "from the worker")
+        assert run.in_progress
+        state = tracked.load("current", store=store)
+        assert state is not None and state.in_progress
+        assert state.count == 3 and state.messages == ("from the worker",)
