@@ -7,17 +7,22 @@ that the test process owns, through a real FileStore and a real redis-server.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import multiprocessing
 import os
 import pickle
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
+import webtest
 
 import tracked
 from tracked._share import JoinedProgress
+from tracked.wsgi import status_app
 
 WORKERS = 8
 PER_WORKER = 10_000
@@ -237,3 +242,26 @@ def test_a_joined_handle_is_current_inside_its_block_and_leaves_the_run_running(
         state = tracked.load("current", store=store)
         assert state is not None and state.in_progress
         assert state.count == 3 and state.messages == ("from the worker",)
+
+
+def test_the_status_route_and_the_cli_show_the_workers_count_while_it_runs(
+    shared_store_url: str,
+) -> None:
+    store = tracked.open_store(shared_store_url)
+    with tracked.start("watched", total=2000, store=store) as run:
+        token = run.share()
+        with concurrent.futures.ProcessPoolExecutor(2, mp_context=FORK) as pool:
+            assert list(pool.map(add, [token, token], [1000, 1000], ["a", "b"])) == [1000] * 2
+        client = webtest.TestApp(status_app(store))
+        wire = client.get("/watched").json
+        assert (wire["count"], wire["in_progress"], wire["message_count"]) == (2000, True, 2)
+        command = ["show", "watched", "--json", "--store", shared_store_url]
+        shown = subprocess.run(
+            [sys.executable, "-m", "tracked", *command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout)["count"] == 2000
+    store.close()
