@@ -18,10 +18,12 @@ import threading
 from pathlib import Path
 
 import pytest
+import redis
 import webtest
 
 import tracked
 from tracked._share import JoinedProgress
+from tracked.redis import RedisStore
 from tracked.wsgi import status_app
 
 WORKERS = 8
@@ -265,3 +267,17 @@ def test_the_status_route_and_the_cli_show_the_workers_count_while_it_runs(
         assert shown.returncode == 0, shown.stderr
         assert json.loads(shown.stdout)["count"] == 2000
     store.close()
+
+
+def test_a_redis_store_made_from_a_client_travels_in_a_token(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    store = RedisStore(client, prefix="from-client:")
+    with tracked.start("client-made", total=None, store=store) as run:
+        token = run.share()
+        with concurrent.futures.ProcessPoolExecutor(2, mp_context=FORK) as pool:
+            assert list(pool.map(add, [token, token], [300, 300])) == [300, 300]
+        reopened = pickle.loads(pickle.dumps(token)).store
+        assert isinstance(reopened, RedisStore) and reopened.prefix == "from-client:"
+        assert tracked.load("client-made", store=reopened).count == 600  # type: ignore[union-attr]
+        reopened.close()
+    client.close()

@@ -218,6 +218,10 @@ class FileStore(Store):
 
     # ------------------------------------------------------------------ shared runs
 
+    def __reduce__(self) -> tuple[type[FileStore], tuple[str]]:
+        """Pickle as the directory alone (a share token carries the store to workers)."""
+        return (FileStore, (str(self.directory),))
+
     def parts_dir(self, key: str) -> Path:
         """The directory of the joined workers' parts of ``key`` (``tracked.join``):
         one file per worker, ``<run>.<worker>.json``, never the owner's record."""

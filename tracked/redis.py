@@ -312,7 +312,9 @@ class RedisStore(Store):
             source: Any = self._url
         else:
             pool = self.client.connection_pool
-            source = (pool.connection_class, dict(pool.connection_kwargs))
+            plain = (str, int, float, bool, type(None))  # addresses, timeouts, TLS files
+            settings = {k: v for k, v in pool.connection_kwargs.items() if isinstance(v, plain)}
+            source = (pool.connection_class, settings)
         return (_reopen, (source, self.prefix, self.finished_ttl, self._lease))
 
     def write_part(self, key: str, part: SharedPart) -> bool:
