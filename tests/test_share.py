@@ -23,6 +23,7 @@ import webtest
 
 import tracked
 from tracked._share import JoinedProgress
+from tracked._store import SharedPart
 from tracked.redis import RedisStore
 from tracked.wsgi import status_app
 
@@ -281,3 +282,46 @@ def test_a_redis_store_made_from_a_client_travels_in_a_token(redis_url: str) -> 
         assert tracked.load("client-made", store=reopened).count == 600  # type: ignore[union-attr]
         reopened.close()
     client.close()
+
+
+def _part(run: str, worker: str, count: int, *messages: str) -> SharedPart:
+    return SharedPart(worker, run, count, len(messages), messages, 1000, 1.0)
+
+
+def test_every_store_keeps_parts_per_run_and_refuses_them_once_the_run_ended(
+    store: tracked.Store,
+) -> None:
+    with tracked.start("parts", store=store) as run:
+        assert run._owner is not None
+        mine = run._owner.run
+        assert store.write_part(run.key, _part(mine, "w1", 5, "a"))
+        assert store.write_part(run.key, _part(mine, "w1", 7, "a", "b"))  # replaces w1's
+        assert store.write_part(run.key, _part(mine, "w2", 1))
+        assert not store.write_part(run.key, _part("another-run", "w3", 100))
+        assert sorted(p.count for p in store.read_parts(run.key, mine)) == [1, 7]
+        assert store.read_parts(run.key, "another-run") == []
+        state = store.load(run.key)
+        assert state is not None and (state.count, state.message_count) == (8, 2)
+        run.share()  # so its end folds the parts in
+    assert not store.write_part(run.key, _part(mine, "w1", 9))
+    assert store.read_parts(run.key, mine) == []
+    final = store.load(run.key)
+    assert final is not None and (final.count, final.messages) == (8, ("a", "b"))
+    assert not store.write_part("never-started", _part(mine, "w1", 1))
+
+
+def test_a_file_stores_prune_and_delete_remove_leftover_parts(tmp_path: Path) -> None:
+    store = tracked.FileStore(tmp_path / "store")
+    with tracked.start("left", store=store) as run:
+        assert run._owner is not None
+        assert store.write_part(run.key, _part(run._owner.run, "w1", 3))
+    # not shared through share(), so its end left the part behind
+    assert store.parts_dir(run.key).is_dir()
+    assert store.load("left").count == 0  # type: ignore[union-attr]  # ended: parts not added
+    store.prune(older_than=3600)
+    assert not store.parts_dir(run.key).exists()
+    with tracked.start("deleted", store=store) as other:
+        assert other._owner is not None
+        assert store.write_part(other.key, _part(other._owner.run, "w1", 3))
+        assert store.delete(other.key)
+        assert not store.parts_dir(other.key).exists()
