@@ -225,7 +225,7 @@ class FileStore(Store):
     def parts_dir(self, key: str) -> Path:
         """The directory of the joined workers' parts of ``key`` (``tracked.join``):
         one file per worker, ``<run>.<worker>.json``, never the owner's record."""
-        return self.path_for(key).with_suffix(PARTS_SUFFIX)
+        return self.directory / _parts_name(key)
 
     def write_part(self, key: str, part: SharedPart) -> bool:
         record = self._read_path(self.path_for(key), missing_ok=True, skip_corrupt=True)
@@ -249,13 +249,16 @@ class FileStore(Store):
         return True
 
     def read_parts(self, key: str, run: str) -> list[SharedPart]:
-        folder = self.parts_dir(key)
+        # Every read of a running record asks: plain strings, as Path operations
+        # would cost more than the one system call that finds no parts directory.
+        where = f"{self.directory}{os.sep}{_parts_name(key)}"
         try:
-            names = os.listdir(folder)
+            names = os.listdir(where)
         except (FileNotFoundError, NotADirectoryError):
             return []
         except OSError as exc:
-            raise StoreError(f"cannot list {str(folder)!r}: {exc}") from exc
+            raise StoreError(f"cannot list {where!r}: {exc}") from exc
+        folder = Path(where)
         parts = []
         for name in names:
             if name.startswith(run + ".") and name.endswith(SUFFIX):
@@ -355,6 +358,12 @@ _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 def _file_name(key: str) -> str:
     """A key's file name; cached because pollers ask for the same few keys again and again."""
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:40] + SUFFIX
+
+
+@functools.lru_cache(maxsize=4096)
+def _parts_name(key: str) -> str:
+    """The name of a key's parts directory (see ``FileStore.parts_dir``)."""
+    return _file_name(key)[: -len(SUFFIX)] + PARTS_SUFFIX
 
 
 class _StoreLock(filelock.FileLock):
