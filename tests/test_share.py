@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -325,3 +326,35 @@ def test_a_file_stores_prune_and_delete_remove_leftover_parts(tmp_path: Path) ->
         assert store.write_part(other.key, _part(other._owner.run, "w1", 3))
         assert store.delete(other.key)
         assert not store.parts_dir(other.key).exists()
+
+
+def add_without_a_block(token: tracked.ShareToken, n: int) -> int:
+    """A task that joins but never ends its handle: dropping it writes its part."""
+    part = tracked.join(token)
+    for _ in range(n):
+        part.increment()
+    return n
+
+
+def test_a_joined_handle_dropped_without_its_block_still_writes_its_part(
+    shared_store_url: str,
+) -> None:
+    store = tracked.open_store(shared_store_url)
+    with tracked.start("no-block", total=None, store=store, min_interval=60) as run:
+        token = run.share()
+        with concurrent.futures.ProcessPoolExecutor(2, mp_context=FORK) as pool:
+            assert sum(pool.map(add_without_a_block, [token] * 4, [250] * 4)) == 1000
+        assert tracked.load("no-block", store=store).count == 1000  # type: ignore[union-attr]
+    store.close()
+
+
+def test_the_workers_flusher_writes_its_part_within_min_interval(tmp_path: Path) -> None:
+    store = tracked.FileStore(tmp_path / "store")
+    with tracked.start("periodic", total=None, store=store, min_interval=0.05) as run:
+        with tracked.join(run.share()) as part:
+            part += 10
+            deadline = time.monotonic() + 5
+            while tracked.load("periodic", store=store).count != 10:  # type: ignore[union-attr]
+                assert time.monotonic() < deadline, "the part was not written"
+                time.sleep(0.01)
+            assert part.in_progress  # written by the flusher, the block still open
