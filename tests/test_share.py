@@ -24,7 +24,7 @@ import webtest
 
 import tracked
 from tracked._share import JoinedProgress
-from tracked._store import SharedPart
+from tracked._store import SharedPart, merge_parts
 from tracked.redis import RedisStore
 from tracked.wsgi import status_app
 
@@ -358,3 +358,29 @@ def test_the_workers_flusher_writes_its_part_within_min_interval(tmp_path: Path)
                 assert time.monotonic() < deadline, "the part was not written"
                 time.sleep(0.01)
             assert part.in_progress  # written by the flusher, the block still open
+
+
+def test_open_workers_rates_add_up_so_a_shared_run_has_an_eta(tmp_path: Path) -> None:
+    store = tracked.FileStore(tmp_path / "store")
+    with tracked.start("eta", total=1000, store=store, min_interval=60) as run:
+        with tracked.join(run.share()) as part:
+            part.flush()
+            for _ in range(5):
+                part += 20
+                time.sleep(0.06)
+                part.flush()
+            state = tracked.load("eta", store=store)
+            assert state is not None and state.count == 100
+            assert state.rate is not None and state.rate > 0 and state.eta is not None
+        state = tracked.load("eta", store=store)
+        assert state is not None and state.count == 100
+        assert state.rate is None  # the worker's handle ended: its rate no longer adds
+
+
+def test_a_stale_or_ended_parts_rate_does_not_add() -> None:
+    owner = tracked.State(name="r", count=10, rate=2.0, current_time=100.0)
+    fresh = SharedPart("a", "run", 5, 0, (), 10, 99.0, rate=3.0)
+    stale = SharedPart("b", "run", 5, 0, (), 10, 90.0, rate=50.0)
+    ended = SharedPart("c", "run", 5, 0, (), 10, 99.5, rate=70.0, ended=True)
+    merged = merge_parts(owner, [fresh, stale, ended], now=100.0)
+    assert (merged.count, merged.rate) == (25, 5.0)

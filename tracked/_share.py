@@ -111,12 +111,15 @@ class JoinedProgress(Progress):
         """Leave the run: write this handle's part now; the owner's run goes on."""
         if self._ended:
             return
-        self.flush()
+        self._write_part(ending=True)
         self._stop(state)
 
     def flush(self) -> bool:
         """Write this worker's part now; False if nothing was written (ended, another
         process, the store failed, or the run is over, which also stops the handle)."""
+        return self._write_part(ending=False)
+
+    def _write_part(self, *, ending: bool) -> bool:
         if self._ended or os.getpid() != self._joined_pid:
             return False
         with self._write_lock:
@@ -124,7 +127,7 @@ class JoinedProgress(Progress):
                 return False
             self._clean = True
             self._last_write = time.monotonic()
-            part = self._part(self.snapshot())
+            part = self._part(self.snapshot(), ending)
             try:
                 landed = self.store.write_part(self.key, part)
             except Exception as exc:  # noqa: BLE001 - instrumentation never kills the task
@@ -135,7 +138,7 @@ class JoinedProgress(Progress):
             self._stop(self._ended_as())
         return landed
 
-    def _part(self, state: State) -> SharedPart:
+    def _part(self, state: State, ending: bool) -> SharedPart:
         return SharedPart(
             worker=self._worker,
             run=self._share_token.run,
@@ -144,6 +147,8 @@ class JoinedProgress(Progress):
             messages=state.messages,
             keep=self.max_messages,
             time=time.time(),
+            rate=state.rate,
+            ended=ending,
         )
 
     def _ended_as(self) -> str:

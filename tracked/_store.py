@@ -392,6 +392,10 @@ class SharedPart:
     messages: tuple[str, ...]
     keep: int
     time: float
+    #: The worker's smoothed items per second at ``time`` (None: not known yet), and
+    #: whether its handle had ended (its rate then no longer adds to the run's).
+    rate: float | None = None
+    ended: bool = False
 
     def encode(self) -> bytes:
         """The part as UTF-8 JSON."""
@@ -418,18 +422,35 @@ class SharedPart:
                 messages=messages,
                 keep=int(data["keep"]),
                 time=float(data["time"]),
+                rate=None if data.get("rate") is None else float(data["rate"]),
+                ended=bool(data.get("ended", False)),
             )
         except (KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
             raise ValueError(f"malformed part: {exc!r}") from exc
 
 
-def merge_parts(state: State, parts: Sequence[SharedPart]) -> State:
+#: A running worker's rate adds to the run's while its part is at most this old.
+PART_RATE_FRESHNESS = 5.0
+
+
+def merge_parts(state: State, parts: Sequence[SharedPart], now: float | None = None) -> State:
     """``state`` with the joined workers' ``parts`` added: the one merge every reader
     (and the owner's final snapshot) applies. Counts and message counts add up; the
     workers' kept messages follow the owner's, ordered by their last write, and the
-    newest ``keep`` of them all are kept."""
+    newest ``keep`` of them all are kept. The rate is the owner's plus that of each
+    worker whose handle is open and whose part was written in the last
+    ``PART_RATE_FRESHNESS`` seconds (so a killed worker's stops counting)."""
     if not parts:
         return state
+    now = time.time() if now is None else now
+    rates = [
+        part.rate
+        for part in parts
+        if part.rate is not None and not part.ended and now - part.time <= PART_RATE_FRESHNESS
+    ]
+    rate = state.rate
+    if rates:
+        rate = round((rate or 0.0) + sum(rates), 3)
     ordered = sorted(parts, key=lambda part: (part.time, part.worker))
     keep = max(part.keep for part in ordered)
     messages = state.messages + tuple(m for part in ordered for m in part.messages)
@@ -440,6 +461,7 @@ def merge_parts(state: State, parts: Sequence[SharedPart]) -> State:
         count=state.count + sum(max(0, part.count) for part in ordered),
         message_count=state.message_count + sum(max(0, p.message_count) for p in ordered),
         messages=messages,
+        rate=rate,
     )
 
 
