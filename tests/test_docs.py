@@ -35,6 +35,8 @@ PYTHON_FENCE = re.compile(
 )
 #: The one place a sample takes its Redis server from (the docs say so once, in stores.md).
 REDIS_VARIABLE = "TRACKED_REDIS_URL"
+#: The same for the Redis Cluster samples.
+REDIS_CLUSTER_VARIABLE = "TRACKED_REDIS_CLUSTER_URL"
 #: How many samples may be marked ``<!-- not run: why -->``: few, each with its reason.
 MAX_NOT_RUN = 2
 
@@ -99,6 +101,9 @@ def test_every_python_sample_runs_on_its_own(
     environment.pop(REDIS_VARIABLE, None)
     if REDIS_VARIABLE in code:
         environment[REDIS_VARIABLE] = str(request.getfixturevalue("redis_url"))
+    environment.pop(REDIS_CLUSTER_VARIABLE, None)
+    if REDIS_CLUSTER_VARIABLE in code:
+        environment[REDIS_CLUSTER_VARIABLE] = str(request.getfixturevalue("redis_cluster_url"))
     script = tmp_path / f"sample_{page.stem.replace('-', '_')}_{index + 1}.py"
     script.write_text(code, encoding="utf-8")  # the name never shadows a module
     runner = "import runpy, sys; runpy.run_path(sys.argv[1], run_name='docs_sample')"

@@ -209,10 +209,12 @@ import sys, threading, time, tracked
 store, mode = sys.argv[1:3]
 tracked.configure(store=store, max_workers=1, exit_timeout=float(sys.argv[3]))
 release = threading.Event()
+printed = threading.Event()  # the job's line is out before the main thread prints its own
 
 @tracked.tracked("job-{n}", total=1)
 def job(n):
     print("started", n, flush=True)
+    printed.set()
     if mode == "stuck":
         release.wait()  # never set: only the exit timeout ends it
     else:
@@ -221,8 +223,8 @@ def job(n):
     return n
 
 runs = [tracked.submit(job, n) for n in range(4)]
-while runs[0].snapshot().status == "queued":
-    time.sleep(0.001)
+printed.wait(30)
+assert runs[0].snapshot().status != "queued"
 print("exiting", flush=True)
 """
 

@@ -16,13 +16,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
 import webtest
+from redis.cluster import RedisCluster, key_slot
 
 import tracked
+from tests.conftest import SHARED_STORE_KINDS
 from tracked._share import JoinedProgress
 from tracked._store import SharedPart, merge_parts
 from tracked.redis import RedisStore
@@ -31,6 +34,21 @@ from tracked.wsgi import status_app
 WORKERS = 8
 PER_WORKER = 10_000
 FORK = multiprocessing.get_context("fork")
+#: The stores whose runs other processes can join: conftest's shared kinds, and a
+#: real 3-master Redis Cluster (a run's parts live in its record's slot).
+SHARED_KINDS = [*SHARED_STORE_KINDS, "redis-cluster"]
+
+
+@pytest.fixture(params=SHARED_KINDS)
+def shared_store_url(
+    request: pytest.FixtureRequest, make_store_url: Callable[[str], str]
+) -> Iterator[str]:
+    """The URL of an empty store that several processes share, of each shared kind
+    (this module's: the cluster too)."""
+    url = make_store_url(request.param)
+    tracked.configure(store=url)
+    yield url
+    tracked.configure(store=None)
 
 
 def add(token: tracked.ShareToken, n: int, message: str | None = None) -> int:
@@ -384,3 +402,54 @@ def test_a_stale_or_ended_parts_rate_does_not_add() -> None:
     ended = SharedPart("c", "run", 5, 0, (), 10, 99.5, rate=70.0, ended=True)
     merged = merge_parts(owner, [fresh, stale, ended], now=100.0)
     assert (merged.count, merged.rate) == (25, 5.0)
+
+
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
+def test_a_redis_stores_parts_share_the_records_slot_and_go_with_delete_and_prune(
+    kind: str, make_store_url: Callable[[str], str]
+) -> None:
+    store = RedisStore(make_store_url(kind), prefix="parts-test:")
+    client = store.client
+    with tracked.start("batch/{1}", store=store) as run:
+        assert run._owner is not None
+        mine = run._owner.run
+        assert store.write_part(run.key, _part(mine, "w1", 3, "x"))
+        assert client.exists(store.parts_key(run.key)) == 1
+        parts, record = store.parts_key(run.key), store.record_key(run.key)
+        assert key_slot(parts.encode()) == key_slot(record.encode())
+        assert store.load(run.key).count == 3  # type: ignore[union-attr]  # one read merges
+        version = store.version(run.key)
+        assert store.write_part(run.key, _part(mine, "w1", 4, "x"))
+        assert store.version(run.key) != version  # a new part changes what readers see
+        assert [p.count for p in store.read_parts(run.key, mine)] == [4]
+        store.delete_parts(run.key, "another-run")
+        assert [p.count for p in store.read_parts(run.key, mine)] == [4]
+    # not shared through share(): the part is left over, and ended records ignore it
+    assert store.load(run.key).count == 0  # type: ignore[union-attr]
+    assert client.exists(store.parts_key(run.key)) == 1
+    assert store.prune(older_than=0) == 1
+    assert client.exists(store.parts_key(run.key)) == 0
+    with tracked.start("deleted", store=store) as other:
+        assert other._owner is not None
+        assert store.write_part(other.key, _part(other._owner.run, "w1", 3))
+        assert store.delete(other.key)
+        assert client.exists(store.parts_key(other.key)) == 0
+        assert not store.write_part(other.key, _part(other._owner.run, "w1", 4))
+    store.close()
+
+
+def test_a_store_made_from_a_cluster_client_says_to_share_it_by_url(
+    redis_cluster_url: str,
+) -> None:
+    client = RedisCluster.from_url(redis_cluster_url.replace("+cluster", ""))
+    store = RedisStore(client, prefix="cluster-client:")
+    with tracked.start("by-client", store=store) as run:
+        with pytest.raises(TypeError, match=r"redis\+cluster:// URL"):
+            pickle.dumps(run.share())
+        with tracked.join(run.share()) as part:  # this process may still join it
+            part += 2
+        assert tracked.load("by-client", store=store).count == 2  # type: ignore[union-attr]
+    by_url = pickle.loads(pickle.dumps(RedisStore(redis_cluster_url, prefix="cluster-client:")))
+    assert by_url.load("by-client").count == 2  # type: ignore[union-attr]
+    by_url.close()
+    client.close()

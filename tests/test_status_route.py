@@ -40,7 +40,7 @@ ADAPTERS = ["bottle", "wsgi", "asgi"]
 WIRE_KEYS = [
     "name", "progress_id", "total", "count", "percent", "messages", "message_count",
     "in_progress", "state", "status", "error", "start_time", "current_time",
-    "finished_time", "elapsed", "rate", "eta",
+    "finished_time", "elapsed", "rate", "eta", "result",
 ]
 
 Build = Callable[..., webtest.TestApp]

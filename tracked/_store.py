@@ -473,7 +473,8 @@ def claim_or_raise(existing: Record | None, key: str) -> None:
 
 def open_store(spec: Store | str | os.PathLike[str]) -> Store:
     """A store from a ``Store``, a directory path, or a ``file://``, ``memory://``,
-    ``redis://``, ``rediss://`` or ``unix://`` URL."""
+    ``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://`` or
+    ``rediss+cluster://`` URL."""
     if isinstance(spec, Store):
         return spec
     if not isinstance(spec, (str, os.PathLike)):
@@ -493,10 +494,11 @@ def open_store(spec: Store | str | os.PathLike[str]) -> Store:
         from ._memorystore import MemoryStore
 
         return MemoryStore()
-    if scheme in ("redis", "rediss", "unix"):
+    if scheme in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
         from .redis import RedisStore
 
         return RedisStore(text)
     raise StoreError(
-        f"unknown store {text!r}: use a directory, file://, memory://, redis://, rediss:// or unix://"
+        f"unknown store {text!r}: use a directory, file://, memory://, redis://, rediss://, "
+        "unix:// or redis+cluster://"
     )
