@@ -18,6 +18,7 @@ from ._loghandler import LogHandler
 from ._memorystore import MemoryStore
 from ._progress import Progress
 from ._scope import configure, default_store
+from ._share import ShareToken, join
 from ._state import State
 from ._store import Store, open_store
 from ._track import track
@@ -53,6 +54,7 @@ __all__ = [
     "Progress",
     "RedisStore",
     "RunSuperseded",
+    "ShareToken",
     "State",
     "Store",
     "StoreError",
@@ -63,6 +65,7 @@ __all__ = [
     "current",
     "default_store",
     "is_running",
+    "join",
     "load",
     "open_store",
     "start",

@@ -7,6 +7,7 @@ step by step so every yield counts; that loop is the library's hot path.
 
 from __future__ import annotations
 
+import collections.abc
 import contextvars
 import inspect
 import string
@@ -31,9 +32,19 @@ TotalSpec = int | Callable[..., int | None] | None
 ProgressIdSpec = str | Callable[..., str] | None
 
 
+class _DefaultTotal(int):
+    """The default ``total`` (100, a percentage): the same value as an explicit 100,
+    but told apart from it, because only a total the caller gave is a length."""
+
+    __slots__ = ()
+
+
+DEFAULT_TOTAL = _DefaultTotal(100)
+
+
 def tracked(
     name: NameSpec = None,
-    total: TotalSpec = 100,
+    total: TotalSpec = DEFAULT_TOTAL,
     *,
     store: StoreSpec | None = None,
     min_interval: float = 0.1,
@@ -53,6 +64,13 @@ def tracked(
     worker names a run by its job id this way); None means the request's.
     The function's return value (a generator's ``return`` value), unless None,
     becomes the progress's ``result``.
+
+    When ``total`` is given (an int, or a callable returning one), the iterator a
+    generator function returns also has ``len()`` and ``__length_hint__``: the
+    items still to come (the total less the items yielded; 0 once it has ended),
+    so ``tqdm(gen())`` and ``list(gen())`` see it. Iterating it runs the generator
+    itself, at no cost per item. With the default total (100, a percentage) or
+    None it is the plain generator, which has no length.
     """
     spec = _Spec(name, total, store, min_interval, max_messages, progress_id)
 
@@ -93,6 +111,7 @@ class _Spec:
             check_total(total)
         self.name = name
         self.total = total
+        self.sized = total is not DEFAULT_TOTAL and total is not None
         self.fields = _template_fields(name) if isinstance(name, str) else ()
         if isinstance(name, str) and not self.fields:
             validate_name(name)
@@ -191,7 +210,10 @@ class _Spec:
         # after the request scope of the call is gone.
         context = contextvars.copy_context()
         context.run(current_progress.set, progress)
-        return _drive(generator, progress, context)
+        driven = _drive(generator, progress, context)
+        if self.sized and progress.total is not None:
+            return SizedGenerator(driven, progress)
+        return driven
 
     def call_coroutine(
         self,
@@ -279,6 +301,65 @@ def _drive(
             raise
         except BaseException as exc:  # noqa: BLE001 - thrown in by the consumer: pass it on
             step, argument = throw, exc
+
+
+class SizedGenerator(collections.abc.Generator):  # type: ignore[type-arg]
+    """What a ``@tracked`` generator function with a known total returns: its
+    generator, plus the number of items still to come (``len()``, ``__length_hint__``).
+
+    ``iter()`` of it is the generator itself, so ``for`` loops, ``tqdm`` and
+    ``list()`` step the generator directly: the length costs nothing per item.
+    ``next()``, ``send``, ``throw`` and ``close`` are forwarded; it is always true,
+    as a generator is, even when no items are left.
+    """
+
+    __slots__ = ("_generator", "_progress")
+
+    def __init__(self, generator: Generator[Any, Any, Any], progress: Progress) -> None:
+        self._generator = generator
+        self._progress = progress
+
+    def __iter__(self) -> Generator[Any, Any, Any]:
+        return self._generator
+
+    def __next__(self) -> Any:
+        return self._generator.__next__()
+
+    def send(self, value: Any) -> Any:
+        return self._generator.send(value)
+
+    def throw(self, *args: Any) -> Any:
+        return self._generator.throw(*args)
+
+    def close(self) -> None:
+        self._generator.close()
+
+    def __len__(self) -> int:
+        """The items still to come: the total less the items yielded, 0 once ended."""
+        progress = self._progress
+        total = progress.total
+        if total is None:
+            raise TypeError("this tracked generator's total is unknown now: it has no len()")
+        if not progress.in_progress:
+            return 0
+        return max(0, total - progress._yields)
+
+    def __length_hint__(self) -> int:
+        try:
+            return len(self)
+        except TypeError:
+            return NotImplemented  # type: ignore[no-any-return]
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __getattr__(self, name: str) -> Any:
+        if name in SizedGenerator.__slots__:
+            raise AttributeError(name)  # not set yet (a copy being made): no recursion
+        return getattr(self._generator, name)  # gi_frame, gi_running, __name__...
+
+    def __repr__(self) -> str:
+        return f"<tracked generator {self._progress.key!r}, {self._generator!r}>"
 
 
 async def _await(coroutine: Coroutine[Any, Any, Any], progress: Progress) -> Any:

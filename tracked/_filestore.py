@@ -9,6 +9,7 @@ so no name can reach outside the directory. Reading needs no write access.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import itertools
@@ -24,11 +25,13 @@ from ._state import State
 from ._store import (
     Owner,
     Record,
+    SharedPart,
     Store,
     cancellable,
     claim_or_raise,
     decode_record,
     encode_record,
+    judge,
 )
 from .errors import RunSuperseded, StoreError
 
@@ -37,6 +40,8 @@ __all__ = ["FileStore"]
 LOCK_TIMEOUT = 10.0
 SUFFIX = ".json"
 TEMP_SUFFIX = ".tmp"
+#: The joined workers' parts of a shared run live in ``<record name>.parts/``.
+PARTS_SUFFIX = ".parts"
 #: A cancel request is an empty file ``<record's hash>.<run token>.cancel``.
 CANCEL_SUFFIX = ".cancel"
 #: A temporary file older than this was left by a killed writer: ``prune`` removes it.
@@ -126,6 +131,7 @@ class FileStore(Store):
 
     def delete(self, key: str) -> bool:
         with self._locked():
+            self._remove_parts(self.parts_dir(key))
             return self._unlink(self.path_for(key))
 
     def prune(self, older_than: float) -> int:
@@ -141,6 +147,7 @@ class FileStore(Store):
                 if record is not None and self._prunable(record, cutoff):
                     deleted += self._unlink(path)
             self._remove_stale_temporaries(time.time() - STALE_TEMP_AGE)
+            self._prune_parts()
             self._remove_stale_cancels()
         return deleted
 
@@ -249,6 +256,84 @@ class FileStore(Store):
         # within one process, so threads and processes are excluded alike.
         return _StoreLock(self._lock_path, timeout=LOCK_TIMEOUT)
 
+    # ------------------------------------------------------------------ shared runs
+
+    def __reduce__(self) -> tuple[type[FileStore], tuple[str]]:
+        """Pickle as the directory alone (a share token carries the store to workers)."""
+        return (FileStore, (str(self.directory),))
+
+    def parts_dir(self, key: str) -> Path:
+        """The directory of the joined workers' parts of ``key`` (``tracked.join``):
+        one file per worker, ``<run>.<worker>.json``, never the owner's record."""
+        return self.directory / _parts_name(key)
+
+    def write_part(self, key: str, part: SharedPart) -> bool:
+        record = self._read_path(self.path_for(key), missing_ok=True, skip_corrupt=True)
+        if (
+            record is None
+            or record.owner is None
+            or record.owner.run != part.run
+            or not record.state.in_progress
+        ):
+            return False
+        folder = self.parts_dir(key)
+        path = folder / f"{part.run}.{part.worker}{SUFFIX}"
+        try:
+            try:
+                self._replace(path, part.encode())
+            except FileNotFoundError:
+                folder.mkdir(parents=True, exist_ok=True)
+                self._replace(path, part.encode())
+        except OSError as exc:
+            raise StoreError(f"cannot write {str(path)!r}: {exc}") from exc
+        return True
+
+    def read_parts(self, key: str, run: str) -> list[SharedPart]:
+        # Every read of a running record asks: plain strings, as Path operations
+        # would cost more than the one system call that finds no parts directory.
+        where = f"{self.directory}{os.sep}{_parts_name(key)}"
+        try:
+            names = os.listdir(where)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as exc:
+            raise StoreError(f"cannot list {where!r}: {exc}") from exc
+        folder = Path(where)
+        parts = []
+        for name in names:
+            if name.startswith(run + ".") and name.endswith(SUFFIX):
+                try:
+                    part = SharedPart.decode((folder / name).read_bytes())
+                except (OSError, ValueError):
+                    continue  # gone since the listing, or not a part: it adds nothing
+                if part.run == run:
+                    parts.append(part)
+        return parts
+
+    def delete_parts(self, key: str, run: str) -> None:
+        self._remove_parts(self.parts_dir(key), run + ".")
+
+    @staticmethod
+    def _remove_parts(folder: Path, prefix: str = "") -> None:
+        """Delete the part files in ``folder`` whose names start with ``prefix``, and
+        the folder once empty; never raises (what is left, ``prune`` removes later)."""
+        try:
+            for name in os.listdir(folder):
+                if name.startswith(prefix):
+                    with contextlib.suppress(OSError):
+                        os.unlink(folder / name)
+            os.rmdir(folder)
+        except OSError:
+            pass
+
+    def _prune_parts(self) -> None:
+        """Remove parts directories whose record is gone or ended (a worker's write
+        that raced its owner's end, or a run whose owner was killed)."""
+        for folder in self._names(lambda n: n.endswith(PARTS_SUFFIX)):
+            record = self._read_path(folder.with_suffix(SUFFIX), missing_ok=True, skip_corrupt=True)
+            if record is None or not judge(record).in_progress:
+                self._remove_parts(folder)
+
     # ------------------------------------------------------------------ reads
 
     def read(self, key: str) -> Record | None:
@@ -313,6 +398,12 @@ _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 def _file_name(key: str) -> str:
     """A key's file name; cached because pollers ask for the same few keys again and again."""
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:40] + SUFFIX
+
+
+@functools.lru_cache(maxsize=4096)
+def _parts_name(key: str) -> str:
+    """The name of a key's parts directory (see ``FileStore.parts_dir``)."""
+    return _file_name(key)[: -len(SUFFIX)] + PARTS_SUFFIX
 
 
 class _StoreLock(filelock.FileLock):

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from typing import NoReturn
 
 from ._state import State
-from ._store import Owner, Record, Store, cancellable, claim_or_raise
-from .errors import RunSuperseded
+from ._store import Owner, Record, SharedPart, Store, cancellable, claim_or_raise
+from .errors import RunSuperseded, StoreError
 
 __all__ = ["MemoryStore"]
 
@@ -19,6 +21,8 @@ class MemoryStore(Store):
     def __init__(self) -> None:
         self._records: dict[str, Record] = {}
         self._lock = threading.Lock()
+        self._parts: dict[str, dict[tuple[str, str], SharedPart]] = {}
+        self._pid = os.getpid()
         self._cancels: set[tuple[str, str]] = set()  # (key, run) asked to stop
 
     def __repr__(self) -> str:
@@ -40,6 +44,49 @@ class MemoryStore(Store):
                 )
             self._records[key] = Record(state, owner)
 
+    # ------------------------------------------------------------------ shared runs
+    # Joined handles in this same process (threads) work; other processes cannot see
+    # this memory, so pickling the store (a share token) and joining in another
+    # process (a forked child's copy) both fail with a clear error.
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError(
+            "a MemoryStore lives in one process: its progresses cannot be shared with "
+            "other processes (use a FileStore or RedisStore for tracked.join)"
+        )
+
+    def check_join(self) -> None:
+        if os.getpid() != self._pid:
+            raise StoreError(
+                f"{self!r} belongs to process {self._pid}: a progress in a MemoryStore can "
+                f"be joined only in that process, not in process {os.getpid()} (use a "
+                "FileStore or RedisStore to share it with other processes)"
+            )
+
+    def write_part(self, key: str, part: SharedPart) -> bool:
+        self.check_join()
+        with self._lock:
+            record = self._records.get(key)
+            if record is None or record.owner is None or record.owner.run != part.run:
+                return False
+            if not record.state.in_progress:
+                return False
+            self._parts.setdefault(key, {})[(part.run, part.worker)] = part
+        return True
+
+    def read_parts(self, key: str, run: str) -> list[SharedPart]:
+        with self._lock:
+            parts = self._parts.get(key, {})
+            return [part for (owner_run, _), part in parts.items() if owner_run == run]
+
+    def delete_parts(self, key: str, run: str) -> None:
+        with self._lock:
+            parts = self._parts.get(key, {})
+            for part_key in [k for k in parts if k[0] == run]:
+                del parts[part_key]
+            if not parts:
+                self._parts.pop(key, None)
+
     def read(self, key: str) -> Record | None:
         return self._records.get(key)
 
@@ -50,6 +97,7 @@ class MemoryStore(Store):
 
     def delete(self, key: str) -> bool:
         with self._lock:
+            self._parts.pop(key, None)
             return self._records.pop(key, None) is not None
 
     def prune(self, older_than: float) -> int:

@@ -20,13 +20,16 @@ import time
 import weakref
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _flusher
 from ._state import DEFAULT_STATUS, State, as_int, encode_result, make_key
-from ._store import Owner, Store, register_live_run, unregister_live_run
+from ._store import Owner, Store, merge_parts, register_live_run, unregister_live_run
 from ._text import clean_message, clean_text
-from .errors import Cancelled, InvalidValue, RunSuperseded, StoreError
+from .errors import Cancelled, InvalidValue, RunSuperseded, StoreError, TrackedError
+
+if TYPE_CHECKING:
+    from ._share import ShareToken
 
 __all__ = ["Progress", "current_progress"]
 
@@ -46,6 +49,8 @@ _ONE = 1
 
 #: Every handle of this process, so a forked child can make the inherited ones inert.
 _handles: weakref.WeakSet[Progress] = weakref.WeakSet()
+#: The handles whose run was shared (``Progress.share``): their end folds in the parts.
+_shared_handles: weakref.WeakSet[Progress] = weakref.WeakSet()
 
 
 class Progress:
@@ -217,6 +222,8 @@ class Progress:
             self._final = self._snapshot_locked()
         if not self._owned():
             return
+        if self in _shared_handles:
+            self._fold_parts()
         _flusher.forget(self)
         if self._write_final():
             self._release()
@@ -234,12 +241,68 @@ class Progress:
         run is no longer held by this process."""
         if self._owner is not None:
             unregister_live_run(self._owner.run)
+            if self in _shared_handles:
+                self._drop_parts()
             if self._cancel_requested:
                 try:
                     self.store.clear_cancel(self.key, self._owner)
                 except Exception as exc:  # noqa: BLE001 - a leftover request reaches no run
                     logger.warning("tracked: cannot remove the cancel request of %r: %s",
                                    self.key, exc)
+
+    # ------------------------------------------------------------------ sharing
+
+    def share(self) -> ShareToken:
+        """A small picklable token with which other processes add to this run.
+
+        Pass it to workers (a ``ProcessPoolExecutor`` or ``multiprocessing.Pool``
+        task's argument); there ``tracked.join(token)`` gives a handle whose
+        increments and messages add to this progress. Readers see the sum while it
+        runs; its end folds the workers' parts into the final snapshot, and parts
+        written after the end are dropped. Raises ``TrackedError`` in a process that
+        did not start this run (a forked child), ``StoreError`` for a store that
+        cannot be shared. The token holds the store's location (a Redis URL with
+        its password, if it has one): send it only to your own workers.
+        """
+        from ._share import ShareToken
+
+        if self._owner is None or not self._owned():
+            raise TrackedError(
+                f"progress {self.key!r} can be shared only by the process that started it"
+            )
+        self.store.check_join()
+        _shared_handles.add(self)
+        return ShareToken(
+            store=self.store,
+            name=self.name,
+            progress_id=self.progress_id,
+            run=self._owner.run,
+            min_interval=self.min_interval,
+            max_messages=self.max_messages,
+        )
+
+    def _fold_parts(self) -> None:
+        """Add the joined workers' parts to the final snapshot (before it is written)."""
+        assert self._final is not None and self._owner is not None
+        try:
+            parts = self.store.read_parts(self.key, self._owner.run)
+        except Exception as exc:  # noqa: BLE001 - the final write still goes ahead
+            logger.warning(
+                "tracked: cannot read the workers' parts of progress %r (%s); its final "
+                "count holds this process's part only",
+                self.key,
+                exc,
+            )
+            return
+        self._final = merge_parts(self._final, parts)
+
+    def _drop_parts(self) -> None:
+        """The final snapshot holds the parts: remove them (best effort)."""
+        assert self._owner is not None
+        try:
+            self.store.delete_parts(self.key, self._owner.run)
+        except Exception:
+            logger.debug("tracked: cannot delete the parts of %r", self.key, exc_info=True)
 
     # ------------------------------------------------------------------ cancel requests
 

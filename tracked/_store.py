@@ -21,7 +21,16 @@ from typing import Any
 from ._state import State
 from .errors import AlreadyRunning, StoreError
 
-__all__ = ["Owner", "Record", "Store", "decode_record", "encode_record", "open_store"]
+__all__ = [
+    "Owner",
+    "Record",
+    "SharedPart",
+    "Store",
+    "decode_record",
+    "encode_record",
+    "merge_parts",
+    "open_store",
+]
 
 RECORD_VERSION = 1
 
@@ -73,6 +82,9 @@ class Record:
 
     state: State
     owner: Owner | None
+    #: The joined workers' parts of a shared run, when the backend read them with the
+    #: record (one round trip); None: not read, ``Store.with_parts`` asks for them.
+    parts: tuple[SharedPart, ...] | None = None
 
 
 def encode_record(state: State, owner: Owner | None) -> bytes:
@@ -325,15 +337,53 @@ class Store(abc.ABC):
         """Release connections or handles the store holds."""
 
     def load(self, key: str) -> State | None:
-        """The state readers see for ``key`` (liveness applied), or None."""
+        """The state readers see for ``key`` (liveness applied, joined workers' parts
+        added), or None."""
         record = self.read(key)
-        return None if record is None else judge(record)
+        return None if record is None else self.with_parts(record)
 
     def list(self) -> list[State]:
         """Every progress in the store, running ones first, newest first within each."""
-        states = [judge(record) for record in self.records()]
+        states = [self.with_parts(record) for record in self.records()]
         states.sort(key=lambda s: (not s.in_progress, -s.start_time))
         return states
+
+    # ---------------------------------------------------------- shared runs (tracked.join)
+
+    def with_parts(self, record: Record) -> State:
+        """The state readers see for ``record``: judged, plus the parts that joined
+        workers wrote while it runs (an ended record already holds them)."""
+        state = judge(record)
+        if not record.state.in_progress or record.owner is None:
+            return state
+        parts = record.parts
+        if parts is None:
+            parts = tuple(self.read_parts(state.key, record.owner.run))
+        else:
+            parts = tuple(part for part in parts if part.run == record.owner.run)
+        return merge_parts(state, parts) if parts else state
+
+    def check_join(self) -> None:
+        """Raise ``StoreError`` if a handle in this process cannot add to a run in this
+        store (``tracked.join``); a backend that keeps parts overrides the part methods."""
+        if type(self).write_part is Store.write_part:
+            raise StoreError(f"{self!r} cannot share a progress with other processes")
+
+    def write_part(self, key: str, part: SharedPart) -> bool:
+        """Write (replace) one joined worker's part of run ``part.run`` of ``key``.
+
+        Returns False, writing nothing, when that run is no longer running there: the
+        owner's end ends the run, and later parts are dropped.
+        """
+        raise StoreError(f"{self!r} cannot share a progress with other processes")
+
+    def read_parts(self, key: str, run: str) -> Sequence[SharedPart]:
+        """The joined workers' parts of run ``run`` of ``key`` (none by default)."""
+        return []
+
+    def delete_parts(self, key: str, run: str) -> None:  # noqa: B027 - optional hook
+        """Remove the parts of run ``run`` of ``key`` (its owner folded them into its
+        final snapshot)."""
 
     def _prunable(self, record: Record, cutoff: float) -> bool:
         state = judge(record)
@@ -346,6 +396,98 @@ def cancellable(record: Record | None) -> Owner | None:
     if record is None or record.owner is None or not judge(record).in_progress:
         return None
     return record.owner
+
+
+# ----------------------------------------------------------------------------- shared runs
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SharedPart:
+    """What one joined handle (``tracked.join``) added to a shared run, as absolutes.
+
+    Each worker rewrites its own part, so a write that is retried or repeated
+    never counts twice; readers add the parts of the record's run to its state
+    (``merge_parts``). ``keep`` is the run's ``max_messages``.
+    """
+
+    worker: str
+    run: str
+    count: int
+    message_count: int
+    messages: tuple[str, ...]
+    keep: int
+    time: float
+    #: The worker's smoothed items per second at ``time`` (None: not known yet), and
+    #: whether its handle had ended (its rate then no longer adds to the run's).
+    rate: float | None = None
+    ended: bool = False
+
+    def encode(self) -> bytes:
+        """The part as UTF-8 JSON."""
+        document = dataclasses.asdict(self)
+        document["version"] = RECORD_VERSION
+        document["messages"] = list(self.messages)
+        return json.dumps(document, separators=(",", ":")).encode("ascii")
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> SharedPart:
+        """Parse what ``encode`` wrote; ``ValueError`` for anything else."""
+        try:
+            data = json.loads(raw)
+            if data.get("version") != RECORD_VERSION:
+                raise ValueError("not a tracked part (no matching 'version')")
+            messages = tuple(data["messages"])
+            if not all(isinstance(m, str) for m in messages):
+                raise ValueError("a message is not a str")
+            return cls(
+                worker=str(data["worker"]),
+                run=str(data["run"]),
+                count=int(data["count"]),
+                message_count=int(data["message_count"]),
+                messages=messages,
+                keep=int(data["keep"]),
+                time=float(data["time"]),
+                rate=None if data.get("rate") is None else float(data["rate"]),
+                ended=bool(data.get("ended", False)),
+            )
+        except (KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"malformed part: {exc!r}") from exc
+
+
+#: A running worker's rate adds to the run's while its part is at most this old.
+PART_RATE_FRESHNESS = 5.0
+
+
+def merge_parts(state: State, parts: Sequence[SharedPart], now: float | None = None) -> State:
+    """``state`` with the joined workers' ``parts`` added: the one merge every reader
+    (and the owner's final snapshot) applies. Counts and message counts add up; the
+    workers' kept messages follow the owner's, ordered by their last write, and the
+    newest ``keep`` of them all are kept. The rate is the owner's plus that of each
+    worker whose handle is open and whose part was written in the last
+    ``PART_RATE_FRESHNESS`` seconds (so a killed worker's stops counting)."""
+    if not parts:
+        return state
+    now = time.time() if now is None else now
+    rates = [
+        part.rate
+        for part in parts
+        if part.rate is not None and not part.ended and now - part.time <= PART_RATE_FRESHNESS
+    ]
+    rate = state.rate
+    if rates:
+        rate = round((rate or 0.0) + sum(rates), 3)
+    ordered = sorted(parts, key=lambda part: (part.time, part.worker))
+    keep = max(part.keep for part in ordered)
+    messages = state.messages + tuple(m for part in ordered for m in part.messages)
+    if len(messages) > keep:
+        messages = messages[len(messages) - keep :] if keep else ()
+    return dataclasses.replace(
+        state,
+        count=state.count + sum(max(0, part.count) for part in ordered),
+        message_count=state.message_count + sum(max(0, p.message_count) for p in ordered),
+        messages=messages,
+        rate=rate,
+    )
 
 
 def claim_or_raise(existing: Record | None, key: str) -> None:

@@ -26,6 +26,7 @@ import bottle
 
 import tracked
 
+from ._decorator import SizedGenerator
 from ._scope import RequestScope, request_scope
 from ._web import (
     Authorize,
@@ -121,7 +122,7 @@ class TrackedPlugin:
             token = request_scope.set(RequestScope(progress_id, store))
             try:
                 result = callback(*args, **kwargs)
-                if inspect.isgenerator(result):
+                if inspect.isgenerator(result) or isinstance(result, SizedGenerator):
                     # Bottle iterates the body after this returns: keep the scope for it.
                     result = ScopedBody(result, contextvars.copy_context())
                 return result

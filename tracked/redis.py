@@ -1,9 +1,9 @@
 """``RedisStore``: progress shared through Redis, so any machine can read any run.
 
 Per progress key ``K`` (name and progress_id combined) the store keeps, under
-its ``prefix``, three keys that share the hash tag ``{T}`` (``T`` is ``K`` with
-``%`` and ``}`` percent-encoded), so that every script touches a single slot and
-runs unchanged on Redis Cluster:
+its ``prefix``, three keys (four for a shared run) that share the hash tag
+``{T}`` (``T`` is ``K`` with ``%`` and ``}`` percent-encoded), so that every
+script touches a single slot and runs unchanged on Redis Cluster:
 
 - ``{prefix}rec:{T}``: a hash with the wire JSON of the state without its
   messages (``state``), the owner record (``owner``), the owner's run id
@@ -14,7 +14,10 @@ runs unchanged on Redis Cluster:
 - ``{prefix}lease:{T}``: the run id of a running owner, with a TTL of ``lease``
   seconds; the owner's writes renew it, and a running record without it reads
   as ``abandoned``. Readers take its remaining time from the server, so clock
-  skew between machines does not matter.
+  skew between machines does not matter;
+- ``{prefix}parts:{T}``: for a shared run (``Progress.share``), a hash of the
+  joined workers' parts, one field ``<run>/<worker>`` each, its part as JSON;
+  it expires with the record.
 
 Every write runs one Lua script (one round trip) that checks the owner (another
 run's record, or this run's ended one, is never overwritten: ``RunSuperseded``),
@@ -22,7 +25,8 @@ writes the record, sets the lease and publishes an event on ``{prefix}events:K``
 the wire JSON of the new state whose ``messages`` hold at least the messages
 added since the previous event of the run (place them with
 ``message_count - len(messages)``, as with the status route's ``?since=``
-cursor). A read is one script call, one round trip.
+cursor). A read is one script call, one round trip, that also returns the
+joined workers' parts.
 ``save_many`` sends a whole batch of writes in one pipeline (on a cluster: one
 per master, all sent before any reply is read).
 
@@ -57,7 +61,7 @@ from redis.exceptions import AskError, NoScriptError, RedisClusterException
 from redis.retry import Retry
 
 from ._state import State
-from ._store import Owner, Record, Store
+from ._store import Owner, Record, SharedPart, Store
 from .errors import AlreadyRunning, InvalidValue, RunSuperseded, StoreError
 
 __all__ = ["RedisStore"]
@@ -139,25 +143,69 @@ redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 1
 """
 
-# ARGV: run -- deletes the record if that run still holds it and is not live.
+# KEYS: record, parts. ARGV: run, field, part -- writes one joined worker's part while
+# that run is running; returns 1 written, 0 the run is over (the part is dropped).
+# A part changes what readers see, so it bumps the record's version ``v`` too.
+_WRITE_PART = """
+if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then return 0 end
+local fields = redis.call('HMGET', KEYS[1], 'run', 'running')
+if fields[1] ~= ARGV[1] or fields[2] ~= '1' then return 0 end
+local kind = redis.call('TYPE', KEYS[2]).ok
+if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', KEYS[2]) end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'v', 1)
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) else redis.call('PERSIST', KEYS[2]) end
+return 1
+"""
+
+# KEYS: parts. ARGV: run -- the parts of that run (a foreign value there: none).
+_READ_PARTS = """
+if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then return {} end
+local prefix, values = ARGV[1] .. '/', {}
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  if string.sub(fields[i], 1, #prefix) == prefix then values[#values + 1] = fields[i + 1] end
+end
+return values
+"""
+
+# KEYS: parts. ARGV: run -- removes the parts of that run.
+_DELETE_PARTS = """
+if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then return 1 end
+local prefix = ARGV[1] .. '/'
+for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(field, 1, #prefix) == prefix then redis.call('HDEL', KEYS[1], field) end
+end
+return 1
+"""
+
+# KEYS: record, messages, lease, parts. ARGV: run -- deletes the record (and the
+# joined workers' parts left over) if that run still holds it and is not live.
 _PRUNE = _LIVE + """
 local rec, msgs, lease = KEYS[1], KEYS[2], KEYS[3]
 if redis.call('HGET', rec, 'run') ~= ARGV[1] then return 0 end
 if redis.call('HGET', rec, 'running') == '1' and live(lease) then
   return 0
 end
-redis.call('DEL', rec, msgs, lease)
+redis.call('DEL', unpack(KEYS))
 return 1
 """
 
 
-# The state and owner fields, the kept messages as one JSON array (one reply to
-# parse, not one per message) and the lease's remaining milliseconds.
+# KEYS: record, messages, lease, [parts]. The state and owner fields, the kept
+# messages as one JSON array (one reply to parse, not one per message), the lease's
+# remaining milliseconds and, given the parts key, the joined workers' parts (every
+# run's: readers keep the record's run's).
 _READ = """
 local fields = redis.call('HMGET', KEYS[1], 'state', 'owner')
 if not fields[1] then return false end
-return {fields[1], fields[2], cjson.encode(redis.call('LRANGE', KEYS[2], 0, -1)),
+local reply = {fields[1], fields[2], cjson.encode(redis.call('LRANGE', KEYS[2], 0, -1)),
   redis.call('PTTL', KEYS[3])}
+if KEYS[4] then
+  reply[5] = redis.call('TYPE', KEYS[4]).ok == 'hash' and redis.call('HVALS', KEYS[4]) or {}
+end
+return reply
 """
 
 # KEYS: record, lease, cancel; ARGV: ttl_ms -- asks the running run to stop:
@@ -188,10 +236,11 @@ end
 return fields[1] .. ':' .. (fields[2] or '0') .. ':' .. lease
 """
 
-# Deletes a record's keys; returns 1 if the record hash was there.
+# Deletes a record's keys (record, messages, lease, parts); returns 1 if the record
+# hash was there.
 _DELETE = """
 local gone = redis.call('DEL', KEYS[1])
-redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('DEL', unpack(KEYS, 2))
 return gone
 """
 
@@ -279,7 +328,12 @@ class RedisStore(Store):
         self._request_cancel = _Script(_REQUEST_CANCEL)
         self._clear_cancel = _Script(_CLEAR_CANCEL)
         self._written: dict[str, _Written] = {}
+        self._write_part = _Script(_WRITE_PART)
+        self._read_parts = _Script(_READ_PARTS)
+        self._delete_parts = _Script(_DELETE_PARTS)
         self._name_cache: dict[str, tuple[list[bytes], bytes]] = {}
+        #: The URL this store was made from (None: a client), which a pickle carries.
+        self._url = url_or_client if isinstance(url_or_client, str) else None
 
     def __repr__(self) -> str:
         return f"RedisStore({self.address!r}, prefix={self.prefix!r})"
@@ -314,6 +368,12 @@ class RedisStore(Store):
         """The Redis key whose TTL is the running owner's lease."""
         return f"{self.prefix}lease:{_tag(key)}"
 
+    def parts_key(self, key: str) -> str:
+        """The Redis hash of the joined workers' parts of ``key`` (``tracked.join``):
+        one field ``<run>/<worker>`` per worker, its part as JSON. It has the record's
+        hash tag, so the scripts that read or write both run on one cluster slot."""
+        return f"{self.prefix}parts:{_tag(key)}"
+
     def cancel_key(self, key: str) -> str:
         """The Redis key holding the run id of a running owner asked to stop (with the
         run's lease as its TTL)."""
@@ -339,6 +399,15 @@ class RedisStore(Store):
     def _sibling_keys(self, tagged: str) -> list[str]:
         """The record, messages and lease keys of a record from its ``{T}`` part."""
         return [f"{self.prefix}{kind}:{tagged}" for kind in ("rec", "msg", "lease")]
+
+    def _all_keys(self, tagged: str) -> list[str]:
+        """A read's keys from the ``{T}`` part: the record's, then its joined workers'
+        parts (one slot: they share the tag)."""
+        return [f"{self.prefix}{kind}:{tagged}" for kind in ("rec", "msg", "lease", "parts")]
+
+    def _read_keys(self, key: str) -> list[str]:
+        """A read's keys: the record's, then its joined workers' parts."""
+        return self._all_keys(_tag(key))
 
     # ------------------------------------------------------------------ writes
 
@@ -470,7 +539,7 @@ class RedisStore(Store):
 
     def delete(self, key: str) -> bool:
         self._written.pop(key, None)
-        return bool(self._call(self._run, self._delete, self._keys(key), ()))
+        return bool(self._call(self._run, self._delete, self._read_keys(key), ()))
 
     def prune(self, older_than: float) -> int:
         cutoff = time.time() - older_than
@@ -478,12 +547,48 @@ class RedisStore(Store):
         calls: list[_Call] = []
         for record in doomed:
             assert record.owner is not None
-            calls.append((self._keys(record.state.key), [record.owner.run]))
+            calls.append((self._read_keys(record.state.key), [record.owner.run]))
         replies = self._call(self._run_many, self._prune, calls) if calls else []
         for reply in replies:
             if isinstance(reply, Exception):
                 raise self._failure(reply)
         return sum(int(reply) for reply in replies)
+
+    # ------------------------------------------------------------------ shared runs
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickle as what reopens this store in another process (a share token
+        carries it to workers): the URL (``redis+cluster://`` ones included), or a
+        ``redis.Redis`` client's connection settings. A store made from a
+        ``RedisCluster`` client raises ``TypeError``: make it from a URL to share it."""
+        if self._url is not None:
+            source: Any = self._url
+        else:
+            client = self.client  # the one given: made from a client, nothing connects
+            if not isinstance(client, redis.Redis):
+                raise TypeError(
+                    f"{self!r} was made from a {type(client).__name__} client, which cannot "
+                    "be sent to another process: make the store from a redis+cluster:// URL "
+                    "(RedisStore(url) or tracked.open_store(url)) to share its progresses"
+                )
+            pool = client.connection_pool
+            plain = (str, int, float, bool, type(None))  # addresses, timeouts, TLS files
+            settings = {k: v for k, v in pool.connection_kwargs.items() if isinstance(v, plain)}
+            source = (pool.connection_class, settings)
+        return (_reopen, (source, self.prefix, self.finished_ttl, self._lease))
+
+    def write_part(self, key: str, part: SharedPart) -> bool:
+        run = _clean(part.run)  # as the write script stored the owner's run id
+        args = [run.encode(), _clean(f"{part.run}/{part.worker}").encode(), part.encode()]
+        keys = [self.record_key(key), self.parts_key(key)]
+        return bool(self._call(self._run, self._write_part, keys, args))
+
+    def read_parts(self, key: str, run: str) -> list[SharedPart]:
+        values = self._call(self._run, self._read_parts, [self.parts_key(key)], [_clean(run)])
+        return [part for part in _decode_parts(values) if part.run == run]
+
+    def delete_parts(self, key: str, run: str) -> None:
+        self._call(self._run, self._delete_parts, [self.parts_key(key)], [_clean(run)])
 
     # ------------------------------------------------------------------ cancel requests
 
@@ -510,7 +615,7 @@ class RedisStore(Store):
     # ------------------------------------------------------------------ reads
 
     def read(self, key: str) -> Record | None:
-        reply = self._read_record(self._read, key)
+        reply = self._read_record(self._read, key, self._read_keys(key))
         if not reply:
             return None
         try:
@@ -525,19 +630,21 @@ class RedisStore(Store):
         """A token that changes whenever what ``load(key)`` returns may change; None
         when there is no record.
 
-        Every write bumps a counter kept in the record; the token is the owner's run
-        id, that counter and, for a running record, whether its lease is live (so it
-        also changes when the owner dies). One round trip that moves no messages: a
+        Every write, and every joined worker's part (``write_part``), bumps a counter
+        kept in the record; the token is the owner's run id, that counter and, for a
+        running record, whether its lease is live (so it also changes when the owner
+        dies). One round trip that moves no messages: a
         status route can keep what it rendered for a token, and answer with it (or
         with a 304) while the token stays the same.
         """
         token = self._read_record(self._version, key)
         return None if token is None else _text(token)
 
-    def _read_record(self, script: _Script, key: str) -> Any:
-        """Run a script that reads ``key``'s record; a foreign value there is corrupt."""
+    def _read_record(self, script: _Script, key: str, keys: Sequence[str] | None = None) -> Any:
+        """Run a script that reads ``key``'s record (its ``keys``, by default the
+        record's three); a foreign value there is corrupt."""
         try:
-            return self._run(script, self._keys(key), ())
+            return self._run(script, self._keys(key) if keys is None else keys, ())
         except redis.ResponseError as exc:
             if "WRONGTYPE" not in str(exc):
                 raise self._failure(exc) from exc
@@ -552,7 +659,7 @@ class RedisStore(Store):
         pattern = _glob_escape(self.prefix + "rec:{") + "*"
         tags = [key[start:] for key in map(_text, self._call(self._scan, pattern)) if key]
         for offset in range(0, len(tags), SCAN_BATCH):
-            calls = [(self._sibling_keys(tag), ()) for tag in tags[offset : offset + SCAN_BATCH]]
+            calls = [(self._all_keys(tag), ()) for tag in tags[offset : offset + SCAN_BATCH]]
             replies = self._call(self._run_many, self._read, calls)
             now = time.time()
             for reply in replies:
@@ -695,7 +802,8 @@ def _new_messages(state: State, run: str, previous: _Written | None) -> tuple[in
 
 def _decode(reply: Sequence[Any], now: float) -> Record:
     """A record from the read script's reply; ``ValueError`` if malformed."""
-    state_json, owner_json, messages_json, pttl = reply
+    state_json, owner_json, messages_json, pttl = reply[:4]
+    parts = _decode_parts(reply[4]) if len(reply) > 4 else None
     try:
         data = json.loads(state_json)
         messages = json.loads(messages_json)
@@ -709,7 +817,19 @@ def _decode(reply: Sequence[Any], now: float) -> Record:
     if owner_data is None:
         return Record(state, None)
     owner = Owner.from_dict(owner_data)
-    return Record(state, dataclasses.replace(owner, lease_expires=_lease_expires(pttl, now)))
+    owner = dataclasses.replace(owner, lease_expires=_lease_expires(pttl, now))
+    return Record(state, owner, parts)
+
+
+def _decode_parts(values: Sequence[Any]) -> tuple[SharedPart, ...]:
+    """The readable parts among a parts hash's values (others add nothing)."""
+    parts = []
+    for value in values or ():
+        try:
+            parts.append(SharedPart.decode(value))
+        except ValueError:
+            continue
+    return tuple(parts)
 
 
 def _lease_expires(pttl: int, now: float) -> float:
@@ -717,6 +837,20 @@ def _lease_expires(pttl: int, now: float) -> float:
     if pttl == -1:  # a lease key without a TTL: held until someone deletes it
         return math.inf
     return now + pttl / 1000.0 if pttl > 0 else 0.0
+
+
+def _reopen(
+    source: Any, prefix: str, finished_ttl: float | None, lease: float
+) -> RedisStore:
+    """A ``RedisStore`` from what ``RedisStore.__reduce__`` pickled."""
+    if isinstance(source, str):
+        return RedisStore(source, prefix=prefix, finished_ttl=finished_ttl, lease=lease)
+    connection_class, kwargs = source
+    pool = redis.ConnectionPool(connection_class=connection_class, **kwargs)
+    client = redis.Redis(connection_pool=pool)
+    store = RedisStore(client, prefix=prefix, finished_ttl=finished_ttl, lease=lease)
+    store._owns_client = True  # made here, so close() closes it
+    return store
 
 
 # ----------------------------------------------------------------------------- clients

@@ -1,0 +1,455 @@
+"""One progress across processes: ``Progress.share()`` and ``tracked.join()``.
+
+Real worker processes (``ProcessPoolExecutor``, ``multiprocessing``) add to a run
+that the test process owns, through a real FileStore and a real redis-server.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import multiprocessing
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import webtest
+from redis.cluster import RedisCluster, key_slot
+
+import tracked
+from tests.conftest import SHARED_STORE_KINDS
+from tracked._share import JoinedProgress
+from tracked._store import SharedPart, merge_parts
+from tracked.redis import RedisStore
+from tracked.wsgi import status_app
+
+WORKERS = 8
+PER_WORKER = 10_000
+FORK = multiprocessing.get_context("fork")
+#: The stores whose runs other processes can join: conftest's shared kinds, and a
+#: real 3-master Redis Cluster (a run's parts live in its record's slot).
+SHARED_KINDS = [*SHARED_STORE_KINDS, "redis-cluster"]
+
+
+@pytest.fixture(params=SHARED_KINDS)
+def shared_store_url(
+    request: pytest.FixtureRequest, make_store_url: Callable[[str], str]
+) -> Iterator[str]:
+    """The URL of an empty store that several processes share, of each shared kind
+    (this module's: the cluster too)."""
+    url = make_store_url(request.param)
+    tracked.configure(store=url)
+    yield url
+    tracked.configure(store=None)
+
+
+def add(token: tracked.ShareToken, n: int, message: str | None = None) -> int:
+    """A pool task: join the shared run, count ``n`` items one by one, say so."""
+    with tracked.join(token) as part:
+        for _ in range(n):
+            part += 1
+        if message is not None:
+            part.add_message(message)
+    return n
+
+
+def add_then_die(token: tracked.ShareToken, flushed: int, unflushed: int) -> None:
+    """Count ``flushed`` items and write them, then ``unflushed`` more, then SIGKILL
+    ourselves: no block exit, no atexit, no flusher write in between (the run's
+    ``min_interval`` is long)."""
+    part = tracked.join(token)
+    part.flush()  # written once, so the next wake is due min_interval from now
+    for _ in range(flushed):
+        part += 1
+    assert part.flush()
+    for _ in range(unflushed):
+        part += 1
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_eight_worker_processes_add_exactly_to_one_progress(shared_store_url: str) -> None:
+    store = tracked.open_store(shared_store_url)
+    with tracked.start("shared-count", total=WORKERS * PER_WORKER + 3, store=store) as run:
+        token = run.share()
+        with concurrent.futures.ProcessPoolExecutor(WORKERS, mp_context=FORK) as pool:
+            tasks = [
+                pool.submit(add, token, PER_WORKER, f"worker {i} done") for i in range(WORKERS)
+            ]
+            assert sum(task.result() for task in tasks) == WORKERS * PER_WORKER
+        run += 3
+        run.flush()
+        running = tracked.load("shared-count", store=store)
+        assert running is not None and running.in_progress
+        assert running.count == WORKERS * PER_WORKER + 3  # readers add the parts
+        assert running.message_count == WORKERS
+    final = tracked.load("shared-count", store=store)
+    assert final is not None and final.state == "finished"
+    assert final.count == WORKERS * PER_WORKER + 3
+    assert final.message_count == WORKERS
+    assert sorted(final.messages) == sorted(f"worker {i} done" for i in range(WORKERS))
+    assert run.count == final.count  # the owner's handle holds the folded final snapshot
+    store.close()
+
+
+def test_a_multiprocessing_pool_adds_to_the_progress_a_reader_lists(
+    shared_store_url: str,
+) -> None:
+    store = tracked.open_store(shared_store_url)
+    with tracked.start("pool-count", total=None, store=store) as run:
+        token = run.share()
+        with FORK.Pool(4) as pool:
+            assert pool.starmap(add, [(token, 250)] * 4) == [250] * 4
+        [listed] = [s for s in store.list() if s.name == "pool-count"]
+        assert listed.in_progress and listed.count == 1000
+    store.close()
+
+
+def test_a_sigkilled_worker_loses_only_its_unflushed_part(shared_store_url: str) -> None:
+    store = tracked.open_store(shared_store_url)
+    with tracked.start("killed-worker", total=None, store=store, min_interval=60) as run:
+        token = run.share()
+        workers = [FORK.Process(target=add, args=(token, PER_WORKER)) for _ in range(WORKERS - 1)]
+        killed = FORK.Process(target=add_then_die, args=(token, 5_000, 1_000))
+        for process in [*workers, killed]:
+            process.start()
+        for process in [*workers, killed]:
+            process.join(60)
+        assert [p.exitcode for p in workers] == [0] * (WORKERS - 1)
+        assert killed.exitcode == -signal.SIGKILL
+        running = tracked.load("killed-worker", store=store)
+        assert running is not None and running.count == (WORKERS - 1) * PER_WORKER + 5_000
+    final = tracked.load("killed-worker", store=store)
+    assert final is not None and final.count == (WORKERS - 1) * PER_WORKER + 5_000
+    store.close()
+
+
+def test_the_owners_end_ends_the_run_and_later_parts_are_dropped(tmp_path: Path) -> None:
+    store = tracked.FileStore(tmp_path / "store")
+    with tracked.start("ends-here", total=10, store=store) as run:
+        token = run.share()
+        part = tracked.join(token)
+        part += 4
+        assert part.flush()
+    assert tracked.load("ends-here", store=store).count == 4  # type: ignore[union-attr]
+    assert not store.parts_dir(run.key).exists()  # folded into the final record
+    part += 100  # after the owner's end
+    assert not part.flush()
+    assert not part.in_progress
+    assert part.state == "finished"
+    final = tracked.load("ends-here", store=store)
+    assert final is not None and final.count == 4 and final.state == "finished"
+    assert not store.parts_dir(run.key).exists()
+
+
+def test_joining_an_ended_progress_gives_an_inert_handle(shared_store_url: str) -> None:
+    store = tracked.open_store(shared_store_url)
+    with tracked.start("already-over", store=store) as run:
+        token = run.share()
+        run.cancel()
+    with tracked.join(token) as late:
+        assert not late.in_progress
+        assert late.state == "cancelled"
+        late += 7
+        late.add_message("too late")
+        assert not late.flush()
+    final = tracked.load("already-over", store=store)
+    assert final is not None and final.count == 0 and final.messages == ()
+    store.close()
+
+
+def test_a_later_run_of_the_same_name_never_receives_an_older_runs_parts(
+    tmp_path: Path,
+) -> None:
+    store = tracked.FileStore(tmp_path / "store")
+    with tracked.start("again", store=store) as first:
+        token = first.share()
+    with tracked.start("again", store=store):
+        stale = tracked.join(token)
+        assert not stale.in_progress
+        stale += 5
+        assert not stale.flush()
+        assert tracked.load("again", store=store).count == 0  # type: ignore[union-attr]
+
+
+def test_a_share_token_pickles_and_reopens_its_store(shared_store_url: str) -> None:
+    store = tracked.open_store(shared_store_url)
+    with tracked.start("pickled", store=store, progress_id="job-7", max_messages=5) as run:
+        token = run.share()
+        data = pickle.dumps(token)
+        assert len(data) < 1024
+        copy = pickle.loads(data)
+        assert (copy.key, copy.run, copy.max_messages) == (token.key, token.run, 5)
+        assert type(copy.store) is type(store)
+        with tracked.join(copy) as part:
+            part.add_message(*[f"m{i}" for i in range(7)])
+            part += 2
+        state = tracked.load("pickled", store=store, progress_id="job-7")
+        assert state is not None
+        assert state.count == 2 and state.message_count == 7
+        assert state.messages == ("m2", "m3", "m4", "m5", "m6")  # the run's max_messages
+        copy.store.close()
+    store.close()
+
+
+def test_a_memory_store_is_joined_by_threads_and_refused_to_other_processes() -> None:
+    store = tracked.MemoryStore()
+    with tracked.start("in-memory", total=None, store=store) as run:
+        token = run.share()
+
+        def count() -> None:
+            with tracked.join(token) as part:
+                for _ in range(1000):
+                    part += 1
+
+        threads = [threading.Thread(target=count) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert tracked.load("in-memory", store=store).count == 4000  # type: ignore[union-attr]
+        with pytest.raises(TypeError, match="MemoryStore lives in one process"):
+            pickle.dumps(token)
+        said = FORK.SimpleQueue()  # a forked child inherits the token without pickling
+        child = FORK.Process(target=lambda: said.put(_join_inherited(token)))
+        child.start()
+        child.join(30)
+        assert "can be joined only in that process" in said.get()
+    assert run.count == 4000
+
+
+def _join_inherited(token: tracked.ShareToken) -> str:
+    try:
+        tracked.join(token)
+    except tracked.StoreError as exc:
+        return str(exc)
+    return "joined"
+
+
+def test_a_forked_child_cannot_share_the_parents_run(tmp_path: Path) -> None:
+    store = tracked.FileStore(tmp_path / "store")
+    with tracked.start("not-yours", store=store) as run:
+        said = FORK.SimpleQueue()
+        child = FORK.Process(target=lambda: said.put(_share_inherited(run)))
+        child.start()
+        child.join(30)
+        assert "only by the process that started it" in said.get()
+
+
+def _share_inherited(run: tracked.Progress) -> str:
+    try:
+        run.share()
+    except tracked.TrackedError as exc:
+        return str(exc)
+    return "shared"
+
+
+def test_a_joined_handle_is_current_inside_its_block_and_leaves_the_run_running(
+    tmp_path: Path,
+) -> None:
+    store = tracked.FileStore(tmp_path / "store")
+    with tracked.start("current", store=store) as run:
+        with tracked.join(run.share()) as part:
+            assert isinstance(part, JoinedProgress)
+            assert tracked.current() is part
+            tracked.current().increment(3, "from the worker")
+        assert run.in_progress
+        state = tracked.load("current", store=store)
+        assert state is not None and state.in_progress
+        assert state.count == 3 and state.messages == ("from the worker",)
+
+
+def test_the_status_route_and_the_cli_show_the_workers_count_while_it_runs(
+    shared_store_url: str,
+) -> None:
+    store = tracked.open_store(shared_store_url)
+    with tracked.start("watched", total=2000, store=store) as run:
+        token = run.share()
+        with concurrent.futures.ProcessPoolExecutor(2, mp_context=FORK) as pool:
+            assert list(pool.map(add, [token, token], [1000, 1000], ["a", "b"])) == [1000] * 2
+        client = webtest.TestApp(status_app(store))
+        wire = client.get("/watched").json
+        assert (wire["count"], wire["in_progress"], wire["message_count"]) == (2000, True, 2)
+        command = ["show", "watched", "--json", "--store", shared_store_url]
+        shown = subprocess.run(
+            [sys.executable, "-m", "tracked", *command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout)["count"] == 2000
+    store.close()
+
+
+def test_a_redis_store_made_from_a_client_travels_in_a_token(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    store = RedisStore(client, prefix="from-client:")
+    with tracked.start("client-made", total=None, store=store) as run:
+        token = run.share()
+        with concurrent.futures.ProcessPoolExecutor(2, mp_context=FORK) as pool:
+            assert list(pool.map(add, [token, token], [300, 300])) == [300, 300]
+        reopened = pickle.loads(pickle.dumps(token)).store
+        assert isinstance(reopened, RedisStore) and reopened.prefix == "from-client:"
+        assert tracked.load("client-made", store=reopened).count == 600  # type: ignore[union-attr]
+        reopened.close()
+    client.close()
+
+
+def _part(run: str, worker: str, count: int, *messages: str) -> SharedPart:
+    return SharedPart(worker, run, count, len(messages), messages, 1000, 1.0)
+
+
+def test_every_store_keeps_parts_per_run_and_refuses_them_once_the_run_ended(
+    store: tracked.Store,
+) -> None:
+    with tracked.start("parts", store=store) as run:
+        assert run._owner is not None
+        mine = run._owner.run
+        assert store.write_part(run.key, _part(mine, "w1", 5, "a"))
+        assert store.write_part(run.key, _part(mine, "w1", 7, "a", "b"))  # replaces w1's
+        assert store.write_part(run.key, _part(mine, "w2", 1))
+        assert not store.write_part(run.key, _part("another-run", "w3", 100))
+        assert sorted(p.count for p in store.read_parts(run.key, mine)) == [1, 7]
+        assert store.read_parts(run.key, "another-run") == []
+        state = store.load(run.key)
+        assert state is not None and (state.count, state.message_count) == (8, 2)
+        run.share()  # so its end folds the parts in
+    assert not store.write_part(run.key, _part(mine, "w1", 9))
+    assert store.read_parts(run.key, mine) == []
+    final = store.load(run.key)
+    assert final is not None and (final.count, final.messages) == (8, ("a", "b"))
+    assert not store.write_part("never-started", _part(mine, "w1", 1))
+
+
+def test_a_file_stores_prune_and_delete_remove_leftover_parts(tmp_path: Path) -> None:
+    store = tracked.FileStore(tmp_path / "store")
+    with tracked.start("left", store=store) as run:
+        assert run._owner is not None
+        assert store.write_part(run.key, _part(run._owner.run, "w1", 3))
+    # not shared through share(), so its end left the part behind
+    assert store.parts_dir(run.key).is_dir()
+    assert store.load("left").count == 0  # type: ignore[union-attr]  # ended: parts not added
+    store.prune(older_than=3600)
+    assert not store.parts_dir(run.key).exists()
+    with tracked.start("deleted", store=store) as other:
+        assert other._owner is not None
+        assert store.write_part(other.key, _part(other._owner.run, "w1", 3))
+        assert store.delete(other.key)
+        assert not store.parts_dir(other.key).exists()
+
+
+def add_without_a_block(token: tracked.ShareToken, n: int) -> int:
+    """A task that joins but never ends its handle: dropping it writes its part."""
+    part = tracked.join(token)
+    for _ in range(n):
+        part.increment()
+    return n
+
+
+def test_a_joined_handle_dropped_without_its_block_still_writes_its_part(
+    shared_store_url: str,
+) -> None:
+    store = tracked.open_store(shared_store_url)
+    with tracked.start("no-block", total=None, store=store, min_interval=60) as run:
+        token = run.share()
+        with concurrent.futures.ProcessPoolExecutor(2, mp_context=FORK) as pool:
+            assert sum(pool.map(add_without_a_block, [token] * 4, [250] * 4)) == 1000
+        assert tracked.load("no-block", store=store).count == 1000  # type: ignore[union-attr]
+    store.close()
+
+
+def test_the_workers_flusher_writes_its_part_within_min_interval(tmp_path: Path) -> None:
+    store = tracked.FileStore(tmp_path / "store")
+    with tracked.start("periodic", total=None, store=store, min_interval=0.05) as run:
+        with tracked.join(run.share()) as part:
+            part += 10
+            deadline = time.monotonic() + 5
+            while tracked.load("periodic", store=store).count != 10:  # type: ignore[union-attr]
+                assert time.monotonic() < deadline, "the part was not written"
+                time.sleep(0.01)
+            assert part.in_progress  # written by the flusher, the block still open
+
+
+def test_open_workers_rates_add_up_so_a_shared_run_has_an_eta(tmp_path: Path) -> None:
+    store = tracked.FileStore(tmp_path / "store")
+    with tracked.start("eta", total=1000, store=store, min_interval=60) as run:
+        with tracked.join(run.share()) as part:
+            part.flush()
+            for _ in range(5):
+                part += 20
+                time.sleep(0.06)
+                part.flush()
+            state = tracked.load("eta", store=store)
+            assert state is not None and state.count == 100
+            assert state.rate is not None and state.rate > 0 and state.eta is not None
+        state = tracked.load("eta", store=store)
+        assert state is not None and state.count == 100
+        assert state.rate is None  # the worker's handle ended: its rate no longer adds
+
+
+def test_a_stale_or_ended_parts_rate_does_not_add() -> None:
+    owner = tracked.State(name="r", count=10, rate=2.0, current_time=100.0)
+    fresh = SharedPart("a", "run", 5, 0, (), 10, 99.0, rate=3.0)
+    stale = SharedPart("b", "run", 5, 0, (), 10, 90.0, rate=50.0)
+    ended = SharedPart("c", "run", 5, 0, (), 10, 99.5, rate=70.0, ended=True)
+    merged = merge_parts(owner, [fresh, stale, ended], now=100.0)
+    assert (merged.count, merged.rate) == (25, 5.0)
+
+
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
+def test_a_redis_stores_parts_share_the_records_slot_and_go_with_delete_and_prune(
+    kind: str, make_store_url: Callable[[str], str]
+) -> None:
+    store = RedisStore(make_store_url(kind), prefix="parts-test:")
+    client = store.client
+    with tracked.start("batch/{1}", store=store) as run:
+        assert run._owner is not None
+        mine = run._owner.run
+        assert store.write_part(run.key, _part(mine, "w1", 3, "x"))
+        assert client.exists(store.parts_key(run.key)) == 1
+        parts, record = store.parts_key(run.key), store.record_key(run.key)
+        assert key_slot(parts.encode()) == key_slot(record.encode())
+        assert store.load(run.key).count == 3  # type: ignore[union-attr]  # one read merges
+        version = store.version(run.key)
+        assert store.write_part(run.key, _part(mine, "w1", 4, "x"))
+        assert store.version(run.key) != version  # a new part changes what readers see
+        assert [p.count for p in store.read_parts(run.key, mine)] == [4]
+        store.delete_parts(run.key, "another-run")
+        assert [p.count for p in store.read_parts(run.key, mine)] == [4]
+    # not shared through share(): the part is left over, and ended records ignore it
+    assert store.load(run.key).count == 0  # type: ignore[union-attr]
+    assert client.exists(store.parts_key(run.key)) == 1
+    assert store.prune(older_than=0) == 1
+    assert client.exists(store.parts_key(run.key)) == 0
+    with tracked.start("deleted", store=store) as other:
+        assert other._owner is not None
+        assert store.write_part(other.key, _part(other._owner.run, "w1", 3))
+        assert store.delete(other.key)
+        assert client.exists(store.parts_key(other.key)) == 0
+        assert not store.write_part(other.key, _part(other._owner.run, "w1", 4))
+    store.close()
+
+
+def test_a_store_made_from_a_cluster_client_says_to_share_it_by_url(
+    redis_cluster_url: str,
+) -> None:
+    client = RedisCluster.from_url(redis_cluster_url.replace("+cluster", ""))
+    store = RedisStore(client, prefix="cluster-client:")
+    with tracked.start("by-client", store=store) as run:
+        with pytest.raises(TypeError, match=r"redis\+cluster:// URL"):
+            pickle.dumps(run.share())
+        with tracked.join(run.share()) as part:  # this process may still join it
+            part += 2
+        assert tracked.load("by-client", store=store).count == 2  # type: ignore[union-attr]
+    by_url = pickle.loads(pickle.dumps(RedisStore(redis_cluster_url, prefix="cluster-client:")))
+    assert by_url.load("by-client").count == 2  # type: ignore[union-attr]
+    by_url.close()
+    client.close()
