@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from ._state import State
 from ._store import Owner, Record, Store, claim_or_raise
@@ -18,6 +18,8 @@ class MemoryStore(Store):
     def __init__(self) -> None:
         self._records: dict[str, Record] = {}
         self._lock = threading.Lock()
+        #: Called with a key after each write of it (``tracked._watch`` wakes streams).
+        self._watchers: list[Callable[[str, State | None], None]] = []
 
     def __repr__(self) -> str:
         return f"MemoryStore(<{len(self._records)} records>)"
@@ -27,10 +29,12 @@ class MemoryStore(Store):
         with self._lock:
             claim_or_raise(self._records.get(key), key)
             self._records[key] = Record(state, owner)
+        self._changed(key, state)
 
     def save(self, state: State, owner: Owner) -> None:
         with self._lock:
             self._records[state.key] = Record(state, owner)
+        self._changed(state.key, state)
 
     def read(self, key: str) -> Record | None:
         return self._records.get(key)
@@ -42,7 +46,13 @@ class MemoryStore(Store):
 
     def delete(self, key: str) -> bool:
         with self._lock:
-            return self._records.pop(key, None) is not None
+            deleted = self._records.pop(key, None) is not None
+        self._changed(key, None)
+        return deleted
+
+    def _changed(self, key: str, state: State | None) -> None:
+        for watcher in self._watchers:
+            watcher(key, state)
 
     def prune(self, older_than: float) -> int:
         cutoff = time.time() - older_than

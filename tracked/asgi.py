@@ -18,7 +18,16 @@ from typing import Any
 
 import tracked
 
-from ._web import Authorize, Response, StatusRequest, StatusService
+from ._web import (
+    HEARTBEAT_SECONDS,
+    MAX_STREAM_SECONDS,
+    Authorize,
+    EventStream,
+    Response,
+    StatusRequest,
+    StatusService,
+    Wait,
+)
 
 __all__ = ["status_app"]
 
@@ -33,11 +42,23 @@ def status_app(
     store: tracked.Store | str | os.PathLike[str] | None = None,
     *,
     authorize: Authorize | None = None,
+    max_stream_seconds: float = MAX_STREAM_SECONDS,
+    heartbeat_seconds: float = HEARTBEAT_SECONDS,
 ) -> ASGIApp:
     """An ASGI app serving the status route for ``store`` (None: the process default
     at request time). ``authorize(scope, key)`` returning false answers 403; it
-    runs in the worker thread with the rest of the request."""
-    service = StatusService(store, authorize=authorize)
+    runs in the worker thread with the rest of the request.
+
+    A GET accepting ``text/event-stream`` gets Server-Sent Events for at most
+    ``max_stream_seconds`` (0: never), with a comment line after
+    ``heartbeat_seconds`` of silence. A waiting stream holds no thread: it waits
+    on the event loop for its store's change signal; only store reads run in a
+    worker thread.
+    """
+    service = StatusService(
+        store, authorize=authorize, max_stream_seconds=max_stream_seconds,
+        heartbeat_seconds=heartbeat_seconds,
+    )
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -46,8 +67,11 @@ def status_app(
             return
         if kind != "http":
             raise ValueError(f"the tracked status app serves HTTP only, not {kind!r}")
-        answer = await asyncio.to_thread(service.handle, _request(scope))
-        await _send(answer, scope["method"] == "HEAD", send)
+        answer = await asyncio.to_thread(service.open, _request(scope))
+        if isinstance(answer, EventStream):
+            await _stream(answer, receive, send)
+        else:
+            await _send(answer, scope["method"] == "HEAD", send)
 
     app.service = service  # type: ignore[attr-defined]
     return app
@@ -61,7 +85,7 @@ def _request(scope: Scope) -> StatusRequest:
         path = path[len(root) :]
     headers: dict[bytes, str] = {}
     for name, value in scope.get("headers", ()):
-        if name in (b"if-none-match", b"x-progress-id"):
+        if name in _HEADERS:
             text = value.decode("latin-1")
             headers[name] = f"{headers[name]}, {text}" if name in headers else text
     return StatusRequest(
@@ -72,7 +96,55 @@ def _request(scope: Scope) -> StatusRequest:
         headers.get(b"x-progress-id"),
         root,
         scope,
+        headers.get(b"accept"),
+        headers.get(b"last-event-id"),
     )
+
+
+_HEADERS = frozenset((b"if-none-match", b"x-progress-id", b"accept", b"last-event-id"))
+
+
+async def _stream(stream: EventStream, receive: Receive, send: Send) -> None:
+    """Drive an event stream on the loop: wait for changes without a thread, read
+    the store in one, stop when the client disconnects (or a send fails)."""
+    gone = False
+
+    async def listen() -> None:
+        nonlocal gone
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                gone = True
+                stream.subscription.notify()  # wake a waiting schedule now
+                return
+
+    listener = asyncio.create_task(listen())
+    try:
+        headers = [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in stream.headers]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        value: Any = None
+        while not gone:
+            try:
+                step = stream.steps.send(value)
+            except StopIteration:
+                break
+            value = None
+            if isinstance(step, bytes):
+                await send({"type": "http.response.body", "body": step, "more_body": True})
+            elif isinstance(step, Wait):
+                value = await stream.subscription.wait_async(step.seconds)
+            else:
+                try:
+                    value = await asyncio.to_thread(stream.store.load, stream.key)
+                except Exception:  # noqa: BLE001 - end the stream; a reconnect gets the 500
+                    break
+        if not gone:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+    except OSError:
+        pass  # the client went away (ASGI 2.4 servers raise it from send)
+    finally:
+        listener.cancel()
+        stream.close()
 
 
 async def _send(answer: Response, head: bool, send: Send) -> None:

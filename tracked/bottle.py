@@ -26,7 +26,17 @@ import bottle
 import tracked
 
 from ._scope import RequestScope, request_scope
-from ._web import Authorize, StatusRequest, StatusService, error, requested_progress_id
+from ._web import (
+    HEARTBEAT_SECONDS,
+    MAX_STREAM_SECONDS,
+    Authorize,
+    EventStream,
+    StatusRequest,
+    StatusService,
+    SyncEvents,
+    error,
+    requested_progress_id,
+)
 
 __all__ = ["TrackedPlugin"]
 
@@ -45,7 +55,9 @@ class TrackedPlugin:
     default at request time); ``prefix`` is where the status route lives;
     ``authorize(request, key)`` returning false makes the status route answer 403.
     ``key`` is the name, the progress_id, or both joined by NUL, as
-    ``tracked.State(name, progress_id).key`` builds it.
+    ``tracked.State(name, progress_id).key`` builds it. A GET accepting
+    ``text/event-stream`` gets Server-Sent Events for at most ``max_stream_seconds``
+    (0: never), with a comment line after ``heartbeat_seconds`` of silence.
     """
 
     name = "tracked"
@@ -56,12 +68,18 @@ class TrackedPlugin:
         store: tracked.Store | str | os.PathLike[str] | None = None,
         prefix: str = "/_progress_status",
         authorize: Authorize | None = None,
+        *,
+        max_stream_seconds: float = MAX_STREAM_SECONDS,
+        heartbeat_seconds: float = HEARTBEAT_SECONDS,
     ) -> None:
         if not isinstance(prefix, str) or not prefix.startswith("/") or "<" in prefix:
             raise tracked.InvalidValue(
                 f"prefix must be a URL path starting with '/' and without '<', got {prefix!r}"
             )
-        self.service = StatusService(store, authorize=authorize)
+        self.service = StatusService(
+            store, authorize=authorize, max_stream_seconds=max_stream_seconds,
+            heartbeat_seconds=heartbeat_seconds,
+        )
         self.store = self.service.store
         self.prefix = prefix.rstrip("/")
         self.authorize = authorize
@@ -125,9 +143,15 @@ class TrackedPlugin:
             environ.get("HTTP_X_PROGRESS_ID"),
             self.prefix,
             bottle.request,
+            environ.get("HTTP_ACCEPT"),
+            environ.get("HTTP_LAST_EVENT_ID"),
         )
-        answer = self.service.handle(request)
+        answer = self.service.open(request)
         response = bottle.response
+        if isinstance(answer, EventStream):
+            for header, value in answer.headers:
+                response.set_header(header, value)
+            return SyncEvents(answer)
         response.status = answer.status
         for header, value in answer.headers:
             response.set_header(header, value)

@@ -21,7 +21,17 @@ from typing import Any
 
 import tracked
 
-from ._web import Authorize, Response, StatusRequest, StatusService, error
+from ._web import (
+    HEARTBEAT_SECONDS,
+    MAX_STREAM_SECONDS,
+    Authorize,
+    EventStream,
+    Response,
+    StatusRequest,
+    StatusService,
+    SyncEvents,
+    error,
+)
 
 __all__ = ["status_app"]
 
@@ -35,13 +45,27 @@ def status_app(
     store: tracked.Store | str | os.PathLike[str] | None = None,
     *,
     authorize: Authorize | None = None,
+    max_stream_seconds: float = MAX_STREAM_SECONDS,
+    heartbeat_seconds: float = HEARTBEAT_SECONDS,
 ) -> WSGIApp:
     """A WSGI app serving the status route for ``store`` (None: the process default
-    at request time). ``authorize(environ, key)`` returning false answers 403."""
-    service = StatusService(store, authorize=authorize)
+    at request time). ``authorize(environ, key)`` returning false answers 403.
+
+    A GET accepting ``text/event-stream`` gets Server-Sent Events for at most
+    ``max_stream_seconds`` (0: never; such requests get the JSON), with a comment
+    line after ``heartbeat_seconds`` of silence. An open stream holds the thread
+    serving it: use threaded workers (gunicorn ``gthread``, gevent) for streams.
+    """
+    service = StatusService(
+        store, authorize=authorize, max_stream_seconds=max_stream_seconds,
+        heartbeat_seconds=heartbeat_seconds,
+    )
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         answer = _answer(service, environ)
+        if isinstance(answer, EventStream):
+            start_response("200 OK", list(answer.headers))
+            return SyncEvents(answer)
         headers = list(answer.headers)
         if answer.status not in (204, 304):
             headers.append(("Content-Length", str(len(answer.body))))
@@ -54,7 +78,7 @@ def status_app(
     return app
 
 
-def _answer(service: StatusService, environ: dict[str, Any]) -> Response:
+def _answer(service: StatusService, environ: dict[str, Any]) -> Response | EventStream:
     """Translate one WSGI request for the service; a path that is not UTF-8 is a 400."""
     path = environ.get("PATH_INFO", "")
     try:
@@ -69,5 +93,7 @@ def _answer(service: StatusService, environ: dict[str, Any]) -> Response:
         environ.get("HTTP_X_PROGRESS_ID"),
         environ.get("SCRIPT_NAME", ""),
         environ,
+        environ.get("HTTP_ACCEPT"),
+        environ.get("HTTP_LAST_EVENT_ID"),
     )
-    return service.handle(request)
+    return service.open(request)
