@@ -51,6 +51,7 @@ __all__ = [
     "Wait",
     "error",
     "event_schedule",
+    "form_progress_ids",
     "query_values",
     "render",
     "requested_progress_id",
@@ -594,6 +595,45 @@ def requested_progress_id(
                 f"(query, form field and {PROGRESS_ID_HEADER} header must agree)"
             )
     return storage_key(None, first)
+
+
+#: Bodies whose fields may carry the client's progress_id.
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+#: Largest body a middleware reads for a ``progress_id`` field (bigger uploads:
+#: put it in the query or the header).
+FORM_LIMIT = 1 << 20
+
+
+def form_progress_ids(content_type: str | None, body: bytes) -> list[str]:
+    """The ``progress_id`` fields of a urlencoded or multipart ``body`` (UTF-8); none
+    for other bodies. A body that cannot be read as its form is ``InvalidValue``."""
+    kind = (content_type or "").lower()
+    if kind.startswith(FORM_TYPES[0]):
+        try:
+            text = body.decode("utf-8")
+            fields = parse_qsl(text, keep_blank_values=True, errors="strict")
+        except (UnicodeDecodeError, ValueError):
+            raise tracked.InvalidValue("the request body cannot be read as a form") from None
+        return [value for name, value in fields if name == "progress_id"]
+    if kind.startswith(FORM_TYPES[1]):
+        import email.parser
+        import email.policy
+
+        head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1")
+        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+        if not message.is_multipart():
+            raise tracked.InvalidValue("the request body cannot be read as a form")
+        found = []
+        for part in message.iter_parts():
+            if part.get_param("name", header="content-disposition") != "progress_id":
+                continue
+            payload = part.get_payload(decode=True)
+            try:
+                found.append(payload.decode("utf-8") if isinstance(payload, bytes) else "")
+            except UnicodeDecodeError:
+                raise tracked.InvalidName("a progress_id must be UTF-8 text") from None
+        return found
+    return []
 
 
 @functools.lru_cache(maxsize=4096)

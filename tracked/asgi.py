@@ -7,6 +7,14 @@ is computed in a worker thread (``asyncio.to_thread``) and the event loop never
 waits on a file or a Redis round trip. No dependency beyond the standard
 library: every decision is the framework-free service's (``tracked._web``);
 this module only converts between ASGI and it.
+
+``TrackedMiddleware(app, store)`` wraps a whole ASGI app (FastAPI, Starlette):
+it serves the status route under ``prefix`` and runs every other request in the
+request scope, so ``@tracked`` endpoints combine the client's ``progress_id``
+(query, form field or ``X-Progress-Id``, read as the Bottle plugin reads it)
+with their names::
+
+    app.add_middleware(TrackedMiddleware, store=store)   # or TrackedMiddleware(app, store)
 """
 
 from __future__ import annotations
@@ -18,7 +26,10 @@ from typing import Any
 
 import tracked
 
+from ._scope import RequestScope, request_scope
 from ._web import (
+    FORM_LIMIT,
+    FORM_TYPES,
     HEARTBEAT_SECONDS,
     MAX_STREAM_SECONDS,
     Authorize,
@@ -27,9 +38,12 @@ from ._web import (
     StatusRequest,
     StatusService,
     Wait,
+    error,
+    form_progress_ids,
+    requested_progress_id,
 )
 
-__all__ = ["status_app"]
+__all__ = ["TrackedMiddleware", "status_app"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -166,3 +180,105 @@ async def _lifespan(receive: Receive, send: Send) -> None:
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+class TrackedMiddleware:
+    """Wrap an ASGI app: serve the status route under ``prefix``; run every other
+    HTTP request with the client's ``progress_id`` and ``store`` in the request scope
+    (a context variable: async endpoints and the threads Starlette runs sync ones
+    in both see it).
+
+    A request whose ``progress_id`` sources disagree, or is not a valid id, gets a
+    JSON 400 and never reaches ``app``. A urlencoded or multipart body of at most
+    ``FORM_LIMIT`` bytes (1 MiB) is read for a ``progress_id`` field and replayed
+    to ``app``; for larger uploads, send it in the query or the header. The other
+    options are ``status_app``'s; other scopes (lifespan, websocket) go to ``app``.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        store: tracked.Store | str | os.PathLike[str] | None = None,
+        *,
+        prefix: str = "/_progress_status",
+        authorize: Authorize | None = None,
+        max_stream_seconds: float = MAX_STREAM_SECONDS,
+        heartbeat_seconds: float = HEARTBEAT_SECONDS,
+    ) -> None:
+        if not isinstance(prefix, str) or not prefix.startswith("/"):
+            raise tracked.InvalidValue(
+                f"prefix must be a URL path starting with '/', got {prefix!r}"
+            )
+        self.app = app
+        self.prefix = prefix.rstrip("/")
+        self.status = status_app(
+            store, authorize=authorize, max_stream_seconds=max_stream_seconds,
+            heartbeat_seconds=heartbeat_seconds,
+        )
+        self.store = self.status.service.store  # type: ignore[attr-defined]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        root = scope.get("root_path", "")
+        path: str = scope["path"]
+        local = path[len(root) :] if root and path.startswith(root) else path
+        if local == self.prefix or local.startswith(self.prefix + "/"):
+            await self.status({**scope, "root_path": root + self.prefix}, receive, send)
+            return
+        headers = dict(scope.get("headers", ()))
+        try:
+            form: list[str] = []
+            content_type = headers.get(b"content-type", b"").decode("latin-1")
+            if content_type.lower().startswith(FORM_TYPES):
+                body, receive = await _read_small_body(headers, receive)
+                if body is not None:
+                    form = form_progress_ids(content_type, body)
+            header = headers.get(b"x-progress-id")
+            progress_id = requested_progress_id(
+                scope.get("query_string", b"").decode("latin-1"),
+                None if header is None else header.decode("latin-1"),
+                form,
+            )
+        except tracked.TrackedError as exc:
+            await _send(error(400, str(exc)), False, send)
+            return
+        token = request_scope.set(RequestScope(progress_id, self.store))
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            request_scope.reset(token)
+
+
+async def _read_small_body(
+    headers: dict[bytes, bytes], receive: Receive
+) -> tuple[bytes | None, Receive]:
+    """The whole body when it declares at most FORM_LIMIT bytes, and a ``receive``
+    that replays it to the app; (None, receive) for any other body."""
+    try:
+        length = int(headers.get(b"content-length", b""))
+    except ValueError:
+        return None, receive
+    if not 0 < length <= FORM_LIMIT:
+        return None, receive
+    chunks: list[bytes] = []
+    pending: list[Message] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            pending.append(message)
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    body = b"".join(chunks)
+    replay: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
+    replay.extend(pending)
+
+    async def replaying() -> Message:
+        if replay:
+            return replay.pop(0)
+        return await receive()
+
+    return body, replaying
