@@ -38,6 +38,9 @@ class DemoConfig:
     store: str
     seconds: float = 10.0
     steps: int = 50
+    #: Serve Server-Sent Events: only with threads, as an open stream holds its
+    #: worker; without, event-stream requests get JSON and tracked.js polls.
+    streams: bool = False
 
     @property
     def pause(self) -> float:
@@ -47,7 +50,9 @@ class DemoConfig:
 def make_app(config: DemoConfig) -> bottle.Bottle:
     """The demo's Bottle app: the page, its scripts, two job routes and the status route."""
     app = bottle.Bottle()
-    app.install(TrackedPlugin(store=tracked.FileStore(config.store)))
+    app.install(TrackedPlugin(
+        store=tracked.FileStore(config.store), max_stream_seconds=60 if config.streams else 0
+    ))
 
     @app.get("/")
     def index() -> Any:
@@ -206,7 +211,8 @@ def serve_waitress(app: bottle.Bottle, args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
-        config = DemoConfig(store=args.store, seconds=args.seconds, steps=args.steps)
+        config = DemoConfig(store=args.store, seconds=args.seconds, steps=args.steps,
+                            streams=args.server == "gunicorn" and args.threads > 1)
         app = make_app(config)
     except tracked.TrackedError as exc:
         sys.exit(f"{sys.argv[0]}: error: {exc}")
