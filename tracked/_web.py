@@ -191,6 +191,30 @@ class StatusService:
             return error(404, f"no progress {shown!r}")
         return respond(rendered, request.if_none_match)
 
+    def cached(self, request: StatusRequest) -> Response | None:
+        """The answer when it needs no store read and no user code: a GET or HEAD of a
+        FileStore record whose rendered body is cached and whose file is unchanged
+        (one ``stat``), without ``authorize``; else None (ask ``open``). Lets an event
+        loop answer the common poll without a thread hop."""
+        if (
+            self.authorize is not None
+            or (request.method != "GET" and request.method != "HEAD")
+            or (request.method == "GET" and self.max_stream_seconds
+                and wants_events(request.accept))
+        ):
+            return None
+        cache = self._cache
+        if cache is None or cache._files is None or cache.store is not (
+            self.store or tracked.default_store()
+        ):
+            return None
+        try:
+            key, since = self._key_and_since(request)
+        except tracked.TrackedError:
+            return None
+        rendered = cache.get(key, since, cache.signature(key), time.monotonic())
+        return None if rendered is None else respond(rendered, request.if_none_match)
+
     def open(self, request: StatusRequest) -> Response | EventStream:
         """``handle``, or an event stream for a GET that accepts ``text/event-stream``
         (while ``max_stream_seconds`` is not 0): the same checks and errors first."""

@@ -4,9 +4,10 @@
 (``app.mount("/_progress_status", status_app(store))``): it routes on the
 request path below ``root_path``. Store reads block, so each request's answer
 is computed in a worker thread (``asyncio.to_thread``) and the event loop never
-waits on a file or a Redis round trip. No dependency beyond the standard
-library: every decision is the framework-free service's (``tracked._web``);
-this module only converts between ASGI and it.
+waits on a file read or a Redis round trip; only an answer already rendered for
+an unchanged FileStore record (checked with one ``stat``) is sent from the loop.
+No dependency beyond the standard library: every decision is the framework-free
+service's (``tracked._web``); this module only converts between ASGI and it.
 
 ``TrackedMiddleware(app, store)`` wraps a whole ASGI app (FastAPI, Starlette):
 it serves the status route under ``prefix`` and runs every other request in the
@@ -81,7 +82,10 @@ def status_app(
             return
         if kind != "http":
             raise ValueError(f"the tracked status app serves HTTP only, not {kind!r}")
-        answer = await asyncio.to_thread(service.open, _request(scope))
+        request = _request(scope)
+        answer: Response | EventStream | None = service.cached(request)
+        if answer is None:
+            answer = await asyncio.to_thread(service.open, request)
         if isinstance(answer, EventStream):
             await _stream(answer, receive, send)
         else:
