@@ -453,3 +453,37 @@ def _read_to_end(stream: Stream) -> list[dict[str, Any]]:
         events.append(event)
     stream.close()
     return events
+
+
+def test_redis_streams_share_one_pub_sub_connection(adapter, redis_url):
+    import redis
+
+    store = tracked.RedisStore(redis_url)
+    admin = redis.Redis.from_url(redis_url)
+    names = [f"job-{i}" for i in range(5)]
+    streams = []
+    try:
+        with serve(adapter, store) as port:
+            progresses = [tracked.start(f"live-{n}", store=store, min_interval=0) for n in names]
+            for name in names:
+                _wait_stored(store, f"live-{name}", 0)
+            streams = [Stream(port, f"{PREFIX}/live-{n}") for n in [*names, *names]]
+            for stream in streams:
+                assert stream.event() is not None
+            pubsub = admin.execute_command("CLIENT", "LIST", "TYPE", "pubsub").decode()
+            assert len([line for line in pubsub.splitlines() if line]) == 1
+            for index, progress in enumerate(progresses):
+                progress.add_message(f"to {index}")
+            for index, stream in enumerate(streams):
+                event = stream.event()
+                while event is not None and not event["data"]["messages"]:
+                    event = stream.event()
+                assert event is not None
+                assert event["data"]["messages"] == [f"to {index % len(names)}"]
+            for progress in progresses:
+                progress.finish()
+    finally:
+        for stream in streams:
+            stream.close()
+        admin.close()
+        store.close()

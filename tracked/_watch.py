@@ -58,17 +58,19 @@ class Subscription:
 
     def notify(self, state: tracked.State | None = None) -> None:
         """Something wrote ``key`` (``state``: what was written, when known)."""
+        _wake_loops(self.mark(state))
+
+    def mark(
+        self, state: tracked.State | None
+    ) -> list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]:
+        """Record a change and wake waiting threads; the loop waiters still to wake."""
         with self._cond:
             # Two changes before the stream looked: the state in hand misses the first.
             self._latest = state if not self._pending else None
             self._pending = True
             self._cond.notify_all()
             waiters, self._waiters = self._waiters, []
-        for loop, future in waiters:
-            try:
-                loop.call_soon_threadsafe(_resolve, future)
-            except RuntimeError:  # the loop is closed: its stream is gone
-                pass
+        return waiters
 
     def take(self) -> Change:
         """Whether a change arrived since the last ``take`` (and its state), resetting it."""
@@ -109,9 +111,22 @@ class Subscription:
         self.watcher.unsubscribe(self)
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+def _resolve(futures: list[asyncio.Future[None]]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(None)
+
+
+def _wake_loops(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]) -> None:
+    """Resolve waiting futures, with one hand-off per event loop (not one per stream)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for loop, future in waiters:
+        by_loop.setdefault(loop, []).append(future)
+    for loop, futures in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_resolve, futures)
+        except RuntimeError:  # the loop is closed: its streams are gone
+            pass
 
 
 class Watcher:
@@ -160,8 +175,10 @@ class Watcher:
         """Wake every subscription to ``key``."""
         with self._lock:
             subs = list(self._subs.get(key, ()))
+        waiters = []
         for sub in subs:
-            sub.notify(state)
+            waiters.extend(sub.mark(state))
+        _wake_loops(waiters)
 
     # ------------------------------------------------------------------ per-store hooks
 
@@ -248,6 +265,9 @@ class RedisWatcher(Watcher):
         super().__init__(store)
         self._redis: Any = store  # a RedisStore: redis.py is imported only when used
         self._pubsub = store.client.pubsub()
+        # PubSub takes its connection on first use: two threads subscribing at once
+        # would each take one. Commands go one at a time.
+        self._commands = threading.Lock()
         self._channels: dict[str, str] = {}  # channel -> key
         self._confirmed: dict[str, threading.Event] = {}
 
@@ -258,7 +278,8 @@ class RedisWatcher(Watcher):
             self._channels[channel] = key
             self._confirmed[channel] = confirmed
         try:
-            self._pubsub.subscribe(channel)
+            with self._commands:
+                self._pubsub.subscribe(channel)
         except Exception as exc:  # noqa: BLE001 - streams then re-read on their own clock
             logger.warning("tracked: cannot subscribe to %s: %s", channel, exc)
             return
@@ -279,7 +300,8 @@ class RedisWatcher(Watcher):
             self._channels.pop(channel, None)
             self._confirmed.pop(channel, None)
         try:
-            self._pubsub.unsubscribe(channel)
+            with self._commands:
+                self._pubsub.unsubscribe(channel)
         except Exception as exc:  # noqa: BLE001 - a lost connection forgets it anyway
             logger.debug("tracked: cannot unsubscribe from %s: %s", channel, exc)
 

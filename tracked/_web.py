@@ -488,11 +488,26 @@ def event_id(state: tracked.State) -> str:
 
 
 def _event(state: tracked.State, cursor: int, *, retry: bool = False) -> bytes:
-    """One event: the wire JSON of ``state`` with the messages from ``cursor`` on."""
+    """One event: the wire JSON of ``state`` with the messages from ``cursor`` on.
+
+    Streams that follow one key get the very same ``State`` object from their
+    watcher, mostly at the same cursor: each event is rendered once for all of them.
+    """
+    if not retry:
+        cached = _EVENTS.get((id(state), cursor))
+        if cached is not None and cached[0] is state:
+            return cached[1]
     shown = state.messages_since(cursor) if cursor else state
     data = json.dumps(shown.to_dict(), ensure_ascii=False, separators=(",", ":"))
     head = f"retry: {RETRY_MS}\n" if retry else ""
-    return f"{head}id: {event_id(state)}\ndata: {data}\n\n".encode()
+    event = f"{head}id: {event_id(state)}\ndata: {data}\n\n".encode()
+    if not retry:
+        _bounded_put(_EVENTS, (id(state), cursor), (state, event), 256)
+    return event
+
+
+#: (id of a State, cursor) -> (that State, its event): the State is kept so its id stays its own.
+_EVENTS: dict[tuple[int, int], tuple[tracked.State, bytes]] = {}
 
 
 _END_EVENT = f"event: end\nid: {END_ID}\ndata: {{}}\n\n".encode()
