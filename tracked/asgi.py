@@ -167,12 +167,23 @@ async def _stream(stream: EventStream, receive: Receive, send: Send) -> None:
 
 async def _send(answer: Response, head: bool, send: Send) -> None:
     """Send one complete answer; a HEAD gets the headers of the GET, without the body."""
-    headers = [(name.lower().encode("latin-1"), value.encode("latin-1"))
-               for name, value in answer.headers]
-    if answer.status not in (204, 304):
-        headers.append((b"content-length", str(len(answer.body)).encode("ascii")))
+    cached = _ENCODED.get(id(answer))
+    if cached is not None and cached[0] is answer:
+        headers = list(cached[1])
+    else:
+        headers = [(name.lower().encode("latin-1"), value.encode("latin-1"))
+                   for name, value in answer.headers]
+        if answer.status not in (204, 304):
+            headers.append((b"content-length", str(len(answer.body)).encode("ascii")))
+        if len(_ENCODED) >= 1024:
+            _ENCODED.clear()
+        _ENCODED[id(answer)] = (answer, tuple(headers))
     await send({"type": "http.response.start", "status": answer.status, "headers": headers})
     await send({"type": "http.response.body", "body": b"" if head else answer.body})
+
+
+#: id of a Response -> (it, its encoded headers): cached answers are sent as they are.
+_ENCODED: dict[int, tuple[Response, tuple[tuple[bytes, bytes], ...]]] = {}
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
