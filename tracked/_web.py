@@ -532,7 +532,8 @@ def event_schedule(
     line goes out after ``heartbeat`` seconds without an event; after
     ``max_seconds`` the stream stops (the client resumes with ``Last-Event-ID``).
     A state that came with the change is used when it holds every message from
-    the cursor on; else the record is read (``LOAD``), as every ``recheck`` seconds.
+    the cursor on; else the record is read (``LOAD``), as after ``recheck`` seconds
+    without either (an owner that died writes nothing: it then reads ``abandoned``).
     """
     now = clock()
     deadline = now + max_seconds
@@ -554,7 +555,7 @@ def event_schedule(
                 last_emit = now
             continue
         if latest is not None and _continues(latest, sent, run, cursor):
-            current = latest
+            current, last_read = latest, now  # what the owner just wrote: as good as a read
         else:
             current = yield LOAD
             last_read = clock()
