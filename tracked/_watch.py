@@ -309,24 +309,49 @@ class RedisWatcher(Watcher):
         while not self._idle():
             try:
                 message = self._pubsub.get_message(timeout=1.0)
+                if message is None:
+                    continue
+                # Take every message already here before waking anyone: one hand-off
+                # to each event loop per batch, not per message (each hand-off of the
+                # GIL between this thread and a busy loop can cost milliseconds).
+                batch = [message]
+                while len(batch) < 256:
+                    message = self._pubsub.get_message(timeout=0)
+                    if message is None:
+                        break
+                    batch.append(message)
             except Exception as exc:  # noqa: BLE001 - Redis went away: streams re-read
                 logger.warning("tracked: %s: pub/sub failed: %s", self.store, exc)
                 for followed in self.keys():
                     self.notify(followed)
                 time.sleep(0.5)
                 continue
-            if message is None:
-                continue
-            raw = message.get("channel")
-            channel = raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else raw
-            with self._lock:
-                key = self._channels.get(channel)
-                confirmed = self._confirmed.get(channel)
-            if message["type"] == "subscribe":
-                if confirmed is not None:
-                    confirmed.set()
-            elif message["type"] == "message" and key is not None:
-                self.notify(key, _state(message.get("data")))
+            waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+            for message in batch:
+                waiters.extend(self._handle(message))
+            _wake_loops(waiters)
+
+    def _handle(
+        self, message: dict[str, Any]
+    ) -> list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]:
+        """Confirm a subscription, or mark the subscriptions a published write wakes."""
+        raw = message.get("channel")
+        channel = raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else str(raw)
+        with self._lock:
+            key = self._channels.get(channel)
+            confirmed = self._confirmed.get(channel)
+            subs = list(self._subs.get(key, ())) if key is not None else []
+        if message["type"] == "subscribe":
+            if confirmed is not None:
+                confirmed.set()
+            return []
+        if message["type"] != "message" or not subs:
+            return []
+        state = _state(message.get("data"))
+        waiters = []
+        for sub in subs:
+            waiters.extend(sub.mark(state))
+        return waiters
 
 
 def _state(payload: Any) -> tracked.State | None:
