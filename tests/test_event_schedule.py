@@ -143,3 +143,69 @@ def _rest(steps: Any, value: Any) -> Any:
         return
     yield step
     yield from steps
+
+
+# ----------------------------------------------------------------------------- ASGI driver
+
+
+def _scope(path: str) -> dict[str, Any]:
+    return {"type": "http", "method": "GET", "path": path, "root_path": "",
+            "query_string": b"", "headers": [(b"accept", b"text/event-stream")]}
+
+
+def test_asgi_stream_ends_on_http_disconnect_and_stops_following():
+    import asyncio
+
+    from tracked import _watch
+    from tracked.asgi import status_app
+
+    store = tracked.MemoryStore()
+    progress = tracked.start("job", store=store)
+    app = status_app(store, heartbeat_seconds=30)
+    sent: list[dict[str, Any]] = []
+
+    async def run() -> None:
+        gone = asyncio.Event()
+
+        async def receive() -> dict[str, Any]:
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+            if message.get("body", b"").startswith(b"retry:"):
+                gone.set()  # the client leaves after the first event
+
+        await asyncio.wait_for(app(_scope("/job"), receive, send), 5)
+
+    asyncio.run(run())
+    progress.finish()
+    assert sent[0]["status"] == 200
+    assert sent[1]["body"].startswith(b"retry: 1000\n")
+    assert "job" not in _watch.watcher(store).keys()
+
+
+def test_asgi_stream_ends_when_a_send_fails():
+    import asyncio
+
+    from tracked import _watch
+    from tracked.asgi import status_app
+
+    store = tracked.MemoryStore()
+    progress = tracked.start("job", store=store, min_interval=0)
+    app = status_app(store, heartbeat_seconds=30)
+
+    async def run() -> None:
+        async def receive() -> dict[str, Any]:
+            await asyncio.sleep(3600)
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body":
+                raise OSError("client gone")  # as ASGI 2.4 servers report it
+
+        await asyncio.wait_for(app(_scope("/job"), receive, send), 5)
+
+    asyncio.run(run())
+    progress.finish()
+    assert "job" not in _watch.watcher(store).keys()
