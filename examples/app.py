@@ -1,12 +1,21 @@
-"""The tracked demo: a long job runs in one worker process; the page asks the others.
+"""The tracked demo: a long job runs in one worker process; the page asks any of them.
 
     python examples/app.py                      # gunicorn, 3 sync workers, port 8080
     python examples/app.py --seconds 30 --port 8000
     python examples/app.py --server waitress    # one process, many threads
 
-A long request occupies its worker for the whole job, so the status polls must
-be served by other workers (or threads): hence gunicorn with several workers,
-all sharing one FileStore directory (``--store`` or ``$TRACKED_STORE``).
+The page's Start button runs the job off the request (``tracked.submit``: the
+POST answers 202 at once); its Stop job button asks the running job to stop
+(``DELETE`` on the status route, allowed here with ``TrackedPlugin(cancel=True)``:
+anyone who knows the unguessable progress_id may stop that run).
+``POST /jobs/main`` runs it in the request, as the Perl original did: a long
+request occupies its worker for the whole job, so the status polls must be
+served by other workers (or threads). Hence gunicorn with
+several workers, all sharing one FileStore directory (``--store`` or
+``$TRACKED_STORE``). With ``--threads`` > 1 (gunicorn ``gthread`` workers) the
+status route also streams Server-Sent Events, which tracked.js then follows;
+under sync workers an open stream would hold a whole worker, so the demo turns
+streams off (``max_stream_seconds=0``) and the page polls.
 """
 
 from __future__ import annotations
@@ -24,11 +33,16 @@ from typing import Any
 import bottle
 
 import tracked
-from tracked.bottle import TrackedPlugin
+from tracked.bottle import TrackedPlugin, accepted
 
 STATIC = Path(__file__).resolve().parent / "static"
 #: Shown in the message list as text; if it ever became HTML the page would run alert(1).
 MARKUP_MESSAGE = "messages are text, not HTML: <img src=x onerror=alert(1)>"
+#: The message a job adds when it cleans up after being asked to stop.
+CLEANUP_MESSAGE = "cleanup ran: partial output removed"
+#: Seconds gunicorn gives a stopping worker; background jobs get less, so that a
+#: job still running then ends "cancelled" rather than being killed mid-write.
+GRACEFUL_TIMEOUT = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,11 +62,13 @@ class DemoConfig:
 
 
 def make_app(config: DemoConfig) -> bottle.Bottle:
-    """The demo's Bottle app: the page, its scripts, two job routes and the status route."""
+    """The demo's Bottle app: the page, its scripts, three job routes and the status route."""
     app = bottle.Bottle()
     app.install(TrackedPlugin(
-        store=tracked.FileStore(config.store), max_stream_seconds=60 if config.streams else 0
+        store=tracked.FileStore(config.store), cancel=True,
+        max_stream_seconds=60 if config.streams else 0,
     ))
+    tracked.configure(exit_timeout=GRACEFUL_TIMEOUT - 2)
 
     @app.get("/")
     def index() -> Any:
@@ -68,6 +84,18 @@ def make_app(config: DemoConfig) -> bottle.Bottle:
         """The long job: sleeps through its steps, reporting each one."""
         run_steps(config, tracked.current())
         return {"result": "done", "steps": config.steps}
+
+    @tracked.tracked("demo-job", total=config.steps)
+    def background_job() -> dict[str, Any]:
+        """The same job, to be run off the request by ``tracked.submit``."""
+        run_steps(config, tracked.current())
+        return {"result": "done", "steps": config.steps}
+
+    @app.post("/jobs/background")
+    def start_background_job() -> Any:
+        """Claim the job (409 if this progress_id runs it already), run it on a thread
+        of this worker, answer 202 with its status URL at once: no worker is held."""
+        return accepted(tracked.submit(background_job))
 
     @app.get("/jobs/stream")
     @tracked.tracked("demo-stream", total=config.steps)
@@ -90,13 +118,21 @@ def job_messages(steps: int) -> list[str]:
 
 
 def run_steps(config: DemoConfig, progress: tracked.Progress) -> None:
-    """Do the main job's steps: one pause, one increment and its messages each."""
+    """Do the main job's steps: one pause, one increment and its messages each.
+
+    Before each step it checks whether it was asked to stop (``check()`` raises
+    ``tracked.Cancelled``); its cleanup then runs and says so in a message."""
     expected = iter(job_messages(config.steps))
-    for step in range(1, config.steps + 1):
-        time.sleep(config.pause)
-        progress.increment(1, next(expected))
-        if step == max(1, config.steps // 2):
-            progress.add_message(next(expected))
+    try:
+        for step in range(1, config.steps + 1):
+            progress.check()
+            time.sleep(config.pause)
+            progress.increment(1, next(expected))
+            if step == max(1, config.steps // 2):
+                progress.add_message(next(expected))
+    finally:
+        if progress.cancel_requested:
+            progress.add_message(CLEANUP_MESSAGE)
 
 
 def stream_lines(config: DemoConfig) -> Iterator[str]:
@@ -125,9 +161,19 @@ def default_store_directory() -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("PORT", "8080")),
+        help="port to listen on (default $PORT, else 8080)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--server", choices=("gunicorn", "waitress"), default="gunicorn")
+    parser.add_argument(
+        "--server",
+        choices=("gunicorn", "waitress"),
+        default="gunicorn",
+        help="gunicorn (default: several processes) or waitress (one process, threads)",
+    )
     parser.add_argument("--workers", type=int, default=3, help="gunicorn worker processes (>= 2)")
     parser.add_argument(
         "--threads",
@@ -136,12 +182,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="threads per gunicorn worker (default 1: sync) or waitress threads (default 8)",
     )
     parser.add_argument(
-        "--seconds", type=float, default=float(os.environ.get("TRACKED_DEMO_SECONDS", "10"))
+        "--seconds",
+        type=float,
+        default=float(os.environ.get("TRACKED_DEMO_SECONDS", "10")),
+        help="how long a job takes (default $TRACKED_DEMO_SECONDS, else 10)",
     )
     parser.add_argument(
-        "--steps", type=int, default=int(os.environ.get("TRACKED_DEMO_STEPS", "50"))
+        "--steps",
+        type=int,
+        default=int(os.environ.get("TRACKED_DEMO_STEPS", "50")),
+        help="how many steps (and messages) a job has (default $TRACKED_DEMO_STEPS, else 50)",
     )
-    parser.add_argument("--store", default=default_store_directory(), help="shared FileStore dir")
+    parser.add_argument(
+        "--store",
+        default=default_store_directory(),
+        help="the FileStore directory every worker shares"
+        " (default $TRACKED_STORE, else $TMPDIR/tracked-demo-<uid>)",
+    )
     args = parser.parse_args(argv)
     if args.threads is None:
         args.threads = 8 if args.server == "waitress" else 1
@@ -183,7 +240,7 @@ def serve_gunicorn(app: bottle.Bottle, args: argparse.Namespace, seconds: float)
         "threads": args.threads,
         "worker_class": "gthread" if args.threads > 1 else "sync",
         "timeout": gunicorn_timeout(seconds),
-        "graceful_timeout": 5,
+        "graceful_timeout": GRACEFUL_TIMEOUT,
         # gunicorn >= 25 opens a control socket at one fixed path per user: several demos
         # (or test servers) at once would fight over it, and the demo does not need it.
         "control_socket_disable": True,

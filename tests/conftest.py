@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,11 +24,12 @@ IN_CI = bool(os.environ.get("CI"))
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def require_binary(name: str) -> str:
-    """The path of ``name``; outside CI a missing binary skips the test, in CI it fails."""
+def require_binary(name: str, package: str | None = None) -> str:
+    """The path of ``name``; outside CI a missing binary skips the test, in CI it fails.
+    ``package``: the Debian package that has it, if not named ``name``."""
     path = shutil.which(name)
     if path is None:
-        message = f"{name} is not installed (apt-get install -y {name})"
+        message = f"{name} is not installed (apt-get install -y {package or name})"
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
@@ -117,6 +119,151 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
+#: Cluster nodes also listen on their port + 10000 (the cluster bus): stay below this.
+MAX_CLUSTER_PORT = 55535
+
+
+def free_cluster_port(taken: set[int]) -> int:
+    """A free port below ``MAX_CLUSTER_PORT`` whose cluster bus port (+10000) is free too."""
+    while True:
+        port = free_port()
+        if port > MAX_CLUSTER_PORT or taken & {port, port + 10000, port - 10000}:
+            continue
+        try:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
+
+
+class RedisCluster:
+    """Three real redis-server masters joined into one Redis Cluster (no replicas)."""
+
+    def __init__(self, binary: str, cli: str, directory: Path, masters: int = 3) -> None:
+        self.binary = binary
+        self.cli = cli
+        self.directory = directory
+        taken: set[int] = set()
+        self.ports: list[int] = []
+        for _ in range(masters):
+            self.ports.append(free_cluster_port(taken))
+            taken.add(self.ports[-1])
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        """The store URL: one seed node; the client discovers the others."""
+        return f"redis+cluster://127.0.0.1:{self.ports[0]}"
+
+    def start(self) -> None:
+        """Start the nodes and join them into one cluster."""
+        self.start_nodes()
+        nodes = [f"127.0.0.1:{port}" for port in self.ports]
+        subprocess.run(
+            [self.cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        self.wait_until_ok()
+
+    def restart(self) -> None:
+        """Start stopped nodes again: they rejoin from their nodes.conf, empty."""
+        self.start_nodes()
+        self.wait_until_ok()
+
+    def start_nodes(self) -> None:
+        for port in self.ports:
+            node_dir = self.directory / str(port)
+            node_dir.mkdir(exist_ok=True)
+            self.processes.append(
+                subprocess.Popen(
+                    [
+                        self.binary,
+                        "--port",
+                        str(port),
+                        "--bind",
+                        "127.0.0.1",
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--dir",
+                        str(node_dir),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        for port in self.ports:
+            wait_for_port(port)
+
+    def wait_until_ok(self, timeout: float = 30.0) -> None:
+        """Block until every node reports ``cluster_state:ok`` and knows every other."""
+        import redis
+
+        deadline = time.monotonic() + timeout
+        for port in self.ports:
+            client = redis.Redis(host="127.0.0.1", port=port)
+            try:
+                while True:
+                    info = client.cluster("info")
+                    if info.get("cluster_state") == "ok" and int(
+                        info.get("cluster_known_nodes", 0)
+                    ) == len(self.ports):
+                        break
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"Redis Cluster on {self.ports} not ok: {info}")
+                    time.sleep(0.05)
+            finally:
+                client.close()
+
+    def flush(self) -> None:
+        """Empty every master."""
+        import redis
+
+        for port in self.ports:
+            client = redis.Redis(host="127.0.0.1", port=port)
+            client.flushall()
+            client.close()
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            process.wait(timeout=10)
+        self.processes = []
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A real 3-master Redis Cluster for the whole session."""
+    cluster = RedisCluster(
+        require_binary("redis-server"),
+        require_binary("redis-cli", "redis-tools"),
+        tmp_path_factory.mktemp("redis-cluster"),
+    )
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisCluster) -> str:
+    """The ``redis+cluster://`` URL of the session's emptied Redis Cluster."""
+    if not redis_cluster.processes:  # a test stopped it and failed before restarting it
+        redis_cluster.restart()
+    redis_cluster.flush()
+    return redis_cluster.url
+
+
 #: Debian's Chromium, headless, without the background traffic a closed network refuses.
 CHROMIUM_FLAGS = [
     "--no-sandbox",
@@ -147,7 +294,7 @@ def chromium() -> Iterator[Any]:
         playwright.stop()
 
 
-STORE_KINDS = ["memory", "file", "redis"]
+STORE_KINDS = ["memory", "file", "redis", "redis-cluster"]
 SHARED_STORE_KINDS = ["file", "redis"]  # those other processes can see
 
 
@@ -160,6 +307,8 @@ def make_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[
             return str(tmp_path / "store")
         if kind == "redis":
             return str(request.getfixturevalue("redis_url"))
+        if kind == "redis-cluster":
+            return str(request.getfixturevalue("redis_cluster_url"))
         if kind == "memory":
             return "memory://"
         raise ValueError(kind)
@@ -192,7 +341,8 @@ def shared_store_url(
 
 @pytest.fixture
 def file_store(tmp_path: Path) -> Iterator[tracked.FileStore]:
-    """An empty file store, made the process default for the test."""
+    """An empty file store (its directory made), made the process default for the test."""
+    (tmp_path / "store").mkdir()
     opened = tracked.FileStore(tmp_path / "store")
     tracked.configure(store=opened)
     yield opened
@@ -208,10 +358,35 @@ def _isolated_default_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     tracked.configure(store=None)
 
 
-def python_process(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    """Start ``tests/workers.py`` with ``args`` in a new Python process."""
+#: Run a process as this user (``python_process(user=NOBODY)``) to test another user's access.
+NOBODY = 65534
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A temporary directory every user may enter (pytest's own is private to us)."""
+    directory = Path(tempfile.mkdtemp(prefix="tracked-shared-"))
+    directory.chmod(0o755)
+    yield directory
+    for path in [directory, *directory.rglob("*")]:
+        if path.is_dir():
+            path.chmod(0o755)
+    shutil.rmtree(directory)
+
+
+def python_process(
+    *args: str, env: dict[str, str] | None = None, user: int | None = None
+) -> subprocess.Popen[str]:
+    """Start ``tests/workers.py`` with ``args`` in a new Python process.
+
+    With ``user``, as root the process runs as that uid (and gid); as anyone else it
+    runs as ourselves, where a read-only directory already denies writes.
+    """
+    prefix: list[str] = []
+    if user is not None and os.geteuid() == 0:
+        prefix = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"]
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "workers.py"), *args],
+        [*prefix, sys.executable, str(ROOT / "tests" / "workers.py"), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -11,8 +11,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import redis
-
 import tracked
 from tracked.redis import RedisStore
 
@@ -49,7 +47,7 @@ def race(url: str, prefix: str, rounds: str, parties: str) -> None:
     """Try to start ``prefix-<round>`` in step with the other racers; keep what is won
     until every racer is done, then print what happened as JSON."""
     store = RedisStore(url)
-    client = redis.Redis.from_url(url)
+    client = store.client  # the barrier's keys go through the same (maybe cluster) client
     held: list[tracked.Progress] = []
     outcome: dict[str, list[Any]] = {"won": [], "lost": [], "errors": []}
     for round_ in range(int(rounds)):
@@ -67,11 +65,12 @@ def race(url: str, prefix: str, rounds: str, parties: str) -> None:
     print(json.dumps(outcome), flush=True)
 
 
-def _barrier(client: redis.Redis, name: str, parties: int) -> None:  # type: ignore[type-arg]
-    """Block until ``parties`` processes arrive, then release them all at once."""
-    if client.incr(name + ":arrived") == parties:
-        client.rpush(name + ":go", *["go"] * parties)
-    if client.blpop([name + ":go"], timeout=60) is None:
+def _barrier(client: Any, name: str, parties: int) -> None:
+    """Block until ``parties`` processes arrive, then release them all at once
+    (both keys share a hash tag, for a cluster)."""
+    if client.incr("{" + name + "}:arrived") == parties:
+        client.rpush("{" + name + "}:go", *["go"] * parties)
+    if client.blpop(["{" + name + "}:go"], timeout=60) is None:
         raise TimeoutError(f"barrier {name} was never released")
 
 

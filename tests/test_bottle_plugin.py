@@ -27,13 +27,14 @@ PREFIX = "/_progress_status"
 WIRE_KEYS = [
     "name", "progress_id", "total", "count", "percent", "messages", "message_count",
     "in_progress", "state", "status", "error", "start_time", "current_time",
-    "finished_time", "elapsed", "rate", "eta",
+    "finished_time", "elapsed", "rate", "eta", "result",
 ]
 
 
 @pytest.fixture
 def plugin_store(tmp_path: Path) -> tracked.FileStore:
     """The plugin's own store; the process default stays a different directory."""
+    (tmp_path / "plugin-store").mkdir()  # opening a FileStore no longer creates it
     return tracked.FileStore(tmp_path / "plugin-store")
 
 
@@ -534,7 +535,8 @@ def test_generator_route_streams_while_recorded(plugin_store):
         if len(chunks) < 5:
             assert state["in_progress"] is True
             assert len(chunks) <= state["count"] < 5
-            assert state["messages"][: len(chunks)] == [c.decode() for c in chunks]
+            # a message keeps no trailing line break; the streamed body keeps it
+            assert state["messages"][: len(chunks)] == [c.decode().rstrip("\n") for c in chunks]
     body.close()
     assert chunks == [f"line {i}\n".encode() for i in range(5)]
     state = status(client, "stream", progress_id="s1").json

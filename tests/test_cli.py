@@ -329,6 +329,30 @@ def test_show_finds_a_progress_by_name_and_progress_id(
     assert_one_line_error(missing, "no progress 'upload'")
 
 
+def test_show_and_watch_take_a_name_as_tracked_list_prints_it(
+    tmp_path: Path, start_job: Callable[..., Job]
+) -> None:
+    store = str(tmp_path / "store")
+    start_job(store, "upload", total=3, progress_id="client-a").wait()
+    [line] = [row for row in run_cli("list", store=store).stdout.splitlines() if "upload" in row]
+    listed = line.split()[0]
+    assert listed == "upload?progress_id=client-a"
+    [wire] = json_lines(run_cli("show", listed, "--json", store=store).stdout)
+    assert (wire["name"], wire["progress_id"], wire["total"]) == ("upload", "client-a", 3)
+    watched = run_cli("watch", listed, store=store)
+    assert watched.returncode == 0 and "finished 3/3" in watched.stdout
+    missing = run_cli("show", "upload", store=store)
+    assert_one_line_error(missing, "no progress 'upload'", "--progress-id", "upload?progress_id=ID")
+
+
+def test_a_name_that_holds_the_list_separator_is_found_as_it_is(tmp_path: Path) -> None:
+    store = str(tmp_path / "store")
+    with tracked.start("odd?progress_id=x", total=2, store=store) as odd:
+        odd += 2
+    [wire] = json_lines(run_cli("show", "odd?progress_id=x", "--json", store=store).stdout)
+    assert (wire["name"], wire["progress_id"], wire["count"]) == ("odd?progress_id=x", None, 2)
+
+
 def test_show_of_an_unknown_name_fails_with_one_line_naming_the_store(tmp_path: Path) -> None:
     store = tmp_path / "store"
     store.mkdir()
@@ -1036,3 +1060,16 @@ def test_watch_rides_out_a_store_outage_and_follows_the_job_to_its_end(
     assert shown[-1].startswith("outage: finished 20/20")
     lines = errors.read_text().splitlines()
     assert len(lines) == 2 and lines[1] == "tracked watch: the store answers again"
+
+
+def test_list_reports_each_corrupt_record_in_one_line(tmp_path: Path) -> None:
+    store = tracked.FileStore(tmp_path / "store")
+    with tracked.start("fine", store=store):
+        pass
+    store.path_for("broken").write_text('{"version": 1, "owner": null, "state": {"count": "x"}}')
+    for args in (("list",), ("list", "--json")):
+        result = run_cli(*args, store=str(store.directory))
+        assert result.returncode == 0, result.stderr
+        assert "fine" in result.stdout and "broken" not in result.stdout
+        [line] = result.stderr.splitlines()
+        assert str(store.path_for("broken")) in line and "corrupt" in line

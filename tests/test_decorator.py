@@ -423,3 +423,46 @@ def test_an_async_generator_closed_early_ends_cancelled(file_store: FileStore) -
     asyncio.run(main())
     state = load("agen-closed")
     assert (state.state, state.count) == ("cancelled", 1)
+
+
+# ------------------------------------------------------------------ what a generator yields
+
+
+def test_only_non_empty_strings_become_messages_without_their_line_break(
+    file_store: FileStore,
+) -> None:
+    @tracked.tracked(name="items", total=None)
+    def job() -> Iterator[object]:
+        yield ""
+        yield "line\n"
+        yield "windows\r\n"
+        yield "\n"
+        yield None
+        yield 5
+        yield b"bytes\n"
+        yield "keeps inner\nbreaks"
+
+    assert list(job())[:2] == ["", "line\n"]  # what is yielded passes unchanged
+    state = load("items")
+    assert state.count == 8
+    assert state.messages == ("line", "windows", "keeps inner\nbreaks")
+    assert state.message_count == 3
+
+
+def test_any_exception_while_iterating_ends_the_run_failed_with_its_error(
+    file_store: FileStore,
+) -> None:
+    @tracked.tracked(name="broken-items", total=None)
+    def job() -> Iterator[object]:
+        yield None
+        yield 1
+        raise LookupError("item 3 is missing")
+
+    with pytest.raises(LookupError):
+        list(job())
+    state = load("broken-items")
+    assert (state.count, state.state, state.error) == (
+        2,
+        "failed",
+        "LookupError: item 3 is missing",
+    )

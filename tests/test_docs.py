@@ -35,6 +35,8 @@ PYTHON_FENCE = re.compile(
 )
 #: The one place a sample takes its Redis server from (the docs say so once, in stores.md).
 REDIS_VARIABLE = "TRACKED_REDIS_URL"
+#: The same for the Redis Cluster samples.
+REDIS_CLUSTER_VARIABLE = "TRACKED_REDIS_CLUSTER_URL"
 #: How many samples may be marked ``<!-- not run: why -->``: few, each with its reason.
 MAX_NOT_RUN = 2
 
@@ -99,6 +101,9 @@ def test_every_python_sample_runs_on_its_own(
     environment.pop(REDIS_VARIABLE, None)
     if REDIS_VARIABLE in code:
         environment[REDIS_VARIABLE] = str(request.getfixturevalue("redis_url"))
+    environment.pop(REDIS_CLUSTER_VARIABLE, None)
+    if REDIS_CLUSTER_VARIABLE in code:
+        environment[REDIS_CLUSTER_VARIABLE] = str(request.getfixturevalue("redis_cluster_url"))
     script = tmp_path / f"sample_{page.stem.replace('-', '_')}_{index + 1}.py"
     script.write_text(code, encoding="utf-8")  # the name never shadows a module
     runner = "import runpy, sys; runpy.run_path(sys.argv[1], run_name='docs_sample')"
@@ -127,6 +132,22 @@ def test_site_builds_without_a_warning(tmp_path: Path) -> None:
     api = (tmp_path / "api" / "index.html").read_text(encoding="utf-8")
     for documented in ("tracked.tracked", "TrackedPlugin", "RedisStore", "State"):
         assert documented in api
+
+
+def test_the_api_page_documents_every_public_name() -> None:
+    """Each name a module exports (``__all__``) has its ``::: `` entry on the API page."""
+    import tracked.asgi
+    import tracked.bottle
+    import tracked.wsgi
+
+    text = (DOCS / "api.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"^::: (\S+)$", text, re.M))
+    public = [f"tracked.{name}" for name in tracked.__all__]
+    for module in (tracked.bottle, tracked.wsgi, tracked.asgi):
+        public += [f"{module.__name__}.{name}" for name in module.__all__]
+    aliases = {"tracked.RedisStore": "tracked.redis.RedisStore"}
+    missing = [name for name in public if aliases.get(name, name) not in documented]
+    assert missing == []
 
 
 def test_wire_format_page_lists_every_key_of_the_wire_json() -> None:

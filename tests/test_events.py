@@ -490,3 +490,78 @@ def test_redis_streams_share_one_pub_sub_connection(adapter, redis_url):
             stream.close()
         admin.close()
         store.close()
+
+
+# ----------------------------------------------------------------------------- cancel, show_errors
+
+
+def _request(port: int, method: str, path: str) -> tuple[int, dict[str, Any]]:
+    """One plain request (a DELETE, say): its status and JSON body."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request(method, path, headers={"Accept": "application/json"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read() or b"{}")
+    finally:
+        connection.close()
+
+
+def test_a_delete_ends_an_open_stream_with_the_cancelled_state(adapter, store):
+    with serve(adapter, store, cancel=True) as port:
+        stream = None
+        try:
+            with pytest.raises(tracked.Cancelled), tracked.start(
+                "job", store=store, min_interval=0.02
+            ) as p:
+                p.increment(1, "working")
+                _wait_stored(store, "job", 1)
+                stream = Stream(port, f"{PREFIX}/job")
+                first = stream.event()
+                assert first is not None and first["data"]["state"] == "running"
+                status, body = _request(port, "DELETE", f"{PREFIX}/job")
+                assert status == 202, body
+                assert body["in_progress"] is True
+                deadline = time.monotonic() + 10
+                while not p.cancel_requested:
+                    assert time.monotonic() < deadline, "the run never saw the DELETE"
+                    time.sleep(0.005)
+                p.check()
+            events = _read_to_end(stream)
+        finally:
+            if stream is not None:
+                stream.close()
+        assert events[-1]["event"] == "end"
+        final = events[-2]["data"]
+        assert (final["state"], final["in_progress"], final["error"]) == ("cancelled", False, None)
+        assert all(e["data"]["state"] == "running" for e in events[:-2])
+
+
+def test_events_hide_the_error_text_when_show_errors_is_false(adapter, store):
+    with serve(adapter, store, show_errors=False) as port:
+        stream = None
+        try:
+            with pytest.raises(RuntimeError), tracked.start(
+                "job", store=store, min_interval=0
+            ) as p:
+                p.increment(1, "working")
+                _wait_stored(store, "job", 1)
+                stream = Stream(port, f"{PREFIX}/job")
+                first = stream.event()
+                assert first is not None and first["data"]["error"] is None
+                raise RuntimeError("password=hunter2")
+            followed = _read_to_end(stream)
+        finally:
+            if stream is not None:
+                stream.close()
+        # A stream opened on the ended record gets the failed state at once, hidden too.
+        opened_after = _read_to_end(Stream(port, f"{PREFIX}/job"))
+        status, answer = _request(port, "GET", f"{PREFIX}/job")
+    assert status == 200 and answer["error"] == "failed"
+    for events in (followed, opened_after):
+        assert events[-1]["event"] == "end"
+        final = events[-2]["data"]
+        assert (final["state"], final["error"]) == ("failed", "failed")
+        assert "hunter2" not in json.dumps(events)
+    assert tracked.load("job", store=store).error == "RuntimeError: password=hunter2"

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import stat
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import tracked
+from tests.conftest import NOBODY, python_process
 from tracked import FileStore, StoreError
-
-
-def test_the_directory_is_created_with_its_parents(tmp_path: Path) -> None:
-    FileStore(tmp_path / "a" / "b" / "c")
-    assert (tmp_path / "a" / "b" / "c").is_dir()
 
 
 def test_one_json_file_per_progress_named_by_a_hash(file_store: FileStore) -> None:
@@ -109,3 +110,130 @@ def test_a_file_url_and_the_environment_select_a_file_store(
 def test_an_unknown_store_scheme_is_a_store_error() -> None:
     with pytest.raises(StoreError, match="unknown store"):
         tracked.open_store("ftp://example")
+
+
+# ------------------------------------------------------------------ corrupt records
+
+
+def stored_document(store: FileStore, name: str) -> dict[str, Any]:
+    return json.loads(store.path_for(name).read_bytes())  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"progress_id": "bad id!"},
+        {"name": ""},
+        {"count": "5"},
+        {"count": 2.5},
+        {"total": True},
+        {"messages": [1, 2]},
+        {"message_count": 0, "messages": ["a"]},
+        {"status": 7},
+    ],
+)
+def test_a_record_with_a_bad_field_reads_as_corrupt_and_a_start_replaces_it(
+    file_store: FileStore, edit: dict[str, object]
+) -> None:
+    with tracked.start("edited", progress_id="ok"):
+        pass
+    document = stored_document(file_store, "edited\0ok")
+    document["state"].update(edit)
+    file_store.path_for("edited\0ok").write_text(json.dumps(document))
+    with pytest.raises(StoreError, match="corrupt progress record"):
+        tracked.load("edited", progress_id="ok")
+    with tracked.start("edited", progress_id="ok", total=3):
+        pass
+    state = tracked.load("edited", progress_id="ok")
+    assert state is not None and state.total == 3 and state.state == "finished"
+
+
+def test_a_negative_count_stored_by_an_older_version_reads_as_zero(file_store: FileStore) -> None:
+    with tracked.start("old", total=10):
+        pass
+    document = stored_document(file_store, "old")
+    document["state"]["count"] = -7
+    file_store.path_for("old").write_text(json.dumps(document))
+    state = tracked.load("old")
+    assert state is not None and (state.count, state.percent) == (0, 0.0)
+
+
+def test_unreadable_names_each_corrupt_record_that_records_skips(file_store: FileStore) -> None:
+    with tracked.start("fine"):
+        pass
+    bad = file_store.path_for("broken")
+    bad.write_text("{not json")
+    assert [s.name for s in file_store.list()] == ["fine"]
+    [problem] = file_store.unreadable()
+    assert str(bad) in problem and "corrupt" in problem
+
+
+# ------------------------------------------------------------------ access and files
+
+
+def test_opening_and_reading_a_missing_directory_creates_nothing(tmp_path: Path) -> None:
+    typo = tmp_path / "typo"
+    assert tracked.load("x", store=str(typo)) is None
+    assert FileStore(typo).list() == [] and FileStore(typo).unreadable() == []
+    assert FileStore(typo).prune(0) == 0
+    assert not typo.exists()
+
+
+def test_the_first_claim_creates_the_directory_with_its_parents(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "a" / "b" / "c")
+    with tracked.start("first", store=store):
+        pass
+    assert (tmp_path / "a" / "b" / "c").is_dir()
+
+
+def test_another_user_reads_a_store_it_cannot_write_and_only_a_claim_fails(
+    shared_tmp: Path,
+) -> None:
+    store = shared_tmp / "store"
+    with tracked.start("theirs", store=str(store)):
+        pass
+    store.chmod(0o555)
+    reader = python_process("read_only", str(store), "theirs", user=NOBODY)
+    out, err = reader.communicate(timeout=60)
+    assert reader.returncode == 0, err
+    assert out.splitlines()[:2] == ["load finished", "list theirs"]
+    claim = out.splitlines()[2]
+    assert claim.startswith("claim StoreError") and str(store) in claim
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_record_files_get_the_mode_the_umask_allows(tmp_path: Path, umask: int) -> None:
+    store = FileStore(tmp_path / "store")
+    previous = os.umask(umask)
+    try:
+        with tracked.start("moded", store=store, min_interval=0) as progress:
+            progress.increment()
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(store.path_for("moded").stat().st_mode) == 0o666 & ~umask
+
+
+def test_prune_removes_temporary_files_of_killed_writers_once_a_minute_old(
+    tmp_path: Path,
+) -> None:
+    store = FileStore(tmp_path / "store")
+    leftovers: list[Path] = []
+    for attempt in range(60):
+        writer = python_process("big_writer", str(store.directory), f"killed-{attempt}")
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "started"
+        time.sleep(0.05 + 0.01 * (attempt % 7))  # land the kill somewhere in a write
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        leftovers = list(store.directory.glob(".*.tmp"))
+        if leftovers:
+            break
+    assert leftovers, "no SIGKILLed writer left a temporary file in 60 attempts"
+    records_before = sorted(p.name for p in store.directory.glob("*.json"))
+    store.prune(older_than=3600)
+    assert all(p.exists() for p in leftovers)  # too young: it may belong to a live writer
+    a_minute_ago = time.time() - 61
+    for path in leftovers:
+        os.utime(path, (a_minute_ago, a_minute_ago))
+    assert store.prune(older_than=3600) == 0  # temporaries are not counted as records
+    assert list(store.directory.glob(".*.tmp")) == []
+    assert sorted(p.name for p in store.directory.glob("*.json")) == records_before

@@ -132,6 +132,36 @@ def test_middleware_serves_the_status_route(client):
     assert client.get("/_progress_status/nothing").status_code == 404
 
 
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_middleware_passes_cancel_and_show_errors_to_its_status_route(framework):
+    store = tracked.MemoryStore()
+    if framework == "flask":
+        app = flask.Flask(__name__)
+        app.wsgi_app = WsgiMiddleware(  # type: ignore[method-assign]
+            app.wsgi_app, store, cancel=True, show_errors=False
+        )
+        client: Any = app.test_client()
+    else:
+        fastapi_app = FastAPI()
+        fastapi_app.add_middleware(AsgiMiddleware, store=store, cancel=True, show_errors=False)
+        client = TestClient(fastapi_app)
+    assert "DELETE" in client.options("/_progress_status/job").headers["Allow"]
+    with pytest.raises(tracked.Cancelled), tracked.start(
+        "job", store=store, min_interval=0.02
+    ) as progress:
+        answer = client.delete("/_progress_status/job")
+        assert answer.status_code == 202 and _json(answer)["in_progress"] is True
+        deadline = time.monotonic() + 10
+        while not progress.cancel_requested:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        progress.check()
+    assert _json(client.get("/_progress_status/job"))["state"] == "cancelled"
+    with pytest.raises(RuntimeError), tracked.start("broken", store=store):
+        raise RuntimeError("password=hunter2")
+    assert _json(client.get("/_progress_status/broken"))["error"] == "failed"
+
+
 def test_async_fastapi_endpoint_sees_the_progress_id():
     client = _fastapi_client(tracked.MemoryStore())
     response = client.get("/async", headers={"X-Progress-Id": "xyz"})

@@ -220,6 +220,32 @@ def test_current_is_the_innermost_live_progress(file_store: FileStore) -> None:
         tracked.current()
 
 
+def test_current_outside_a_progress_says_where_it_works_and_about_decorator_order(
+    file_store: FileStore,
+) -> None:
+    import bottle
+    from webtest import TestApp
+
+    from tracked.bottle import TrackedPlugin
+
+    app = bottle.Bottle()
+    app.install(TrackedPlugin(store=file_store))
+    app.catchall = False
+
+    @tracked.tracked("job")  # above the route decorator: the route is the bare function
+    @app.post("/job")
+    def job() -> str:
+        tracked.current().increment()
+        return "ok"
+
+    with pytest.raises(tracked.NoActiveProgress, match="under the route decorator"):
+        TestApp(app).post("/job")
+    with tracked.start("ended") as ended:
+        ended.finish()
+        with pytest.raises(tracked.NoActiveProgress, match=r"'ended'.* has ended"):
+            tracked.current()
+
+
 # ------------------------------------------------------------------ coalesced writes
 
 
@@ -303,13 +329,97 @@ def test_a_corrupt_record_reads_as_a_store_error_and_a_new_start_replaces_it(
     assert state is not None and state.total == 3
 
 
-def test_a_message_whose_append_is_still_pending_holds_back_later_ones() -> None:
-    """Two threads can take message indices and append in the other order; a snapshot
-    must then stop before the gap, or a ``since`` cursor would skip a message."""
-    progress = tracked.Progress("gap", store=MemoryStore())
-    progress.add_message("zero")
-    pending = progress._next_index()  # a thread took index 1 and has not appended yet
-    progress.add_message("two")
-    assert (progress.messages, progress.message_count) == (("zero",), 1)
-    progress._messages.append((pending, "one"))
-    assert (progress.messages, progress.message_count) == (("zero", "one", "two"), 3)
+def test_message_indices_stay_fixed_while_threads_add_and_a_reader_snapshots() -> None:
+    """Each message keeps its index in every later snapshot, so a ``since`` cursor never
+    skips or repeats one, and each thread's messages keep their order."""
+    progress = tracked.Progress("indices", store=MemoryStore(), max_messages=100_000)
+    stop = threading.Event()
+    snapshots: list[State] = []
+
+    def read() -> None:
+        while not stop.is_set():
+            snapshots.append(progress.snapshot())
+
+    def work(t: int) -> None:
+        for i in range(3000):
+            progress.add_message(f"{t}:{i}")
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    writers = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for thread in writers:
+        thread.start()
+    for thread in writers:
+        thread.join()
+    stop.set()
+    reader.join()
+    final = progress.snapshot()
+    assert final.message_count == len(final.messages) == 24_000
+    for state in snapshots:
+        assert state.message_count == len(state.messages)
+        assert final.messages[: state.message_count] == state.messages
+    for t in range(8):
+        mine = [m for m in final.messages if m.startswith(f"{t}:")]
+        assert mine == [f"{t}:{i}" for i in range(3000)]
+
+
+# ------------------------------------------------------------------ who writes
+
+
+class ThreadRecordingStore(MemoryStore):
+    """A real MemoryStore that remembers which thread made each later write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writers: list[tuple[str, State]] = []
+
+    def save(self, state: State, owner: Owner) -> None:
+        super().save(state, owner)
+        self.writers.append((threading.current_thread().name, state))
+
+
+def test_the_tasks_thread_writes_only_the_first_and_final_snapshots() -> None:
+    store = ThreadRecordingStore()
+    with tracked.start("quiet-task", store=store, min_interval=0.02, total=None) as progress:
+        deadline = time.monotonic() + 0.3
+        while time.monotonic() < deadline:
+            progress += 1
+            progress.add_message("tick")
+        running = list(store.writers)
+    assert running, "the flusher wrote nothing while the task ran"
+    assert {name for name, _ in running} == {"tracked-flusher"}
+    name, final = store.writers[-1]
+    assert name == threading.current_thread().name and not final.in_progress
+
+
+def test_a_thousand_threads_updating_a_thousand_handles_share_two_redis_connections(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import redis
+
+    from tracked.redis import RedisStore
+
+    pool = redis.ConnectionPool.from_url(redis_url, max_connections=2)
+    store = RedisStore(redis.Redis(connection_pool=pool))
+    handles = [
+        tracked.start(f"h{i}", total=None, store=store, min_interval=0.05) for i in range(1000)
+    ]
+    go = threading.Event()
+
+    def work(progress: tracked.Progress) -> None:
+        go.wait()
+        for _ in range(20):
+            progress += 1
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=work, args=(p,)) for p in handles]
+    with caplog.at_level(logging.WARNING, logger="tracked"):
+        for thread in threads:
+            thread.start()
+        go.set()
+        for thread in threads:
+            thread.join()
+        for progress in handles:
+            progress.finish()
+    assert [r.getMessage() for r in caplog.records if "cannot write" in r.getMessage()] == []
+    assert all(store.load(f"h{i}").count == 20 for i in range(1000))  # type: ignore[union-attr]

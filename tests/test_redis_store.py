@@ -21,11 +21,12 @@ import pytest
 import redis
 
 import tracked
-from tracked import State, StoreError
+from tracked import InvalidValue, State, StoreError
 from tracked._store import Owner
+from tracked.errors import RunSuperseded
 from tracked.redis import RedisStore
 
-from .conftest import ROOT, RedisServer, free_port
+from .conftest import ROOT, RedisCluster, RedisServer, free_port
 
 WORKERS = str(ROOT / "tests" / "redis_workers.py")
 
@@ -74,6 +75,13 @@ def wait_until(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
             return value
         time.sleep(0.02)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+def stored_state(store: RedisStore, key: str) -> State | None:
+    """The state as written, before liveness is judged: with leases of a fraction of a
+    second, a stall of the loaded machine could make ``load()`` read it abandoned."""
+    record = store.read(key)
+    return None if record is None else record.state
 
 
 def running(name: str = "job", **changes: Any) -> State:
@@ -130,12 +138,11 @@ def test_killed_owner_on_another_machine_reads_as_abandoned_within_lease(
                 process.wait()
 
 
-def test_racing_starters_on_eight_machines_have_exactly_one_winner_each_round(
-    redis_url: str, store: RedisStore
-) -> None:
-    parties, rounds = 8, 30
+def race(url: str, parties: int, rounds: int) -> None:
+    """``parties`` machines start ``race-<round>`` together, ``rounds`` times: each
+    round has exactly one winner, whose record the store holds."""
     racers = [
-        machine(f"racer-{i}", "race", redis_url, "race", str(rounds), str(parties))
+        machine(f"racer-{i}", "race", url, "race", str(rounds), str(parties))
         for i in range(parties)
     ]
     try:
@@ -150,6 +157,7 @@ def test_racing_starters_on_eight_machines_have_exactly_one_winner_each_round(
                 racer.kill()
                 racer.wait()
     assert [o["errors"] for o in outcomes] == [[]] * parties
+    store = RedisStore(url)
     for round_ in range(rounds):
         winners = [i for i, o in enumerate(outcomes) if round_ in o["won"]]
         losers = [i for i, o in enumerate(outcomes) if round_ in o["lost"]]
@@ -158,6 +166,19 @@ def test_racing_starters_on_eight_machines_have_exactly_one_winner_each_round(
         record = store.read(f"race-{round_}")
         assert record is not None and record.owner is not None
         assert record.owner.host == f"racer-{winners[0]}"
+    store.close()
+
+
+def test_racing_starters_on_eight_machines_have_exactly_one_winner_each_round(
+    redis_url: str,
+) -> None:
+    race(redis_url, parties=8, rounds=30)
+
+
+def test_racing_starters_on_a_cluster_have_exactly_one_winner_each_round(
+    redis_cluster_url: str,
+) -> None:
+    race(redis_cluster_url, parties=4, rounds=15)
 
 
 def test_a_stalled_owner_that_lost_its_lease_cannot_overwrite_the_new_owner(
@@ -169,9 +190,29 @@ def test_a_stalled_owner_that_lost_its_lease_cannot_overwrite_the_new_owner(
     wait_until(lambda: store.load("job").state == "abandoned")  # type: ignore[union-attr]
     newer = running(count=2, total=9)
     store.claim(newer, fresh)
-    with pytest.raises(StoreError, match="started again"):
+    with pytest.raises(RunSuperseded, match="started again"):
         store.save(running(count=99), stalled)
-    assert store.load("job") == newer
+    assert stored_state(store, "job") == newer
+    [refused] = store.save_many([(running(count=98), stalled)])
+    assert isinstance(refused, RunSuperseded)
+    assert stored_state(store, "job") == newer
+    store.close()
+
+
+def test_a_running_snapshot_arriving_after_the_final_one_is_refused(redis_url: str) -> None:
+    """A late write of the same run (a flush racing the end) cannot bring an ended
+    record back to running, where it would read as abandoned once the lease ran out."""
+    store = RedisStore(redis_url)
+    owner = Owner.for_this_process()
+    store.claim(running(count=1), owner)
+    final = running(count=3).ended("finished", time.time())
+    store.save(final, owner)
+    with pytest.raises(RunSuperseded, match="already ended"):
+        store.save(running(count=2), owner)
+    [late] = store.save_many([(running(count=2), owner)])
+    assert isinstance(late, RunSuperseded)
+    store.save(final, owner)  # rewriting the final state (a retried final write) is fine
+    assert store.load("job") == final
     store.close()
 
 
@@ -184,7 +225,7 @@ def test_an_owner_whose_lease_lapsed_resumes_when_nobody_claimed_the_name(
     wait_until(lambda: store.load("job").state == "abandoned")  # type: ignore[union-attr]
     resumed = running(count=2)
     store.save(resumed, owner)
-    assert store.load("job") == resumed
+    assert stored_state(store, "job") == resumed
     store.close()
 
 
@@ -236,6 +277,32 @@ def test_a_final_write_made_while_redis_is_down_lands_once_it_is_back(
     state = wait_until(lambda: store.load("late"))
     assert (state.state, state.count) == ("finished", 2)
     store.close()
+
+
+def test_a_redis_url_without_redis_py_names_the_extra_to_install() -> None:
+    script = (
+        "import sys\n"
+        "sys.modules['redis'] = None  # as if redis-py were not installed\n"
+        "import tracked\n"
+        "for attempt in (lambda: tracked.RedisStore, lambda: tracked.open_store('redis://h/0')):\n"
+        "    try:\n"
+        "        attempt()\n"
+        "    except ImportError as exc:\n"
+        "        print(exc)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.count("pip install 'tracked[redis]'") == 2
+    cli = (
+        "import sys\n"
+        "sys.modules['redis'] = None\n"
+        "from tracked.cli import main\n"
+        "sys.exit(main(['--store', 'redis://h/0', 'list']))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", cli], capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "pip install 'tracked[redis]'" in result.stderr
 
 
 def test_an_unreachable_redis_raises_store_error_naming_the_address() -> None:
@@ -291,7 +358,11 @@ def test_every_write_publishes_the_new_state_on_the_events_channel(
     events: list[dict[str, Any]] = []
     while not events or events[-1]["in_progress"]:
         message = wait_until(lambda: pubsub.get_message(timeout=0.1))
-        events.append(json.loads(message["data"]))
+        event = json.loads(message["data"])
+        if events and event["in_progress"] and not event["messages"]:
+            if event["count"] == events[-1]["count"]:
+                continue  # the flusher rewrote an unchanged running state (a lease renewal)
+        events.append(event)
     pubsub.close()
     assert [e["count"] for e in events] == [0, 1, 2, 3, 3]
     assert [e["messages"] for e in events] == [[], ["a"], ["b", "c"], [], []]
@@ -430,7 +501,7 @@ def test_records_ignore_other_prefixes_and_foreign_keys(
     theirs = RedisStore(redis_url, prefix="app2:")
     mine.claim(running("a"), Owner.for_this_process())
     theirs.claim(running("b"), Owner.for_this_process())
-    client.set("app1:rec:junk", "not a record")
+    client.set("app1:rec:{junk}", "not a record")
     assert [s.name for s in mine.list()] == ["a"]
     assert [s.name for s in theirs.list()] == ["b"]
     mine.close()
@@ -451,7 +522,7 @@ def test_tracked_store_environment_variable_selects_redis(
     assert isinstance(chosen, RedisStore)
     with tracked.start("from-env"):
         pass
-    assert client.exists("tracked:rec:from-env") == 1
+    assert client.exists("tracked:rec:{from-env}") == 1
     tracked.configure(store=None)
     chosen.close()
 
@@ -465,7 +536,7 @@ def test_configure_with_a_redis_url_selects_redis(
     assert isinstance(chosen, RedisStore) and chosen.address == redis_url
     with tracked.start("from-configure"):
         pass
-    assert client.exists("tracked:rec:from-configure") == 1
+    assert client.exists("tracked:rec:{from-configure}") == 1
     assert tracked.RedisStore is RedisStore
     tracked.configure(store=None)
     chosen.close()
@@ -478,7 +549,7 @@ def test_an_existing_client_is_used_and_left_open(
     store = RedisStore(client, prefix="mine:")
     store.claim(running("c"), Owner.for_this_process())
     store.close()
-    assert client.exists("mine:rec:c") == 1
+    assert client.exists("mine:rec:{c}") == 1
 
 
 def test_a_foreign_value_under_a_record_key_reads_as_corrupt_and_is_replaced_by_a_claim(
@@ -501,9 +572,440 @@ def test_messages_of_any_text_round_trip_through_the_server_side_json(store: Red
     assert store.list() == [state]
 
 
+def test_text_like_the_encoders_placeholder_for_messages_round_trips(store: RedisStore) -> None:
+    odd = '"messages":"\x00messages\x00"'
+    owner = Owner.for_this_process()
+    store.claim(running(status=odd, messages=(odd,), message_count=1), owner)
+    later = running(status=odd, error=odd, messages=(odd, odd), message_count=2)
+    store.save(later, owner)
+    assert store.load("job") == later
+
+
 def test_list_reads_every_record_beyond_one_scan_batch(store: RedisStore) -> None:
     owner = Owner.for_this_process()
     names = {f"n{i}" for i in range(450)}
     for name in names:
         store.claim(running(name), owner)
     assert {s.name for s in store.list()} == names
+
+
+# ----------------------------------------------------------------------------- odd text
+
+
+def test_text_with_lone_surrogates_is_written_with_replacement_characters(
+    store: RedisStore,
+) -> None:
+    """What ``os.listdir()`` returns for a file name that is not UTF-8 never fails a write."""
+    odd = "caf\udce9.txt"
+    owner = dataclasses.replace(Owner.for_this_process(), host="host-\udcff")
+    store.claim(running(messages=(odd,), message_count=1), owner)
+    store.save(running(status=odd, messages=(odd, "plain"), message_count=2), owner)
+    ended = running(messages=(odd,), message_count=3).ended("failed", time.time(), error=odd)
+    assert store.save_many([(ended, owner)]) == [None]
+    record = store.read("job")
+    assert record is not None and record.owner is not None
+    assert record.state.messages == ("caf\ufffd.txt",)
+    assert (record.state.error, record.owner.host) == ("caf\ufffd.txt", "host-\ufffd")
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+def claimed(store: RedisStore, count: int) -> list[tuple[State, Owner]]:
+    """``count`` running records claimed in ``store``, and a later snapshot of each."""
+    writes = []
+    for i in range(count):
+        owner = Owner.for_this_process()
+        store.claim(running(f"batch-{i}", messages=("first",), message_count=1), owner)
+        later = running(f"batch-{i}", count=i, messages=("first", f"m{i}"), message_count=2)
+        writes.append((later, owner))
+    return writes
+
+
+def test_save_many_sends_a_whole_batch_in_one_round_trip(counted_store: RedisStore) -> None:
+    writes = claimed(counted_store, 1000)
+    before = CountingConnection.sends
+    assert counted_store.save_many(writes) == [None] * 1000
+    assert CountingConnection.sends - before == 1
+    for state, _ in writes[::111]:
+        assert counted_store.load(state.key) == state
+
+
+def test_save_many_of_nothing_sends_nothing(counted_store: RedisStore) -> None:
+    before = CountingConnection.sends
+    assert counted_store.save_many([]) == []
+    assert CountingConnection.sends == before
+
+
+def test_save_many_uses_one_connection_from_a_pool_of_one(redis_server: RedisServer) -> None:
+    """A batch holds one pooled connection however large it is, so it cannot exhaust
+    the pool (redis-py raises MaxConnectionsError past ``max_connections``)."""
+    pool = redis.ConnectionPool(host="127.0.0.1", port=redis_server.port, max_connections=1)
+    store = RedisStore(redis.Redis(connection_pool=pool))
+    writes = claimed(store, 300)
+    assert store.save_many(writes) == [None] * 300
+    pool.disconnect()
+
+
+def test_save_many_reports_each_write_on_its_own(redis_url: str) -> None:
+    store = RedisStore(redis_url, lease=0.3)
+    writes = claimed(store, 3)
+    stalled = writes[1][1]
+    wait_until(lambda: store.load("batch-1").state == "abandoned")  # type: ignore[union-attr]
+    newer = running("batch-1", total=7)
+    store.claim(newer, Owner.for_this_process())
+    results = store.save_many(writes)
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], RunSuperseded) and "batch-1" in str(results[1])
+    assert stored_state(store, "batch-1") == newer
+    assert stalled.run != store.read("batch-1").owner.run  # type: ignore[union-attr]
+    store.close()
+
+
+def test_a_snapshot_that_cannot_be_written_fails_alone_in_its_batch(store: RedisStore) -> None:
+    writes = claimed(store, 2)
+    unnamed = (running(name=""), Owner.for_this_process())  # no key: InvalidName
+    results = store.save_many([writes[0], unnamed, writes[1]])
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], tracked.InvalidName)
+    assert store.load("batch-1") == writes[1][0]
+
+
+def test_save_many_resends_every_message_when_the_stored_list_is_not_its_own(
+    redis_url: str,
+) -> None:
+    """Another writer (a second store object of the same owner) replaced the messages:
+    the delta would be wrong, so the script refuses it and the write goes out whole."""
+    mine, other = RedisStore(redis_url), RedisStore(redis_url)
+    owner = Owner.for_this_process()
+    mine.claim(running(messages=("a",), message_count=1), owner)
+    other.save(running(messages=("x", "y"), message_count=2), owner)
+    snapshot = running(count=3, messages=("a", "b", "c"), message_count=3)
+    assert mine.save_many([(snapshot, owner)]) == [None]
+    assert mine.load("job") == snapshot
+    mine.close()
+    other.close()
+
+
+def test_save_many_against_an_unreachable_redis_reports_every_write_failed() -> None:
+    port = free_port()
+    store = RedisStore(f"redis://127.0.0.1:{port}/0")
+    owner = Owner.for_this_process()
+    results = store.save_many([(running("a"), owner), (running("b"), owner)])
+    assert len(results) == 2
+    for result in results:
+        assert isinstance(result, StoreError) and not isinstance(result, RunSuperseded)
+        assert f"127.0.0.1:{port}" in str(result)
+
+
+def test_scripts_are_loaded_again_after_the_server_forgot_them(
+    store: RedisStore,
+    client: redis.Redis,  # type: ignore[type-arg]
+) -> None:
+    writes = claimed(store, 5)
+    client.script_flush()
+    assert store.save_many(writes) == [None] * 5
+    client.script_flush()
+    assert {s.name for s in store.list()} == {f"batch-{i}" for i in range(5)}
+    client.script_flush()
+    assert store.load("batch-0") == writes[0][0]
+
+
+# ----------------------------------------------------------------------------- cluster
+
+
+@pytest.fixture
+def cluster_store(redis_cluster_url: str) -> Iterator[RedisStore]:
+    opened = RedisStore(redis_cluster_url)
+    yield opened
+    opened.close()
+
+
+def node_clients(cluster: RedisCluster) -> list[redis.Redis]:  # type: ignore[type-arg]
+    return [redis.Redis(host="127.0.0.1", port=port) for port in cluster.ports]
+
+
+BRACED_NAMES = ["}leading", "a{b}c", "{x}", "%7D", "}", "{", "a}b{c}", "100%"]
+
+
+@pytest.mark.parametrize("name", BRACED_NAMES)
+def test_names_with_braces_and_percents_work_on_a_cluster(
+    cluster_store: RedisStore, name: str
+) -> None:
+    owner = Owner.for_this_process()
+    state = running(name, messages=("a",), message_count=1)
+    cluster_store.claim(state, owner)
+    later = running(name, count=2, messages=("a", "b"), message_count=2)
+    cluster_store.save(later, owner)
+    assert cluster_store.load(name) == later
+    assert [s.name for s in cluster_store.list()] == [name]
+    assert cluster_store.delete(name) is True
+    assert cluster_store.load(name) is None
+
+
+def test_distinct_names_never_share_keys(cluster_store: RedisStore) -> None:
+    names = [*BRACED_NAMES, "%257D", "}%7D", "job"]
+    keys = {cluster_store.record_key(name) for name in names}
+    assert len(keys) == len(names)
+    assert cluster_store.record_key("deploy") == "tracked:rec:{deploy}"
+
+
+def test_list_and_prune_reach_every_master(
+    redis_cluster: RedisCluster, cluster_store: RedisStore
+) -> None:
+    owner = Owner.for_this_process()
+    long_ago = time.time() - 3600
+    for i in range(60):
+        cluster_store.claim(running(f"old-{i}"), owner)
+        cluster_store.save(running(f"old-{i}").ended("finished", long_ago), owner)
+        cluster_store.claim(running(f"live-{i}"), owner)
+    clients = node_clients(redis_cluster)
+    assert all(c.dbsize() > 0 for c in clients)  # the records are spread over 3 masters
+    assert len(cluster_store.list()) == 120
+    assert cluster_store.prune(older_than=60) == 60
+    assert sorted(s.name or "" for s in cluster_store.list()) == sorted(
+        f"live-{i}" for i in range(60)
+    )
+    for c in clients:
+        c.close()
+
+
+def test_save_many_on_a_cluster_sends_one_batch_per_master(
+    redis_cluster: RedisCluster, redis_cluster_url: str
+) -> None:
+    from redis.cluster import RedisCluster as ClusterClient
+
+    client = ClusterClient(host="127.0.0.1", port=redis_cluster.ports[0])
+    store = RedisStore(client)
+    writes = claimed(store, 300)
+    assert len(client.get_primaries()) == len(redis_cluster.ports)
+    for node in client.get_primaries():  # each master's pool now makes counting connections
+        pool = client.get_redis_connection(node).connection_pool
+        pool.connection_class = CountingConnection
+        pool.disconnect()
+        pool.reset()  # drop the pooled connections: the next ones count
+        client.get_redis_connection(node).ping()  # connected (and counted) before the batch
+    before = CountingConnection.sends
+    assert store.save_many(writes) == [None] * 300
+    assert CountingConnection.sends - before == len(redis_cluster.ports)
+    for state, _ in writes[::37]:
+        assert store.load(state.key) == state
+    store.close()
+    client.ping()  # a client given to the store is left open
+    client.close()
+
+
+def test_a_cluster_reloads_its_scripts_after_a_master_forgot_them(
+    redis_cluster: RedisCluster, cluster_store: RedisStore
+) -> None:
+    writes = claimed(cluster_store, 30)
+    for c in node_clients(redis_cluster):
+        c.script_flush()
+        c.close()
+    assert cluster_store.save_many(writes) == [None] * 30
+    assert cluster_store.load("batch-3") == writes[3][0]
+
+
+def test_a_superseded_write_on_a_cluster_raises_run_superseded(redis_cluster_url: str) -> None:
+    store = RedisStore(redis_cluster_url, lease=0.3)
+    stalled = Owner.for_this_process()
+    store.claim(running(count=1), stalled)
+    wait_until(lambda: store.load("job").state == "abandoned")  # type: ignore[union-attr]
+    newer = running(count=2)
+    store.claim(newer, Owner.for_this_process())
+    with pytest.raises(RunSuperseded):
+        store.save(running(count=99), stalled)
+    assert stored_state(store, "job") == newer
+    store.close()
+
+
+def test_writes_on_a_cluster_are_published_to_subscribers_of_any_node(
+    redis_cluster: RedisCluster, cluster_store: RedisStore
+) -> None:
+    subscriber = redis.Redis(host="127.0.0.1", port=redis_cluster.ports[-1])
+    pubsub = subscriber.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(*(cluster_store.channel(f"n{i}") for i in range(10)))
+    for i in range(10):  # ten names: some live on masters other than the subscriber's
+        cluster_store.claim(running(f"n{i}", count=i), Owner.for_this_process())
+    counts = set()
+    while len(counts) < 10:
+        message = wait_until(lambda: pubsub.get_message(timeout=0.1))
+        counts.add(json.loads(message["data"])["count"])
+    pubsub.close()
+    subscriber.close()
+
+
+def test_tracked_store_environment_variable_selects_a_cluster(
+    redis_cluster_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from redis.cluster import RedisCluster as ClusterClient
+
+    monkeypatch.setenv("TRACKED_STORE", redis_cluster_url)
+    tracked.configure(store=None)
+    chosen = tracked.default_store()
+    assert isinstance(chosen, RedisStore) and chosen.address == redis_cluster_url
+    with tracked.start("from-env", total=2) as progress:
+        progress.increment(2, "done")
+    assert isinstance(chosen.client, ClusterClient)
+    state = tracked.load("from-env")
+    assert state is not None and (state.state, state.messages) == ("finished", ("done",))
+    tracked.configure(store=None)
+    chosen.close()
+
+
+def test_an_unreachable_cluster_raises_store_error_naming_the_address() -> None:
+    port = free_port()
+    store = RedisStore(f"redis+cluster://user:s3cret@127.0.0.1:{port}")  # lazy: no error yet
+    with pytest.raises(StoreError, match=f"127.0.0.1:{port}") as caught:
+        tracked.start("nowhere", store=store)
+    assert "s3cret" not in str(caught.value)
+    with pytest.raises(StoreError, match=f"127.0.0.1:{port}"):
+        store.load("nowhere")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+cluster://127.0.0.1:notaport",
+        "redis+cluster://user:s3cret@127.0.0.1:7000/1",
+        "redis+cluster:///tmp/redis.sock",
+        "rediss+cluster://:s3cret@",
+        "redis+cluster://127.0.0.1:7000?socket_timeout=s3cret",
+    ],
+)
+def test_a_malformed_cluster_url_raises_store_error_at_once(url: str) -> None:
+    with pytest.raises(StoreError, match="Redis store") as caught:
+        RedisStore(url)
+    assert "s3cret" not in str(caught.value)
+
+
+def test_a_cluster_node_given_as_a_plain_url_says_to_use_a_cluster_url(
+    redis_cluster: RedisCluster,
+) -> None:
+    store = RedisStore(f"redis://127.0.0.1:{redis_cluster.ports[0]}/0")
+    owner = Owner.for_this_process()
+    with pytest.raises(StoreError, match=r"redis\+cluster://"):
+        for i in range(30):  # some of these names live on another master: MOVED
+            store.claim(running(f"moved-{i}"), owner)
+    store.close()
+
+
+@pytest.mark.parametrize("prefix", ["a{", "a{}", "{", "x{}y{z}"])
+def test_a_prefix_that_would_split_a_records_keys_across_slots_is_refused(
+    redis_cluster_url: str, prefix: str
+) -> None:
+    with pytest.raises(InvalidValue, match="hash tag"):
+        RedisStore(redis_cluster_url, prefix=prefix)
+
+
+def test_a_prefix_with_its_own_hash_tag_keeps_every_record_in_one_slot(
+    redis_cluster_url: str,
+) -> None:
+    store = RedisStore(redis_cluster_url, prefix="app{1}:")
+    for name in ("a", "b", "}c"):
+        store.claim(running(name), Owner.for_this_process())
+    assert sorted(s.name or "" for s in store.list()) == ["a", "b", "}c"]
+    store.close()
+
+
+# ----------------------------------------------------------------------------- version
+
+
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
+def test_the_version_token_changes_exactly_when_the_loaded_state_may_change(
+    make_store_url: Callable[[str], str], kind: str
+) -> None:
+    store = RedisStore(make_store_url(kind), lease=1.0)
+    assert store.version("job") is None
+    owner = Owner.for_this_process()
+    store.claim(running(count=1), owner)
+    first = store.version("job")
+    assert first is not None and first == store.version("job")  # reading changes nothing
+    store.save(running(count=2), owner)
+    second = store.version("job")
+    assert second not in (None, first)
+    wait_until(lambda: store.load("job").state == "abandoned")  # type: ignore[union-attr]
+    lapsed = store.version("job")  # no write: the owner's lease ran out
+    assert lapsed not in (None, second)
+    again = Owner.for_this_process()
+    store.claim(running(count=1), again)  # a new run's first write
+    third = store.version("job")
+    assert third not in (None, first, second, lapsed)
+    store.save(running().ended("finished", time.time()), again)
+    assert store.version("job") not in (None, third)
+    store.delete("job")
+    assert store.version("job") is None
+    store.close()
+
+
+def test_a_foreign_value_under_a_record_key_makes_version_raise_corrupt(
+    store: RedisStore,
+    client: redis.Redis,  # type: ignore[type-arg]
+) -> None:
+    client.set(store.record_key("job"), "not a record")
+    with pytest.raises(StoreError, match="corrupt"):
+        store.version("job")
+
+
+def test_a_run_on_a_cluster_survives_the_cluster_restarting(
+    redis_cluster: RedisCluster, redis_cluster_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = RedisStore(redis_cluster_url)
+    caplog.set_level(logging.WARNING, logger="tracked")
+    try:
+        with tracked.start("fault", total=12, store=store, min_interval=0) as progress:
+            for i in range(4):
+                progress.increment(1, f"m{i}")
+            redis_cluster.stop()
+            for i in range(4, 8):
+                progress.increment(1, f"m{i}")
+            redis_cluster.restart()  # every master is back, empty
+            for i in range(8, 12):
+                progress.increment(1, f"m{i}")
+    finally:
+        if not redis_cluster.processes:
+            redis_cluster.restart()
+    state = RedisStore(redis_cluster_url).load("fault")
+    assert state is not None
+    assert (state.state, state.count) == ("finished", 12)
+    assert state.messages == tuple(f"m{i}" for i in range(12))
+    failures = [r for r in caplog.records if "cannot write" in r.getMessage()]
+    assert len(failures) == 1 and redis_cluster_url in failures[0].getMessage()
+    store.close()
+
+
+def test_save_many_follows_a_record_whose_slot_moved_to_another_master(
+    redis_cluster: RedisCluster, cluster_store: RedisStore
+) -> None:
+    """The store's slot table is stale after a resharding: the batch's write for the
+    moved record gets MOVED from its old master and lands on the new one."""
+    from redis.crc import key_slot
+
+    writes = claimed(cluster_store, 20)
+    moved = writes[7][0].key
+    keys = [k(moved) for k in (cluster_store.record_key, cluster_store.messages_key)]
+    keys.append(cluster_store.lease_key(moved))
+    slot = key_slot(keys[0].encode())
+    nodes = node_clients(redis_cluster)
+    [source] = [c for c in nodes if c.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) > 0]
+    target = next(c for c in nodes if c is not source)
+    source_id, target_id = (_text(c.execute_command("CLUSTER", "MYID")) for c in (source, target))
+    target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+    source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+    port = target.connection_pool.connection_kwargs["port"]
+    source.execute_command("MIGRATE", "127.0.0.1", port, "", 0, 5000, "KEYS", *keys)
+    for c in nodes:
+        c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+    stale = cluster_store.client.get_node_from_key(keys[0])
+    assert stale.port == source.connection_pool.connection_kwargs["port"]  # not told yet
+    assert cluster_store.save_many(writes) == [None] * 20
+    counts = [c.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) for c in (source, target)]
+    assert counts == [0, 3]
+    for state, _ in writes:
+        assert cluster_store.load(state.key) == state
+    for c in nodes:
+        c.close()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

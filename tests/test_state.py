@@ -27,6 +27,7 @@ WIRE_KEYS = [
     "elapsed",
     "rate",
     "eta",
+    "result",
 ]
 
 

@@ -40,7 +40,7 @@ ADAPTERS = ["bottle", "wsgi", "asgi"]
 WIRE_KEYS = [
     "name", "progress_id", "total", "count", "percent", "messages", "message_count",
     "in_progress", "state", "status", "error", "start_time", "current_time",
-    "finished_time", "elapsed", "rate", "eta",
+    "finished_time", "elapsed", "rate", "eta", "result",
 ]
 
 Build = Callable[..., webtest.TestApp]
@@ -116,6 +116,8 @@ def build(request: pytest.FixtureRequest) -> Build:
 
 @pytest.fixture
 def store(tmp_path: Path) -> tracked.FileStore:
+    # Opening a FileStore creates nothing; tests that write files by hand need the directory.
+    (tmp_path / "status-store").mkdir()
     return tracked.FileStore(tmp_path / "status-store")
 
 

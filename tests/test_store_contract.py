@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 
 import pytest
 
 import tracked
-from tracked import AlreadyRunning, State, Store
+from tracked import AlreadyRunning, RunSuperseded, State, Store
 from tracked._store import Owner
 
 
@@ -119,3 +120,43 @@ def test_a_progress_runs_end_to_end_through_the_public_api(store: Store) -> None
         False,
     )
     assert not tracked.is_running("api", store=store)
+
+
+# ------------------------------------------------------------------ kept messages
+
+CAP = 10
+
+
+@pytest.mark.parametrize("added", [0, 1, CAP // 2, CAP // 2 + 1, CAP - 1, CAP, CAP + 1, 10 * CAP])
+def test_the_last_max_messages_are_kept_and_every_one_is_counted(store: Store, added: int) -> None:
+    with tracked.start("kept", total=None, max_messages=CAP, store=store) as progress:
+        for i in range(added):
+            progress.add_message(f"m{i}")
+        progress.flush()
+        running_state = store.load("kept")
+    final = store.load("kept")
+    expected = tuple(f"m{i}" for i in range(max(0, added - CAP), added))
+    for state in (running_state, final):
+        assert state is not None
+        assert (state.messages, state.message_count) == (expected, added)
+
+
+# ------------------------------------------------------------------ one run per record
+
+
+@pytest.mark.parametrize("kind", ["memory", "file"])
+def test_a_save_over_another_runs_record_raises_run_superseded_and_leaves_it(
+    make_store_url: Callable[[str], str], kind: str
+) -> None:
+    store = tracked.open_store(make_store_url(kind))
+    old, new = held_owner(), held_owner()
+    store.claim(running(count=1), old)
+    store.save(running(count=2).ended("finished", time.time()), old)
+    store.claim(running(count=3), new)
+    with pytest.raises(RunSuperseded, match="job"):
+        store.save(running(count=4).ended("finished", time.time()), old)
+    state = store.load("job")
+    assert state is not None and (state.count, state.in_progress) == (3, True)
+    store.save(running(count=5), new)
+    state = store.load("job")
+    assert state is not None and state.count == 5

@@ -112,6 +112,34 @@ def generator_job(store: str, name: str, steps: str) -> None:
     say("done")
 
 
+def big_writer(store: str, name: str) -> None:
+    """Write large records (about 1 MB each) back to back until killed."""
+    with tracked.start(name, total=None, store=store, min_interval=0, max_messages=1000) as p:
+        say("started")
+        while True:
+            p.add_message("x" * 1000)
+
+
+def read_only(store: str, name: str) -> None:
+    """Read ``name`` and list the store, then try to claim a new name; report each."""
+    opened = tracked.open_store(store)
+    state = opened.load(name)
+    say("load", None if state is None else state.state)
+    say("list", *[s.name for s in opened.list()])
+    try:
+        tracked.start("new-claim", store=opened)
+    except tracked.StoreError as exc:
+        say("claim", type(exc).__name__, exc)
+    else:
+        say("claim", "succeeded")
+
+
+def show_state(store: str, name: str) -> None:
+    """Print the state word of ``name`` as this process reads it."""
+    state = tracked.open_store(store).load(name)
+    say("none" if state is None else state.state)
+
+
 COMMANDS = {
     "race": race,
     "writer": writer,
@@ -119,6 +147,9 @@ COMMANDS = {
     "hold": hold,
     "message_then_sleep": message_then_sleep,
     "generator_job": generator_job,
+    "big_writer": big_writer,
+    "read_only": read_only,
+    "show_state": show_state,
 }
 
 if __name__ == "__main__":

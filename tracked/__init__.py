@@ -10,9 +10,10 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-from ._api import current, is_running, load, start
+from ._api import cancel, current, is_running, load, start
 from ._decorator import tracked
 from ._filestore import FileStore
+from ._jobs import submit
 from ._loghandler import LogHandler
 from ._memorystore import MemoryStore
 from ._progress import Progress
@@ -22,6 +23,7 @@ from ._store import Store, open_store
 from ._track import track
 from .errors import (
     AlreadyRunning,
+    Cancelled,
     InvalidName,
     InvalidValue,
     NoActiveProgress,
@@ -41,6 +43,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "AlreadyRunning",
+    "Cancelled",
     "FileStore",
     "InvalidName",
     "InvalidValue",
@@ -54,6 +57,7 @@ __all__ = [
     "Store",
     "StoreError",
     "TrackedError",
+    "cancel",
     "capture_tqdm",
     "configure",
     "current",
@@ -62,6 +66,7 @@ __all__ = [
     "load",
     "open_store",
     "start",
+    "submit",
     "tqdm",
     "track",
     "tracked",

@@ -9,7 +9,7 @@ from ._scope import StoreSpec, request_scope, resolve_store
 from ._state import State, make_key
 from .errors import NoActiveProgress
 
-__all__ = ["current", "is_running", "load", "start"]
+__all__ = ["cancel", "current", "is_running", "load", "start"]
 
 
 def start(
@@ -53,8 +53,17 @@ def start(
 def current() -> Progress:
     """The innermost live progress of this context; ``NoActiveProgress`` if none."""
     progress = current_progress.get()
-    if progress is None or not progress.in_progress:
-        raise NoActiveProgress("no progress is live here: use @tracked or tracked.start()")
+    if progress is None:
+        raise NoActiveProgress(
+            "no progress is live here: call tracked.current() inside a @tracked function"
+            " or a tracked.start() block (on a web route, @tracked.tracked(...) goes under"
+            " the route decorator, or the route registers the undecorated function)"
+        )
+    if not progress.in_progress:
+        raise NoActiveProgress(
+            f"no progress is live here: {progress!r} has ended, and tracked.current()"
+            " only gives a live one"
+        )
     return progress
 
 
@@ -71,3 +80,18 @@ def is_running(
     """True only while a live owner holds the progress."""
     state = load(name, progress_id=progress_id, store=store)
     return state is not None and state.in_progress
+
+
+def cancel(
+    name: str | None, *, progress_id: str | None = None, store: StoreSpec | None = None
+) -> bool:
+    """Ask the running progress to stop, from any process that shares its store.
+
+    True when a live run was asked (asking again is harmless); False when none is
+    running (unknown, or already ended). The owner's flusher sees the request
+    within about its ``min_interval``: ``Progress.cancel_requested`` turns true,
+    ``check()`` raises ``tracked.Cancelled``, a ``@tracked`` generator gets
+    ``Cancelled`` thrown in at its next yield, a ``@tracked`` coroutine's task is
+    cancelled at its next await. The run then ends ``cancelled``.
+    """
+    return resolve_store(store).request_cancel(make_key(name, progress_id))

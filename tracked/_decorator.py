@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 import inspect
 import string
+import sys
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator, Mapping
 from typing import Any, TypeVar
 
@@ -18,14 +19,16 @@ import wrapt
 from ._api import start
 from ._progress import Progress, _check_interval, _check_max_messages, current_progress
 from ._scope import StoreSpec, request_scope, resolve_store
-from ._state import check_total, validate_name
-from .errors import InvalidName, InvalidValue
+from ._state import check_total, validate_name, validate_progress_id
+from .errors import Cancelled, InvalidName, InvalidValue
 
 __all__ = ["tracked"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+_NoneType = type(None)
 NameSpec = str | Callable[..., str] | None
 TotalSpec = int | Callable[..., int | None] | None
+ProgressIdSpec = str | Callable[..., str] | None
 
 
 def tracked(
@@ -35,6 +38,7 @@ def tracked(
     store: StoreSpec | None = None,
     min_interval: float = 0.1,
     max_messages: int = 1000,
+    progress_id: ProgressIdSpec = None,
 ) -> Callable[[F], F]:
     """Make every call of the decorated function or generator function a progress.
 
@@ -45,8 +49,12 @@ def tracked(
     the call's arguments. A generator's (or async generator's) every yield adds
     one; yielded strings are also messages. The progress is claimed at the call,
     so a conflict raises ``AlreadyRunning`` there, also for coroutine functions.
+    ``progress_id`` is a text or a callable taking the call's arguments (a queue
+    worker names a run by its job id this way); None means the request's.
+    The function's return value (a generator's ``return`` value), unless None,
+    becomes the progress's ``result``.
     """
-    spec = _Spec(name, total, store, min_interval, max_messages)
+    spec = _Spec(name, total, store, min_interval, max_messages, progress_id)
 
     def decorate(func: F) -> F:
         target = inspect.unwrap(getattr(func, "__func__", func))
@@ -77,6 +85,7 @@ class _Spec:
         store: StoreSpec | None,
         min_interval: float,
         max_messages: int,
+        progress_id: ProgressIdSpec = None,
     ) -> None:
         if not (name is None or isinstance(name, str) or callable(name)):
             raise InvalidName(f"name must be a str, a callable or None, not {type(name).__name__}")
@@ -90,6 +99,13 @@ class _Spec:
         self.store = None if store is None else resolve_store(store)
         self.min_interval = _check_interval(min_interval)
         self.max_messages = _check_max_messages(max_messages)
+        if isinstance(progress_id, str):
+            validate_progress_id(progress_id)
+        elif not (progress_id is None or callable(progress_id)):
+            raise InvalidName(
+                f"progress_id must be a str, a callable or None, not {type(progress_id).__name__}"
+            )
+        self.progress_id = progress_id
 
     def check_template(self, target: Callable[..., Any]) -> None:
         """Refuse, at decoration, a template naming an argument the function lacks."""
@@ -113,13 +129,19 @@ class _Spec:
         instance: Any,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        status: str | None = None,
     ) -> Progress:
         total = self.total
         if callable(total):
             total = _check_total_result(total(*args, **kwargs))
+        progress_id = self.progress_id
+        if callable(progress_id):
+            progress_id = validate_progress_id(progress_id(*args, **kwargs))
         return start(
             self.resolve_name(wrapped, instance, args, kwargs),
             total,
+            status=status,
+            progress_id=progress_id,
             store=self.store,
             min_interval=self.min_interval,
             max_messages=self.max_messages,
@@ -134,6 +156,8 @@ class _Spec:
     ) -> str | None:
         name = self.name
         if name is None:
+            if self.progress_id is not None:
+                return None
             scope = request_scope.get()
             if scope is not None and scope.progress_id is not None:
                 return None
@@ -151,8 +175,8 @@ class _Spec:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
-        with self.start(wrapped, instance, args, kwargs):
-            return wrapped(*args, **kwargs)
+        with self.start(wrapped, instance, args, kwargs) as progress:
+            return returned(progress, wrapped(*args, **kwargs))
 
     def call_generator(
         self,
@@ -220,15 +244,16 @@ def _drive(
     """
     run = context.run
     send, throw = generator.send, generator.throw
-    append, next_index = progress._messages.append, progress._next_index
-    flush_each = progress.min_interval == 0
+    push, none, text = progress._push, _NoneType, str
     step: Callable[[Any], Any] = send
     argument: Any = None
     count = 0
+    stopping = False
     while True:
         try:
             item = run(step, argument)
         except StopIteration as stop:
+            returned(progress, stop.value)
             progress.finish()
             return stop.value
         except BaseException as exc:
@@ -236,10 +261,16 @@ def _drive(
             raise
         count += 1
         progress._yields = count
-        if isinstance(item, str):
-            append((next_index(), item))
-        if flush_each:
-            progress._maybe_flush()
+        kind = item.__class__
+        if kind is text or (kind is not none and isinstance(item, text)):
+            push(item)
+        if progress._clean:
+            progress._touched()
+            if progress._cancel_requested and not stopping:
+                # Asked to stop: thrown in at this yield instead of handing the item on.
+                stopping = True
+                step, argument = throw, Cancelled(progress.key)
+                continue
         try:
             argument = yield item
             step = send
@@ -253,6 +284,7 @@ def _drive(
 async def _await(coroutine: Coroutine[Any, Any, Any], progress: Progress) -> Any:
     """Await ``coroutine`` with ``progress`` current; end it the way the coroutine ends."""
     token = current_progress.set(progress)
+    _cancel_task_on_request(progress)
     try:
         result = await coroutine
     except BaseException as exc:
@@ -260,8 +292,30 @@ async def _await(coroutine: Coroutine[Any, Any, Any], progress: Progress) -> Any
         raise
     finally:
         current_progress.reset(token)
+    returned(progress, result)
     progress.finish()
     return result
+
+
+def _cancel_task_on_request(progress: Progress) -> None:
+    """Have a cancel request cancel the asyncio task awaiting the coroutine (from the
+    flusher's thread, so thread-safely): it stops at its next await."""
+    asyncio = sys.modules.get("asyncio")  # not imported: no asyncio task awaits this
+    if asyncio is None:
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # not asyncio (trio, a manual send): cooperative only
+        return
+    task = asyncio.current_task(loop)
+    if task is None:
+        return
+
+    def cancel_task() -> None:  # on the loop's thread: the coroutine may have ended since
+        if not progress._ended:
+            task.cancel()
+
+    progress._cancel_hooks.append(lambda: loop.call_soon_threadsafe(cancel_task))
 
 
 async def _drive_async(
@@ -273,11 +327,11 @@ async def _drive_async(
     for the step only.
     """
     asend, athrow = generator.asend, generator.athrow
-    append, next_index = progress._messages.append, progress._next_index
-    flush_each = progress.min_interval == 0
+    push = progress._push
     step: Callable[[Any], Awaitable[Any]] = asend
     argument: Any = None
     count = 0
+    stopping = False
     while True:
         token = current_progress.set(progress)
         try:
@@ -293,9 +347,13 @@ async def _drive_async(
         count += 1
         progress._yields = count
         if isinstance(item, str):
-            append((next_index(), item))
-        if flush_each:
-            progress._maybe_flush()
+            push(item)
+        if progress._clean:
+            progress._touched()
+            if progress._cancel_requested and not stopping:
+                stopping = True
+                step, argument = athrow, Cancelled(progress.key)
+                continue
         try:
             argument = yield item
             step = asend
@@ -366,3 +424,10 @@ def _check_total_result(total: object) -> int | None:
         return check_total(total)
     except InvalidValue as exc:
         raise InvalidValue(f"the total callable returned a bad total: {exc}") from None
+
+
+def returned(progress: Progress, value: Any) -> Any:
+    """Make a run's return value its result, unless it is None; pass it on."""
+    if value is not None:
+        progress.result = value
+    return value

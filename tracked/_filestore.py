@@ -2,46 +2,62 @@
 
 Writes are atomic (a temporary file in the same directory, then ``os.replace``),
 so a reader never sees half a record. Claims and prunes run under one
-``filelock`` lock for the directory; ordinary writes by the owner take no lock.
-File names are a hash of the key, so no name can reach outside the directory.
+``filelock`` lock for the directory; ordinary writes by the owner take no lock,
+only a read of the stored record's run token. File names are a hash of the key,
+so no name can reach outside the directory. Reading needs no write access.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import os
-import tempfile
+import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import filelock
 
 from ._state import State
-from ._store import Owner, Record, Store, claim_or_raise, decode_record, encode_record
-from .errors import StoreError
+from ._store import (
+    Owner,
+    Record,
+    Store,
+    cancellable,
+    claim_or_raise,
+    decode_record,
+    encode_record,
+)
+from .errors import RunSuperseded, StoreError
 
 __all__ = ["FileStore"]
 
 LOCK_TIMEOUT = 10.0
 SUFFIX = ".json"
+TEMP_SUFFIX = ".tmp"
+#: A cancel request is an empty file ``<record's hash>.<run token>.cancel``.
+CANCEL_SUFFIX = ".cancel"
+#: A temporary file older than this was left by a killed writer: ``prune`` removes it.
+STALE_TEMP_AGE = 60.0
+#: ``encode_record`` writes the owner first, so its run token is in the file's head.
+_HEAD_BYTES = 1024
+_RUN = re.compile(rb'"run":"([^"\\]*)"')
 
 
 class FileStore(Store):
-    """Progress records as JSON files in ``directory`` (created with parents if missing)."""
+    """Progress records as JSON files in ``directory``.
+
+    Opening and reading never create or change anything: the directory (with its
+    parents) is made by the first claim, which alone needs write access.
+    """
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory).expanduser()
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
+        if self.directory.exists() and not self.directory.is_dir():
             raise StoreError(
-                f"cannot use {str(self.directory)!r} as a progress store: {exc}"
-            ) from exc
-        if not self.directory.is_dir() or not os.access(self.directory, os.W_OK | os.X_OK):
-            raise StoreError(
-                f"cannot use {str(self.directory)!r} as a progress store: not a writable directory"
+                f"cannot use {str(self.directory)!r} as a progress store: not a directory"
             )
         self._lock_path = str(self.directory / ".claim.lock")
 
@@ -56,6 +72,7 @@ class FileStore(Store):
 
     def claim(self, state: State, owner: Owner) -> None:
         key = state.key
+        self._make_writable()
         with self._locked():
             try:
                 existing = self.read(key)
@@ -65,13 +82,57 @@ class FileStore(Store):
             self._write(self.path_for(key), encode_record(state, owner))
 
     def save(self, state: State, owner: Owner) -> None:
-        self._write(self.path_for(state.key), encode_record(state, owner))
+        path = self.path_for(state.key)
+        if self._stored_run(path) not in (owner.run, _NO_RECORD):
+            raise RunSuperseded(
+                f"progress {state.key!r} in {str(path)!r} belongs to another run now; "
+                "not overwriting it"
+            )
+        self._write(path, encode_record(state, owner))
+
+    def _stored_run(self, path: Path) -> str | None:
+        """The run token of the record at ``path`` (a cheap read of the file's head);
+        ``_NO_RECORD`` if there is none or it is corrupt, None if it has no owner."""
+        try:
+            fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+            try:
+                head = os.read(fd, _HEAD_BYTES)
+            finally:
+                os.close(fd)
+        except FileNotFoundError:
+            return _NO_RECORD
+        except OSError as exc:
+            raise StoreError(f"cannot read {str(path)!r}: {exc}") from exc
+        found = _RUN.search(head)
+        if found is not None:
+            return found.group(1).decode("ascii", "replace")
+        record = self._read_path(path, missing_ok=True, skip_corrupt=True)  # an older layout
+        if record is None:
+            return _NO_RECORD
+        return None if record.owner is None else record.owner.run
+
+    def _make_writable(self) -> None:
+        """Create the directory if needed; ``StoreError`` naming it if it is not writable."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot use {str(self.directory)!r} as a progress store: {exc}"
+            ) from exc
+        if not os.access(self.directory, os.W_OK | os.X_OK):
+            raise StoreError(
+                f"cannot use {str(self.directory)!r} as a progress store: not a writable directory"
+            )
 
     def delete(self, key: str) -> bool:
         with self._locked():
             return self._unlink(self.path_for(key))
 
     def prune(self, older_than: float) -> int:
+        """Delete old ended records, and temporary files left by killed writers once
+        older than ``STALE_TEMP_AGE`` (those are not counted)."""
+        if not self.directory.is_dir():
+            return 0
         cutoff = time.time() - older_than
         deleted = 0
         with self._locked():
@@ -79,7 +140,55 @@ class FileStore(Store):
                 record = self._read_path(path, missing_ok=True, skip_corrupt=True)
                 if record is not None and self._prunable(record, cutoff):
                     deleted += self._unlink(path)
+            self._remove_stale_temporaries(time.time() - STALE_TEMP_AGE)
+            self._remove_stale_cancels()
         return deleted
+
+    def _remove_stale_temporaries(self, cutoff: float) -> None:
+        for path in self._names(lambda n: n.startswith(".") and n.endswith(TEMP_SUFFIX)):
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise StoreError(f"cannot delete {str(path)!r}: {exc}") from exc
+
+    # ------------------------------------------------------------------ cancel requests
+
+    def cancel_path(self, key: str, run: str) -> Path:
+        """The marker file asking run ``run`` of ``key`` to stop (next to its record)."""
+        return self.directory / (_file_name(key)[: -len(SUFFIX)] + "." + run + CANCEL_SUFFIX)
+
+    def request_cancel(self, key: str) -> bool:
+        owner = cancellable(self.read(key))
+        if owner is None:
+            return False
+        path = self.cancel_path(key, owner.run)
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | _O_CLOEXEC, 0o666))
+        except OSError as exc:
+            raise StoreError(f"cannot write the cancel request {str(path)!r}: {exc}") from exc
+        return True
+
+    def cancels_requested(self, runs: Sequence[tuple[str, Owner]]) -> list[bool]:
+        """One ``stat`` per run."""
+        return [os.path.exists(self.cancel_path(key, owner.run)) for key, owner in runs]
+
+    def clear_cancel(self, key: str, owner: Owner) -> None:
+        self._unlink(self.cancel_path(key, owner.run))
+
+    def _remove_stale_cancels(self) -> None:
+        """Markers left by owners that died before removing them: their run no longer
+        holds a running record."""
+        for path in self._names(lambda n: n.endswith(CANCEL_SUFFIX) and not n.startswith(".")):
+            digest, _, run = path.name[: -len(CANCEL_SUFFIX)].partition(".")
+            record = self._read_path(
+                self.directory / (digest + SUFFIX), missing_ok=True, skip_corrupt=True
+            )
+            owner = cancellable(record)
+            if owner is None or owner.run != run:
+                self._unlink(path)
 
     def _write(self, path: Path, data: bytes) -> None:
         try:
@@ -95,10 +204,14 @@ class FileStore(Store):
             raise StoreError(f"cannot write {str(path)!r}: {exc}") from exc
 
     def _replace(self, path: Path, data: bytes) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=self.directory)
+        tmp, fd = self._create_temporary()
         try:
-            with os.fdopen(fd, "wb") as file:
-                file.write(data)
+            try:
+                view = memoryview(data)
+                while view:  # plain os calls: they still work while the interpreter exits
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
             os.replace(tmp, path)
         except BaseException:
             try:
@@ -106,6 +219,20 @@ class FileStore(Store):
             except OSError:
                 pass
             raise
+
+    def _create_temporary(self) -> tuple[Path, int]:
+        """A new temporary file, mode 0o666 less the umask (mkstemp's is always 0600).
+
+        Named by pid and a counter, not random bytes: no extra system call, which on
+        the flusher thread would also be one more wait for the GIL.
+        """
+        while True:
+            tmp = self.directory / f".{os.getpid()}-{next(_serial)}{TEMP_SUFFIX}"
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o666)
+            except FileExistsError:  # left by a killed process that had this pid
+                continue
+            return tmp, fd
 
     @staticmethod
     def _unlink(path: Path) -> bool:
@@ -137,14 +264,26 @@ class FileStore(Store):
             if record is not None:
                 yield record
 
+    def unreadable(self) -> list[str]:
+        problems = []
+        for path in self._files():
+            try:
+                self._read_path(path, missing_ok=True)
+            except StoreError as exc:
+                problems.append(str(exc))
+        return problems
+
     def _files(self) -> list[Path]:
+        return self._names(lambda n: n.endswith(SUFFIX) and not n.startswith("."))
+
+    def _names(self, wanted: Callable[[str], bool]) -> list[Path]:
         try:
             names = os.listdir(self.directory)
         except FileNotFoundError:
             return []
         except OSError as exc:
             raise StoreError(f"cannot list {str(self.directory)!r}: {exc}") from exc
-        return [self.directory / n for n in names if n.endswith(SUFFIX) and not n.startswith(".")]
+        return [self.directory / n for n in names if wanted(n)]
 
     def _read_path(
         self, path: Path, *, missing_ok: bool, skip_corrupt: bool = False
@@ -163,6 +302,11 @@ class FileStore(Store):
             if skip_corrupt:
                 return None
             raise StoreError(f"corrupt progress record {str(path)!r}: {exc}") from exc
+
+
+_NO_RECORD = "\0none"  # never a run token
+_serial = itertools.count()
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 @functools.lru_cache(maxsize=4096)

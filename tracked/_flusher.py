@@ -1,38 +1,84 @@
 """The one background thread per process that writes due snapshots.
 
-A task that updates its handle and then goes quiet (or blocks) still gets its
-last change written within ``min_interval``; stores with a lease get their
-running records rewritten every ``lease / 3`` seconds. The thread starts on
-first use, again in a forked child, and writes what is pending at exit.
+A handle wakes it on the first update after a write; it then writes that
+handle at most once per ``min_interval``, looking again one interval after each
+write, and forgets it once it stays unchanged for an interval. Due writes of one
+tick go to each store as one ``save_many`` batch. Stores with a lease get their
+running records rewritten every ``lease / 3`` seconds; final writes that failed
+are retried (at most one pending per key). While runs are live it also asks
+their stores, every ``min_interval`` (at least ``CANCEL_POLL_MIN``, at most
+``CANCEL_POLL_MAX`` seconds), whether someone requested them to stop: one
+``cancels_requested`` call per store (a ``stat`` per FileStore run, one round
+trip per RedisStore). The thread starts on first use, anew in a forked child,
+and writes what is pending at exit.
 """
 
 from __future__ import annotations
 
 import atexit
+import collections
+import heapq
+import itertools
+import math
 import os
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from ._progress import Progress
+    from ._state import State
+    from ._store import Owner, Store
 
-__all__ = ["forget", "retry", "watch"]
+__all__ = ["Flushable", "forget", "retry_final", "wake", "watch"]
 
-#: Longest sleep between checks, so a change made while idle is seen soon.
+#: Longest sleep while records with a lease are watched (they need renewing).
 MAX_SLEEP = 1.0
-#: Shortest sleep, so a zero ``min_interval`` cannot spin the thread.
-MIN_SLEEP = 0.002
-#: How often a progress with ``min_interval=0`` is checked (its updates write inline).
-ZERO_INTERVAL_POLL = 0.05
+#: Seconds between attempts to write a handle whose store is failing.
+FAILURE_RETRY = 0.25
+#: Seconds between attempts of a final write that failed.
+FINAL_RETRY = 0.5
+#: Bounds of the interval between looks for cancel requests of the live runs.
+CANCEL_POLL_MIN = 0.05
+CANCEL_POLL_MAX = 1.0
+
+
+class Flushable(Protocol):
+    """What the flusher needs of a live handle (``Progress`` satisfies it)."""
+
+    key: str
+    store: Store
+    min_interval: float
+    _clean: bool
+    _scheduled: bool
+    _ended: bool
+    _superseded: bool
+    _last_write: float
+    _store_failing: bool
+    _owner: Owner | None
+
+    def flush(self) -> bool: ...
+    def _begin_write(self) -> tuple[State, Owner] | None: ...
+    def _end_write(self, error: Exception | None) -> None: ...
+    def _write_final(self) -> bool: ...
+    def _release(self) -> None: ...
+    def _cancel_seen(self) -> None: ...
+
+
+Ref = weakref.ref[Flushable]
 
 
 class _Flusher:
     def __init__(self) -> None:
         self.cond = threading.Condition()
-        self.watched: weakref.WeakSet[Progress] = weakref.WeakSet()
-        self.retrying: set[Progress] = set()  # ended, final write failed: keep until written
+        self.woken: collections.deque[Ref] = collections.deque()  # appended by any thread
+        self.watched: weakref.WeakSet[Flushable] = weakref.WeakSet()
+        self.finals: dict[tuple[int, str], Flushable] = {}  # final writes to retry
+        self.schedule: list[tuple[float, int, Ref]] = []  # heap; the thread's own
+        self.order = itertools.count().__next__
+        self.next_lease_scan = 0.0
+        self.leases = False  # whether a watched handle's store has a lease
+        self.next_cancel_scan = 0.0
         self.thread: threading.Thread | None = None
         self.pid = os.getpid()
 
@@ -44,53 +90,140 @@ class _Flusher:
     def run(self) -> None:
         while True:
             with self.cond:
-                while not self.watched and not self.retrying:
-                    self.cond.wait()
-                self.cond.wait(self.sleep_time())
-                watched = list(self.watched)
-                retrying = list(self.retrying)
-            self.flush_due(watched)
-            self.retry_final_writes(retrying)
-            # Drop the strong references here, outside the lock: the last one may
-            # be a handle whose collection ends (and writes) its progress.
-            del watched, retrying
+                if not self.woken:
+                    self.cond.wait(self.timeout(time.monotonic()))
+            self.tick()
 
-    def retry_final_writes(self, retrying: list[Progress]) -> None:
-        for progress in retrying:
-            if progress.flush():
-                with self.cond:
-                    self.retrying.discard(progress)
+    def timeout(self, now: float) -> float | None:
+        """Seconds until something is due; None: nothing until a handle wakes us."""
+        deadlines = [self.schedule[0][0]] if self.schedule else []
+        if self.finals:
+            deadlines.append(now + FINAL_RETRY)
+        if self.leases:
+            deadlines.append(self.next_lease_scan)
+        if self.watched:
+            deadlines.append(self.next_cancel_scan)
+        return max(0.0, min(deadlines) - now) if deadlines else None
 
-    def sleep_time(self) -> float:
+    def tick(self) -> None:
         now = time.monotonic()
-        sleep = MAX_SLEEP
-        for progress in self.watched:
-            interval = progress.min_interval or ZERO_INTERVAL_POLL
-            if progress._changed():
-                interval = max(0.0, progress._last_write + progress.min_interval - now)
-            lease = progress.store.lease
-            if lease:
-                interval = min(interval, max(0.0, progress._last_write + lease / 3 - now))
-            sleep = min(sleep, interval)
-        return max(MIN_SLEEP, sleep)
+        self.take_woken(now)
+        due = self.pop_due(now)
+        if self.leases and now >= self.next_lease_scan:
+            due = list(dict.fromkeys(due + self.lease_due(now)))
+        self.write(due)
+        for progress in due:
+            self.plan(progress)
+        if self.finals:
+            self.retry_finals()
+        if now >= self.next_cancel_scan and self.watched:
+            self.scan_cancels(now)
+        # Strong references are dropped here, outside any lock: the last one may be a
+        # handle whose collection ends (and writes) its progress.
+        del due
+
+    def take_woken(self, now: float) -> None:
+        woken = self.woken
+        while woken:
+            progress = woken.popleft()()
+            if progress is not None and not progress._ended and not progress._scheduled:
+                progress._scheduled = True
+                self.push(progress, progress._last_write + delay(progress))
+
+    def push(self, progress: Flushable, when: float) -> None:
+        heapq.heappush(self.schedule, (when, self.order(), weakref.ref(progress)))
+
+    def pop_due(self, now: float) -> list[Flushable]:
+        """The scheduled handles that are due and changed; unchanged ones are forgotten
+        until their next update wakes the flusher again."""
+        due = []
+        while self.schedule and self.schedule[0][0] <= now:
+            progress = heapq.heappop(self.schedule)[2]()
+            if progress is None or progress._ended or progress._superseded:
+                continue  # nothing more to write for it: it leaves the schedule
+            if progress._clean:
+                progress._scheduled = False
+                if progress._clean:  # an update after this check sees _scheduled False
+                    continue
+                progress._scheduled = True
+            due.append(progress)
+        return due
+
+    def plan(self, progress: Flushable) -> None:
+        """Look at a just written (or failed) handle again one interval after that
+        write began, so the time a write takes does not stretch the interval."""
+        if not progress._ended and not progress._superseded and progress._scheduled:
+            self.push(progress, progress._last_write + delay(progress))
+
+    def lease_due(self, now: float) -> list[Flushable]:
+        """Running records whose lease needs renewing, changed or not."""
+        leased = [(p, p.store.lease) for p in list(self.watched) if p.store.lease]
+        self.leases = bool(leased)
+        self.next_lease_scan = now + min([MAX_SLEEP, *(lease / 6 for _, lease in leased)])
+        return [p for p, lease in leased if now - p._last_write >= lease / 3]
 
     @staticmethod
-    def flush_due(watched: list[Progress]) -> None:
-        now = time.monotonic()
-        for progress in watched:
-            since_write = now - progress._last_write
-            lease = progress.store.lease
-            if (progress._changed() and since_write >= progress.min_interval) or (
-                lease and since_write >= lease / 3
-            ):
-                progress.flush()
+    def write(due: list[Flushable]) -> None:
+        """Write the due snapshots, one ``save_many`` batch per store."""
+        batches: dict[int, tuple[Store, list[tuple[Flushable, State, Owner]]]] = {}
+        for progress in due:
+            write = progress._begin_write()
+            if write is not None:
+                batch = batches.setdefault(id(progress.store), (progress.store, []))[1]
+                batch.append((progress, *write))
+        for store, batch in batches.values():
+            results: list[Exception | None]
+            try:
+                results = store.save_many([(state, owner) for _, state, owner in batch])
+            except Exception as exc:  # noqa: BLE001 - a broken store never kills the thread
+                results = [exc] * len(batch)
+            for (progress, _, _), error in zip(batch, results, strict=True):
+                progress._end_write(error)
+
+    def scan_cancels(self, now: float) -> None:
+        """Ask each store whether any of its live runs here was requested to stop."""
+        live = [p for p in list(self.watched) if not p._ended and p._owner is not None]
+        poll = min([CANCEL_POLL_MAX, *(p.min_interval for p in live)])
+        self.next_cancel_scan = now + max(CANCEL_POLL_MIN, poll)
+        by_store: dict[int, tuple[Store, list[Flushable]]] = {}
+        for progress in live:
+            by_store.setdefault(id(progress.store), (progress.store, []))[1].append(progress)
+        for store, handles in by_store.values():
+            runs = [(p.key, p._owner) for p in handles if p._owner is not None]
+            try:
+                asked = store.cancels_requested(runs)
+            except Exception:  # noqa: BLE001, S112 - a broken store never kills the thread
+                continue
+            for progress, yes in zip(handles, asked, strict=True):
+                if yes:
+                    progress._cancel_seen()
+
+    def retry_finals(self) -> None:
+        with self.cond:
+            pending = list(self.finals.items())
+        for key, progress in pending:
+            if progress._write_final():
+                with self.cond:
+                    if self.finals.get(key) is progress:
+                        del self.finals[key]
+                progress._release()
 
     def flush_all(self) -> None:
         """At exit: write every pending change and retry failed final writes once."""
         with self.cond:
-            pending = [p for p in self.watched if p._changed()] + list(self.retrying)
+            pending = [p for p in self.watched if not p._clean]
+            finals = list(self.finals.values())
         for progress in pending:
             progress.flush()
+        for progress in finals:
+            progress._write_final()
+
+
+def delay(progress: Flushable) -> float:
+    """How long after its last write a handle may be written again."""
+    if progress._store_failing:
+        return max(progress.min_interval, FAILURE_RETRY)
+    return progress.min_interval
 
 
 _flusher = _Flusher()
@@ -103,29 +236,52 @@ def _current() -> _Flusher:
     return _flusher
 
 
-def watch(progress: Progress) -> None:
-    """Have the flusher write ``progress`` when due, until ``forget``."""
+def watch(progress: Flushable) -> None:
+    """Keep ``progress``'s lease renewed and its last change written at exit."""
     flusher = _current()
     with flusher.cond:
         flusher.watched.add(progress)
+        flusher.next_cancel_scan = min(
+            flusher.next_cancel_scan or math.inf,
+            time.monotonic() + max(CANCEL_POLL_MIN, min(progress.min_interval, CANCEL_POLL_MAX)),
+        )
+        flusher.cond.notify()
+        if progress.store.lease:
+            flusher.leases = True
+            flusher.cond.notify()
+        flusher.ensure_running()
+
+
+def wake(ref: Ref) -> None:
+    """A watched handle changed after its last write: have it written when due."""
+    flusher = _current()
+    flusher.woken.append(ref)
+    with flusher.cond:
         flusher.ensure_running()
         flusher.cond.notify()
 
 
-def forget(progress: Progress) -> None:
+def forget(progress: Flushable) -> None:
     """Stop watching ``progress`` (it has ended)."""
     flusher = _current()
     with flusher.cond:
         flusher.watched.discard(progress)
 
 
-def retry(progress: Progress) -> None:
-    """Keep retrying the final write of an ended ``progress`` until it succeeds."""
+def retry_final(progress: Flushable) -> None:
+    """Retry the failed final write of ``progress`` until it lands or is superseded.
+
+    One pending final write per key: a newer one replaces (and releases) the older.
+    """
     flusher = _current()
+    key = (id(progress.store), progress.key)
     with flusher.cond:
-        flusher.retrying.add(progress)
+        older = flusher.finals.get(key)
+        flusher.finals[key] = progress
         flusher.ensure_running()
         flusher.cond.notify()
+    if older is not None and older is not progress:
+        older._release()
 
 
 @atexit.register

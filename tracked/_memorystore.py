@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from ._state import State
-from ._store import Owner, Record, Store, claim_or_raise
+from ._store import Owner, Record, Store, cancellable, claim_or_raise
+from .errors import RunSuperseded
 
 __all__ = ["MemoryStore"]
 
@@ -20,6 +21,7 @@ class MemoryStore(Store):
         self._lock = threading.Lock()
         #: Called with a key after each write of it (``tracked._watch`` wakes streams).
         self._watchers: list[Callable[[str, State | None], None]] = []
+        self._cancels: set[tuple[str, str]] = set()  # (key, run) asked to stop
 
     def __repr__(self) -> str:
         return f"MemoryStore(<{len(self._records)} records>)"
@@ -32,9 +34,15 @@ class MemoryStore(Store):
         self._changed(key, state)
 
     def save(self, state: State, owner: Owner) -> None:
+        key = state.key
         with self._lock:
-            self._records[state.key] = Record(state, owner)
-        self._changed(state.key, state)
+            existing = self._records.get(key)
+            if existing is not None and (existing.owner is None or existing.owner.run != owner.run):
+                raise RunSuperseded(
+                    f"progress {key!r} belongs to another run now; not overwriting it"
+                )
+            self._records[key] = Record(state, owner)
+        self._changed(key, state)
 
     def read(self, key: str) -> Record | None:
         return self._records.get(key)
@@ -61,3 +69,19 @@ class MemoryStore(Store):
             for key in doomed:
                 del self._records[key]
         return len(doomed)
+
+    def request_cancel(self, key: str) -> bool:
+        with self._lock:
+            owner = cancellable(self._records.get(key))
+            if owner is None:
+                return False
+            self._cancels.add((key, owner.run))
+            return True
+
+    def cancels_requested(self, runs: Sequence[tuple[str, Owner]]) -> list[bool]:
+        cancels = self._cancels
+        return [(key, owner.run) in cancels for key, owner in runs]
+
+    def clear_cancel(self, key: str, owner: Owner) -> None:
+        with self._lock:
+            self._cancels.discard((key, owner.run))

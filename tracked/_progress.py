@@ -1,9 +1,10 @@
 """``Progress``: the live handle a task mutates.
 
-Mutations are cheap (counters and a bounded deque under a lock); a snapshot is
-serialised and written to the store at most once per ``min_interval``, either
-inline when an update finds a write due or by the process's background flusher.
-The first and the final snapshot are written at once.
+Updates are a few operations that are atomic under the GIL (an ``itertools.count``
+tick, a ``deque.append``, a flag): no lock, no clock, no I/O. The first update
+after a write wakes the process's flusher, which writes a snapshot at most once
+per ``min_interval``. The first and the final snapshot are written at once by
+the thread that starts or ends the run; ``min_interval=0`` writes every update.
 """
 
 from __future__ import annotations
@@ -12,17 +13,20 @@ import collections
 import contextvars
 import itertools
 import logging
+import os
 import sys
 import threading
 import time
-from collections.abc import Iterable
+import weakref
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
 from . import _flusher
-from ._state import DEFAULT_STATUS, State, check_count, check_total, make_key
+from ._state import DEFAULT_STATUS, State, as_int, encode_result, make_key
 from ._store import Owner, Store, register_live_run, unregister_live_run
-from .errors import InvalidValue, StoreError
+from ._text import clean_message, clean_text
+from .errors import Cancelled, InvalidValue, RunSuperseded, StoreError
 
 __all__ = ["Progress", "current_progress"]
 
@@ -37,39 +41,59 @@ current_progress: contextvars.ContextVar[Progress | None] = contextvars.ContextV
 RATE_SMOOTHING = 0.3
 #: Shortest span of time one rate sample covers, so bursts of writes do not make it jumpy.
 RATE_WINDOW = 0.05
+#: Every int 1 is this object in CPython: ``n is _ONE`` is the cheapest exact test.
+_ONE = 1
+
+#: Every handle of this process, so a forked child can make the inherited ones inert.
+_handles: weakref.WeakSet[Progress] = weakref.WeakSet()
 
 
 class Progress:
     """A running progress: change it from the task; readers see its snapshots.
 
     Thread-safe: ``increment``, ``add_message`` and the setters may be called
-    from several threads. Use it as a context manager (``tracked.start``) or let
-    ``@tracked`` manage it; a handle that is garbage-collected while running ends
-    as ``finished``, as the Perl original ended it when it went out of scope.
+    from several threads and every update is counted. Use it as a context manager
+    (``tracked.start``) or let ``@tracked`` manage it; a handle that is
+    garbage-collected while running ends as ``finished``, as the Perl original
+    ended it when it went out of scope. Once ended, a handle ignores updates.
     """
 
     __slots__ = (
         "__weakref__",
         "_base",
+        "_cancel_hooks",
+        "_cancel_requested",
+        "_clean",
         "_context_tokens",
         "_end_on_collect",
         "_ended",
         "_error",
+        "_final",
         "_finished_time",
-        "_flushed_mark",
+        "_incoming",
+        "_job",
+        "_kept",
+        "_kept_tuple",
         "_last_write",
         "_lock",
-        "_messages",
-        "_next_index",
+        "_message_count",
+        "_ones_read",
         "_owner",
+        "_pid",
+        "_push",
         "_rate",
         "_rate_count",
         "_rate_time",
+        "_ref",
+        "_result",
+        "_scheduled",
         "_state",
         "_status",
         "_store_failing",
+        "_superseded",
+        "_tick",
         "_total",
-        "_version",
+        "_warned_inert",
         "_write_lock",
         "_yields",
         "key",
@@ -100,34 +124,46 @@ class Progress:
         self.store = store
         self.min_interval = _check_interval(min_interval)
         self.max_messages = _check_max_messages(max_messages)
-        self._total = check_total(total)
-        self._base = check_count(count)
-        self._yields = 0  # written only by the @tracked generator loop, without the lock
+        self._total = _check_total(total)
+        self._base = max(0, as_int(count, "count"))
+        self._tick = itertools.count().__next__  # one tick per `+= 1`: atomic, no lock
+        self._ones_read = 0  # ticks taken by readers to learn the count (under _lock)
+        self._yields = 0  # written only by the @tracked generator loop
         self._status = _check_status(status)
-        initial = [_check_message(m) for m in messages]
-        # (index over all messages ever added, text): indices come from an atomic
-        # counter, so appending needs no lock and a snapshot can tell the count.
-        self._messages: collections.deque[tuple[int, str]] = collections.deque(
-            enumerate(initial), maxlen=max(1, self.max_messages)
-        )
-        self._next_index = itertools.count(len(initial)).__next__
-        self._lock = threading.Lock()
-        self._write_lock = threading.Lock()
-        self._version = 0
-        self._flushed_mark: tuple[int, int] = (-1, -1)
+        # Updates append bare texts to `_incoming`; a snapshot moves them to `_kept`
+        # in order and numbers them, so indices need no lock on the update path.
+        self._incoming: list[str] = _check_messages(messages)
+        self._push = self._incoming.append
+        self._kept: collections.deque[str] = collections.deque(maxlen=self.max_messages)
+        self._kept_tuple: tuple[str, ...] = ()
+        self._message_count = 0
+        self._lock = threading.Lock()  # readers and the rare slow updates, never `+= 1`
+        self._write_lock = threading.Lock()  # one write of this handle at a time
+        self._clean = False  # True: nothing changed since the last write was taken
+        self._scheduled = False  # the flusher will look at this handle again anyway
         self._state = "running"
         self._error: str | None = None
         self._ended = False
+        self._final: State | None = None
         self._end_on_collect = "finished"
         self._finished_time: float | None = None
         self._context_tokens: list[contextvars.Token[Progress | None]] = []
         self._owner: Owner | None = None
+        self._pid = os.getpid()
         self._store_failing = False
+        self._superseded = False
+        self._warned_inert = False
+        self._ref: weakref.ref[Any] = weakref.ref(self)
         self.start_time = time.time()
         self._last_write = 0.0
         self._rate: float | None = None
         self._rate_time = time.monotonic()
         self._rate_count = self._base
+        _handles.add(self)
+        self._result: Any = None
+        self._job: Any = None  # set by tracked.submit(): what wait() waits for
+        self._cancel_requested = False  # set once, by the flusher: someone asked to stop
+        self._cancel_hooks: list[Callable[[], object]] = []  # run when that is seen
 
     def __repr__(self) -> str:
         total = "?" if self._total is None else self._total
@@ -146,8 +182,8 @@ class Progress:
             unregister_live_run(owner.run)
             raise
         self._owner = owner
-        self._flushed_mark = (0, 0)
         self._last_write = time.monotonic()
+        self._clean = True
         _flusher.watch(self)
         return self
 
@@ -165,20 +201,75 @@ class Progress:
         self._end("cancelled")
 
     def _end(self, state: str, error: str | None = None) -> None:
+        """Freeze the final snapshot and write it on this thread; on failure the
+        flusher retries it, and the run stays held until it lands (all readers
+        then agree it is running), is superseded, or the process exits."""
         with self._lock:
             if self._ended:
                 return
             self._ended = True
+            self._clean = False  # updates after the end no longer reach the flusher
+            if self._cancel_requested:  # asked to stop, and stopped: however it ended
+                state, error, self._status = "cancelled", None, None
             self._state = state
-            self._error = error
+            self._error = None if error is None else clean_text(error)
             self._finished_time = time.time()
-            self._version += 1
+            self._final = self._snapshot_locked()
+        if not self._owned():
+            return
         _flusher.forget(self)
+        if self._write_final():
+            self._release()
+        else:
+            _flusher.retry_final(self)
+
+    def _write_final(self) -> bool:
+        """Try the final write; True once it needs no retry (written or superseded)."""
+        with self._write_lock:
+            assert self._final is not None
+            return self._superseded or self._save(self._final) or self._superseded
+
+    def _release(self) -> None:
+        """The final write landed, was superseded, or gave way to a newer run's: the
+        run is no longer held by this process."""
         if self._owner is not None:
-            saved = self.flush()
             unregister_live_run(self._owner.run)
-            if not saved:
-                _flusher.retry(self)
+            if self._cancel_requested:
+                try:
+                    self.store.clear_cancel(self.key, self._owner)
+                except Exception as exc:  # noqa: BLE001 - a leftover request reaches no run
+                    logger.warning("tracked: cannot remove the cancel request of %r: %s",
+                                   self.key, exc)
+
+    # ------------------------------------------------------------------ cancel requests
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True once someone asked this run to stop (``tracked.cancel``, a DELETE on
+        the status route, ``tracked cancel``): the flusher sees requests within about
+        ``min_interval``. The run then ends ``cancelled`` however it ends."""
+        return self._cancel_requested
+
+    def check(self) -> None:
+        """Raise ``tracked.Cancelled`` if this run was asked to stop; else do nothing.
+
+        Call it where the task can stop cleanly; it only reads a flag."""
+        if self._cancel_requested:
+            raise Cancelled(self.key)
+
+    def _cancel_seen(self) -> None:
+        """The flusher found a cancel request for this run: raise the flag, make the
+        next update (a ``@tracked`` generator's next yield) look at it, run the hooks
+        (a coroutine's task is cancelled, a queued job dropped)."""
+        if self._cancel_requested or self._ended:
+            return
+        self._cancel_requested = True
+        self._clean = True  # the generator loops test the flag on their `_clean` path
+        for hook in self._cancel_hooks:
+            try:
+                hook()
+            except Exception:
+                logger.exception("tracked: a cancel hook of %r failed", self.key)
 
     def __enter__(self) -> Progress:
         self._context_tokens.append(current_progress.set(self))
@@ -206,7 +297,8 @@ class Progress:
 
     def __del__(self) -> None:
         try:
-            if not self._ended and self._owner is not None:
+            # An inherited handle collected in a forked child is not the child's to end.
+            if not self._ended and self._owner is not None and self._pid == os.getpid():
                 self._end(self._end_on_collect)
         except Exception:  # noqa: BLE001, S110 - never raise from a finaliser
             pass
@@ -215,16 +307,19 @@ class Progress:
 
     @property
     def count(self) -> int:
-        """Items done so far."""
-        return self._base + self._yields
+        """Items done so far (never below 0)."""
+        if self._final is not None:
+            return self._final.count
+        with self._lock:
+            return self._count_locked()
 
     @count.setter
     def count(self, value: int) -> None:
-        check_count(value)
+        value = max(0, as_int(value, "count"))
         with self._lock:
-            self._base = value - self._yields
-            self._version += 1
-        self._maybe_flush()
+            self._base += value - self._count_locked()
+        if self._clean:
+            self._touched()
 
     @property
     def total(self) -> int | None:
@@ -233,36 +328,46 @@ class Progress:
 
     @total.setter
     def total(self, value: int | None) -> None:
-        check_total(value)
-        with self._lock:
-            self._total = value
-            self._version += 1
-        self._maybe_flush()
+        checked = _check_total(value)
+        if self._ended:
+            return
+        self._total = checked
+        if self._clean:
+            self._touched()
 
     @property
     def status(self) -> str:
-        """Free text for people; defaults to "in progress", then the final state word."""
+        """Free text for people; defaults to "in progress", then the final state word.
+
+        Setting it to None goes back to that default."""
         if self._status is not None:
             return self._status
         return DEFAULT_STATUS if not self._ended else self._state
 
     @status.setter
-    def status(self, value: str) -> None:
-        _check_status(value)
-        with self._lock:
-            self._status = value
-            self._version += 1
-        self._maybe_flush()
+    def status(self, value: str | None) -> None:
+        checked = _check_status(value)
+        if self._ended:
+            return
+        self._status = checked
+        if self._clean:
+            self._touched()
 
     @property
     def messages(self) -> tuple[str, ...]:
         """The last ``max_messages`` messages, oldest first."""
-        return self._ordered_messages()[0]
+        if self._final is not None:
+            return self._final.messages
+        with self._lock:
+            return self._drain()[0]
 
     @property
     def message_count(self) -> int:
         """Every message ever added, including those dropped by the cap."""
-        return self._ordered_messages()[1]
+        if self._final is not None:
+            return self._final.message_count
+        with self._lock:
+            return self._drain()[1]
 
     @property
     def in_progress(self) -> bool:
@@ -274,87 +379,153 @@ class Progress:
         """``running``, then ``finished``, ``failed`` or ``cancelled``."""
         return self._state
 
+    @property
+    def result(self) -> Any:
+        """What the run produced: readers see it once it has ended (``null`` before).
+
+        ``@tracked`` sets it from the function's return value (a generator's
+        ``return`` value) unless that is None. Only a JSON value of at most
+        ``max_result_bytes`` (``tracked.configure``; 64 KiB) once encoded is
+        kept; anything else is stored as None, with a warning logged once per name.
+        """
+        return self._result
+
+    @result.setter
+    def result(self, value: Any) -> None:
+        kept, problem = encode_result(value)
+        if problem is not None:
+            _warn_result_once(self.name if self.name is not None else "", problem)
+        if not self._ended:  # readers see it in the final snapshot, frozen at the end
+            self._result = kept
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """Block until a run started with ``tracked.submit`` ends; return its function's
+        return value or raise its exception. ``TimeoutError`` after ``timeout`` seconds;
+        ``concurrent.futures.CancelledError`` if it was cancelled before it started;
+        ``tracked.Cancelled`` (a ``BaseException``) if a generator job asked to stop
+        while running let it out."""
+        if self._job is None:
+            raise TypeError(f"{self!r} was not started by tracked.submit(): nothing to wait for")
+        return self._job.wait(timeout)
+
     # ------------------------------------------------------------------ updating
 
     def increment(self, n: int = 1, *messages: str) -> None:
-        """Add ``n`` to the count and append any ``messages``."""
-        with self._lock:
-            self._base += n
-            if messages:
-                self._append(messages)
-            self._version += 1
-        self._maybe_flush()
+        """Add ``n`` (an int) to the count and append any ``messages``."""
+        if n is _ONE:
+            self._tick()
+        else:
+            self._add(n)
+        if messages:
+            self._incoming.extend(_check_messages(messages))
+        if self._clean:
+            self._touched()
 
     def decrement(self, n: int = 1, *messages: str) -> None:
-        """Take ``n`` from the count and append any ``messages``."""
-        self.increment(-n, *messages)
+        """Take ``n`` from the count (it stops at 0) and append any ``messages``."""
+        self._add(-as_int(n, "n"))
+        if messages:
+            self._incoming.extend(_check_messages(messages))
+        if self._clean:
+            self._touched()
 
-    def add_message(self, *messages: str) -> None:
+    def add_message(self, message: str = "", /, *more: str) -> None:
         """Append messages without changing the count."""
-        with self._lock:
-            self._append(messages)
-            self._version += 1
-        self._maybe_flush()
+        if message.__class__ is str and not more:
+            self._push(message)  # one plain str: the common case, checked cheaply
+        else:
+            self._incoming.extend(_check_messages((message, *more)))
+        if self._clean:
+            self._touched()
 
     def __iadd__(self, n: int) -> Progress:
-        self.increment(n)
+        if n is _ONE:
+            self._tick()
+        else:
+            self._add(n)
+        if self._clean:
+            self._touched()
         return self
 
     def __isub__(self, n: int) -> Progress:
-        self.increment(-n)
+        self._add(-as_int(n, "n"))
+        if self._clean:
+            self._touched()
         return self
 
-    def _append(self, messages: Iterable[str]) -> None:
-        for message in messages:
-            self._messages.append((self._next_index(), _check_message(message)))
+    def _add(self, n: object) -> None:
+        """The slow path of a count change: any int, under the lock; the count stops at 0."""
+        n = as_int(n, "n")
+        with self._lock:
+            if n < 0:
+                n = max(n, -self._count_locked())
+            self._base += n
 
-    def _ordered_messages(self) -> tuple[tuple[str, ...], int]:
-        """The kept messages in index order and the count of all messages so far.
+    def _touched(self) -> None:
+        """The first update since a write: write now (``min_interval=0``) or wake the
+        flusher, unless it will look at this handle again anyway."""
+        self._clean = False
+        if not self.min_interval and not self._store_failing:
+            self.flush()
+        elif not self._scheduled:
+            _flusher.wake(self._ref)
 
-        Two threads may append out of order, or one may hold an index it has not
-        appended yet: sort, and stop before a gap, so the messages always end at
-        ``message_count - 1`` (clients use that for ``?since=``).
+    # ------------------------------------------------------------------ snapshots
+
+    def _count_locked(self) -> int:
+        """The count now; call with ``_lock`` held (it takes one tick of its own)."""
+        ones = self._tick() - self._ones_read
+        self._ones_read += 1
+        return self._base + ones + self._yields
+
+    def _drain(self) -> tuple[tuple[str, ...], int]:
+        """Number and keep the messages appended since the last call (under ``_lock``):
+        one reader assigns every index, so ``message_count`` and ``?since=`` are exact.
+
+        Appends only ever go to the end, so copying then deleting the first ``n``
+        takes exactly those; only the texts that can still be kept are cleaned.
         """
-        items = list(self._messages)
-        if not items:
-            return (), 0
-        indices, texts = zip(*items, strict=True)
-        first = indices[0]
-        if indices != tuple(range(first, first + len(indices))):  # rare: racing threads
-            items.sort()
-            end = next(
-                (i for i in range(1, len(items)) if items[i][0] != items[i - 1][0] + 1),
-                len(items),
-            )
-            indices, texts = zip(*items[:end], strict=True)
-        kept = texts[len(texts) - self.max_messages :] if self.max_messages else ()
-        return kept, indices[-1] + 1
-
-    # ------------------------------------------------------------------ writing
+        incoming = self._incoming
+        waiting = len(incoming)
+        if not waiting:
+            return self._kept_tuple, self._message_count
+        batch = incoming[:waiting]
+        del incoming[:waiting]
+        added = waiting - sum(map(batch.count, _BLANK))
+        if added:
+            self._kept.extend(_last_messages(batch, self.max_messages))
+            self._message_count += added
+            self._kept_tuple = tuple(self._kept)
+        return self._kept_tuple, self._message_count
 
     def snapshot(self) -> State:
-        """The current state as readers will see it once written."""
-        now = time.time()
+        """The current state as readers will see it once written; the final one once ended."""
+        if self._final is not None:
+            return self._final
         with self._lock:
-            count = self._base + self._yields
-            rate = self._update_rate(count)
-            messages, message_count = self._ordered_messages()
-            return State(
-                name=self.name,
-                progress_id=self.progress_id,
-                total=self._total,
-                count=count,
-                messages=messages,
-                message_count=message_count,
-                in_progress=not self._ended,
-                state=self._state,
-                status=self.status,
-                error=self._error,
-                start_time=self.start_time,
-                current_time=now if self._finished_time is None else self._finished_time,
-                finished_time=self._finished_time,
-                rate=rate,
-            )
+            return self._final or self._snapshot_locked()
+
+    def _snapshot_locked(self) -> State:
+        count = self._count_locked()
+        messages, message_count = self._drain()
+        status = self.status
+        return State(
+            name=self.name,
+            progress_id=self.progress_id,
+            total=self._total,
+            count=count,
+            messages=messages,
+            message_count=message_count,
+            in_progress=not self._ended,
+            state=self._state,
+            status=status if status.isascii() else clean_text(status),
+            error=self._error,
+            start_time=self.start_time,
+            current_time=time.time() if self._finished_time is None else self._finished_time,
+            finished_time=self._finished_time,
+            rate=self._update_rate(count),
+            result=self._result if self._ended else None,
+        )
 
     def _update_rate(self, count: int) -> float | None:
         """Fold the items done since the last sample into the smoothed rate.
@@ -374,41 +545,83 @@ class Progress:
             self._rate_time, self._rate_count = now, count
         return None if self._rate is None else round(self._rate, 3)
 
-    def _maybe_flush(self) -> None:
-        if (
-            self._owner is not None
-            and not self._ended
-            and not self._store_failing  # retries are the flusher's, not the task's
-            and time.monotonic() - self._last_write >= self.min_interval
-        ):
-            self.flush()
+    # ------------------------------------------------------------------ writing
 
-    def _changed(self) -> bool:
-        """Whether the handle changed since the last successful write."""
-        return (self._version, self._yields) != self._flushed_mark
+    def _owned(self) -> bool:
+        """Whether this process may write the run: it claimed it, and is not a forked
+        child (an inherited handle is inert; the first skipped write says so once)."""
+        if self._owner is None:
+            return False
+        if self._pid == os.getpid():
+            return True
+        if not self._warned_inert:
+            self._warned_inert = True
+            logger.warning(
+                "tracked: progress %r was inherited by a forked child (pid %d); the child "
+                "does not write it and leaving its block does not end the parent's run",
+                self.key,
+                os.getpid(),
+            )
+        return False
 
     def flush(self) -> bool:
-        """Write the current snapshot now. Never raises: a store failure is logged
-        once and the write is retried later. Returns whether it was written."""
-        owner = self._owner
-        if owner is None:
+        """Write the current snapshot of a running handle now; after the end it writes
+        nothing. Never raises: a failure is logged once and retried by the flusher.
+        Returns whether this call wrote the snapshot."""
+        if self._ended or self._superseded or not self._owned():
             return False
         with self._write_lock:
-            mark = (self._version, self._yields)
-            snapshot = self.snapshot()
-            self._last_write = time.monotonic()
-            try:
-                self.store.save(snapshot, owner)
-            except Exception as exc:  # noqa: BLE001 - instrumentation never kills the task
-                self._report_failure(exc)
+            if self._ended:
                 return False
-            self._flushed_mark = mark
+            self._clean = True
+            write = self.snapshot(), self._owner
+            self._last_write = time.monotonic()
+            return self._save(*write)
+
+    def _begin_write(self) -> tuple[State, Owner] | None:
+        """For the flusher's batch: the snapshot to write, holding the write lock until
+        ``_end_write``; None (lock not held) when there is nothing to write now."""
+        if not self._write_lock.acquire(blocking=False):
+            return None  # the owner's thread is writing (its final state, say)
+        if self._ended or self._superseded or self._owner is None:
+            self._write_lock.release()
+            return None
+        self._clean = True
+        self._last_write = time.monotonic()
+        return self.snapshot(), self._owner
+
+    def _end_write(self, error: Exception | None) -> None:
+        """The outcome of a batched write that ``_begin_write`` started."""
+        try:
+            self._saved(error)
+        finally:
+            self._write_lock.release()
+
+    def _save(self, state: State, owner: Owner | None = None) -> bool:
+        """Write ``state`` now (with ``_write_lock`` held); True if it landed."""
+        try:
+            self.store.save(state, owner or self._owner)  # type: ignore[arg-type]
+        except Exception as exc:  # noqa: BLE001 - instrumentation never kills the task
+            self._saved(exc)
+            return False
+        self._saved(None)
+        return True
+
+    def _saved(self, error: Exception | None) -> None:
+        if error is None:
             if self._store_failing:
                 self._store_failing = False
                 logger.warning(
                     "tracked: writes to %r resumed for progress %r", self.store, self.key
                 )
-            return True
+        elif isinstance(error, RunSuperseded):
+            self._superseded = True
+            logger.warning("tracked: %s; this run's writes are dropped", error)
+        else:
+            self._report_failure(error)
+            if not self._ended:
+                self._clean = False  # still to be written: the flusher retries it
+                _flusher.wake(self._ref)
 
     def _report_failure(self, exc: Exception) -> None:
         if not self._store_failing:
@@ -421,11 +634,40 @@ class Progress:
                 exc if isinstance(exc, StoreError) else _describe(exc),
             )
 
+    def _after_fork(self) -> None:
+        """In a forked child: fresh locks (the parent's may have been held at the fork)."""
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._clean = False  # updates stay in the child's memory and wake nothing
+
+
+#: What a message is once its trailing line break is dropped, if nothing is left.
+_BLANK = ("", "\n", "\r\n")
+
+
+def _last_messages(texts: list[str], keep: int) -> list[str]:
+    """The last ``keep`` texts that are messages, cleaned (see ``clean_message``)."""
+    window = keep
+    while True:
+        kept = [t for t in map(clean_message, texts[-window:] if window else ()) if t]
+        if len(kept) >= keep or window >= len(texts):
+            return kept[max(0, len(kept) - keep) :] if keep else []
+        window *= 2
+
+
+def _after_fork_in_child() -> None:
+    for progress in list(_handles):
+        progress._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
 
 def _is_cancellation(exc: BaseException) -> bool:
     """Whether ``exc`` stops work from outside (a closed generator, Ctrl-C, a
     cancelled asyncio task) rather than reporting that the work failed."""
-    if isinstance(exc, (GeneratorExit, KeyboardInterrupt)):
+    if isinstance(exc, (GeneratorExit, KeyboardInterrupt, Cancelled)):
         return True
     asyncio = sys.modules.get("asyncio")  # no task can be cancelled without it
     return asyncio is not None and isinstance(exc, asyncio.CancelledError)
@@ -448,13 +690,39 @@ def _check_max_messages(value: object) -> int:
     return value
 
 
+def _check_total(value: object) -> int | None:
+    if value is None:
+        return None
+    total = as_int(value, "total")
+    if total < 0:
+        raise InvalidValue(f"total must not be negative, got {total}")
+    return total
+
+
 def _check_status(value: Any) -> str | None:
     if value is not None and not isinstance(value, str):
         raise InvalidValue(f"status must be a str, not {type(value).__name__}")
     return value
 
 
-def _check_message(message: object) -> str:
-    if not isinstance(message, str):
-        raise InvalidValue(f"a message must be a str, not {type(message).__name__}")
-    return message
+def _check_messages(messages: Iterable[object]) -> list[str]:
+    checked = list(messages)
+    for message in checked:
+        if not isinstance(message, str):
+            raise InvalidValue(f"a message must be a str, not {type(message).__name__}")
+    return checked  # type: ignore[return-value]
+
+
+_result_warned: set[str] = set()
+
+
+def _warn_result_once(name: str, problem: str) -> None:
+    """Log that a result was dropped, once per progress name (not per run)."""
+    if name in _result_warned or len(_result_warned) >= 1024:
+        return
+    _result_warned.add(name)
+    logger.warning(
+        "tracked: the result of progress %r is published as null: %s (logged once for this name)",
+        name,
+        problem,
+    )

@@ -14,7 +14,9 @@ import tempfile
 import threading
 from pathlib import Path
 
+from ._state import set_max_result_bytes
 from ._store import Store, open_store
+from .errors import InvalidValue
 
 __all__ = ["RequestScope", "configure", "default_store", "request_scope", "resolve_store"]
 
@@ -34,20 +36,76 @@ request_scope: contextvars.ContextVar[RequestScope | None] = contextvars.Context
     "tracked_request_scope", default=None
 )
 
+
+class _Keep:
+    """The type of ``KEEP``: a ``configure()`` argument that was not given."""
+
+
+KEEP = _Keep()
+
+
+@dataclasses.dataclass(slots=True)
+class JobSettings:
+    """How ``tracked.submit`` runs jobs in this process (see ``configure``)."""
+
+    max_workers: int = 4
+    exit_timeout: float = 10.0
+
+    @staticmethod
+    def check(max_workers: object, exit_timeout: object) -> None:
+        if max_workers is not None and (
+            isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
+        ):
+            raise InvalidValue(f"max_workers must be an int >= 1, got {max_workers!r}")
+        if exit_timeout is not None and (
+            isinstance(exit_timeout, bool)
+            or not isinstance(exit_timeout, (int, float))
+            or not exit_timeout >= 0
+        ):
+            raise InvalidValue(
+                f"exit_timeout must be a number of seconds >= 0, got {exit_timeout!r}"
+            )
+
+
+#: Read by ``_jobs`` each time it decides whether to start a thread.
+jobs = JobSettings()
+
 _configured: Store | None = None
 _from_environment: Store | None = None
 _opened: dict[str, Store] = {}
 _lock = threading.Lock()
 
 
-def configure(*, store: StoreSpec | None) -> None:
-    """Set the process-wide default store: a ``Store``, a directory, or a store URL.
+def configure(
+    *,
+    store: StoreSpec | _Keep | None = KEEP,
+    max_workers: int | None = None,
+    exit_timeout: float | None = None,
+    max_result_bytes: int | None = None,
+) -> None:
+    """Set process-wide settings; an argument left out keeps its current value.
 
+    ``store``: the default store, a ``Store``, a directory, or a store URL;
     ``configure(store=None)`` goes back to ``$TRACKED_STORE`` or the per-user
     temporary directory. Raises ``StoreError`` if the store cannot be used.
+    ``max_workers``: threads that run ``tracked.submit`` jobs (default 4); more
+    jobs wait, queued. ``exit_timeout``: seconds the interpreter's exit waits for
+    running jobs (default 10) before ending them ``cancelled``.
+    ``max_result_bytes``: the largest result published, in bytes of JSON (64 KiB).
     """
     global _configured, _from_environment
-    chosen = None if store is None else open_store(store)
+    jobs.check(max_workers, exit_timeout)
+    keep_store = isinstance(store, _Keep)
+    chosen = None if store is None or isinstance(store, _Keep) else open_store(store)
+    # Everything that can fail has been checked (this validates first): apply.
+    if max_result_bytes is not None:
+        set_max_result_bytes(max_result_bytes)
+    if max_workers is not None:
+        jobs.max_workers = max_workers
+    if exit_timeout is not None:
+        jobs.exit_timeout = float(exit_timeout)
+    if keep_store:
+        return
     with _lock:
         _configured = chosen
         _from_environment = None

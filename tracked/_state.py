@@ -8,6 +8,8 @@ here too, because a name and a progress_id together decide the storage key.
 from __future__ import annotations
 
 import dataclasses
+import json
+import operator
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -15,10 +17,12 @@ from typing import Any
 from .errors import InvalidName, InvalidValue
 
 __all__ = [
+    "DEFAULT_MAX_RESULT_BYTES",
     "DEFAULT_STATUS",
     "ENDED_STATES",
     "STATES",
     "State",
+    "encode_result",
     "make_key",
     "split_key",
     "validate_name",
@@ -96,6 +100,16 @@ def check_total(total: object) -> int | None:
     return total
 
 
+def as_int(value: object, what: str) -> int:
+    """``value`` as a plain int: an int or an integer type with ``__index__`` (numpy's),
+    never a bool or a float; else ``InvalidValue`` naming ``what``."""
+    if value.__class__ is int:
+        return value  # type: ignore[return-value,unused-ignore]
+    if isinstance(value, bool) or not hasattr(type(value), "__index__"):
+        raise InvalidValue(f"{what} must be an int, not {type(value).__name__}: {value!r}")
+    return operator.index(value)  # type: ignore[arg-type]
+
+
 def check_count(count: object) -> int:
     """Return ``count`` if it is an int (not a bool), else raise ``InvalidValue``."""
     if isinstance(count, bool) or not isinstance(count, int):
@@ -125,6 +139,7 @@ class State:
     current_time: float = 0.0
     finished_time: float | None = None
     rate: float | None = None
+    result: Any = dataclasses.field(default=None, hash=False)
 
     @property
     def key(self) -> str:
@@ -133,10 +148,11 @@ class State:
 
     @property
     def percent(self) -> float | None:
-        """``count`` as a percentage of ``total``; None when total is unknown or zero."""
+        """``count`` as a percentage of ``total``, within 0-100 even when count passes
+    total; None when total is unknown or zero."""
         if not self.total:
             return None
-        return round(100.0 * self.count / self.total, 2)
+        return round(min(100.0, max(0.0, 100.0 * self.count / self.total)), 2)
 
     @property
     def elapsed(self) -> float:
@@ -205,6 +221,7 @@ class State:
             "elapsed": self.elapsed,
             "rate": self.rate,
             "eta": self.eta,
+            "result": self.result,
         }
 
     @classmethod
@@ -227,13 +244,20 @@ def _parse_state(cls: type[State], data: Mapping[str, Any]) -> State:
         raise TypeError(f"unknown state {state!r}")
     finished_time = data["finished_time"]
     rate = data["rate"]
+    name = _optional(data["name"], str, "name")
+    progress_id = _optional(data.get("progress_id"), str, "progress_id")
+    make_key(name, progress_id)  # InvalidName (a ValueError) for a name no run could have
+    count = max(0, check_count(data["count"]))  # older versions could store a negative count
+    message_count = check_count(data["message_count"])
+    if message_count < len(messages):
+        raise TypeError(f"message_count {message_count} is less than the messages kept")
     return cls(
-        name=_optional(data["name"], str, "name"),
-        progress_id=_optional(data.get("progress_id"), str, "progress_id"),
+        name=name,
+        progress_id=progress_id,
         total=check_total(data["total"]),
-        count=check_count(data["count"]),
+        count=count,
         messages=tuple(messages),
-        message_count=check_count(data["message_count"]),
+        message_count=message_count,
         in_progress=_required(data["in_progress"], bool, "in_progress"),
         state=state,
         status=_required(data["status"], str, "status"),
@@ -242,6 +266,7 @@ def _parse_state(cls: type[State], data: Mapping[str, Any]) -> State:
         current_time=float(_required(data["current_time"], (int, float), "current_time")),
         finished_time=None if finished_time is None else float(finished_time),
         rate=None if rate is None else float(rate),
+        result=data.get("result"),
     )
 
 
@@ -253,3 +278,33 @@ def _required(value: Any, kind: type | tuple[type, ...], what: str) -> Any:
 
 def _optional(value: Any, kind: type, what: str) -> Any:
     return None if value is None else _required(value, kind, what)
+
+
+#: The largest result, in bytes of compact UTF-8 JSON, a run may publish by default.
+DEFAULT_MAX_RESULT_BYTES = 64 * 1024
+_max_result_bytes = [DEFAULT_MAX_RESULT_BYTES]
+
+
+def set_max_result_bytes(limit: object) -> None:
+    """Set the process-wide result size limit (see ``tracked.configure``)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise InvalidValue(f"max_result_bytes must be an int >= 0, got {limit!r}")
+    _max_result_bytes[0] = limit
+
+
+def encode_result(value: object) -> tuple[Any, str | None]:
+    """``(what readers will see, None)`` for a publishable result, else ``(None, why not)``.
+
+    What readers see is the value after a JSON round trip (tuples become lists),
+    copied, so changing the original object later changes nothing published.
+    """
+    if value is None:
+        return None, None
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        return None, f"it is not JSON-serialisable ({type(exc).__name__}: {exc})"
+    size, limit = len(text.encode("utf-8")), _max_result_bytes[0]
+    if size > limit:
+        return None, f"it is {size} bytes of JSON, over max_result_bytes={limit}"
+    return json.loads(text), None

@@ -76,13 +76,41 @@ class Record:
 
 
 def encode_record(state: State, owner: Owner | None) -> bytes:
-    """Serialise a record as the UTF-8 JSON that the file store keeps on disk."""
+    """Serialise a record as the UTF-8 JSON that the file store keeps on disk.
+
+    The owner comes first, so a writer can check the run token from the file's head.
+    """
+    wire = state.to_dict()
+    wire["messages"] = 0  # spliced in below, encoded once per kept tuple
     document = {
         "version": RECORD_VERSION,
-        "state": state.to_dict(),
         "owner": None if owner is None else owner.to_dict(),
+        "state": wire,
     }
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+    # A quote inside any string is escaped, so the first match is the real key.
+    text = text.replace('"messages":0', '"messages":' + _messages_json(state.messages), 1)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: \u escapes keep the record readable
+        wire["messages"] = list(state.messages)
+        return json.dumps(document, separators=(",", ":")).encode("ascii")
+
+
+_encoded_messages: dict[int, tuple[tuple[str, ...], str]] = {}
+
+
+def _messages_json(messages: tuple[str, ...]) -> str:
+    """The JSON array of ``messages``, reused while a handle's kept messages are unchanged
+    (a snapshot hands over the same tuple): most flushes add few or no messages."""
+    cached = _encoded_messages.get(id(messages))
+    if cached is not None and cached[0] is messages:
+        return cached[1]
+    encoded = json.dumps(messages, ensure_ascii=False, separators=(",", ":"))
+    if len(_encoded_messages) >= 256:
+        _encoded_messages.clear()
+    _encoded_messages[id(messages)] = (messages, encoded)
+    return encoded
 
 
 def decode_record(raw: bytes | str) -> Record:
@@ -259,7 +287,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def records(self) -> Iterator[Record]:
-        """Every readable record; unreadable ones are skipped."""
+        """Every readable record; unreadable ones are skipped (see ``unreadable``)."""
+
+    def unreadable(self) -> list[str]:
+        """One description (where, and why) per record that exists but cannot be read,
+        so a listing can report what ``records()`` skips. None by default."""
+        return []
 
     @abc.abstractmethod
     def delete(self, key: str) -> bool:
@@ -269,6 +302,24 @@ class Store(abc.ABC):
     def prune(self, older_than: float) -> int:
         """Delete ended and abandoned records that ended more than ``older_than``
         seconds ago; never a running one. Returns how many were deleted."""
+
+    def request_cancel(self, key: str) -> bool:
+        """Ask the running progress ``key`` to stop: True when a live run was asked
+        (again: requests are idempotent), False when none runs (unknown or ended).
+
+        Never rewrites the owner's record: a request is a side marker tied to the
+        run's token, which the owner's flusher picks up, so a request for one run
+        never reaches a later run of the same name.
+        """
+        raise StoreError(f"{self!r} cannot take cancel requests")
+
+    def cancels_requested(self, runs: Sequence[tuple[str, Owner]]) -> list[bool]:
+        """For the owner's flusher: whether a stop was requested for each (key, owner)
+        of this process's live runs. Backends with round trips send them together."""
+        return [False] * len(runs)
+
+    def clear_cancel(self, key: str, owner: Owner) -> None:  # noqa: B027 - optional hook
+        """For the owner, once its run has ended: remove the run's cancel request."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections or handles the store holds."""
@@ -290,6 +341,13 @@ class Store(abc.ABC):
         return not state.in_progress and ended_at < cutoff
 
 
+def cancellable(record: Record | None) -> Owner | None:
+    """The owner of ``record`` if it is a live run a cancel request may reach."""
+    if record is None or record.owner is None or not judge(record).in_progress:
+        return None
+    return record.owner
+
+
 def claim_or_raise(existing: Record | None, key: str) -> None:
     """Raise ``AlreadyRunning`` if ``existing`` blocks a claim of ``key``."""
     if blocks_claim(existing):
@@ -298,7 +356,8 @@ def claim_or_raise(existing: Record | None, key: str) -> None:
 
 def open_store(spec: Store | str | os.PathLike[str]) -> Store:
     """A store from a ``Store``, a directory path, or a ``file://``, ``memory://``,
-    ``redis://``, ``rediss://`` or ``unix://`` URL."""
+    ``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://`` or
+    ``rediss+cluster://`` URL."""
     if isinstance(spec, Store):
         return spec
     if not isinstance(spec, (str, os.PathLike)):
@@ -318,10 +377,11 @@ def open_store(spec: Store | str | os.PathLike[str]) -> Store:
         from ._memorystore import MemoryStore
 
         return MemoryStore()
-    if scheme in ("redis", "rediss", "unix"):
+    if scheme in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
         from .redis import RedisStore
 
         return RedisStore(text)
     raise StoreError(
-        f"unknown store {text!r}: use a directory, file://, memory://, redis://, rediss:// or unix://"
+        f"unknown store {text!r}: use a directory, file://, memory://, redis://, rediss://, "
+        "unix:// or redis+cluster://"
     )

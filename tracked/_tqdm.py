@@ -322,7 +322,7 @@ class _Bridge:
                     # Give the status back; the default one by unsetting it, so a
                     # finished progress still says "finished".
                     before = None if self.status_before == DEFAULT_STATUS else self.status_before
-                    progress.status = before  # type: ignore[assignment]
+                    progress.status = before
 
 
 _UNSET = object()

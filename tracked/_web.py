@@ -5,7 +5,8 @@ terms (a ``StatusRequest``: method, the name below the prefix, the raw query
 string, the few headers that matter) and sends back the ``Response`` that
 ``StatusService.handle`` returns. Every decision lives here, so adapters cannot
 drift apart: the storage key from name and progress_id, ``since``, rendering,
-ETag and 304, the caches, JSON errors and 405s. The one reading of a client's
+ETag and 304, the caches, JSON errors and 405s, ``DELETE`` (cancel) and
+``show_errors``. The one reading of a client's
 ``progress_id`` (query, form field, ``X-Progress-Id`` header) lives here too.
 
 Server-Sent Events on the same URL (``Accept: text/event-stream``): ``open``
@@ -41,6 +42,7 @@ __all__ = [
     "JSON_TYPE",
     "LOAD",
     "Authorize",
+    "CancelPolicy",
     "EventStream",
     "RenderCache",
     "Rendered",
@@ -64,6 +66,9 @@ logger = logging.getLogger("tracked")
 #: ``authorize(request, key) -> bool``: ``request`` is whatever the adapter passes
 #: (Bottle's request, a WSGI environ), ``key`` the storage key asked for.
 Authorize = Callable[[Any, str], bool]
+#: ``cancel=``: False (DELETE answers 405), True (whoever may read may cancel), or
+#: ``(request, key) -> bool`` deciding per request (403 when it says no).
+CancelPolicy = bool | Callable[[Any, str], bool]
 Signature = tuple[int, int, int]
 
 JSON_TYPE = "application/json; charset=utf-8"
@@ -149,9 +154,13 @@ class StatusService:
         authorize: Authorize | None = None,
         max_stream_seconds: float = MAX_STREAM_SECONDS,
         heartbeat_seconds: float = HEARTBEAT_SECONDS,
+        cancel: CancelPolicy = False,
+        show_errors: bool = True,
     ) -> None:
         if authorize is not None and not callable(authorize):
             raise tracked.InvalidValue(f"authorize must be callable, got {authorize!r}")
+        if not isinstance(cancel, bool) and not callable(cancel):
+            raise tracked.InvalidValue(f"cancel must be a bool or a callable, got {cancel!r}")
         for what, value in (("max_stream_seconds", max_stream_seconds),
                             ("heartbeat_seconds", heartbeat_seconds)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
@@ -164,6 +173,8 @@ class StatusService:
         self.authorize = authorize
         self.max_stream_seconds = float(max_stream_seconds)
         self.heartbeat_seconds = float(heartbeat_seconds)
+        self.cancel = cancel
+        self.show_errors = bool(show_errors)
         self._cache: RenderCache | None = None
 
     def __repr__(self) -> str:
@@ -173,6 +184,8 @@ class StatusService:
         """The answer to ``request``: the wire JSON, a 304, or a JSON error; never raises
         for anything a client sends."""
         method = request.method
+        if self.cancel is not False and (method == "DELETE" or method == "OPTIONS"):
+            return self._cancel(request) if method == "DELETE" else _OPTIONS_WITH_DELETE
         if method != "GET" and method != "HEAD":
             return _not_allowed(method)
         try:
@@ -250,7 +263,8 @@ class StatusService:
             count, run = resume
             cursor = count if run is None or run == _run_id(state) else 0
         steps = event_schedule(
-            state, cursor, heartbeat=self.heartbeat_seconds, max_seconds=self.max_stream_seconds
+            state, cursor, heartbeat=self.heartbeat_seconds, max_seconds=self.max_stream_seconds,
+            show_errors=self.show_errors,
         )
         return EventStream(_EVENT_HEADERS, key, store, subscription, steps)
 
@@ -281,9 +295,45 @@ class StatusService:
         state = store.load(key)
         if state is None:
             return None
-        rendered = render(state.messages_since(since) if since else state)
+        rendered = render(self._shown(state.messages_since(since) if since else state))
         cache.put(key, since, signature, rendered, state.in_progress, now)
         return rendered
+
+    def _shown(self, state: tracked.State) -> tracked.State:
+        """``state`` as readers of the route see it: with ``show_errors=False`` a failed
+        run's error text is replaced by ``"failed"`` (the store keeps the text)."""
+        if self.show_errors or state.error is None:
+            return state
+        return dataclasses.replace(state, error="failed")
+
+    def _cancel(self, request: StatusRequest) -> Response:
+        """``DELETE {prefix}/<name>``: ask the running progress to stop (see ``tracked.cancel``).
+
+        202 with the wire JSON when a running progress was asked, 404 when there is
+        none, 409 when it already ended; 403 when ``authorize`` or a ``cancel``
+        callable refuses."""
+        try:
+            key, _ = self._key_and_since(request)
+        except tracked.TrackedError as exc:
+            return error(400, str(exc))
+        if self.authorize is not None and not self.authorize(request.native, key):
+            return error(403, "not allowed to read this progress")
+        if callable(self.cancel) and not self.cancel(request.native, key):
+            return error(403, "not allowed to cancel this progress")
+        shown = key.replace("\0", "?progress_id=")
+        store = self.store or tracked.default_store()
+        try:
+            state = store.load(key)
+            asked = state is not None and state.in_progress and store.request_cancel(key)
+        except Exception as exc:  # noqa: BLE001 - a store problem, answered in JSON
+            logger.warning("tracked: cannot ask %r to stop: %s", key, exc)
+            return error(500, "the progress store cannot be used")
+        if state is None:
+            return error(404, f"no progress {shown!r}")
+        if not asked:
+            return error(409, f"progress {shown!r} is not running (it ended {state.state})")
+        body = render(self._shown(state)).body
+        return Response(202, (("Content-Type", JSON_TYPE), _NO_STORE), body)
 
 
 class RenderCache:
@@ -487,27 +537,35 @@ def event_id(state: tracked.State) -> str:
     return f"{state.message_count}/{_run_id(state)}"
 
 
-def _event(state: tracked.State, cursor: int, *, retry: bool = False) -> bytes:
-    """One event: the wire JSON of ``state`` with the messages from ``cursor`` on.
+def _event(
+    state: tracked.State, cursor: int, *, retry: bool = False, show_errors: bool = True
+) -> bytes:
+    """One event: the wire JSON of ``state`` with the messages from ``cursor`` on
+    (with ``show_errors=False``, a failed run's error text reads ``"failed"``, as in
+    the JSON answers: see ``StatusService._shown``).
 
     Streams that follow one key get the very same ``State`` object from their
     watcher, mostly at the same cursor: each event is rendered once for all of them.
     """
+    hide = not show_errors and state.error is not None
     if not retry:
-        cached = _EVENTS.get((id(state), cursor))
+        cached = _EVENTS.get((id(state), cursor, hide))
         if cached is not None and cached[0] is state:
             return cached[1]
     shown = state.messages_since(cursor) if cursor else state
+    if hide:
+        shown = dataclasses.replace(shown, error="failed")
     data = json.dumps(shown.to_dict(), ensure_ascii=False, separators=(",", ":"))
     head = f"retry: {RETRY_MS}\n" if retry else ""
     event = f"{head}id: {event_id(state)}\ndata: {data}\n\n".encode()
     if not retry:
-        _bounded_put(_EVENTS, (id(state), cursor), (state, event), 256)
+        _bounded_put(_EVENTS, (id(state), cursor, hide), (state, event), 256)
     return event
 
 
-#: (id of a State, cursor) -> (that State, its event): the State is kept so its id stays its own.
-_EVENTS: dict[tuple[int, int], tuple[tracked.State, bytes]] = {}
+#: (id of a State, cursor, errors hidden) -> (that State, its event): the State is kept so
+#: its id stays its own.
+_EVENTS: dict[tuple[int, int, bool], tuple[tracked.State, bytes]] = {}
 
 
 _END_EVENT = f"event: end\nid: {END_ID}\ndata: {{}}\n\n".encode()
@@ -522,6 +580,7 @@ def event_schedule(
     max_seconds: float = MAX_STREAM_SECONDS,
     recheck: float = RECHECK_SECONDS,
     clock: Callable[[], float] = time.monotonic,
+    show_errors: bool = True,
 ) -> Schedule:
     """The events of one stream, starting from ``state`` (just read) and ``cursor``
     (the messages the client has).
@@ -534,11 +593,12 @@ def event_schedule(
     A state that came with the change is used when it holds every message from
     the cursor on; else the record is read (``LOAD``), as after ``recheck`` seconds
     without either (an owner that died writes nothing: it then reads ``abandoned``).
+    ``show_errors=False`` replaces a failed run's error text by ``"failed"``.
     """
     now = clock()
     deadline = now + max_seconds
     run = _run_id(state)
-    yield _event(state, cursor, retry=True)
+    yield _event(state, cursor, retry=True, show_errors=show_errors)
     sent, cursor, last_emit, last_read = state, state.message_count, now, now
     while sent.in_progress:
         now = clock()
@@ -565,7 +625,7 @@ def event_schedule(
             continue
         if _run_id(current) != run:  # the name was started again: all of the new run
             run, cursor = _run_id(current), 0
-        yield _event(current, cursor)
+        yield _event(current, cursor, show_errors=show_errors)
         sent, cursor, last_emit = current, current.message_count, now
     yield _END_EVENT
 
@@ -751,6 +811,10 @@ def error(status: int, message: str, *headers: tuple[str, str]) -> Response:
     """The JSON error every failure answers with: ``{"error": ..., "status": "error"}``."""
     body = json.dumps({"error": message, "status": "error"}, ensure_ascii=False).encode()
     return Response(status, (("Content-Type", JSON_TYPE), _NO_STORE, *headers), body)
+
+
+#: OPTIONS while DELETE is allowed (``cancel=``).
+_OPTIONS_WITH_DELETE = Response(204, (("Allow", ALLOW + ", DELETE"), _NO_STORE))
 
 
 def _not_allowed(method: str) -> Response:

@@ -34,6 +34,7 @@ from ._web import (
     HEARTBEAT_SECONDS,
     MAX_STREAM_SECONDS,
     Authorize,
+    CancelPolicy,
     EventStream,
     Response,
     StatusRequest,
@@ -59,10 +60,16 @@ def status_app(
     authorize: Authorize | None = None,
     max_stream_seconds: float = MAX_STREAM_SECONDS,
     heartbeat_seconds: float = HEARTBEAT_SECONDS,
+    cancel: CancelPolicy = False,
+    show_errors: bool = True,
 ) -> ASGIApp:
     """An ASGI app serving the status route for ``store`` (None: the process default
     at request time). ``authorize(scope, key)`` returning false answers 403; it
-    runs in the worker thread with the rest of the request.
+    runs in the worker thread with the rest of the request. ``cancel`` (off by
+    default) lets ``DELETE /<name>`` ask a running progress to stop: True for
+    whoever ``authorize`` lets read it, or ``(scope, key) -> bool`` per request.
+    ``show_errors=False`` sends ``"error": "failed"`` instead of the exception's
+    text (the store keeps it), in JSON answers and events alike.
 
     A GET accepting ``text/event-stream`` gets Server-Sent Events for at most
     ``max_stream_seconds`` (0: never), with a comment line after
@@ -72,7 +79,7 @@ def status_app(
     """
     service = StatusService(
         store, authorize=authorize, max_stream_seconds=max_stream_seconds,
-        heartbeat_seconds=heartbeat_seconds,
+        heartbeat_seconds=heartbeat_seconds, cancel=cancel, show_errors=show_errors,
     )
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -219,6 +226,8 @@ class TrackedMiddleware:
         authorize: Authorize | None = None,
         max_stream_seconds: float = MAX_STREAM_SECONDS,
         heartbeat_seconds: float = HEARTBEAT_SECONDS,
+        cancel: CancelPolicy = False,
+        show_errors: bool = True,
     ) -> None:
         if not isinstance(prefix, str) or not prefix.startswith("/"):
             raise tracked.InvalidValue(
@@ -228,7 +237,7 @@ class TrackedMiddleware:
         self.prefix = prefix.rstrip("/")
         self.status = status_app(
             store, authorize=authorize, max_stream_seconds=max_stream_seconds,
-            heartbeat_seconds=heartbeat_seconds,
+            heartbeat_seconds=heartbeat_seconds, cancel=cancel, show_errors=show_errors,
         )
         self.store = self.status.service.store  # type: ignore[attr-defined]
 

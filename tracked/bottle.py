@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
+import logging
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -30,15 +31,19 @@ from ._web import (
     HEARTBEAT_SECONDS,
     MAX_STREAM_SECONDS,
     Authorize,
+    CancelPolicy,
     EventStream,
     StatusRequest,
     StatusService,
     SyncEvents,
     error,
+    render,
     requested_progress_id,
+    storage_key,
 )
+from ._web import status_url as web_status_url
 
-__all__ = ["TrackedPlugin"]
+__all__ = ["TrackedPlugin", "accepted", "status_url"]
 
 #: Options the route-config form ``tracked={...}`` passes on to ``@tracked``.
 ROUTE_OPTIONS = frozenset({"name", "total", "min_interval", "max_messages"})
@@ -54,8 +59,13 @@ class TrackedPlugin:
     ``store`` is a ``Store``, a directory or a store URL (None: the process
     default at request time); ``prefix`` is where the status route lives;
     ``authorize(request, key)`` returning false makes the status route answer 403.
-    ``key`` is the name, the progress_id, or both joined by NUL, as
-    ``tracked.State(name, progress_id).key`` builds it. A GET accepting
+    ``cancel`` (off by default: DELETE answers 405) lets ``DELETE {prefix}/<name>``
+    ask a running progress to stop: True for whoever ``authorize`` lets read it, or
+    ``(request, key) -> bool`` deciding per request (403 when it says no).
+    ``show_errors=False`` sends ``"error": "failed"`` to readers instead of the
+    exception's text, which the store keeps for ``tracked show`` (in JSON answers
+    and events alike). ``key`` is the name, the progress_id, or both joined by NUL,
+    as ``tracked.State(name, progress_id).key`` builds it. A GET accepting
     ``text/event-stream`` gets Server-Sent Events for at most ``max_stream_seconds``
     (0: never), with a comment line after ``heartbeat_seconds`` of silence.
     """
@@ -68,6 +78,8 @@ class TrackedPlugin:
         store: tracked.Store | str | os.PathLike[str] | None = None,
         prefix: str = "/_progress_status",
         authorize: Authorize | None = None,
+        cancel: CancelPolicy = False,
+        show_errors: bool = True,
         *,
         max_stream_seconds: float = MAX_STREAM_SECONDS,
         heartbeat_seconds: float = HEARTBEAT_SECONDS,
@@ -77,8 +89,8 @@ class TrackedPlugin:
                 f"prefix must be a URL path starting with '/' and without '<', got {prefix!r}"
             )
         self.service = StatusService(
-            store, authorize=authorize, max_stream_seconds=max_stream_seconds,
-            heartbeat_seconds=heartbeat_seconds,
+            store, authorize=authorize, cancel=cancel, show_errors=show_errors,
+            max_stream_seconds=max_stream_seconds, heartbeat_seconds=heartbeat_seconds,
         )
         self.store = self.service.store
         self.prefix = prefix.rstrip("/")
@@ -125,6 +137,8 @@ class TrackedPlugin:
                 return result
             except REFUSALS as exc:
                 return refusal_response(exc)
+            except tracked.Cancelled as exc:  # an in-request run was asked to stop
+                return error_response(409, str(exc))
             finally:
                 request_scope.reset(token)
 
@@ -181,6 +195,12 @@ class ScopedBody:
         return self
 
     def __next__(self) -> bytes:
+        try:
+            return self._next()
+        except tracked.Cancelled:  # the run was asked to stop: the stream simply ends
+            raise StopIteration from None
+
+    def _next(self) -> bytes:
         run, generator = self._context.run, self._generator
         if not self._started:
             self._started = True
@@ -289,3 +309,53 @@ def error_response(status: int, message: str) -> Any:
     """The JSON error body every failure of the plugin answers with (see ``_web.error``)."""
     answer = error(status, message)
     return bottle.HTTPResponse(answer.body, status=status, headers=dict(answer.headers))
+
+
+def accepted(progress: tracked.Progress) -> Any:
+    """``202 Accepted`` for a run started off the request (``tracked.submit``).
+
+    The body is the run's wire JSON now; ``Location`` is its status URL on this
+    app (the plugin's prefix, the name, and ``?progress_id=`` when it has one),
+    so a client can poll it without knowing the name. Return it from the route.
+    """
+    answer = render(progress.snapshot()).ok
+    headers = dict(answer.headers)
+    del headers["ETag"]  # a 202 describes the run's start, not a cacheable status
+    headers["Location"] = status_url(progress.name, progress.progress_id)
+    _warn_if_the_client_id_was_lost(progress)
+    return bottle.HTTPResponse(answer.body, status=202, headers=headers)
+
+
+_warned_no_plugin = False
+
+
+def _warn_if_the_client_id_was_lost(progress: tracked.Progress) -> None:
+    """Once per process: a client sent a progress_id that could not reach the run,
+    because no ``TrackedPlugin`` runs this app's routes in a request scope."""
+    global _warned_no_plugin
+    if _warned_no_plugin or progress.progress_id is not None:
+        return
+    if "progress_id" not in bottle.request.query or request_scope.get() is not None:
+        return
+    _warned_no_plugin = True
+    logging.getLogger("tracked").warning(
+        "tracked.bottle.accepted: the request carries a progress_id but run %r has none:"
+        " install TrackedPlugin on this app so the client's progress_id reaches @tracked",
+        progress.name,
+    )
+
+
+def status_url(name: str | None, progress_id: str | None = None) -> str:
+    """The path of the status route for a run of this request's app: the mount point,
+    the app's ``TrackedPlugin`` prefix (``/_progress_status`` without one) and the key."""
+    route = bottle.request.environ.get("bottle.route")
+    app = route.app if route is not None else bottle.request.app
+    prefix = next(
+        (p.prefix for p in app.plugins if isinstance(p, TrackedPlugin)), "/_progress_status"
+    )
+    mounted = ""
+    while "_mount.app" in app.config:  # Bottle >= 0.13 mounts an app by copying its routes
+        mounted = app.config["_mount.prefix"].rstrip("/") + mounted
+        app = app.config["_mount.app"]
+    base = bottle.request.script_name.rstrip("/") + mounted + prefix
+    return web_status_url(base, storage_key(name, progress_id))

@@ -1,4 +1,4 @@
-"""The ``tracked`` command: list, show, watch, prune and serve the progresses of a store.
+"""The ``tracked`` command: list, show, watch, cancel, prune and serve the progresses of a store.
 
 Every command reads through the public API only, so it agrees with the status
 route on what is running and what is ``abandoned``. Bad input is one line on
@@ -166,6 +166,18 @@ def _build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--wait", default="0", metavar="SECONDS", help="wait this long for it")
     watch.add_argument("--interval", default="0.5", metavar="SECONDS", help="poll interval")
 
+    cancel = command(
+        "cancel",
+        _cmd_cancel,
+        "Ask a running progress to stop (it stops at its next yield or check).",
+        "exit status: 0 asked (with --wait: it ended cancelled in time), 1 not running, "
+        "ended another way or still running after --wait, 2 bad input",
+    )
+    _add_name(cancel)
+    cancel.add_argument(
+        "--wait", default=None, metavar="SECONDS", help="wait this long for it to end cancelled"
+    )
+
     prune = command("prune", _cmd_prune, "Delete ended progresses older than a duration.")
     prune.add_argument("--older-than", required=True, metavar="DURATION", help="30s, 2h, 7d...")
 
@@ -173,6 +185,11 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument(
         "--port", default=8080, type=_port, help="port, 0 for any free one (default 8080)"
+    )
+    serve.add_argument(
+        "--allow-cancel",
+        action="store_true",
+        help="let anyone who can reach the server stop running progresses (a Stop button)",
     )
     return parser
 
@@ -251,7 +268,10 @@ def _store(args: argparse.Namespace) -> Store:
         )
     if not sep or scheme.lower() == "file":
         _check_directory(rest if sep else spec, origin)
-    return open_store(spec)
+    try:
+        return open_store(spec)
+    except ImportError as exc:  # a Redis URL without redis-py: the message names the extra
+        raise UsageError(f"{origin}: {exc}") from None
 
 
 def _check_directory(text: str, origin: str) -> None:
@@ -275,8 +295,41 @@ def _where(store: Store) -> str:
     return printable(repr(store))
 
 
-def _key(args: argparse.Namespace) -> str:
-    return make_key(args.name, args.progress_id)
+#: How ``label`` joins a name and a progress_id in ``tracked list``'s NAME column.
+LABEL_SEPARATOR = "?progress_id="
+
+
+def _keys(args: argparse.Namespace) -> tuple[str, ...]:
+    """The keys ``NAME`` may mean: itself, and, when it is written as ``tracked list``
+    shows it (``name?progress_id=ID``) and no ``--progress-id`` is given, that pair, so
+    a NAME copied from the list finds its progress."""
+    key = make_key(args.name, args.progress_id)
+    name, separator, progress_id = args.name.rpartition(LABEL_SEPARATOR)
+    if args.progress_id is not None or not separator or not name or not progress_id:
+        return (key,)
+    try:
+        return (key, make_key(name, progress_id))
+    except TrackedError:
+        return (key,)
+
+
+def _load_any(store: Store, keys: Sequence[str]) -> tuple[str, State | None]:
+    """The first of ``keys`` the store holds, and its state; else the first key and None."""
+    for key in keys:
+        state = store.load(key)
+        if state is not None:
+            return key, state
+    return keys[0], None
+
+
+def _not_found(args: argparse.Namespace, key: str, store: Store, waited: str = "") -> str:
+    """The one-line error for a progress the store does not hold, with the hint a newcomer
+    needs when the name alone is not the key (runs started with a progress_id)."""
+    hint = ""
+    if args.progress_id is None and LABEL_SEPARATOR not in args.name:
+        hint = "; started with a progress_id? add --progress-id ID, or write"
+        hint += f" {_display(args.name)}{LABEL_SEPARATOR}ID as tracked list shows it"
+    return f"no progress {_shown(key)} in {_where(store)}{waited}{hint}"
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -326,7 +379,7 @@ def label(state: State) -> str:
         return printable(state.progress_id or "")
     if state.progress_id is None:
         return printable(state.name)
-    return printable(f"{state.name}?progress_id={state.progress_id}")
+    return printable(f"{state.name}{LABEL_SEPARATOR}{state.progress_id}")
 
 
 def span(seconds: float | None) -> str:
@@ -367,6 +420,8 @@ def _json_line(state: State) -> str:
 def _cmd_list(args: argparse.Namespace) -> int:
     store = _store(args)
     everything = store.list()
+    for problem in store.unreadable():  # one line each, never skipped silently
+        print(f"tracked: skipped {printable(problem)}", file=sys.stderr)
     states = everything if args.all else _recent(everything)
     if args.json:
         for state in states:
@@ -406,11 +461,11 @@ def _print_table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    key = _key(args)
+    keys = _keys(args)
     store = _store(args)
-    state = store.load(key)
+    key, state = _load_any(store, keys)
     if state is None:
-        raise UsageError(f"no progress {_shown(key)} in {_where(store)}")
+        raise UsageError(_not_found(args, key, store))
     if args.json:
         print(_json_line(state))
         return EXIT_OK
@@ -435,6 +490,7 @@ def _details(state: State) -> list[tuple[str, str]]:
         ("elapsed", span(state.elapsed)),
         ("started", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.start_time))),
         ("error", state.error or "-"),
+        ("result", "-" if state.result is None else json.dumps(state.result, ensure_ascii=False)),
     ]
 
 
@@ -454,6 +510,35 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    keys = _keys(args)
+    wait = None if args.wait is None else _seconds(args.wait, "--wait")
+    store = _store(args)
+    key, _ = _load_any(store, keys)  # NAME as tracked list shows it works here too
+    if not store.request_cancel(key):
+        state = store.load(key)
+        why = "is not in" if state is None else f"already ended {state.state} in"
+        print(printable(f"tracked cancel: progress {_shown(key)} {why} {_where(store)}"),
+              file=sys.stderr)
+        return EXIT_ENDED_BADLY
+    print(printable(f"asked progress {_shown(key)} to stop"), flush=True)
+    if wait is None:
+        return EXIT_OK
+    deadline = time.monotonic() + wait
+    while True:
+        latest = store.load(key)
+        if latest is None or not latest.in_progress:
+            break
+        if time.monotonic() >= deadline:
+            print(printable(f"tracked cancel: progress {_shown(key)} still runs after {wait:g}s"),
+                  file=sys.stderr)
+            return EXIT_ENDED_BADLY
+        time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+    ended = "deleted" if latest is None else latest.state
+    print(printable(f"progress {_shown(key)} ended {ended}"))
+    return EXIT_OK if ended == "cancelled" else EXIT_ENDED_BADLY
+
+
 # ----------------------------------------------------------------------------- watch
 
 
@@ -463,11 +548,11 @@ def exit_status(state: State) -> int:
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
-    key = _key(args)
+    keys = _keys(args)
     wait = _seconds(args.wait, "--wait")
     interval = max(0.05, _seconds(args.interval, "--interval", at_most=MAX_INTERVAL))
     store = _store(args)
-    state = _wait_for(store, key, wait, interval)
+    key, state = _wait_for(args, store, keys, wait, interval)
     view = _make_view(sys.stdout)
     outage: list[str] = []
     try:
@@ -502,15 +587,17 @@ def _load_through_outage(store: Store, key: str, shown: State, outage: list[str]
     return state
 
 
-def _wait_for(store: Store, key: str, wait: float, interval: float) -> State:
+def _wait_for(
+    args: argparse.Namespace, store: Store, keys: Sequence[str], wait: float, interval: float
+) -> tuple[str, State]:
     deadline = time.monotonic() + wait
     while True:
-        state = store.load(key)
+        key, state = _load_any(store, keys)
         if state is not None:
-            return state
+            return key, state
         if time.monotonic() >= deadline:
             waited = f" after waiting {wait:g}s" if wait else ""
-            raise UsageError(f"no progress {_shown(key)} in {_where(store)}{waited}")
+            raise UsageError(_not_found(args, key, store, waited))
         time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
 
 
@@ -623,7 +710,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 def _cmd_serve(args: argparse.Namespace) -> int:
     family = _address_family(args.host, args.port)
     store = _store(args)
-    app = build_app(store)
+    app = build_app(store, allow_cancel=args.allow_cancel)
     server_class = type("_Server", (_ThreadingServer,), {"address_family": family})
     try:
         server: WSGIServer = make_server(
@@ -664,15 +751,16 @@ def _host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def build_app(store: Store) -> Any:
+def build_app(store: Store, *, allow_cancel: bool = False) -> Any:
     """The Bottle app of ``tracked serve``: the plugin's status route, the client script,
-    a page listing the progresses and a page following one of them live."""
+    a page listing the progresses and a page following one of them live. With
+    ``allow_cancel`` the status route takes DELETE and the page shows a Stop button."""
     import bottle
 
     from .bottle import TrackedPlugin
 
     app = bottle.Bottle()
-    app.install(TrackedPlugin(store=store, prefix=STATUS_PREFIX))
+    app.install(TrackedPlugin(store=store, prefix=STATUS_PREFIX, cancel=allow_cancel))
 
     def index() -> Any:
         return _static_file("serve-index.html")
@@ -690,7 +778,7 @@ def build_app(store: Store) -> Any:
             key = make_key(query.getunicode("name"), query.getunicode("progress_id"))
         except TrackedError as exc:
             return _json(400, {"error": str(exc), "status": "error"})
-        return _progress_page(key)
+        return _progress_page(key, allow_cancel)
 
     app.route("/", "GET", index, skip=True)
     app.route("/<filename:re:tracked\\.js|serve\\.css>", "GET", asset, skip=True)
@@ -720,7 +808,7 @@ def _summary(state: State) -> dict[str, Any]:
     return wire
 
 
-def _progress_page(key: str) -> str:
+def _progress_page(key: str, allow_cancel: bool = False) -> str:
     """The live page for ``key``; its name and status URL are HTML-escaped attributes."""
     import html
 
@@ -728,8 +816,10 @@ def _progress_page(key: str) -> str:
 
     status_url = build_status_url(STATUS_PREFIX, key)
     template = (STATIC / "serve-progress.html").read_text(encoding="utf-8")
-    return template.replace("{{status_url}}", html.escape(status_url, quote=True)).replace(
-        "{{label}}", html.escape(_display(key), quote=True)
+    return (
+        template.replace("{{status_url}}", html.escape(status_url, quote=True))
+        .replace("{{label}}", html.escape(_display(key), quote=True))
+        .replace("{{cancel}}", "1" if allow_cancel else "")
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "AlreadyRunning",
+    "Cancelled",
     "InvalidName",
     "InvalidValue",
     "NoActiveProgress",
@@ -52,3 +53,18 @@ class RunSuperseded(StoreError):
 
 class NoActiveProgress(TrackedError, LookupError):
     """``tracked.current()`` was called where no progress is live."""
+
+
+class Cancelled(BaseException):
+    """The run was asked to stop (``tracked.cancel``, a DELETE, ``tracked cancel``).
+
+    Raised by ``Progress.check()`` and thrown into a ``@tracked`` generator at its
+    next yield. Like ``asyncio.CancelledError`` it derives from ``BaseException``,
+    not from ``TrackedError``, so a task's ``except Exception:`` cannot swallow the
+    request; its ``finally`` and ``with`` blocks still run.
+    """
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        shown = key.replace("\0", "?progress_id=")
+        super().__init__(f"progress {shown!r} was asked to stop")

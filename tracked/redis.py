@@ -1,42 +1,64 @@
 """``RedisStore``: progress shared through Redis, so any machine can read any run.
 
 Per progress key ``K`` (name and progress_id combined) the store keeps, under
-its ``prefix``:
+its ``prefix``, three keys that share the hash tag ``{T}`` (``T`` is ``K`` with
+``%`` and ``}`` percent-encoded), so that every script touches a single slot and
+runs unchanged on Redis Cluster:
 
-- ``{prefix}rec:K``: a hash with the wire JSON of the state without its
+- ``{prefix}rec:{T}``: a hash with the wire JSON of the state without its
   messages (``state``), the owner record (``owner``), the owner's run id
-  (``run``), ``running`` ("1"/"0") and the ``message_count`` stored (``mc``);
-- ``{prefix}msg:K``: a list with the kept messages, appended to with only the
+  (``run``), ``running`` ("1"/"0"), the ``message_count`` stored (``mc``) and
+  a count of the run's writes (``v``, for ``version()``);
+- ``{prefix}msg:{T}``: a list with the kept messages, appended to with only the
   messages that are new since the owner's previous write, then trimmed;
-- ``{prefix}lease:K``: the run id of a running owner, with a TTL of ``lease``
+- ``{prefix}lease:{T}``: the run id of a running owner, with a TTL of ``lease``
   seconds; the owner's writes renew it, and a running record without it reads
   as ``abandoned``. Readers take its remaining time from the server, so clock
   skew between machines does not matter.
 
-Every write runs one Lua script (one round trip) that writes the record, sets the
-lease and publishes an event on ``{prefix}events:K``: the wire JSON of the new
-state whose ``messages`` hold at least the messages added since the previous
-event of the run (place them with ``message_count - len(messages)``, as with
-the status route's ``?since=`` cursor). A read is one script call, one round trip.
+Every write runs one Lua script (one round trip) that checks the owner (another
+run's record, or this run's ended one, is never overwritten: ``RunSuperseded``),
+writes the record, sets the lease and publishes an event on ``{prefix}events:K``:
+the wire JSON of the new state whose ``messages`` hold at least the messages
+added since the previous event of the run (place them with
+``message_count - len(messages)``, as with the status route's ``?since=``
+cursor). A read is one script call, one round trip.
+``save_many`` sends a whole batch of writes in one pipeline (on a cluster: one
+per master, all sent before any reply is read).
+
+Scripts are called by their SHA1 (``EVALSHA``) and loaded when a server answers
+``NOSCRIPT``, the same way on a client, a pipeline and a cluster.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 import math
+import re
+import threading
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeAlias
 from urllib.parse import urlsplit
 
-import redis
+try:
+    import redis
+except ImportError as exc:  # pragma: no cover - redis is in the test extra
+    raise ImportError(
+        "tracked's Redis store needs redis-py: pip install 'tracked[redis]'"
+    ) from exc
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.connection import parse_url
+from redis.exceptions import AskError, NoScriptError, RedisClusterException
 from redis.retry import Retry
 
 from ._state import State
 from ._store import Owner, Record, Store
-from .errors import AlreadyRunning, InvalidValue, StoreError
+from .errors import AlreadyRunning, InvalidValue, RunSuperseded, StoreError
 
 __all__ = ["RedisStore"]
 
@@ -46,19 +68,39 @@ CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 5.0
 #: Keys fetched per SCAN step and records read per pipeline in ``records()``.
 SCAN_BATCH = 200
+#: Progress keys whose Redis key names a store keeps at hand (then it starts afresh).
+NAME_CACHE_SIZE = 10_000
+#: URL schemes that select a Redis Cluster, and the plain scheme redis-py takes.
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
-# ARGV: mode, run, state, owner, running, message_count, lease_ms, expire_ms, base,
-# keep, channel, payload, messages... -- returns 1 written, 0 resend all messages,
-# -1 another live run holds the key.
-_WRITE = """
+#: A client of one server or of a cluster.
+Client: TypeAlias = "redis.Redis | RedisCluster"  # type: ignore[type-arg]
+
+# Whether a lease is held, exactly as readers judge it from PTTL (``_lease_expires``):
+# a key in its last millisecond answers PTTL 0, and reads as lapsed, so it is lapsed
+# here too (EXISTS would still say 1, and refuse a claim that a reader allows).
+_LIVE = """
+local function live(lease)
+  local ttl = redis.call('PTTL', lease)
+  return ttl > 0 or ttl == -1
+end
+"""
+
+# ARGV: "mode running message_count lease_ms expire_ms base keep" (one argument:
+# fewer to pack per write), run, state, owner, channel, payload, messages...
+# -- returns 1 written, 0 resend all messages, -1 another run holds the key (a live
+# one, for a claim), -2 this run has ended (a late running snapshot is refused).
+# Every write bumps the record's version ``v`` (see ``RedisStore.version``).
+_WRITE = _LIVE + """
 local rec, msgs, lease = KEYS[1], KEYS[2], KEYS[3]
-local mode, run, running = ARGV[1], ARGV[2], ARGV[5]
-local lease_ms, expire_ms = tonumber(ARGV[7]), tonumber(ARGV[8])
-local base, keep = tonumber(ARGV[9]), tonumber(ARGV[10])
+local mode, running, mc, lease_ms, expire_ms, base, keep = string.match(ARGV[1],
+  '^(%a+) ([01]) (%d+) (%d+) (%d+) (-?%d+) (%d+)$')
+local run = ARGV[2]
+lease_ms, expire_ms = tonumber(lease_ms), tonumber(expire_ms)
+base, keep = tonumber(base), tonumber(keep)
 local kind = redis.call('TYPE', rec).ok
 if mode == 'claim' then
-  if kind == 'hash' and redis.call('HGET', rec, 'running') == '1'
-      and redis.call('EXISTS', lease) == 1 then
+  if kind == 'hash' and redis.call('HGET', rec, 'running') == '1' and live(lease) then
     return -1
   end
   redis.call('DEL', rec, msgs, lease)
@@ -66,17 +108,21 @@ else
   if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', rec, msgs) end
   local holder = redis.call('HGET', rec, 'run')
   if holder and holder ~= run then return -1 end
+  if holder and running == '1' and redis.call('HGET', rec, 'running') == '0' then
+    return -2
+  end
   if base >= 0 and tonumber(redis.call('HGET', rec, 'mc') or '-1') ~= base then
     return 0
   end
 end
 if base < 0 then redis.call('DEL', msgs) end
-for i = 13, #ARGV, 1000 do
+for i = 7, #ARGV, 1000 do
   redis.call('RPUSH', msgs, unpack(ARGV, i, math.min(i + 999, #ARGV)))
 end
 if keep > 0 then redis.call('LTRIM', msgs, -keep, -1) else redis.call('DEL', msgs) end
 redis.call('HSET', rec, 'state', ARGV[3], 'owner', ARGV[4], 'run', run,
-  'running', running, 'mc', ARGV[6])
+  'running', running, 'mc', mc)
+redis.call('HINCRBY', rec, 'v', 1)
 if running == '1' then
   redis.call('SET', lease, run, 'PX', lease_ms)
 else
@@ -89,15 +135,15 @@ else
   redis.call('PERSIST', rec)
   redis.call('PERSIST', msgs)
 end
-redis.call('PUBLISH', ARGV[11], ARGV[12])
+redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 1
 """
 
 # ARGV: run -- deletes the record if that run still holds it and is not live.
-_PRUNE = """
+_PRUNE = _LIVE + """
 local rec, msgs, lease = KEYS[1], KEYS[2], KEYS[3]
 if redis.call('HGET', rec, 'run') ~= ARGV[1] then return 0 end
-if redis.call('HGET', rec, 'running') == '1' and redis.call('EXISTS', lease) == 1 then
+if redis.call('HGET', rec, 'running') == '1' and live(lease) then
   return 0
 end
 redis.call('DEL', rec, msgs, lease)
@@ -114,6 +160,78 @@ return {fields[1], fields[2], cjson.encode(redis.call('LRANGE', KEYS[2], 0, -1))
   redis.call('PTTL', KEYS[3])}
 """
 
+# KEYS: record, lease, cancel; ARGV: ttl_ms -- asks the running run to stop:
+# stores its run id under the cancel key; 1 asked, 0 nothing running.
+_REQUEST_CANCEL = """
+if redis.call('HGET', KEYS[1], 'running') ~= '1' then return 0 end
+local run = redis.call('GET', KEYS[2])
+if not run or redis.call('HGET', KEYS[1], 'run') ~= run then return 0 end
+redis.call('SET', KEYS[3], run, 'PX', tonumber(ARGV[1]))
+return 1
+"""
+
+# KEYS: cancel; ARGV: run -- the owner removes its own run's request.
+_CLEAR_CANCEL = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+# The record's version token (see ``RedisStore.version``), or false if there is none.
+_VERSION = _LIVE + """
+local fields = redis.call('HMGET', KEYS[1], 'run', 'v', 'running')
+if not fields[1] then return false end
+local lease = 'ended'
+if fields[3] == '1' then
+  lease = live(KEYS[3]) and 'live' or 'lapsed'
+end
+return fields[1] .. ':' .. (fields[2] or '0') .. ':' .. lease
+"""
+
+# Deletes a record's keys; returns 1 if the record hash was there.
+_DELETE = """
+local gone = redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[2], KEYS[3])
+return gone
+"""
+
+
+class _Script:
+    """A Lua script called by its SHA1 and loaded when a server answers NOSCRIPT.
+
+    Built on ``execute_command`` rather than redis-py's ``Script``: that one checks
+    every pipeline's scripts with an extra ``SCRIPT EXISTS`` round trip, and a
+    cluster pipeline refuses ``evalsha`` outright.
+    """
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode("utf-8"), usedforsecurity=False).hexdigest().encode()
+
+    def command(
+        self, keys: Sequence[str | bytes], args: Sequence[str | bytes | int]
+    ) -> tuple[Any, ...]:
+        """The ``EVALSHA`` command for these keys and arguments."""
+        return ("EVALSHA", self.sha, len(keys), *keys, *args)  # a str: the cluster wants one
+
+    def __call__(
+        self, client: Client, keys: Sequence[str | bytes], args: Sequence[str | bytes | int]
+    ) -> Any:
+        try:
+            return client.execute_command(*self.command(keys, args))
+        except NoScriptError:  # a restarted or a new server: load it (on every master)
+            self.load(client)
+            return client.execute_command(*self.command(keys, args))
+
+    def load(self, client: Client) -> None:
+        """Load the script on the server (on a cluster: on every master)."""
+        loader: Any = client  # redis-py's RedisCluster has it, untyped
+        loader.script_load(self.source)
+
+
+#: One script call in a pipeline: its keys and its arguments.
+_Call: TypeAlias = tuple[Sequence["str | bytes"], Sequence["str | bytes | int"]]
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Written:
@@ -127,17 +245,19 @@ class _Written:
 class RedisStore(Store):
     """Progress records in Redis, shared by every process and machine using it.
 
-    ``url_or_client`` is a ``redis://``, ``rediss://`` or ``unix://`` URL, or a
-    ``redis.Redis`` client (left open by ``close()``). Owners hold a ``lease`` of
-    that many seconds, renewed by their writes; ended records expire after
-    ``finished_ttl`` seconds (None: never), as do abandoned ones once their lease
-    has lapsed. Connecting is lazy: an unreachable server raises ``StoreError``,
-    naming its address, from the first claim or read.
+    ``url_or_client`` is a ``redis://``, ``rediss://`` or ``unix://`` URL, a
+    ``redis+cluster://`` or ``rediss+cluster://`` URL naming one node of a Redis
+    Cluster, or a ``redis.Redis`` or ``redis.cluster.RedisCluster`` client (left
+    open by ``close()``). Owners hold a ``lease`` of that many seconds, renewed
+    by their writes; ended records expire after ``finished_ttl`` seconds (None:
+    never), as do abandoned ones once their lease has lapsed. Connecting is lazy:
+    an unreachable server raises ``StoreError``, naming its address, from the
+    first claim or read.
     """
 
     def __init__(
         self,
-        url_or_client: str | redis.Redis,  # type: ignore[type-arg]
+        url_or_client: str | Client,
         *,
         prefix: str = "tracked:",
         finished_ttl: float | None = 86400,
@@ -146,94 +266,194 @@ class RedisStore(Store):
         self.prefix = _check_prefix(prefix)
         self.finished_ttl = _check_seconds(finished_ttl, "finished_ttl", optional=True)
         self.lease = self._lease = float(_check_seconds(lease, "lease"))
-        self._owns_client = not isinstance(url_or_client, redis.Redis)
-        self.client = _make_client(url_or_client)
-        self.address = _address(url_or_client, self.client)
-        self._write = self.client.register_script(_WRITE)
-        self._prune = self.client.register_script(_PRUNE)
-        self._read = self.client.register_script(_READ)
+        self._owns_client = isinstance(url_or_client, str)
+        self.address = _address(url_or_client)
+        self._connect = _connector(url_or_client, self.address)
+        self._client: Client | None = None
+        self._client_lock = threading.Lock()
+        self._write = _Script(_WRITE)
+        self._prune = _Script(_PRUNE)
+        self._read = _Script(_READ)
+        self._delete = _Script(_DELETE)
+        self._version = _Script(_VERSION)
+        self._request_cancel = _Script(_REQUEST_CANCEL)
+        self._clear_cancel = _Script(_CLEAR_CANCEL)
         self._written: dict[str, _Written] = {}
+        self._name_cache: dict[str, tuple[list[bytes], bytes]] = {}
 
     def __repr__(self) -> str:
         return f"RedisStore({self.address!r}, prefix={self.prefix!r})"
 
+    @property
+    def client(self) -> Client:
+        """The redis-py client, made on first use (a cluster client connects when made)."""
+        client = self._client
+        if client is None:
+            with self._client_lock:
+                if self._client is None:
+                    self._client = self._call(self._connect)
+                client = self._client
+        return client
+
     def close(self) -> None:
         """Close the connections of a client this store created."""
-        if self._owns_client:
-            self.client.close()
+        if self._owns_client and self._client is not None:
+            self._client.close()
 
     # ------------------------------------------------------------------ key names
 
     def record_key(self, key: str) -> str:
         """The Redis hash that holds ``key``'s state and owner."""
-        return f"{self.prefix}rec:{key}"
+        return f"{self.prefix}rec:{_tag(key)}"
 
     def messages_key(self, key: str) -> str:
         """The Redis list that holds ``key``'s kept messages."""
-        return f"{self.prefix}msg:{key}"
+        return f"{self.prefix}msg:{_tag(key)}"
 
     def lease_key(self, key: str) -> str:
         """The Redis key whose TTL is the running owner's lease."""
-        return f"{self.prefix}lease:{key}"
+        return f"{self.prefix}lease:{_tag(key)}"
+
+    def cancel_key(self, key: str) -> str:
+        """The Redis key holding the run id of a running owner asked to stop (with the
+        run's lease as its TTL)."""
+        return f"{self.prefix}cancel:{_tag(key)}"
 
     def channel(self, key: str) -> str:
         """The pub/sub channel on which every write of ``key`` is published."""
-        return f"{self.prefix}events:{key}"
+        return f"{self.prefix}events:{_clean(key)}"
 
     def _keys(self, key: str) -> list[str]:
-        return [self.record_key(key), self.messages_key(key), self.lease_key(key)]
+        return self._sibling_keys(_tag(key))
+
+    def _names(self, key: str) -> tuple[list[bytes], bytes]:
+        """The keys and the channel of ``key``, encoded; cached, as every write needs them."""
+        names = self._name_cache.get(key)
+        if names is None:
+            if len(self._name_cache) >= NAME_CACHE_SIZE:
+                self._name_cache.clear()
+            keys = [name.encode() for name in self._keys(key)]
+            names = self._name_cache[key] = (keys, self.channel(key).encode())
+        return names
+
+    def _sibling_keys(self, tagged: str) -> list[str]:
+        """The record, messages and lease keys of a record from its ``{T}`` part."""
+        return [f"{self.prefix}{kind}:{tagged}" for kind in ("rec", "msg", "lease")]
 
     # ------------------------------------------------------------------ writes
 
     def claim(self, state: State, owner: Owner) -> None:
         key = state.key
         self._written.pop(key, None)
-        if self._run_write("claim", state, owner, None) < 0:
+        if self._call(self._run, self._write, *self._write_call("claim", state, owner, None)) < 0:
             raise AlreadyRunning(key)
+        self._remember(key, state, owner.run)
 
     def save(self, state: State, owner: Owner) -> None:
         """Write a later snapshot, unless another run has claimed the key since.
 
         A stalled owner whose lease lapsed and whose name was started again gets
-        ``StoreError`` (the core logs it once) and never overwrites the new run.
+        ``RunSuperseded`` and never overwrites the new run.
         """
-        key = state.key
-        previous = self._written.get(key)
-        result = self._run_write("save", state, owner, previous)
-        if result == 0:  # the stored messages are not what we last wrote: send them all
-            result = self._run_write("save", state, owner, None)
-        if result < 0:
-            self._written.pop(key, None)
-            raise StoreError(
-                f"progress {key!r} was started again by another owner after this "
-                f"one's lease lapsed; not overwriting it in {self}"
-            )
+        [error] = self.save_many([(state, owner)])
+        if error is not None:
+            raise error
 
-    def _run_write(self, mode: str, state: State, owner: Owner, previous: _Written | None) -> int:
-        key = state.key
+    def save_many(self, writes: Sequence[tuple[State, Owner]]) -> list[Exception | None]:
+        """Write a batch of snapshots in one pipeline round trip.
+
+        Each write runs the same script as ``save``. A write whose stored messages
+        are not what this store last wrote is sent again with all its messages (a
+        second round trip, for those writes only). Results, in order: None, or
+        ``RunSuperseded`` when another run owns the key, or ``StoreError``. Uses
+        one connection (on a cluster: one per master involved).
+        """
+        results: list[Exception | None] = [None] * len(writes)
+        pending = list(range(len(writes)))
+        for resend in (False, True):
+            if not pending:
+                break
+            pending = self._save_batch(writes, pending, results, resend=resend)
+        return results
+
+    def _save_batch(
+        self,
+        writes: Sequence[tuple[State, Owner]],
+        indices: list[int],
+        results: list[Exception | None],
+        *,
+        resend: bool,
+    ) -> list[int]:
+        """Send the writes at ``indices``; fill ``results``; return those to resend
+        with all their messages."""
+        calls, sent = [], []
+        for i in indices:
+            state, owner = writes[i]
+            try:
+                previous = None if resend else self._written.get(state.key)
+                calls.append(self._write_call("save", state, owner, previous))
+            except Exception as exc:  # noqa: BLE001 - one bad snapshot fails alone
+                results[i] = exc
+            else:
+                sent.append(i)
+        try:
+            replies = self._call(self._run_many, self._write, calls) if calls else []
+        except StoreError as exc:
+            for i in sent:  # one error each: the caller may raise or chain them apart
+                error = results[i] = StoreError(str(exc))
+                error.__cause__ = exc.__cause__
+            return []
+        again = []
+        for i, reply in zip(sent, replies, strict=True):
+            state, owner = writes[i]
+            if isinstance(reply, Exception):
+                results[i] = self._failure(reply)
+            elif reply == 1:
+                self._remember(state.key, state, owner.run)
+            elif reply == 0 and not resend:
+                again.append(i)
+            else:
+                self._written.pop(state.key, None)
+                results[i] = self._refusal(state.key, reply)
+        return again
+
+    def _refusal(self, key: str, reply: int) -> RunSuperseded:
+        """Why the write script refused a snapshot: another run owns the key, or this
+        run has already ended there."""
+        if reply == -2:
+            return RunSuperseded(
+                f"progress {key!r} has already ended; not writing a running snapshot "
+                f"over its final state in {self}"
+            )
+        return RunSuperseded(
+            f"progress {key!r} was started again by another owner after this one's "
+            f"lease lapsed; not overwriting it in {self}"
+        )
+
+    def _write_call(
+        self, mode: str, state: State, owner: Owner, previous: _Written | None
+    ) -> _Call:
+        """The keys and arguments of the write script for one snapshot, encoded here
+        (redis-py would check each argument's type on the way: costly by the thousand)."""
+        keys, channel = self._names(state.key)
         base, new_messages = _new_messages(state, owner.run, previous)
-        event = (state if base < 0 else state.messages_since(base)).to_dict()
-        wire = {name: value for name, value in event.items() if name != "messages"}
+        wire, event = _encode(state, new_messages)
         running = state.in_progress
-        args: list[str | int] = [
-            mode,
-            owner.run,
-            _dumps(wire),
-            _dumps(owner.to_dict()),
-            "1" if running else "0",
-            state.message_count,
-            _ms(self._lease),
-            self._expire_ms(running),
-            base,
-            len(state.messages),
-            self.channel(key),
-            _dumps(event),
-            *new_messages,
+        numbers = (
+            f"{mode} {1 if running else 0} {state.message_count} {_ms(self._lease)} "
+            f"{self._expire_ms(running)} {base} {len(state.messages)}"
+        )
+        run, owner_json = _owner_args(owner)
+        args: list[str | bytes | int] = [
+            numbers.encode(),
+            run,
+            wire.encode(),
+            owner_json,
+            channel,
+            event.encode(),
+            *[_clean(message).encode() for message in new_messages],
         ]
-        result = int(self._call(self._write, keys=self._keys(key), args=args))
-        if result == 1:
-            self._remember(key, state, owner.run)
-        return result
+        return keys, args
 
     def _expire_ms(self, running: bool) -> int:
         """Milliseconds until the record expires: never while its lease is renewed."""
@@ -250,36 +470,47 @@ class RedisStore(Store):
 
     def delete(self, key: str) -> bool:
         self._written.pop(key, None)
-        return bool(self._call(self._delete, key))
-
-    def _delete(self, key: str) -> int:
-        """Remove the record's keys in one transaction; the count of record hashes gone."""
-        pipe = self.client.pipeline(transaction=True)
-        pipe.delete(self.record_key(key))
-        pipe.delete(self.messages_key(key), self.lease_key(key))
-        return int(pipe.execute()[0])
+        return bool(self._call(self._run, self._delete, self._keys(key), ()))
 
     def prune(self, older_than: float) -> int:
         cutoff = time.time() - older_than
         doomed = [r for r in self.records() if self._prunable(r, cutoff) and r.owner is not None]
-        deleted = 0
+        calls: list[_Call] = []
         for record in doomed:
             assert record.owner is not None
-            keys = self._keys(record.state.key)
-            deleted += int(self._call(self._prune, keys=keys, args=[record.owner.run]))
-        return deleted
+            calls.append((self._keys(record.state.key), [record.owner.run]))
+        replies = self._call(self._run_many, self._prune, calls) if calls else []
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise self._failure(reply)
+        return sum(int(reply) for reply in replies)
+
+    # ------------------------------------------------------------------ cancel requests
+
+    def request_cancel(self, key: str) -> bool:
+        keys = [self.record_key(key), self.lease_key(key), self.cancel_key(key)]
+        return bool(self._call(self._run, self._request_cancel, keys, [_ms(self._lease)]))
+
+    def cancels_requested(self, runs: Sequence[tuple[str, Owner]]) -> list[bool]:
+        """One round trip for all of this process's live runs on this store."""
+        if not runs:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for key, _ in runs:
+            pipe.get(self.cancel_key(key))
+        replies = self._call(pipe.execute, raise_on_error=False)
+        return [
+            isinstance(reply, (bytes, str)) and _text(reply) == owner.run
+            for reply, (_, owner) in zip(replies, runs, strict=True)
+        ]
+
+    def clear_cancel(self, key: str, owner: Owner) -> None:
+        self._call(self._run, self._clear_cancel, [self.cancel_key(key)], [owner.run])
 
     # ------------------------------------------------------------------ reads
 
     def read(self, key: str) -> Record | None:
-        try:
-            reply = self._read(keys=self._keys(key))
-        except redis.ResponseError as exc:
-            if "WRONGTYPE" not in str(exc):
-                raise self._failure(exc) from exc
-            raise StoreError(f"corrupt progress record {key!r} in {self}: {exc}") from exc
-        except redis.RedisError as exc:
-            raise self._failure(exc) from exc
+        reply = self._read_record(self._read, key)
         if not reply:
             return None
         try:
@@ -290,12 +521,39 @@ class RedisStore(Store):
             raise StoreError(f"{self.record_key(key)!r} holds another progress in {self}")
         return record
 
+    def version(self, key: str) -> str | None:
+        """A token that changes whenever what ``load(key)`` returns may change; None
+        when there is no record.
+
+        Every write bumps a counter kept in the record; the token is the owner's run
+        id, that counter and, for a running record, whether its lease is live (so it
+        also changes when the owner dies). One round trip that moves no messages: a
+        status route can keep what it rendered for a token, and answer with it (or
+        with a 304) while the token stays the same.
+        """
+        token = self._read_record(self._version, key)
+        return None if token is None else _text(token)
+
+    def _read_record(self, script: _Script, key: str) -> Any:
+        """Run a script that reads ``key``'s record; a foreign value there is corrupt."""
+        try:
+            return self._run(script, self._keys(key), ())
+        except redis.ResponseError as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise self._failure(exc) from exc
+            raise StoreError(f"corrupt progress record {key!r} in {self}: {exc}") from exc
+        except (redis.RedisError, RedisClusterException) as exc:
+            raise self._failure(exc) from exc
+
     def records(self) -> Iterator[Record]:
-        pattern = _glob_escape(self.prefix + "rec:") + "*"
+        """Every readable record: SCAN (on a cluster: every master), then the
+        records read a batch per pipeline."""
         start = len(self.prefix + "rec:")
-        keys = [_text(k)[start:] for k in self._call(self._scan, pattern)]
-        for offset in range(0, len(keys), SCAN_BATCH):
-            replies = self._call(self._read_many, keys[offset : offset + SCAN_BATCH])
+        pattern = _glob_escape(self.prefix + "rec:{") + "*"
+        tags = [key[start:] for key in map(_text, self._call(self._scan, pattern)) if key]
+        for offset in range(0, len(tags), SCAN_BATCH):
+            calls = [(self._sibling_keys(tag), ()) for tag in tags[offset : offset + SCAN_BATCH]]
+            replies = self._call(self._run_many, self._read, calls)
             now = time.time()
             for reply in replies:
                 if not reply or isinstance(reply, Exception):
@@ -308,25 +566,116 @@ class RedisStore(Store):
     def _scan(self, pattern: str) -> list[Any]:
         return list(self.client.scan_iter(match=pattern, count=SCAN_BATCH, _type="hash"))
 
-    def _read_many(self, keys: Sequence[str]) -> list[Any]:
-        """The read script's reply for each key, in one round trip (plus a script check)."""
-        pipe = self.client.pipeline(transaction=False)
-        for key in keys:
-            self._read(keys=self._keys(key), client=pipe)
-        return pipe.execute(raise_on_error=False)
+    # ------------------------------------------------------------------ plumbing
 
-    def _failure(self, exc: redis.RedisError) -> StoreError:
-        return StoreError(f"Redis at {self.address} failed: {_describe(exc)}")
+    def _run(
+        self, script: _Script, keys: Sequence[str | bytes], args: Sequence[str | bytes | int]
+    ) -> Any:
+        """One script call: one round trip (two the first time a server sees it)."""
+        return script(self.client, keys, args)
 
-    def _call(self, function: Any, *args: Any, **kwargs: Any) -> Any:
+    def _run_many(self, script: _Script, calls: Sequence[_Call]) -> list[Any]:
+        """Each call's reply, or the error it got, from one pipeline round trip.
+
+        Calls a server answered NOSCRIPT (restarted, or a master added) are sent
+        once more after loading the script. A single call skips the pipeline.
+        """
+        if len(calls) == 1:
+            try:
+                return [self._run(script, *calls[0])]
+            except redis.ResponseError as exc:  # an error reply, as a pipeline returns it
+                return [exc]
+        replies = self._pipeline(script, calls)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            script.load(self.client)
+            again = self._pipeline(script, [calls[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        return replies
+
+    def _pipeline(self, script: _Script, calls: Sequence[_Call]) -> list[Any]:
+        """Send every call in one pipeline (a cluster's groups them per master and
+        writes to every master before reading any reply)."""
+        client = self.client
+        pipe = client.pipeline(transaction=False)
+        if isinstance(client, RedisCluster):
+            # Name each call's master from the client's slot table: left to find the
+            # keys itself, a cluster pipeline asks the server (COMMAND GETKEYS) for
+            # every EVALSHA, one round trip each. A stale table is corrected by the
+            # MOVED reply, which the pipeline follows.
+            for keys, args in calls:
+                node = client.get_node_from_key(keys[0])
+                pipe.execute_command(*script.command(keys, args), target_nodes=node)
+        else:
+            for keys, args in calls:
+                pipe.execute_command(*script.command(keys, args))
+        return list(pipe.execute(raise_on_error=False))
+
+    def _failure(self, exc: BaseException) -> StoreError:
+        text = _describe(exc)
+        if isinstance(exc, AskError) and not isinstance(self._client, RedisCluster):  # or MOVED
+            text += " (this server is part of a Redis Cluster: use a redis+cluster:// URL)"
+        return StoreError(f"Redis at {self.address} failed: {text}")
+
+    def _call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a Redis operation, turning every Redis failure into ``StoreError``."""
         try:
             return function(*args, **kwargs)
-        except redis.RedisError as exc:
+        except (redis.RedisError, RedisClusterException) as exc:
             raise self._failure(exc) from exc
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _tag(key: str) -> str:
+    """``{T}``: the hash tag that puts a record's keys in one Redis Cluster slot.
+
+    ``T`` is the key with ``%`` and ``}`` percent-encoded: never empty, never cut
+    short by a ``}`` of the name, and distinct for distinct keys.
+    """
+    return "{" + _clean(key).replace("%", "%25").replace("}", "%7D") + "}"
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _clean(text: str) -> str:
+    """``text`` with every lone surrogate (what ``os.listdir`` makes of bytes that are
+    not UTF-8) replaced by U+FFFD, so that it can be sent as UTF-8."""
+    if text.isascii():
+        return text
+    return _SURROGATE.sub("\ufffd", text)
+
+
+#: Stands in for the messages while the state is encoded once (see ``_encode``).
+_HOLE = f'"messages":{json.dumps(chr(0) + "messages" + chr(0))}'
+
+
+def _encode(state: State, messages: Sequence[str]) -> tuple[str, str]:
+    """(the stored JSON: the wire JSON without messages, the event JSON: the wire JSON
+    with only ``messages``), from one encoding of the state, in the wire's key order.
+
+    The messages are encoded as a placeholder, then cut out or filled in. Its text,
+    ``"messages":"\u0000messages\u0000"``, occurs nowhere else: inside a JSON string
+    every quote is escaped, and no other key is named ``messages``.
+    """
+    fields = state.to_dict()
+    fields["messages"] = chr(0) + "messages" + chr(0)
+    encoded = _dumps(fields)
+    if f",{_HOLE}" in encoded:
+        wire = encoded.replace(f",{_HOLE}", "", 1)
+    else:  # the first key
+        wire = encoded.replace(f"{_HOLE},", "", 1)
+    return wire, encoded.replace(_HOLE, f'"messages":{_dumps(list(messages))}', 1)
+
+
+@functools.lru_cache(maxsize=4096)
+def _owner_args(owner: Owner) -> tuple[bytes, bytes]:
+    """The run id and the owner record as JSON: the same for every write of a run,
+    so encoded once."""
+    return _clean(owner.run).encode(), _dumps(owner.to_dict()).encode()
 
 
 def _new_messages(state: State, run: str, previous: _Written | None) -> tuple[int, Sequence[str]]:
@@ -370,35 +719,76 @@ def _lease_expires(pttl: int, now: float) -> float:
     return now + pttl / 1000.0 if pttl > 0 else 0.0
 
 
-def _make_client(url_or_client: str | redis.Redis) -> redis.Redis:  # type: ignore[type-arg]
-    if isinstance(url_or_client, redis.Redis):
-        return url_or_client
+# ----------------------------------------------------------------------------- clients
+
+
+def _connector(url_or_client: object, address: str) -> Callable[[], Client]:
+    """A function that returns the store's client: the one given, or one made from
+    the URL. The URL is checked now; a cluster client is made on first use, since
+    making one connects to the cluster."""
+    if isinstance(url_or_client, (redis.Redis, RedisCluster)):
+        given = url_or_client
+        return lambda: given
     if not isinstance(url_or_client, str):
         raise StoreError(
-            f"RedisStore needs a redis://, rediss:// or unix:// URL or a redis.Redis "
+            "RedisStore needs a redis://, rediss://, unix://, redis+cluster:// or "
+            "rediss+cluster:// URL, or a redis.Redis or redis.cluster.RedisCluster "
             f"client, not {type(url_or_client).__name__}"
         )
+    scheme, _, rest = url_or_client.partition("://")
+    plain = CLUSTER_SCHEMES.get(scheme.lower())
     try:
-        return redis.Redis.from_url(
-            url_or_client,
-            socket_connect_timeout=CONNECT_TIMEOUT,
-            socket_timeout=SOCKET_TIMEOUT,
-            # One immediate retry on a broken connection (a pooled socket the server
-            # closed by restarting); none on timeouts, so a dead host costs one wait.
-            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+        if plain is None:
+            client = _single_client(url_or_client)
+            return lambda: client
+        return _cluster_connector(f"{plain}://{rest}")
+    except (ValueError, TypeError, redis.RedisError, RedisClusterException) as exc:
+        raise StoreError(f"cannot use {address!r} as a Redis store: {exc}") from exc
+
+
+def _single_client(url: str) -> redis.Redis:  # type: ignore[type-arg]
+    """A client of one server (it connects lazily, on its first command)."""
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=SOCKET_TIMEOUT,
+        # One immediate retry on a broken connection (a pooled socket the server
+        # closed by restarting); none on timeouts, so a dead host costs one wait.
+        retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+    )
+
+
+def _cluster_connector(url: str) -> Callable[[], Client]:
+    """Check a cluster node's URL now; return the function that makes the client."""
+    options = parse_url(url)
+    if "path" in options:
+        raise ValueError("a Redis Cluster is reached over TCP: give host:port")
+    if int(options.get("db") or 0) != 0:
+        raise ValueError("a Redis Cluster has only database 0")
+    if not options.get("host"):
+        raise ValueError("name a node of the cluster: redis+cluster://host:port")
+
+    def connect() -> Client:
+        return RedisCluster.from_url(
+            url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=SOCKET_TIMEOUT
         )
-    except (ValueError, TypeError, redis.RedisError) as exc:
-        raise StoreError(f"cannot use {_redact(url_or_client)!r} as a Redis store: {exc}") from exc
+
+    return connect
 
 
-def _address(url_or_client: str | redis.Redis, client: redis.Redis) -> str:  # type: ignore[type-arg]
+def _address(url_or_client: object) -> str:
     """Where the server is, for error messages: the URL without its password."""
     if isinstance(url_or_client, str):
         return _redact(url_or_client)
-    kwargs = client.connection_pool.connection_kwargs
-    if kwargs.get("path"):
-        return f"unix://{kwargs['path']}"
-    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+    if isinstance(url_or_client, RedisCluster):
+        node = url_or_client.get_default_node()
+        return f"redis+cluster://{node.name}" if node is not None else "a Redis Cluster"
+    if isinstance(url_or_client, redis.Redis):
+        kwargs = url_or_client.connection_pool.connection_kwargs
+        if kwargs.get("path"):
+            return f"unix://{kwargs['path']}"
+        return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+    return repr(type(url_or_client).__name__)
 
 
 def _redact(url: str) -> str:
@@ -412,9 +802,24 @@ def _redact(url: str) -> str:
         return "<a malformed URL>"
 
 
+# ----------------------------------------------------------------------------- checks
+
+
 def _check_prefix(prefix: object) -> str:
+    """The prefix, unless it would split a record's keys across cluster slots.
+
+    A ``{`` in the prefix starts the hash tag there, so it must be closed in the
+    prefix around at least one character (then every record lives in that one
+    slot); otherwise a record's keys would hash apart.
+    """
     if not isinstance(prefix, str):
         raise InvalidValue(f"prefix must be a str, not {type(prefix).__name__}")
+    opening = prefix.find("{")
+    if opening >= 0 and prefix.find("}", opening) <= opening + 1:
+        raise InvalidValue(
+            f"prefix {prefix!r} opens a Redis hash tag with '{{' that it does not close "
+            "around at least one character"
+        )
     return prefix
 
 
@@ -430,12 +835,20 @@ def _ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    """Compact JSON, with lone surrogates replaced (see ``_clean``)."""
+    return _clean(_ENCODER.encode(value))
 
 
 def _text(value: bytes | str) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else value
+    """A key name as text; "" for a name that is not UTF-8 (not one of ours)."""
+    try:
+        return value.decode("utf-8") if isinstance(value, bytes) else value
+    except UnicodeDecodeError:
+        return ""
 
 
 def _glob_escape(text: str) -> str:

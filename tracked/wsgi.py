@@ -38,6 +38,7 @@ from ._web import (
     HEARTBEAT_SECONDS,
     MAX_STREAM_SECONDS,
     Authorize,
+    CancelPolicy,
     EventStream,
     Response,
     StatusRequest,
@@ -62,9 +63,15 @@ def status_app(
     authorize: Authorize | None = None,
     max_stream_seconds: float = MAX_STREAM_SECONDS,
     heartbeat_seconds: float = HEARTBEAT_SECONDS,
+    cancel: CancelPolicy = False,
+    show_errors: bool = True,
 ) -> WSGIApp:
     """A WSGI app serving the status route for ``store`` (None: the process default
     at request time). ``authorize(environ, key)`` returning false answers 403.
+    ``cancel`` (off by default) lets ``DELETE /<name>`` ask a running progress to
+    stop: True for whoever ``authorize`` lets read it, or ``(environ, key) -> bool``
+    per request. ``show_errors=False`` sends ``"error": "failed"`` instead of the
+    exception's text (the store keeps it), in JSON answers and events alike.
 
     A GET accepting ``text/event-stream`` gets Server-Sent Events for at most
     ``max_stream_seconds`` (0: never; such requests get the JSON), with a comment
@@ -73,7 +80,7 @@ def status_app(
     """
     service = StatusService(
         store, authorize=authorize, max_stream_seconds=max_stream_seconds,
-        heartbeat_seconds=heartbeat_seconds,
+        heartbeat_seconds=heartbeat_seconds, cancel=cancel, show_errors=show_errors,
     )
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -134,6 +141,8 @@ class TrackedMiddleware:
         authorize: Authorize | None = None,
         max_stream_seconds: float = MAX_STREAM_SECONDS,
         heartbeat_seconds: float = HEARTBEAT_SECONDS,
+        cancel: CancelPolicy = False,
+        show_errors: bool = True,
     ) -> None:
         if not isinstance(prefix, str) or not prefix.startswith("/"):
             raise tracked.InvalidValue(
@@ -143,7 +152,7 @@ class TrackedMiddleware:
         self.prefix = prefix.rstrip("/")
         self.status = status_app(
             store, authorize=authorize, max_stream_seconds=max_stream_seconds,
-            heartbeat_seconds=heartbeat_seconds,
+            heartbeat_seconds=heartbeat_seconds, cancel=cancel, show_errors=show_errors,
         )
         self.store = self.status.service.store  # type: ignore[attr-defined]
 

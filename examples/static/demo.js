@@ -4,13 +4,14 @@
   'use strict';
 
   const JOBS = {
-    main: {url: 'jobs/main', method: 'POST', status: '_progress_status/demo-job'},
+    background: {url: 'jobs/background', method: 'POST', status: '_progress_status/demo-job'},
     stream: {url: 'jobs/stream', method: 'GET', status: '_progress_status/demo-stream'},
   };
   const el = function (id) {
     return document.getElementById(id);
   };
   let watcher = null;
+  let runs = 0;  // which start() the page is showing: a late answer of an older one is ignored
 
   function setText(id, text) {
     el(id).textContent = text;
@@ -20,6 +21,7 @@
     el('start').disabled = busy;
     el('start-stream').disabled = busy;
     el('stop').disabled = !busy;
+    el('cancel').disabled = !busy;
   }
 
   function reset(progressId) {
@@ -31,6 +33,7 @@
     setText('status', 'starting');
     setText('state', 'waiting');
     setText('progress-id', progressId);
+    setText('result', '–');
   }
 
   function showPercent(percent) {
@@ -80,19 +83,26 @@
     setText('status', message);
   }
 
-  /** The long request: fired and not awaited for the progress; a refusal is shown. */
-  async function runJob(job, progressId) {
-    const response = await fetch(job.url + '?progress_id=' + encodeURIComponent(progressId), {
+  /** Start the job; a refusal is shown. The background job answers 202 at once, and
+   * only then is it watched, at the status URL its Location header names, so the first
+   * poll cannot come before the claim; the streaming job is watched while it streams. */
+  async function runJob(job, progressId, run) {
+    const started = fetch(job.url + '?progress_id=' + encodeURIComponent(progressId), {
       method: job.method,
     });
+    if (job === JOBS.stream) watch(job.status, progressId, run);
+    const response = await started;
     if (!response.ok) {
       const body = await response.json().catch(function () { return null; });
       failed('the job was refused: HTTP ' + response.status + (body && body.error ? ': ' + body.error : ''));
       return;
     }
-    if (job === JOBS.stream && response.body) {
-      await readStream(response.body);
+    if (job === JOBS.stream) {
+      if (response.body) await readStream(response.body);
+      return;
     }
+    const location = response.headers.get('Location');
+    watch(location || job.status, location ? null : progressId, run);
   }
 
   async function readStream(body) {
@@ -107,30 +117,54 @@
     }
   }
 
+  /** Poll ``url`` for the run numbered ``run``, unless another run (or Stop) came since. */
+  function watch(url, progressId, run) {
+    if (run !== runs) return;
+    if (watcher) watcher.stop();
+    const options = {
+      onProgress: showState,
+      onMessage: addMessage,
+      onWaiting: function () { setText('status', 'waiting for the job to start'); },
+      onSuccess: function (state) {
+        setText('result', state.result === null ? 'none (the job returned nothing)' : JSON.stringify(state.result));
+      },
+      onCancel: function () { setText('result', 'stopped on request'); },
+      onDone: finished,
+      onError: function (err) { failed(err.message); },
+    };
+    if (progressId) options.progressId = progressId;
+    watcher = tracked.trackProgress(url, options);
+  }
+
   function start(kind) {
     const job = JOBS[kind];
     const progressId = tracked.newProgressId();
     if (watcher) watcher.stop();
+    watcher = null;
+    runs += 1;
     reset(progressId);
     setBusy(true);
-    runJob(job, progressId).catch(function (err) {
+    runJob(job, progressId, runs).catch(function (err) {
       failed('the job request failed: ' + err.message);
-    });
-    watcher = tracked.trackProgress(job.status, {
-      progressId: progressId,
-      onProgress: showState,
-      onMessage: addMessage,
-      onWaiting: function () { setText('status', 'waiting for the job to start'); },
-      onDone: finished,
-      onError: function (err) { failed(err.message); },
     });
   }
 
-  el('start').addEventListener('click', function () { start('main'); });
+  el('start').addEventListener('click', function () { start('background'); });
   el('start-stream').addEventListener('click', function () { start('stream'); });
+  el('cancel').addEventListener('click', function () {
+    if (!watcher) return;
+    el('cancel').disabled = true;
+    setText('status', 'asking the job to stop');
+    watcher.cancel().then(function (answer) {
+      if (answer.httpStatus !== 202) setText('status', 'not stopped: ' + String(answer.error));
+    }, function (err) {
+      setText('status', 'the stop request failed: ' + err.message);
+    });
+  });
   el('stop').addEventListener('click', function () {
     if (watcher) watcher.stop();
     watcher = null;
+    runs += 1;
     setBusy(false);
     setText('status', 'stopped watching (the job goes on)');
   });

@@ -10,10 +10,16 @@
  *     progressId: id,
  *     onProgress(state) { bar.style.width = (state.percent || 0) + '%'; },
  *     onMessage(text) { const li = document.createElement('li'); li.textContent = text; list.append(li); },
+ *     onSuccess(state) { console.log('finished with', state.result); },
  *     onDone(state) { console.log('ended as', state.state); },
  *     onError(err) { console.error(err.message); },
  *   });
  *   // watcher.stop() stops following; no callback is called after it.
+ *   // watcher.cancel() asks the run to stop (DELETE on the status route, allowed
+ *   // by the server's `cancel=` option): a Promise of the JSON answer (the state
+ *   // with a 202, else {error, status: 'error'}); following goes on (polled or
+ *   // streamed), and the final state reaches onProgress, then onCancel(state) and
+ *   // onDone(state).
  *
  * `transport` picks how states arrive; the callbacks are the same whichever runs:
  *   'auto' (default): the first state is polled (a 404 while the job starts is
@@ -59,11 +65,13 @@
     onMessage: null, // (text, index) once per message, in order
     onGap: null, // (count, firstIndex) when the server dropped messages never received
     onWaiting: null, // (elapsedMs) for each 404 inside startTimeout
+    onSuccess: null, // (state) once, before onDone, when it finished; state.result is its result
+    onCancel: null, // (state) once, before onDone, when it ended cancelled (asked to stop)
     onDone: null, // (state) once, when the progress is no longer in progress
     onError: null, // (err) once, when tracking gives up; err.kind and err.status say why
   };
 
-  /** Start polling `url`; returns {stop()}. See the file header for the options. */
+  /** Start following `url`; returns {stop(), cancel(), stopped, transport}. See the file header. */
   function trackProgress(url, options) {
     if (typeof url !== 'string' || !url) {
       throw new TypeError('trackProgress(url, options): url must be a non-empty string');
@@ -83,6 +91,9 @@
       },
       get transport() {
         return tracker.source ? 'sse' : 'poll';
+      },
+      cancel: function () {
+        return tracker.cancel();
       },
     };
   }
@@ -119,6 +130,33 @@
       this.controller.abort();
       this.controller = null;
     }
+  };
+
+  /**
+   * Ask the run to stop: DELETE on the status URL (with the progressId). Resolves
+   * with the JSON answer and its HTTP status as `answer.httpStatus` (202: asked;
+   * 404, 409, 403, 405: see `answer.error`); rejects on a network failure. The
+   * tracker keeps following (an open stream pushes the final state; a poller looks
+   * again soon), so the final state arrives by the usual callbacks.
+   */
+  Tracker.prototype.cancel = async function () {
+    let url = this.url;
+    if (this.opts.progressId) {
+      url += (url.indexOf('?') === -1 ? '?' : '&') + 'progress_id=' + encodeURIComponent(this.opts.progressId);
+    }
+    const response = await fetch(url, {
+      method: 'DELETE',
+      headers: {Accept: 'application/json'},
+      cache: 'no-store',
+      credentials: 'same-origin',
+    });
+    const body = (await readJson(response)) || {error: response.statusText, status: 'error'};
+    body.httpStatus = response.status;
+    if (response.status === 202 && !this.stopped && this.timer !== null) {
+      clearTimeout(this.timer); // look again soon: the run stops within about a tick
+      this.schedule(Math.min(this.opts.interval, 200));
+    }
+    return body;
   };
 
   Tracker.prototype.pollUrl = function () {
@@ -232,6 +270,8 @@
     if (this.stopped) return;
     if (state.in_progress === false) {
       this.stop();
+      if (state.state === 'finished') call(this.opts.onSuccess, state);
+      if (state.state === 'cancelled') call(this.opts.onCancel, state);
       call(this.opts.onDone, state);
       return;
     }
