@@ -12,7 +12,10 @@ anyone who knows the unguessable progress_id may stop that run).
 request occupies its worker for the whole job, so the status polls must be
 served by other workers (or threads). Hence gunicorn with
 several workers, all sharing one FileStore directory (``--store`` or
-``$TRACKED_STORE``).
+``$TRACKED_STORE``). With ``--threads`` > 1 (gunicorn ``gthread`` workers) the
+status route also streams Server-Sent Events, which tracked.js then follows;
+under sync workers an open stream would hold a whole worker, so the demo turns
+streams off (``max_stream_seconds=0``) and the page polls.
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ class DemoConfig:
     store: str
     seconds: float = 10.0
     steps: int = 50
+    #: Serve Server-Sent Events: only with threads, as an open stream holds its
+    #: worker; without, event-stream requests get JSON and tracked.js polls.
+    streams: bool = False
 
     @property
     def pause(self) -> float:
@@ -58,7 +64,10 @@ class DemoConfig:
 def make_app(config: DemoConfig) -> bottle.Bottle:
     """The demo's Bottle app: the page, its scripts, three job routes and the status route."""
     app = bottle.Bottle()
-    app.install(TrackedPlugin(store=tracked.FileStore(config.store), cancel=True))
+    app.install(TrackedPlugin(
+        store=tracked.FileStore(config.store), cancel=True,
+        max_stream_seconds=60 if config.streams else 0,
+    ))
     tracked.configure(exit_timeout=GRACEFUL_TIMEOUT - 2)
 
     @app.get("/")
@@ -259,7 +268,8 @@ def serve_waitress(app: bottle.Bottle, args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
-        config = DemoConfig(store=args.store, seconds=args.seconds, steps=args.steps)
+        config = DemoConfig(store=args.store, seconds=args.seconds, steps=args.steps,
+                            streams=args.server == "gunicorn" and args.threads > 1)
         app = make_app(config)
     except tracked.TrackedError as exc:
         sys.exit(f"{sys.argv[0]}: error: {exc}")

@@ -202,6 +202,7 @@ def start_tracker(page: Page, name: str, fake: FakeStatus, **options: Any) -> No
     url = f"/fake/{name}"
     page.route(f"**/fake/{name}?*", fake)
     options.setdefault("interval", 10)
+    options.setdefault("transport", "poll")  # these scripted answers are polls
     page.evaluate(TRACKER_JS, [name, url, options])
 
 

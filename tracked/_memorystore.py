@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn
 
 from ._state import State
@@ -23,6 +23,8 @@ class MemoryStore(Store):
         self._lock = threading.Lock()
         self._parts: dict[str, dict[tuple[str, str], SharedPart]] = {}
         self._pid = os.getpid()
+        #: Called with a key after each write of it (``tracked._watch`` wakes streams).
+        self._watchers: list[Callable[[str, State | None], None]] = []
         self._cancels: set[tuple[str, str]] = set()  # (key, run) asked to stop
 
     def __repr__(self) -> str:
@@ -33,6 +35,7 @@ class MemoryStore(Store):
         with self._lock:
             claim_or_raise(self._records.get(key), key)
             self._records[key] = Record(state, owner)
+        self._changed(key, state)
 
     def save(self, state: State, owner: Owner) -> None:
         key = state.key
@@ -43,6 +46,7 @@ class MemoryStore(Store):
                     f"progress {key!r} belongs to another run now; not overwriting it"
                 )
             self._records[key] = Record(state, owner)
+        self._changed(key, state)
 
     # ------------------------------------------------------------------ shared runs
     # Joined handles in this same process (threads) work; other processes cannot see
@@ -98,7 +102,13 @@ class MemoryStore(Store):
     def delete(self, key: str) -> bool:
         with self._lock:
             self._parts.pop(key, None)
-            return self._records.pop(key, None) is not None
+            deleted = self._records.pop(key, None) is not None
+        self._changed(key, None)
+        return deleted
+
+    def _changed(self, key: str, state: State | None) -> None:
+        for watcher in self._watchers:
+            watcher(key, state)
 
     def prune(self, older_than: float) -> int:
         cutoff = time.time() - older_than

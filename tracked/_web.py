@@ -5,8 +5,17 @@ terms (a ``StatusRequest``: method, the name below the prefix, the raw query
 string, the few headers that matter) and sends back the ``Response`` that
 ``StatusService.handle`` returns. Every decision lives here, so adapters cannot
 drift apart: the storage key from name and progress_id, ``since``, rendering,
-ETag and 304, the caches, JSON errors and 405s. The one reading of a client's
+ETag and 304, the caches, JSON errors and 405s, ``DELETE`` (cancel) and
+``show_errors``. The one reading of a client's
 ``progress_id`` (query, form field, ``X-Progress-Id`` header) lives here too.
+
+Server-Sent Events on the same URL (``Accept: text/event-stream``): ``open``
+answers either a ``Response`` (every error, decided before a stream starts) or
+an ``EventStream``, whose ``steps`` generator is the whole schedule of the
+stream, free of I/O: it yields ``bytes`` to send, ``Wait(seconds)`` (the driver
+waits that long for a change and sends back ``subscription.wait``'s answer) and
+``LOAD`` (the driver reads the record and sends back the state). ``SyncEvents``
+drives it for WSGI servers; ``tracked.asgi`` drives it on an event loop.
 """
 
 from __future__ import annotations
@@ -19,23 +28,32 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
 import tracked
 
+from . import _watch
+
 __all__ = [
     "ALLOW",
+    "EVENT_STREAM_TYPE",
     "JSON_TYPE",
+    "LOAD",
     "Authorize",
     "CancelPolicy",
+    "EventStream",
     "RenderCache",
     "Rendered",
     "Response",
     "StatusRequest",
     "StatusService",
+    "SyncEvents",
+    "Wait",
     "error",
+    "event_schedule",
+    "form_progress_ids",
     "query_values",
     "render",
     "requested_progress_id",
@@ -60,6 +78,26 @@ PROGRESS_ID_HEADER = "X-Progress-Id"
 _SINCE = re.compile(r"[0-9]{1,15}")
 _NO_STORE = ("Cache-Control", "no-store")
 
+EVENT_STREAM_TYPE = "text/event-stream"
+#: Seconds between two comment lines on an idle stream (proxies close silent ones).
+HEARTBEAT_SECONDS = 15.0
+#: Seconds a stream lasts at most; the client then reconnects with ``Last-Event-ID``.
+MAX_STREAM_SECONDS = 60.0
+#: Seconds after which a stream re-reads its record even without a change signal
+#: (an owner that died writes nothing: the record then reads ``abandoned``).
+RECHECK_SECONDS = 5.0
+#: Milliseconds a browser waits before reconnecting a closed stream (``retry:``).
+RETRY_MS = 1000
+#: The ``id`` of the event that ends a stream after the final state; a reconnect
+#: carrying it gets 204, which tells an ``EventSource`` to stop.
+END_ID = "end"
+_EVENT_ID = re.compile(r"([0-9]{1,15})(?:/(-?[0-9]{1,20}))?")
+_EVENT_HEADERS = (
+    ("Content-Type", EVENT_STREAM_TYPE),
+    _NO_STORE,
+    ("X-Accel-Buffering", "no"),
+)
+
 
 @dataclasses.dataclass(slots=True)
 class StatusRequest:
@@ -77,6 +115,8 @@ class StatusRequest:
     progress_id_header: str | None = None
     prefix: str = ""
     native: Any = None
+    accept: str | None = None
+    last_event_id: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -112,6 +152,8 @@ class StatusService:
         store: tracked.Store | str | os.PathLike[str] | None = None,
         *,
         authorize: Authorize | None = None,
+        max_stream_seconds: float = MAX_STREAM_SECONDS,
+        heartbeat_seconds: float = HEARTBEAT_SECONDS,
         cancel: CancelPolicy = False,
         show_errors: bool = True,
     ) -> None:
@@ -119,8 +161,18 @@ class StatusService:
             raise tracked.InvalidValue(f"authorize must be callable, got {authorize!r}")
         if not isinstance(cancel, bool) and not callable(cancel):
             raise tracked.InvalidValue(f"cancel must be a bool or a callable, got {cancel!r}")
+        for what, value in (("max_stream_seconds", max_stream_seconds),
+                            ("heartbeat_seconds", heartbeat_seconds)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise tracked.InvalidValue(
+                    f"{what} must be a number of seconds >= 0, got {value!r}"
+                )
+        if not heartbeat_seconds:
+            raise tracked.InvalidValue("heartbeat_seconds must be > 0")
         self.store = None if store is None else tracked.open_store(store)
         self.authorize = authorize
+        self.max_stream_seconds = float(max_stream_seconds)
+        self.heartbeat_seconds = float(heartbeat_seconds)
         self.cancel = cancel
         self.show_errors = bool(show_errors)
         self._cache: RenderCache | None = None
@@ -152,6 +204,70 @@ class StatusService:
             return error(404, f"no progress {shown!r}")
         return respond(rendered, request.if_none_match)
 
+    def cached(self, request: StatusRequest) -> Response | None:
+        """The answer when it needs no store read and no user code: a GET or HEAD of a
+        FileStore record whose rendered body is cached and whose file is unchanged
+        (one ``stat``), without ``authorize``; else None (ask ``open``). Lets an event
+        loop answer the common poll without a thread hop."""
+        if (
+            self.authorize is not None
+            or (request.method != "GET" and request.method != "HEAD")
+            or (request.method == "GET" and self.max_stream_seconds
+                and wants_events(request.accept))
+        ):
+            return None
+        cache = self._cache
+        if cache is None or cache._files is None or cache.store is not (
+            self.store or tracked.default_store()
+        ):
+            return None
+        try:
+            key, since = self._key_and_since(request)
+        except tracked.TrackedError:
+            return None
+        rendered = cache.get(key, since, cache.signature(key), time.monotonic())
+        return None if rendered is None else respond(rendered, request.if_none_match)
+
+    def open(self, request: StatusRequest) -> Response | EventStream:
+        """``handle``, or an event stream for a GET that accepts ``text/event-stream``
+        (while ``max_stream_seconds`` is not 0): the same checks and errors first."""
+        if (
+            request.method != "GET"
+            or not self.max_stream_seconds
+            or not wants_events(request.accept)
+        ):
+            return self.handle(request)
+        try:
+            key, since = self._key_and_since(request)
+            resume = _resume(request.last_event_id)
+        except tracked.TrackedError as exc:
+            return error(400, str(exc))
+        if self.authorize is not None and not self.authorize(request.native, key):
+            return error(403, "not allowed to read this progress")
+        if resume == END_ID:
+            return Response(204, (_NO_STORE,))
+        store = self.store or tracked.default_store()
+        subscription = _watch.subscribe(store, key)  # before reading: no change is missed
+        try:
+            state = store.load(key)
+        except Exception as exc:  # noqa: BLE001 - a store or record problem, never HTML
+            subscription.close()
+            logger.warning("tracked: status route cannot read %r: %s", key, exc)
+            return error(500, "the progress store cannot be read")
+        if state is None:
+            subscription.close()
+            shown = key.replace("\0", "?progress_id=")
+            return error(404, f"no progress {shown!r}")
+        cursor = since
+        if isinstance(resume, tuple):
+            count, run = resume
+            cursor = count if run is None or run == _run_id(state) else 0
+        steps = event_schedule(
+            state, cursor, heartbeat=self.heartbeat_seconds, max_seconds=self.max_stream_seconds,
+            show_errors=self.show_errors,
+        )
+        return EventStream(_EVENT_HEADERS, key, store, subscription, steps)
+
     def _key_and_since(self, request: StatusRequest) -> tuple[str, int]:
         """The storage key and message cursor a request names; ``TrackedError`` if bad."""
         query = request.query
@@ -182,7 +298,6 @@ class StatusService:
         rendered = render(self._shown(state.messages_since(since) if since else state))
         cache.put(key, since, signature, rendered, state.in_progress, now)
         return rendered
-
 
     def _shown(self, state: tracked.State) -> tracked.State:
         """``state`` as readers of the route see it: with ``show_errors=False`` a failed
@@ -297,6 +412,234 @@ def _bounded_put(table: dict[Any, Any], key: Any, value: Any, limit: int) -> Non
     table[key] = value
 
 
+# ----------------------------------------------------------------------------- events
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Wait:
+    """A schedule step: wait up to ``seconds`` for a change of the record, then send
+    the generator ``Subscription.wait``'s ``(changed, state or None)``."""
+
+    seconds: float
+
+
+class _Load:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "LOAD"
+
+
+#: A schedule step: read the record (it may block) and send the generator the state.
+LOAD = _Load()
+Step = bytes | Wait | _Load
+Schedule = Generator[Step, Any, None]
+
+
+@dataclasses.dataclass(slots=True)
+class EventStream:
+    """An accepted event stream: the headers of its 200, and the schedule to drive."""
+
+    headers: tuple[tuple[str, str], ...]
+    key: str
+    store: tracked.Store
+    subscription: _watch.Subscription
+    steps: Schedule
+
+    def close(self) -> None:
+        """End the schedule and stop following the record (idempotent)."""
+        self.steps.close()
+        self.subscription.close()
+
+
+class SyncEvents:
+    """A WSGI body driving an ``EventStream`` in the server's thread: lazy, and its
+    ``close()`` (called by the server when the client has gone) ends the stream."""
+
+    __slots__ = ("_closed", "_stream")
+
+    def __init__(self, stream: EventStream) -> None:
+        self._stream = stream
+        self._closed = False
+
+    def __iter__(self) -> SyncEvents:
+        return self
+
+    def __next__(self) -> bytes:
+        stream = self._stream
+        value: Any = None
+        while not self._closed:
+            try:
+                step = stream.steps.send(value)
+            except StopIteration:
+                break
+            if isinstance(step, bytes):
+                return step
+            if isinstance(step, Wait):
+                value = stream.subscription.wait(step.seconds)
+                continue
+            try:
+                value = stream.store.load(stream.key)
+            except Exception as exc:  # noqa: BLE001 - end the stream; a reconnect gets the 500
+                logger.warning("tracked: event stream cannot read %r: %s", stream.key, exc)
+                break
+        self.close()
+        raise StopIteration
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._stream.close()
+
+
+def wants_events(accept: str | None) -> bool:
+    """Whether an ``Accept`` header asks for ``text/event-stream`` (with a q above 0)."""
+    if not accept or EVENT_STREAM_TYPE not in accept.lower():
+        return False
+    for media_range in accept.lower().split(","):
+        kind, _, params = media_range.partition(";")
+        if kind.strip() != EVENT_STREAM_TYPE:
+            continue
+        for param in params.split(";"):
+            name, _, value = param.partition("=")
+            if name.strip() == "q":
+                try:
+                    return float(value) > 0
+                except ValueError:
+                    return False
+        return True
+    return False
+
+
+def _resume(last_event_id: str | None) -> tuple[int, int | None] | str | None:
+    """What a ``Last-Event-ID`` says: nothing, the end, or (message cursor, run)."""
+    if last_event_id is None or not last_event_id.strip():
+        return None
+    text = last_event_id.strip()
+    if text == END_ID:
+        return END_ID
+    match = _EVENT_ID.fullmatch(text)
+    if match is None:
+        raise tracked.InvalidValue(
+            f"Last-Event-ID must be an event id this route sent, got {text[:80]!r}"
+        )
+    run = match.group(2)
+    return int(match.group(1)), None if run is None else int(run)
+
+
+def _run_id(state: tracked.State) -> int:
+    """Which run of a name a state belongs to: its start time in milliseconds."""
+    return round(state.start_time * 1000)
+
+
+def event_id(state: tracked.State) -> str:
+    """The cursor an event carries: ``<message_count>/<run>``, resumable as ``Last-Event-ID``."""
+    return f"{state.message_count}/{_run_id(state)}"
+
+
+def _event(
+    state: tracked.State, cursor: int, *, retry: bool = False, show_errors: bool = True
+) -> bytes:
+    """One event: the wire JSON of ``state`` with the messages from ``cursor`` on
+    (with ``show_errors=False``, a failed run's error text reads ``"failed"``, as in
+    the JSON answers: see ``StatusService._shown``).
+
+    Streams that follow one key get the very same ``State`` object from their
+    watcher, mostly at the same cursor: each event is rendered once for all of them.
+    """
+    hide = not show_errors and state.error is not None
+    if not retry:
+        cached = _EVENTS.get((id(state), cursor, hide))
+        if cached is not None and cached[0] is state:
+            return cached[1]
+    shown = state.messages_since(cursor) if cursor else state
+    if hide:
+        shown = dataclasses.replace(shown, error="failed")
+    data = json.dumps(shown.to_dict(), ensure_ascii=False, separators=(",", ":"))
+    head = f"retry: {RETRY_MS}\n" if retry else ""
+    event = f"{head}id: {event_id(state)}\ndata: {data}\n\n".encode()
+    if not retry:
+        _bounded_put(_EVENTS, (id(state), cursor, hide), (state, event), 256)
+    return event
+
+
+#: (id of a State, cursor, errors hidden) -> (that State, its event): the State is kept so
+#: its id stays its own.
+_EVENTS: dict[tuple[int, int, bool], tuple[tracked.State, bytes]] = {}
+
+
+_END_EVENT = f"event: end\nid: {END_ID}\ndata: {{}}\n\n".encode()
+_PING = b": ping\n\n"
+
+
+def event_schedule(
+    state: tracked.State,
+    cursor: int,
+    *,
+    heartbeat: float = HEARTBEAT_SECONDS,
+    max_seconds: float = MAX_STREAM_SECONDS,
+    recheck: float = RECHECK_SECONDS,
+    clock: Callable[[], float] = time.monotonic,
+    show_errors: bool = True,
+) -> Schedule:
+    """The events of one stream, starting from ``state`` (just read) and ``cursor``
+    (the messages the client has).
+
+    The first event is the whole state with the messages from ``cursor`` on; each
+    later event carries the new messages only, and is sent only when the state
+    changed. After a final state, an ``end`` event closes the stream. A comment
+    line goes out after ``heartbeat`` seconds without an event; after
+    ``max_seconds`` the stream stops (the client resumes with ``Last-Event-ID``).
+    A state that came with the change is used when it holds every message from
+    the cursor on; else the record is read (``LOAD``), as after ``recheck`` seconds
+    without either (an owner that died writes nothing: it then reads ``abandoned``).
+    ``show_errors=False`` replaces a failed run's error text by ``"failed"``.
+    """
+    now = clock()
+    deadline = now + max_seconds
+    run = _run_id(state)
+    yield _event(state, cursor, retry=True, show_errors=show_errors)
+    sent, cursor, last_emit, last_read = state, state.message_count, now, now
+    while sent.in_progress:
+        now = clock()
+        if now >= deadline:
+            return
+        wake_at = min(deadline, last_emit + heartbeat, last_read + recheck)
+        changed, latest = yield Wait(max(0.0, wake_at - now))
+        now = clock()
+        if not changed and now < last_read + recheck:
+            if now >= deadline:
+                return
+            if now >= last_emit + heartbeat:
+                yield _PING
+                last_emit = now
+            continue
+        if latest is not None and _continues(latest, sent, run, cursor):
+            current, last_read = latest, now  # what the owner just wrote: as good as a read
+        else:
+            current = yield LOAD
+            last_read = clock()
+        if current is None:
+            return  # deleted: the stream ends; a reconnect gets the 404
+        if current == sent:
+            continue
+        if _run_id(current) != run:  # the name was started again: all of the new run
+            run, cursor = _run_id(current), 0
+        yield _event(current, cursor, show_errors=show_errors)
+        sent, cursor, last_emit = current, current.message_count, now
+    yield _END_EVENT
+
+
+def _continues(latest: tracked.State, sent: tracked.State, run: int, cursor: int) -> bool:
+    """Whether a state that came with a change can be sent as is: same run, not older
+    than what was sent, holding every message from the cursor on."""
+    return (
+        _run_id(latest) == run
+        and latest.current_time >= sent.current_time
+        and latest.first_message_index <= cursor <= latest.message_count
+    )
+
+
 # ----------------------------------------------------------------------------- requests
 
 
@@ -352,6 +695,45 @@ def requested_progress_id(
                 f"(query, form field and {PROGRESS_ID_HEADER} header must agree)"
             )
     return storage_key(None, first)
+
+
+#: Bodies whose fields may carry the client's progress_id.
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+#: Largest body a middleware reads for a ``progress_id`` field (bigger uploads:
+#: put it in the query or the header).
+FORM_LIMIT = 1 << 20
+
+
+def form_progress_ids(content_type: str | None, body: bytes) -> list[str]:
+    """The ``progress_id`` fields of a urlencoded or multipart ``body`` (UTF-8); none
+    for other bodies. A body that cannot be read as its form is ``InvalidValue``."""
+    kind = (content_type or "").lower()
+    if kind.startswith(FORM_TYPES[0]):
+        try:
+            text = body.decode("utf-8")
+            fields = parse_qsl(text, keep_blank_values=True, errors="strict")
+        except (UnicodeDecodeError, ValueError):
+            raise tracked.InvalidValue("the request body cannot be read as a form") from None
+        return [value for name, value in fields if name == "progress_id"]
+    if kind.startswith(FORM_TYPES[1]):
+        import email.parser
+        import email.policy
+
+        head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1")
+        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+        if not message.is_multipart():
+            raise tracked.InvalidValue("the request body cannot be read as a form")
+        found = []
+        for part in message.iter_parts():
+            if part.get_param("name", header="content-disposition") != "progress_id":
+                continue
+            payload = part.get_payload(decode=True)
+            try:
+                found.append(payload.decode("utf-8") if isinstance(payload, bytes) else "")
+            except UnicodeDecodeError:
+                raise tracked.InvalidName("a progress_id must be UTF-8 text") from None
+        return found
+    return []
 
 
 @functools.lru_cache(maxsize=4096)

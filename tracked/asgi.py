@@ -4,9 +4,18 @@
 (``app.mount("/_progress_status", status_app(store))``): it routes on the
 request path below ``root_path``. Store reads block, so each request's answer
 is computed in a worker thread (``asyncio.to_thread``) and the event loop never
-waits on a file or a Redis round trip. No dependency beyond the standard
-library: every decision is the framework-free service's (``tracked._web``);
-this module only converts between ASGI and it.
+waits on a file read or a Redis round trip; only an answer already rendered for
+an unchanged FileStore record (checked with one ``stat``) is sent from the loop.
+No dependency beyond the standard library: every decision is the framework-free
+service's (``tracked._web``); this module only converts between ASGI and it.
+
+``TrackedMiddleware(app, store)`` wraps a whole ASGI app (FastAPI, Starlette):
+it serves the status route under ``prefix`` and runs every other request in the
+request scope, so ``@tracked`` endpoints combine the client's ``progress_id``
+(query, form field or ``X-Progress-Id``, read as the Bottle plugin reads it)
+with their names::
+
+    app.add_middleware(TrackedMiddleware, store=store)   # or TrackedMiddleware(app, store)
 """
 
 from __future__ import annotations
@@ -18,9 +27,25 @@ from typing import Any
 
 import tracked
 
-from ._web import Authorize, CancelPolicy, Response, StatusRequest, StatusService
+from ._scope import RequestScope, request_scope
+from ._web import (
+    FORM_LIMIT,
+    FORM_TYPES,
+    HEARTBEAT_SECONDS,
+    MAX_STREAM_SECONDS,
+    Authorize,
+    CancelPolicy,
+    EventStream,
+    Response,
+    StatusRequest,
+    StatusService,
+    Wait,
+    error,
+    form_progress_ids,
+    requested_progress_id,
+)
 
-__all__ = ["status_app"]
+__all__ = ["TrackedMiddleware", "status_app"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -33,6 +58,8 @@ def status_app(
     store: tracked.Store | str | os.PathLike[str] | None = None,
     *,
     authorize: Authorize | None = None,
+    max_stream_seconds: float = MAX_STREAM_SECONDS,
+    heartbeat_seconds: float = HEARTBEAT_SECONDS,
     cancel: CancelPolicy = False,
     show_errors: bool = True,
 ) -> ASGIApp:
@@ -42,8 +69,18 @@ def status_app(
     default) lets ``DELETE /<name>`` ask a running progress to stop: True for
     whoever ``authorize`` lets read it, or ``(scope, key) -> bool`` per request.
     ``show_errors=False`` sends ``"error": "failed"`` instead of the exception's
-    text (the store keeps it)."""
-    service = StatusService(store, authorize=authorize, cancel=cancel, show_errors=show_errors)
+    text (the store keeps it), in JSON answers and events alike.
+
+    A GET accepting ``text/event-stream`` gets Server-Sent Events for at most
+    ``max_stream_seconds`` (0: never), with a comment line after
+    ``heartbeat_seconds`` of silence. A waiting stream holds no thread: it waits
+    on the event loop for its store's change signal; only store reads run in a
+    worker thread.
+    """
+    service = StatusService(
+        store, authorize=authorize, max_stream_seconds=max_stream_seconds,
+        heartbeat_seconds=heartbeat_seconds, cancel=cancel, show_errors=show_errors,
+    )
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -52,8 +89,14 @@ def status_app(
             return
         if kind != "http":
             raise ValueError(f"the tracked status app serves HTTP only, not {kind!r}")
-        answer = await asyncio.to_thread(service.handle, _request(scope))
-        await _send(answer, scope["method"] == "HEAD", send)
+        request = _request(scope)
+        answer: Response | EventStream | None = service.cached(request)
+        if answer is None:
+            answer = await asyncio.to_thread(service.open, request)
+        if isinstance(answer, EventStream):
+            await _stream(answer, receive, send)
+        else:
+            await _send(answer, scope["method"] == "HEAD", send)
 
     app.service = service  # type: ignore[attr-defined]
     return app
@@ -67,7 +110,7 @@ def _request(scope: Scope) -> StatusRequest:
         path = path[len(root) :]
     headers: dict[bytes, str] = {}
     for name, value in scope.get("headers", ()):
-        if name in (b"if-none-match", b"x-progress-id"):
+        if name in _HEADERS:
             text = value.decode("latin-1")
             headers[name] = f"{headers[name]}, {text}" if name in headers else text
     return StatusRequest(
@@ -78,17 +121,76 @@ def _request(scope: Scope) -> StatusRequest:
         headers.get(b"x-progress-id"),
         root,
         scope,
+        headers.get(b"accept"),
+        headers.get(b"last-event-id"),
     )
+
+
+_HEADERS = frozenset((b"if-none-match", b"x-progress-id", b"accept", b"last-event-id"))
+
+
+async def _stream(stream: EventStream, receive: Receive, send: Send) -> None:
+    """Drive an event stream on the loop: wait for changes without a thread, read
+    the store in one, stop when the client disconnects (or a send fails)."""
+    gone = False
+
+    async def listen() -> None:
+        nonlocal gone
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                gone = True
+                stream.subscription.notify()  # wake a waiting schedule now
+                return
+
+    listener = asyncio.create_task(listen())
+    try:
+        headers = [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in stream.headers]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        value: Any = None
+        while not gone:
+            try:
+                step = stream.steps.send(value)
+            except StopIteration:
+                break
+            value = None
+            if isinstance(step, bytes):
+                await send({"type": "http.response.body", "body": step, "more_body": True})
+            elif isinstance(step, Wait):
+                value = await stream.subscription.wait_async(step.seconds)
+            else:
+                try:
+                    value = await asyncio.to_thread(stream.store.load, stream.key)
+                except Exception:  # noqa: BLE001 - end the stream; a reconnect gets the 500
+                    break
+        if not gone:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+    except OSError:
+        pass  # the client went away (ASGI 2.4 servers raise it from send)
+    finally:
+        listener.cancel()
+        stream.close()
 
 
 async def _send(answer: Response, head: bool, send: Send) -> None:
     """Send one complete answer; a HEAD gets the headers of the GET, without the body."""
-    headers = [(name.lower().encode("latin-1"), value.encode("latin-1"))
-               for name, value in answer.headers]
-    if answer.status not in (204, 304):
-        headers.append((b"content-length", str(len(answer.body)).encode("ascii")))
+    cached = _ENCODED.get(id(answer))
+    if cached is not None and cached[0] is answer:
+        headers = list(cached[1])
+    else:
+        headers = [(name.lower().encode("latin-1"), value.encode("latin-1"))
+                   for name, value in answer.headers]
+        if answer.status not in (204, 304):
+            headers.append((b"content-length", str(len(answer.body)).encode("ascii")))
+        if len(_ENCODED) >= 1024:
+            _ENCODED.clear()
+        _ENCODED[id(answer)] = (answer, tuple(headers))
     await send({"type": "http.response.start", "status": answer.status, "headers": headers})
     await send({"type": "http.response.body", "body": b"" if head else answer.body})
+
+
+#: id of a Response -> (it, its encoded headers): cached answers are sent as they are.
+_ENCODED: dict[int, tuple[Response, tuple[tuple[bytes, bytes], ...]]] = {}
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
@@ -100,3 +202,107 @@ async def _lifespan(receive: Receive, send: Send) -> None:
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+class TrackedMiddleware:
+    """Wrap an ASGI app: serve the status route under ``prefix``; run every other
+    HTTP request with the client's ``progress_id`` and ``store`` in the request scope
+    (a context variable: async endpoints and the threads Starlette runs sync ones
+    in both see it).
+
+    A request whose ``progress_id`` sources disagree, or is not a valid id, gets a
+    JSON 400 and never reaches ``app``. A urlencoded or multipart body of at most
+    ``FORM_LIMIT`` bytes (1 MiB) is read for a ``progress_id`` field and replayed
+    to ``app``; for larger uploads, send it in the query or the header. The other
+    options are ``status_app``'s; other scopes (lifespan, websocket) go to ``app``.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        store: tracked.Store | str | os.PathLike[str] | None = None,
+        *,
+        prefix: str = "/_progress_status",
+        authorize: Authorize | None = None,
+        max_stream_seconds: float = MAX_STREAM_SECONDS,
+        heartbeat_seconds: float = HEARTBEAT_SECONDS,
+        cancel: CancelPolicy = False,
+        show_errors: bool = True,
+    ) -> None:
+        if not isinstance(prefix, str) or not prefix.startswith("/"):
+            raise tracked.InvalidValue(
+                f"prefix must be a URL path starting with '/', got {prefix!r}"
+            )
+        self.app = app
+        self.prefix = prefix.rstrip("/")
+        self.status = status_app(
+            store, authorize=authorize, max_stream_seconds=max_stream_seconds,
+            heartbeat_seconds=heartbeat_seconds, cancel=cancel, show_errors=show_errors,
+        )
+        self.store = self.status.service.store  # type: ignore[attr-defined]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        root = scope.get("root_path", "")
+        path: str = scope["path"]
+        local = path[len(root) :] if root and path.startswith(root) else path
+        if local == self.prefix or local.startswith(self.prefix + "/"):
+            await self.status({**scope, "root_path": root + self.prefix}, receive, send)
+            return
+        headers = dict(scope.get("headers", ()))
+        try:
+            form: list[str] = []
+            content_type = headers.get(b"content-type", b"").decode("latin-1")
+            if content_type.lower().startswith(FORM_TYPES):
+                body, receive = await _read_small_body(headers, receive)
+                if body is not None:
+                    form = form_progress_ids(content_type, body)
+            header = headers.get(b"x-progress-id")
+            progress_id = requested_progress_id(
+                scope.get("query_string", b"").decode("latin-1"),
+                None if header is None else header.decode("latin-1"),
+                form,
+            )
+        except tracked.TrackedError as exc:
+            await _send(error(400, str(exc)), False, send)
+            return
+        token = request_scope.set(RequestScope(progress_id, self.store))
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            request_scope.reset(token)
+
+
+async def _read_small_body(
+    headers: dict[bytes, bytes], receive: Receive
+) -> tuple[bytes | None, Receive]:
+    """The whole body when it declares at most FORM_LIMIT bytes, and a ``receive``
+    that replays it to the app; (None, receive) for any other body."""
+    try:
+        length = int(headers.get(b"content-length", b""))
+    except ValueError:
+        return None, receive
+    if not 0 < length <= FORM_LIMIT:
+        return None, receive
+    chunks: list[bytes] = []
+    pending: list[Message] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            pending.append(message)
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    body = b"".join(chunks)
+    replay: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
+    replay.extend(pending)
+
+    async def replaying() -> Message:
+        if replay:
+            return replay.pop(0)
+        return await receive()
+
+    return body, replaying

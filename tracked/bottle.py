@@ -29,10 +29,14 @@ import tracked
 from ._decorator import SizedGenerator
 from ._scope import RequestScope, request_scope
 from ._web import (
+    HEARTBEAT_SECONDS,
+    MAX_STREAM_SECONDS,
     Authorize,
     CancelPolicy,
+    EventStream,
     StatusRequest,
     StatusService,
+    SyncEvents,
     error,
     render,
     requested_progress_id,
@@ -60,9 +64,11 @@ class TrackedPlugin:
     ask a running progress to stop: True for whoever ``authorize`` lets read it, or
     ``(request, key) -> bool`` deciding per request (403 when it says no).
     ``show_errors=False`` sends ``"error": "failed"`` to readers instead of the
-    exception's text, which the store keeps for ``tracked show``. ``key`` is the
-    name, the progress_id, or both joined by NUL, as ``tracked.State(name,
-    progress_id).key`` builds it.
+    exception's text, which the store keeps for ``tracked show`` (in JSON answers
+    and events alike). ``key`` is the name, the progress_id, or both joined by NUL,
+    as ``tracked.State(name, progress_id).key`` builds it. A GET accepting
+    ``text/event-stream`` gets Server-Sent Events for at most ``max_stream_seconds``
+    (0: never), with a comment line after ``heartbeat_seconds`` of silence.
     """
 
     name = "tracked"
@@ -75,13 +81,17 @@ class TrackedPlugin:
         authorize: Authorize | None = None,
         cancel: CancelPolicy = False,
         show_errors: bool = True,
+        *,
+        max_stream_seconds: float = MAX_STREAM_SECONDS,
+        heartbeat_seconds: float = HEARTBEAT_SECONDS,
     ) -> None:
         if not isinstance(prefix, str) or not prefix.startswith("/") or "<" in prefix:
             raise tracked.InvalidValue(
                 f"prefix must be a URL path starting with '/' and without '<', got {prefix!r}"
             )
         self.service = StatusService(
-            store, authorize=authorize, cancel=cancel, show_errors=show_errors
+            store, authorize=authorize, cancel=cancel, show_errors=show_errors,
+            max_stream_seconds=max_stream_seconds, heartbeat_seconds=heartbeat_seconds,
         )
         self.store = self.service.store
         self.prefix = prefix.rstrip("/")
@@ -148,9 +158,15 @@ class TrackedPlugin:
             environ.get("HTTP_X_PROGRESS_ID"),
             self.prefix,
             bottle.request,
+            environ.get("HTTP_ACCEPT"),
+            environ.get("HTTP_LAST_EVENT_ID"),
         )
-        answer = self.service.handle(request)
+        answer = self.service.open(request)
         response = bottle.response
+        if isinstance(answer, EventStream):
+            for header, value in answer.headers:
+                response.set_header(header, value)
+            return SyncEvents(answer)
         response.status = answer.status
         for header, value in answer.headers:
             response.set_header(header, value)

@@ -1,5 +1,5 @@
 /*
- * tracked.js: poll a `tracked` status route from a browser.
+ * tracked.js: follow a `tracked` status route from a browser, pushed or polled.
  *
  * Plain ES2017, no dependency, no build step. Load it with a <script> tag and use
  * the global `tracked`, or require() it where `module.exports` exists.
@@ -14,11 +14,23 @@
  *     onDone(state) { console.log('ended as', state.state); },
  *     onError(err) { console.error(err.message); },
  *   });
- *   // watcher.stop() stops polling; no callback is called after it.
+ *   // watcher.stop() stops following; no callback is called after it.
  *   // watcher.cancel() asks the run to stop (DELETE on the status route, allowed
  *   // by the server's `cancel=` option): a Promise of the JSON answer (the state
- *   // with a 202, else {error, status: 'error'}); polling goes on, and the final
- *   // state reaches onProgress, then onCancel(state) and onDone(state).
+ *   // with a 202, else {error, status: 'error'}); following goes on (polled or
+ *   // streamed), and the final state reaches onProgress, then onCancel(state) and
+ *   // onDone(state).
+ *
+ * `transport` picks how states arrive; the callbacks are the same whichever runs:
+ *   'auto' (default): the first state is polled (a 404 while the job starts is
+ *     waited out as usual), then Server-Sent Events follow it (`EventSource`, same
+ *     URL, `Accept: text/event-stream`). When a stream fails twice without
+ *     delivering anything (the server refuses streams, a proxy breaks them), the
+ *     tracker polls instead, with its backoff. No EventSource: it polls.
+ *   'sse': streams only; each failed stream counts as a failed poll (backoff,
+ *     then `gave_up` after maxRetries).
+ *   'poll': polls every `interval` ms.
+ * `watcher.transport` says which one is running now ('poll' or 'sse').
  *
  * `tracked.statusUrl(name, {prefix})` builds the status URL of any progress name
  * so that browsers request it unchanged: a name with a `.` or `..` segment is
@@ -42,6 +54,7 @@
   'use strict';
 
   const DEFAULTS = {
+    transport: 'auto', // 'auto', 'sse' or 'poll': see the file header
     interval: 500, // ms between the end of one poll and the start of the next
     progressId: null, // sent as ?progress_id=
     startTimeout: 10000, // ms during which a 404 means "not started yet"
@@ -58,12 +71,15 @@
     onError: null, // (err) once, when tracking gives up; err.kind and err.status say why
   };
 
-  /** Start polling `url`; returns {stop()}. See the file header for the options. */
+  /** Start following `url`; returns {stop(), cancel(), stopped, transport}. See the file header. */
   function trackProgress(url, options) {
     if (typeof url !== 'string' || !url) {
       throw new TypeError('trackProgress(url, options): url must be a non-empty string');
     }
     const opts = Object.assign({}, DEFAULTS, options || {});
+    if (['auto', 'sse', 'poll'].indexOf(opts.transport) === -1) {
+      throw new TypeError("trackProgress: transport must be 'auto', 'sse' or 'poll', got " + opts.transport);
+    }
     const tracker = new Tracker(url, opts);
     tracker.poll();
     return {
@@ -72,6 +88,9 @@
       },
       get stopped() {
         return tracker.stopped;
+      },
+      get transport() {
+        return tracker.source ? 'sse' : 'poll';
       },
       cancel: function () {
         return tracker.cancel();
@@ -91,10 +110,18 @@
     this.stopped = false;
     this.timer = null;
     this.controller = null;
+    this.source = null; // the open EventSource, if any
+    this.streamOpened = false; // the current stream said 200 since its last error
+    this.streamFailures = 0; // streams in a row that failed before delivering a state
+    this.streaming = opts.transport !== 'poll' && typeof EventSource === 'function';
+    if (opts.transport === 'sse' && typeof EventSource !== 'function') {
+      this.streaming = false;
+    }
   }
 
   Tracker.prototype.stop = function () {
     this.stopped = true;
+    this.closeStream();
     if (this.timer !== null) {
       clearTimeout(this.timer);
       this.timer = null;
@@ -109,7 +136,8 @@
    * Ask the run to stop: DELETE on the status URL (with the progressId). Resolves
    * with the JSON answer and its HTTP status as `answer.httpStatus` (202: asked;
    * 404, 409, 403, 405: see `answer.error`); rejects on a network failure. The
-   * tracker keeps polling, so the final state arrives by the usual callbacks.
+   * tracker keeps following (an open stream pushes the final state; a poller looks
+   * again soon), so the final state arrives by the usual callbacks.
    */
   Tracker.prototype.cancel = async function () {
     let url = this.url;
@@ -220,13 +248,15 @@
   };
 
   /** Report the messages and state of one answer; finish if the progress ended. */
-  Tracker.prototype.received = function (state) {
+  Tracker.prototype.received = function (state, fromStream) {
     if (!state || typeof state !== 'object') {
+      this.closeStream();
       return this.failed(trackingError('bad_response', 'the status route answered something other than a state', 200, null));
     }
     if (this.seen && state.start_time !== this.runStart && this.cursor > 0) {
       // The name was started again: this answer was cut at the old run's cursor.
       // Start over from its first message rather than skip any of them.
+      this.closeStream();
       this.runStart = state.start_time;
       this.cursor = 0;
       this.etag = null;
@@ -245,7 +275,68 @@
       call(this.opts.onDone, state);
       return;
     }
-    this.schedule(this.opts.interval);
+    if (fromStream) return;
+    if (this.streaming) {
+      this.openStream();
+    } else {
+      this.schedule(this.opts.interval);
+    }
+  };
+
+  /** Follow the progress with Server-Sent Events from the current cursor on. */
+  Tracker.prototype.openStream = function () {
+    if (this.stopped) return;
+    const self = this;
+    const source = new EventSource(this.pollUrl());
+    this.source = source;
+    this.streamOpened = false;
+    source.onopen = function () {
+      if (self.source === source) self.streamOpened = true;
+    };
+    source.onmessage = function (event) {
+      if (self.source !== source || self.stopped) return;
+      let state;
+      try {
+        state = JSON.parse(event.data);
+      } catch (err) {
+        self.closeStream();
+        self.failed(trackingError('bad_response', 'the status stream sent something other than JSON', 200, null));
+        return;
+      }
+      self.streamFailures = 0;
+      self.failures = 0;
+      self.received(state, true);
+    };
+    source.addEventListener('end', function () {
+      // The final state came just before; if it did not reach us, poll for it.
+      if (self.source !== source) return;
+      self.closeStream();
+      if (!self.stopped) self.schedule(0);
+    });
+    source.onerror = function () {
+      if (self.source !== source || self.stopped) return;
+      const closed = source.readyState === 2; // EventSource.CLOSED: it will not reconnect
+      if (self.streamOpened && !closed) {
+        self.streamOpened = false; // the server ended the stream: EventSource resumes it
+        return;
+      }
+      self.streamFailures += 1;
+      self.closeStream();
+      const err = trackingError('network', 'the status stream of ' + self.url + ' failed', 0, null);
+      if (self.opts.transport === 'auto' && self.streamFailures >= 2) {
+        self.streaming = false; // poll from now on, with the usual backoff
+        self.schedule(self.opts.interval);
+        return;
+      }
+      self.failed(err);
+    };
+  };
+
+  Tracker.prototype.closeStream = function () {
+    if (this.source) {
+      this.source.close();
+      this.source = null;
+    }
   };
 
   /**

@@ -1,0 +1,402 @@
+"""Push benchmarks: Server-Sent Events against polling, under a real uvicorn.
+
+    .venv/bin/python bench/bench_push.py freshness   # write -> SSE client, Redis and file
+    .venv/bin/python bench/bench_push.py follow      # 100 clients follow one job: poll vs SSE
+    .venv/bin/python bench/bench_push.py route       # status JSON vs a trivial route (wrk)
+    .venv/bin/python bench/bench_push.py crowd       # 1,000 SSE clients, 10 jobs, Redis
+
+Each part starts its own redis-server and uvicorn (``bench/push_app.py``) on free
+ports. Figures are medians (and p99) of the runs printed; see bench/README.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import redis
+
+import tracked
+from tracked._store import Owner
+
+ROOT = Path(__file__).resolve().parent.parent
+PREFIX = "/_progress_status"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(port)
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    port = free_port()
+    directory = tempfile.mkdtemp()
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", directory, "--maxclients", "20000"],
+        stdout=subprocess.DEVNULL)
+    wait_port(port)
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(10)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def uvicorn_server(store_url: str) -> Iterator[tuple[int, int]]:
+    """(port, pid) of uvicorn serving bench/push_app.py for ``store_url``."""
+    port = free_port()
+    env = {**os.environ, "TRACKED_STORE": store_url, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "bench.push_app:create_app",
+         "--port", str(port), "--log-level", "warning", "--no-access-log",
+         "--backlog", "4096", "--limit-concurrency", "20000"],
+        cwd=ROOT, env=env)
+    wait_port(port)
+    try:
+        yield port, process.pid
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+class Writer:
+    """Writes a record straight to the store, a timestamp as each message."""
+
+    def __init__(self, store: tracked.Store, name: str) -> None:
+        self.store = store
+        self.owner = Owner.for_this_process()
+        self.state = tracked.State(name=name, total=None, start_time=time.time(),
+                                   current_time=time.time())
+        store.claim(self.state, self.owner)
+
+    def write(self, *, final: bool = False) -> None:
+        now = time.time()
+        state = self.state
+        messages = (*state.messages[-49:], f"{now:.6f}")
+        self.state = dataclasses.replace(
+            state, count=state.count + 1, messages=messages,
+            message_count=state.message_count + 1, current_time=now)
+        if final:
+            self.state = self.state.ended("finished", now)
+        self.store.save(self.state, self.owner)
+
+
+def sse_lines(port: int, path: str) -> Iterator[str]:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(f"GET {path} HTTP/1.0\r\nAccept: text/event-stream\r\n\r\n".encode())
+    reader = sock.makefile("rb")
+    for raw in reader:
+        yield raw.decode().rstrip("\n")
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
+
+
+# ----------------------------------------------------------------------------- freshness
+
+
+def freshness(rounds: int = 3, writes: int = 200) -> None:
+    """Write -> SSE client delay for Redis and file stores, interleaved rounds."""
+    with redis_server() as redis_url, tempfile.TemporaryDirectory() as directory:
+        stores = {"redis": redis_url, "file": directory}
+        results: dict[str, list[float]] = {kind: [] for kind in stores}
+        servers = {kind: contextlib.ExitStack() for kind in stores}
+        ports = {kind: servers[kind].enter_context(uvicorn_server(url))[0]
+                 for kind, url in stores.items()}
+        try:
+            for round_ in range(rounds):
+                for kind, url in stores.items():
+                    store = tracked.open_store(url)
+                    name = f"fresh-{round_}"
+                    writer = Writer(store, name)
+                    delays: list[float] = []
+                    done = threading.Event()
+
+                    def read(port: int = ports[kind], name: str = name,
+                             delays: list[float] = delays, done: threading.Event = done) -> None:
+                        seen = 0
+                        for line in sse_lines(port, f"{PREFIX}/{name}"):
+                            if line.startswith("data: {") and seen >= 0:
+                                now = time.time()
+                                data = json.loads(line[6:])
+                                if seen:
+                                    delays.extend(now - float(m) for m in data["messages"])
+                                seen += 1
+                                if not data["in_progress"]:
+                                    break
+                        done.set()
+
+                    reader = threading.Thread(target=read)
+                    reader.start()
+                    time.sleep(0.3)
+                    for i in range(writes):
+                        writer.write(final=i == writes - 1)
+                        time.sleep(0.02)
+                    done.wait(10)
+                    reader.join(10)
+                    results[kind].extend(delays)
+                    store.close()
+        finally:
+            for stack in servers.values():
+                stack.close()
+    print("freshness, write -> SSE client (uvicorn, tracked.asgi), ms:")
+    for kind, delays in results.items():
+        ms = [d * 1000 for d in delays]
+        print(f"  {kind:5} n={len(ms)} p50={statistics.median(ms):.1f} "
+              f"p99={percentile(ms, 99):.1f} max={max(ms):.1f}")
+
+
+# ----------------------------------------------------------------------------- follow
+
+
+def server_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def follow(clients: int = 100, seconds: float = 20.0) -> None:
+    """Requests and server CPU to follow one job: polling every 1 s vs SSE."""
+    with redis_server() as url, uvicorn_server(url) as (port, pid):
+        store = tracked.open_store(url)
+        for mode in ("poll", "sse", "poll", "sse"):
+            follow_once(store, port, pid, mode, clients, seconds)
+        store.close()
+
+
+def follow_once(
+    store: tracked.Store, port: int, pid: int, mode: str, clients: int, seconds: float
+) -> None:
+    import httpx
+
+    base = f"http://127.0.0.1:{port}{PREFIX}"
+    name = f"follow-{mode}-{time.monotonic_ns()}"
+    writer = Writer(store, name)
+    requests = 0
+    received = [0] * clients
+
+    async def poller(index: int, client: httpx.AsyncClient, end: float) -> None:
+        nonlocal requests
+        since = 0
+        while time.monotonic() < end:
+            response = await client.get(f"{base}/{name}?since={since}")
+            requests += 1
+            state = response.json()
+            since = state["message_count"]
+            received[index] += len(state["messages"])
+            await asyncio.sleep(1.0)
+
+    async def streamer(index: int, client: httpx.AsyncClient, end: float) -> None:
+        nonlocal requests
+        last = None
+        while time.monotonic() < end:
+            headers = {"Accept": "text/event-stream"}
+            if last:
+                headers["Last-Event-ID"] = last
+            requests += 1
+            with contextlib.suppress(httpx.ReadTimeout):
+                async with client.stream("GET", f"{base}/{name}", headers=headers,
+                                         timeout=end - time.monotonic() + 1) as response:
+                    async for line in response.aiter_lines():
+                        if line.startswith("id: "):
+                            last = line[4:]
+                        elif line.startswith("data: "):
+                            received[index] += len(json.loads(line[6:])["messages"])
+                        if time.monotonic() >= end:
+                            break
+
+    async def run() -> None:
+        end = time.monotonic() + seconds
+        limits = httpx.Limits(max_connections=clients + 10)
+        async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+            task = poller if mode == "poll" else streamer
+            await asyncio.gather(*(task(i, client, end) for i in range(clients)))
+
+    def write() -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            writer.write()
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=write)
+    cpu = server_cpu(pid)
+    thread.start()
+    asyncio.run(run())
+    thread.join()
+    cpu = server_cpu(pid) - cpu
+    print(f"  {mode:4}: {clients} clients, {seconds:.0f} s: {requests} requests "
+          f"({requests / seconds:.1f}/s), server CPU {cpu:.2f} s, "
+          f"messages per client {statistics.median(received):.0f} "
+          f"of {writer.state.message_count}")
+
+
+# ----------------------------------------------------------------------------- route
+
+
+def route(rounds: int = 7, duration: str = "3s") -> None:
+    """Status JSON under uvicorn vs a trivial ASGI route on the same server (wrk)."""
+    with tempfile.TemporaryDirectory() as directory, uvicorn_server(directory) as (port, _):
+        store = tracked.FileStore(directory)
+        with tracked.start("bench", store=store) as progress:
+            progress.increment(5, *[f"message {i}" for i in range(10)])
+        time.sleep(0.2)
+        urls = {"trivial": f"http://127.0.0.1:{port}/trivial",
+                "status": f"http://127.0.0.1:{port}{PREFIX}/bench"}
+        rates: dict[str, list[float]] = {kind: [] for kind in urls}
+        for _ in range(rounds):
+            for kind, url in urls.items():
+                out = subprocess.run(["wrk", "-t2", "-c16", f"-d{duration}", url],
+                                     capture_output=True, text=True, check=True).stdout
+                match = re.search(r"Requests/sec:\s+([0-9.]+)", out)
+                assert match, out
+                rates[kind].append(float(match.group(1)))
+    trivial, status = (statistics.median(rates[k]) for k in ("trivial", "status"))
+    ratios = [s / t for s, t in zip(rates["status"], rates["trivial"], strict=True)]
+    print(f"  trivial {rates['trivial']} median {trivial:.0f}/s")
+    print(f"  status  {rates['status']} median {status:.0f}/s")
+    print(f"  status / trivial: of the medians {status / trivial:.2f}, "
+          f"median of the {rounds} back-to-back pairs {statistics.median(ratios):.2f}")
+
+
+# ----------------------------------------------------------------------------- crowd
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(pid)
+
+
+def crowd(clients: int = 1000, jobs: int = 10, writes: int = 20, pause: float = 0.5) -> None:
+    """1,000 SSE clients on one uvicorn process following 10 jobs on Redis; each job
+    writes every ``pause`` seconds (0.1: the default min_interval, flat out)."""
+    with redis_server() as url, uvicorn_server(url) as (port, pid):
+        store = tracked.open_store(url)
+        admin = redis.Redis.from_url(url)
+        # The writes come from another process, as a job's would: no GIL shared with
+        # the 1,000 clients here. It claims the records, says so, and writes on "go".
+        writer_process = subprocess.Popen(
+            [sys.executable, __file__, "_write", url, str(jobs), str(writes), str(pause)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert writer_process.stdout is not None and writer_process.stdin is not None
+        assert writer_process.stdout.readline().strip() == "ready"
+        time.sleep(0.5)
+        rss_before = rss_kib(pid)
+        connections_before = int(admin.info("stats")["total_connections_received"])
+        delays: list[float] = []
+        opened = 0
+        finished = 0
+
+        async def client(index: int, ready: asyncio.Event) -> None:
+            nonlocal opened, finished
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(f"GET {PREFIX}/job-{index % jobs} HTTP/1.0\r\n"
+                         "Accept: text/event-stream\r\n\r\n".encode())
+            await writer.drain()
+            first = True
+            while True:
+                line = await reader.readline()
+                if not line:
+                    break
+                if line.startswith(b"data: {"):
+                    data = json.loads(line[6:])
+                    if first:
+                        first = False
+                        opened += 1
+                        if opened == clients:
+                            ready.set()
+                    else:
+                        now = time.time()
+                        delays.extend(now - float(m) for m in data["messages"])
+                    if not data["in_progress"]:
+                        break
+            finished += 1
+            writer.close()
+
+        async def run() -> None:
+            ready = asyncio.Event()
+            tasks = []
+            for i in range(clients):
+                tasks.append(asyncio.create_task(client(i, ready)))
+                if i % 50 == 49:
+                    await asyncio.sleep(0.05)
+            await asyncio.wait_for(ready.wait(), 60)
+            await asyncio.sleep(1.0)
+            rss = rss_kib(pid)
+            pubsub = admin.execute_command("CLIENT", "LIST", "TYPE", "pubsub")
+            pubsub_count = len([x for x in pubsub.decode().splitlines() if x])
+            opened_connections = int(admin.info("stats")["total_connections_received"])
+            print(f"  {clients} streams open: server RSS {rss_before} -> {rss} KiB "
+                  f"({(rss - rss_before) / clients:.1f} KiB per client)")
+            print(f"  Redis connections opened by the server since start: "
+                  f"{opened_connections - connections_before} (pub/sub connections now: "
+                  f"{pubsub_count})")
+
+            cpu = server_cpu(pid)
+            started = time.monotonic()
+            writer_process.stdin.write("go\n")
+            writer_process.stdin.flush()
+            await asyncio.to_thread(writer_process.wait)
+            await asyncio.wait_for(asyncio.gather(*tasks), 60)
+            took = time.monotonic() - started
+            print(f"  server CPU while the jobs ran: {server_cpu(pid) - cpu:.2f} s "
+                  f"in {took:.1f} s ({(server_cpu(pid) - cpu) / took:.0%} of a core)")
+
+        asyncio.run(run())
+        ms = [d * 1000 for d in delays]
+        print(f"  freshness over {len(ms)} deliveries: p50={statistics.median(ms):.1f} ms "
+              f"p99={percentile(ms, 99):.1f} ms; streams ended: {finished}/{clients}")
+        store.close()
+
+
+def _write(url: str, jobs: str, writes: str, pause: str) -> None:
+    """The crowd's writer process: ``writes`` rounds over ``jobs`` records."""
+    store = tracked.open_store(url)
+    writers = [Writer(store, f"job-{j}") for j in range(int(jobs))]
+    print("ready", flush=True)
+    sys.stdin.readline()
+    for i in range(int(writes)):
+        for w in writers:
+            w.write(final=i == int(writes) - 1)
+        time.sleep(float(pause))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["_write"]:
+        _write(*sys.argv[2:])
+        sys.exit(0)
+    parts = {"freshness": freshness, "follow": follow, "route": route, "crowd": crowd,
+             "crowd-fast": lambda: crowd(writes=40, pause=0.1)}
+    for part in sys.argv[1:] or list(parts):
+        print(f"== {part}")
+        parts[part]()

@@ -1,0 +1,390 @@
+"""Change notification: wait until a store's record for one key may have changed.
+
+The status service's event streams (``_web``) wait here between events. One
+``Watcher`` per store and process (``watcher(store)``), shared by every open
+stream, turns the store's own signal into wake-ups of ``Subscription``s:
+
+- ``RedisStore``: ONE pub/sub connection per store and process, on a thread,
+  subscribed to ``store.channel(key)`` for every key some stream follows. The
+  published wire JSON travels with the wake-up, so a stream can usually send
+  it without reading the store again.
+- ``FileStore``: one thread per store that ``stat``s each followed record every
+  ``FILE_INTERVAL`` (50 ms); only a changed identity (inode, mtime, size) wakes.
+- ``MemoryStore``: woken in-process by the writer (``MemoryStore._changed``).
+- any other store: woken every ``FILE_INTERVAL``, so streams re-read it.
+
+A ``Subscription`` is waited on by a thread (``wait``) or by an asyncio task
+(``wait_async``, no thread held): a wake-up from the watcher's thread reaches an
+event loop through ``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+import tracked
+
+__all__ = ["FILE_INTERVAL", "Subscription", "Watcher", "subscribe", "watcher"]
+
+logger = logging.getLogger("tracked")
+
+#: Seconds between two ``stat`` calls on a followed file record.
+FILE_INTERVAL = 0.05
+#: Seconds a new Redis subscription may take to be confirmed before a stream reads.
+SUBSCRIBE_TIMEOUT = 2.0
+
+#: What a wake-up says: whether something changed, and the new state when known.
+Change = tuple[bool, "tracked.State | None"]
+
+
+class Subscription:
+    """One stream's interest in one key: woken by its store's watcher."""
+
+    __slots__ = ("_cond", "_latest", "_pending", "_waiters", "key", "watcher")
+
+    def __init__(self, watcher: Watcher, key: str) -> None:
+        self.watcher = watcher
+        self.key = key
+        self._cond = threading.Condition(threading.Lock())
+        self._pending = False
+        self._latest: tracked.State | None = None
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+    def notify(self, state: tracked.State | None = None) -> None:
+        """Something wrote ``key`` (``state``: what was written, when known)."""
+        _wake_loops(self.mark(state))
+
+    def mark(
+        self, state: tracked.State | None
+    ) -> list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]:
+        """Record a change and wake waiting threads; the loop waiters still to wake."""
+        with self._cond:
+            # Two changes before the stream looked: the state in hand misses the first.
+            self._latest = state if not self._pending else None
+            self._pending = True
+            self._cond.notify_all()
+            waiters, self._waiters = self._waiters, []
+        return waiters
+
+    def take(self) -> Change:
+        """Whether a change arrived since the last ``take`` (and its state), resetting it."""
+        with self._cond:
+            change = (self._pending, self._latest)
+            self._pending = False
+            self._latest = None
+            return change
+
+    def wait(self, timeout: float) -> Change:
+        """Block up to ``timeout`` seconds for a change; then ``take()`` it."""
+        with self._cond:
+            if not self._pending and timeout > 0:
+                self._cond.wait(timeout)
+        return self.take()
+
+    async def wait_async(self, timeout: float) -> Change:
+        """Wait up to ``timeout`` seconds on the running loop, holding no thread."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._cond:
+            if self._pending or timeout <= 0:
+                future = None  # type: ignore[assignment]
+            else:
+                self._waiters.append((loop, future))
+        if future is not None:
+            try:
+                await asyncio.wait_for(future, timeout)
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                with self._cond:
+                    self._waiters = [w for w in self._waiters if w[1] is not future]
+        return self.take()
+
+    def close(self) -> None:
+        """Stop following the key."""
+        self.watcher.unsubscribe(self)
+
+
+def _resolve(futures: list[asyncio.Future[None]]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(None)
+
+
+def _wake_loops(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]) -> None:
+    """Resolve waiting futures, with one hand-off per event loop (not one per stream)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for loop, future in waiters:
+        by_loop.setdefault(loop, []).append(future)
+    for loop, futures in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_resolve, futures)
+        except RuntimeError:  # the loop is closed: its streams are gone
+            pass
+
+
+class Watcher:
+    """Wakes the subscriptions of one store when a followed key may have changed.
+
+    The base class polls: its thread wakes every subscription every
+    ``FILE_INTERVAL`` (a store without a change signal is re-read that often).
+    """
+
+    interval = FILE_INTERVAL
+
+    def __init__(self, store: tracked.Store) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._subs: dict[str, set[Subscription]] = {}
+        self._thread: threading.Thread | None = None
+
+    def subscribe(self, key: str) -> Subscription:
+        """Follow ``key`` from now on: changes after this call wake the subscription."""
+        sub = Subscription(self, key)
+        with self._lock:
+            first = key not in self._subs
+            self._subs.setdefault(key, set()).add(sub)
+            self._start()
+        if first:
+            self._added(key)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        with self._lock:
+            subs = self._subs.get(sub.key)
+            if subs is None or sub not in subs:
+                return
+            subs.discard(sub)
+            last = not subs
+            if last:
+                del self._subs[sub.key]
+        if last:
+            self._removed(sub.key)
+
+    def keys(self) -> list[str]:
+        with self._lock:
+            return list(self._subs)
+
+    def notify(self, key: str, state: tracked.State | None = None) -> None:
+        """Wake every subscription to ``key``."""
+        with self._lock:
+            subs = list(self._subs.get(key, ()))
+        waiters = []
+        for sub in subs:
+            waiters.extend(sub.mark(state))
+        _wake_loops(waiters)
+
+    # ------------------------------------------------------------------ per-store hooks
+
+    def _start(self) -> None:
+        """Start the thread on first use (called with the lock held)."""
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(
+                target=self._run, name=f"tracked-watch-{type(self.store).__name__}", daemon=True
+            )
+            self._thread.start()
+
+    def _added(self, key: str) -> None:
+        """A first subscription to ``key``."""
+
+    def _removed(self, key: str) -> None:
+        """The last subscription to ``key`` ended."""
+
+    def _idle(self) -> bool:
+        """True (and the thread forgotten) when nothing is followed: the thread ends."""
+        with self._lock:
+            if self._subs:
+                return False
+            self._thread = None
+            return True
+
+    def _run(self) -> None:
+        while not self._idle():
+            time.sleep(self.interval)
+            for key in self.keys():
+                self.notify(key)
+
+
+class FileWatcher(Watcher):
+    """Stats each followed record every ``FILE_INTERVAL``; wakes on a new identity."""
+
+    def __init__(self, store: tracked.FileStore) -> None:
+        super().__init__(store)
+        self._files = store
+        self._seen: dict[str, tuple[int, int, int] | None] = {}
+
+    def _signature(self, key: str) -> tuple[int, int, int] | None:
+        try:
+            info = os.stat(self._files.path_for(key))
+        except (OSError, tracked.TrackedError):
+            return None
+        return (info.st_ino, info.st_mtime_ns, info.st_size)
+
+    def _added(self, key: str) -> None:
+        self._seen[key] = self._signature(key)
+
+    def _removed(self, key: str) -> None:
+        self._seen.pop(key, None)
+
+    def _run(self) -> None:
+        while not self._idle():
+            time.sleep(self.interval)
+            for key in self.keys():
+                signature = self._signature(key)
+                if key in self._seen and self._seen.get(key) != signature:
+                    self._seen[key] = signature
+                    self.notify(key)
+
+
+class MemoryWatcher(Watcher):
+    """Woken by the store itself, in the writing thread: no thread of its own."""
+
+    def __init__(self, store: tracked.MemoryStore) -> None:
+        super().__init__(store)
+        store._watchers.append(self.notify)
+
+    def _start(self) -> None:
+        pass
+
+
+class RedisWatcher(Watcher):
+    """One pub/sub connection for every stream following this store in the process.
+
+    A thread reads the connection; subscribing happens in the calling thread
+    (redis-py's ``PubSub`` allows it while another thread reads) and returns once
+    the server confirmed it, so a read made after ``subscribe`` misses nothing.
+    """
+
+    def __init__(self, store: Any) -> None:
+        super().__init__(store)
+        self._redis: Any = store  # a RedisStore: redis.py is imported only when used
+        self._pubsub = store.client.pubsub()
+        # PubSub takes its connection on first use: two threads subscribing at once
+        # would each take one. Commands go one at a time.
+        self._commands = threading.Lock()
+        self._channels: dict[str, str] = {}  # channel -> key
+        self._confirmed: dict[str, threading.Event] = {}
+
+    def _added(self, key: str) -> None:
+        channel = self._redis.channel(key)
+        confirmed = threading.Event()
+        with self._lock:
+            self._channels[channel] = key
+            self._confirmed[channel] = confirmed
+        try:
+            with self._commands:
+                self._pubsub.subscribe(channel)
+        except Exception as exc:  # noqa: BLE001 - streams then re-read on their own clock
+            logger.warning("tracked: cannot subscribe to %s: %s", channel, exc)
+            return
+        if not confirmed.wait(SUBSCRIBE_TIMEOUT):
+            logger.warning("tracked: %s: subscription to %s not confirmed", self.store, channel)
+
+    def subscribe(self, key: str) -> Subscription:
+        sub = super().subscribe(key)
+        with self._lock:
+            confirmed = self._confirmed.get(self._redis.channel(key))
+        if confirmed is not None:  # subscribed by another stream an instant ago
+            confirmed.wait(SUBSCRIBE_TIMEOUT)
+        return sub
+
+    def _removed(self, key: str) -> None:
+        channel = self._redis.channel(key)
+        with self._lock:
+            self._channels.pop(channel, None)
+            self._confirmed.pop(channel, None)
+        try:
+            with self._commands:
+                self._pubsub.unsubscribe(channel)
+        except Exception as exc:  # noqa: BLE001 - a lost connection forgets it anyway
+            logger.debug("tracked: cannot unsubscribe from %s: %s", channel, exc)
+
+    def _run(self) -> None:
+        while not self._idle():
+            try:
+                message = self._pubsub.get_message(timeout=1.0)
+                if message is None:
+                    continue
+                # Take every message already here before waking anyone: one hand-off
+                # to each event loop per batch, not per message (each hand-off of the
+                # GIL between this thread and a busy loop can cost milliseconds).
+                batch = [message]
+                while len(batch) < 256:
+                    message = self._pubsub.get_message(timeout=0)
+                    if message is None:
+                        break
+                    batch.append(message)
+            except Exception as exc:  # noqa: BLE001 - Redis went away: streams re-read
+                logger.warning("tracked: %s: pub/sub failed: %s", self.store, exc)
+                for followed in self.keys():
+                    self.notify(followed)
+                time.sleep(0.5)
+                continue
+            waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+            for message in batch:
+                waiters.extend(self._handle(message))
+            _wake_loops(waiters)
+
+    def _handle(
+        self, message: dict[str, Any]
+    ) -> list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]:
+        """Confirm a subscription, or mark the subscriptions a published write wakes."""
+        raw = message.get("channel")
+        channel = raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else str(raw)
+        with self._lock:
+            key = self._channels.get(channel)
+            confirmed = self._confirmed.get(channel)
+            subs = list(self._subs.get(key, ())) if key is not None else []
+        if message["type"] == "subscribe":
+            if confirmed is not None:
+                confirmed.set()
+            return []
+        if message["type"] != "message" or not subs:
+            return []
+        state = _state(message.get("data"))
+        waiters = []
+        for sub in subs:
+            waiters.extend(sub.mark(state))
+        return waiters
+
+
+def _state(payload: Any) -> tracked.State | None:
+    """The state a Redis event carries, or None if it cannot be read as one."""
+    try:
+        return tracked.State.from_dict(json.loads(payload))
+    except Exception:  # noqa: BLE001 - the stream then reads the store instead
+        return None
+
+
+_watchers: dict[int, Watcher] = {}
+_watchers_lock = threading.Lock()
+
+
+def watcher(store: tracked.Store) -> Watcher:
+    """The one watcher of ``store`` in this process."""
+    with _watchers_lock:
+        found = _watchers.get(id(store))
+        if found is not None and found.store is store:
+            return found
+        made: Watcher
+        if isinstance(store, tracked.FileStore):
+            made = FileWatcher(store)
+        elif isinstance(store, tracked.MemoryStore) and hasattr(store, "_watchers"):
+            made = MemoryWatcher(store)
+        elif type(store).__name__ == "RedisStore" and hasattr(store, "channel"):
+            made = RedisWatcher(store)
+        else:
+            made = Watcher(store)
+        _watchers[id(store)] = made
+        return made
+
+
+def subscribe(store: tracked.Store, key: str) -> Subscription:
+    """Follow ``key`` in ``store``: see ``Watcher.subscribe``."""
+    return watcher(store).subscribe(key)
