@@ -6,12 +6,14 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 import tracked
-from tracked import FileStore, InvalidValue, Store
+from tracked import FileStore, InvalidValue, MemoryStore, Store
 
 # ------------------------------------------------------------------ a refused call
 
@@ -88,3 +90,54 @@ def test_a_process_exiting_with_a_running_handle_ends_it_without_hanging(
         state = FileStore(directory).load("left")
         assert state is not None
         assert (state.count, state.state, state.messages) == (1000, "finished", ("last",))
+
+
+# ------------------------------------------------------------------ fork
+
+
+def _exit_status(pid: int, limit: float = 10.0) -> int | None:
+    """The child's exit status, or None (after killing it) if it hangs: a guard
+    against a deadlock, not a timing assertion."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    return None
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_while_threads_write_to_a_memory_store_can_claim_in_it() -> None:
+    """The store's lock, held by a writing thread at the fork, stayed locked in the
+    child for ever: its first claim hung (one fork in a few dozen)."""
+    store = MemoryStore()
+    stop = threading.Event()
+    progress = tracked.start("parent", total=None, store=store, min_interval=0)
+
+    def hammer() -> None:
+        while not stop.is_set():
+            progress.increment(1)
+
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    statuses = []
+    try:
+        for round_ in range(80):
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                try:
+                    with tracked.start(f"child{round_}", store=store, min_interval=0) as own:
+                        own.increment(1)
+                finally:
+                    os._exit(0)
+            statuses.append(_exit_status(pid))
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        progress.finish()
+    assert statuses == [0] * 80

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 
 from ._state import State
@@ -19,6 +21,7 @@ class MemoryStore(Store):
     def __init__(self) -> None:
         self._records: dict[str, Record] = {}
         self._lock = threading.Lock()
+        _stores.add(self)
 
     def __repr__(self) -> str:
         return f"MemoryStore(<{len(self._records)} records>)"
@@ -58,3 +61,18 @@ class MemoryStore(Store):
             for key in doomed:
                 del self._records[key]
         return len(doomed)
+
+
+#: Every MemoryStore of this process, so a forked child can give each a fresh lock.
+_stores: weakref.WeakSet[MemoryStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A thread of the parent may have held a store's lock at the fork: in the child
+    nobody ever releases it, and the child's first claim or write would wait for ever."""
+    for store in list(_stores):
+        store._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
