@@ -10,10 +10,13 @@ import threading
 import time
 from pathlib import Path
 
+import bottle
 import pytest
+import webtest
 
 import tracked
 from tracked import FileStore, InvalidValue, MemoryStore, Store
+from tracked.bottle import TrackedPlugin
 
 # ------------------------------------------------------------------ a refused call
 
@@ -141,3 +144,30 @@ def test_a_child_forked_while_threads_write_to_a_memory_store_can_claim_in_it() 
             thread.join()
         progress.finish()
     assert statuses == [0] * 80
+
+
+# ------------------------------------------------------------------ a form's progress_id
+
+
+def test_a_form_progress_id_is_read_whatever_the_case_of_its_media_type() -> None:
+    """Bottle reads the form of ``Application/X-WWW-Form-Urlencoded`` (media types
+    ignore case), but the plugin skipped its progress_id: the run got another name."""
+    store = MemoryStore()
+    app = bottle.Bottle()
+    app.install(TrackedPlugin(store))
+
+    @app.post("/upload")
+    @tracked.tracked(total=5)
+    def upload() -> str:
+        tracked.current().increment(5)  # type: ignore[union-attr]
+        return "note=" + (bottle.request.forms.getunicode("note") or "")
+
+    client = webtest.TestApp(app)
+    answer = client.post(
+        "/upload",
+        "progress_id=form-case&note=kept",
+        content_type="Application/X-WWW-Form-Urlencoded; Charset=UTF-8",
+    )
+    assert answer.text == "note=kept"
+    state = store.load("form-case")
+    assert state is not None and state.count == 5
