@@ -171,3 +171,113 @@ def test_a_form_progress_id_is_read_whatever_the_case_of_its_media_type() -> Non
     assert answer.text == "note=kept"
     state = store.load("form-case")
     assert state is not None and state.count == 5
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_while_threads_name_a_store_by_url_can_use_it() -> None:
+    """The lock guarding the stores opened by path or URL, held by a thread at the
+    fork, stayed locked in the child: its first ``load``/``start`` naming a store
+    that way hung (nearly every fork while other threads did the same)."""
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            tracked.load("anything", store="memory://")
+
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    statuses = []
+    try:
+        for _ in range(10):
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                try:
+                    tracked.load("anything", store="memory://")
+                    with tracked.start("child", store="memory://", min_interval=0) as own:
+                        own.increment(1)
+                finally:
+                    os._exit(0)
+            statuses.append(_exit_status(pid))
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert statuses == [0] * 10
+
+
+@tracked.tracked(name="forked-job-{i}", store="memory://")
+def _forked_job(i: int) -> int:
+    return i
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_while_threads_submit_can_submit() -> None:
+    """The job pool's lock, held by a submitting thread at the fork, stayed locked in
+    the child: its first ``tracked.submit`` hung. The threads here take that lock
+    as every ``submit`` does first (``_current_pool``), but without running jobs,
+    so that a fork lands inside it at once."""
+    from tracked import _jobs
+
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            _jobs._current_pool()
+
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    statuses = []
+    try:
+        for round_ in range(5):
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                status = 2
+                try:
+                    status = 0 if tracked.submit(_forked_job, round_).wait(30) == round_ else 1
+                finally:
+                    os._exit(status)
+            statuses.append(_exit_status(pid))
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert statuses == [0] * 5
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_while_threads_run_tracked_loops_can_run_one() -> None:
+    """The lock of the loop-and-bar drivers, held by a thread at the fork, stayed
+    locked in the child: its first ``tracked.track`` loop hung. The threads take
+    that lock as every tracked loop does when it ends, without the loop around it,
+    so that a fork lands inside it at once."""
+    from tracked import _adopt
+
+    stop = threading.Event()
+    nobody = object()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            _adopt.release_driver(nobody, nobody)  # type: ignore[arg-type]
+
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    statuses = []
+    try:
+        for _ in range(5):
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                status = 2
+                try:
+                    loop = tracked.track(range(3), "forked-loop", store=MemoryStore())
+                    status = 0 if sum(loop) == 3 else 1
+                finally:
+                    os._exit(status)
+            statuses.append(_exit_status(pid))
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert statuses == [0] * 5
