@@ -33,33 +33,6 @@ def test_a_call_refused_for_a_bad_message_changes_nothing(store: Store) -> None:
         assert (progress.count, progress.messages, progress.message_count) == (2, (), 0)
 
 
-# ------------------------------------------------------------------ unreadable entries
-
-
-def test_listing_and_pruning_skip_an_entry_that_cannot_be_read(tmp_path: Path) -> None:
-    store = FileStore(tmp_path / "store")
-    with tracked.start("good", store=store) as progress:
-        progress.increment(1)
-    with tracked.start("blocked", store=store) as progress:
-        progress.increment(1)
-    blocked = store.path_for("blocked")
-    blocked.unlink()
-    blocked.mkdir()  # what no read of it survives, as another user's 0600 file
-    assert [state.name for state in store.list()] == ["good"]
-    assert len(store.unreadable()) == 1
-    assert store.prune(older_than=0) == 1
-    assert blocked.is_dir()
-    cli = subprocess.run(
-        [sys.executable, "-m", "tracked", "--store", str(store.directory), "list"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert cli.returncode == 0, cli.stderr
-    assert "skipped" in cli.stderr
-
-
 # ------------------------------------------------------------------ interpreter exit
 
 EXITING_WITH_A_RUNNING_HANDLE = """
@@ -281,3 +254,25 @@ def test_a_child_forked_while_threads_run_tracked_loops_can_run_one() -> None:
         for thread in threads:
             thread.join()
     assert statuses == [0] * 5
+
+
+# ------------------------------------------------------------------ read, then judged
+
+
+def test_a_run_that_ends_while_it_is_read_never_reads_abandoned(store: Store) -> None:
+    """A reader that read the running record just before the owner wrote its final
+    state and let go of the run judged the owner gone: the run read ``abandoned``
+    (a terminal state: pollers stopped there) although it had finished."""
+    states = []
+    for round_ in range(300):
+        name = f"ending-{round_}"
+        progress = tracked.start(name, total=1, store=store, min_interval=0)
+        ender = threading.Thread(target=progress.finish)
+        ender.start()
+        state = store.load(name)
+        while state is not None and state.in_progress:
+            state = store.load(name)
+        ender.join()
+        assert state is not None
+        states.append(state.state)
+    assert set(states) == {"finished"}

@@ -127,7 +127,7 @@ class FileStore(Store):
         deleted = 0
         with self._locked():
             for path in self._files():
-                record = self._read_unless_unreadable(path)
+                record = self._read_path(path, missing_ok=True, skip_corrupt=True)
                 if record is not None and self._prunable(record, cutoff):
                     deleted += self._unlink(path)
             self._remove_stale_temporaries(time.time() - STALE_TEMP_AGE)
@@ -213,17 +213,9 @@ class FileStore(Store):
 
     def records(self) -> Iterator[Record]:
         for path in self._files():
-            record = self._read_unless_unreadable(path)
+            record = self._read_path(path, missing_ok=True, skip_corrupt=True)
             if record is not None:
                 yield record
-
-    def _read_unless_unreadable(self, path: Path) -> Record | None:
-        """The record at ``path``; None if it is gone, corrupt or cannot be read (a
-        directory, another user's file): ``unreadable()`` reports those."""
-        try:
-            return self._read_path(path, missing_ok=True, skip_corrupt=True)
-        except StoreError:
-            return None
 
     def unreadable(self) -> list[str]:
         problems = []

@@ -309,7 +309,17 @@ class Store(abc.ABC):
     def load(self, key: str) -> State | None:
         """The state readers see for ``key`` (liveness applied), or None."""
         record = self.read(key)
-        return None if record is None else judge(record)
+        if record is None:
+            return None
+        state = judge(record)
+        if state.state == "abandoned" and record.state.in_progress:
+            # The owner may have written its final state and let go of the run between
+            # the read and the judging: read once more, so a run that ended is not
+            # shown as abandoned (for a dead owner the record is unchanged).
+            again = self.read(key)
+            if again is not None and again != record:
+                return judge(again)
+        return state
 
     def list(self) -> list[State]:
         """Every progress in the store, running ones first, newest first within each."""
