@@ -583,3 +583,16 @@ def test_asgi_app_reads_the_store_off_the_event_loop(tmp_path):
                                      PREFIX))
     assert status(client, "job").json["count"] == 3
     assert threads and threads[0] != threading.main_thread().name
+
+
+def test_a_query_sent_as_raw_utf8_names_the_progress_as_its_escaped_form(
+    client: webtest.TestApp, store: tracked.FileStore
+) -> None:
+    """Clients such as curl send ``?name=café`` unescaped; servers hand the query over
+    as latin-1, which used to be read as ``cafÃ©`` (a 404) while the path was UTF-8."""
+    finished(store, "café", 3, progress_id="abc")
+    raw = "name=café&progress_id=abc".encode().decode("latin-1")
+    answer = client.get(PREFIX + "/?" + raw)
+    assert (answer.json["name"], answer.json["count"]) == ("café", 3)
+    bad = client.get(PREFIX + "/?name=caf\xe9", status=400)
+    assert bad.json["status"] == "error"

@@ -8,6 +8,7 @@ count/total/status setters, finish/fail/cancel) plus the context variable that
 from __future__ import annotations
 
 import contextvars
+import os
 import sys
 import threading
 from types import FrameType
@@ -86,6 +87,17 @@ def caller_frame(depth: int) -> FrameType | None:
 # reference); every claim is released when its loop or bar ends.
 _drivers: dict[int, tuple[Progress, object]] = {}
 _drivers_lock = threading.Lock()
+
+
+def _fresh_lock_in_child() -> None:
+    """A thread of the parent may have held ``_drivers_lock`` at a fork: the child's
+    first tracked loop or bar would wait for it for ever."""
+    global _drivers_lock
+    _drivers_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_lock_in_child)
 
 
 def claim_driver(progress: Progress, driver: object) -> bool:

@@ -41,6 +41,8 @@ FINAL_RETRY = 0.5
 #: Bounds of the interval between looks for cancel requests of the live runs.
 CANCEL_POLL_MIN = 0.05
 CANCEL_POLL_MAX = 1.0
+#: Longest wait at exit for the thread to finish the write it is doing.
+STOP_TIMEOUT = 5.0
 
 
 class Flushable(Protocol):
@@ -80,6 +82,7 @@ class _Flusher:
         self.leases = False  # whether a watched handle's store has a lease
         self.next_cancel_scan = 0.0
         self.thread: threading.Thread | None = None
+        self.stopping = False  # set at exit: the thread ends between two ticks
         self.pid = os.getpid()
 
     def ensure_running(self) -> None:
@@ -90,9 +93,22 @@ class _Flusher:
     def run(self) -> None:
         while True:
             with self.cond:
-                if not self.woken:
+                if not self.woken and not self.stopping:
                     self.cond.wait(self.timeout(time.monotonic()))
+                if self.stopping:
+                    return
             self.tick()
+
+    def stop(self) -> None:
+        """At exit, end the thread between two ticks. A daemon thread still running
+        when the interpreter finalises is frozen wherever it is, perhaps holding a
+        lock that a handle collected then (which ends its run) needs."""
+        with self.cond:
+            self.stopping = True
+            self.cond.notify()
+        thread = self.thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(STOP_TIMEOUT)
 
     def timeout(self, now: float) -> float | None:
         """Seconds until something is due; None: nothing until a handle wakes us."""
@@ -287,6 +303,7 @@ def retry_final(progress: Flushable) -> None:
 @atexit.register
 def _flush_at_exit() -> None:
     if _flusher.pid == os.getpid():
+        _flusher.stop()
         _flusher.flush_all()
 
 

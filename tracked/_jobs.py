@@ -272,6 +272,17 @@ _pool: _Pool | None = None
 _pool_lock = threading.Lock()
 
 
+def _fresh_lock_in_child() -> None:
+    """A thread of the parent may have held ``_pool_lock`` at a fork: the child's
+    first ``submit`` would wait for it for ever."""
+    global _pool_lock
+    _pool_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_lock_in_child)
+
+
 def _current_pool() -> _Pool:
     global _pool
     with _pool_lock:

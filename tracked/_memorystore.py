@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn
 
@@ -26,6 +27,7 @@ class MemoryStore(Store):
         #: Called with a key after each write of it (``tracked._watch`` wakes streams).
         self._watchers: list[Callable[[str, State | None], None]] = []
         self._cancels: set[tuple[str, str]] = set()  # (key, run) asked to stop
+        _stores.add(self)
 
     def __repr__(self) -> str:
         return f"MemoryStore(<{len(self._records)} records>)"
@@ -133,3 +135,17 @@ class MemoryStore(Store):
     def clear_cancel(self, key: str, owner: Owner) -> None:
         with self._lock:
             self._cancels.discard((key, owner.run))
+
+#: Every MemoryStore of this process, so a forked child can give each a fresh lock.
+_stores: weakref.WeakSet[MemoryStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A thread of the parent may have held a store's lock at the fork: in the child
+    nobody ever releases it, and the child's first claim or write would wait for ever."""
+    for store in list(_stores):
+        store._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -76,6 +76,18 @@ _opened: dict[str, Store] = {}
 _lock = threading.Lock()
 
 
+def _fresh_lock_in_child() -> None:
+    """A thread of the parent may have held ``_lock`` at a fork: in the child nobody
+    would release it, and the child's first ``start``/``load`` naming a store by a
+    path or URL would wait for ever."""
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_lock_in_child)
+
+
 def configure(
     *,
     store: StoreSpec | _Keep | None = KEEP,

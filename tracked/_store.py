@@ -340,7 +340,17 @@ class Store(abc.ABC):
         """The state readers see for ``key`` (liveness applied, joined workers' parts
         added), or None."""
         record = self.read(key)
-        return None if record is None else self.with_parts(record)
+        if record is None:
+            return None
+        state = self.with_parts(record)
+        if state.state == "abandoned" and record.state.in_progress:
+            # The owner may have written its final state and let go of the run between
+            # the read and the judging: read once more, so a run that ended is not
+            # shown as abandoned (for a dead owner the record is unchanged).
+            again = self.read(key)
+            if again is not None and again != record:
+                return self.with_parts(again)
+        return state
 
     def list(self) -> list[State]:
         """Every progress in the store, running ones first, newest first within each."""

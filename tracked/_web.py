@@ -645,8 +645,13 @@ def _continues(latest: tracked.State, sent: tracked.State, run: int, cursor: int
 
 @functools.lru_cache(maxsize=256)
 def _parsed_query(query: str) -> tuple[tuple[str, str], ...]:
-    """A raw query string's decoded fields (UTF-8); cached, as pollers repeat theirs."""
+    """A raw query string's decoded fields (UTF-8); cached, as pollers repeat theirs.
+
+    Servers hand the query over as bytes read as latin-1 (PEP 3333, ASGI): bytes a
+    client sent unescaped are read back as the UTF-8 they are, as in the path."""
     try:
+        if not query.isascii() and max(query) <= "\xff":  # above: already text
+            query = query.encode("latin-1").decode("utf-8")
         return tuple(parse_qsl(query, keep_blank_values=True, errors="strict"))
     except UnicodeDecodeError:
         raise tracked.InvalidValue("the query string is not UTF-8") from None

@@ -280,7 +280,7 @@ def _requested_progress_id() -> str | None:
 def _form_progress_ids(environ: dict[str, Any]) -> list[str]:
     """``progress_id`` fields of a urlencoded or multipart body (parsed and kept by
     Bottle, so the route can still read its form); none for other bodies."""
-    content_type = environ.get("CONTENT_TYPE", "")
+    content_type = environ.get("CONTENT_TYPE", "").lower()  # media types ignore case
     if not content_type.startswith(_FORM_TYPES):
         return []
     try:
