@@ -136,6 +136,7 @@ class MemoryStore(Store):
         with self._lock:
             self._cancels.discard((key, owner.run))
 
+
 #: Every MemoryStore of this process, so a forked child can give each a fresh lock.
 _stores: weakref.WeakSet[MemoryStore] = weakref.WeakSet()
 
