@@ -325,3 +325,16 @@ def test_auto_falls_back_to_polling_when_the_server_refuses_streams(chromium, se
     finally:
         page.close()
 
+
+
+@pytest.mark.parametrize("middleware", [WsgiMiddleware, AsgiMiddleware], ids=["wsgi", "asgi"])
+@pytest.mark.parametrize("prefix", ["", "progress", 7, None])
+def test_a_middleware_refuses_a_prefix_that_is_not_a_url_path(middleware, prefix):
+    with pytest.raises(tracked.InvalidValue, match="prefix must be a URL path"):
+        middleware(lambda *args: None, tracked.MemoryStore(), prefix=prefix)
+
+
+@pytest.mark.parametrize("middleware", [WsgiMiddleware, AsgiMiddleware], ids=["wsgi", "asgi"])
+@pytest.mark.parametrize(("prefix", "kept"), [("/", ""), ("/p/", "/p"), ("/p", "/p")])
+def test_a_middleware_keeps_its_prefix_without_the_trailing_slash(middleware, prefix, kept):
+    assert middleware(lambda *args: None, tracked.MemoryStore(), prefix=prefix).prefix == kept

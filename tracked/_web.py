@@ -742,6 +742,13 @@ def form_progress_ids(content_type: str | None, body: bytes) -> list[str]:
 
 
 @functools.lru_cache(maxsize=4096)
+def mount_prefix(prefix: object) -> str:
+    """A middleware's status prefix, checked, without its trailing slash."""
+    if not isinstance(prefix, str) or not prefix.startswith("/"):
+        raise tracked.InvalidValue(f"prefix must be a URL path starting with '/', got {prefix!r}")
+    return prefix.rstrip("/")
+
+
 def storage_key(name: str | None, progress_id: str | None) -> str:
     """The key ``name`` and ``progress_id`` combine into (validated once, then cached);
     raises ``InvalidName`` for a bad name or progress_id."""

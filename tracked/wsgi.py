@@ -46,6 +46,7 @@ from ._web import (
     SyncEvents,
     error,
     form_progress_ids,
+    mount_prefix,
     requested_progress_id,
 )
 
@@ -144,12 +145,8 @@ class TrackedMiddleware:
         cancel: CancelPolicy = False,
         show_errors: bool = True,
     ) -> None:
-        if not isinstance(prefix, str) or not prefix.startswith("/"):
-            raise tracked.InvalidValue(
-                f"prefix must be a URL path starting with '/', got {prefix!r}"
-            )
         self.app = app
-        self.prefix = prefix.rstrip("/")
+        self.prefix = mount_prefix(prefix)
         self.status = status_app(
             store, authorize=authorize, max_stream_seconds=max_stream_seconds,
             heartbeat_seconds=heartbeat_seconds, cancel=cancel, show_errors=show_errors,
