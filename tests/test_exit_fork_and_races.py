@@ -1,4 +1,5 @@
-"""Regressions found by attacking the hardened handle, stores and status service."""
+"""Exit, fork and race regressions: a process that exits mid-run, a child forked while
+threads hold locks, a run read while it ends, refused calls that must change nothing."""
 
 from __future__ import annotations
 
