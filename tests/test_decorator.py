@@ -449,6 +449,52 @@ def test_only_non_empty_strings_become_messages_without_their_line_break(
     assert state.message_count == 3
 
 
+class _Hostile(str):
+    """A str subclass whose comparisons raise: it must be stored as plain text."""
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("compared")
+
+    def __lt__(self, other: object) -> bool:
+        raise RuntimeError("compared")
+
+    __hash__ = str.__hash__
+
+
+@pytest.mark.parametrize("blank", ["", "\n", "\r\n", None])
+def test_texts_sorting_below_a_line_break_are_counted_exactly(
+    file_store: FileStore, blank: str | None
+) -> None:
+    low = ["\tindented", "\x01control", "\r", " space"]  # all sort at or near the blanks
+
+    @tracked.tracked(name="low-texts", total=None)
+    def job() -> Iterator[object]:
+        yield from low
+        if blank is not None:
+            yield blank
+        yield "last"
+
+    list(job())
+    state = load("low-texts")
+    assert state.messages == ("\tindented", "\x01control", "\r", " space", "last")
+    assert state.message_count == 5
+
+
+def test_str_subclasses_are_stored_as_plain_text_whatever_they_override(
+    file_store: FileStore,
+) -> None:
+    @tracked.tracked(name="subclass-texts", total=None)
+    def job() -> Iterator[object]:
+        yield _Hostile("yielded")
+        tracked.current().add_message(_Hostile("added"), _Hostile("\n"))
+
+    assert [type(item) for item in job()] == [_Hostile]
+    state = load("subclass-texts")
+    assert state.state == "finished"
+    assert state.messages == ("yielded", "added")
+    assert state.message_count == 2
+
+
 def test_any_exception_while_iterating_ends_the_run_failed_with_its_error(
     file_store: FileStore,
 ) -> None:

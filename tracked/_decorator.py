@@ -284,8 +284,10 @@ def _drive(
         count += 1
         progress._yields = count
         kind = item.__class__
-        if kind is text or (kind is not none and isinstance(item, text)):
+        if kind is text:
             push(item)
+        elif kind is not none and isinstance(item, text):
+            push(text.__str__(item))  # a str subclass: kept as a plain copy
         if progress._clean:
             progress._touched()
             if progress._cancel_requested and not stopping:
@@ -428,7 +430,7 @@ async def _drive_async(
         count += 1
         progress._yields = count
         if isinstance(item, str):
-            push(item)
+            push(item if item.__class__ is str else str.__str__(item))
         if progress._clean:
             progress._touched()
             if progress._cancel_requested and not stopping:

@@ -558,7 +558,9 @@ class Progress:
             return self._kept_tuple, self._message_count
         batch = incoming[:waiting]
         del incoming[:waiting]
-        added = waiting - sum(map(batch.count, _BLANK))
+        added = waiting
+        if min(batch) <= _BLANK[-1]:  # one scan; only a text sorting this low can be blank
+            added -= sum(map(batch.count, _BLANK))
         if added:
             self._kept.extend(_last_messages(batch, self.max_messages))
             self._message_count += added
@@ -708,7 +710,8 @@ class Progress:
         self._clean = False  # updates stay in the child's memory and wake nothing
 
 
-#: What a message is once its trailing line break is dropped, if nothing is left.
+#: What a message is once its trailing line break is dropped, if nothing is left;
+#: sorted, so that a batch whose smallest text sorts above the last has none.
 _BLANK = ("", "\n", "\r\n")
 
 
@@ -774,9 +777,11 @@ def _check_status(value: Any) -> str | None:
 
 def _check_messages(messages: Iterable[object]) -> list[str]:
     checked = list(messages)
-    for message in checked:
-        if not isinstance(message, str):
-            raise InvalidValue(f"a message must be a str, not {type(message).__name__}")
+    for index, message in enumerate(checked):
+        if message.__class__ is not str:
+            if not isinstance(message, str):
+                raise InvalidValue(f"a message must be a str, not {type(message).__name__}")
+            checked[index] = str.__str__(message)  # a plain copy: no subclass code later
     return checked  # type: ignore[return-value]
 
 
