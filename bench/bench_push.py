@@ -3,7 +3,9 @@
     .venv/bin/python bench/bench_push.py freshness   # write -> SSE client, Redis and file
     .venv/bin/python bench/bench_push.py follow      # 100 clients follow one job: poll vs SSE
     .venv/bin/python bench/bench_push.py route       # status JSON vs a trivial route (wrk)
-    .venv/bin/python bench/bench_push.py crowd       # 1,000 SSE clients, 10 jobs, Redis
+    .venv/bin/python bench/bench_push.py crowd           # 1,000 SSE clients, 10 jobs, Redis
+    .venv/bin/python bench/bench_push.py crowd-together  # ... the 10 jobs writing at once
+    .venv/bin/python bench/bench_push.py crowd-fast      # ... each job writing every 0.1 s
 
 Each part starts its own redis-server and uvicorn (``bench/push_app.py``) on free
 ports. Figures are medians (and p99) of the runs printed; see bench/README.md.
@@ -290,6 +292,10 @@ def route(rounds: int = 7, duration: str = "3s") -> None:
 # ----------------------------------------------------------------------------- crowd
 
 
+#: The messages of an event's data (timestamps, written as JSON strings).
+MESSAGES = re.compile(rb'"messages":\[([^\]]*)\]')
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -297,7 +303,9 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(pid)
 
 
-def crowd(clients: int = 1000, jobs: int = 10, writes: int = 20, pause: float = 0.5) -> None:
+def crowd(
+    clients: int = 1000, jobs: int = 10, writes: int = 20, pause: float = 0.5, *, together: bool
+) -> None:
     """1,000 SSE clients on one uvicorn process following 10 jobs on Redis; each job
     writes every ``pause`` seconds (0.1: the default min_interval, flat out)."""
     with redis_server() as url, uvicorn_server(url) as (port, pid):
@@ -306,7 +314,8 @@ def crowd(clients: int = 1000, jobs: int = 10, writes: int = 20, pause: float = 
         # The writes come from another process, as a job's would: no GIL shared with
         # the 1,000 clients here. It claims the records, says so, and writes on "go".
         writer_process = subprocess.Popen(
-            [sys.executable, __file__, "_write", url, str(jobs), str(writes), str(pause)],
+            [sys.executable, __file__, "_write", url, str(jobs), str(writes), str(pause),
+             "together" if together else "apart"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert writer_process.stdout is not None and writer_process.stdin is not None
         assert writer_process.stdout.readline().strip() == "ready"
@@ -317,31 +326,53 @@ def crowd(clients: int = 1000, jobs: int = 10, writes: int = 20, pause: float = 
         opened = 0
         finished = 0
 
-        async def client(index: int, ready: asyncio.Event) -> None:
-            nonlocal opened, finished
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(f"GET {PREFIX}/job-{index % jobs} HTTP/1.0\r\n"
-                         "Accept: text/event-stream\r\n\r\n".encode())
-            await writer.drain()
-            first = True
-            while True:
-                line = await reader.readline()
-                if not line:
-                    break
-                if line.startswith(b"data: {"):
-                    data = json.loads(line[6:])
-                    if first:
-                        first = False
+        class Client(asyncio.Protocol):
+            """One SSE client, as cheap as a Python client gets (a protocol, no
+            stream reader): it notes the time bytes arrive, then parses them."""
+
+            def __init__(self, ready: asyncio.Event, done: asyncio.Future[None]) -> None:
+                self.ready, self.done = ready, done
+                self.buffer = b""
+                self.first = True
+
+            def data_received(self, data: bytes) -> None:
+                nonlocal opened
+                now = time.time()
+                self.buffer += data
+                *events, self.buffer = self.buffer.split(b"\n\n")
+                for event in events:
+                    start = event.find(b"data: {")
+                    if start < 0:
+                        continue
+                    body = event[start + 6 :]
+                    if self.first:
+                        self.first = False
                         opened += 1
                         if opened == clients:
-                            ready.set()
+                            self.ready.set()
                     else:
-                        now = time.time()
-                        delays.extend(now - float(m) for m in data["messages"])
-                    if not data["in_progress"]:
-                        break
+                        found = MESSAGES.search(body)
+                        stamps = found.group(1).split(b",") if found and found.group(1) else []
+                        delays.extend(now - float(stamp.strip(b'"')) for stamp in stamps)
+                    if b'"in_progress":false' in body and not self.done.done():
+                        self.done.set_result(None)
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                if not self.done.done():
+                    self.done.set_result(None)
+
+        async def client(index: int, ready: asyncio.Event) -> None:
+            nonlocal finished
+            loop = asyncio.get_running_loop()
+            done: asyncio.Future[None] = loop.create_future()
+            transport, _ = await loop.create_connection(
+                lambda: Client(ready, done), "127.0.0.1", port
+            )
+            transport.write(f"GET {PREFIX}/job-{index % jobs} HTTP/1.0\r\n"
+                            "Accept: text/event-stream\r\n\r\n".encode())
+            await done
             finished += 1
-            writer.close()
+            transport.close()
 
         async def run() -> None:
             ready = asyncio.Event()
@@ -375,28 +406,49 @@ def crowd(clients: int = 1000, jobs: int = 10, writes: int = 20, pause: float = 
         asyncio.run(run())
         ms = [d * 1000 for d in delays]
         print(f"  freshness over {len(ms)} deliveries: p50={statistics.median(ms):.1f} ms "
-              f"p99={percentile(ms, 99):.1f} ms; streams ended: {finished}/{clients}")
+              f"p90={percentile(ms, 90):.1f} ms p99={percentile(ms, 99):.1f} ms "
+              f"max={max(ms):.1f} ms; streams ended: {finished}/{clients}")
+        if os.environ.get("BENCH_ROUNDS"):
+            per = len(ms) // writes
+            for r in range(writes):
+                chunk = sorted(ms[r * per:(r + 1) * per])
+                print(f"    slice {r}: p50={chunk[len(chunk) // 2]:.1f} max={chunk[-1]:.1f}")
         store.close()
 
 
-def _write(url: str, jobs: str, writes: str, pause: str) -> None:
-    """The crowd's writer process: ``writes`` rounds over ``jobs`` records."""
+def _write(url: str, jobs: str, writes: str, pause: str, mode: str) -> None:
+    """The crowd's writer process: ``writes`` rounds over ``jobs`` records, every
+    ``pause`` seconds. ``together``: the jobs write in the same instant (the worst
+    case, 1,000 deliveries at once); ``apart``: each job at its own phase of the
+    period, as independent jobs' flushers do."""
     store = tracked.open_store(url)
     writers = [Writer(store, f"job-{j}") for j in range(int(jobs))]
+    period = float(pause)
     print("ready", flush=True)
     sys.stdin.readline()
-    for i in range(int(writes)):
-        for w in writers:
-            w.write(final=i == int(writes) - 1)
-        time.sleep(float(pause))
+    start = time.monotonic()
+    slots = sorted(
+        (i * period + (0 if mode == "together" else j * period / len(writers)), i, j)
+        for i in range(int(writes))
+        for j in range(len(writers))
+    )
+    for at, i, j in slots:
+        time.sleep(max(0.0, start + at - time.monotonic()))
+        writers[j].write(final=i == int(writes) - 1)
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["_write"]:
         _write(*sys.argv[2:])
         sys.exit(0)
-    parts = {"freshness": freshness, "follow": follow, "route": route, "crowd": crowd,
-             "crowd-fast": lambda: crowd(writes=40, pause=0.1)}
+    parts = {
+        "freshness": freshness,
+        "follow": follow,
+        "route": route,
+        "crowd": lambda: crowd(together=False),
+        "crowd-together": lambda: crowd(together=True),
+        "crowd-fast": lambda: crowd(writes=40, pause=0.1, together=False),
+    }
     for part in sys.argv[1:] or list(parts):
         print(f"== {part}")
         parts[part]()

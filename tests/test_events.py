@@ -402,13 +402,12 @@ def test_a_closed_client_stops_following_the_record(adapter, store):
             _wait_stored(store, "left", 0)
             stream = Stream(port, f"{PREFIX}/left")
             assert stream.event() is not None
-            follower = _watch.watcher(store)
-            assert "left" in follower.keys()
+            assert "left" in _watch.followed(store)
             stream.close()
             deadline = time.monotonic() + 5
-            while "left" in follower.keys() and time.monotonic() < deadline:
+            while "left" in _watch.followed(store) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert "left" not in follower.keys()
+            assert "left" not in _watch.followed(store)
 
 
 def test_a_write_reaches_the_client_quickly(adapter, store):
@@ -475,6 +474,9 @@ def test_redis_streams_share_one_pub_sub_connection(adapter, redis_url):
                 assert stream.event() is not None
             pubsub = admin.execute_command("CLIENT", "LIST", "TYPE", "pubsub").decode()
             assert len([line for line in pubsub.splitlines() if line]) == 1
+            # ASGI streams read pub/sub on their event loop; WSGI ones on one thread.
+            on_threads = set(_watch.watcher(store).keys())
+            assert on_threads == (set() if adapter == "asgi" else _watch.followed(store))
             for index, progress in enumerate(progresses):
                 progress.add_message(f"to {index}")
             for index, stream in enumerate(streams):
@@ -489,6 +491,74 @@ def test_redis_streams_share_one_pub_sub_connection(adapter, redis_url):
         for stream in streams:
             stream.close()
         admin.close()
+        store.close()
+
+
+def test_streams_resubscribe_after_the_pub_sub_connection_is_killed(adapter, redis_url):
+    import redis
+
+    store = tracked.RedisStore(redis_url)
+    admin = redis.Redis.from_url(redis_url)
+
+    def pubsub_clients() -> int:
+        listed = admin.execute_command("CLIENT", "LIST", "TYPE", "pubsub").decode()
+        return len([line for line in listed.splitlines() if line])
+
+    try:
+        with serve(adapter, store) as port, tracked.start(
+            "survivor", store=store, min_interval=0
+        ) as progress:
+            _wait_stored(store, "survivor", 0)
+            stream = Stream(port, f"{PREFIX}/survivor")
+            assert stream.event() is not None
+            assert pubsub_clients() == 1
+            admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+            deadline = time.monotonic() + 10
+            while pubsub_clients() != 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert pubsub_clients() == 1  # subscribed again, on one connection
+            progress.add_message("after the kill")
+            event = stream.event()
+            while event is not None and not event["data"]["messages"]:
+                event = stream.event()
+            assert event is not None and event["data"]["messages"] == ["after the kill"]
+            stream.close()
+    finally:
+        admin.close()
+        store.close()
+
+
+def test_asgi_streams_of_a_store_made_from_a_client_follow_it_on_the_loop(redis_url):
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    store = tracked.RedisStore(client)
+    try:
+        with serve("asgi", store) as port, tracked.start(
+            "from-client", store=store, min_interval=0
+        ) as progress:
+            _wait_stored(store, "from-client", 0)
+            stream = Stream(port, f"{PREFIX}/from-client")
+            assert stream.event() is not None
+            assert "from-client" in _watch.followed(store)
+            assert not _watch.watcher(store).keys()  # no thread reads for this loop
+            progress.add_message("pushed")
+            event = stream.event()
+            while event is not None and not event["data"]["messages"]:
+                event = stream.event()
+            assert event is not None and event["data"]["messages"] == ["pushed"]
+            stream.close()
+    finally:
+        client.close()
+
+
+def test_a_cluster_store_has_no_asyncio_client_so_its_events_are_read_on_a_thread(
+    redis_cluster_url,
+):
+    store = tracked.open_store(redis_cluster_url)
+    try:
+        assert store.async_client() is None  # type: ignore[attr-defined]
+    finally:
         store.close()
 
 

@@ -4,23 +4,27 @@ The status service's event streams (``_web``) wait here between events. One
 ``Watcher`` per store and process (``watcher(store)``), shared by every open
 stream, turns the store's own signal into wake-ups of ``Subscription``s:
 
-- ``RedisStore``: ONE pub/sub connection per store and process, on a thread,
-  subscribed to ``store.channel(key)`` for every key some stream follows. The
-  published wire JSON travels with the wake-up, so a stream can usually send
-  it without reading the store again.
+- ``RedisStore``: ONE pub/sub connection per store and process, subscribed to
+  ``store.channel(key)`` for every key some stream follows. Streams on an event
+  loop (the ASGI app) share one read with redis-py's asyncio client on that loop
+  (``watcher(store, loop)``: no thread, and a wake-up is a future resolved on
+  the loop itself); streams on threads (WSGI, Bottle) share one read on a
+  thread. The published wire JSON travels with the wake-up, so a stream can
+  usually send it without reading the store again.
 - ``FileStore``: one thread per store that ``stat``s each followed record every
   ``FILE_INTERVAL`` (50 ms); only a changed identity (inode, mtime, size) wakes.
 - ``MemoryStore``: woken in-process by the writer (``MemoryStore._changed``).
 - any other store: woken every ``FILE_INTERVAL``, so streams re-read it.
 
 A ``Subscription`` is waited on by a thread (``wait``) or by an asyncio task
-(``wait_async``, no thread held): a wake-up from the watcher's thread reaches an
-event loop through ``call_soon_threadsafe``.
+(``wait_async``, no thread held): a wake-up from another thread reaches an
+event loop through ``call_soon_threadsafe``, once per loop and batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -30,7 +34,7 @@ from typing import Any
 
 import tracked
 
-__all__ = ["FILE_INTERVAL", "Subscription", "Watcher", "subscribe", "watcher"]
+__all__ = ["FILE_INTERVAL", "Subscription", "Watcher", "followed", "subscribe", "watcher"]
 
 logger = logging.getLogger("tracked")
 
@@ -75,10 +79,13 @@ class Subscription:
     def take(self) -> Change:
         """Whether a change arrived since the last ``take`` (and its state), resetting it."""
         with self._cond:
-            change = (self._pending, self._latest)
-            self._pending = False
-            self._latest = None
-            return change
+            return self._take_locked()
+
+    def _take_locked(self) -> Change:
+        change = (self._pending, self._latest)
+        self._pending = False
+        self._latest = None
+        return change
 
     def wait(self, timeout: float) -> Change:
         """Block up to ``timeout`` seconds for a change; then ``take()`` it."""
@@ -88,20 +95,22 @@ class Subscription:
         return self.take()
 
     async def wait_async(self, timeout: float) -> Change:
-        """Wait up to ``timeout`` seconds on the running loop, holding no thread."""
+        """Wait up to ``timeout`` seconds on the running loop, holding no thread.
+
+        One future and one timer per wait (no ``wait_for`` task machinery): with a
+        thousand streams woken at once, each wake-up is the loop's cheapest."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
         with self._cond:
             if self._pending or timeout <= 0:
-                future = None  # type: ignore[assignment]
-            else:
-                self._waiters.append((loop, future))
-        if future is not None:
-            try:
-                await asyncio.wait_for(future, timeout)
-            except asyncio.TimeoutError:
-                pass
-            finally:
+                return self._take_locked()
+            future: asyncio.Future[None] = loop.create_future()
+            self._waiters.append((loop, future))
+        timer = loop.call_later(timeout, _resolve_one, future)
+        try:
+            await future
+        finally:
+            timer.cancel()
+            if not future.done() or self._waiters:
                 with self._cond:
                     self._waiters = [w for w in self._waiters if w[1] is not future]
         return self.take()
@@ -117,11 +126,24 @@ def _resolve(futures: list[asyncio.Future[None]]) -> None:
             future.set_result(None)
 
 
-def _wake_loops(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]) -> None:
-    """Resolve waiting futures, with one hand-off per event loop (not one per stream)."""
+def _resolve_one(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _wake_loops(
+    waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]],
+    here: asyncio.AbstractEventLoop | None = None,
+) -> None:
+    """Resolve waiting futures: those of ``here`` (the loop running this call) at
+    once, the others with one hand-off per event loop (not one per stream)."""
     by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
     for loop, future in waiters:
-        by_loop.setdefault(loop, []).append(future)
+        if loop is here:
+            if not future.done():
+                future.set_result(None)
+        else:
+            by_loop.setdefault(loop, []).append(future)
     for loop, futures in by_loop.items():
         try:
             loop.call_soon_threadsafe(_resolve, futures)
@@ -334,24 +356,7 @@ class RedisWatcher(Watcher):
     def _handle(
         self, message: dict[str, Any]
     ) -> list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]:
-        """Confirm a subscription, or mark the subscriptions a published write wakes."""
-        raw = message.get("channel")
-        channel = raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else str(raw)
-        with self._lock:
-            key = self._channels.get(channel)
-            confirmed = self._confirmed.get(channel)
-            subs = list(self._subs.get(key, ())) if key is not None else []
-        if message["type"] == "subscribe":
-            if confirmed is not None:
-                confirmed.set()
-            return []
-        if message["type"] != "message" or not subs:
-            return []
-        state = _state(message.get("data"))
-        waiters = []
-        for sub in subs:
-            waiters.extend(sub.mark(state))
-        return waiters
+        return _handle_message(self, message)
 
 
 def _state(payload: Any) -> tracked.State | None:
@@ -362,12 +367,178 @@ def _state(payload: Any) -> tracked.State | None:
         return None
 
 
+class LoopRedisWatcher(Watcher):
+    """The streams of one event loop following a RedisStore: one pub/sub connection
+    read on the loop with redis-py's asyncio client, no thread.
+
+    A wake-up resolves the waiting streams' futures directly, on the loop they wait
+    on. ``subscribe`` is called from a worker thread (where the ASGI app opens a
+    stream) and returns once the server confirmed the subscription, so a read
+    made after it misses nothing. Commands run on the loop one at a time; the
+    reader starts with the first confirmed subscription and ends, closing its
+    connection, when no stream of the loop follows anything.
+    """
+
+    def __init__(self, store: Any, loop: asyncio.AbstractEventLoop, client: Any) -> None:
+        super().__init__(store)
+        self.loop = loop
+        self._redis: Any = store
+        self._client = client  # redis.asyncio.Redis, from store.async_client()
+        self._pubsub: Any = None
+        self._read_from: Any = None  # the PubSub a reader task reads (on the loop only)
+        self._serial: asyncio.Lock | None = None  # one command at a time (on the loop)
+        self._channels: dict[str, str] = {}  # channel -> key
+        self._confirmed: dict[str, threading.Event] = {}
+
+    def _start(self) -> None:
+        """Nothing to start here: the first subscription starts the reader."""
+
+    def subscribe(self, key: str) -> Subscription:
+        sub = super().subscribe(key)
+        with self._lock:
+            confirmed = self._confirmed.get(self._redis.channel(key))
+        if confirmed is not None and not self._on_loop():
+            confirmed.wait(SUBSCRIBE_TIMEOUT)  # subscribed by another stream an instant ago
+        return sub
+
+    def _on_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            return False
+
+    def _added(self, key: str) -> None:
+        channel = self._redis.channel(key)
+        confirmed = threading.Event()
+        with self._lock:
+            self._channels[channel] = key
+            self._confirmed[channel] = confirmed
+        try:
+            asyncio.run_coroutine_threadsafe(self._command("subscribe", channel), self.loop)
+        except RuntimeError:  # the loop is closed: nobody will wait on it
+            return
+        if not self._on_loop() and not confirmed.wait(SUBSCRIBE_TIMEOUT):
+            logger.warning("tracked: %s: subscription to %s not confirmed", self.store, channel)
+
+    def _removed(self, key: str) -> None:
+        channel = self._redis.channel(key)
+        with self._lock:
+            self._channels.pop(channel, None)
+            self._confirmed.pop(channel, None)
+        try:
+            asyncio.run_coroutine_threadsafe(self._command("unsubscribe", channel), self.loop)
+        except RuntimeError:  # the loop is closed: its connection is gone with it
+            pass
+
+    async def _command(self, command: str, *channels: str) -> None:
+        """(Un)subscribe on the loop, then make sure a reader runs: it sees the
+        server's confirmation."""
+        if self._serial is None:
+            self._serial = asyncio.Lock()
+        async with self._serial:
+            if command == "unsubscribe" and self._pubsub is None:
+                return  # the reader ended and closed the connection: nothing to undo
+            if self._pubsub is None:
+                self._pubsub = self._client.pubsub()
+            try:
+                await getattr(self._pubsub, command)(*channels)
+            except Exception as exc:  # noqa: BLE001 - streams then re-read on their own clock
+                # A lost connection forgets its subscriptions anyway: unsubscribing is no news.
+                log = logger.debug if command == "unsubscribe" else logger.warning
+                log("tracked: cannot %s %s: %s", command, ", ".join(channels), exc)
+                with self._lock:
+                    waiting = [self._confirmed.get(channel) for channel in channels]
+                for confirmed in waiting:
+                    if confirmed is not None:
+                        confirmed.set()  # nobody waits the full timeout for a failed command
+                return
+            if self._read_from is not self._pubsub:
+                self._read_from = self._pubsub
+                self.loop.create_task(self._read(self._pubsub))
+
+    async def _read(self, pubsub: Any) -> None:
+        try:
+            while True:
+                with self._lock:
+                    if not self._subs:
+                        break
+                try:
+                    message = await pubsub.get_message(timeout=1.0)
+                except Exception as exc:  # noqa: BLE001 - Redis went away: streams re-read
+                    logger.warning("tracked: %s: pub/sub failed: %s", self.store, exc)
+                    await self._reconnect(pubsub)
+                    return  # the reconnecting command started a new reader
+                if message is not None:
+                    _wake_loops(self._handle(message), self.loop)
+        finally:
+            if self._read_from is pubsub:
+                self._read_from = None
+        # Idle: close the connection, unless a command is using it right now.
+        if self._serial is not None and not self._serial.locked() and self._pubsub is pubsub:
+            self._pubsub = None
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    async def _reconnect(self, broken: Any) -> None:
+        """After a failure: a new connection subscribed to every followed channel, with
+        its own reader, and every stream woken to read its record (a write may have
+        gone unheard)."""
+        await asyncio.sleep(0.5)
+        if self._pubsub is broken:
+            self._pubsub = None
+        if self._read_from is broken:
+            self._read_from = None
+        with contextlib.suppress(Exception):
+            await broken.aclose()
+        with self._lock:
+            channels = list(self._channels)
+        if channels:
+            await self._command("subscribe", *channels)
+        for key in self.keys():
+            self.notify(key)
+
+    def _handle(
+        self, message: dict[str, Any]
+    ) -> list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]:
+        return _handle_message(self, message)
+
+
+def _handle_message(
+    watcher: Any, message: dict[str, Any]
+) -> list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]:
+    """Confirm a subscription, or mark the subscriptions a published write wakes."""
+    raw = message.get("channel")
+    channel = raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else str(raw)
+    with watcher._lock:
+        key = watcher._channels.get(channel)
+        confirmed = watcher._confirmed.get(channel)
+        subs = list(watcher._subs.get(key, ())) if key is not None else []
+    if message["type"] == "subscribe":
+        if confirmed is not None:
+            confirmed.set()
+        return []
+    if message["type"] != "message" or not subs:
+        return []
+    state = _state(message.get("data"))
+    waiters = []
+    for sub in subs:
+        waiters.extend(sub.mark(state))
+    return waiters
+
+
 _watchers: dict[int, Watcher] = {}
+_loop_watchers: dict[tuple[int, int], LoopRedisWatcher] = {}
 _watchers_lock = threading.Lock()
 
 
-def watcher(store: tracked.Store) -> Watcher:
-    """The one watcher of ``store`` in this process."""
+def watcher(store: tracked.Store, loop: asyncio.AbstractEventLoop | None = None) -> Watcher:
+    """The one watcher of ``store`` in this process; with ``loop``, the one of the
+    streams waiting on that event loop (its own only for a RedisStore, whose events
+    it then reads on the loop)."""
+    if loop is not None and type(store).__name__ == "RedisStore":
+        found_on_loop = _loop_watcher(store, loop)
+        if found_on_loop is not None:
+            return found_on_loop
     with _watchers_lock:
         found = _watchers.get(id(store))
         if found is not None and found.store is store:
@@ -385,6 +556,37 @@ def watcher(store: tracked.Store) -> Watcher:
         return made
 
 
-def subscribe(store: tracked.Store, key: str) -> Subscription:
-    """Follow ``key`` in ``store``: see ``Watcher.subscribe``."""
-    return watcher(store).subscribe(key)
+def _loop_watcher(store: Any, loop: asyncio.AbstractEventLoop) -> LoopRedisWatcher | None:
+    """The watcher of ``store`` for ``loop``, made on first use; None if the store
+    cannot make an asyncio client (its events are then read on a thread)."""
+    with _watchers_lock:
+        for stale in [k for k, w in _loop_watchers.items() if w.loop.is_closed()]:
+            del _loop_watchers[stale]
+        found = _loop_watchers.get((id(store), id(loop)))
+        if found is not None and found.store is store and found.loop is loop:
+            return found
+        try:
+            client = store.async_client()
+        except Exception as exc:  # noqa: BLE001 - fall back to the thread's reader
+            logger.debug("tracked: %s: no asyncio client (%s); events read on a thread", store, exc)
+            client = None
+        if client is None:
+            return None
+        made = LoopRedisWatcher(store, loop, client)
+        _loop_watchers[(id(store), id(loop))] = made
+        return made
+
+
+def subscribe(
+    store: tracked.Store, key: str, loop: asyncio.AbstractEventLoop | None = None
+) -> Subscription:
+    """Follow ``key`` in ``store`` (for a stream waiting on ``loop``, if given): see
+    ``Watcher.subscribe``."""
+    return watcher(store, loop).subscribe(key)
+
+
+def followed(store: tracked.Store) -> set[str]:
+    """Every key some stream of this process follows in ``store``, on any watcher."""
+    with _watchers_lock:
+        found = [w for w in (_watchers.get(id(store)), *_loop_watchers.values()) if w]
+    return {key for w in found if w.store is store for key in w.keys()}

@@ -20,6 +20,7 @@ drives it for WSGI servers; ``tracked.asgi`` drives it on an event loop.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import hashlib
@@ -228,9 +229,12 @@ class StatusService:
         rendered = cache.get(key, since, cache.signature(key), time.monotonic())
         return None if rendered is None else respond(rendered, request.if_none_match)
 
-    def open(self, request: StatusRequest) -> Response | EventStream:
+    def open(
+        self, request: StatusRequest, loop: asyncio.AbstractEventLoop | None = None
+    ) -> Response | EventStream:
         """``handle``, or an event stream for a GET that accepts ``text/event-stream``
-        (while ``max_stream_seconds`` is not 0): the same checks and errors first."""
+        (while ``max_stream_seconds`` is not 0): the same checks and errors first.
+        ``loop``: the event loop the stream will wait on (ASGI), if any."""
         if (
             request.method != "GET"
             or not self.max_stream_seconds
@@ -247,7 +251,7 @@ class StatusService:
         if resume == END_ID:
             return Response(204, (_NO_STORE,))
         store = self.store or tracked.default_store()
-        subscription = _watch.subscribe(store, key)  # before reading: no change is missed
+        subscription = _watch.subscribe(store, key, loop)  # before reading: no change is missed
         try:
             state = store.load(key)
         except Exception as exc:  # noqa: BLE001 - a store or record problem, never HTML

@@ -93,7 +93,8 @@ def status_app(
         request = _request(scope)
         answer: Response | EventStream | None = service.cached(request)
         if answer is None:
-            answer = await asyncio.to_thread(service.open, request)
+            loop = asyncio.get_running_loop()
+            answer = await asyncio.to_thread(service.open, request, loop)
         if isinstance(answer, EventStream):
             await _stream(answer, receive, send)
         else:

@@ -383,6 +383,24 @@ class RedisStore(Store):
         """The pub/sub channel on which every write of ``key`` is published."""
         return f"{self.prefix}events:{_clean(key)}"
 
+    def async_client(self) -> Any | None:
+        """A new redis-py asyncio client of this store's server, for reading its events
+        on an event loop (the caller closes it); None when there is none to make (a
+        Redis Cluster, or a client whose connection class has no asyncio twin): then
+        events are read on a thread instead."""
+        import redis.asyncio
+
+        if self._url is not None:
+            if CLUSTER_SCHEMES.get(self._url.partition("://")[0].lower()) is not None:
+                return None
+            return redis.asyncio.Redis.from_url(
+                self._url, socket_connect_timeout=CONNECT_TIMEOUT
+            )
+        client = self.client
+        if not isinstance(client, redis.Redis):
+            return None
+        return _async_twin(client)
+
     def _keys(self, key: str) -> list[str]:
         return self._sibling_keys(_tag(key))
 
@@ -878,6 +896,30 @@ def _connector(url_or_client: object, address: str) -> Callable[[], Client]:
         return _cluster_connector(f"{plain}://{rest}")
     except (ValueError, TypeError, redis.RedisError, RedisClusterException) as exc:
         raise StoreError(f"cannot use {address!r} as a Redis store: {exc}") from exc
+
+
+def _async_twin(client: redis.Redis) -> Any | None:  # type: ignore[type-arg]
+    """An asyncio client with the connection settings of a sync one, where they carry over."""
+    import inspect
+
+    import redis.asyncio
+    import redis.asyncio.connection
+
+    pool = client.connection_pool
+    kind = getattr(redis.asyncio.connection, pool.connection_class.__name__, None)
+    if kind is None:
+        return None
+    accepted = inspect.signature(kind.__init__).parameters
+    options = {
+        name: value
+        for name, value in pool.connection_kwargs.items()
+        if name in accepted and name not in ("retry", "socket_timeout")
+    }
+    try:
+        async_pool = redis.asyncio.ConnectionPool(connection_class=kind, **options)
+    except (TypeError, ValueError):
+        return None
+    return redis.asyncio.Redis(connection_pool=async_pool)
 
 
 def _single_client(url: str) -> redis.Redis:  # type: ignore[type-arg]
