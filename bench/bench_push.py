@@ -1,7 +1,7 @@
 """Push benchmarks: Server-Sent Events against polling, under a real uvicorn.
 
     .venv/bin/python bench/bench_push.py freshness   # write -> SSE client, Redis and file
-    .venv/bin/python bench/bench_push.py follow      # 100 clients follow one job: poll vs SSE
+    .venv/bin/python bench/bench_push.py follow      # 100 clients follow a job 60 s: poll vs SSE
     .venv/bin/python bench/bench_push.py route       # status JSON vs a trivial route (wrk)
     .venv/bin/python bench/bench_push.py crowd           # 1,000 SSE clients, 10 jobs, Redis
     .venv/bin/python bench/bench_push.py crowd-together  # ... the 10 jobs writing at once
@@ -186,7 +186,7 @@ def server_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def follow(clients: int = 100, seconds: float = 20.0) -> None:
+def follow(clients: int = 100, seconds: float = 60.0) -> None:
     """Requests and server CPU to follow one job: polling every 1 s vs SSE."""
     with redis_server() as url, uvicorn_server(url) as (port, pid):
         store = tracked.open_store(url)
