@@ -528,6 +528,60 @@ def test_streams_resubscribe_after_the_pub_sub_connection_is_killed(adapter, red
         store.close()
 
 
+def test_asgi_streams_keep_trying_to_subscribe_while_redis_refuses_it(redis_url):
+    # The pub/sub connection is killed and the server refuses new ones for a while
+    # (here: a password set meanwhile; the store's open connections still read):
+    # after the first failed attempt, the loop's reader must keep trying, or its
+    # streams only see writes at each recheck from then on.
+    import redis
+
+    store = tracked.RedisStore(redis_url)
+    admin = redis.Redis.from_url(redis_url)
+    channel = store.channel("refused")
+
+    def subscribers() -> tuple[int, int]:
+        listed = admin.execute_command("CLIENT", "LIST", "TYPE", "pubsub").decode()
+        clients = len([line for line in listed.splitlines() if line])
+        return admin.pubsub_numsub(channel)[0][1], clients
+
+    def refusals() -> int:
+        stats = admin.info("errorstats")
+        return int(stats.get("errorstat_NOAUTH", {}).get("count", 0))
+
+    try:
+        with serve("asgi", store) as port, tracked.start(
+            "refused", store=store, min_interval=0
+        ) as progress:
+            _wait_stored(store, "refused", 0)
+            stream = Stream(port, f"{PREFIX}/refused")
+            assert stream.event() is not None
+            assert subscribers() == (1, 1)
+            before = refusals()
+            admin.config_set("requirepass", "not-given")
+            try:
+                admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+                deadline = time.monotonic() + 10
+                while refusals() == before and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert refusals() > before  # the reader's reconnection was refused
+                time.sleep(1.5)  # the rest of the outage: the next attempts fail too
+            finally:
+                admin.config_set("requirepass", "")
+            deadline = time.monotonic() + 10
+            while subscribers() != (1, 1) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert subscribers() == (1, 1)  # subscribed again, on one connection
+            progress.add_message("after the refusal")
+            event = stream.event()
+            while event is not None and not event["data"]["messages"]:
+                event = stream.event()
+            assert event is not None and event["data"]["messages"] == ["after the refusal"]
+            stream.close()
+    finally:
+        admin.close()
+        store.close()
+
+
 def test_asgi_streams_of_a_store_made_from_a_client_follow_it_on_the_loop(redis_url):
     import redis
 

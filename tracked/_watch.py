@@ -430,14 +430,14 @@ class LoopRedisWatcher(Watcher):
         except RuntimeError:  # the loop is closed: its connection is gone with it
             pass
 
-    async def _command(self, command: str, *channels: str) -> None:
+    async def _command(self, command: str, *channels: str) -> bool:
         """(Un)subscribe on the loop, then make sure a reader runs: it sees the
-        server's confirmation."""
+        server's confirmation. False if the command failed."""
         if self._serial is None:
             self._serial = asyncio.Lock()
         async with self._serial:
             if command == "unsubscribe" and self._pubsub is None:
-                return  # the reader ended and closed the connection: nothing to undo
+                return True  # the reader ended and closed the connection: nothing to undo
             if self._pubsub is None:
                 self._pubsub = self._client.pubsub()
             try:
@@ -451,10 +451,11 @@ class LoopRedisWatcher(Watcher):
                 for confirmed in waiting:
                     if confirmed is not None:
                         confirmed.set()  # nobody waits the full timeout for a failed command
-                return
+                return False
             if self._read_from is not self._pubsub:
                 self._read_from = self._pubsub
                 self.loop.create_task(self._read(self._pubsub))
+            return True
 
     async def _read(self, pubsub: Any) -> None:
         try:
@@ -482,18 +483,21 @@ class LoopRedisWatcher(Watcher):
     async def _reconnect(self, broken: Any) -> None:
         """After a failure: a new connection subscribed to every followed channel, with
         its own reader, and every stream woken to read its record (a write may have
-        gone unheard)."""
-        await asyncio.sleep(0.5)
+        gone unheard). While the server refuses, it tries again every half second:
+        streams that can still read the store would otherwise only see its writes
+        at each recheck, for as long as they stay open."""
         if self._pubsub is broken:
             self._pubsub = None
         if self._read_from is broken:
             self._read_from = None
         with contextlib.suppress(Exception):
             await broken.aclose()
-        with self._lock:
-            channels = list(self._channels)
-        if channels:
-            await self._command("subscribe", *channels)
+        while True:
+            await asyncio.sleep(0.5)
+            with self._lock:
+                channels = list(self._channels)
+            if not channels or await self._command("subscribe", *channels):
+                break
         for key in self.keys():
             self.notify(key)
 
