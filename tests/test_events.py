@@ -606,6 +606,40 @@ def test_asgi_streams_of_a_store_made_from_a_client_follow_it_on_the_loop(redis_
         client.close()
 
 
+def test_asgi_streams_of_a_client_store_use_its_password_and_database(redis_url):
+    # The asyncio client reading events must connect as the store's client does:
+    # same server, credentials and database (dropping them fails the subscription
+    # on a server with a password, and streams fall back to rechecks).
+    import redis
+
+    admin = redis.Redis.from_url(redis_url)
+    port_number = admin.connection_pool.connection_kwargs["port"]
+    admin.config_set("requirepass", "s3cret")
+    client = redis.Redis(host="127.0.0.1", port=port_number, db=3, password="s3cret")
+    store = tracked.RedisStore(client)
+    twin = store.async_client()
+    try:
+        options = twin.connection_pool.connection_kwargs
+        assert (options["db"], options["password"]) == (3, "s3cret")
+        with serve("asgi", store) as port, tracked.start(
+            "guarded", store=store, min_interval=0
+        ) as progress:
+            _wait_stored(store, "guarded", 0)
+            stream = Stream(port, f"{PREFIX}/guarded")
+            assert stream.event() is not None
+            assert admin.pubsub_numsub(store.channel("guarded"))[0][1] == 1
+            progress.add_message("to db 3")
+            event = stream.event()
+            while event is not None and not event["data"]["messages"]:
+                event = stream.event()
+            assert event is not None and event["data"]["messages"] == ["to db 3"]
+            stream.close()
+    finally:
+        admin.config_set("requirepass", "")
+        admin.close()
+        client.close()
+
+
 def test_a_cluster_store_has_no_asyncio_client_so_its_events_are_read_on_a_thread(
     redis_cluster_url,
 ):
