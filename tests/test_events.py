@@ -582,6 +582,60 @@ def test_asgi_streams_keep_trying_to_subscribe_while_redis_refuses_it(redis_url)
         store.close()
 
 
+@pytest.mark.parametrize("reader", ["loop", "thread"])
+def test_a_key_followed_again_while_its_last_stream_unsubscribes_stays_subscribed(
+    reader, redis_url
+):
+    # The last stream of a key closes; before its unsubscription reaches Redis,
+    # another stream follows the key. Whatever the order, the key must stay
+    # subscribed, or the new stream only sees writes at each recheck.
+    import asyncio
+
+    import redis
+
+    store = tracked.RedisStore(redis_url)
+    admin = redis.Redis.from_url(redis_url)
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+    watcher = _watch.watcher(store, loop if reader == "loop" else None)
+    key = f"contested-{reader}"  # its own channel: another test's connection may linger
+    again: list[_watch.Subscription] = []
+    original = watcher._removed
+
+    def removed_late(key: str) -> None:
+        again.append(watcher.subscribe(key))  # another stream, right then
+        original(key)
+
+    try:
+        held = watcher.subscribe(key)
+        watcher._removed = removed_late  # type: ignore[method-assign]
+        held.close()
+        watcher._removed = original  # type: ignore[method-assign]
+        # Commands run in order: once this one is confirmed, the others have run.
+        watcher.subscribe("marker").close()
+        assert admin.pubsub_numsub(store.channel(key))[0][1] == 1
+        with tracked.start(key, store=store, min_interval=0):
+            pass
+        changed, _ = again[0].wait(10)
+        assert changed
+        again[0].close()
+    finally:
+
+        async def cancel_the_others() -> None:  # the reader, say: no task left pending
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(cancel_the_others(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(10)
+        loop.close()
+        admin.close()
+        store.close()
+
+
 def test_asgi_streams_of_a_store_made_from_a_client_follow_it_on_the_loop(redis_url):
     import redis
 

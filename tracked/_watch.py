@@ -318,11 +318,16 @@ class RedisWatcher(Watcher):
 
     def _removed(self, key: str) -> None:
         channel = self._redis.channel(key)
-        with self._lock:
-            self._channels.pop(channel, None)
-            self._confirmed.pop(channel, None)
         try:
             with self._commands:
+                # Another stream may have followed the key again since its last one
+                # ended: then it stays subscribed. Checked with the commands held, so
+                # its subscription (made after) cannot be undone by this one.
+                with self._lock:
+                    if key in self._subs:
+                        return
+                    self._channels.pop(channel, None)
+                    self._confirmed.pop(channel, None)
                 self._pubsub.unsubscribe(channel)
         except Exception as exc:  # noqa: BLE001 - a lost connection forgets it anyway
             logger.debug("tracked: cannot unsubscribe from %s: %s", channel, exc)
@@ -423,6 +428,8 @@ class LoopRedisWatcher(Watcher):
     def _removed(self, key: str) -> None:
         channel = self._redis.channel(key)
         with self._lock:
+            if key in self._subs:
+                return  # followed again since its last stream ended: it stays subscribed
             self._channels.pop(channel, None)
             self._confirmed.pop(channel, None)
         try:
@@ -436,8 +443,11 @@ class LoopRedisWatcher(Watcher):
         if self._serial is None:
             self._serial = asyncio.Lock()
         async with self._serial:
-            if command == "unsubscribe" and self._pubsub is None:
-                return True  # the reader ended and closed the connection: nothing to undo
+            if command == "unsubscribe":
+                with self._lock:  # not a channel a stream followed again meanwhile
+                    channels = tuple(c for c in channels if c not in self._channels)
+                if self._pubsub is None or not channels:
+                    return True  # nothing to undo (the reader closed the connection)
             if self._pubsub is None:
                 self._pubsub = self._client.pubsub()
             try:
