@@ -528,6 +528,114 @@ def test_streams_resubscribe_after_the_pub_sub_connection_is_killed(adapter, red
         store.close()
 
 
+def test_asgi_streams_keep_trying_to_subscribe_while_redis_refuses_it(redis_url):
+    # The pub/sub connection is killed and the server refuses new ones for a while
+    # (here: a password set meanwhile; the store's open connections still read):
+    # after the first failed attempt, the loop's reader must keep trying, or its
+    # streams only see writes at each recheck from then on.
+    import redis
+
+    store = tracked.RedisStore(redis_url)
+    admin = redis.Redis.from_url(redis_url)
+    channel = store.channel("refused")
+
+    def subscribers() -> tuple[int, int]:
+        listed = admin.execute_command("CLIENT", "LIST", "TYPE", "pubsub").decode()
+        clients = len([line for line in listed.splitlines() if line])
+        return admin.pubsub_numsub(channel)[0][1], clients
+
+    def refusals() -> int:
+        stats = admin.info("errorstats")
+        return int(stats.get("errorstat_NOAUTH", {}).get("count", 0))
+
+    try:
+        with serve("asgi", store) as port, tracked.start(
+            "refused", store=store, min_interval=0
+        ) as progress:
+            _wait_stored(store, "refused", 0)
+            stream = Stream(port, f"{PREFIX}/refused")
+            assert stream.event() is not None
+            assert subscribers() == (1, 1)
+            before = refusals()
+            admin.config_set("requirepass", "not-given")
+            try:
+                admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+                deadline = time.monotonic() + 10
+                while refusals() == before and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert refusals() > before  # the reader's reconnection was refused
+                time.sleep(1.5)  # the rest of the outage: the next attempts fail too
+            finally:
+                admin.config_set("requirepass", "")
+            deadline = time.monotonic() + 10
+            while subscribers() != (1, 1) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert subscribers() == (1, 1)  # subscribed again, on one connection
+            progress.add_message("after the refusal")
+            event = stream.event()
+            while event is not None and not event["data"]["messages"]:
+                event = stream.event()
+            assert event is not None and event["data"]["messages"] == ["after the refusal"]
+            stream.close()
+    finally:
+        admin.close()
+        store.close()
+
+
+@pytest.mark.parametrize("reader", ["loop", "thread"])
+def test_a_key_followed_again_while_its_last_stream_unsubscribes_stays_subscribed(
+    reader, redis_url
+):
+    # The last stream of a key closes; before its unsubscription reaches Redis,
+    # another stream follows the key. Whatever the order, the key must stay
+    # subscribed, or the new stream only sees writes at each recheck.
+    import asyncio
+
+    import redis
+
+    store = tracked.RedisStore(redis_url)
+    admin = redis.Redis.from_url(redis_url)
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+    watcher = _watch.watcher(store, loop if reader == "loop" else None)
+    key = f"contested-{reader}"  # its own channel: another test's connection may linger
+    again: list[_watch.Subscription] = []
+    original = watcher._removed
+
+    def removed_late(key: str) -> None:
+        again.append(watcher.subscribe(key))  # another stream, right then
+        original(key)
+
+    try:
+        held = watcher.subscribe(key)
+        watcher._removed = removed_late  # type: ignore[method-assign]
+        held.close()
+        watcher._removed = original  # type: ignore[method-assign]
+        # Commands run in order: once this one is confirmed, the others have run.
+        watcher.subscribe("marker").close()
+        assert admin.pubsub_numsub(store.channel(key))[0][1] == 1
+        with tracked.start(key, store=store, min_interval=0):
+            pass
+        changed, _ = again[0].wait(10)
+        assert changed
+        again[0].close()
+    finally:
+
+        async def cancel_the_others() -> None:  # the reader, say: no task left pending
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(cancel_the_others(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(10)
+        loop.close()
+        admin.close()
+        store.close()
+
+
 def test_asgi_streams_of_a_store_made_from_a_client_follow_it_on_the_loop(redis_url):
     import redis
 
@@ -549,6 +657,40 @@ def test_asgi_streams_of_a_store_made_from_a_client_follow_it_on_the_loop(redis_
             assert event is not None and event["data"]["messages"] == ["pushed"]
             stream.close()
     finally:
+        client.close()
+
+
+def test_asgi_streams_of_a_client_store_use_its_password_and_database(redis_url):
+    # The asyncio client reading events must connect as the store's client does:
+    # same server, credentials and database (dropping them fails the subscription
+    # on a server with a password, and streams fall back to rechecks).
+    import redis
+
+    admin = redis.Redis.from_url(redis_url)
+    port_number = admin.connection_pool.connection_kwargs["port"]
+    admin.config_set("requirepass", "s3cret")
+    client = redis.Redis(host="127.0.0.1", port=port_number, db=3, password="s3cret")
+    store = tracked.RedisStore(client)
+    twin = store.async_client()
+    try:
+        options = twin.connection_pool.connection_kwargs
+        assert (options["db"], options["password"]) == (3, "s3cret")
+        with serve("asgi", store) as port, tracked.start(
+            "guarded", store=store, min_interval=0
+        ) as progress:
+            _wait_stored(store, "guarded", 0)
+            stream = Stream(port, f"{PREFIX}/guarded")
+            assert stream.event() is not None
+            assert admin.pubsub_numsub(store.channel("guarded"))[0][1] == 1
+            progress.add_message("to db 3")
+            event = stream.event()
+            while event is not None and not event["data"]["messages"]:
+                event = stream.event()
+            assert event is not None and event["data"]["messages"] == ["to db 3"]
+            stream.close()
+    finally:
+        admin.config_set("requirepass", "")
+        admin.close()
         client.close()
 
 

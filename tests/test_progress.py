@@ -207,6 +207,35 @@ def test_a_non_string_message_is_refused(file_store: FileStore) -> None:
         progress.add_message(42)  # type: ignore[arg-type]
 
 
+class _EqualToAll(str):
+    """A str subclass equal to every text, blanks included."""
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    __hash__ = str.__hash__
+
+
+@pytest.mark.parametrize("method", ["increment", "decrement", "add_message"])
+def test_str_subclass_messages_of_every_update_are_stored_as_plain_text(
+    method: str,
+) -> None:
+    # One batch holding a blank: were the subclass kept, counting the blanks would
+    # take it for one (three times over), and message_count would go below zero.
+    store = MemoryStore()
+    with tracked.start("subclass", store=store, min_interval=0) as progress:
+        texts = (_EqualToAll("first"), "", _EqualToAll("second"))
+        if method == "add_message":
+            progress.add_message(*texts)
+        else:
+            getattr(progress, method)(1, *texts)
+        state = progress.snapshot()
+    assert (state.messages, state.message_count) == (("first", "second"), 2)
+    assert [type(text) for text in state.messages] == [str, str]
+    stored = store.load("subclass")
+    assert stored is not None and stored.message_count == 2
+
+
 def test_current_is_the_innermost_live_progress(file_store: FileStore) -> None:
     with pytest.raises(LookupError) as raised:
         tracked.current()

@@ -475,24 +475,24 @@ class Progress:
 
     def increment(self, n: int = 1, *messages: str) -> None:
         """Add ``n`` (an int) to the count and append any ``messages``."""
-        if messages:
-            _check_messages(messages)  # first: a refused call changes nothing
+        # Checked first: a refused call changes nothing.
+        checked = _check_messages(messages) if messages else None
         if n is _ONE:
             self._tick()
         else:
             self._add(n)
-        if messages:
-            self._incoming.extend(messages)
+        if checked:
+            self._incoming.extend(checked)  # plain str copies: no subclass code in _drain
         if self._clean:
             self._touched()
 
     def decrement(self, n: int = 1, *messages: str) -> None:
         """Take ``n`` from the count (it stops at 0) and append any ``messages``."""
-        if messages:
-            _check_messages(messages)  # first: a refused call changes nothing
+        # Checked first: a refused call changes nothing.
+        checked = _check_messages(messages) if messages else None
         self._add(-as_int(n, "n"))
-        if messages:
-            self._incoming.extend(messages)
+        if checked:
+            self._incoming.extend(checked)  # plain str copies: no subclass code in _drain
         if self._clean:
             self._touched()
 

@@ -318,11 +318,16 @@ class RedisWatcher(Watcher):
 
     def _removed(self, key: str) -> None:
         channel = self._redis.channel(key)
-        with self._lock:
-            self._channels.pop(channel, None)
-            self._confirmed.pop(channel, None)
         try:
             with self._commands:
+                # Another stream may have followed the key again since its last one
+                # ended: then it stays subscribed. Checked with the commands held, so
+                # its subscription (made after) cannot be undone by this one.
+                with self._lock:
+                    if key in self._subs:
+                        return
+                    self._channels.pop(channel, None)
+                    self._confirmed.pop(channel, None)
                 self._pubsub.unsubscribe(channel)
         except Exception as exc:  # noqa: BLE001 - a lost connection forgets it anyway
             logger.debug("tracked: cannot unsubscribe from %s: %s", channel, exc)
@@ -423,6 +428,8 @@ class LoopRedisWatcher(Watcher):
     def _removed(self, key: str) -> None:
         channel = self._redis.channel(key)
         with self._lock:
+            if key in self._subs:
+                return  # followed again since its last stream ended: it stays subscribed
             self._channels.pop(channel, None)
             self._confirmed.pop(channel, None)
         try:
@@ -430,14 +437,17 @@ class LoopRedisWatcher(Watcher):
         except RuntimeError:  # the loop is closed: its connection is gone with it
             pass
 
-    async def _command(self, command: str, *channels: str) -> None:
+    async def _command(self, command: str, *channels: str) -> bool:
         """(Un)subscribe on the loop, then make sure a reader runs: it sees the
-        server's confirmation."""
+        server's confirmation. False if the command failed."""
         if self._serial is None:
             self._serial = asyncio.Lock()
         async with self._serial:
-            if command == "unsubscribe" and self._pubsub is None:
-                return  # the reader ended and closed the connection: nothing to undo
+            if command == "unsubscribe":
+                with self._lock:  # not a channel a stream followed again meanwhile
+                    channels = tuple(c for c in channels if c not in self._channels)
+                if self._pubsub is None or not channels:
+                    return True  # nothing to undo (the reader closed the connection)
             if self._pubsub is None:
                 self._pubsub = self._client.pubsub()
             try:
@@ -451,10 +461,11 @@ class LoopRedisWatcher(Watcher):
                 for confirmed in waiting:
                     if confirmed is not None:
                         confirmed.set()  # nobody waits the full timeout for a failed command
-                return
+                return False
             if self._read_from is not self._pubsub:
                 self._read_from = self._pubsub
                 self.loop.create_task(self._read(self._pubsub))
+            return True
 
     async def _read(self, pubsub: Any) -> None:
         try:
@@ -482,18 +493,21 @@ class LoopRedisWatcher(Watcher):
     async def _reconnect(self, broken: Any) -> None:
         """After a failure: a new connection subscribed to every followed channel, with
         its own reader, and every stream woken to read its record (a write may have
-        gone unheard)."""
-        await asyncio.sleep(0.5)
+        gone unheard). While the server refuses, it tries again every half second:
+        streams that can still read the store would otherwise only see its writes
+        at each recheck, for as long as they stay open."""
         if self._pubsub is broken:
             self._pubsub = None
         if self._read_from is broken:
             self._read_from = None
         with contextlib.suppress(Exception):
             await broken.aclose()
-        with self._lock:
-            channels = list(self._channels)
-        if channels:
-            await self._command("subscribe", *channels)
+        while True:
+            await asyncio.sleep(0.5)
+            with self._lock:
+                channels = list(self._channels)
+            if not channels or await self._command("subscribe", *channels):
+                break
         for key in self.keys():
             self.notify(key)
 

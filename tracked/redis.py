@@ -898,6 +898,14 @@ def _connector(url_or_client: object, address: str) -> Callable[[], Client]:
         raise StoreError(f"cannot use {address!r} as a Redis store: {exc}") from exc
 
 
+#: A sync client's connection options that do not carry over to an asyncio one: its
+#: retry policy and read timeout (a pub/sub read waits), and objects made for the
+#: sync connections (a callback run on connect, the pool's notification handler).
+_SYNC_ONLY_OPTIONS = frozenset(
+    ("retry", "socket_timeout", "redis_connect_func", "maint_notifications_pool_handler")
+)
+
+
 def _async_twin(client: redis.Redis) -> Any | None:  # type: ignore[type-arg]
     """An asyncio client with the connection settings of a sync one, where they carry over."""
     import inspect
@@ -909,11 +917,19 @@ def _async_twin(client: redis.Redis) -> Any | None:  # type: ignore[type-arg]
     kind = getattr(redis.asyncio.connection, pool.connection_class.__name__, None)
     if kind is None:
         return None
-    accepted = inspect.signature(kind.__init__).parameters
+    # Each class takes its own options and passes the rest (db, password, ...) on to
+    # its base as **kwargs: what is accepted is the union along the MRO.
+    accepted = {
+        name
+        for cls in kind.__mro__
+        if "__init__" in vars(cls)
+        for name, parameter in inspect.signature(vars(cls)["__init__"]).parameters.items()
+        if parameter.kind is not inspect.Parameter.VAR_KEYWORD
+    }
     options = {
         name: value
         for name, value in pool.connection_kwargs.items()
-        if name in accepted and name not in ("retry", "socket_timeout")
+        if name in accepted and name not in _SYNC_ONLY_OPTIONS
     }
     try:
         async_pool = redis.asyncio.ConnectionPool(connection_class=kind, **options)
