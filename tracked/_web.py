@@ -274,12 +274,12 @@ class StatusService:
         if not query and request.progress_id_header is None:
             if not request.name:
                 raise _missing_name(request.prefix)
-            return storage_key(request.name, None), 0
+            return _request_key(request.name, None), 0
         name = _requested_name(request.name or None, query)
         progress_id = requested_progress_id(query, request.progress_id_header)
         if name is None and progress_id is None:
             raise _missing_name(request.prefix)
-        return storage_key(name, progress_id), _since(query)
+        return _request_key(name, progress_id), _since(query)
 
     def _rendered(self, key: str, since: int) -> Rendered | None:
         """The response body for ``key``, from the cache or the store; None if unknown."""
@@ -699,7 +699,7 @@ def requested_progress_id(
                 f"conflicting progress_id values {first!r} and {other!r} "
                 f"(query, form field and {PROGRESS_ID_HEADER} header must agree)"
             )
-    return storage_key(None, first)
+    return _request_key(None, first)
 
 
 #: Bodies whose fields may carry the client's progress_id.
@@ -750,9 +750,15 @@ def mount_prefix(prefix: object) -> str:
 
 
 def storage_key(name: str | None, progress_id: str | None) -> str:
-    """The key ``name`` and ``progress_id`` combine into (validated once, then cached);
-    raises ``InvalidName`` for a bad name or progress_id."""
+    """The key ``name`` and ``progress_id`` combine into; raises ``InvalidName`` for a
+    bad name or progress_id."""
     return tracked.State(name=name, progress_id=progress_id).key
+
+
+#: ``storage_key`` for what requests carry (text or None, so always hashable): each
+#: key is validated once, then cached, as pollers repeat theirs. A rejected one is
+#: not cached (it raises every time). Names are at most 512 characters: bounded.
+_request_key = functools.lru_cache(maxsize=4096)(storage_key)
 
 
 def _since(query: str) -> int:
