@@ -209,10 +209,11 @@ class StatusService:
         FileStore record whose rendered body is cached and whose file is unchanged
         (one ``stat``), without ``authorize``; else None (ask ``open``). Lets an event
         loop answer the common poll without a thread hop."""
+        method = request.method
         if (
             self.authorize is not None
-            or (request.method != "GET" and request.method != "HEAD")
-            or (request.method == "GET" and self.max_stream_seconds
+            or (method != "GET" and method != "HEAD")
+            or (method == "GET" and request.accept is not None and self.max_stream_seconds
                 and wants_events(request.accept))
         ):
             return None
@@ -225,7 +226,7 @@ class StatusService:
             key, since = self._key_and_since(request)
         except tracked.TrackedError:
             return None
-        rendered = cache.get(key, since, cache.signature(key), time.monotonic())
+        rendered = cache.current(key, since)
         return None if rendered is None else respond(rendered, request.if_none_match)
 
     def open(self, request: StatusRequest) -> Response | EventStream:
@@ -381,6 +382,25 @@ class RenderCache:
             return None
         entry = self._entries.get((key, since))
         if entry is None or entry[0] != signature or now >= entry[2]:
+            return None
+        return entry[1]
+
+    def current(self, key: str, since: int) -> Rendered | None:
+        """``get`` with the file's signature and the clock taken now; no ``stat`` when
+        nothing is cached for ``key`` and ``since``."""
+        entry = self._entries.get((key, since))
+        if entry is None:
+            return None
+        path = self._paths.get(key)
+        if path is None:
+            signature = self.signature(key)
+        else:
+            try:
+                info = os.stat(path)
+            except OSError:
+                return None
+            signature = (info.st_ino, info.st_mtime_ns, info.st_size)
+        if entry[0] != signature or time.monotonic() >= entry[2]:
             return None
         return entry[1]
 
