@@ -3,12 +3,17 @@
     .venv/bin/python bench/bench_push.py freshness   # write -> SSE client, Redis and file
     .venv/bin/python bench/bench_push.py follow      # 100 clients follow a job 60 s: poll vs SSE
     .venv/bin/python bench/bench_push.py route       # status JSON vs a trivial route (wrk)
+    BENCH_STACK=asyncio BENCH_ROUNDS=15 .venv/bin/python bench/bench_push.py route
     .venv/bin/python bench/bench_push.py crowd           # 1,000 SSE clients, 10 jobs, Redis
     .venv/bin/python bench/bench_push.py crowd-together  # ... the 10 jobs writing at once
     .venv/bin/python bench/bench_push.py crowd-fast      # ... each job writing every 0.1 s
 
 Each part starts its own redis-server and uvicorn (``bench/push_app.py``) on free
 ports. Figures are medians (and p99) of the runs printed; see bench/README.md.
+
+``BENCH_STACK`` picks uvicorn's event loop and HTTP parser: ``auto`` (the default:
+what uvicorn picks itself, uvloop and httptools when installed) or ``asyncio``
+(``--loop asyncio --http h11``). ``BENCH_ROUNDS`` sets the route part's rounds.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import importlib.util
 import json
 import os
 import re
@@ -71,6 +77,22 @@ def redis_server() -> Iterator[str]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+STACKS = {"auto": [], "asyncio": ["--loop", "asyncio", "--http", "h11"]}
+
+
+def stack() -> str:
+    """The uvicorn stack ``$BENCH_STACK`` asks for, named by its loop and parser."""
+    choice = os.environ.get("BENCH_STACK", "auto")
+    if choice not in STACKS:
+        raise SystemExit(f"BENCH_STACK must be one of {sorted(STACKS)}, got {choice!r}")
+    if choice == "asyncio":
+        return "asyncio: --loop asyncio --http h11"
+    # What uvicorn's "auto" picks: uvloop and httptools when importable.
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    return f"auto: {loop} + {http}"
+
+
 @contextlib.contextmanager
 def uvicorn_server(store_url: str) -> Iterator[tuple[int, int]]:
     """(port, pid) of uvicorn serving bench/push_app.py for ``store_url``."""
@@ -79,7 +101,8 @@ def uvicorn_server(store_url: str) -> Iterator[tuple[int, int]]:
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "--factory", "bench.push_app:create_app",
          "--port", str(port), "--log-level", "warning", "--no-access-log",
-         "--backlog", "4096", "--limit-concurrency", "20000"],
+         "--backlog", "4096", "--limit-concurrency", "20000",
+         *STACKS[os.environ.get("BENCH_STACK", "auto")]],
         cwd=ROOT, env=env)
     wait_port(port)
     try:
@@ -265,7 +288,10 @@ def follow_once(
 
 
 def route(rounds: int = 7, duration: str = "3s") -> None:
-    """Status JSON under uvicorn vs a trivial ASGI route on the same server (wrk)."""
+    """Status JSON under uvicorn vs a trivial ASGI route on the same server (wrk);
+    each round runs both back to back, in alternating order."""
+    rounds = int(os.environ.get("BENCH_ROUNDS", rounds))
+    print(f"  uvicorn stack {stack()}; {rounds} rounds of wrk -t2 -c16 -d{duration}")
     with tempfile.TemporaryDirectory() as directory, uvicorn_server(directory) as (port, _):
         store = tracked.FileStore(directory)
         with tracked.start("bench", store=store) as progress:
@@ -274,8 +300,9 @@ def route(rounds: int = 7, duration: str = "3s") -> None:
         urls = {"trivial": f"http://127.0.0.1:{port}/trivial",
                 "status": f"http://127.0.0.1:{port}{PREFIX}/bench"}
         rates: dict[str, list[float]] = {kind: [] for kind in urls}
-        for _ in range(rounds):
-            for kind, url in urls.items():
+        for round_ in range(rounds):
+            for kind in ("trivial", "status") if round_ % 2 == 0 else ("status", "trivial"):
+                url = urls[kind]
                 out = subprocess.run(["wrk", "-t2", "-c16", f"-d{duration}", url],
                                      capture_output=True, text=True, check=True).stdout
                 match = re.search(r"Requests/sec:\s+([0-9.]+)", out)

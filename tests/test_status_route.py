@@ -596,3 +596,62 @@ def test_a_query_sent_as_raw_utf8_names_the_progress_as_its_escaped_form(
     assert (answer.json["name"], answer.json["count"]) == ("café", 3)
     bad = client.get(PREFIX + "/?name=caf\xe9", status=400)
     assert bad.json["status"] == "error"
+
+
+def asgi_answer(app: Callable[..., Any], method: str, path: str, query: bytes = b"",
+                headers: tuple[tuple[bytes, bytes], ...] = ()) -> list[dict[str, Any]]:
+    """What an ASGI app sends for one request, mounted at ``PREFIX`` (``root_path``)."""
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+        "scheme": "http", "path": PREFIX + path, "raw_path": (PREFIX + path).encode(),
+        "root_path": PREFIX, "query_string": query, "headers": [(b"host", b"x"), *headers],
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent
+
+
+@pytest.mark.parametrize("method, path, query, headers", [
+    ("GET", "/job", b"", ()),
+    ("HEAD", "/job", b"", ()),
+    ("GET", "/job", b"", ((b"if-none-match", b"ETAG"),)),
+    ("HEAD", "/job", b"", ((b"if-none-match", b'W/"other", ETAG'),)),
+    ("GET", "/job", b"", ((b"if-none-match", b'"other"'),)),
+    ("GET", "/job", b"", ((b"accept", b"application/json"), (b"accept", b"text/*"))),
+    ("GET", "/job", b"since=2", ()),
+    ("GET", "/", b"name=job", ()),
+    ("GET", "/job", b"progress_id=abc", ()),
+    ("GET", "/job", b"", ((b"x-progress-id", b"abc"),)),
+    ("GET", "", b"progress_id=abc", ()),
+])
+def test_asgi_answer_from_the_render_cache_is_the_computed_one(
+    tmp_path: Path, method: str, path: str, query: bytes, headers: tuple[tuple[bytes, bytes], ...]
+) -> None:
+    """The event loop answers a cached record itself (``StatusService.cached``): every
+    header, 304 and HEAD body as a fresh app computes it in a worker thread."""
+    from tracked.asgi import _request
+
+    store = tracked.FileStore(tmp_path / "s")
+    finished(store, "job", 3, "a", "b", "c")
+    finished(store, "job", 4, "d", progress_id="abc")
+    finished(store, None, 5, progress_id="abc")
+    for key in ("job", "job\0abc", "abc"):
+        backdate(store.path_for(key))  # settled: ended records are cached
+    etag = dict(asgi_answer(asgi_status_app(store), "GET", path, query)[0]["headers"])[b"etag"]
+    headers = tuple((name, value.replace(b"ETAG", etag)) for name, value in headers)
+    computed = asgi_answer(asgi_status_app(store), method, path, query, headers)
+    warm = asgi_status_app(store)
+    asgi_answer(warm, "GET", path, query, tuple(h for h in headers if h[0] != b"if-none-match"))
+    request = _request({"method": method, "path": PREFIX + path, "root_path": PREFIX,
+                        "query_string": query, "headers": list(headers)})
+    assert warm.service.cached(request) is not None  # type: ignore[attr-defined]
+    assert asgi_answer(warm, method, path, query, headers) == computed
+    assert computed[0]["status"] == (304 if etag in dict(headers).get(b"if-none-match", b"")
+                                     else 200)

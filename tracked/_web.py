@@ -210,10 +210,11 @@ class StatusService:
         FileStore record whose rendered body is cached and whose file is unchanged
         (one ``stat``), without ``authorize``; else None (ask ``open``). Lets an event
         loop answer the common poll without a thread hop."""
+        method = request.method
         if (
             self.authorize is not None
-            or (request.method != "GET" and request.method != "HEAD")
-            or (request.method == "GET" and self.max_stream_seconds
+            or (method != "GET" and method != "HEAD")
+            or (method == "GET" and request.accept is not None and self.max_stream_seconds
                 and wants_events(request.accept))
         ):
             return None
@@ -226,7 +227,7 @@ class StatusService:
             key, since = self._key_and_since(request)
         except tracked.TrackedError:
             return None
-        rendered = cache.get(key, since, cache.signature(key), time.monotonic())
+        rendered = cache.current(key, since)
         return None if rendered is None else respond(rendered, request.if_none_match)
 
     def open(
@@ -278,12 +279,12 @@ class StatusService:
         if not query and request.progress_id_header is None:
             if not request.name:
                 raise _missing_name(request.prefix)
-            return storage_key(request.name, None), 0
+            return _request_key(request.name, None), 0
         name = _requested_name(request.name or None, query)
         progress_id = requested_progress_id(query, request.progress_id_header)
         if name is None and progress_id is None:
             raise _missing_name(request.prefix)
-        return storage_key(name, progress_id), _since(query)
+        return _request_key(name, progress_id), _since(query)
 
     def _rendered(self, key: str, since: int) -> Rendered | None:
         """The response body for ``key``, from the cache or the store; None if unknown."""
@@ -385,6 +386,25 @@ class RenderCache:
             return None
         entry = self._entries.get((key, since))
         if entry is None or entry[0] != signature or now >= entry[2]:
+            return None
+        return entry[1]
+
+    def current(self, key: str, since: int) -> Rendered | None:
+        """``get`` with the file's signature and the clock taken now; no ``stat`` when
+        nothing is cached for ``key`` and ``since``."""
+        entry = self._entries.get((key, since))
+        if entry is None:
+            return None
+        path = self._paths.get(key)
+        if path is None:
+            signature = self.signature(key)
+        else:
+            try:
+                info = os.stat(path)
+            except OSError:
+                return None
+            signature = (info.st_ino, info.st_mtime_ns, info.st_size)
+        if entry[0] != signature or time.monotonic() >= entry[2]:
             return None
         return entry[1]
 
@@ -703,7 +723,7 @@ def requested_progress_id(
                 f"conflicting progress_id values {first!r} and {other!r} "
                 f"(query, form field and {PROGRESS_ID_HEADER} header must agree)"
             )
-    return storage_key(None, first)
+    return _request_key(None, first)
 
 
 #: Bodies whose fields may carry the client's progress_id.
@@ -754,9 +774,15 @@ def mount_prefix(prefix: object) -> str:
 
 
 def storage_key(name: str | None, progress_id: str | None) -> str:
-    """The key ``name`` and ``progress_id`` combine into (validated once, then cached);
-    raises ``InvalidName`` for a bad name or progress_id."""
+    """The key ``name`` and ``progress_id`` combine into; raises ``InvalidName`` for a
+    bad name or progress_id."""
     return tracked.State(name=name, progress_id=progress_id).key
+
+
+#: ``storage_key`` for what requests carry (text or None, so always hashable): each
+#: key is validated once, then cached, as pollers repeat theirs. A rejected one is
+#: not cached (it raises every time). Names are at most 512 characters: bounded.
+_request_key = functools.lru_cache(maxsize=4096)(storage_key)
 
 
 def _since(query: str) -> int:

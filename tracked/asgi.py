@@ -85,11 +85,14 @@ def status_app(
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "lifespan":
+        if kind == "http":
+            await http(scope, receive, send)
+        elif kind == "lifespan":
             await _lifespan(receive, send)
-            return
-        if kind != "http":
+        else:
             raise ValueError(f"the tracked status app serves HTTP only, not {kind!r}")
+
+    async def http(scope: Scope, receive: Receive, send: Send) -> None:
         request = _request(scope)
         answer: Response | EventStream | None = service.cached(request)
         if answer is None:
@@ -98,9 +101,10 @@ def status_app(
         if isinstance(answer, EventStream):
             await _stream(answer, receive, send)
         else:
-            await _send(answer, scope["method"] == "HEAD", send)
+            await _send(answer, request.method == "HEAD", send)
 
     app.service = service  # type: ignore[attr-defined]
+    app.http = http  # type: ignore[attr-defined] # for TrackedMiddleware: HTTP scopes only
     return app
 
 
@@ -108,24 +112,32 @@ def _request(scope: Scope) -> StatusRequest:
     """Describe an ASGI HTTP request for the service: the path below ``root_path``."""
     path: str = scope["path"]
     root: str = scope.get("root_path", "")
-    if root and (path == root or path.startswith(root + "/")):
+    if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
         path = path[len(root) :]
-    headers: dict[bytes, str] = {}
+    found: dict[bytes, str] | None = None  # most requests carry none of _HEADERS
     for name, value in scope.get("headers", ()):
         if name in _HEADERS:
             text = value.decode("latin-1")
-            headers[name] = f"{headers[name]}, {text}" if name in headers else text
-    return StatusRequest(
+            if found is None:
+                found = {name: text}
+            else:
+                found[name] = f"{found[name]}, {text}" if name in found else text
+    query: bytes = scope.get("query_string", b"")
+    request = StatusRequest(
         scope["method"],
-        path[1:] if path.startswith("/") else path,
-        scope.get("query_string", b"").decode("latin-1"),
-        headers.get(b"if-none-match"),
-        headers.get(b"x-progress-id"),
+        path[1:] if path[:1] == "/" else path,
+        query.decode("latin-1") if query else "",
+        None,
+        None,
         root,
         scope,
-        headers.get(b"accept"),
-        headers.get(b"last-event-id"),
     )
+    if found is not None:
+        request.if_none_match = found.get(b"if-none-match")
+        request.progress_id_header = found.get(b"x-progress-id")
+        request.accept = found.get(b"accept")
+        request.last_event_id = found.get(b"last-event-id")
+    return request
 
 
 _HEADERS = frozenset((b"if-none-match", b"x-progress-id", b"accept", b"last-event-id"))
@@ -238,6 +250,8 @@ class TrackedMiddleware:
             heartbeat_seconds=heartbeat_seconds, cancel=cancel, show_errors=show_errors,
         )
         self.store = self.status.service.store  # type: ignore[attr-defined]
+        self._status_http: ASGIApp = self.status.http  # type: ignore[attr-defined]
+        self._below = self.prefix + "/"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -246,8 +260,8 @@ class TrackedMiddleware:
         root = scope.get("root_path", "")
         path: str = scope["path"]
         local = path[len(root) :] if root and path.startswith(root) else path
-        if local == self.prefix or local.startswith(self.prefix + "/"):
-            await self.status({**scope, "root_path": root + self.prefix}, receive, send)
+        if local.startswith(self._below) or local == self.prefix:
+            await self._status_http({**scope, "root_path": root + self.prefix}, receive, send)
             return
         headers = dict(scope.get("headers", ()))
         try:
