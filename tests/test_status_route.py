@@ -599,12 +599,14 @@ def test_a_query_sent_as_raw_utf8_names_the_progress_as_its_escaped_form(
 
 
 def asgi_answer(app: Callable[..., Any], method: str, path: str, query: bytes = b"",
-                headers: tuple[tuple[bytes, bytes], ...] = ()) -> list[dict[str, Any]]:
-    """What an ASGI app sends for one request, mounted at ``PREFIX`` (``root_path``)."""
+                headers: tuple[tuple[bytes, bytes], ...] = (), root: str = PREFIX,
+                ) -> list[dict[str, Any]]:
+    """What an ASGI app sends for one request to ``PREFIX + path``, the app mounted at
+    ``root`` (``root_path``: ``PREFIX`` for a status app, "" for a middleware)."""
     scope = {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
         "scheme": "http", "path": PREFIX + path, "raw_path": (PREFIX + path).encode(),
-        "root_path": PREFIX, "query_string": query, "headers": [(b"host", b"x"), *headers],
+        "root_path": root, "query_string": query, "headers": [(b"host", b"x"), *headers],
     }
     sent: list[dict[str, Any]] = []
 
@@ -612,6 +614,8 @@ def asgi_answer(app: Callable[..., Any], method: str, path: str, query: bytes = 
         return {"type": "http.request", "body": b"", "more_body": False}
 
     async def send(message: dict[str, Any]) -> None:
+        if "headers" in message:  # any iterable of pairs is ASGI: compare them as a list
+            message = {**message, "headers": list(message["headers"])}
         sent.append(message)
 
     asyncio.run(app(scope, receive, send))
@@ -625,6 +629,10 @@ def asgi_answer(app: Callable[..., Any], method: str, path: str, query: bytes = 
     ("HEAD", "/job", b"", ((b"if-none-match", b'W/"other", ETAG'),)),
     ("GET", "/job", b"", ((b"if-none-match", b'"other"'),)),
     ("GET", "/job", b"", ((b"accept", b"application/json"), (b"accept", b"text/*"))),
+    ("GET", "/job", b"", ((b"accept", b"*/*"), (b"if-none-match", b"ETAG"))),
+    ("GET", "/job", b"", ((b"if-none-match", b'"other"'), (b"if-none-match", b"ETAG"))),
+    ("HEAD", "/job", b"", ((b"accept", b"text/event-stream"),)),
+    ("GET", "/job", b"", ((b"last-event-id", b"3"),)),
     ("GET", "/job", b"since=2", ()),
     ("GET", "/", b"name=job", ()),
     ("GET", "/job", b"progress_id=abc", ()),
@@ -634,8 +642,9 @@ def asgi_answer(app: Callable[..., Any], method: str, path: str, query: bytes = 
 def test_asgi_answer_from_the_render_cache_is_the_computed_one(
     tmp_path: Path, method: str, path: str, query: bytes, headers: tuple[tuple[bytes, bytes], ...]
 ) -> None:
-    """The event loop answers a cached record itself (``StatusService.cached``): every
-    header, 304 and HEAD body as a fresh app computes it in a worker thread."""
+    """The event loop answers a cached record itself (``StatusService.cached``, or
+    for a plain poll ``cached_poll``): every header, 304 and HEAD body as a fresh app
+    computes it in a worker thread."""
     from tracked.asgi import _request
 
     store = tracked.FileStore(tmp_path / "s")
@@ -648,10 +657,44 @@ def test_asgi_answer_from_the_render_cache_is_the_computed_one(
     headers = tuple((name, value.replace(b"ETAG", etag)) for name, value in headers)
     computed = asgi_answer(asgi_status_app(store), method, path, query, headers)
     warm = asgi_status_app(store)
-    asgi_answer(warm, "GET", path, query, tuple(h for h in headers if h[0] != b"if-none-match"))
+    asgi_answer(warm, "GET", path, query,
+                tuple(h for h in headers if h[0] not in (b"if-none-match", b"accept")))
     request = _request({"method": method, "path": PREFIX + path, "root_path": PREFIX,
-                        "query_string": query, "headers": list(headers)})
+                        "query_string": query, "headers": list(headers)}, PREFIX, path)
     assert warm.service.cached(request) is not None  # type: ignore[attr-defined]
     assert asgi_answer(warm, method, path, query, headers) == computed
     assert computed[0]["status"] == (304 if etag in dict(headers).get(b"if-none-match", b"")
                                      else 200)
+    # Through TrackedMiddleware (mounted at "", serving PREFIX): the same answers.
+    from tracked.asgi import TrackedMiddleware
+
+    wrapped = TrackedMiddleware(asgi_status_app(store), store, prefix=PREFIX)
+    for _ in range(2):  # computed, then cached
+        assert asgi_answer(wrapped, method, path, query, headers, root="") == computed
+
+
+def test_asgi_plain_polls_are_answered_without_building_a_request(tmp_path: Path) -> None:
+    """A GET or HEAD naming a cached record in its path, with no query and nothing
+    but ``If-None-Match`` and a non-stream ``Accept``, takes the poll shortcut;
+    anything else is read in full."""
+    from tracked.asgi import _poll_answer
+
+    store = tracked.FileStore(tmp_path / "s")
+    finished(store, "job", 3, "a")
+    backdate(store.path_for("job"))
+    app = asgi_status_app(store)
+    asgi_answer(app, "GET", "/job")
+    service = app.service  # type: ignore[attr-defined]
+
+    def poll(method: str, path: str, *headers: tuple[bytes, bytes]) -> Any:
+        return _poll_answer(service, {"headers": [(b"host", b"x"), *headers]}, method, path)
+
+    assert poll("GET", "/job").status == 200
+    assert poll("HEAD", "/job", (b"accept", b"text/event-stream")).status == 200
+    assert poll("GET", "/job", (b"accept", b"*/*"), (b"if-none-match", b"*")).status == 304
+    assert poll("GET", "/job", (b"accept", b"text/event-stream")) is None
+    assert poll("GET", "/job", (b"x-progress-id", b"abc")) is None
+    assert poll("GET", "/job", (b"last-event-id", b"1")) is None
+    assert poll("GET", "/job", (b"if-none-match", b"*"), (b"if-none-match", b"*")) is None
+    assert poll("GET", "/") is None and poll("GET", "") is None
+    assert poll("GET", "/other") is None and poll("GET", "/..") is None

@@ -211,24 +211,40 @@ class StatusService:
         (one ``stat``), without ``authorize``; else None (ask ``open``). Lets an event
         loop answer the common poll without a thread hop."""
         method = request.method
-        if (
-            self.authorize is not None
-            or (method != "GET" and method != "HEAD")
-            or (method == "GET" and request.accept is not None and self.max_stream_seconds
-                and wants_events(request.accept))
-        ):
-            return None
-        cache = self._cache
-        if cache is None or cache._files is None or cache.store is not (
-            self.store or tracked.default_store()
+        if (method != "GET" and method != "HEAD") or (
+            method == "GET" and request.accept is not None and self.max_stream_seconds
+            and wants_events(request.accept)
         ):
             return None
         try:
             key, since = self._key_and_since(request)
         except tracked.TrackedError:
             return None
+        return self._cached_answer(key, since, request.if_none_match)
+
+    def cached_poll(self, name: str, if_none_match: str | None = None) -> Response | None:
+        """``cached`` for the commonest request, a poll: a GET or HEAD naming ``name``
+        in its path, with no query, no ``X-Progress-Id`` and not asking for events.
+        The caller has checked all that; this skips building a ``StatusRequest``."""
+        if not name:
+            return None
+        try:
+            key = _request_key(name, None)
+        except tracked.TrackedError:
+            return None
+        return self._cached_answer(key, 0, if_none_match)
+
+    def _cached_answer(self, key: str, since: int, if_none_match: str | None) -> Response | None:
+        """The cached answer for ``key`` and ``since`` if current and nothing else
+        (``authorize``, another store than the cache's) must be asked."""
+        cache = self._cache
+        if (
+            self.authorize is not None or cache is None or cache._files is None
+            or cache.store is not (self.store or tracked.default_store())
+        ):
+            return None
         rendered = cache.current(key, since)
-        return None if rendered is None else respond(rendered, request.if_none_match)
+        return None if rendered is None else respond(rendered, if_none_match)
 
     def open(
         self, request: StatusRequest, loop: asyncio.AbstractEventLoop | None = None

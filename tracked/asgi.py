@@ -44,6 +44,7 @@ from ._web import (
     form_progress_ids,
     mount_prefix,
     requested_progress_id,
+    wants_events,
 )
 
 __all__ = ["TrackedMiddleware", "status_app"]
@@ -93,7 +94,24 @@ def status_app(
             raise ValueError(f"the tracked status app serves HTTP only, not {kind!r}")
 
     async def http(scope: Scope, receive: Receive, send: Send) -> None:
-        request = _request(scope)
+        root: str = scope.get("root_path", "")
+        path: str = scope["path"]
+        if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
+            path = path[len(root) :]
+        await serve(scope, receive, send, root, path)
+
+    async def serve(scope: Scope, receive: Receive, send: Send, root: str, path: str) -> None:
+        """Answer ``path``, the request's path below the mount point ``root`` (which
+        ``scope`` may not carry yet: it is only copied in when the request goes on)."""
+        method: str = scope["method"]
+        if (method == "GET" or method == "HEAD") and not scope.get("query_string"):
+            quick = _poll_answer(service, scope, method, path)
+            if quick is not None:
+                await _send(quick, method == "HEAD", send)
+                return
+        if scope.get("root_path", "") != root:
+            scope = {**scope, "root_path": root}
+        request = _request(scope, root, path)
         answer: Response | EventStream | None = service.cached(request)
         if answer is None:
             loop = asyncio.get_running_loop()
@@ -101,19 +119,30 @@ def status_app(
         if isinstance(answer, EventStream):
             await _stream(answer, receive, send)
         else:
-            await _send(answer, request.method == "HEAD", send)
+            await _send(answer, method == "HEAD", send)
 
     app.service = service  # type: ignore[attr-defined]
-    app.http = http  # type: ignore[attr-defined] # for TrackedMiddleware: HTTP scopes only
+    app.serve = serve  # type: ignore[attr-defined] # for TrackedMiddleware: HTTP scopes only
     return app
 
 
-def _request(scope: Scope) -> StatusRequest:
-    """Describe an ASGI HTTP request for the service: the path below ``root_path``."""
-    path: str = scope["path"]
-    root: str = scope.get("root_path", "")
-    if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
-        path = path[len(root) :]
+def _poll_answer(service: StatusService, scope: Scope, method: str, path: str) -> Response | None:
+    """The cached answer to a plain poll (a GET or HEAD without a query string naming
+    a progress in its path, with at most an ``If-None-Match`` and an ``Accept`` that
+    asks for no event stream); None for anything else, which ``serve`` then reads in
+    full. Polls are most of the route's requests: this keeps them cheap."""
+    if_none_match: str | None = None
+    for name, value in scope.get("headers", ()):
+        if name in _HEADERS:
+            if name == b"if-none-match" and if_none_match is None:
+                if_none_match = value.decode("latin-1")
+            elif name != b"accept" or (method == "GET" and wants_events(value.decode("latin-1"))):
+                return None  # an id, a resume, a stream or a repeated header: in full
+    return service.cached_poll(path[1:] if path[:1] == "/" else path, if_none_match)
+
+
+def _request(scope: Scope, root: str, path: str) -> StatusRequest:
+    """Describe an ASGI HTTP request for the service: ``path`` is below ``root``."""
     found: dict[bytes, str] | None = None  # most requests carry none of _HEADERS
     for name, value in scope.get("headers", ()):
         if name in _HEADERS:
@@ -189,8 +218,9 @@ async def _stream(stream: EventStream, receive: Receive, send: Send) -> None:
 async def _send(answer: Response, head: bool, send: Send) -> None:
     """Send one complete answer; a HEAD gets the headers of the GET, without the body."""
     cached = _ENCODED.get(id(answer))
+    headers: Any  # ASGI takes any iterable of pairs: a cached tuple goes as it is
     if cached is not None and cached[0] is answer:
-        headers = list(cached[1])
+        headers = cached[1]
     else:
         headers = [(name.lower().encode("latin-1"), value.encode("latin-1"))
                    for name, value in answer.headers]
@@ -250,7 +280,7 @@ class TrackedMiddleware:
             heartbeat_seconds=heartbeat_seconds, cancel=cancel, show_errors=show_errors,
         )
         self.store = self.status.service.store  # type: ignore[attr-defined]
-        self._status_http: ASGIApp = self.status.http  # type: ignore[attr-defined]
+        self._serve_status = self.status.serve  # type: ignore[attr-defined]
         self._below = self.prefix + "/"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -261,7 +291,9 @@ class TrackedMiddleware:
         path: str = scope["path"]
         local = path[len(root) :] if root and path.startswith(root) else path
         if local.startswith(self._below) or local == self.prefix:
-            await self._status_http({**scope, "root_path": root + self.prefix}, receive, send)
+            await self._serve_status(
+                scope, receive, send, root + self.prefix, local[len(self.prefix) :]
+            )
             return
         headers = dict(scope.get("headers", ()))
         try:
