@@ -287,12 +287,19 @@ def follow_once(
 # ----------------------------------------------------------------------------- route
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def route(rounds: int = 7, duration: str = "3s") -> None:
     """Status JSON under uvicorn vs a trivial ASGI route on the same server (wrk);
-    each round runs both back to back, in alternating order."""
+    each round runs both back to back, in alternating order. Besides requests/s
+    (which wrk, on the same 2 cores, also shapes), the server's CPU per request."""
     rounds = int(os.environ.get("BENCH_ROUNDS", rounds))
     print(f"  uvicorn stack {stack()}; {rounds} rounds of wrk -t2 -c16 -d{duration}")
-    with tempfile.TemporaryDirectory() as directory, uvicorn_server(directory) as (port, _):
+    with tempfile.TemporaryDirectory() as directory, uvicorn_server(directory) as (port, pid):
         store = tracked.FileStore(directory)
         with tracked.start("bench", store=store) as progress:
             progress.increment(5, *[f"message {i}" for i in range(10)])
@@ -300,20 +307,28 @@ def route(rounds: int = 7, duration: str = "3s") -> None:
         urls = {"trivial": f"http://127.0.0.1:{port}/trivial",
                 "status": f"http://127.0.0.1:{port}{PREFIX}/bench"}
         rates: dict[str, list[float]] = {kind: [] for kind in urls}
+        cpu_us: dict[str, list[float]] = {kind: [] for kind in urls}
         for round_ in range(rounds):
             for kind in ("trivial", "status") if round_ % 2 == 0 else ("status", "trivial"):
                 url = urls[kind]
+                before = cpu_seconds(pid)
                 out = subprocess.run(["wrk", "-t2", "-c16", f"-d{duration}", url],
                                      capture_output=True, text=True, check=True).stdout
+                used = cpu_seconds(pid) - before
                 match = re.search(r"Requests/sec:\s+([0-9.]+)", out)
-                assert match, out
+                count = re.search(r"(\d+) requests in", out)
+                assert match and count, out
                 rates[kind].append(float(match.group(1)))
+                cpu_us[kind].append(used / int(count.group(1)) * 1e6)
     trivial, status = (statistics.median(rates[k]) for k in ("trivial", "status"))
     ratios = [s / t for s, t in zip(rates["status"], rates["trivial"], strict=True)]
     print(f"  trivial {rates['trivial']} median {trivial:.0f}/s")
     print(f"  status  {rates['status']} median {status:.0f}/s")
     print(f"  status / trivial: of the medians {status / trivial:.2f}, "
           f"median of the {rounds} back-to-back pairs {statistics.median(ratios):.2f}")
+    trivial_cpu, status_cpu = (statistics.median(cpu_us[k]) for k in ("trivial", "status"))
+    print(f"  server CPU per request: trivial {trivial_cpu:.1f} us, status {status_cpu:.1f} us,"
+          f" trivial / status {trivial_cpu / status_cpu:.2f}")
 
 
 # ----------------------------------------------------------------------------- crowd
