@@ -698,3 +698,52 @@ def test_asgi_plain_polls_are_answered_without_building_a_request(tmp_path: Path
     assert poll("GET", "/job", (b"if-none-match", b"*"), (b"if-none-match", b"*")) is None
     assert poll("GET", "/") is None and poll("GET", "") is None
     assert poll("GET", "/other") is None and poll("GET", "/..") is None
+
+
+def test_asgi_headers_given_as_a_one_shot_iterator_are_all_read(tmp_path: Path) -> None:
+    """ASGI lets ``headers`` be any iterable: a generator from a middleware upstream
+    must still reach every check (here ``X-Progress-Id`` picks the record)."""
+    store = tracked.FileStore(tmp_path / "s")
+    finished(store, "job", 1)
+    finished(store, "job", 7, progress_id="abc")
+    app = asgi_status_app(store)
+
+    async def count_for_id_header() -> int:
+        sent: list[dict[str, Any]] = []
+        scope = {"type": "http", "method": "GET", "path": "/job", "root_path": "",
+                 "query_string": b"", "headers": iter([(b"x-progress-id", b"abc")])}
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)
+        return int(json.loads(sent[1]["body"])["count"])
+
+    assert [asyncio.run(count_for_id_header()) for _ in range(2)] == [7, 7]  # computed, cached
+
+
+def test_asgi_cached_answers_send_headers_a_middleware_outside_may_extend(
+    tmp_path: Path,
+) -> None:
+    """An outer middleware appending a response header in place (as tracing ones do)
+    works on cached answers too: each answer's headers are a fresh list."""
+    store = tracked.FileStore(tmp_path / "s")
+    finished(store, "job", 3)
+    backdate(store.path_for("job"))
+    inner = asgi_status_app(store)
+
+    async def tracing(scope: Any, receive: Any, send: Any) -> None:
+        async def traced(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"].append((b"traceparent", b"00-1-2-01"))
+            await send(message)
+
+        await inner(scope, receive, traced)
+
+    for _ in range(3):  # computed, then cached twice
+        start = asgi_answer(tracing, "GET", "/job")[0]
+        assert start["status"] == 200
+        assert start["headers"].count((b"traceparent", b"00-1-2-01")) == 1

@@ -104,6 +104,8 @@ def status_app(
         """Answer ``path``, the request's path below the mount point ``root`` (which
         ``scope`` may not carry yet: it is only copied in when the request goes on)."""
         method: str = scope["method"]
+        if not isinstance(scope.get("headers", ()), (list, tuple)):  # any iterable is ASGI:
+            scope = {**scope, "headers": list(scope["headers"])}  # read it twice safely
         if (method == "GET" or method == "HEAD") and not scope.get("query_string"):
             quick = _poll_answer(service, scope, method, path)
             if quick is not None:
@@ -218,9 +220,8 @@ async def _stream(stream: EventStream, receive: Receive, send: Send) -> None:
 async def _send(answer: Response, head: bool, send: Send) -> None:
     """Send one complete answer; a HEAD gets the headers of the GET, without the body."""
     cached = _ENCODED.get(id(answer))
-    headers: Any  # ASGI takes any iterable of pairs: a cached tuple goes as it is
     if cached is not None and cached[0] is answer:
-        headers = cached[1]
+        headers = list(cached[1])  # a fresh list: middlewares outside may append to it
     else:
         headers = [(name.lower().encode("latin-1"), value.encode("latin-1"))
                    for name, value in answer.headers]
