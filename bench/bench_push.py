@@ -205,6 +205,7 @@ def freshness(rounds: int = 3, writes: int = 200) -> None:
 
 
 def server_cpu(pid: int) -> float:
+    """User + system CPU seconds a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -287,12 +288,6 @@ def follow_once(
 # ----------------------------------------------------------------------------- route
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def route(rounds: int = 7, duration: str = "3s") -> None:
     """Status JSON under uvicorn vs a trivial ASGI route on the same server (wrk);
     each round runs both back to back, in alternating order. Besides requests/s
@@ -311,10 +306,10 @@ def route(rounds: int = 7, duration: str = "3s") -> None:
         for round_ in range(rounds):
             for kind in ("trivial", "status") if round_ % 2 == 0 else ("status", "trivial"):
                 url = urls[kind]
-                before = cpu_seconds(pid)
+                before = server_cpu(pid)
                 out = subprocess.run(["wrk", "-t2", "-c16", f"-d{duration}", url],
                                      capture_output=True, text=True, check=True).stdout
-                used = cpu_seconds(pid) - before
+                used = server_cpu(pid) - before
                 match = re.search(r"Requests/sec:\s+([0-9.]+)", out)
                 count = re.search(r"(\d+) requests in", out)
                 assert match and count, out
