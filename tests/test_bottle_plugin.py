@@ -26,7 +26,8 @@ from tracked.bottle import TrackedPlugin
 PREFIX = "/_progress_status"
 WIRE_KEYS = [
     "name", "progress_id", "total", "count", "percent", "messages", "message_count",
-    "in_progress", "state", "status", "error", "start_time", "current_time",
+    "in_progress", "state", "cancel_requested", "position", "attempt", "status", "error",
+    "start_time", "current_time",
     "finished_time", "elapsed", "rate", "eta", "result",
 ]
 

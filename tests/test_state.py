@@ -19,6 +19,9 @@ WIRE_KEYS = [
     "message_count",
     "in_progress",
     "state",
+    "cancel_requested",
+    "position",
+    "attempt",
     "status",
     "error",
     "start_time",
@@ -136,3 +139,32 @@ def test_name_and_progress_id_combine_without_ambiguity() -> None:
 def test_a_key_needs_a_name_or_a_progress_id() -> None:
     with pytest.raises(InvalidName):
         make_key(None, None)
+
+
+def test_records_written_before_the_lifecycle_fields_read_with_their_defaults() -> None:
+    data = sample().to_dict()
+    for key in ("cancel_requested", "position", "attempt"):
+        del data[key]
+    state = State.from_dict(data)
+    assert (state.cancel_requested, state.position, state.attempt) == (False, None, 1)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("position", 0), ("position", -1), ("position", "1"), ("attempt", 0), ("attempt", True),
+     ("cancel_requested", 1), ("cancel_requested", None)],
+)
+def test_lifecycle_fields_of_the_wrong_kind_are_refused(key: str, value: object) -> None:
+    data = sample().to_dict()
+    data[key] = value
+    with pytest.raises(ValueError):
+        State.from_dict(data)
+
+
+def test_a_queued_run_is_in_progress_and_not_ended() -> None:
+    from tracked._state import ENDED_STATES, STATES
+
+    assert STATES[0] == "queued"
+    assert "queued" not in ENDED_STATES and "running" not in ENDED_STATES
+    queued = State.from_dict({**sample().to_dict(), "state": "queued", "position": 3})
+    assert (queued.in_progress, queued.position) == (True, 3)

@@ -39,7 +39,8 @@ PREFIX = "/_progress_status"
 ADAPTERS = ["bottle", "wsgi", "asgi"]
 WIRE_KEYS = [
     "name", "progress_id", "total", "count", "percent", "messages", "message_count",
-    "in_progress", "state", "status", "error", "start_time", "current_time",
+    "in_progress", "state", "cancel_requested", "position", "attempt", "status", "error",
+    "start_time", "current_time",
     "finished_time", "elapsed", "rate", "eta", "result",
 ]
 

@@ -32,8 +32,9 @@ __all__ = [
 MAX_NAME_LENGTH = 512
 MAX_PROGRESS_ID_LENGTH = 128
 DEFAULT_STATUS = "in progress"
-STATES = ("running", "finished", "failed", "cancelled", "abandoned")
-ENDED_STATES = frozenset(STATES[1:])
+STATES = ("queued", "running", "finished", "failed", "cancelled", "abandoned")
+#: The states a run can no longer leave.
+ENDED_STATES = frozenset(STATES[2:])
 # A NUL can never be part of a name or a progress_id, so it joins them without ambiguity.
 KEY_SEPARATOR = "\0"
 _PROGRESS_ID = re.compile(rf"[A-Za-z0-9._~-]{{1,{MAX_PROGRESS_ID_LENGTH}}}")
@@ -133,6 +134,9 @@ class State:
     message_count: int = 0
     in_progress: bool = True
     state: str = "running"
+    cancel_requested: bool = False
+    position: int | None = None
+    attempt: int = 1
     status: str = DEFAULT_STATUS
     error: str | None = None
     start_time: float = 0.0
@@ -213,6 +217,9 @@ class State:
             "message_count": self.message_count,
             "in_progress": self.in_progress,
             "state": self.state,
+            "cancel_requested": self.cancel_requested,
+            "position": self.position,
+            "attempt": self.attempt,
             "status": self.status,
             "error": self.error,
             "start_time": self.start_time,
@@ -260,6 +267,9 @@ def _parse_state(cls: type[State], data: Mapping[str, Any]) -> State:
         message_count=message_count,
         in_progress=_required(data["in_progress"], bool, "in_progress"),
         state=state,
+        cancel_requested=_required(data.get("cancel_requested", False), bool, "cancel_requested"),
+        position=_position(data.get("position")),
+        attempt=_attempt(data.get("attempt", 1)),
         status=_required(data["status"], str, "status"),
         error=_optional(data["error"], str, "error"),
         start_time=float(_required(data["start_time"], (int, float), "start_time")),
@@ -268,6 +278,24 @@ def _parse_state(cls: type[State], data: Mapping[str, Any]) -> State:
         rate=None if rate is None else float(rate),
         result=data.get("result"),
     )
+
+
+def _position(value: object) -> int | None:
+    """A queued run's place in line (1 = next) or None; records before 0.2 have none."""
+    if value is None:
+        return None
+    position = check_count(value)
+    if position < 1:
+        raise TypeError(f"position must be at least 1, got {position}")
+    return position
+
+
+def _attempt(value: object) -> int:
+    """The 1-based attempt of a retried run; records before 0.2 have none (1)."""
+    attempt = check_count(value)
+    if attempt < 1:
+        raise TypeError(f"attempt must be at least 1, got {attempt}")
+    return attempt
 
 
 def _required(value: Any, kind: type | tuple[type, ...], what: str) -> Any:
