@@ -21,7 +21,7 @@ from ._api import start
 from ._progress import Progress, _check_interval, _check_max_messages, current_progress
 from ._scope import StoreSpec, request_scope, resolve_store
 from ._state import check_total, validate_name, validate_progress_id
-from .errors import Cancelled, InvalidName, InvalidValue
+from .errors import InvalidName, InvalidValue
 
 __all__ = ["tracked"]
 
@@ -293,7 +293,7 @@ def _drive(
             if progress._cancel_requested and not stopping:
                 # Asked to stop: thrown in at this yield instead of handing the item on.
                 stopping = True
-                step, argument = throw, Cancelled(progress.key)
+                step, argument = throw, progress._deliver()
                 continue
         try:
             argument = yield item
@@ -396,6 +396,7 @@ def _cancel_task_on_request(progress: Progress) -> None:
 
     def cancel_task() -> None:  # on the loop's thread: the coroutine may have ended since
         if not progress._ended:
+            progress._deliver()  # its CancelledError is the request's: the run ends cancelled
             task.cancel()
 
     progress._cancel_hooks.append(lambda: loop.call_soon_threadsafe(cancel_task))
@@ -435,7 +436,7 @@ async def _drive_async(
             progress._touched()
             if progress._cancel_requested and not stopping:
                 stopping = True
-                step, argument = athrow, Cancelled(progress.key)
+                step, argument = athrow, progress._deliver()
                 continue
         try:
             argument = yield item

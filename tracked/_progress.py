@@ -70,6 +70,7 @@ class Progress:
         "_cancel_requested",
         "_clean",
         "_context_tokens",
+        "_delivered",
         "_end_on_collect",
         "_ended",
         "_error",
@@ -85,6 +86,7 @@ class Progress:
         "_ones_read",
         "_owner",
         "_pid",
+        "_position",
         "_push",
         "_rate",
         "_rate_count",
@@ -168,6 +170,8 @@ class Progress:
         self._result: Any = None
         self._job: Any = None  # set by tracked.submit(): what wait() waits for
         self._cancel_requested = False  # set once, by the flusher: someone asked to stop
+        self._delivered = False  # set once: tracked.Cancelled reached the task (or its job)
+        self._position: int | None = None  # a queued run's place in line (1 = next)
         self._cancel_hooks: list[Callable[[], object]] = []  # run when that is seen
 
     def __repr__(self) -> str:
@@ -214,9 +218,15 @@ class Progress:
                 return
             self._ended = True
             self._clean = False  # updates after the end no longer reach the flusher
-            if self._cancel_requested:  # asked to stop, and stopped: however it ended
-                state, error, self._status = "cancelled", None, None
+            if self._delivered and state == "finished":
+                # The task was handed tracked.Cancelled, caught it and returned: it
+                # stopped because of the request. A task that was never handed it
+                # (it did not check) reads its own end, with cancel_requested true.
+                state = "cancelled"
+            if state == "cancelled" and self._delivered:
+                self._status = None  # "cancelled", not the status of the work it left
             self._state = state
+            self._position = None
             self._error = None if error is None else clean_text(error)
             self._finished_time = time.time()
             self._final = self._snapshot_locked()
@@ -310,7 +320,10 @@ class Progress:
     def cancel_requested(self) -> bool:
         """True once someone asked this run to stop (``tracked.cancel``, a DELETE on
         the status route, ``tracked cancel``): the flusher sees requests within about
-        ``min_interval``. The run then ends ``cancelled`` however it ends."""
+        ``min_interval``, and the record says so (``cancel_requested: true``). The run
+        ends ``cancelled`` only if ``tracked.Cancelled`` reached the task (``check()``,
+        a ``@tracked`` generator's yield, a tracked loop or bar, a cancelled coroutine);
+        a task that never looks runs on and reads its own end."""
         return self._cancel_requested
 
     def check(self) -> None:
@@ -318,16 +331,25 @@ class Progress:
 
         Call it where the task can stop cleanly; it only reads a flag."""
         if self._cancel_requested:
-            raise Cancelled(self.key)
+            raise self._deliver()
+
+    def _deliver(self) -> Cancelled:
+        """The ``Cancelled`` to hand the task now: from here on the run ends
+        ``cancelled`` (even if the task catches it and returns)."""
+        self._delivered = True
+        return Cancelled(self.key)
 
     def _cancel_seen(self) -> None:
-        """The flusher found a cancel request for this run: raise the flag, make the
-        next update (a ``@tracked`` generator's next yield) look at it, run the hooks
-        (a coroutine's task is cancelled, a queued job dropped)."""
+        """The flusher found a cancel request for this run: raise the flag, write it
+        at once (readers say "stopping…" even if the task never updates again), make
+        the next update (a generator's yield, a tracked loop's item) look at it, and
+        run the hooks (a coroutine's task is cancelled, a queued job dropped)."""
         if self._cancel_requested or self._ended:
             return
         self._cancel_requested = True
-        self._clean = True  # the generator loops test the flag on their `_clean` path
+        # Written on the flusher's thread (a failure is retried like any write); the
+        # write leaves `_clean` true, and the loops test the flag on their `_clean` path.
+        self.flush()
         for hook in self._cancel_hooks:
             try:
                 hook()
@@ -405,7 +427,7 @@ class Progress:
         Setting it to None goes back to that default."""
         if self._status is not None:
             return self._status
-        return DEFAULT_STATUS if not self._ended else self._state
+        return self._state if self._ended or self._state == "queued" else DEFAULT_STATUS
 
     @status.setter
     def status(self, value: str | None) -> None:
@@ -439,8 +461,14 @@ class Progress:
 
     @property
     def state(self) -> str:
-        """``running``, then ``finished``, ``failed`` or ``cancelled``."""
+        """``running`` (``queued`` first for a submitted run waiting for a thread), then
+        ``finished``, ``failed`` or ``cancelled``."""
         return self._state
+
+    @property
+    def position(self) -> int | None:
+        """A queued run's place in line (1 = next to run); None once it runs."""
+        return self._position
 
     @property
     def result(self) -> Any:
@@ -587,6 +615,8 @@ class Progress:
             message_count=message_count,
             in_progress=not self._ended,
             state=self._state,
+            cancel_requested=self._cancel_requested,
+            position=self._position,
             status=status if status.isascii() else clean_text(status),
             error=self._error,
             start_time=self.start_time,
