@@ -10,6 +10,7 @@ the thread that starts or ends the run; ``min_interval=0`` writes every update.
 from __future__ import annotations
 
 import collections
+import contextlib
 import contextvars
 import itertools
 import logging
@@ -18,9 +19,9 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _flusher
 from ._state import DEFAULT_STATUS, State, as_int, encode_result, make_key
@@ -31,7 +32,7 @@ from .errors import Cancelled, InvalidValue, RunSuperseded, StoreError, TrackedE
 if TYPE_CHECKING:
     from ._share import ShareToken
 
-__all__ = ["Progress", "current_progress"]
+__all__ = ["Progress", "add_cancel_hook", "counted", "current_progress", "remove_cancel_hook"]
 
 logger = logging.getLogger("tracked")
 
@@ -738,6 +739,53 @@ class Progress:
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._clean = False  # updates stay in the child's memory and wake nothing
+
+
+T = TypeVar("T")
+
+
+def counted(iterable: Iterable[T], progress: Progress, messages: bool = False) -> Iterator[T]:
+    """Yield the items of ``iterable``, counting each once the consumer comes back for
+    the next (``tracked.track``'s loop); ``str`` items are also messages if asked.
+
+    Once the run's cancel request is seen, the next item raises ``tracked.Cancelled``
+    instead: the flag is read only on the path an update takes after a write (the
+    flusher writes a request as soon as it sees it), so a count costs a tick.
+    """
+    tick = progress._tick
+    if messages:
+        push = progress.add_message
+        for item in iterable:
+            if isinstance(item, str):
+                push(item)
+            yield item
+            tick()
+            if progress._clean:
+                progress._touched()
+                if progress._cancel_requested and not progress._ended:
+                    raise progress._deliver()
+    else:
+        for item in iterable:
+            yield item
+            tick()
+            if progress._clean:
+                progress._touched()
+                if progress._cancel_requested and not progress._ended:
+                    raise progress._deliver()
+
+
+def add_cancel_hook(progress: Progress, hook: Callable[[], object]) -> None:
+    """Run ``hook`` (on the flusher's thread) when ``progress`` sees a cancel request;
+    at once if it already has. A hook must be quick and must not raise."""
+    progress._cancel_hooks.append(hook)
+    if progress._cancel_requested and not progress._ended:
+        hook()
+
+
+def remove_cancel_hook(progress: Progress, hook: Callable[[], object]) -> None:
+    """Undo ``add_cancel_hook`` (a bar that closed): a long run keeps no dead hooks."""
+    with contextlib.suppress(ValueError):
+        progress._cancel_hooks.remove(hook)
 
 
 #: What a message is once its trailing line break is dropped, if nothing is left;
