@@ -32,7 +32,15 @@ from .errors import Cancelled, InvalidValue, RunSuperseded, StoreError, TrackedE
 if TYPE_CHECKING:
     from ._share import ShareToken
 
-__all__ = ["Progress", "add_cancel_hook", "counted", "current_progress", "remove_cancel_hook"]
+__all__ = [
+    "Progress",
+    "add_cancel_hook",
+    "counted",
+    "current_progress",
+    "move_in_line",
+    "remove_cancel_hook",
+    "take_up",
+]
 
 logger = logging.getLogger("tracked")
 
@@ -125,6 +133,7 @@ class Progress:
         status: str | None = None,
         min_interval: float = 0.1,
         max_messages: int = 1000,
+        position: int | None = None,
     ) -> None:
         self.key = make_key(name, progress_id)
         self.name = name
@@ -149,7 +158,8 @@ class Progress:
         self._write_lock = threading.Lock()  # one write of this handle at a time
         self._clean = False  # True: nothing changed since the last write was taken
         self._scheduled = False  # the flusher will look at this handle again anyway
-        self._state = "running"
+        # A run that waits in this process's queue is "queued" until take_up().
+        self._state = "running" if position is None else "queued"
         self._error: str | None = None
         self._ended = False
         self._final: State | None = None
@@ -172,7 +182,7 @@ class Progress:
         self._job: Any = None  # set by tracked.submit(): what wait() waits for
         self._cancel_requested = False  # set once, by the flusher: someone asked to stop
         self._delivered = False  # set once: tracked.Cancelled reached the task (or its job)
-        self._position: int | None = None  # a queued run's place in line (1 = next)
+        self._position = position  # a queued run's place in line (1 = next)
         self._cancel_hooks: list[Callable[[], object]] = []  # run when that is seen
 
     def __repr__(self) -> str:
@@ -772,6 +782,25 @@ def counted(iterable: Iterable[T], progress: Progress, messages: bool = False) -
                 progress._touched()
                 if progress._cancel_requested and not progress._ended:
                     raise progress._deliver()
+
+
+def take_up(progress: Progress) -> None:
+    """A queued run starts: it reads ``running``, with no place in line."""
+    with progress._lock:
+        if progress._ended or progress._state != "queued":
+            return
+        progress._state, progress._position = "running", None
+    progress.flush()  # written at once, as a run's first snapshot is: readers see it start
+
+
+def move_in_line(progress: Progress, position: int) -> None:
+    """A queued run's place in line changed (runs ahead of it started or were dropped);
+    the flusher writes it with the run's next due write."""
+    if progress._ended or progress._state != "queued" or progress._position == position:
+        return
+    progress._position = position
+    if progress._clean:
+        progress._touched()
 
 
 def add_cancel_hook(progress: Progress, hook: Callable[[], object]) -> None:
