@@ -758,30 +758,33 @@ def counted(iterable: Iterable[T], progress: Progress, messages: bool = False) -
     """Yield the items of ``iterable``, counting each once the consumer comes back for
     the next (``tracked.track``'s loop); ``str`` items are also messages if asked.
 
-    Once the run's cancel request is seen, the next item raises ``tracked.Cancelled``
-    instead: the flag is read only on the path an update takes after a write (the
-    flusher writes a request as soon as it sees it), so a count costs a tick.
+    Once the run's cancel request is seen, the next item is not handed out: it raises
+    ``tracked.Cancelled`` instead (a loop whose last item was done runs to its end).
+    The flag is read only on the path an update takes after a write (the flusher
+    writes a request as soon as it sees it), so a count costs one tick.
     """
     tick = progress._tick
     if messages:
         push = progress.add_message
         for item in iterable:
+            if progress._clean:
+                progress._touched()
+                if progress._cancel_requested and not progress._ended:
+                    raise progress._deliver()
             if isinstance(item, str):
                 push(item)
             yield item
             tick()
-            if progress._clean:
-                progress._touched()
-                if progress._cancel_requested and not progress._ended:
-                    raise progress._deliver()
     else:
         for item in iterable:
-            yield item
-            tick()
             if progress._clean:
                 progress._touched()
                 if progress._cancel_requested and not progress._ended:
                     raise progress._deliver()
+            yield item
+            tick()
+    if progress._clean:
+        progress._touched()
 
 
 def take_up(progress: Progress) -> None:

@@ -382,7 +382,9 @@ def stop_bar(bar: std_tqdm[Any], progress: Progress) -> None:
 
     def update_then_stop(n: float | None = 1) -> bool | None:
         shown = update(bar, n)
-        progress.check()  # raises Cancelled while the run is live and asked to stop
+        total = _whole(bar.total)
+        if total is None or (_whole(bar.n) or 0) < total:  # the last item done: no stop
+            progress.check()  # raises Cancelled while the run is live and asked to stop
         return shown
 
     bar.update = update_then_stop  # type: ignore[method-assign]
