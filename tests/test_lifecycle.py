@@ -51,7 +51,11 @@ class Work:
     def wait_seen(self) -> None:
         """At step 3: block (no delivery point) until the owner has seen the request."""
         progress = tracked.current()
+        key = progress.key
+        # Seen, and written: the flusher has also run the cancel hooks by then.
         eventually(lambda: progress.cancel_requested, "the owner sees the request")
+        eventually(lambda: tracked.open_store(progress.store).load(key).cancel_requested,  # type: ignore[union-attr]
+                   "the request is in the record")
 
 
 def run_generator(name: str, work: Work, stops: bool) -> None:

@@ -351,21 +351,21 @@ class Progress:
         return Cancelled(self.key)
 
     def _cancel_seen(self) -> None:
-        """The flusher found a cancel request for this run: raise the flag, write it
-        at once (readers say "stopping…" even if the task never updates again), make
-        the next update (a generator's yield, a tracked loop's item) look at it, and
-        run the hooks (a coroutine's task is cancelled, a queued job dropped)."""
+        """The flusher found a cancel request for this run: raise the flag, run the
+        hooks (a coroutine's task is cancelled, a queued job dropped, a bar primed to
+        stop), write it at once (readers say "stopping…" even if the task never updates
+        again), and so make the next update (a yield, a loop's item) look at it."""
         if self._cancel_requested or self._ended:
             return
         self._cancel_requested = True
-        # Written on the flusher's thread (a failure is retried like any write); the
-        # write leaves `_clean` true, and the loops test the flag on their `_clean` path.
-        self.flush()
-        for hook in self._cancel_hooks:
+        for hook in list(self._cancel_hooks):
             try:
                 hook()
             except Exception:
                 logger.exception("tracked: a cancel hook of %r failed", self.key)
+        # Written on the flusher's thread (a failure is retried like any write); the
+        # write leaves `_clean` true, and the loops test the flag on their `_clean` path.
+        self.flush()
 
     def __enter__(self) -> Progress:
         self._context_tokens.append(current_progress.set(self))
