@@ -401,3 +401,67 @@ def test_status_url_refuses_what_names_no_run() -> None:
         tracked.status_url(None)
     with pytest.raises(tracked.InvalidValue):
         tracked.status_url(tracked.State(name="job"), "tab-1")
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tracked", *args], capture_output=True, text=True, timeout=WAIT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+@pytest.mark.parametrize("stops", [True, False], ids=["stops", "never-checks"])
+def test_cancel_wait_exits_1_and_says_how_it_ended_unless_it_ended_cancelled(
+    file_store: tracked.FileStore, tmp_path: Path, stops: bool
+) -> None:
+    store = str(file_store.directory)
+    work = Work(tmp_path / "side-effects")
+    thread = threading.Thread(target=lambda: _quietly(run_handle, "cli-run", work, stops))
+    thread.start()
+    eventually(lambda: work.done() >= 4, "step 3 runs")
+    done = cli("--store", store, "cancel", "cli-run", "--wait", "15")
+    thread.join(WAIT)
+    if stops:
+        assert (done.returncode, done.stdout.splitlines()[-1]) == (
+            0, "progress 'cli-run' ended cancelled"
+        )
+    else:
+        assert done.returncode == 1
+        assert done.stderr.strip() == (
+            "tracked cancel: progress 'cli-run' finished: a stop was asked but the task did"
+            " not stop"
+        )
+        shown = cli("--store", store, "show", "cli-run").stdout
+        assert "finished (a stop was asked but the task did not stop)" in shown
+        listed = cli("--store", store, "list").stdout
+        assert "finished (a stop was asked but the task did not stop)" in listed
+
+
+def test_show_and_list_say_stopping_and_place_in_line(
+    file_store: tracked.FileStore, one_worker: None
+) -> None:
+    store = str(file_store.directory)
+    gate = threading.Event()
+    with tracked.start("asked", min_interval=0.02) as progress:
+        tracked.cancel("asked")
+        eventually(lambda: tracked.load("asked").cancel_requested, "written")  # type: ignore[union-attr]
+        runs = [tracked.submit(waits, n, gate) for n in range(3)]
+        eventually(lambda: [tracked.load(f"line-{n}").state for n in range(3)]  # type: ignore[union-attr]
+                   == ["running", "queued", "queued"], "the line is written")
+        assert "running, stopping…" in cli("--store", store, "show", "asked").stdout
+        listed = cli("--store", store, "list").stdout
+        assert "queued (1st in line)" in listed and "queued (2nd in line)" in listed
+        assert progress.in_progress
+    gate.set()
+    for run in runs:
+        run.wait(WAIT)
+
+
+def _quietly(run: Callable[[str, Work, bool], None], name: str, work: Work, stops: bool) -> None:
+    try:
+        run(name, work, stops)
+    except tracked.Cancelled:
+        pass
