@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 import tracked
+from tests.test_status_route import build  # noqa: F401 - the adapters' fixture
 
 N = 12  # steps of work; the request arrives during step 3
 WAIT = 20.0  # a guard against hanging, never a timed assertion
@@ -465,3 +466,23 @@ def _quietly(run: Callable[[str, Work, bool], None], name: str, work: Work, stop
         run(name, work, stops)
     except tracked.Cancelled:
         pass
+
+
+@pytest.mark.parametrize(("name", "progress_id", "url"), NAMES)
+def test_status_url_reaches_its_own_run_through_every_status_route(
+    build: Callable[..., Any], tmp_path: Path, name: str | None, progress_id: str | None,
+    url: str,
+) -> None:
+    """Each name's record holds a count of its own; the URL of each reaches that one,
+    on the Bottle plugin, the WSGI app and the ASGI app alike."""
+    store = tracked.FileStore(tmp_path / "routes")
+    counts = {}
+    for index, (other, other_id, _) in enumerate(NAMES, 1):
+        with tracked.start(other, progress_id=other_id, store=store) as progress:
+            progress.increment(index)
+        counts[(other, other_id)] = index
+    client = build(store)
+    body = client.get(tracked.status_url(name, progress_id)).json
+    assert (body["name"], body["progress_id"], body["count"]) == (
+        name, progress_id, counts[(name, progress_id)]
+    )
