@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 import tracked
-from tests.test_status_route import build  # noqa: F401 - the adapters' fixture
+from tests.test_status_route import build as build  # the adapters' fixture
 
 N = 12  # steps of work; the request arrives during step 3
 WAIT = 20.0  # a guard against hanging, never a timed assertion
@@ -470,7 +470,8 @@ def _quietly(run: Callable[[str, Work, bool], None], name: str, work: Work, stop
 
 @pytest.mark.parametrize(("name", "progress_id", "url"), NAMES)
 def test_status_url_reaches_its_own_run_through_every_status_route(
-    build: Callable[..., Any], tmp_path: Path, name: str | None, progress_id: str | None,
+    build: Callable[..., Any],
+    tmp_path: Path, name: str | None, progress_id: str | None,
     url: str,
 ) -> None:
     """Each name's record holds a count of its own; the URL of each reaches that one,
