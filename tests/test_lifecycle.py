@@ -9,6 +9,7 @@ would be handed ``tracked.Cancelled``. A side-effect file proves which work ran.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import subprocess
 import sys
@@ -487,3 +488,119 @@ def test_status_url_reaches_its_own_run_through_every_status_route(
     assert (body["name"], body["progress_id"], body["count"]) == (
         name, progress_id, counts[(name, progress_id)]
     )
+
+
+# ----------------------------------------------------------------------------- tqdm, and attacks
+
+
+def test_a_tqdm_bar_stops_at_its_next_update_and_a_captured_bar_at_its_next_redraw(
+    file_store: tracked.FileStore, tmp_path: Path
+) -> None:
+    import tqdm as tqdm_module
+
+    with open(os.devnull, "w") as devnull:
+        updates = 0
+        with pytest.raises(tracked.Cancelled), tracked.tqdm(
+            total=100, name="by-update", file=devnull
+        ) as bar:
+            for _ in range(100):
+                bar.update(1)
+                updates += 1
+                if updates == 3:
+                    tracked.cancel("by-update")
+                    eventually(lambda: tracked.load("by-update").cancel_requested,  # type: ignore[union-attr]
+                               "the request is written")
+        state = tracked.load("by-update")
+        assert state is not None and (state.state, state.count, updates) == ("cancelled", 4, 3)
+
+        items = 0
+        with pytest.raises(tracked.Cancelled), tracked.start(
+            "captured", total=None, min_interval=0.02
+        ), tracked.capture_tqdm():
+            for _ in tqdm_module.tqdm(range(1000), file=devnull, mininterval=0.02):
+                items += 1
+                if items == 3:
+                    tracked.cancel("captured")
+                    eventually(lambda: tracked.load("captured").cancel_requested,  # type: ignore[union-attr]
+                               "the request is written")
+                time.sleep(0.002)
+        assert items < 1000
+        assert tracked.load("captured").state == "cancelled"  # type: ignore[union-attr]
+
+
+def test_a_finished_bar_is_not_its_desc_and_an_unclosed_one_says_where_it_stopped(
+    file_store: tracked.FileStore,
+) -> None:
+    import gc
+
+    with open(os.devnull, "w") as devnull:
+        for _ in tracked.tqdm(range(3), desc="Processing records", file=devnull):
+            pass
+        done = tracked.load("Processing records")
+        assert done is not None and (done.state, done.status) == ("finished", "finished")
+
+        def drop_unclosed(total: int, n: int) -> None:
+            bar = tracked.tqdm(total=total, name=f"unclosed-{n}", file=devnull)
+            bar.update(n)
+
+        for n in (0, 1, 99, 100):  # boundaries: nothing done, one, total-1, the total
+            drop_unclosed(100, n)
+            gc.collect()
+        for n in (0, 1, 99):
+            state = tracked.load(f"unclosed-{n}")
+            assert state is not None and (state.state, state.error) == (
+                "failed", f"the tqdm bar was collected unclosed at {n}/100"
+            )
+        assert tracked.load("unclosed-100").state == "finished"  # type: ignore[union-attr]
+
+
+def test_a_queued_run_cancelled_by_its_handle_never_runs(
+    file_store: tracked.FileStore, one_worker: None, tmp_path: Path
+) -> None:
+    gate = threading.Event()
+    work = Work(tmp_path / "side-effects")
+    first = tracked.submit(waits, 0, gate)
+    queued = tracked.submit(_submitted, "by-handle", work, False)
+    assert queued.state == "queued"
+    queued.cancel()
+    gate.set()
+    first.wait(WAIT)
+    with pytest.raises(concurrent.futures.CancelledError):
+        queued.wait(WAIT)
+    assert work.done() == 0
+    state = tracked.load("by-handle")
+    assert state is not None and (state.state, state.count) == ("cancelled", 0)
+
+
+def test_a_request_racing_the_end_never_makes_a_record_lie(file_store: tracked.FileStore) -> None:
+    """Requests land at every moment of short runs; a run reads cancelled exactly when
+    the task got Cancelled, and says cancel_requested whenever it did."""
+    outcomes = []
+    for attempt in range(40):
+        name = f"race-{attempt}"
+        got: list[bool] = []
+        started = threading.Event()
+
+        def task(name: str = name, got: list[bool] = got, started: threading.Event = started) -> None:
+            with tracked.start(name, min_interval=0.005) as progress:
+                started.set()
+                try:
+                    for _ in range(attempt % 8):
+                        time.sleep(0.003)
+                        progress.check()
+                except tracked.Cancelled:
+                    got.append(True)
+
+        thread = threading.Thread(target=task)
+        thread.start()
+        started.wait(WAIT)
+        time.sleep((attempt % 5) * 0.004)
+        tracked.cancel(name)
+        thread.join(WAIT)
+        state = tracked.load(name)
+        assert state is not None and not state.in_progress
+        assert (state.state == "cancelled") == bool(got), (attempt, state.state, got)
+        if got:
+            assert state.cancel_requested
+        outcomes.append(state.state)
+    assert {"cancelled", "finished"} <= set(outcomes)  # both ends happened

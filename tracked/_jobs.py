@@ -264,7 +264,14 @@ class _Held:
 
 
 _held = _Held()
-atexit.register(_held.end_orphans)
+atexit.register(lambda: _held.end_orphans())
+
+
+def _fresh_held_in_child() -> None:
+    """A forked child runs none of its parent's loops: it holds none of their tasks
+    (and a parent thread may have held the lock at the fork)."""
+    global _held
+    _held = _Held()
 
 
 class _Job:
@@ -402,7 +409,8 @@ class _Pool:
                     return
                 job = self.queue.popleft()
                 numbered = self.line() if self.queue else None
-                stopped = job.progress.cancel_requested  # asked to stop while queued
+                # Asked to stop while queued, or ended by its handle's cancel(): never run.
+                stopped = job.progress.cancel_requested or not job.progress.in_progress
                 if not stopped:
                     self.running.add(job)
             if numbered is not None:
@@ -465,6 +473,7 @@ def _fresh_lock_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_fresh_lock_in_child)
+    os.register_at_fork(after_in_child=_fresh_held_in_child)
 
 
 def _current_pool() -> _Pool:

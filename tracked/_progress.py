@@ -803,7 +803,11 @@ def move_in_line(progress: Progress, position: int) -> None:
         return
     progress._position = position
     if progress._clean:
-        progress._touched()
+        # Always through the flusher (batched), even with min_interval=0: a place in
+        # line is the queue's news, and one take-up moves every waiting run.
+        progress._clean = False
+        if not progress._scheduled:
+            _flusher.wake(progress._ref)
 
 
 def add_cancel_hook(progress: Progress, hook: Callable[[], object]) -> None:

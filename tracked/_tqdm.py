@@ -154,7 +154,7 @@ class tqdm(_GenericTqdm[_T]):
 
     def __del__(self) -> None:
         bridge = self._tracked_bridge
-        if bridge is not None and not self.disable:
+        if bridge is not None and not getattr(self, "disable", True):
             bridge.dropped = True  # closed by collection, not by its code
         super().__del__()
 
