@@ -125,6 +125,9 @@ def cancel(
     within about its ``min_interval``: ``Progress.cancel_requested`` turns true,
     ``check()`` raises ``tracked.Cancelled``, a ``@tracked`` generator gets
     ``Cancelled`` thrown in at its next yield, a ``@tracked`` coroutine's task is
-    cancelled at its next await. The run then ends ``cancelled``.
+    cancelled at its next await, ``track()`` loops and ``tracked.tqdm`` bars raise it
+    at their next item, a queued ``submit`` run never starts. The record says
+    ``cancel_requested: true`` at once. The run ends ``cancelled`` only if it stopped
+    on the request; a task that never checks reads its own end (``finished``...).
     """
     return resolve_store(store).request_cancel(make_key(name, progress_id))
