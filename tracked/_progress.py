@@ -504,8 +504,9 @@ class Progress:
         """Block until a run started with ``tracked.submit`` ends; return its function's
         return value or raise its exception. ``TimeoutError`` after ``timeout`` seconds;
         ``concurrent.futures.CancelledError`` if it was cancelled before it started;
-        ``tracked.Cancelled`` (a ``BaseException``) if a generator job asked to stop
-        while running let it out."""
+        ``tracked.Cancelled`` (a ``BaseException``) if a job asked to stop while
+        running let it out. A coroutine submitted inside an event loop runs on that
+        loop: waiting for it there raises ``RuntimeError`` (it would block the loop)."""
         if self._job is None:
             raise TypeError(f"{self!r} was not started by tracked.submit(): nothing to wait for")
         return self._job.wait(timeout)
