@@ -581,11 +581,14 @@ def test_a_request_racing_the_end_never_makes_a_record_lie(file_store: tracked.F
         got: list[bool] = []
         started = threading.Event()
 
-        def task(name: str = name, got: list[bool] = got, started: threading.Event = started) -> None:
+        def task(
+            name: str = name, got: list[bool] = got, started: threading.Event = started,
+            checks: int = attempt % 8,
+        ) -> None:
             with tracked.start(name, min_interval=0.005) as progress:
                 started.set()
                 try:
-                    for _ in range(attempt % 8):
+                    for _ in range(checks):
                         time.sleep(0.003)
                         progress.check()
                 except tracked.Cancelled:
