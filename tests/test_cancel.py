@@ -143,13 +143,16 @@ def test_except_exception_cannot_swallow_cancelled() -> None:
     assert not issubclass(Cancelled, tracked.TrackedError)
 
 
-def test_a_task_that_ignores_the_request_and_finishes_still_reads_cancelled() -> None:
+def test_a_task_that_ignores_the_request_reads_its_own_end_with_cancel_requested() -> None:
+    """Rule 1 of issue 17: a run that never got ``Cancelled`` did not stop because of
+    the request, so it must not read ``cancelled`` (the old code said it did)."""
     with tracked.start("stubborn", min_interval=0.02) as progress:
         tracked.cancel("stubborn")
         eventually(lambda: progress.cancel_requested, "the request is seen")
         progress.status = "all done"
     state = tracked.load("stubborn")
-    assert state is not None and (state.state, state.status) == ("cancelled", "cancelled")
+    assert state is not None
+    assert (state.state, state.status, state.cancel_requested) == ("finished", "all done", True)
 
 
 def test_a_generator_gets_cancelled_at_its_next_yield_and_its_finally_runs() -> None:
@@ -248,10 +251,13 @@ def test_a_plain_function_stops_where_it_checks() -> None:
     def job() -> int:
         progress = tracked.current()
         steps = 0
-        while not progress.cancel_requested:
-            steps += 1
-            time.sleep(0.005)
-        return steps
+        try:
+            while True:
+                progress.check()
+                steps += 1
+                time.sleep(0.005)
+        except tracked.Cancelled:  # caught and returned: it still stopped on request
+            return steps
 
     threading.Timer(0.1, tracked.cancel, ["plain"]).start()
     assert job() > 0

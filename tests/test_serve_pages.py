@@ -127,3 +127,30 @@ def test_serve_status_urls_in_the_list_name_each_progress(served):
     assert urls[("..", "p-1")] == "/_progress_status/?name=..&progress_id=p-1"
     assert urls[("report\n2024", None)] == "/_progress_status/report%0A2024"
 
+
+
+def test_tracked_js_state_text_says_what_tracked_show_says(served, page):
+    """tracked.stateText and the CLI's state text agree, for every case issue 17 names."""
+    from tracked.cli import state_text
+
+    page.goto(f"{served}/progress?name=b")
+    page.wait_for_function("() => typeof tracked === 'object'")
+    base = tracked.State(name="x").to_dict()
+    cases = [
+        {**base},
+        {**base, "cancel_requested": True},
+        {**base, "state": "queued", "position": 1},
+        {**base, "state": "queued", "position": 2},
+        {**base, "state": "queued", "position": 11},
+        {**base, "state": "queued", "position": 23},
+        {**base, "in_progress": False, "state": "finished", "cancel_requested": True},
+        {**base, "in_progress": False, "state": "failed", "cancel_requested": True},
+        {**base, "in_progress": False, "state": "cancelled", "cancel_requested": True},
+        {**base, "in_progress": False, "state": "finished"},
+    ]
+    shown = page.evaluate("(cases) => cases.map((c) => tracked.stateText(c))", cases)
+    expected = [state_text(tracked.State.from_dict(case)) for case in cases]
+    assert shown == expected
+    assert expected[1] == "running, stopping…"
+    assert expected[2:6] == [f"queued ({n} in line)" for n in ("1st", "2nd", "11th", "23rd")]
+    assert expected[6] == "finished (a stop was asked but the task did not stop)"

@@ -22,6 +22,7 @@ from ._share import ShareToken, join
 from ._state import State
 from ._store import Store, open_store
 from ._track import track
+from ._url import status_url
 from .errors import (
     AlreadyRunning,
     Cancelled,
@@ -69,6 +70,7 @@ __all__ = [
     "load",
     "open_store",
     "start",
+    "status_url",
     "submit",
     "tqdm",
     "track",

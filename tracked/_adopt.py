@@ -15,6 +15,7 @@ from types import FrameType
 
 from ._progress import Progress, current_progress
 from ._scope import request_scope
+from .errors import Cancelled
 
 __all__ = [
     "CurrentToken",
@@ -115,7 +116,8 @@ def release_driver(progress: Progress, driver: object) -> None:
 
 def end_by(progress: Progress, exc: BaseException | None) -> None:
     """End ``progress`` the way ``with tracked.start(...)`` would for ``exc``: None
-    finishes; a closed generator, Ctrl-C or a cancelled task cancels; else it fails."""
+    finishes; a closed generator, Ctrl-C, a cancelled task or ``Cancelled`` cancels;
+    else it fails."""
     if exc is None:
         progress.finish()
     elif is_cancellation(exc):
@@ -125,7 +127,9 @@ def end_by(progress: Progress, exc: BaseException | None) -> None:
 
 
 def is_cancellation(exc: BaseException) -> bool:
-    if isinstance(exc, (GeneratorExit, KeyboardInterrupt)):
+    """A closed generator, Ctrl-C, a cancelled task, or ``tracked.Cancelled`` (a loop
+    or bar handed it on a cancel request) stop work from outside; other errors fail it."""
+    if isinstance(exc, (GeneratorExit, KeyboardInterrupt, Cancelled)):
         return True
     asyncio = sys.modules.get("asyncio")
     return asyncio is not None and isinstance(exc, asyncio.CancelledError)

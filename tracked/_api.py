@@ -33,6 +33,38 @@ def start(
     ``StoreError`` when the store cannot be used. Inside a web request the
     client's ``progress_id`` is combined with ``name`` unless one is given.
     """
+    return _claim(name, total, count, messages, status, progress_id, store, min_interval,
+                  max_messages)
+
+
+def start_queued(
+    position: int,
+    name: str | None,
+    total: int | None,
+    *,
+    progress_id: str | None,
+    store: StoreSpec | None,
+    min_interval: float,
+    max_messages: int,
+) -> Progress:
+    """Claim a run that waits in this process's queue (``tracked.submit``'s pool): its
+    records read ``queued`` at ``position`` (1 = next) until it is taken up."""
+    return _claim(name, total, 0, (), None, progress_id, store, min_interval, max_messages,
+                  position)
+
+
+def _claim(
+    name: str | None,
+    total: int | None,
+    count: int,
+    messages: Iterable[str],
+    status: str | None,
+    progress_id: str | None,
+    store: StoreSpec | None,
+    min_interval: float,
+    max_messages: int,
+    position: int | None = None,
+) -> Progress:
     if progress_id is None:
         scope = request_scope.get()
         progress_id = scope.progress_id if scope is not None else None
@@ -46,6 +78,7 @@ def start(
         status=status,
         min_interval=min_interval,
         max_messages=max_messages,
+        position=position,
     )
     return progress._claim()
 
@@ -92,6 +125,9 @@ def cancel(
     within about its ``min_interval``: ``Progress.cancel_requested`` turns true,
     ``check()`` raises ``tracked.Cancelled``, a ``@tracked`` generator gets
     ``Cancelled`` thrown in at its next yield, a ``@tracked`` coroutine's task is
-    cancelled at its next await. The run then ends ``cancelled``.
+    cancelled at its next await, ``track()`` loops and ``tracked.tqdm`` bars raise it
+    at their next item, a queued ``submit`` run never starts. The record says
+    ``cancel_requested: true`` at once. The run ends ``cancelled`` only if it stopped
+    on the request; a task that never checks reads its own end (``finished``...).
     """
     return resolve_store(store).request_cancel(make_key(name, progress_id))

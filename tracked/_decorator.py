@@ -17,13 +17,13 @@ from typing import Any, TypeVar
 
 import wrapt
 
-from ._api import start
+from ._api import start, start_queued
 from ._progress import Progress, _check_interval, _check_max_messages, current_progress
 from ._scope import StoreSpec, request_scope, resolve_store
 from ._state import check_total, validate_name, validate_progress_id
-from .errors import Cancelled, InvalidName, InvalidValue
+from .errors import InvalidName, InvalidValue
 
-__all__ = ["tracked"]
+__all__ = ["awaiting", "drive_async", "tracked"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _NoneType = type(None)
@@ -148,18 +148,29 @@ class _Spec:
         instance: Any,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        status: str | None = None,
+        position: int | None = None,
     ) -> Progress:
+        """Claim the run of this call (``queued`` at ``position`` when one is given)."""
         total = self.total
         if callable(total):
             total = _check_total_result(total(*args, **kwargs))
         progress_id = self.progress_id
         if callable(progress_id):
             progress_id = validate_progress_id(progress_id(*args, **kwargs))
+        name = self.resolve_name(wrapped, instance, args, kwargs)
+        if position is not None:
+            return start_queued(
+                position,
+                name,
+                total,
+                progress_id=progress_id,
+                store=self.store,
+                min_interval=self.min_interval,
+                max_messages=self.max_messages,
+            )
         return start(
-            self.resolve_name(wrapped, instance, args, kwargs),
+            name,
             total,
-            status=status,
             progress_id=progress_id,
             store=self.store,
             min_interval=self.min_interval,
@@ -224,7 +235,7 @@ class _Spec:
     ) -> Coroutine[Any, Any, Any]:
         coroutine = wrapped(*args, **kwargs)  # runs none of its body yet
         progress = self.start_for(coroutine.close, wrapped, instance, args, kwargs)
-        return _await(coroutine, progress)
+        return awaiting(coroutine, progress)
 
     def call_async_generator(
         self,
@@ -235,7 +246,7 @@ class _Spec:
     ) -> AsyncGenerator[Any, Any]:
         generator = wrapped(*args, **kwargs)  # runs none of its body yet
         progress = self.start_for(lambda: None, wrapped, instance, args, kwargs)
-        return _drive_async(generator, progress)
+        return drive_async(generator, progress)
 
     def start_for(
         self,
@@ -293,7 +304,7 @@ def _drive(
             if progress._cancel_requested and not stopping:
                 # Asked to stop: thrown in at this yield instead of handing the item on.
                 stopping = True
-                step, argument = throw, Cancelled(progress.key)
+                step, argument = throw, progress._deliver()
                 continue
         try:
             argument = yield item
@@ -364,7 +375,7 @@ class SizedGenerator(collections.abc.Generator):  # type: ignore[type-arg]
         return f"<tracked generator {self._progress.key!r}, {self._generator!r}>"
 
 
-async def _await(coroutine: Coroutine[Any, Any, Any], progress: Progress) -> Any:
+async def awaiting(coroutine: Coroutine[Any, Any, Any], progress: Progress) -> Any:
     """Await ``coroutine`` with ``progress`` current; end it the way the coroutine ends."""
     token = current_progress.set(progress)
     _cancel_task_on_request(progress)
@@ -396,12 +407,13 @@ def _cancel_task_on_request(progress: Progress) -> None:
 
     def cancel_task() -> None:  # on the loop's thread: the coroutine may have ended since
         if not progress._ended:
+            progress._deliver()  # its CancelledError is the request's: the run ends cancelled
             task.cancel()
 
     progress._cancel_hooks.append(lambda: loop.call_soon_threadsafe(cancel_task))
 
 
-async def _drive_async(
+async def drive_async(
     generator: AsyncGenerator[Any, Any], progress: Progress
 ) -> AsyncGenerator[Any, Any]:
     """The async twin of ``_drive``: count each item, forward asend, athrow and aclose.
@@ -435,7 +447,7 @@ async def _drive_async(
             progress._touched()
             if progress._cancel_requested and not stopping:
                 stopping = True
-                step, argument = athrow, Cancelled(progress.key)
+                step, argument = athrow, progress._deliver()
                 continue
         try:
             argument = yield item

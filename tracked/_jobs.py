@@ -1,13 +1,19 @@
-"""``tracked.submit``: run a ``@tracked`` call on a bounded pool of threads.
+"""``tracked.submit``: run a ``@tracked`` call off the caller, on a bounded pool of threads.
 
 The progress is claimed by the caller, so a conflict raises ``AlreadyRunning``
-where a route can still answer 409, and the record (status ``"queued"``) exists
-before ``submit`` returns. The call then runs on one of at most ``max_workers``
-daemon threads, in a copy of the caller's context: the request scope (the
-client's progress_id, the app's store) reaches the job. At interpreter exit,
+where a route can still answer 409, and the record exists before ``submit``
+returns: ``state: "queued"`` with its ``position`` (1 = next) while it waits
+for one of at most ``max_workers`` daemon threads, ``running`` once one takes
+it. It runs in a copy of the caller's context: the request scope (the client's
+progress_id, the app's store) reaches the job. A queued record is owned by the
+submitting process, whose in-memory queue dies with it: if the process dies,
+readers see it ``abandoned``, as any run of a dead owner. At interpreter exit,
 runs still queued end ``cancelled``; running ones are waited for up to
 ``exit_timeout`` seconds, and those still running then end ``cancelled`` too,
 so no record is left ``running`` by a process that is gone.
+
+Coroutine and async generator functions submitted inside a running event loop
+run as a task on that loop; outside one, on the pool, each in a loop of its own.
 """
 
 from __future__ import annotations
@@ -20,103 +26,127 @@ import functools
 import itertools
 import logging
 import os
+import sys
 import threading
 import time
-from collections.abc import Callable, Generator
-from typing import Any
+from collections.abc import AsyncGenerator, Callable, Coroutine, Generator
+from typing import TYPE_CHECKING, Any
 
-from ._decorator import _drive, _Spec, returned
-from ._progress import Progress, current_progress
+from ._decorator import _drive, _Spec, awaiting, drive_async, returned
+from ._progress import Progress, add_cancel_hook, current_progress, move_in_line, take_up
 from ._scope import jobs as settings
 
-__all__ = ["QUEUED_STATUS", "submit"]
+if TYPE_CHECKING:
+    import asyncio
+
+__all__ = ["submit"]
 
 logger = logging.getLogger("tracked")
 
-#: The status of a submitted run until a pool thread starts it.
-QUEUED_STATUS = "queued"
-
 
 def submit(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Progress:
-    """Claim the progress of ``func(*args, **kwargs)`` here, run it on a pool thread.
+    """Claim the progress of ``func(*args, **kwargs)`` here, run it off the caller.
 
-    ``func`` is a ``@tracked`` function or generator function (a generator is run
-    to exhaustion). Raises what claiming raises (``AlreadyRunning``,
-    ``InvalidName``, ``StoreError``) in the caller, before anything runs. The run
-    reads ``state: running, status: "queued"`` until a thread is free (at most
-    ``tracked.configure(max_workers=...)``, default 4), then the default status.
-    Returns the live handle: read ``key``, ``name``, ``progress_id``,
-    ``snapshot()``; ``wait(timeout)`` returns the call's return value or raises
-    its exception.
+    ``func`` is a ``@tracked`` function, generator function, coroutine function
+    or async generator function (a generator is run to exhaustion). Raises what
+    claiming raises (``AlreadyRunning``, ``InvalidName``, ``StoreError``) in the
+    caller, before anything runs. A run waiting for a pool thread (at most
+    ``tracked.configure(max_workers=...)``, default 4) reads ``state: "queued"``
+    with its ``position`` in line (1 = next), then ``running``. Called inside a
+    running event loop, a coroutine (or async generator) function runs as a task
+    on that loop instead, held until it ends. Returns the live handle: read
+    ``key``, ``name``, ``progress_id``, ``snapshot()``; ``wait(timeout)`` returns
+    the call's return value or raises its exception.
     """
     spec, wrapped, instance, kind = _target(func)
+    if kind in ("coroutine", "async generator"):
+        loop = _running_loop()
+        if loop is not None:
+            return _submit_to_loop(loop, spec, wrapped, instance, kind, args, kwargs)
     pool = _current_pool()
     if pool.closed:
-        raise RuntimeError("tracked.submit() after the interpreter started to exit")
+        raise RuntimeError(
+            f"tracked.submit({_qualname(func)}) after the interpreter started to exit"
+        )
     context = contextvars.copy_context()
+    position = pool.waiting() + 1
     call: Callable[[], Any]
-    if kind == "generator":
-        generator = wrapped(*args, **kwargs)  # runs none of its body yet
+    discard: Callable[[], object] = _ran
+    if kind == "function":
+        progress = spec.start(wrapped, instance, args, kwargs, position=position)
+        call = functools.partial(_call, progress, wrapped, args, kwargs)
+    else:
+        made = wrapped(*args, **kwargs)  # runs none of its body yet
         try:
-            progress = spec.start(wrapped, instance, args, kwargs, status=QUEUED_STATUS)
+            progress = spec.start(wrapped, instance, args, kwargs, position=position)
         except BaseException:
-            generator.close()
+            if kind != "async generator":
+                made.close()
             raise
         progress._end_on_collect = "cancelled"
-        steps = context.copy()
-        steps.run(current_progress.set, progress)
-        call = functools.partial(_exhaust, progress, _drive(generator, progress, steps))
-    else:
-        progress = spec.start(wrapped, instance, args, kwargs, status=QUEUED_STATUS)
-        call = functools.partial(_call, progress, wrapped, args, kwargs)
-    job = _Job(progress, call, context)
+        if kind == "generator":
+            steps = context.copy()
+            steps.run(current_progress.set, progress)
+            call = functools.partial(_exhaust, progress, _drive(made, progress, steps))
+        elif kind == "coroutine":
+            runner = awaiting(made, progress)
+            call = functools.partial(_run_in_own_loop, progress, runner)
+            discard = functools.partial(_close_all, runner, made)
+        else:
+            runner = _exhaust_async(drive_async(made, progress))
+            call = functools.partial(_run_in_own_loop, progress, runner)
+            discard = runner.close
+    job = _Job(progress, call, context, discard)
     progress._job = job
-    progress._cancel_hooks.append(functools.partial(pool.drop, job))
+    add_cancel_hook(progress, functools.partial(pool.drop, job))
     pool.put(job)
     return progress
 
 
+def _qualname(func: Callable[..., Any]) -> str:
+    """The user's function as errors name it: ``module.Class.method``."""
+    qualname = getattr(func, "__qualname__", None)
+    if not isinstance(qualname, str):
+        return repr(func)
+    module = getattr(func, "__module__", None)
+    return f"{module}.{qualname}" if isinstance(module, str) else qualname
+
+
 def _target(func: Callable[..., Any]) -> tuple[_Spec, Callable[..., Any], Any, str]:
     """What ``@tracked`` made of ``func``: its spec, the wrapped callable, the bound
-    instance, and whether it is a ``"function"`` or a ``"generator"`` function."""
+    instance, and whether it is a ``"function"``, a ``"generator"``, a ``"coroutine"``
+    or an ``"async generator"`` function."""
     wrapper = getattr(func, "_self_wrapper", None)  # wrapt's name for the wrapper function
     spec = getattr(wrapper, "__self__", None)
     if not isinstance(spec, _Spec):
         raise TypeError(
-            f"tracked.submit() runs a @tracked function, not {func!r}: decorate it with"
-            " @tracked.tracked(...) (the run's name, total and progress_id come from there)"
+            f"tracked.submit() runs a @tracked function, not {_qualname(func)}: decorate it"
+            " with @tracked.tracked(...) (the run's name, total and progress_id come from there)"
         )
-    method = getattr(wrapper, "__func__", None)
-    if method is _Spec.call:
-        kind = "function"
-    elif method is _Spec.call_generator:
-        kind = "generator"
-    else:
-        raise TypeError(
-            f"tracked.submit() runs functions and generator functions on threads; "
-            f"await {func!r} (a coroutine or async generator function) instead"
-        )
+    kind = _KINDS[wrapper.__func__]  # type: ignore[union-attr]
     wrapped: Callable[..., Any] = func.__wrapped__  # type: ignore[attr-defined]
     return spec, wrapped, getattr(func, "_self_instance", None), kind
 
 
-def _started(progress: Progress) -> None:
-    """A pool thread took the run: it is no longer queued."""
-    if progress.status == QUEUED_STATUS:
-        progress.status = None
+_KINDS = {
+    _Spec.call: "function",
+    _Spec.call_generator: "generator",
+    _Spec.call_coroutine: "coroutine",
+    _Spec.call_async_generator: "async generator",
+}
 
 
 def _call(
     progress: Progress, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
-    _started(progress)
+    take_up(progress)
     with progress:
         return returned(progress, wrapped(*args, **kwargs))
 
 
 def _exhaust(progress: Progress, steps: Generator[Any, Any, Any]) -> Any:
     """Run a ``@tracked`` generator to its end; return its ``return`` value."""
-    _started(progress)
+    take_up(progress)
     while True:
         try:
             next(steps)
@@ -124,17 +154,142 @@ def _exhaust(progress: Progress, steps: Generator[Any, Any, Any]) -> Any:
             return stop.value
 
 
+async def _exhaust_async(steps: AsyncGenerator[Any, Any]) -> None:
+    """Run a ``@tracked`` async generator to its end (it has no return value)."""
+    async for _ in steps:
+        pass
+
+
+def _run_in_own_loop(progress: Progress, runner: Coroutine[Any, Any, Any]) -> Any:
+    """On a pool thread: run a coroutine job in an event loop of its own."""
+    import asyncio
+
+    take_up(progress)
+    return asyncio.run(runner)
+
+
+def _close_all(*coroutines: Coroutine[Any, Any, Any]) -> None:
+    """A coroutine job that never ran: close its coroutines, so none warns unawaited."""
+    for coroutine in coroutines:
+        coroutine.close()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, if any (asyncio imported: none without it)."""
+    if "asyncio" not in sys.modules:
+        return None
+    import asyncio
+
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _submit_to_loop(
+    loop: asyncio.AbstractEventLoop,
+    spec: _Spec,
+    wrapped: Callable[..., Any],
+    instance: Any,
+    kind: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Progress:
+    """Run a coroutine (or async generator) function as a task on the caller's loop."""
+    made = wrapped(*args, **kwargs)  # runs none of its body yet
+    close = made.close if kind == "coroutine" else _ran
+    progress = spec.start_for(close, wrapped, instance, args, kwargs)
+    runner = awaiting(made, progress) if kind == "coroutine" else _exhaust_async(
+        drive_async(made, progress)
+    )
+    task = loop.create_task(runner)  # in a copy of this context: the request scope
+    job = _LoopJob(progress, task, loop)
+    progress._job = job
+    _held.hold(job)
+    return progress
+
+
+class _LoopJob:
+    """A submitted coroutine running as a task on the caller's event loop."""
+
+    __slots__ = ("done", "loop", "progress", "task")
+
+    def __init__(
+        self, progress: Progress, task: asyncio.Task[Any], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.progress = progress
+        self.task = task
+        self.loop = loop
+        self.done = threading.Event()
+
+    def wait(self, timeout: float | None) -> Any:
+        if _running_loop() is self.loop:
+            raise RuntimeError(
+                f"progress {self.progress.key!r} runs on this event loop: waiting here would"
+                " block it; await the task instead, or wait from another thread"
+            )
+        if not self.done.wait(timeout):
+            raise TimeoutError(f"progress {self.progress.key!r} still runs after {timeout}s")
+        return self.task.result()
+
+
+class _Held:
+    """Strong references to the loop tasks of submitted coroutines (an event loop
+    keeps only weak ones) until they end. A task whose loop was closed with it still
+    pending never ends: its run is ended ``cancelled`` when that is noticed (at the
+    next submit, or at exit)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.jobs: set[_LoopJob] = set()
+
+    def hold(self, job: _LoopJob) -> None:
+        self.end_orphans()
+        with self.lock:
+            self.jobs.add(job)
+        job.task.add_done_callback(functools.partial(self.release, job))
+
+    def release(self, job: _LoopJob, _task: object = None) -> None:
+        with self.lock:
+            self.jobs.discard(job)
+        job.done.set()
+
+    def end_orphans(self) -> None:
+        with self.lock:
+            orphans = [j for j in self.jobs if j.loop.is_closed() and not j.task.done()]
+            self.jobs.difference_update(orphans)
+        for job in orphans:
+            job.progress.cancel()  # its loop closed before it ended: it will never run on
+            job.done.set()
+
+
+_held = _Held()
+atexit.register(lambda: _held.end_orphans())
+
+
+def _fresh_held_in_child() -> None:
+    """A forked child runs none of its parent's loops: it holds none of their tasks
+    (and a parent thread may have held the lock at the fork)."""
+    global _held
+    _held = _Held()
+
+
 class _Job:
     """One submitted run: the call, the context it runs in, and how it ended."""
 
-    __slots__ = ("call", "cancelled", "context", "done", "error", "progress", "value")
+    __slots__ = ("call", "cancelled", "context", "discard", "done", "error", "progress", "value")
 
     def __init__(
-        self, progress: Progress, call: Callable[[], Any], context: contextvars.Context
+        self,
+        progress: Progress,
+        call: Callable[[], Any],
+        context: contextvars.Context,
+        discard: Callable[[], object] = lambda: None,
     ) -> None:
         self.progress = progress
         self.call = call
         self.context = context
+        self.discard = discard  # what a job that never runs must close
         self.done = threading.Event()
         self.value: Any = None
         self.error: BaseException | None = None
@@ -147,15 +302,20 @@ class _Job:
         except BaseException as exc:  # noqa: BLE001 - handed to wait(), and ended the run
             self.error = exc
         finally:
-            self.call = _ran  # drop the arguments and the generator
+            self.call = self.discard = _ran  # drop the arguments and the generator
             self.done.set()
 
     def cancel_queued(self) -> None:
-        """End a run that never started as ``cancelled``."""
+        """End a run that never started as ``cancelled`` (count 0: nothing ran)."""
         self.cancelled = True
         self.call = _ran
-        _started(self.progress)
+        discard, self.discard = self.discard, _ran
         self.progress.cancel()
+        try:
+            discard()
+        except Exception:  # closing what never ran must not stop the cancel
+            logger.debug("tracked: closing the unrun job %r failed", self.progress.key,
+                         exc_info=True)
         self.done.set()
 
     def wait(self, timeout: float | None) -> Any:
@@ -186,6 +346,30 @@ class _Pool:
         self.closed = False
         self.pid = os.getpid()
         self.numbers = itertools.count(1)
+        # Places in line: computed under `cond`, written to the handles under `moving`
+        # in the order computed (a newer list is never overwritten by an older one).
+        self.moving = threading.Lock()
+        self.line_number = itertools.count(1).__next__
+        self.line_applied = 0
+
+    def waiting(self) -> int:
+        """How many runs wait for a thread now."""
+        return len(self.queue)
+
+    def line(self) -> tuple[int, list[_Job]]:
+        """The queue as it is now, numbered (call with ``cond`` held)."""
+        return self.line_number(), list(self.queue)
+
+    def reposition(self, numbered: tuple[int, list[_Job]]) -> None:
+        """Give each waiting run its place (1 = next): O(queued) attribute writes; the
+        flusher writes the changed records in its next batch."""
+        number, jobs = numbered
+        with self.moving:
+            if number < self.line_applied:
+                return  # a newer line was already given out
+            self.line_applied = number
+            for place, job in enumerate(jobs, 1):
+                move_in_line(job.progress, place)
 
     def put(self, job: _Job) -> None:
         with self.cond:
@@ -194,6 +378,7 @@ class _Pool:
             else:
                 refused = False
                 self.queue.append(job)
+                numbered = self.line()
                 if len(self.queue) > self.idle and len(self.threads) < settings.max_workers:
                     thread = threading.Thread(
                         target=self.work, name=f"tracked-job-{next(self.numbers)}", daemon=True
@@ -204,6 +389,8 @@ class _Pool:
                     self.cond.notify()
         if refused:
             job.cancel_queued()
+        else:
+            self.reposition(numbered)
 
     def work(self) -> None:
         me = threading.current_thread()
@@ -221,9 +408,13 @@ class _Pool:
                         self.cond.notify()
                     return
                 job = self.queue.popleft()
-                stopped = job.progress.cancel_requested  # asked to stop while queued
+                numbered = self.line() if self.queue else None
+                # Asked to stop while queued, or ended by its handle's cancel(): never run.
+                stopped = job.progress.cancel_requested or not job.progress.in_progress
                 if not stopped:
                     self.running.add(job)
+            if numbered is not None:
+                self.reposition(numbered)
             if stopped:
                 job.cancel_queued()  # it never starts
                 continue
@@ -240,7 +431,9 @@ class _Pool:
                 self.queue.remove(job)
             except ValueError:
                 return  # running (it stops at its next yield or check()) or done
+            numbered = self.line()
         job.cancel_queued()
+        self.reposition(numbered)
 
     def shutdown(self, timeout: float) -> None:
         """Cancel queued runs, wait up to ``timeout`` for running ones, cancel the rest."""
@@ -264,7 +457,6 @@ class _Pool:
                 job.progress.key.replace("\0", "?progress_id="),
                 timeout,
             )
-            _started(job.progress)
             job.progress.cancel()
 
 
@@ -281,6 +473,7 @@ def _fresh_lock_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_fresh_lock_in_child)
+    os.register_at_fork(after_in_child=_fresh_held_in_child)
 
 
 def _current_pool() -> _Pool:

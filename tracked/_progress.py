@@ -10,6 +10,7 @@ the thread that starts or ends the run; ``min_interval=0`` writes every update.
 from __future__ import annotations
 
 import collections
+import contextlib
 import contextvars
 import itertools
 import logging
@@ -18,9 +19,9 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _flusher
 from ._state import DEFAULT_STATUS, State, as_int, encode_result, make_key
@@ -31,7 +32,15 @@ from .errors import Cancelled, InvalidValue, RunSuperseded, StoreError, TrackedE
 if TYPE_CHECKING:
     from ._share import ShareToken
 
-__all__ = ["Progress", "current_progress"]
+__all__ = [
+    "Progress",
+    "add_cancel_hook",
+    "counted",
+    "current_progress",
+    "move_in_line",
+    "remove_cancel_hook",
+    "take_up",
+]
 
 logger = logging.getLogger("tracked")
 
@@ -70,6 +79,7 @@ class Progress:
         "_cancel_requested",
         "_clean",
         "_context_tokens",
+        "_delivered",
         "_end_on_collect",
         "_ended",
         "_error",
@@ -85,6 +95,7 @@ class Progress:
         "_ones_read",
         "_owner",
         "_pid",
+        "_position",
         "_push",
         "_rate",
         "_rate_count",
@@ -122,6 +133,7 @@ class Progress:
         status: str | None = None,
         min_interval: float = 0.1,
         max_messages: int = 1000,
+        position: int | None = None,
     ) -> None:
         self.key = make_key(name, progress_id)
         self.name = name
@@ -146,7 +158,8 @@ class Progress:
         self._write_lock = threading.Lock()  # one write of this handle at a time
         self._clean = False  # True: nothing changed since the last write was taken
         self._scheduled = False  # the flusher will look at this handle again anyway
-        self._state = "running"
+        # A run that waits in this process's queue is "queued" until take_up().
+        self._state = "running" if position is None else "queued"
         self._error: str | None = None
         self._ended = False
         self._final: State | None = None
@@ -168,6 +181,8 @@ class Progress:
         self._result: Any = None
         self._job: Any = None  # set by tracked.submit(): what wait() waits for
         self._cancel_requested = False  # set once, by the flusher: someone asked to stop
+        self._delivered = False  # set once: tracked.Cancelled reached the task (or its job)
+        self._position = position  # a queued run's place in line (1 = next)
         self._cancel_hooks: list[Callable[[], object]] = []  # run when that is seen
 
     def __repr__(self) -> str:
@@ -214,9 +229,15 @@ class Progress:
                 return
             self._ended = True
             self._clean = False  # updates after the end no longer reach the flusher
-            if self._cancel_requested:  # asked to stop, and stopped: however it ended
-                state, error, self._status = "cancelled", None, None
+            if self._delivered and state == "finished":
+                # The task was handed tracked.Cancelled, caught it and returned: it
+                # stopped because of the request. A task that was never handed it
+                # (it did not check) reads its own end, with cancel_requested true.
+                state = "cancelled"
+            if state == "cancelled" and self._delivered:
+                self._status = None  # "cancelled", not the status of the work it left
             self._state = state
+            self._position = None
             self._error = None if error is None else clean_text(error)
             self._finished_time = time.time()
             self._final = self._snapshot_locked()
@@ -310,7 +331,10 @@ class Progress:
     def cancel_requested(self) -> bool:
         """True once someone asked this run to stop (``tracked.cancel``, a DELETE on
         the status route, ``tracked cancel``): the flusher sees requests within about
-        ``min_interval``. The run then ends ``cancelled`` however it ends."""
+        ``min_interval``, and the record says so (``cancel_requested: true``). The run
+        ends ``cancelled`` only if ``tracked.Cancelled`` reached the task (``check()``,
+        a ``@tracked`` generator's yield, a tracked loop or bar, a cancelled coroutine);
+        a task that never looks runs on and reads its own end."""
         return self._cancel_requested
 
     def check(self) -> None:
@@ -318,21 +342,30 @@ class Progress:
 
         Call it where the task can stop cleanly; it only reads a flag."""
         if self._cancel_requested:
-            raise Cancelled(self.key)
+            raise self._deliver()
+
+    def _deliver(self) -> Cancelled:
+        """The ``Cancelled`` to hand the task now: from here on the run ends
+        ``cancelled`` (even if the task catches it and returns)."""
+        self._delivered = True
+        return Cancelled(self.key)
 
     def _cancel_seen(self) -> None:
-        """The flusher found a cancel request for this run: raise the flag, make the
-        next update (a ``@tracked`` generator's next yield) look at it, run the hooks
-        (a coroutine's task is cancelled, a queued job dropped)."""
+        """The flusher found a cancel request for this run: raise the flag, run the
+        hooks (a coroutine's task is cancelled, a queued job dropped, a bar primed to
+        stop), write it at once (readers say "stopping…" even if the task never updates
+        again), and so make the next update (a yield, a loop's item) look at it."""
         if self._cancel_requested or self._ended:
             return
         self._cancel_requested = True
-        self._clean = True  # the generator loops test the flag on their `_clean` path
-        for hook in self._cancel_hooks:
+        for hook in list(self._cancel_hooks):
             try:
                 hook()
             except Exception:
                 logger.exception("tracked: a cancel hook of %r failed", self.key)
+        # Written on the flusher's thread (a failure is retried like any write); the
+        # write leaves `_clean` true, and the loops test the flag on their `_clean` path.
+        self.flush()
 
     def __enter__(self) -> Progress:
         self._context_tokens.append(current_progress.set(self))
@@ -405,7 +438,7 @@ class Progress:
         Setting it to None goes back to that default."""
         if self._status is not None:
             return self._status
-        return DEFAULT_STATUS if not self._ended else self._state
+        return self._state if self._ended or self._state == "queued" else DEFAULT_STATUS
 
     @status.setter
     def status(self, value: str | None) -> None:
@@ -439,8 +472,14 @@ class Progress:
 
     @property
     def state(self) -> str:
-        """``running``, then ``finished``, ``failed`` or ``cancelled``."""
+        """``running`` (``queued`` first for a submitted run waiting for a thread), then
+        ``finished``, ``failed`` or ``cancelled``."""
         return self._state
+
+    @property
+    def position(self) -> int | None:
+        """A queued run's place in line (1 = next to run); None once it runs."""
+        return self._position
 
     @property
     def result(self) -> Any:
@@ -465,8 +504,9 @@ class Progress:
         """Block until a run started with ``tracked.submit`` ends; return its function's
         return value or raise its exception. ``TimeoutError`` after ``timeout`` seconds;
         ``concurrent.futures.CancelledError`` if it was cancelled before it started;
-        ``tracked.Cancelled`` (a ``BaseException``) if a generator job asked to stop
-        while running let it out."""
+        ``tracked.Cancelled`` (a ``BaseException``) if a job asked to stop while
+        running let it out. A coroutine submitted inside an event loop runs on that
+        loop: waiting for it there raises ``RuntimeError`` (it would block the loop)."""
         if self._job is None:
             raise TypeError(f"{self!r} was not started by tracked.submit(): nothing to wait for")
         return self._job.wait(timeout)
@@ -587,6 +627,8 @@ class Progress:
             message_count=message_count,
             in_progress=not self._ended,
             state=self._state,
+            cancel_requested=self._cancel_requested,
+            position=self._position,
             status=status if status.isascii() else clean_text(status),
             error=self._error,
             start_time=self.start_time,
@@ -708,6 +750,79 @@ class Progress:
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._clean = False  # updates stay in the child's memory and wake nothing
+
+
+T = TypeVar("T")
+
+
+def counted(iterable: Iterable[T], progress: Progress, messages: bool = False) -> Iterator[T]:
+    """Yield the items of ``iterable``, counting each once the consumer comes back for
+    the next (``tracked.track``'s loop); ``str`` items are also messages if asked.
+
+    Once the run's cancel request is seen, the next item is not handed out: it raises
+    ``tracked.Cancelled`` instead (a loop whose last item was done runs to its end).
+    The flag is read only on the path an update takes after a write (the flusher
+    writes a request as soon as it sees it), so a count costs one tick.
+    """
+    tick = progress._tick
+    if messages:
+        push = progress.add_message
+        for item in iterable:
+            if progress._clean:
+                progress._touched()
+                if progress._cancel_requested and not progress._ended:
+                    raise progress._deliver()
+            if isinstance(item, str):
+                push(item)
+            yield item
+            tick()
+    else:
+        for item in iterable:
+            if progress._clean:
+                progress._touched()
+                if progress._cancel_requested and not progress._ended:
+                    raise progress._deliver()
+            yield item
+            tick()
+    if progress._clean:
+        progress._touched()
+
+
+def take_up(progress: Progress) -> None:
+    """A queued run starts: it reads ``running``, with no place in line."""
+    with progress._lock:
+        if progress._ended or progress._state != "queued":
+            return
+        progress._state, progress._position = "running", None
+    progress.flush()  # written at once, as a run's first snapshot is: readers see it start
+
+
+def move_in_line(progress: Progress, position: int) -> None:
+    """A queued run's place in line changed (runs ahead of it started or were dropped);
+    the flusher writes it with the run's next due write."""
+    if progress._ended or progress._state != "queued" or progress._position == position:
+        return
+    progress._position = position
+    if progress._clean:
+        # Always through the flusher (batched), even with min_interval=0: a place in
+        # line is the queue's news, and one take-up moves every waiting run.
+        progress._clean = False
+        if not progress._scheduled:
+            _flusher.wake(progress._ref)
+
+
+def add_cancel_hook(progress: Progress, hook: Callable[[], object]) -> None:
+    """Run ``hook`` (on the flusher's thread) when ``progress`` sees a cancel request;
+    at once if it already has. A hook must be quick and must not raise."""
+    progress._cancel_hooks.append(hook)
+    if progress._cancel_requested and not progress._ended:
+        hook()
+
+
+def remove_cancel_hook(progress: Progress, hook: Callable[[], object]) -> None:
+    """Undo ``add_cancel_hook`` (a bar that closed): a long run keeps no dead hooks."""
+    with contextlib.suppress(ValueError):
+        progress._cancel_hooks.remove(hook)
 
 
 #: What a message is once its trailing line break is dropped, if nothing is left;

@@ -194,7 +194,8 @@ class State:
 
     def ended(self, state: str, when: float, error: str | None = None) -> State:
         """This state ended as ``state`` at ``when``; a default status becomes ``state``."""
-        status = state if self.status == DEFAULT_STATUS else self.status
+        # The default status, or the state word (a queued run's), becomes the end's word.
+        status = state if self.status in (DEFAULT_STATUS, self.state) else self.status
         return dataclasses.replace(
             self,
             in_progress=False,

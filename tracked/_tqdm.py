@@ -17,6 +17,7 @@ import contextvars
 import functools
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, overload
 
@@ -39,7 +40,7 @@ from ._adopt import (
     restore_current,
 )
 from ._api import start
-from ._progress import Progress
+from ._progress import Progress, add_cancel_hook, remove_cancel_hook
 from ._scope import StoreSpec
 from ._state import DEFAULT_STATUS, validate_name
 from .errors import InvalidName
@@ -79,6 +80,14 @@ class tqdm(_GenericTqdm[_T]):
     (its total becomes the count so far plus the bar's total) and leaves ending
     it to its owner; nested in another bar or loop that counts into it, the bar
     only shows as the status text.
+
+    Once the run is asked to stop (``tracked.cancel``) and its process has seen
+    the request, the bar's next item, or next ``update()``, raises
+    ``tracked.Cancelled``. The bar's ``desc`` is its status while it runs, never
+    after the run ended. A bar that is never closed ends when tqdm closes it as
+    it is collected: ``finished`` if it reached its total (or has none), else
+    ``failed``, with an error saying where it stopped: nothing said the work was
+    done.
 
     A disabled bar (``disable=True``) records nothing: tqdm keeps no count for
     it. For a bar that reports without drawing, pass ``file=open(os.devnull,
@@ -134,6 +143,7 @@ class tqdm(_GenericTqdm[_T]):
             raise
         self._tracked_bridge = bridge
         bridge.sync(self)
+        bridge.watch_cancel(self)
 
     def display(self, msg: str | None = None, pos: int | None = None) -> Any:
         shown = super().display(msg, pos)
@@ -141,6 +151,12 @@ class tqdm(_GenericTqdm[_T]):
         if bridge is not None:
             bridge.sync(self)
         return shown
+
+    def __del__(self) -> None:
+        bridge = self._tracked_bridge
+        if bridge is not None and not getattr(self, "disable", True):
+            bridge.dropped = True  # closed by collection, not by its code
+        super().__del__()
 
     def close(self) -> None:
         bridge = self._tracked_bridge
@@ -176,7 +192,6 @@ class tqdm(_GenericTqdm[_T]):
         Copied rather than wrapped: a wrapping generator would add a frame per item.
         """
         iterable = self.iterable
-        mininterval = self.mininterval
         last_print_t = self.last_print_t
         last_print_n = self.last_print_n
         min_start_t = self.start_t + (self.delay or 0)
@@ -189,7 +204,8 @@ class tqdm(_GenericTqdm[_T]):
                 if n - last_print_n >= self.miniters:  # type: ignore[operator]
                     cur_t = time()
                     dt = cur_t - last_print_t
-                    if dt >= mininterval and cur_t >= min_start_t:
+                    # Read from the bar: a cancel request zeroes it (see _Bridge.stop_bar).
+                    if dt >= self.mininterval and cur_t >= min_start_t:
                         self.update(n - last_print_n)
                         last_print_n = self.last_print_n
                         last_print_t = self.last_print_t
@@ -215,6 +231,8 @@ class _Bridge:
         "base",
         "desc",
         "drives",
+        "dropped",
+        "hook",
         "lock",
         "managed",
         "n",
@@ -242,6 +260,8 @@ class _Bridge:
         self.postfix: object = None
         self.outcome: BaseException | None = None
         self.managed = False
+        self.dropped = False  # tqdm closed the bar as it was collected
+        self.hook: Callable[[], None] | None = None
         # tqdm's monitor thread may redraw a bar while its own thread does: the
         # count goes out as differences, which must not be sent twice.
         self.lock = threading.Lock()
@@ -263,8 +283,21 @@ class _Bridge:
         )
         bridge = cls(progress, owned=True)
         bridge.n = progress.count
+        bridge.shown_status = progress.status if _name_from(bar.desc) else None
         bridge.token = make_current(progress)
         return bridge
+
+    def watch_cancel(self, bar: std_tqdm[Any]) -> None:
+        """Have a cancel request of the run stop ``bar`` at its next item or update."""
+        bar_ref = weakref.ref(bar)
+
+        def hook() -> None:
+            bar = bar_ref()
+            if bar is not None:
+                stop_bar(bar, self.progress)
+
+        self.hook = hook
+        add_cancel_hook(self.progress, hook)
 
     def sync(self, bar: std_tqdm[Any]) -> None:
         """Send what changed since the last redraw. Never raises into the bar."""
@@ -313,9 +346,18 @@ class _Bridge:
         self.sync(bar)
         progress = self.progress
         release_driver(progress, self)
+        if self.hook is not None:
+            remove_cancel_hook(progress, self.hook)
+            self.hook = None
         if self.owned:
             restore_current(self.token)
-            end_by(progress, self.outcome)
+            if self.shown_status is not None and progress.status == self.shown_status:
+                with contextlib.suppress(Exception):
+                    progress.status = None  # the desc said what it did; the end says how
+            if self.outcome is None and self.dropped and _short(bar):
+                progress.fail(f"the tqdm bar was collected unclosed at {_short(bar)}")
+            else:
+                end_by(progress, self.outcome)
         elif self.shown_status is not None and progress.in_progress:
             with contextlib.suppress(Exception):
                 if progress.status == self.shown_status:
@@ -326,6 +368,34 @@ class _Bridge:
 
 
 _UNSET = object()
+
+
+def stop_bar(bar: std_tqdm[Any], progress: Progress) -> None:
+    """A cancel request was seen (on the flusher's thread): make ``bar``'s next item
+    or ``update()`` raise ``tracked.Cancelled``. Nothing is added per item before:
+    the bar's next update is forced (no interval, no minimum of items) and its
+    ``update`` is replaced, on this one bar, by one that counts and then raises."""
+    bar.dynamic_miniters = False
+    bar.miniters = 0
+    bar.mininterval = 0
+    update = type(bar).update
+
+    def update_then_stop(n: float | None = 1) -> bool | None:
+        shown = update(bar, n)
+        total = _whole(bar.total)
+        if total is None or (_whole(bar.n) or 0) < total:  # the last item done: no stop
+            progress.check()  # raises Cancelled while the run is live and asked to stop
+        return shown
+
+    bar.update = update_then_stop  # type: ignore[method-assign]
+
+
+def _short(bar: std_tqdm[Any]) -> str | None:
+    """"10/100" for a bar below its total; None when it reached it or has none."""
+    n, total = _whole(bar.n), _whole(bar.total)
+    if n is None or total is None or n >= total:
+        return None
+    return f"{n}/{total}"
 
 
 def _whole(value: object) -> int | None:
@@ -443,6 +513,7 @@ def _capture(bar: std_tqdm[Any]) -> None:
     bridge = _Bridge.attach(progress)
     bar.__dict__["_tracked_captured"] = bridge
     bridge.sync(bar)
+    bridge.watch_cancel(bar)
 
 
 def _sync_captured(bar: std_tqdm[Any]) -> None:

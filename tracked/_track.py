@@ -16,7 +16,7 @@ from ._adopt import (
     restore_current,
 )
 from ._api import start
-from ._progress import Progress
+from ._progress import Progress, counted
 from ._scope import StoreSpec, request_scope, resolve_store
 from ._state import check_total, make_key
 
@@ -96,7 +96,7 @@ def _own(iterable: Iterable[T], begin: Callable[[], Progress], messages: bool) -
     claim_driver(progress, driver)
     outcome: BaseException | None = None
     try:
-        yield from _counted(iterable, progress, messages)
+        yield from counted(iterable, progress, messages)
     except BaseException as exc:
         outcome = exc
         raise
@@ -128,25 +128,9 @@ def _drive(
     try:
         if total is not None:
             progress.total = progress.count + total
-        yield from _counted(iterable, progress, messages)
+        yield from counted(iterable, progress, messages)
     finally:
         release_driver(progress, driver)
-
-
-def _counted(iterable: Iterable[T], progress: Progress, messages: bool) -> Iterator[T]:
-    """The loop itself: an item counts once the consumer comes back for the next."""
-    increment = progress.increment
-    if messages:
-        add_message = progress.add_message
-        for item in iterable:
-            if isinstance(item, str):
-                add_message(item)
-            yield item
-            increment()
-    else:
-        for item in iterable:
-            yield item
-            increment()
 
 
 def _length(iterable: Iterable[object]) -> int | None:

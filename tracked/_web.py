@@ -31,11 +31,12 @@ import re
 import time
 from collections.abc import Callable, Generator, Iterable
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode
+from urllib.parse import parse_qsl
 
 import tracked
 
 from . import _watch
+from ._url import key_url
 
 __all__ = [
     "ALLOW",
@@ -819,21 +820,8 @@ def _missing_name(prefix: str) -> tracked.InvalidName:
 
 
 def status_url(prefix: str, key: str) -> str:
-    """The status URL of ``key`` under ``prefix`` that every browser requests unchanged.
-
-    Browsers resolve ``.`` and ``..`` path segments (``%2e%2e`` too) before sending
-    a request. A name with such a segment travels as one segment, its ``/`` as
-    ``%2F``; a name that is itself ``.`` or ``..`` as ``?name=``; any other name
-    keeps its slashes (proxies that refuse ``%2F`` still pass it). ``statusUrl``
-    in tracked.js follows the same rule.
-    """
-    name, separator, rest = key.partition("\0")  # see tracked.State.key
-    query = [("progress_id", rest)] if separator else []
-    if name in (".", ".."):
-        return f"{prefix}/?{urlencode([('name', name), *query])}"
-    dotted = any(segment in (".", "..") for segment in name.split("/"))
-    url = prefix + "/" + quote(name, safe="" if dotted else "/")
-    return url + (f"?{urlencode(query)}" if query else "")
+    """The status URL of ``key`` under ``prefix`` (the one rule: ``tracked.status_url``)."""
+    return key_url(prefix, key)
 
 
 # ----------------------------------------------------------------------------- responses

@@ -40,9 +40,7 @@ from ._web import (
     error,
     render,
     requested_progress_id,
-    storage_key,
 )
-from ._web import status_url as web_status_url
 
 __all__ = ["TrackedPlugin", "accepted", "status_url"]
 
@@ -359,4 +357,4 @@ def status_url(name: str | None, progress_id: str | None = None) -> str:
         mounted = app.config["_mount.prefix"].rstrip("/") + mounted
         app = app.config["_mount.app"]
     base = bottle.request.script_name.rstrip("/") + mounted + prefix
-    return web_status_url(base, storage_key(name, progress_id))
+    return tracked.status_url(name, progress_id, prefix=base)

@@ -431,7 +431,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     now = time.time()
     for s in states:
         started = span(now - s.start_time) + " ago"
-        rows.append((label(s), s.state, fraction(s), rate(s), started, s.status))
+        rows.append((label(s), state_text(s), fraction(s), rate(s), started, s.status))
     _print_table(rows, sys.stdout)
     print(f"\n{_list_footer(store, len(states), len(everything) - len(states))}")
     return EXIT_OK
@@ -482,7 +482,7 @@ def _details(state: State) -> list[tuple[str, str]]:
     return [
         ("name", state.name if state.name is not None else "-"),
         ("progress_id", state.progress_id or "-"),
-        ("state", state.state),
+        ("state", state_text(state)),
         ("status", state.status),
         ("progress", fraction(state)),
         ("rate", rate(state)),
@@ -534,9 +534,39 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return EXIT_ENDED_BADLY
         time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
-    ended = "deleted" if latest is None else latest.state
-    print(printable(f"progress {_shown(key)} ended {ended}"))
-    return EXIT_OK if ended == "cancelled" else EXIT_ENDED_BADLY
+    if latest is not None and latest.state == "cancelled":
+        print(printable(f"progress {_shown(key)} ended cancelled"))
+        return EXIT_OK
+    how = "was deleted" if latest is None else ended_how(latest)
+    print(printable(f"tracked cancel: progress {_shown(key)} {how}"), file=sys.stderr)
+    return EXIT_ENDED_BADLY
+
+
+def ended_how(state: State) -> str:
+    """How a run asked to stop ended, when that was not ``cancelled``."""
+    if state.state in ("finished", "failed") and state.cancel_requested:
+        return f"{state.state}: a stop was asked but the task did not stop"
+    if state.state in ("finished", "failed"):
+        return f"{state.state} before it saw the request"
+    return f"ended {state.state}"
+
+
+def state_text(state: State) -> str:
+    """The state word as people read it: "stopping…" while a requested run goes on,
+    "finished (a stop was asked but the task did not stop)" after, "queued (2nd in
+    line)" while it waits."""
+    if state.in_progress and state.cancel_requested:
+        return f"{state.state}, stopping…"
+    if state.state == "queued" and state.position is not None:
+        return f"queued ({_ordinal(state.position)} in line)"
+    if state.state in ("finished", "failed") and state.cancel_requested:
+        return f"{state.state} (a stop was asked but the task did not stop)"
+    return state.state
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 # ----------------------------------------------------------------------------- watch
@@ -629,9 +659,11 @@ class _PlainView:
     def _line(state: State) -> str:
         if state.in_progress:
             details = f"rate {rate(state)} eta {span(state.eta)} elapsed {span(state.elapsed)}"
-            return f"{label(state)}: {state.state} {fraction(state)} {details}{_status_note(state)}"
+            return (f"{label(state)}: {state_text(state)} {fraction(state)} {details}"
+                    f"{_status_note(state)}")
         error = f" error: {printable(state.error)}" if state.error else ""
-        return f"{label(state)}: {state.state} {fraction(state)} in {span(state.elapsed)}{error}"
+        return (f"{label(state)}: {state_text(state)} {fraction(state)} in {span(state.elapsed)}"
+                f"{error}")
 
     def close(self) -> None:
         self.out.flush()
@@ -666,7 +698,7 @@ class _RichView:
         row = Table.grid(padding=(0, 1))
         row.add_row(Text(label(state), style="bold"), bar, Text(fraction(state)))
         details = (
-            f"{state.state}  rate {rate(state)}  eta {span(state.eta)}  "
+            f"{state_text(state)}  rate {rate(state)}  eta {span(state.eta)}  "
             f"elapsed {span(state.elapsed)}{_status_note(state)}"
         )
         lines: list[Any] = [row, Text(details, style=_STYLES.get(state.state, ""))]
@@ -682,7 +714,7 @@ class _RichView:
 
 def _status_note(state: State) -> str:
     """The status text when it says more than the state word does."""
-    if state.status in (DEFAULT_STATUS, state.state):
+    if state.status in (DEFAULT_STATUS, state.state, "queued"):
         return ""
     return f"  {printable(state.status)}"
 

@@ -32,6 +32,10 @@
  *   'poll': polls every `interval` ms.
  * `watcher.transport` says which one is running now ('poll' or 'sse').
  *
+ * `tracked.stateText(state)` says a state as people read it: 'running,
+ * stopping…' after a stop was asked, 'queued (2nd in line)', 'finished (a stop
+ * was asked but the task did not stop)'; the state word otherwise.
+ *
  * `tracked.statusUrl(name, {prefix})` builds the status URL of any progress name
  * so that browsers request it unchanged: a name with a `.` or `..` segment is
  * sent as one segment (`/` as `%2F`), a name that is `.` or `..` as `?name=`.
@@ -428,7 +432,7 @@
    * The status URL of progress `name` (default prefix '/_progress_status') that
    * browsers request unchanged: a name with a '.' or '..' segment goes as one
    * path segment ('/' as %2F), a name that is exactly '.' or '..' as ?name=,
-   * any other name with its slashes kept. tracked._web.status_url does the same.
+   * any other name with its slashes kept. tracked.status_url does the same.
    */
   function statusUrl(name, options) {
     if (typeof name !== 'string' || !name) {
@@ -443,6 +447,30 @@
       return prefix + '/' + encodeURIComponent(name);
     }
     return prefix + '/' + segments.map(encodeURIComponent).join('/');
+  }
+
+  /**
+   * The state of `state` (a wire object) as people read it, as `tracked show` says
+   * it: 'running, stopping…' once a stop was asked and the owner saw it, 'queued
+   * (2nd in line)' while it waits, 'finished (a stop was asked but the task did
+   * not stop)' when it ran on to its own end; else the state word.
+   */
+  function stateText(state) {
+    const word = String(state.state);
+    if (state.in_progress && state.cancel_requested) return word + ', stopping…';
+    if (word === 'queued' && typeof state.position === 'number') {
+      return 'queued (' + ordinal(state.position) + ' in line)';
+    }
+    if ((word === 'finished' || word === 'failed') && state.cancel_requested) {
+      return word + ' (a stop was asked but the task did not stop)';
+    }
+    return word;
+  }
+
+  function ordinal(n) {
+    const teen = n % 100 >= 10 && n % 100 <= 20;
+    const suffix = teen ? 'th' : ({1: 'st', 2: 'nd', 3: 'rd'})[n % 10] || 'th';
+    return n + suffix;
   }
 
   /** A random progress_id (a UUID), unguessable where the browser has crypto. */
@@ -469,6 +497,7 @@
   return {
     trackProgress: trackProgress,
     statusUrl: statusUrl,
+    stateText: stateText,
     newProgressId: newProgressId,
     defaults: DEFAULTS,
   };
