@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections.abc
 import contextvars
+import dataclasses
 import inspect
 import string
 import sys
@@ -19,11 +20,13 @@ import wrapt
 
 from ._api import start
 from ._progress import Progress, _check_interval, _check_max_messages, current_progress
+from ._queued import NotStarted, find_takeover, take_over
 from ._scope import StoreSpec, request_scope, resolve_store
 from ._state import check_total, validate_name, validate_progress_id
+from ._store import Store
 from .errors import Cancelled, InvalidName, InvalidValue
 
-__all__ = ["tracked"]
+__all__ = ["CallPlan", "describe_call", "tracked"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _NoneType = type(None)
@@ -88,9 +91,44 @@ def tracked(
             wrapper = spec.call_coroutine
         else:
             wrapper = spec.call
-        return wrapt.decorator(wrapper)(func)  # type: ignore[return-value]
+        decorated = wrapt.decorator(wrapper)(func)
+        # For describe_call (a queue integration); a ``_self_`` name stays on the wrapper.
+        decorated._self_tracked_spec = spec  # type: ignore[attr-defined]
+        return decorated  # type: ignore[return-value]
 
     return decorate
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CallPlan:
+    """What a call of a ``@tracked`` function will be, worked out before it runs (a
+    queue integration publishes its ``queued`` record from it)."""
+
+    name: str | None
+    total: int | None
+    store: Store
+    #: ``module.qualname`` of the decorated function: the worker that runs it takes
+    #: the queued run over.
+    function: str
+
+
+def describe_call(
+    func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> CallPlan:
+    """The name, total and store a call ``func(*args, **kwargs)`` of a ``@tracked``
+    function would use, outside any web request; ``TypeError`` for another callable."""
+    spec = getattr(func, "_self_tracked_spec", None)
+    wrapped = getattr(func, "__wrapped__", None)
+    if not isinstance(spec, _Spec) or wrapped is None:
+        raise TypeError(f"{func!r} is not a @tracked function")
+    instance = getattr(func, "__self__", None)
+    total = spec.total
+    if callable(total):
+        total = _check_total_result(total(*args, **kwargs))
+    context = contextvars.Context()  # no request scope: the worker will have none either
+    name = context.run(spec.resolve_name, wrapped, instance, args, kwargs)
+    store = spec.store if spec.store is not None else context.run(resolve_store, None)
+    return CallPlan(name, total, store, f"{wrapped.__module__}.{wrapped.__qualname__}")
 
 
 class _Spec:
@@ -153,6 +191,15 @@ class _Spec:
         total = self.total
         if callable(total):
             total = _check_total_result(total(*args, **kwargs))
+        found = find_takeover(f"{wrapped.__module__}.{wrapped.__qualname__}")
+        if found is not None:  # a queue's worker starts this queued run: take it over
+            return take_over(
+                found,
+                total,
+                store=self.store,
+                min_interval=self.min_interval,
+                max_messages=self.max_messages,
+            )
         progress_id = self.progress_id
         if callable(progress_id):
             progress_id = validate_progress_id(progress_id(*args, **kwargs))
@@ -194,7 +241,11 @@ class _Spec:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
-        with self.start(wrapped, instance, args, kwargs) as progress:
+        try:
+            progress = self.start(wrapped, instance, args, kwargs)
+        except NotStarted as skipped:  # a queued run cancelled before its worker got to it
+            return skipped.value
+        with progress:
             return returned(progress, wrapped(*args, **kwargs))
 
     def call_generator(
@@ -223,7 +274,10 @@ class _Spec:
         kwargs: dict[str, Any],
     ) -> Coroutine[Any, Any, Any]:
         coroutine = wrapped(*args, **kwargs)  # runs none of its body yet
-        progress = self.start_for(coroutine.close, wrapped, instance, args, kwargs)
+        try:
+            progress = self.start_for(coroutine.close, wrapped, instance, args, kwargs)
+        except NotStarted as skipped:  # a queued run cancelled before its worker got to it
+            return _value(skipped.value)
         return _await(coroutine, progress)
 
     def call_async_generator(
@@ -378,6 +432,10 @@ async def _await(coroutine: Coroutine[Any, Any, Any], progress: Progress) -> Any
     returned(progress, result)
     progress.finish()
     return result
+
+
+async def _value(value: Any) -> Any:
+    return value
 
 
 def _cancel_task_on_request(progress: Progress) -> None:

@@ -36,6 +36,7 @@ from urllib.parse import parse_qsl, quote, urlencode
 import tracked
 
 from . import _watch
+from ._state import split_key
 
 __all__ = [
     "ALLOW",
@@ -345,7 +346,12 @@ class StatusService:
         store = self.store or tracked.default_store()
         try:
             state = store.load(key)
-            asked = state is not None and state.in_progress and store.request_cancel(key)
+            name, progress_id = split_key(key)
+            asked = (
+                state is not None
+                and state.in_progress
+                and tracked.cancel(name, progress_id=progress_id, store=store)
+            )
         except Exception as exc:  # noqa: BLE001 - a store problem, answered in JSON
             logger.warning("tracked: cannot ask %r to stop: %s", key, exc)
             return error(500, "the progress store cannot be used")

@@ -143,6 +143,45 @@ redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 1
 """
 
+# KEYS: record, messages, lease. ARGV: "running message_count lease_ms expire_ms keep",
+# run, state, owner, channel, payload, expected run, allowed states ("a,b"), messages...
+# -- ``Store.swap``: replaces the record of the expected run if its state as readers
+# judge it (a running one whose lease lapsed is abandoned) is allowed; 1 written, 0 not.
+_SWAP = _LIVE + """
+local rec, msgs, lease = KEYS[1], KEYS[2], KEYS[3]
+if redis.call('TYPE', rec).ok ~= 'hash' then return 0 end
+local fields = redis.call('HMGET', rec, 'run', 'running', 'state')
+if fields[1] ~= ARGV[7] or not fields[3] then return 0 end
+local judged = cjson.decode(fields[3]).state
+if fields[2] == '1' and not live(lease) then judged = 'abandoned' end
+if not string.find(',' .. ARGV[8] .. ',', ',' .. judged .. ',', 1, true) then return 0 end
+local running, mc, lease_ms, expire_ms, keep = string.match(ARGV[1],
+  '^([01]) (%d+) (%d+) (%d+) (%d+)$')
+keep = tonumber(keep)
+redis.call('DEL', msgs)
+for i = 9, #ARGV, 1000 do
+  redis.call('RPUSH', msgs, unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
+if keep > 0 then redis.call('LTRIM', msgs, -keep, -1) end
+redis.call('HSET', rec, 'state', ARGV[3], 'owner', ARGV[4], 'run', ARGV[2],
+  'running', running, 'mc', mc)
+redis.call('HINCRBY', rec, 'v', 1)
+if running == '1' then
+  redis.call('SET', lease, ARGV[2], 'PX', tonumber(lease_ms))
+else
+  redis.call('DEL', lease)
+end
+if tonumber(expire_ms) > 0 then
+  redis.call('PEXPIRE', rec, tonumber(expire_ms))
+  if keep > 0 then redis.call('PEXPIRE', msgs, tonumber(expire_ms)) end
+else
+  redis.call('PERSIST', rec)
+  redis.call('PERSIST', msgs)
+end
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return 1
+"""
+
 # KEYS: record, parts. ARGV: run, field, part -- writes one joined worker's part while
 # that run is running; returns 1 written, 0 the run is over (the part is dropped).
 # A part changes what readers see, so it bumps the record's version ``v`` too.
@@ -321,6 +360,7 @@ class RedisStore(Store):
         self._client: Client | None = None
         self._client_lock = threading.Lock()
         self._write = _Script(_WRITE)
+        self._swap = _Script(_SWAP)
         self._prune = _Script(_PRUNE)
         self._read = _Script(_READ)
         self._delete = _Script(_DELETE)
@@ -504,6 +544,42 @@ class RedisStore(Store):
                 results[i] = self._refusal(state.key, reply)
         return again
 
+    def swap(self, state: State, owner: Owner, *, run: str, was: frozenset[str]) -> bool:
+        """One script call: the check and the write are atomic on the server."""
+        key = state.key
+        keys, channel = self._names(key)
+        wire, event = _encode(state, state.messages)
+        running = state.in_progress
+        lease = self._lease_of(owner)
+        numbers = (
+            f"{1 if running else 0} {state.message_count} {_ms(lease)} "
+            f"{self._expire_ms(running, lease)} {len(state.messages)}"
+        )
+        new_run, owner_json = _owner_args(owner)
+        args: list[str | bytes | int] = [
+            numbers.encode(),
+            new_run,
+            wire.encode(),
+            owner_json,
+            channel,
+            event.encode(),
+            _clean(run).encode(),
+            ",".join(sorted(was)).encode(),
+            *[_clean(message).encode() for message in state.messages],
+        ]
+        self._written.pop(key, None)
+        swapped = bool(self._call(self._run, self._swap, keys, args))
+        if swapped:
+            self._remember(key, state, owner.run)
+        return swapped
+
+    def _lease_of(self, owner: Owner) -> float:
+        """Seconds of lease a write gives: the store's, or what a queued record's owner
+        has left of its queued timeout (at least a millisecond)."""
+        if owner.lease_expires is None:
+            return self._lease
+        return max(0.001, owner.lease_expires - time.time())
+
     def _refusal(self, key: str, reply: int) -> RunSuperseded:
         """Why the write script refused a snapshot: another run owns the key, or this
         run has already ended there."""
@@ -526,9 +602,10 @@ class RedisStore(Store):
         base, new_messages = _new_messages(state, owner.run, previous)
         wire, event = _encode(state, new_messages)
         running = state.in_progress
+        lease = self._lease_of(owner)
         numbers = (
-            f"{mode} {1 if running else 0} {state.message_count} {_ms(self._lease)} "
-            f"{self._expire_ms(running)} {base} {len(state.messages)}"
+            f"{mode} {1 if running else 0} {state.message_count} {_ms(lease)} "
+            f"{self._expire_ms(running, lease)} {base} {len(state.messages)}"
         )
         run, owner_json = _owner_args(owner)
         args: list[str | bytes | int] = [
@@ -542,11 +619,11 @@ class RedisStore(Store):
         ]
         return keys, args
 
-    def _expire_ms(self, running: bool) -> int:
+    def _expire_ms(self, running: bool, lease: float | None = None) -> int:
         """Milliseconds until the record expires: never while its lease is renewed."""
         if self.finished_ttl is None:
             return 0
-        extra = self._lease if running else 0.0
+        extra = (self._lease if lease is None else lease) if running else 0.0
         return _ms(self.finished_ttl + extra)
 
     def _remember(self, key: str, state: State, run: str) -> None:
