@@ -224,8 +224,11 @@ class TakeOver:
     #: Called with the run's final state when it ended before this worker started it;
     #: its return value is the call's (it may raise what the queue expects).
     skipped: Callable[[State], Any] = lambda state: None
+    #: Called with the store once this process has taken the run over (RQ moves the
+    #: places of the jobs behind it).
+    taken: Callable[[Store], object] | None = None
     timeout: float | None = None
-    taken: bool = False
+    used: bool = False
 
 
 #: Set by an integration around the call of a job's function (Celery's
@@ -251,7 +254,7 @@ def find_takeover(function: str) -> TakeOver | None:
                 found = importlib.import_module(integration).find_current()
                 if found is not None:
                     break
-    if found is None or found.taken or found.ticket.function != function:
+    if found is None or found.used or found.ticket.function != function:
         return None
     return found
 
@@ -267,7 +270,7 @@ def take_over(
     """The running handle of the queued run ``found`` carries, taken over by this
     process. Raises ``NotStarted`` if it was cancelled while queued (the caller returns
     without running the body), ``AlreadyRunning`` if another live run holds its key."""
-    found.taken = True
+    found.used = True
     ticket = found.ticket
     chosen = resolve_store(store)
     timeout = queued_timeout() if found.timeout is None else found.timeout
@@ -293,6 +296,11 @@ def take_over(
             taken = progress._take_over(None, ticket.run, TAKEABLE)
         if taken:
             progress._retry = _retrier(found, ticket.run, timeout)
+            if found.taken is not None:
+                try:
+                    found.taken(chosen)
+                except Exception:
+                    logger.exception("tracked: a take-over hook of %r failed", ticket.key)
             return progress
     raise AlreadyRunning(ticket.key)
 

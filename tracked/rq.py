@@ -1,0 +1,183 @@
+"""RQ integration: ``tracked.rq.enqueue(queue, func, ...)`` for a ``@tracked`` function.
+
+The run exists from the moment it is asked for: ``enqueue`` publishes the run's
+``queued`` record (its ``progress_id`` is the job's id, its ``position`` its
+place in line) before the job is pushed, and returns RQ's own ``Job``. A plain
+``rq worker`` runs the job: the ``@tracked`` call in the work-horse finds the
+job's ticket in ``job.meta["tracked"]`` and takes the run over (no lambda, no
+custom worker class). A job RQ retries (``Retry``) goes back to ``queued`` with
+its next ``attempt``; a job cancelled while queued never runs its body.
+
+Positions: ``enqueue`` writes the queue's length at that moment; each time a
+worker takes a job over, it rewrites the places of the next ``POSITION_WINDOW``
+jobs of that queue (one ``LRANGE`` and one ``HMGET`` on the queue's Redis, then a
+write per record whose place changed). Further back, a place is the one written
+last, which can only overstate it.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+try:
+    import rq
+    from rq.job import Job
+except ImportError as exc:  # pragma: no cover - rq is in the test extra
+    raise ImportError("tracked.rq needs RQ: pip install 'tracked[rq]'") from exc
+
+from ._decorator import describe_call
+from ._queued import TakeOver, Ticket, cancel_hooks, publish, reposition, withdraw
+from ._state import State
+from ._store import Store
+from .errors import Cancelled
+
+__all__ = ["LINE_TTL", "META_KEY", "POSITION_WINDOW", "enqueue", "find_current", "line_key"]
+
+logger = logging.getLogger("tracked")
+
+#: The key of ``job.meta`` that carries the run's ticket to the worker.
+META_KEY = "tracked"
+#: Seconds the line hash of a queue outlives its last ``enqueue`` (a purged queue's
+#: entries go with it).
+LINE_TTL = 7 * 86400
+#: How many jobs at the head of a queue get their place rewritten at each take-over.
+POSITION_WINDOW = 10
+
+
+def line_key(queue_name: str) -> str:
+    """The Redis hash (on the queue's server) from job id to the run's key and token,
+    for the jobs of ``queue_name`` waiting in line: how a worker finds the records
+    whose place moved."""
+    return f"tracked:rq:line:{queue_name}"
+
+
+def enqueue(queue: rq.Queue, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Job:
+    """Enqueue ``func`` (a ``@tracked`` function) on ``queue`` as ``queue.enqueue`` does,
+    every RQ option included, after publishing the run's ``queued`` record.
+
+    The run's ``progress_id`` is the job's id (``job_id=`` if given, else a new one),
+    and its name and total come from ``func``'s decorator and the call's arguments,
+    as in the worker. Raises ``AlreadyRunning`` (enqueueing nothing) if a live or
+    queued run holds the key, ``TypeError`` for a function that is not ``@tracked``.
+    If RQ then refuses the job, the record ends ``failed`` with RQ's error.
+    """
+    parsed = queue.parse_args(func, *args, **dict(kwargs))
+    call_args = tuple(parsed.args or ())
+    call_kwargs = dict(parsed.kwargs or {})
+    plan = describe_call(func, call_args, call_kwargs)
+    job_id = parsed.job_id or uuid.uuid4().hex
+    connection = queue.connection
+    line = line_key(queue.name)
+    position = 1 if parsed.at_front else queue.count + 1
+    ticket = publish(
+        plan.name,
+        job_id,
+        plan.function,
+        total=plan.total,
+        store=plan.store,
+        position=position,
+        timeout=None if parsed.ttl is None or parsed.ttl < 0 else float(parsed.ttl) + 60.0,
+    )
+    meta = dict(parsed.meta or {})
+    meta[META_KEY] = ticket.to_dict()
+    options = dict(kwargs)
+    options.update(job_id=job_id, meta=meta)
+    try:
+        if parsed.pipeline is None:
+            pipe = connection.pipeline()
+            job = queue.enqueue(func, *args, pipeline=pipe, **options)
+        else:  # the caller's pipeline: the job is pushed when the caller executes it
+            pipe = parsed.pipeline
+            job = queue.enqueue(func, *args, **options)
+        pipe.hset(line, job_id, f"{ticket.run}:{ticket.key}")
+        pipe.expire(line, LINE_TTL)
+        if parsed.pipeline is None:
+            pipe.execute()
+    except BaseException as exc:
+        withdraw(plan.store, ticket, exc)
+        raise
+    _connections.add(connection)
+    return job
+
+
+#: The Redis connections this process enqueued on: a cancel of a queued run here
+#: removes its job from the queue through them (``Job.cancel``).
+_connections: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _drop_job(state: State) -> None:
+    """A cancel ended queued run ``state``: cancel its RQ job, where this process knows
+    the queue's server and the job there carries this very run."""
+    if state.progress_id is None:
+        return
+    for connection in list(_connections):
+        try:
+            job = Job.fetch(state.progress_id, connection=connection)
+        except Exception:  # noqa: BLE001, S112 - not a job of this server
+            continue
+        ticket = Ticket.from_dict(job.meta.get(META_KEY))
+        if ticket is None or ticket.key != state.key:
+            continue
+        job.cancel()
+        connection.hdel(line_key(job.origin), job.id)
+        return
+
+
+cancel_hooks.append(_drop_job)
+
+
+def find_current() -> TakeOver | None:
+    """In an RQ work-horse: the take-over of the job being performed, if ``enqueue``
+    published its run (its meta carries a ticket); else None."""
+    job = rq.get_current_job()
+    if job is None:
+        return None
+    ticket = Ticket.from_dict(job.meta.get(META_KEY))
+    if ticket is None:
+        return None
+    found = _takeovers.get(job.id)
+    if found is not None and found.ticket == ticket:
+        return found
+    found = TakeOver(
+        ticket,
+        retries=lambda exc: not isinstance(exc, Cancelled) and job.should_retry,
+        taken=lambda store: _refresh_line(job, ticket, store),
+    )
+    _takeovers.clear()  # one job at a time per work-horse
+    _takeovers[job.id] = found
+    return found
+
+
+_takeovers: dict[str, TakeOver] = {}
+
+
+def _refresh_line(job: Job, ticket: Ticket, store: Store) -> None:
+    """This job left the line: rewrite the places of the next jobs in its queue."""
+    try:
+        connection = job.connection
+        line = line_key(job.origin)
+        pipe = connection.pipeline(transaction=False)
+        pipe.hdel(line, job.id)
+        pipe.lrange(f"rq:queue:{job.origin}", 0, POSITION_WINDOW - 1)
+        _, waiting = pipe.execute()
+        ids = [_text(i) for i in waiting]
+        if not ids:
+            return
+        places = []
+        for position, value in enumerate(connection.hmget(line, ids), start=1):
+            if value is None:
+                continue
+            run, _, key = _text(value).partition(":")
+            places.append((key, run, position))
+        if places:
+            reposition(store, places)
+    except Exception as exc:  # noqa: BLE001 - a place in line is a hint; the job goes on
+        logger.debug("tracked: cannot refresh the places in line of %r: %s", ticket.key, exc)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
