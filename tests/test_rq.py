@@ -154,12 +154,13 @@ def test_queued_with_positions_then_cancel_before_start_never_runs(
             return state.state != "queued"
 
         until(lambda: store.load(last), track_position)
-        process.wait(timeout=DEADLINE)
     finally:
         stop(process)
     assert seen[0] == 5 and seen[-1] < 5 and seen == sorted(seen, reverse=True), seen
     for i, job in enumerate(enqueued):
         state = until(lambda job=job: store.load(f"import\0{job.id}"), lambda s: not s.in_progress)
+        if i == len(enqueued) - 1:
+            stop(process)  # (a burst worker of RQ 3 can hang at its exit, in pubsub teardown)
         if i in (1, 3):  # cancelled while queued: never started, no side effect
             assert (state.state, state.count) == ("cancelled", 0)
             assert not (side / f"line{i}.started").exists()
@@ -177,11 +178,9 @@ def test_a_retried_job_is_one_run(
     job = tracked.rq.enqueue(queue, jobs.flaky, "flaky1", retry=Retry(max=1))
     process = worker(env, "retry", burst=True, log=tmp_path / "rq.log")
     try:
-        process.wait(timeout=DEADLINE)
+        state = until(lambda: store.load(f"flaky\0{job.id}"), lambda s: not s.in_progress)
     finally:
         stop(process)
-    state = store.load(f"flaky\0{job.id}")
-    assert state is not None
     assert (state.state, state.attempt, state.result) == ("finished", 2, 2)
     assert state.messages == ("attempt 1", "attempt 2")
     assert state.count == 2  # the first attempt's step is kept
