@@ -62,13 +62,22 @@ def store(jobs: ModuleType, url: str) -> Iterator[RedisStore]:
 
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     command = [
-        sys.executable, "-m", "celery", "-A", "tests.tracked_celery_jobs", "worker",
-        "--pool=solo", "--loglevel=INFO", "--without-heartbeat", "--without-gossip",
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tests.tracked_celery_jobs",
+        "worker",
+        "--pool=solo",
+        "--loglevel=INFO",
+        "--without-heartbeat",
+        "--without-gossip",
         "--without-mingle",
     ]
     with log.open("ab") as out:
-        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -81,7 +90,9 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=5)
 
 
-def until(read: Callable[[], tracked.State | None], holds: Callable[[tracked.State], bool]) -> tracked.State:
+def until(
+    read: Callable[[], tracked.State | None], holds: Callable[[tracked.State], bool]
+) -> tracked.State:
     deadline = time.monotonic() + DEADLINE
     while time.monotonic() < deadline:
         state = read()
@@ -92,14 +103,21 @@ def until(read: Callable[[], tracked.State | None], holds: Callable[[tracked.Sta
 
 
 def test_sent_tasks_read_queued_then_a_solo_worker_takes_them_over(
-    jobs: ModuleType, store: RedisStore, env: dict[str, str], tmp_path: Path,
+    jobs: ModuleType,
+    store: RedisStore,
+    env: dict[str, str],
+    tmp_path: Path,
 ) -> None:
     side = Path(env["TRACKED_JOBS_SIDE"])
     first = jobs.import_rows.delay(3, 0.01, "c-first")
     dropped = jobs.import_rows.delay(3, 0.01, "c-dropped")
     retried = jobs.flaky.delay("c-flaky")
     # Queued before any worker exists: the record is there when delay() returns.
-    for result, name in ((first, "celery-import"), (dropped, "celery-import"), (retried, "celery-flaky")):
+    for result, name in (
+        (first, "celery-import"),
+        (dropped, "celery-import"),
+        (retried, "celery-flaky"),
+    ):
         state = store.load(f"{name}\0{result.id}")
         assert state is not None and (state.state, state.count, state.attempt) == ("queued", 0, 1)
     assert tracked.cancel("celery-import", progress_id=dropped.id)
@@ -110,7 +128,9 @@ def test_sent_tasks_read_queued_then_a_solo_worker_takes_them_over(
         done = until(lambda: store.load(f"celery-import\0{first.id}"), lambda s: not s.in_progress)
         assert (done.state, done.count, done.result) == ("finished", 3, {"rows": 3})
         assert first.get(timeout=DEADLINE) == done.result  # Celery's result and the run's agree
-        flaky = until(lambda: store.load(f"celery-flaky\0{retried.id}"), lambda s: not s.in_progress)
+        flaky = until(
+            lambda: store.load(f"celery-flaky\0{retried.id}"), lambda s: not s.in_progress
+        )
         assert (flaky.state, flaky.attempt, flaky.result) == ("finished", 2, 2)
         assert flaky.messages == ("attempt 1", "attempt 2") and flaky.count == 2
         assert retried.get(timeout=DEADLINE) == 2

@@ -80,12 +80,21 @@ def store(jobs: ModuleType, url: str) -> Iterator[RedisStore]:
 
 
 def worker(env: dict[str, str], queue: str, *, burst: bool, log: Path) -> subprocess.Popen[bytes]:
-    command = [str(Path(sys.executable).parent / "rq"), "worker", "--url", env["TRACKED_JOBS_REDIS"]]
+    command = [
+        str(Path(sys.executable).parent / "rq"),
+        "worker",
+        "--url",
+        env["TRACKED_JOBS_REDIS"],
+    ]
     if burst:
         command.append("--burst")
     with log.open("ab") as out:
         return subprocess.Popen(
-            [*command, queue], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            [*command, queue],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 
@@ -100,7 +109,9 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=5)
 
 
-def until(read: Callable[[], tracked.State | None], holds: Callable[[tracked.State], bool]) -> tracked.State:
+def until(
+    read: Callable[[], tracked.State | None], holds: Callable[[tracked.State], bool]
+) -> tracked.State:
     deadline = time.monotonic() + DEADLINE
     while time.monotonic() < deadline:
         state = read()
@@ -111,13 +122,15 @@ def until(read: Callable[[], tracked.State | None], holds: Callable[[tracked.Sta
 
 
 def test_queued_with_positions_then_cancel_before_start_never_runs(
-    jobs: ModuleType, connection: redis.Redis, store: RedisStore, env: dict[str, str],  # type: ignore[type-arg]
-    side: Path, tmp_path: Path,
+    jobs: ModuleType,
+    connection: redis.Redis,
+    store: RedisStore,
+    env: dict[str, str],  # type: ignore[type-arg]
+    side: Path,
+    tmp_path: Path,
 ) -> None:
     queue = rq.Queue("line", connection=connection)
-    enqueued = [
-        tracked.rq.enqueue(queue, jobs.import_rows, 4, 0.1, f"line{i}") for i in range(5)
-    ]
+    enqueued = [tracked.rq.enqueue(queue, jobs.import_rows, 4, 0.1, f"line{i}") for i in range(5)]
     states = [store.load(f"import\0{job.id}") for job in enqueued]
     # Readable at once, before any worker exists: queued, in line, nothing done.
     assert [(s.state, s.in_progress, s.position, s.count, s.attempt) for s in states if s] == [
@@ -136,9 +149,22 @@ def test_queued_with_positions_then_cancel_before_start_never_runs(
     assert enqueued[1].get_status(refresh=True) == "canceled"
     # Cancel by the CLI, a process without the queue: the job stays in line...
     cli = subprocess.run(
-        [sys.executable, "-m", "tracked", "cancel", "import", "--progress-id", enqueued[3].id,
-         "--store", env["TRACKED_JOBS_REDIS"]],
-        env=env, capture_output=True, text=True, timeout=30, check=False,
+        [
+            sys.executable,
+            "-m",
+            "tracked",
+            "cancel",
+            "import",
+            "--progress-id",
+            enqueued[3].id,
+            "--store",
+            env["TRACKED_JOBS_REDIS"],
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert cli.returncode == 0, cli.stderr
     assert store.load(f"import\0{enqueued[3].id}").state == "cancelled"  # type: ignore[union-attr]
@@ -148,6 +174,7 @@ def test_queued_with_positions_then_cancel_before_start_never_runs(
     last = f"import\0{enqueued[4].id}"
     process = worker(env, "line", burst=True, log=tmp_path / "rq.log")
     try:
+
         def track_position(state: tracked.State) -> bool:
             if state.position is not None and (not seen or seen[-1] != state.position):
                 seen.append(state.position)
@@ -171,7 +198,10 @@ def test_queued_with_positions_then_cancel_before_start_never_runs(
 
 
 def test_a_retried_job_is_one_run(
-    jobs: ModuleType, connection: redis.Redis, store: RedisStore, env: dict[str, str],  # type: ignore[type-arg]
+    jobs: ModuleType,
+    connection: redis.Redis,
+    store: RedisStore,
+    env: dict[str, str],  # type: ignore[type-arg]
     tmp_path: Path,
 ) -> None:
     queue = rq.Queue("retry", connection=connection)
@@ -196,8 +226,12 @@ def running_worker(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 
 @pytest.mark.parametrize("checks", [True, False])
 def test_cancel_of_a_running_job(
-    jobs: ModuleType, connection: redis.Redis, store: RedisStore, running_worker: Path,  # type: ignore[type-arg]
-    side: Path, checks: bool,
+    jobs: ModuleType,
+    connection: redis.Redis,
+    store: RedisStore,
+    running_worker: Path,  # type: ignore[type-arg]
+    side: Path,
+    checks: bool,
 ) -> None:
     queue = rq.Queue("long", connection=connection)
     mark = f"running-{checks}"
@@ -215,7 +249,10 @@ def test_cancel_of_a_running_job(
 
 
 def test_kill_9_of_the_work_horse_reads_abandoned(
-    jobs: ModuleType, connection: redis.Redis, store: RedisStore, running_worker: Path,  # type: ignore[type-arg]
+    jobs: ModuleType,
+    connection: redis.Redis,
+    store: RedisStore,
+    running_worker: Path,  # type: ignore[type-arg]
 ) -> None:
     queue = rq.Queue("long", connection=connection)
     job = tracked.rq.enqueue(queue, jobs.import_rows, 400, 0.05, "killed")
@@ -228,7 +265,9 @@ def test_kill_9_of_the_work_horse_reads_abandoned(
 
 
 def test_a_purged_queue_ends_its_runs_abandoned_after_the_queued_timeout(
-    jobs: ModuleType, connection: redis.Redis, store: RedisStore,  # type: ignore[type-arg]
+    jobs: ModuleType,
+    connection: redis.Redis,
+    store: RedisStore,  # type: ignore[type-arg]
 ) -> None:
     queue = rq.Queue("purged", connection=connection)
     tracked.configure(queued_timeout=1.0)
