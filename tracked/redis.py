@@ -182,6 +182,24 @@ redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 1
 """
 
+# KEYS: record, list. ARGV: run, channel -- a queued record of that run takes the length
+# of the list (a queue its job was just pushed on, in the same transaction) as its
+# ``position``; 1 written, 0 not (another run, or no longer queued). Within the stored
+# JSON the first '"position":' is the key itself: every quote inside a string is escaped.
+_PLACE = """
+local fields = redis.call('HMGET', KEYS[1], 'run', 'state')
+if fields[1] ~= ARGV[1] or not fields[2] then return 0 end
+if not string.find(fields[2], '"state":"queued"', 1, true) then return 0 end
+local place = '"position":' .. redis.call('LLEN', KEYS[2])
+local start, stop = string.find(fields[2], '"position":[%d]*n?u?l?l?')
+if not start then return 0 end
+local state = string.sub(fields[2], 1, start - 1) .. place .. string.sub(fields[2], stop + 1)
+redis.call('HSET', KEYS[1], 'state', state)
+redis.call('HINCRBY', KEYS[1], 'v', 1)
+redis.call('PUBLISH', ARGV[2], '{"messages":[],' .. string.sub(state, 2))
+return 1
+"""
+
 # KEYS: record, parts. ARGV: run, field, part -- writes one joined worker's part while
 # that run is running; returns 1 written, 0 the run is over (the part is dropped).
 # A part changes what readers see, so it bumps the record's version ``v`` too.
@@ -361,6 +379,8 @@ class RedisStore(Store):
         self._client_lock = threading.Lock()
         self._write = _Script(_WRITE)
         self._swap = _Script(_SWAP)
+        self._place = _Script(_PLACE)
+        self._place_loaded = False
         self._prune = _Script(_PRUNE)
         self._read = _Script(_READ)
         self._delete = _Script(_DELETE)
@@ -572,6 +592,29 @@ class RedisStore(Store):
         if swapped:
             self._remember(key, state, owner.run)
         return swapped
+
+    def place_command(self, key: str, run: str, list_key: str) -> tuple[Any, ...] | None:
+        """The Redis command that sets the ``position`` of ``key``'s queued record (run
+        ``run``) to the length of the list ``list_key``, for a queue on this very server
+        and database to send in its own transaction, right after its push (one round
+        trip for both). None when this store is a cluster."""
+        if isinstance(self.client, RedisCluster):
+            return None
+        if not self._place_loaded:  # once per store: inside a transaction NOSCRIPT would stick
+            self._call(self._place.load, self.client)
+            self._place_loaded = True
+        keys = [self.record_key(key), list_key]
+        return self._place.command(keys, [_clean(run), self.channel(key)])
+
+    def same_server(self, client: Any) -> bool:
+        """Whether ``client`` (a ``redis.Redis``) talks to this store's server and database."""
+        mine = self.client
+        if not isinstance(mine, redis.Redis) or not isinstance(client, redis.Redis):
+            return False
+        ours = mine.connection_pool.connection_kwargs
+        theirs = client.connection_pool.connection_kwargs
+        where = ("host", "port", "path", "db")
+        return all(ours.get(name) == theirs.get(name) for name in where)
 
     def _lease_of(self, owner: Owner) -> float:
         """Seconds of lease a write gives: the store's, or what a queued record's owner

@@ -34,6 +34,7 @@ from ._queued import TakeOver, Ticket, cancel_hooks, publish, reposition, withdr
 from ._state import State
 from ._store import Store
 from .errors import Cancelled
+from .redis import RedisStore
 
 __all__ = ["LINE_TTL", "META_KEY", "POSITION_WINDOW", "enqueue", "find_current", "line_key"]
 
@@ -72,7 +73,10 @@ def enqueue(queue: rq.Queue, func: Callable[..., Any], *args: Any, **kwargs: Any
     job_id = parsed.job_id or uuid.uuid4().hex
     connection = queue.connection
     line = line_key(queue.name)
-    position = 1 if parsed.at_front else queue.count + 1
+    # On the queue's own server the place is set in the job's transaction, right after
+    # its push (no round trip of its own); elsewhere it is the length read beforehand.
+    same = isinstance(plan.store, RedisStore) and plan.store.same_server(connection)
+    position = None if same else 1 if parsed.at_front else queue.count + 1
     ticket = publish(
         plan.name,
         job_id,
@@ -95,8 +99,20 @@ def enqueue(queue: rq.Queue, func: Callable[..., Any], *args: Any, **kwargs: Any
             job = queue.enqueue(func, *args, **options)
         pipe.hset(line, job_id, f"{ticket.run}:{ticket.key}")
         pipe.expire(line, LINE_TTL)
+        place = None
+        if same and isinstance(plan.store, RedisStore):
+            place = plan.store.place_command(ticket.key, ticket.run, queue.key)
+            if place is not None:
+                pipe.execute_command(*place)  # type: ignore[no-untyped-call]
         if parsed.pipeline is None:
-            pipe.execute()
+            replies = pipe.execute(raise_on_error=False)
+            if place is not None and isinstance(replies[-1], Exception):
+                # The place is a hint: the job is in line all the same.
+                logger.debug("tracked: cannot set the place of %r: %s", ticket.key, replies[-1])
+                replies = replies[:-1]
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
     except BaseException as exc:
         withdraw(plan.store, ticket, exc)
         raise
