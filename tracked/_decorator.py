@@ -26,7 +26,7 @@ from ._state import check_total, validate_name, validate_progress_id
 from ._store import Store
 from .errors import Cancelled, InvalidName, InvalidValue
 
-__all__ = ["CallPlan", "describe_call", "tracked"]
+__all__ = ["CallPlan", "describe_call", "tracked", "tracked_function", "tracked_store"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _NoneType = type(None)
@@ -110,6 +110,25 @@ class CallPlan:
     #: ``module.qualname`` of the decorated function: the worker that runs it takes
     #: the queued run over.
     function: str
+
+
+def tracked_function(func: object) -> Callable[..., Any] | None:
+    """The ``@tracked`` function ``func`` is, or wraps (through ``__wrapped__``, as a
+    Celery task's ``run`` with ``autoretry_for`` does); None if there is none."""
+    for _ in range(4):
+        if func is None:
+            return None
+        if isinstance(getattr(func, "_self_tracked_spec", None), _Spec):
+            return func  # type: ignore[return-value]
+        func = getattr(func, "__wrapped__", None)
+    return None
+
+
+def tracked_store(func: object) -> Store | None:
+    """The store a ``@tracked`` function's decorator names (None: the default)."""
+    found = tracked_function(func)
+    spec = getattr(found, "_self_tracked_spec", None)
+    return spec.store if isinstance(spec, _Spec) else None
 
 
 def describe_call(

@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ._progress import Progress
+from ._progress import Progress, current_progress
 from ._scope import check_timeout, queued_timeout, resolve_store
 from ._state import State, make_key, validate_progress_id
 from ._store import Owner, Store, judge
@@ -36,6 +36,7 @@ __all__ = [
     "find_takeover",
     "publish",
     "reposition",
+    "requeue_current",
     "take_over",
     "takeover_scope",
     "withdraw",
@@ -228,6 +229,8 @@ class TakeOver:
     #: places of the jobs behind it).
     taken: Callable[[Store], object] | None = None
     timeout: float | None = None
+    #: Where the queued record is (None: where the ``@tracked`` function writes).
+    store: Store | None = None
     used: bool = False
 
 
@@ -272,9 +275,12 @@ def take_over(
     without running the body), ``AlreadyRunning`` if another live run holds its key."""
     found.used = True
     ticket = found.ticket
-    chosen = resolve_store(store)
+    chosen = found.store if found.store is not None else resolve_store(store)
     timeout = queued_timeout() if found.timeout is None else found.timeout
-    for _ in range(3):
+    # An earlier attempt's worker that died may still hold the run until its lease
+    # lapses (RQ retries a killed work-horse's job at once): wait that long at most.
+    deadline = time.monotonic() + (chosen.lease or 0.0) + 1.0
+    while True:
         progress = Progress(
             ticket.name,
             store=chosen,
@@ -289,6 +295,9 @@ def take_over(
             judged = judge(record)
             if judged.state == "cancelled":
                 raise NotStarted(found.skipped(judged))
+            if judged.state == "running" and time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
             taken = progress._take_over(
                 record.state if judged.state in TAKEABLE else None, ticket.run, TAKEABLE
             )
@@ -302,7 +311,25 @@ def take_over(
                 except Exception:
                     logger.exception("tracked: a take-over hook of %r failed", ticket.key)
             return progress
-    raise AlreadyRunning(ticket.key)
+        if time.monotonic() >= deadline:
+            raise AlreadyRunning(ticket.key)
+
+
+def requeue_current(progress_id: str) -> Ticket | None:
+    """A queue is sending the job of the run current in this context again (Celery's
+    ``self.retry()``, from inside the task): put the run back in line now, before a
+    worker can receive the new message. Returns the run's ticket for that message."""
+    progress = current_progress.get()
+    found = takeover_scope.get()
+    if progress is None or found is None or progress.progress_id != progress_id:
+        return None
+    if progress.key != found.ticket.key:
+        return None
+    if progress._retry is not None:
+        timeout = queued_timeout() if found.timeout is None else found.timeout
+        owner = Owner.waiting(found.ticket.run, time.time() + timeout)
+        progress._requeue(owner, f"retrying (attempt {progress._attempt + 1})")
+    return found.ticket
 
 
 def _retrier(

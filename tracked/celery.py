@@ -26,19 +26,19 @@ try:
 except ImportError as exc:  # pragma: no cover - celery is in the test extra
     raise ImportError("tracked.celery needs Celery: pip install 'tracked[celery]'") from exc
 
-from ._decorator import describe_call
-from ._progress import current_progress
+from ._decorator import describe_call, tracked_function, tracked_store
 from ._queued import (
     TakeOver,
     Ticket,
     cancel,
     cancel_hooks,
     publish,
+    requeue_current,
     takeover_scope,
 )
-from ._scope import StoreSpec, queued_timeout, resolve_store
+from ._scope import StoreSpec, resolve_store
 from ._state import State
-from ._store import Owner, Store
+from ._store import Store
 
 __all__ = ["HEADER", "install"]
 
@@ -87,11 +87,13 @@ def _published(
     if found is None:
         return
     task, store = found
-    run: Any = getattr(task, "run", None)
-    if getattr(run, "_self_tracked_spec", None) is None:
+    run = tracked_function(getattr(task, "run", None))
+    if run is None:
         return
-    if headers.get("retries"):
-        _requeue_current(headers)
+    if headers.get("retries"):  # self.retry() in the running task: the same run
+        ticket = requeue_current(str(headers["id"]))
+        if ticket is not None:
+            headers[HEADER] = ticket.to_dict()
         return
     args, kwargs = ((), {})
     if isinstance(body, (list, tuple)) and len(body) >= 2:
@@ -117,20 +119,6 @@ def _published(
     headers[HEADER] = ticket.to_dict()
 
 
-def _requeue_current(headers: dict[str, Any]) -> None:
-    """``self.retry()`` is sending the task again: the run that is running here goes back
-    in line now, before a worker can receive the new message."""
-    progress = current_progress.get()
-    scope = takeover_scope.get()
-    if progress is None or scope is None or progress.progress_id != headers.get("id"):
-        return
-    headers[HEADER] = scope.ticket.to_dict()
-    retry = progress._retry
-    owner = Owner.waiting(scope.ticket.run, time.time() + queued_timeout())
-    if retry is not None:
-        progress._requeue(owner, f"retrying (attempt {progress._attempt + 1})")
-
-
 def _prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
     """Worker side: the ``@tracked`` call of this task takes its queued run over."""
     if task_id is None or task is None:
@@ -138,8 +126,20 @@ def _prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
     ticket = Ticket.from_dict(_header(task))
     if ticket is None:
         return
-    found = TakeOver(ticket, retries=lambda exc: isinstance(exc, Retry), skipped=_skip(task))
+    found = TakeOver(
+        ticket,
+        retries=lambda exc: isinstance(exc, Retry),
+        skipped=_skip(task),
+        store=_installed_store(task),
+    )
     _scopes[task_id] = takeover_scope.set(found)
+
+
+def _installed_store(task: Any) -> Store | None:
+    """The store ``install`` named for the app of ``task`` (None: the decorator's)."""
+    app = getattr(task, "app", None)
+    entry = _apps.get(id(app))
+    return None if entry is None else entry[1]
 
 
 def _header(task: Any) -> object:
@@ -195,9 +195,8 @@ def _fail_queued(store: Store, ticket: Ticket, exception: BaseException) -> None
 
 
 def _store_of(task: Any) -> Store:
-    spec = getattr(getattr(task, "run", None), "_self_tracked_spec", None)
-    chosen = getattr(spec, "store", None)
-    return chosen if isinstance(chosen, Store) else resolve_store(None)
+    chosen = _installed_store(task) or tracked_store(getattr(task, "run", None))
+    return chosen if chosen is not None else resolve_store(None)
 
 
 def _revoked(request: Any = None, **_: Any) -> None:
