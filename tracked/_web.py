@@ -359,6 +359,11 @@ class StatusService:
             return error(404, f"no progress {shown!r}")
         if not asked:
             return error(409, f"progress {shown!r} is not running (it ended {state.state})")
+        if state.state == "queued":  # it ended at once: answer with its final state
+            try:
+                state = store.load(key) or state
+            except Exception:  # noqa: BLE001 - the state read before is still true enough
+                logger.debug("tracked: cannot read %r after its cancel", key, exc_info=True)
         body = render(self._shown(state)).body
         return Response(202, (("Content-Type", JSON_TYPE), _NO_STORE), body)
 
