@@ -140,3 +140,113 @@ def test_sent_tasks_read_queued_then_a_solo_worker_takes_them_over(
         assert store.load(f"celery-import\0{dropped.id}").state == "cancelled"  # type: ignore[union-attr]
     finally:
         stop(process)
+
+
+@pytest.fixture(scope="module")
+def solo(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One solo worker for the module's remaining tests."""
+    log = tmp_path_factory.mktemp("celery-solo") / "celery.log"
+    process = start_worker(env, log)
+    yield log
+    stop(process)
+
+
+@pytest.mark.parametrize("checks", [True, False])
+def test_cancel_of_a_running_task(
+    jobs: ModuleType, store: RedisStore, solo: Path, env: dict[str, str], checks: bool
+) -> None:
+    side = Path(env["TRACKED_JOBS_SIDE"])
+    mark = f"c-running-{checks}"
+    result = jobs.loop.delay(40, 0.05, mark, checks)
+    key = f"celery-loop\0{result.id}"
+    until(lambda: store.load(key), lambda s: s.state == "running" and s.count >= 2)
+    assert tracked.cancel("celery-loop", progress_id=result.id, store=store)
+    state = until(lambda: store.load(key), lambda s: not s.in_progress)
+    if checks:  # stopped at the request: cancelled, and Celery says revoked
+        assert state.state == "cancelled" and state.count < 40
+        assert not (side / f"{mark}.done").exists()
+        deadline = time.monotonic() + DEADLINE
+        while result.state != "REVOKED":
+            assert time.monotonic() < deadline, result.state
+            time.sleep(0.05)
+    else:  # never looked: its own end, the request on record (honest end)
+        assert (state.state, state.count, state.cancel_requested) == ("finished", 40, True)
+        assert result.get(timeout=DEADLINE) == state.result
+
+
+def test_revoke_before_start_ends_the_run_cancelled_unrun(
+    jobs: ModuleType, store: RedisStore, solo: Path, env: dict[str, str]
+) -> None:
+    side = Path(env["TRACKED_JOBS_SIDE"])
+    result = jobs.loop.apply_async((3, 0.01, "c-revoked"), countdown=3)  # received, waiting
+    key = f"celery-loop\0{result.id}"
+    assert store.load(key).state == "queued"  # type: ignore[union-attr]
+    time.sleep(0.5)
+    result.revoke()
+    state = until(lambda: store.load(key), lambda s: not s.in_progress)
+    assert (state.state, state.count) == ("cancelled", 0)
+    time.sleep(3.0)  # past its countdown: it still never runs
+    assert not (side / "c-revoked.started").exists()
+
+
+def test_an_error_before_the_body_ends_the_run_failed(
+    jobs: ModuleType, store: RedisStore, solo: Path, env: dict[str, str]
+) -> None:
+    result = jobs.never_starts.delay("c-setup")
+    key = f"celery-setup\0{result.id}"
+    state = until(lambda: store.load(key), lambda s: not s.in_progress)
+    assert state.state == "failed" and "the task's setup failed" in (state.error or "")
+    assert not (Path(env["TRACKED_JOBS_SIDE"]) / "c-setup.started").exists()
+
+
+def test_a_purged_queue_ends_its_runs_abandoned_after_the_queued_timeout(
+    jobs: ModuleType, store: RedisStore
+) -> None:
+    tracked.configure(queued_timeout=1.0)
+    try:
+        result = jobs.loop.apply_async((3, 0.01, "c-purged"), queue="nobody-listens")
+    finally:
+        tracked.configure(queued_timeout=86400)
+    key = f"celery-loop\0{result.id}"
+    assert store.load(key).state == "queued"  # type: ignore[union-attr]
+    jobs.app.control.purge()
+    state = until(lambda: store.load(key), lambda s: not s.in_progress)
+    assert (state.state, state.count) == ("abandoned", 0)
+
+
+def test_prefork_soft_time_limit_fails_and_kill_9_reads_abandoned(
+    jobs: ModuleType, store: RedisStore, env: dict[str, str], tmp_path: Path
+) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tests.tracked_celery_jobs",
+        "worker",
+        "--pool=prefork",
+        "-c",
+        "2",
+        "-Q",
+        "prefork",
+        "--loglevel=INFO",
+        "--without-heartbeat",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    with (tmp_path / "prefork.log").open("ab") as out:
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        limited = jobs.loop.apply_async((100, 0.05, "c-soft"), queue="prefork", soft_time_limit=0.5)
+        killed = jobs.loop.apply_async((400, 0.05, "c-killed"), queue="prefork")
+        state = until(lambda: store.load(f"celery-loop\0{limited.id}"), lambda s: not s.in_progress)
+        assert state.state == "failed" and "SoftTimeLimitExceeded" in (state.error or "")
+        key = f"celery-loop\0{killed.id}"
+        running = until(lambda: store.load(key), lambda s: s.state == "running" and s.count >= 1)
+        os.kill(int(running.messages[0].split()[1]), signal.SIGKILL)
+        state = until(lambda: store.load(key), lambda s: not s.in_progress)
+        assert state.state == "abandoned" and state.count < 400
+    finally:
+        stop(process)

@@ -159,7 +159,9 @@ def test_a_cancel_racing_the_take_over_has_one_outcome(store: tracked.Store, rou
     for i in range(rounds):
         ticket = queue_job(store, f"race{i}")
         results: list[Any] = []
-        worker = threading.Thread(target=lambda t=ticket: results.append(run_as_worker(t)))
+        worker = threading.Thread(
+            target=lambda t=ticket, out=results: out.append(run_as_worker(t))
+        )
         worker.start()
         asked = cancel(store, ticket.key)
         worker.join(10)

@@ -51,3 +51,30 @@ def flaky(self: Any, mark: str) -> int:
     if attempt == 1:
         raise self.retry(exc=ValueError("the first attempt fails"), countdown=0)
     return attempt
+
+
+@app.task(name="tracked_celery_jobs.loop")
+@tracked.tracked("celery-loop", total=lambda rows, *_, **__: rows)
+def loop(rows: int, pause: float, mark: str, checks: bool = True) -> dict[str, Any]:
+    """A slow loop that checks for a stop at each row (or never, ``checks=False``)."""
+    progress = tracked.current()
+    progress.add_message(f"pid {os.getpid()}")
+    (SIDE / f"{mark}.started").write_text("")
+    for row in range(rows):
+        time.sleep(pause)
+        if checks:
+            progress.check()
+        progress.increment(1, f"row {row}")
+    (SIDE / f"{mark}.done").write_text("")
+    return {"rows": rows}
+
+
+class FailsBeforeStart(app.Task):  # type: ignore[name-defined,misc]
+    def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+        raise RuntimeError("the task's setup failed")
+
+
+@app.task(base=FailsBeforeStart, name="tracked_celery_jobs.never_starts")
+@tracked.tracked("celery-setup", total=1)
+def never_starts(mark: str) -> None:
+    (SIDE / f"{mark}.started").write_text("")

@@ -20,7 +20,7 @@ import wrapt
 
 from ._api import start
 from ._progress import Progress, _check_interval, _check_max_messages, current_progress
-from ._queued import NotStarted, find_takeover, take_over
+from ._queued import NotStarted, find_takeover, stop_signal, take_over
 from ._scope import StoreSpec, request_scope, resolve_store
 from ._state import check_total, validate_name, validate_progress_id
 from ._store import Store
@@ -264,8 +264,14 @@ class _Spec:
             progress = self.start(wrapped, instance, args, kwargs)
         except NotStarted as skipped:  # a queued run cancelled before its worker got to it
             return skipped.value
-        with progress:
-            return returned(progress, wrapped(*args, **kwargs))
+        try:
+            with progress:
+                return returned(progress, wrapped(*args, **kwargs))
+        except Cancelled as exc:  # a queue's worker may take another signal for a stop
+            replaced = stop_signal(progress, exc)
+            if replaced is None:
+                raise
+            raise replaced from exc
 
     def call_generator(
         self,

@@ -19,6 +19,7 @@ import logging
 import sys
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -33,10 +34,12 @@ __all__ = [
     "TakeOver",
     "Ticket",
     "cancel",
+    "end_queued",
     "find_takeover",
     "publish",
     "reposition",
     "requeue_current",
+    "stop_signal",
     "take_over",
     "takeover_scope",
     "withdraw",
@@ -127,16 +130,29 @@ def withdraw(store: Store, ticket: Ticket, error: BaseException) -> None:
     """The queue refused the job after its record was published: end the record
     ``failed`` with the error, if it is still queued (best effort)."""
     try:
-        record = store.read(ticket.key)
-        if record is None or record.owner is None or record.state.state != "queued":
-            return
         text = f"the queue refused the job: {type(error).__name__}: {error}"
-        ended = dataclasses.replace(
-            record.state.ended("failed", time.time(), text), position=None
-        )
-        store.swap(ended, _ended_owner(record.owner), run=ticket.run, was=QUEUED)
+        end_queued(store, ticket, "failed", error=text)
     except Exception as exc:  # noqa: BLE001 - the caller re-raises the queue's error
         logger.warning("tracked: cannot end the queued record of %r: %s", ticket.key, exc)
+
+
+def end_queued(
+    store: Store, ticket: Ticket, outcome: str, *, error: str | None = None
+) -> bool:
+    """End the run of ``ticket`` as ``outcome`` (``failed``, ``cancelled``) if it never
+    started: still queued, or judged abandoned while queued. True if this ended it."""
+    record = store.read(ticket.key)
+    if record is None or record.owner is None or record.owner.run != ticket.run:
+        return False
+    if record.state.state != "queued":
+        return False
+    ended = dataclasses.replace(
+        record.state.ended(outcome, time.time(), error),
+        position=None,
+        cancel_requested=outcome == "cancelled",
+        status="cancelled before it started" if outcome == "cancelled" else outcome,
+    )
+    return store.swap(ended, _ended_owner(record.owner), run=ticket.run, was=TAKEABLE)
 
 
 def reposition(store: Store, places: Sequence[tuple[str, str, int]]) -> int:
@@ -229,6 +245,9 @@ class TakeOver:
     #: places of the jobs behind it).
     taken: Callable[[Store], object] | None = None
     timeout: float | None = None
+    #: Given the ``tracked.Cancelled`` that stopped the run, what the call raises
+    #: instead (None: ``Cancelled`` itself), e.g. what the queue takes for a stop.
+    stopped: Callable[[BaseException], BaseException | None] = lambda exc: None
     #: Where the queued record is (None: where the ``@tracked`` function writes).
     store: Store | None = None
     used: bool = False
@@ -305,6 +324,7 @@ def take_over(
             taken = progress._take_over(None, ticket.run, TAKEABLE)
         if taken:
             progress._retry = _retrier(found, ticket.run, timeout)
+            _taken[progress] = found
             if found.taken is not None:
                 try:
                     found.taken(chosen)
@@ -313,6 +333,22 @@ def take_over(
             return progress
         if time.monotonic() >= deadline:
             raise AlreadyRunning(ticket.key)
+
+
+#: The take-over each running handle of this process came from.
+_taken: weakref.WeakKeyDictionary[Progress, TakeOver] = weakref.WeakKeyDictionary()
+
+
+def stop_signal(progress: Progress, exc: BaseException) -> BaseException | None:
+    """What a ``@tracked`` call raises instead of the ``Cancelled`` that stopped its
+    run, when a queue's worker took it over (None: ``Cancelled`` itself)."""
+    found = _taken.get(progress)
+    if found is None:
+        return None
+    try:
+        return found.stopped(exc)
+    except BaseException as replaced:  # noqa: BLE001 - the hook may raise its signal
+        return replaced
 
 
 def requeue_current(progress_id: str) -> Ticket | None:

@@ -362,7 +362,7 @@ class StatusService:
         if state.state == "queued":  # it ended at once: answer with its final state
             try:
                 state = store.load(key) or state
-            except Exception:  # noqa: BLE001 - the state read before is still true enough
+            except Exception:  # the state read before is still true enough
                 logger.debug("tracked: cannot read %r after its cancel", key, exc_info=True)
         body = render(self._shown(state)).body
         return Response(202, (("Content-Type", JSON_TYPE), _NO_STORE), body)

@@ -15,7 +15,6 @@ over) ends it ``failed`` with the error.
 from __future__ import annotations
 
 import contextvars
-import dataclasses
 import logging
 import time
 from typing import Any
@@ -30,8 +29,8 @@ from ._decorator import describe_call, tracked_function, tracked_store
 from ._queued import (
     TakeOver,
     Ticket,
-    cancel,
     cancel_hooks,
+    end_queued,
     publish,
     requeue_current,
     takeover_scope,
@@ -130,6 +129,7 @@ def _prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
         ticket,
         retries=lambda exc: isinstance(exc, Retry),
         skipped=_skip(task),
+        stopped=_stopped(task),
         store=_installed_store(task),
     )
     _scopes[task_id] = takeover_scope.set(found)
@@ -163,6 +163,21 @@ def _skip(task: Any) -> Any:
     return skipped
 
 
+def _stopped(task: Any) -> Any:
+    def stopped(exc: BaseException) -> BaseException:
+        """The task stopped at a cancel request: Celery records it revoked, not as a
+        crash (``tracked.Cancelled`` is a BaseException, which Celery lets through)."""
+        request = task.request
+        try:
+            task.backend.mark_as_revoked(request.id, "cancelled", request=request)
+        except Exception as error:  # noqa: BLE001 - the run's record says cancelled anyway
+            logger.warning("tracked: cannot mark task %s revoked: %s", request.id, error)
+        signal: BaseException = Ignore()
+        return signal
+
+    return stopped
+
+
 def _postrun(task_id: str | None = None, **_: Any) -> None:
     token = _scopes.pop(task_id or "", None)
     if token is not None:
@@ -174,24 +189,9 @@ def _failed(exception: BaseException | None = None, sender: Any = None, **_: Any
     if sender is None or exception is None or isinstance(exception, Retry):
         return
     ticket = Ticket.from_dict(_header(sender))
-    if ticket is None:
-        return
-    store = _store_of(sender)
-    _fail_queued(store, ticket, exception)
-
-
-def _fail_queued(store: Store, ticket: Ticket, exception: BaseException) -> None:
-    record = store.read(ticket.key)
-    if record is None or record.owner is None or record.owner.run != ticket.run:
-        return
-    if record.state.state != "queued":
-        return
-    ended = dataclasses.replace(
-        record.state.ended("failed", time.time(), f"{type(exception).__name__}: {exception}"),
-        position=None,
-    )
-    owner = dataclasses.replace(record.owner, lease_expires=None)
-    store.swap(ended, owner, run=ticket.run, was=frozenset({"queued", "abandoned"}))
+    if ticket is not None:
+        error = f"{type(exception).__name__}: {exception}"
+        end_queued(_store_of(sender), ticket, "failed", error=error)
 
 
 def _store_of(task: Any) -> Store:
@@ -199,18 +199,11 @@ def _store_of(task: Any) -> Store:
     return chosen if chosen is not None else resolve_store(None)
 
 
-def _revoked(request: Any = None, **_: Any) -> None:
+def _revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
     """Revoked before it started: the queued run ends cancelled (never run)."""
-    if request is None:
-        return
-    ticket = Ticket.from_dict(getattr(request, "_request_dict", {}).get(HEADER))
-    if ticket is None:
-        return
-    task = getattr(request, "task", None)
-    store = _store_of(task) if task is not None else resolve_store(None)
-    record = store.read(ticket.key)
-    if record is not None and record.state.state == "queued":
-        cancel(store, ticket.key)
+    ticket = Ticket.from_dict(getattr(request, HEADER, None))
+    if ticket is not None and sender is not None:
+        end_queued(_store_of(sender), ticket, "cancelled")
 
 
 def _revoke(state: State) -> None:
