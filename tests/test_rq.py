@@ -285,3 +285,17 @@ def test_a_purged_queue_ends_its_runs_abandoned_after_the_queued_timeout(
     assert store.load(key).state == "queued"  # type: ignore[union-attr]
     queue.empty()
     assert again.id == job.id
+
+
+def test_a_job_that_fails_before_its_call_ends_the_run_failed(
+    jobs: ModuleType,
+    connection: redis.Redis,  # type: ignore[type-arg]
+    store: RedisStore,
+    running_worker: Path,
+    side: Path,
+) -> None:
+    queue = rq.Queue("long", connection=connection)
+    job = tracked.rq.enqueue(queue, jobs.import_rows, 3, jobs.Poison(), "poisoned")
+    state = until(lambda: store.load(f"import\0{job.id}"), lambda s: not s.in_progress)
+    assert state.state == "failed" and "cannot be loaded here" in (state.error or "")
+    assert not (side / "poisoned.started").exists()

@@ -56,3 +56,15 @@ def flaky(mark: str) -> int:
     if attempt == 1:
         raise ValueError("the first attempt fails")
     return attempt
+
+
+def explode() -> None:
+    """Called when a ``Poison`` argument is unpickled: in the worker, before the job runs."""
+    raise RuntimeError("this argument cannot be loaded here")
+
+
+class Poison:
+    """An argument that pickles fine and fails to load (a class the worker lacks, say)."""
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return (explode, ())

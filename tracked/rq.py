@@ -29,14 +29,31 @@ try:
 except ImportError as exc:  # pragma: no cover - rq is in the test extra
     raise ImportError("tracked.rq needs RQ: pip install 'tracked[rq]'") from exc
 
-from ._decorator import describe_call
-from ._queued import TakeOver, Ticket, cancel_hooks, publish, reposition, withdraw
+from ._decorator import describe_call, tracked_store
+from ._queued import (
+    TakeOver,
+    Ticket,
+    cancel_hooks,
+    end_queued,
+    publish,
+    reposition,
+    withdraw,
+)
+from ._scope import resolve_store
 from ._state import State
 from ._store import Store
 from .errors import Cancelled
 from .redis import RedisStore
 
-__all__ = ["LINE_TTL", "META_KEY", "POSITION_WINDOW", "enqueue", "find_current", "line_key"]
+__all__ = [
+    "LINE_TTL",
+    "META_KEY",
+    "POSITION_WINDOW",
+    "enqueue",
+    "find_current",
+    "job_failed",
+    "line_key",
+]
 
 logger = logging.getLogger("tracked")
 
@@ -90,6 +107,8 @@ def enqueue(queue: rq.Queue, func: Callable[..., Any], *args: Any, **kwargs: Any
     meta[META_KEY] = ticket.to_dict()
     options = dict(kwargs)
     options.update(job_id=job_id, meta=meta)
+    if parsed.on_failure is None:  # a job that fails before its @tracked call ends its run
+        options["on_failure"] = rq.Callback(job_failed)
     try:
         if parsed.pipeline is None:
             pipe = connection.pipeline()
@@ -144,6 +163,31 @@ def _drop_job(state: State) -> None:
 
 
 cancel_hooks.append(_drop_job)
+
+
+def job_failed(job: Job, connection: Any, *exc_info: Any) -> None:
+    """RQ's failure callback that ``enqueue`` sets (when you give none; with your own
+    ``on_failure``, call this from it): a job that failed before its ``@tracked`` call
+    took the run over (its function could not be imported, say) ends the queued run
+    ``failed`` with RQ's error, instead of leaving it queued until its timeout."""
+    ticket = Ticket.from_dict(job.meta.get(META_KEY))
+    if ticket is None or job.should_retry:  # RQ runs it again: the run waits in line
+        return
+    error = exc_info[1] if len(exc_info) > 1 else None
+    text = "the job failed before it started" if error is None else _describe(error)
+    try:
+        store = tracked_store(job.func)
+    except Exception:  # noqa: BLE001 - the function may be what cannot be imported
+        store = None
+    end_queued(store if store is not None else resolve_store(None), ticket, "failed", error=text)
+
+
+def _describe(error: BaseException) -> str:
+    """``Type: message``, and what caused it (RQ wraps a failed load in its own error)."""
+    text = str(error)
+    described = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    cause = error.__cause__ or error.__context__
+    return described if cause is None else f"{described} ({_describe(cause)})"
 
 
 def find_current() -> TakeOver | None:
