@@ -214,7 +214,7 @@ def test_a_purged_queue_ends_its_runs_abandoned_after_the_queued_timeout(
     assert (state.state, state.count) == ("abandoned", 0)
 
 
-def test_prefork_soft_time_limit_fails_and_kill_9_reads_abandoned(
+def test_prefork_soft_time_limit_fails_terminate_cancels_and_kill_9_reads_abandoned(
     jobs: ModuleType, store: RedisStore, env: dict[str, str], tmp_path: Path
 ) -> None:
     command = [
@@ -243,6 +243,12 @@ def test_prefork_soft_time_limit_fails_and_kill_9_reads_abandoned(
         killed = jobs.loop.apply_async((400, 0.05, "c-killed"), queue="prefork")
         state = until(lambda: store.load(f"celery-loop\0{limited.id}"), lambda s: not s.in_progress)
         assert state.state == "failed" and "SoftTimeLimitExceeded" in (state.error or "")
+        terminated = jobs.loop.apply_async((400, 0.05, "c-term"), queue="prefork")
+        term_key = f"celery-loop\0{terminated.id}"
+        until(lambda: store.load(term_key), lambda s: s.state == "running" and s.count >= 1)
+        terminated.revoke(terminate=True)  # the worker kills the task's process
+        state = until(lambda: store.load(term_key), lambda s: not s.in_progress)
+        assert (state.state, state.error) == ("cancelled", None) and state.count < 400
         key = f"celery-loop\0{killed.id}"
         running = until(lambda: store.load(key), lambda s: s.state == "running" and s.count >= 1)
         os.kill(int(running.messages[0].split()[1]), signal.SIGKILL)

@@ -137,22 +137,39 @@ def withdraw(store: Store, ticket: Ticket, error: BaseException) -> None:
 
 
 def end_queued(
-    store: Store, ticket: Ticket, outcome: str, *, error: str | None = None
+    store: Store,
+    ticket: Ticket,
+    outcome: str,
+    *,
+    error: str | None = None,
+    started: bool = False,
 ) -> bool:
     """End the run of ``ticket`` as ``outcome`` (``failed``, ``cancelled``) if it never
-    started: still queued, or judged abandoned while queued. True if this ended it."""
+    started: still queued, or judged abandoned while queued. ``started``: also if it
+    runs, or its process ended it with the ``SystemExit`` of the signal that killed it,
+    for a queue that has just killed that process on request (Celery's ``terminate``).
+    True if this ended it."""
     record = store.read(ticket.key)
     if record is None or record.owner is None or record.owner.run != ticket.run:
         return False
-    if record.state.state != "queued":
+    killed = record.state.state == "failed" and (record.state.error or "").startswith(
+        "SystemExit"
+    )  # the last write of a process the queue stopped (billiard raises SystemExit)
+    if record.state.state != "queued" and not (started and (record.state.in_progress or killed)):
         return False
     ended = dataclasses.replace(
         record.state.ended(outcome, time.time(), error),
+        error=error,
         position=None,
         cancel_requested=outcome == "cancelled",
-        status="cancelled before it started" if outcome == "cancelled" else outcome,
+        status=(
+            "cancelled before it started"
+            if outcome == "cancelled" and record.state.state == "queued"
+            else outcome
+        ),
     )
-    return store.swap(ended, _ended_owner(record.owner), run=ticket.run, was=TAKEABLE)
+    was = TAKEABLE | {"running", "failed"} if started else TAKEABLE
+    return store.swap(ended, _ended_owner(record.owner), run=ticket.run, was=was)
 
 
 def reposition(store: Store, places: Sequence[tuple[str, str, int]]) -> int:
@@ -321,6 +338,13 @@ def take_over(
                 record.state if judged.state in TAKEABLE else None, ticket.run, TAKEABLE
             )
         else:  # no record (pruned, or the store was emptied): this run starts afresh
+            if record is None:
+                logger.warning(
+                    "tracked: no queued record of %r in %r: is it the store the job was "
+                    "enqueued with? The run starts afresh there",
+                    ticket.key,
+                    chosen,
+                )
             taken = progress._take_over(None, ticket.run, TAKEABLE)
         if taken:
             progress._retry = _retrier(found, ticket.run, timeout)

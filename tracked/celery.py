@@ -199,11 +199,15 @@ def _store_of(task: Any) -> Store:
     return chosen if chosen is not None else resolve_store(None)
 
 
-def _revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
-    """Revoked before it started: the queued run ends cancelled (never run)."""
+def _revoked(
+    sender: Any = None, request: Any = None, terminated: bool = False, **_: Any
+) -> None:
+    """Revoked before it started: the queued run ends cancelled (never run). Revoked
+    with ``terminate=True``: the worker killed the task's process, so the running run
+    ends cancelled too (it stopped because of the request)."""
     ticket = Ticket.from_dict(getattr(request, HEADER, None))
     if ticket is not None and sender is not None:
-        end_queued(_store_of(sender), ticket, "cancelled")
+        end_queued(_store_of(sender), ticket, "cancelled", started=bool(terminated))
 
 
 def _revoke(state: State) -> None:

@@ -222,7 +222,7 @@ def _refresh_line(job: Job, ticket: Ticket, store: Store) -> None:
         line = line_key(job.origin)
         pipe = connection.pipeline(transaction=False)
         pipe.hdel(line, job.id)
-        pipe.lrange(f"rq:queue:{job.origin}", 0, POSITION_WINDOW - 1)
+        pipe.lrange(rq.Queue.redis_queue_namespace_prefix + job.origin, 0, POSITION_WINDOW - 1)
         _, waiting = pipe.execute()
         ids = [_text(i) for i in waiting]
         if not ids:
