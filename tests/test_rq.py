@@ -299,3 +299,18 @@ def test_a_job_that_fails_before_its_call_ends_the_run_failed(
     state = until(lambda: store.load(f"import\0{job.id}"), lambda s: not s.in_progress)
     assert state.state == "failed" and "cannot be loaded here" in (state.error or "")
     assert not (side / "poisoned.started").exists()
+
+
+def test_places_at_the_front_and_of_jobs_waiting_for_others(
+    jobs: ModuleType,
+    connection: redis.Redis,  # type: ignore[type-arg]
+    store: RedisStore,
+) -> None:
+    queue = rq.Queue("places", connection=connection)
+    first = tracked.rq.enqueue(queue, jobs.import_rows, 1)
+    second = tracked.rq.enqueue(queue, jobs.import_rows, 1)
+    front = tracked.rq.enqueue(queue, jobs.import_rows, 1, at_front=True)
+    waiting = tracked.rq.enqueue(queue, jobs.import_rows, 1, depends_on=first)
+    places = [store.load(f"import\0{job.id}").position for job in (first, second, front, waiting)]  # type: ignore[union-attr]
+    assert places == [1, 2, 1, None]
+    queue.empty()

@@ -92,8 +92,15 @@ def enqueue(queue: rq.Queue, func: Callable[..., Any], *args: Any, **kwargs: Any
     line = line_key(queue.name)
     # On the queue's own server the place is set in the job's transaction, right after
     # its push (no round trip of its own); elsewhere it is the length read beforehand.
-    same = isinstance(plan.store, RedisStore) and plan.store.same_server(connection)
-    position = None if same else 1 if parsed.at_front else queue.count + 1
+    # A job that waits for others (depends_on) is not in line yet: its place is null.
+    in_line = not parsed.depends_on
+    same = (
+        in_line
+        and not parsed.at_front
+        and isinstance(plan.store, RedisStore)
+        and plan.store.same_server(connection)
+    )
+    position = None if same or not in_line else 1 if parsed.at_front else queue.count + 1
     ticket = publish(
         plan.name,
         job_id,
