@@ -210,7 +210,7 @@ class _Spec:
         total = self.total
         if callable(total):
             total = _check_total_result(total(*args, **kwargs))
-        found = find_takeover(f"{wrapped.__module__}.{wrapped.__qualname__}")
+        found = find_takeover(wrapped)
         if found is not None:  # a queue's worker starts this queued run: take it over
             return take_over(
                 found,

@@ -282,10 +282,10 @@ takeover_scope: contextvars.ContextVar[TakeOver | None] = contextvars.ContextVar
 _FINDERS = (("rq", "tracked.rq"),)
 
 
-def find_takeover(function: str) -> TakeOver | None:
-    """The take-over for a call of the ``@tracked`` function ``function`` (its
-    ``module.qualname``) in this context, if a queue's worker is starting its queued
-    run here and the run has not been taken yet."""
+def find_takeover(function: Callable[..., Any]) -> TakeOver | None:
+    """The take-over for a call of the ``@tracked`` function ``function`` (the one it
+    wraps) in this context, if a queue's worker is starting its queued run here and the
+    run has not been taken yet. Outside a queue's worker: one context variable read."""
     found = takeover_scope.get()
     if found is None:
         for library, integration in _FINDERS:
@@ -293,7 +293,9 @@ def find_takeover(function: str) -> TakeOver | None:
                 found = importlib.import_module(integration).find_current()
                 if found is not None:
                     break
-    if found is None or found.used or found.ticket.function != function:
+    if found is None or found.used:
+        return None
+    if found.ticket.function != f"{function.__module__}.{function.__qualname__}":
         return None
     return found
 
