@@ -314,3 +314,22 @@ def test_places_at_the_front_and_of_jobs_waiting_for_others(
     places = [store.load(f"import\0{job.id}").position for job in (first, second, front, waiting)]  # type: ignore[union-attr]
     assert places == [1, 2, 1, None]
     queue.empty()
+
+
+def test_rqs_stop_job_command_ends_the_run_cancelled(
+    jobs: ModuleType,
+    connection: redis.Redis,  # type: ignore[type-arg]
+    store: RedisStore,
+    running_worker: Path,
+    side: Path,
+) -> None:
+    from rq.command import send_stop_job_command
+
+    queue = rq.Queue("long", connection=connection)
+    job = tracked.rq.enqueue(queue, jobs.import_rows, 400, 0.05, "stopped", False)
+    key = f"import\0{job.id}"
+    until(lambda: store.load(key), lambda s: s.state == "running" and s.count >= 1)
+    send_stop_job_command(connection, job.id)  # RQ kills the work-horse
+    state = until(lambda: store.load(key), lambda s: not s.in_progress)
+    assert state.state == "cancelled" and state.count < 400
+    assert not (side / "stopped.done").exists()

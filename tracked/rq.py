@@ -52,6 +52,7 @@ __all__ = [
     "enqueue",
     "find_current",
     "job_failed",
+    "job_stopped",
     "line_key",
 ]
 
@@ -116,6 +117,8 @@ def enqueue(queue: rq.Queue, func: Callable[..., Any], *args: Any, **kwargs: Any
     options.update(job_id=job_id, meta=meta)
     if parsed.on_failure is None:  # a job that fails before its @tracked call ends its run
         options["on_failure"] = rq.Callback(job_failed)
+    if parsed.on_stopped is None:  # RQ's stop-job kills the work-horse: the run is cancelled
+        options["on_stopped"] = rq.Callback(job_stopped)
     try:
         if parsed.pipeline is None:
             pipe = connection.pipeline()
@@ -187,6 +190,22 @@ def job_failed(job: Job, connection: Any, *exc_info: Any) -> None:
     except Exception:  # noqa: BLE001 - the function may be what cannot be imported
         store = None
     end_queued(store if store is not None else resolve_store(None), ticket, "failed", error=text)
+
+
+def job_stopped(job: Job, connection: Any) -> None:
+    """RQ's stopped callback that ``enqueue`` sets (when you give none; with your own
+    ``on_stopped``, call this from it): ``send_stop_job_command`` killed the job's
+    work-horse on request, so its run ends ``cancelled`` rather than ``abandoned``."""
+    ticket = Ticket.from_dict(job.meta.get(META_KEY))
+    if ticket is None:
+        return
+    try:
+        store = tracked_store(job.func)
+    except Exception:  # noqa: BLE001 - the function may be what cannot be imported
+        store = None
+    end_queued(
+        store if store is not None else resolve_store(None), ticket, "cancelled", started=True
+    )
 
 
 def _describe(error: BaseException) -> str:
