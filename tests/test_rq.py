@@ -333,3 +333,42 @@ def test_rqs_stop_job_command_ends_the_run_cancelled(
     state = until(lambda: store.load(key), lambda s: not s.in_progress)
     assert state.state == "cancelled" and state.count < 400
     assert not (side / "stopped.done").exists()
+
+
+KILLED_MID_ENQUEUE = """
+import os, signal, redis, rq
+import tracked, tracked.rq
+from tests import tracked_jobs as jobs
+
+tracked.configure(queued_timeout=1.0)
+
+
+class Dying(rq.Queue):
+    def enqueue(self, *args, **kwargs):  # the step after the record is published
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+queue = Dying("dying", connection=redis.Redis.from_url(os.environ["TRACKED_JOBS_REDIS"]))
+tracked.rq.enqueue(queue, jobs.import_rows, 3, job_id="killed-mid-enqueue")
+"""
+
+
+def test_kill_9_between_the_record_and_the_push(
+    jobs: ModuleType,
+    connection: redis.Redis,  # type: ignore[type-arg]
+    store: RedisStore,
+    env: dict[str, str],
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", KILLED_MID_ENQUEUE], env=env, cwd=ROOT, timeout=60, check=False
+    )
+    assert done.returncode == -signal.SIGKILL
+    key = "import\0killed-mid-enqueue"
+    assert store.load(key).state == "queued"  # type: ignore[union-attr]
+    assert rq.Queue("dying", connection=connection).count == 0  # never pushed
+    state = until(lambda: store.load(key), lambda s: not s.in_progress)
+    assert (state.state, state.count) == ("abandoned", 0)  # after its queued timeout
+    queue = rq.Queue("dying", connection=connection)
+    tracked.rq.enqueue(queue, jobs.import_rows, 3, job_id="killed-mid-enqueue")  # free again
+    assert store.load(key).state == "queued"  # type: ignore[union-attr]
+    queue.empty()
