@@ -372,3 +372,22 @@ def test_kill_9_between_the_record_and_the_push(
     tracked.rq.enqueue(queue, jobs.import_rows, 3, job_id="killed-mid-enqueue")  # free again
     assert store.load(key).state == "queued"  # type: ignore[union-attr]
     queue.empty()
+
+
+def test_a_killed_work_horse_whose_job_rq_retries_stays_one_run(
+    jobs: ModuleType,
+    connection: redis.Redis,  # type: ignore[type-arg]
+    store: RedisStore,
+    running_worker: Path,
+) -> None:
+    queue = rq.Queue("long", connection=connection)
+    job = tracked.rq.enqueue(queue, jobs.import_rows, 20, 0.05, None, False, retry=Retry(max=1))
+    key = f"import\0{job.id}"
+    state = until(lambda: store.load(key), lambda s: s.state == "running" and s.count >= 3)
+    os.kill(int(state.messages[0].split()[1]), signal.SIGKILL)
+    # RQ retries at once; the next work-horse waits out the dead one's lease, then
+    # takes the same run over: attempt 2, the first attempt's count and messages kept.
+    done = until(lambda: store.load(key), lambda s: not s.in_progress)
+    assert (done.state, done.attempt) == ("finished", 2)
+    assert done.count >= 23 and done.messages[0].startswith("pid ")
+    assert sum(m.startswith("pid ") for m in done.messages) == 2

@@ -26,7 +26,7 @@ from typing import Any
 from ._progress import Progress, current_progress
 from ._scope import check_timeout, queued_timeout, resolve_store
 from ._state import State, make_key, validate_progress_id
-from ._store import Owner, Store, judge
+from ._store import Owner, Store, judge, owner_gone_here
 from .errors import AlreadyRunning
 
 __all__ = [
@@ -333,12 +333,17 @@ def take_over(
             judged = judge(record)
             if judged.state == "cancelled":
                 raise NotStarted(found.skipped(judged))
-            if judged.state == "running" and time.monotonic() < deadline:
-                time.sleep(0.05)
-                continue
-            taken = progress._take_over(
-                record.state if judged.state in TAKEABLE else None, ticket.run, TAKEABLE
-            )
+            was = TAKEABLE
+            if judged.state == "running":
+                if record.owner is not None and owner_gone_here(record.owner):
+                    was = TAKEABLE | {"running"}  # its process is gone: no need to wait
+                elif time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+            carried: State | None = record.state if judged.state in was else None
+            if carried is not None and carried.state == "running":  # its worker died
+                carried = dataclasses.replace(carried, attempt=carried.attempt + 1)
+            taken = progress._take_over(carried, ticket.run, was)
         else:  # no record (pruned, or the store was emptied): this run starts afresh
             if record is None:
                 logger.warning(

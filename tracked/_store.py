@@ -30,6 +30,7 @@ __all__ = [
     "encode_record",
     "merge_parts",
     "open_store",
+    "owner_gone_here",
     "swappable",
 ]
 
@@ -233,6 +234,18 @@ def owner_alive(owner: Owner, now: float | None = None) -> bool:
 
 
 _HAS_PROC = os.path.isdir("/proc/self")
+
+
+def owner_gone_here(owner: Owner) -> bool:
+    """Whether ``owner`` was a process of this host that no longer runs, whatever its
+    lease says (a worker retrying a job whose earlier process was killed need not wait
+    for that lease to lapse)."""
+    identity = _identity()
+    if owner.host != identity.host or owner.pid <= 0 or not _HAS_PROC:
+        return False
+    if owner.pid == identity.pid and owner.token == identity.token:
+        return owner.run not in _live_runs
+    return _process_token(owner.pid) != owner.token
 
 
 def _pid_exists(pid: int) -> bool:
