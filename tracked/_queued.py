@@ -36,6 +36,7 @@ __all__ = [
     "cancel",
     "end_queued",
     "find_takeover",
+    "prepare",
     "publish",
     "reposition",
     "requeue_current",
@@ -72,7 +73,12 @@ class Ticket:
 
     def to_dict(self) -> dict[str, Any]:
         """The ticket as a JSON object."""
-        return dataclasses.asdict(self)
+        return {
+            "name": self.name,
+            "progress_id": self.progress_id,
+            "run": self.run,
+            "function": self.function,
+        }
 
     @classmethod
     def from_dict(cls, data: object) -> Ticket | None:
@@ -96,19 +102,18 @@ class Ticket:
 # ----------------------------------------------------------------------------- publishing
 
 
-def publish(
+def prepare(
     name: str | None,
     progress_id: str,
     function: str,
     *,
     total: int | None,
-    store: Store,
     position: int | None = None,
     timeout: float | None = None,
-) -> Ticket:
-    """Claim the key ``name`` + ``progress_id`` with a ``queued`` record (in progress,
-    count 0, ``position`` in line) and return the ticket its job carries. Raises
-    ``AlreadyRunning`` if a live or queued run holds the key, ``StoreError``."""
+) -> tuple[State, Owner, Ticket]:
+    """The ``queued`` record of a new run (in progress, count 0, ``position`` in line),
+    its owner (no process: a lease of the queued timeout) and the ticket its job
+    carries; ``publish`` claims the record, or a queue's transaction does."""
     seconds = queued_timeout() if timeout is None else check_timeout(timeout)
     ticket = Ticket(name, validate_progress_id(progress_id), uuid.uuid4().hex, function)
     now = time.time()
@@ -122,7 +127,26 @@ def publish(
         start_time=now,
         current_time=now,
     )
-    store.claim(state, Owner.waiting(ticket.run, now + seconds))
+    return state, Owner.waiting(ticket.run, now + seconds), ticket
+
+
+def publish(
+    name: str | None,
+    progress_id: str,
+    function: str,
+    *,
+    total: int | None,
+    store: Store,
+    position: int | None = None,
+    timeout: float | None = None,
+) -> Ticket:
+    """Claim the key ``name`` + ``progress_id`` with a ``queued`` record (see ``prepare``)
+    and return the ticket its job carries. Raises ``AlreadyRunning`` if a live or
+    queued run holds the key, ``StoreError``."""
+    state, owner, ticket = prepare(
+        name, progress_id, function, total=total, position=position, timeout=timeout
+    )
+    store.claim(state, owner)
     return ticket
 
 

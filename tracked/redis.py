@@ -182,11 +182,15 @@ redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 1
 """
 
-# KEYS: record, list. ARGV: run, channel -- a queued record of that run takes the length
-# of the list (a queue its job was just pushed on, in the same transaction) as its
-# ``position``; 1 written, 0 not (another run, or no longer queued). Within the stored
-# JSON the first '"position":' is the key itself: every quote inside a string is escaped.
+# KEYS: record, list, line. ARGV: run, channel, job id, line entry, line ttl_ms -- a
+# queued record of that run takes the length of the list (a queue its job was just
+# pushed on, in the same transaction) as its ``position``, and the queue's line hash
+# maps the job to the record (see ``tracked.rq``); 1 written, 0 not (another run, or no
+# longer queued). Within the stored JSON the first '"position":' is the key itself:
+# every quote inside a string is escaped.
 _PLACE = """
+redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
+redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[5]))
 local fields = redis.call('HMGET', KEYS[1], 'run', 'state')
 if fields[1] ~= ARGV[1] or not fields[2] then return 0 end
 if not string.find(fields[2], '"state":"queued"', 1, true) then return 0 end
@@ -381,6 +385,7 @@ class RedisStore(Store):
         self._swap = _Script(_SWAP)
         self._place = _Script(_PLACE)
         self._place_loaded = False
+        self._write_loaded = False
         self._prune = _Script(_PRUNE)
         self._read = _Script(_READ)
         self._delete = _Script(_DELETE)
@@ -593,18 +598,52 @@ class RedisStore(Store):
             self._remember(key, state, owner.run)
         return swapped
 
-    def place_command(self, key: str, run: str, list_key: str) -> tuple[Any, ...] | None:
+    def claim_command(self, state: State, owner: Owner) -> tuple[Any, ...] | None:
+        """The Redis command of ``claim(state, owner)`` (one script call), for a caller's
+        transaction on this very server (see ``same_server``): a queue integration
+        publishes a run's record in the same transaction as its job. Read its reply
+        with ``claimed``. None when this store is a cluster."""
+        if isinstance(self.client, RedisCluster):
+            return None
+        if not self._write_loaded:  # once per store: inside a transaction NOSCRIPT would stick
+            self._call(self._write.load, self.client)
+            self._write_loaded = True
+        self._written.pop(state.key, None)
+        keys, args = self._write_call("claim", state, owner, None)
+        return self._write.command(keys, args)
+
+    def claimed(self, state: State, owner: Owner, reply: Any) -> None:
+        """Finish a claim sent with ``claim_command``, from its reply: ``AlreadyRunning``
+        if a live owner held the key, ``StoreError`` for an error reply."""
+        if isinstance(reply, Exception):
+            raise self._failure(reply)
+        if int(reply) < 0:
+            raise AlreadyRunning(state.key)
+        self._remember(state.key, state, owner.run)
+
+    def place_command(
+        self, key: str, run: str, list_key: str, line: tuple[str, str, str, float]
+    ) -> tuple[Any, ...] | None:
         """The Redis command that sets the ``position`` of ``key``'s queued record (run
         ``run``) to the length of the list ``list_key``, for a queue on this very server
         and database to send in its own transaction, right after its push (one round
-        trip for both). None when this store is a cluster."""
+        trip for both); it also sets field ``line[1]`` of hash ``line[0]`` to ``line[2]``
+        with a TTL of ``line[3]`` seconds (the queue's map from jobs to records). None
+        when this store is a cluster."""
         if isinstance(self.client, RedisCluster):
             return None
         if not self._place_loaded:  # once per store: inside a transaction NOSCRIPT would stick
             self._call(self._place.load, self.client)
             self._place_loaded = True
-        keys = [self.record_key(key), list_key]
-        return self._place.command(keys, [_clean(run), self.channel(key)])
+        keys = [self.record_key(key), list_key, line[0]]
+        args: list[str | bytes | int] = [
+            _clean(run),
+            self.channel(key),
+            line[1],
+            line[2],
+            _ms(line[3]),
+        ]
+        return self._place.command(keys, args)
 
     def same_server(self, client: Any) -> bool:
         """Whether ``client`` (a ``redis.Redis``) talks to this store's server and database."""

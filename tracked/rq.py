@@ -35,7 +35,7 @@ from ._queued import (
     Ticket,
     cancel_hooks,
     end_queued,
-    publish,
+    prepare,
     reposition,
     withdraw,
 )
@@ -76,77 +76,112 @@ def line_key(queue_name: str) -> str:
 
 def enqueue(queue: rq.Queue, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Job:
     """Enqueue ``func`` (a ``@tracked`` function) on ``queue`` as ``queue.enqueue`` does,
-    every RQ option included, after publishing the run's ``queued`` record.
+    every RQ option included, and publish the run's ``queued`` record with it.
 
     The run's ``progress_id`` is the job's id (``job_id=`` if given, else a new one),
     and its name and total come from ``func``'s decorator and the call's arguments,
     as in the worker. Raises ``AlreadyRunning`` (enqueueing nothing) if a live or
     queued run holds the key, ``TypeError`` for a function that is not ``@tracked``.
     If RQ then refuses the job, the record ends ``failed`` with RQ's error.
+
+    With a ``RedisStore`` on the queue's own server and database, the record, its
+    place in line and the job go in one transaction (one round trip); otherwise the
+    record is claimed first, then the job is enqueued.
     """
     parsed = queue.parse_args(func, *args, **dict(kwargs))
-    call_args = tuple(parsed.args or ())
-    call_kwargs = dict(parsed.kwargs or {})
-    plan = describe_call(func, call_args, call_kwargs)
+    plan = describe_call(func, tuple(parsed.args or ()), dict(parsed.kwargs or {}))
     job_id = parsed.job_id or uuid.uuid4().hex
     connection = queue.connection
-    line = line_key(queue.name)
-    # On the queue's own server the place is set in the job's transaction, right after
-    # its push (no round trip of its own); elsewhere it is the length read beforehand.
     # A job that waits for others (depends_on) is not in line yet: its place is null.
     in_line = not parsed.depends_on
-    same = (
-        in_line
-        and not parsed.at_front
-        and isinstance(plan.store, RedisStore)
-        and plan.store.same_server(connection)
+    store = plan.store
+    together = (
+        isinstance(store, RedisStore)
+        and parsed.pipeline is None
+        and parsed.job_id is None  # a new id: no other run can hold the key
+        and in_line  # RQ WATCHes a job's dependencies before its transaction
+        and store.same_server(connection)
     )
-    position = None if same or not in_line else 1 if parsed.at_front else queue.count + 1
-    ticket = publish(
+    position = None if not in_line else 1 if parsed.at_front else None
+    if in_line and position is None and not together:
+        position = queue.count + 1
+    state, owner, ticket = prepare(
         plan.name,
         job_id,
         plan.function,
         total=plan.total,
-        store=plan.store,
         position=position,
         timeout=None if parsed.ttl is None or parsed.ttl < 0 else float(parsed.ttl) + 60.0,
     )
+    claim = None
+    if together and isinstance(store, RedisStore):
+        claim = store.claim_command(state, owner)
+    if claim is None:
+        store.claim(state, owner)
+    options = _options(kwargs, parsed, job_id, ticket)
+    pipe = connection.pipeline() if parsed.pipeline is None else parsed.pipeline
+    try:
+        if claim is not None:
+            pipe.multi()  # RQ adds its commands to this transaction, after the record's
+            pipe.execute_command(*claim)
+        if parsed.pipeline is None:
+            job = queue.enqueue(func, *args, pipeline=pipe, **options)
+        else:  # the caller's pipeline: the job is pushed when the caller executes it
+            job = queue.enqueue(func, *args, **options)
+        line = (line_key(queue.name), job_id, f"{ticket.run}:{ticket.key}", LINE_TTL)
+        place = None
+        if in_line and not parsed.at_front and isinstance(store, RedisStore):
+            if store.same_server(connection):
+                place = store.place_command(ticket.key, ticket.run, queue.key, line)
+        if place is not None:
+            pipe.execute_command(*place)
+        else:
+            pipe.hset(line[0], job_id, line[2])
+            pipe.expire(line[0], LINE_TTL)
+        if parsed.pipeline is None:
+            _check_replies(pipe.execute(raise_on_error=False), claim, place, state, owner, store)
+    except BaseException as exc:
+        if claim is None:
+            withdraw(store, ticket, exc)
+        raise
+    _connections.add(connection)
+    return job
+
+
+def _options(kwargs: dict[str, Any], parsed: Any, job_id: str, ticket: Ticket) -> dict[str, Any]:
+    """RQ's options for the job: the caller's, with the job id, the ticket in its meta
+    and the callbacks that end a run whose job never reached its call."""
     meta = dict(parsed.meta or {})
     meta[META_KEY] = ticket.to_dict()
     options = dict(kwargs)
     options.update(job_id=job_id, meta=meta)
     if parsed.on_failure is None:  # a job that fails before its @tracked call ends its run
-        options["on_failure"] = rq.Callback(job_failed)
+        options["on_failure"] = _ON_FAILURE
     if parsed.on_stopped is None:  # RQ's stop-job kills the work-horse: the run is cancelled
-        options["on_stopped"] = rq.Callback(job_stopped)
-    try:
-        if parsed.pipeline is None:
-            pipe = connection.pipeline()
-            job = queue.enqueue(func, *args, pipeline=pipe, **options)
-        else:  # the caller's pipeline: the job is pushed when the caller executes it
-            pipe = parsed.pipeline
-            job = queue.enqueue(func, *args, **options)
-        pipe.hset(line, job_id, f"{ticket.run}:{ticket.key}")
-        pipe.expire(line, LINE_TTL)
-        place = None
-        if same and isinstance(plan.store, RedisStore):
-            place = plan.store.place_command(ticket.key, ticket.run, queue.key)
-            if place is not None:
-                pipe.execute_command(*place)  # type: ignore[no-untyped-call]
-        if parsed.pipeline is None:
-            replies = pipe.execute(raise_on_error=False)
-            if place is not None and isinstance(replies[-1], Exception):
-                # The place is a hint: the job is in line all the same.
-                logger.debug("tracked: cannot set the place of %r: %s", ticket.key, replies[-1])
-                replies = replies[:-1]
-            for reply in replies:
-                if isinstance(reply, Exception):
-                    raise reply
-    except BaseException as exc:
-        withdraw(plan.store, ticket, exc)
-        raise
-    _connections.add(connection)
-    return job
+        options["on_stopped"] = _ON_STOPPED
+    return options
+
+
+def _check_replies(
+    replies: list[Any],
+    claim: tuple[Any, ...] | None,
+    place: tuple[Any, ...] | None,
+    state: State,
+    owner: Any,
+    store: Any,
+) -> None:
+    """The replies of the job's transaction: the record's claim first (when it was sent
+    there), RQ's own commands, the place in line last (a hint: its error is logged)."""
+    if place is not None:
+        if isinstance(replies[-1], Exception):
+            logger.debug("tracked: cannot set the place of %r: %s", state.key, replies[-1])
+        replies = replies[:-1]
+    if claim is not None:
+        store.claimed(state, owner, replies[0])
+        replies = replies[1:]
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
 
 
 #: The Redis connections this process enqueued on: a cancel of a queued run here
@@ -214,6 +249,10 @@ def _describe(error: BaseException) -> str:
     described = f"{type(error).__name__}: {text}" if text else type(error).__name__
     cause = error.__cause__ or error.__context__
     return described if cause is None else f"{described} ({_describe(cause)})"
+
+
+_ON_FAILURE = rq.Callback(job_failed)
+_ON_STOPPED = rq.Callback(job_stopped)
 
 
 def find_current() -> TakeOver | None:
