@@ -391,3 +391,19 @@ def test_a_killed_work_horse_whose_job_rq_retries_stays_one_run(
     assert (done.state, done.attempt) == ("finished", 2)
     assert done.count >= 23 and done.messages[0].startswith("pid ")
     assert sum(m.startswith("pid ") for m in done.messages) == 2
+
+
+def test_a_server_that_lost_its_scripts_still_gets_the_record(
+    jobs: ModuleType,
+    connection: redis.Redis,  # type: ignore[type-arg]
+    store: RedisStore,
+) -> None:
+    queue = rq.Queue("noscript", connection=connection)
+    tracked.rq.enqueue(queue, jobs.import_rows, 1)  # the scripts are loaded
+    connection.script_flush()  # as a restarted server would have it
+    job = tracked.rq.enqueue(queue, jobs.import_rows, 1)  # one transaction, NOSCRIPT inside
+    state = store.load(f"import\0{job.id}")
+    assert state is not None and (state.state, state.in_progress) == ("queued", True)
+    again = tracked.rq.enqueue(queue, jobs.import_rows, 1)  # loaded again: placed again
+    assert store.load(f"import\0{again.id}").position == 3  # type: ignore[union-attr]
+    queue.empty()

@@ -615,11 +615,25 @@ class RedisStore(Store):
     def claimed(self, state: State, owner: Owner, reply: Any) -> None:
         """Finish a claim sent with ``claim_command``, from its reply: ``AlreadyRunning``
         if a live owner held the key, ``StoreError`` for an error reply."""
+        if isinstance(reply, NoScriptError):  # the server lost its scripts since we loaded
+            self._write_loaded = False
+            try:
+                self.claim(state, owner)
+            except AlreadyRunning:
+                pass  # the job's worker took this very run over first (a new key: no other)
+            return
         if isinstance(reply, Exception):
             raise self._failure(reply)
         if int(reply) < 0:
             raise AlreadyRunning(state.key)
         self._remember(state.key, state, owner.run)
+
+    def placed(self, reply: Any) -> bool:
+        """Whether a ``place_command`` was carried out, from its reply (a place is a hint:
+        an error is not raised; a lost script is loaded again next time)."""
+        if isinstance(reply, NoScriptError):
+            self._place_loaded = False
+        return bool(reply == 1)
 
     def place_command(
         self, key: str, run: str, list_key: str, line: tuple[str, str, str, float]

@@ -42,7 +42,7 @@ from ._queued import (
 from ._scope import resolve_store
 from ._state import State
 from ._store import Store
-from .errors import Cancelled
+from .errors import AlreadyRunning, Cancelled
 from .redis import RedisStore
 
 __all__ = [
@@ -140,6 +140,10 @@ def enqueue(queue: rq.Queue, func: Callable[..., Any], *args: Any, **kwargs: Any
             pipe.expire(line[0], LINE_TTL)
         if parsed.pipeline is None:
             _check_replies(pipe.execute(raise_on_error=False), claim, place, state, owner, store)
+    except AlreadyRunning:
+        if claim is not None:  # a new job id held by another run: drop the job again
+            job.cancel()
+        raise
     except BaseException as exc:
         if claim is None:
             withdraw(store, ticket, exc)
@@ -173,8 +177,8 @@ def _check_replies(
     """The replies of the job's transaction: the record's claim first (when it was sent
     there), RQ's own commands, the place in line last (a hint: its error is logged)."""
     if place is not None:
-        if isinstance(replies[-1], Exception):
-            logger.debug("tracked: cannot set the place of %r: %s", state.key, replies[-1])
+        if not store.placed(replies[-1]):
+            logger.debug("tracked: cannot set the place of %r: %r", state.key, replies[-1])
         replies = replies[:-1]
     if claim is not None:
         store.claimed(state, owner, replies[0])
