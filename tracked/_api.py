@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ._progress import Progress, current_progress
+from ._queued import cancel as cancel_key
 from ._scope import StoreSpec, request_scope, resolve_store
 from ._state import State, make_key
 from .errors import NoActiveProgress
@@ -121,7 +122,9 @@ def cancel(
     """Ask the running progress to stop, from any process that shares its store.
 
     True when a live run was asked (asking again is harmless); False when none is
-    running (unknown, or already ended). The owner's flusher sees the request
+    running (unknown, or already ended). A ``queued`` run (its job still waits in a
+    queue) ends ``cancelled`` at once and never starts; its job leaves the queue
+    where this process can remove it (see docs/cancel.md). The owner's flusher sees the request
     within about its ``min_interval``: ``Progress.cancel_requested`` turns true,
     ``check()`` raises ``tracked.Cancelled``, a ``@tracked`` generator gets
     ``Cancelled`` thrown in at its next yield, a ``@tracked`` coroutine's task is
@@ -130,4 +133,4 @@ def cancel(
     ``cancel_requested: true`` at once. The run ends ``cancelled`` only if it stopped
     on the request; a task that never checks reads its own end (``finished``...).
     """
-    return resolve_store(store).request_cancel(make_key(name, progress_id))
+    return cancel_key(resolve_store(store), make_key(name, progress_id))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections.abc
 import contextvars
+import dataclasses
 import inspect
 import string
 import sys
@@ -19,11 +20,21 @@ import wrapt
 
 from ._api import start, start_queued
 from ._progress import Progress, _check_interval, _check_max_messages, current_progress
+from ._queued import NotStarted, find_takeover, stop_signal, take_over
 from ._scope import StoreSpec, request_scope, resolve_store
 from ._state import check_total, validate_name, validate_progress_id
-from .errors import InvalidName, InvalidValue
+from ._store import Store
+from .errors import Cancelled, InvalidName, InvalidValue
 
-__all__ = ["awaiting", "drive_async", "tracked"]
+__all__ = [
+    "CallPlan",
+    "awaiting",
+    "describe_call",
+    "drive_async",
+    "tracked",
+    "tracked_function",
+    "tracked_store",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _NoneType = type(None)
@@ -88,9 +99,63 @@ def tracked(
             wrapper = spec.call_coroutine
         else:
             wrapper = spec.call
-        return wrapt.decorator(wrapper)(func)  # type: ignore[return-value]
+        decorated = wrapt.decorator(wrapper)(func)
+        # For describe_call (a queue integration); a ``_self_`` name stays on the wrapper.
+        decorated._self_tracked_spec = spec  # type: ignore[attr-defined]
+        return decorated  # type: ignore[return-value]
 
     return decorate
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CallPlan:
+    """What a call of a ``@tracked`` function will be, worked out before it runs (a
+    queue integration publishes its ``queued`` record from it)."""
+
+    name: str | None
+    total: int | None
+    store: Store
+    #: ``module.qualname`` of the decorated function: the worker that runs it takes
+    #: the queued run over.
+    function: str
+
+
+def tracked_function(func: object) -> Callable[..., Any] | None:
+    """The ``@tracked`` function ``func`` is, or wraps (through ``__wrapped__``, as a
+    Celery task's ``run`` with ``autoretry_for`` does); None if there is none."""
+    for _ in range(4):
+        if func is None:
+            return None
+        if isinstance(getattr(func, "_self_tracked_spec", None), _Spec):
+            return func  # type: ignore[return-value]
+        func = getattr(func, "__wrapped__", None)
+    return None
+
+
+def tracked_store(func: object) -> Store | None:
+    """The store a ``@tracked`` function's decorator names (None: the default)."""
+    found = tracked_function(func)
+    spec = getattr(found, "_self_tracked_spec", None)
+    return spec.store if isinstance(spec, _Spec) else None
+
+
+def describe_call(
+    func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> CallPlan:
+    """The name, total and store a call ``func(*args, **kwargs)`` of a ``@tracked``
+    function would use, outside any web request; ``TypeError`` for another callable."""
+    spec = getattr(func, "_self_tracked_spec", None)
+    wrapped = getattr(func, "__wrapped__", None)
+    if not isinstance(spec, _Spec) or wrapped is None:
+        raise TypeError(f"{func!r} is not a @tracked function")
+    instance = getattr(func, "__self__", None)
+    total = spec.total
+    if callable(total):
+        total = _check_total_result(total(*args, **kwargs))
+    context = contextvars.Context()  # no request scope: the worker will have none either
+    name = context.run(spec.resolve_name, wrapped, instance, args, kwargs)
+    store = spec.store if spec.store is not None else context.run(resolve_store, None)
+    return CallPlan(name, total, store, f"{wrapped.__module__}.{wrapped.__qualname__}")
 
 
 class _Spec:
@@ -154,6 +219,15 @@ class _Spec:
         total = self.total
         if callable(total):
             total = _check_total_result(total(*args, **kwargs))
+        found = find_takeover(wrapped)
+        if found is not None:  # a queue's worker starts this queued run: take it over
+            return take_over(
+                found,
+                total,
+                store=self.store,
+                min_interval=self.min_interval,
+                max_messages=self.max_messages,
+            )
         progress_id = self.progress_id
         if callable(progress_id):
             progress_id = validate_progress_id(progress_id(*args, **kwargs))
@@ -205,8 +279,18 @@ class _Spec:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
-        with self.start(wrapped, instance, args, kwargs) as progress:
-            return returned(progress, wrapped(*args, **kwargs))
+        try:
+            progress = self.start(wrapped, instance, args, kwargs)
+        except NotStarted as skipped:  # a queued run cancelled before its worker got to it
+            return skipped.value
+        try:
+            with progress:
+                return returned(progress, wrapped(*args, **kwargs))
+        except Cancelled as exc:  # a queue's worker may take another signal for a stop
+            replaced = stop_signal(progress, exc)
+            if replaced is None:
+                raise
+            raise replaced from exc
 
     def call_generator(
         self,
@@ -234,7 +318,10 @@ class _Spec:
         kwargs: dict[str, Any],
     ) -> Coroutine[Any, Any, Any]:
         coroutine = wrapped(*args, **kwargs)  # runs none of its body yet
-        progress = self.start_for(coroutine.close, wrapped, instance, args, kwargs)
+        try:
+            progress = self.start_for(coroutine.close, wrapped, instance, args, kwargs)
+        except NotStarted as skipped:  # a queued run cancelled before its worker got to it
+            return _value(skipped.value)
         return awaiting(coroutine, progress)
 
     def call_async_generator(
@@ -389,6 +476,10 @@ async def awaiting(coroutine: Coroutine[Any, Any, Any], progress: Progress) -> A
     returned(progress, result)
     progress.finish()
     return result
+
+
+async def _value(value: Any) -> Any:
+    return value
 
 
 def _cancel_task_on_request(progress: Progress) -> None:

@@ -32,6 +32,7 @@ from ._store import (
     decode_record,
     encode_record,
     judge,
+    swappable,
 )
 from .errors import RunSuperseded, StoreError
 
@@ -94,6 +95,21 @@ class FileStore(Store):
                 "not overwriting it"
             )
         self._write(path, encode_record(state, owner))
+
+    def swap(self, state: State, owner: Owner, *, run: str, was: frozenset[str]) -> bool:
+        """Under the claim lock, as claims: a queued record has no owner process whose
+        unlocked ``save`` could race it (its one writer is whoever swaps it)."""
+        key = state.key
+        self._make_writable()
+        with self._locked():
+            try:
+                existing = self.read(key)
+            except StoreError:
+                return False
+            if not swappable(existing, run, was):
+                return False
+            self._write(self.path_for(key), encode_record(state, owner))
+        return True
 
     def _stored_run(self, path: Path) -> str | None:
         """The run token of the record at ``path`` (a cheap read of the file's head);

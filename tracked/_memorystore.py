@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn
 
 from ._state import State
-from ._store import Owner, Record, SharedPart, Store, cancellable, claim_or_raise
+from ._store import Owner, Record, SharedPart, Store, cancellable, claim_or_raise, swappable
 from .errors import RunSuperseded, StoreError
 
 __all__ = ["MemoryStore"]
@@ -49,6 +49,15 @@ class MemoryStore(Store):
                 )
             self._records[key] = Record(state, owner)
         self._changed(key, state)
+
+    def swap(self, state: State, owner: Owner, *, run: str, was: frozenset[str]) -> bool:
+        key = state.key
+        with self._lock:
+            if not swappable(self._records.get(key), run, was):
+                return False
+            self._records[key] = Record(state, owner)
+        self._changed(key, state)
+        return True
 
     # ------------------------------------------------------------------ shared runs
     # Joined handles in this same process (threads) work; other processes cannot see

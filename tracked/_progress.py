@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import contextvars
+import dataclasses
 import itertools
 import logging
 import os
@@ -74,6 +75,7 @@ class Progress:
 
     __slots__ = (
         "__weakref__",
+        "_attempt",
         "_base",
         "_cancel_hooks",
         "_cancel_requested",
@@ -102,6 +104,7 @@ class Progress:
         "_rate_time",
         "_ref",
         "_result",
+        "_retry",
         "_scheduled",
         "_state",
         "_status",
@@ -184,6 +187,10 @@ class Progress:
         self._delivered = False  # set once: tracked.Cancelled reached the task (or its job)
         self._position = position  # a queued run's place in line (1 = next)
         self._cancel_hooks: list[Callable[[], object]] = []  # run when that is seen
+        self._attempt = 1  # a queued run's attempt (tracked._queued), kept across retries
+        #: Set by a take-over: given the exception a run ends by, the owner of the queued
+        #: record to go back in line with (the queue will retry it), or None: it ends.
+        self._retry: Callable[[BaseException], Owner | None] | None = None
 
     def __repr__(self) -> str:
         total = "?" if self._total is None else self._total
@@ -206,6 +213,66 @@ class Progress:
         self._clean = True
         _flusher.watch(self)
         return self
+
+    def _take_over(self, queued: State | None, run: str, was: frozenset[str]) -> bool:
+        """Become the owner of queued run ``run`` (``tracked._queued``): the run keeps the
+        count, messages, attempt and start time of ``queued``, the record read (None:
+        there is none, claim it afresh under the same run). False if the record is no
+        longer that run in one of the states ``was``."""
+        if queued is not None:
+            self._base = queued.count
+            self._kept.extend(queued.messages)
+            self._kept_tuple = tuple(self._kept)
+            self._message_count = queued.message_count
+            self._attempt = queued.attempt
+            self.start_time = queued.start_time
+        owner = Owner.for_this_process(run)
+        register_live_run(run)
+        try:
+            if queued is None:
+                self.store.claim(self.snapshot(), owner)
+            elif not self.store.swap(self.snapshot(), owner, run=run, was=was):
+                unregister_live_run(run)
+                return False
+        except BaseException:
+            unregister_live_run(run)
+            raise
+        self._owner = owner
+        self._last_write = time.monotonic()
+        self._clean = True
+        _flusher.watch(self)
+        return True
+
+    def _requeue(self, owner: Owner, status: str) -> bool:
+        """Put this run back in line for another attempt (the queue retries its job):
+        the record reads ``queued`` with the next attempt, its count and messages kept,
+        owned by ``owner`` (a queued owner of the same run). False, changing nothing,
+        when that cannot be written: the run then ends as it would have."""
+        if self._owner is None or not self._owned() or self._cancel_requested:
+            return False
+        with self._write_lock:
+            if self._ended:
+                return False
+            state = dataclasses.replace(
+                self.snapshot(), state="queued", status=status, attempt=self._attempt + 1
+            )
+            try:
+                swapped = self.store.swap(
+                    state, owner, run=self._owner.run, was=frozenset({"running"})
+                )
+            except Exception as exc:  # noqa: BLE001 - the run then ends as a failure
+                logger.warning("tracked: cannot put %r back in line: %s", self.key, exc)
+                return False
+            if not swapped:
+                return False
+            with self._lock:
+                self._ended = True
+                self._clean = False
+                self._state = "queued"
+                self._final = state
+        _flusher.forget(self)
+        unregister_live_run(self._owner.run)
+        return True
 
     def finish(self) -> None:
         """End as ``finished``; the final snapshot is written at once."""
@@ -383,7 +450,12 @@ class Progress:
 
     def _end_by(self, exc: BaseException | None) -> None:
         """End the way an exiting block says: no exception finishes, an interrupt,
-        ``GeneratorExit`` or a task's cancellation cancels, any other exception fails."""
+        ``GeneratorExit`` or a task's cancellation cancels, any other exception fails
+        (or, for a queued run its queue will retry, puts it back in line)."""
+        if exc is not None and self._retry is not None:
+            owner = self._retry(exc)
+            if owner is not None and self._requeue(owner, f"retrying after {_describe(exc)}"):
+                return
         if exc is None:
             self.finish()
         elif _is_cancellation(exc):
@@ -636,6 +708,7 @@ class Progress:
             finished_time=self._finished_time,
             rate=self._update_rate(count),
             result=self._result if self._ended else None,
+            attempt=self._attempt,
         )
 
     def _update_rate(self, count: int) -> float | None:

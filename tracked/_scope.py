@@ -70,6 +70,24 @@ class JobSettings:
 #: Read by ``_jobs`` each time it decides whether to start a thread.
 jobs = JobSettings()
 
+#: Seconds a queued record waits for a worker before readers judge it abandoned
+#: (a day), unless the queue's own expiry of the job (RQ ``ttl``, Celery
+#: ``expires``) or ``configure(queued_timeout=...)`` says otherwise.
+DEFAULT_QUEUED_TIMEOUT = 86400.0
+_queued_timeout = [DEFAULT_QUEUED_TIMEOUT]
+
+
+def queued_timeout() -> float:
+    """This process's default queued timeout, in seconds (see ``configure``)."""
+    return _queued_timeout[0]
+
+
+def check_timeout(seconds: object) -> float:
+    """``seconds`` as a positive float, else ``InvalidValue``."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+        raise InvalidValue(f"queued_timeout must be a number of seconds > 0, got {seconds!r}")
+    return float(seconds)
+
 _configured: Store | None = None
 _from_environment: Store | None = None
 _opened: dict[str, Store] = {}
@@ -94,6 +112,7 @@ def configure(
     max_workers: int | None = None,
     exit_timeout: float | None = None,
     max_result_bytes: int | None = None,
+    queued_timeout: float | None = None,
 ) -> None:
     """Set process-wide settings; an argument left out keeps its current value.
 
@@ -104,14 +123,21 @@ def configure(
     jobs wait, queued. ``exit_timeout``: seconds the interpreter's exit waits for
     running jobs (default 10) before ending them ``cancelled``.
     ``max_result_bytes``: the largest result published, in bytes of JSON (64 KiB).
+    ``queued_timeout``: seconds a queued run (``tracked.rq``, ``tracked.celery``)
+    waits for a worker before readers judge it abandoned (a day), unless the job's
+    own expiry says otherwise.
     """
     global _configured, _from_environment
     jobs.check(max_workers, exit_timeout)
     keep_store = isinstance(store, _Keep)
     chosen = None if store is None or isinstance(store, _Keep) else open_store(store)
     # Everything that can fail has been checked (this validates first): apply.
+    if queued_timeout is not None:
+        check_timeout(queued_timeout)
     if max_result_bytes is not None:
         set_max_result_bytes(max_result_bytes)
+    if queued_timeout is not None:
+        _queued_timeout[0] = float(queued_timeout)
     if max_workers is not None:
         jobs.max_workers = max_workers
     if exit_timeout is not None:

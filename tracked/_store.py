@@ -30,9 +30,13 @@ __all__ = [
     "encode_record",
     "merge_parts",
     "open_store",
+    "owner_gone_here",
+    "swappable",
 ]
 
 RECORD_VERSION = 1
+#: The host of a queued record's owner: a queue holds the run, no process does.
+QUEUE_HOST = "(queue)"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -51,14 +55,30 @@ class Owner:
     lease_expires: float | None = None
 
     @classmethod
-    def for_this_process(cls) -> Owner:
-        """A new owner record for a claim made by this process."""
+    def for_this_process(cls, run: str | None = None) -> Owner:
+        """A new owner record for a claim made by this process (of run ``run``, a new
+        one by default: a worker taking over a queued run keeps the run's token)."""
         identity = _identity()
-        return cls(host=identity.host, pid=identity.pid, token=identity.token, run=uuid.uuid4().hex)
+        return cls(
+            host=identity.host, pid=identity.pid, token=identity.token, run=run or uuid.uuid4().hex
+        )
+
+    @classmethod
+    def waiting(cls, run: str, expires: float) -> Owner:
+        """The owner of a ``queued`` record: no process, only a lease that lapses at
+        ``expires`` (the queued timeout), after which readers judge it abandoned."""
+        return cls(host=QUEUE_HOST, pid=0, token="", run=run, lease_expires=expires)
 
     def to_dict(self) -> dict[str, Any]:
-        """The owner as a JSON object."""
-        return dataclasses.asdict(self)
+        """The owner as a JSON object (built by hand: ``asdict`` costs more than a claim's
+        encoding of the whole state)."""
+        return {
+            "host": self.host,
+            "pid": self.pid,
+            "token": self.token,
+            "run": self.run,
+            "lease_expires": self.lease_expires,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Owner:
@@ -223,6 +243,18 @@ def owner_alive(owner: Owner, now: float | None = None) -> bool:
 _HAS_PROC = os.path.isdir("/proc/self")
 
 
+def owner_gone_here(owner: Owner) -> bool:
+    """Whether ``owner`` was a process of this host that no longer runs, whatever its
+    lease says (a worker retrying a job whose earlier process was killed need not wait
+    for that lease to lapse)."""
+    identity = _identity()
+    if owner.host != identity.host or owner.pid <= 0 or not _HAS_PROC:
+        return False
+    if owner.pid == identity.pid and owner.token == identity.token:
+        return owner.run not in _live_runs
+    return _process_token(owner.pid) != owner.token
+
+
 def _pid_exists(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -314,6 +346,17 @@ class Store(abc.ABC):
     def prune(self, older_than: float) -> int:
         """Delete ended and abandoned records that ended more than ``older_than``
         seconds ago; never a running one. Returns how many were deleted."""
+
+    def swap(self, state: State, owner: Owner, *, run: str, was: frozenset[str]) -> bool:
+        """Write ``state`` and ``owner`` in place of the record of run ``run`` if readers
+        judge it to be in one of the states ``was`` (``queued``, ``running``,
+        ``abandoned``...), atomically; False, writing nothing, otherwise.
+
+        The one step of a queued run's life (``tracked._queued``): a worker's take-over
+        (queued to running), a cancel before it started (queued to cancelled), a
+        retry (running back to queued). All messages are written anew.
+        """
+        raise StoreError(f"{self!r} cannot hold queued runs")
 
     def request_cancel(self, key: str) -> bool:
         """Ask the running progress ``key`` to stop: True when a live run was asked
@@ -498,6 +541,13 @@ def merge_parts(state: State, parts: Sequence[SharedPart], now: float | None = N
         messages=messages,
         rate=rate,
     )
+
+
+def swappable(record: Record | None, run: str, was: frozenset[str]) -> bool:
+    """Whether ``Store.swap`` of run ``run`` from the states ``was`` may replace ``record``."""
+    if record is None or record.owner is None or record.owner.run != run:
+        return False
+    return judge(record).state in was
 
 
 def claim_or_raise(existing: Record | None, key: str) -> None:

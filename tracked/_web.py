@@ -36,6 +36,7 @@ from urllib.parse import parse_qsl
 import tracked
 
 from . import _watch
+from ._state import split_key
 from ._url import key_url
 
 __all__ = [
@@ -346,7 +347,12 @@ class StatusService:
         store = self.store or tracked.default_store()
         try:
             state = store.load(key)
-            asked = state is not None and state.in_progress and store.request_cancel(key)
+            name, progress_id = split_key(key)
+            asked = (
+                state is not None
+                and state.in_progress
+                and tracked.cancel(name, progress_id=progress_id, store=store)
+            )
         except Exception as exc:  # noqa: BLE001 - a store problem, answered in JSON
             logger.warning("tracked: cannot ask %r to stop: %s", key, exc)
             return error(500, "the progress store cannot be used")
@@ -354,6 +360,11 @@ class StatusService:
             return error(404, f"no progress {shown!r}")
         if not asked:
             return error(409, f"progress {shown!r} is not running (it ended {state.state})")
+        if state.state == "queued":  # it ended at once: answer with its final state
+            try:
+                state = store.load(key) or state
+            except Exception:  # the state read before is still true enough
+                logger.debug("tracked: cannot read %r after its cancel", key, exc_info=True)
         body = render(self._shown(state)).body
         return Response(202, (("Content-Type", JSON_TYPE), _NO_STORE), body)
 

@@ -26,8 +26,8 @@ from socketserver import ThreadingMixIn
 from typing import Any, NoReturn, TextIO
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from . import State, Store, TrackedError, default_store, open_store
-from ._state import DEFAULT_STATUS, make_key
+from . import State, Store, TrackedError, cancel, default_store, open_store
+from ._state import DEFAULT_STATUS, make_key, split_key
 
 __all__ = ["main", "parse_duration"]
 
@@ -515,7 +515,8 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
     wait = None if args.wait is None else _seconds(args.wait, "--wait")
     store = _store(args)
     key, _ = _load_any(store, keys)  # NAME as tracked list shows it works here too
-    if not store.request_cancel(key):
+    name, progress_id = split_key(key)
+    if not cancel(name, progress_id=progress_id, store=store):
         state = store.load(key)
         why = "is not in" if state is None else f"already ended {state.state} in"
         print(printable(f"tracked cancel: progress {_shown(key)} {why} {_where(store)}"),

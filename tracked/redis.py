@@ -143,6 +143,67 @@ redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 1
 """
 
+# KEYS: record, messages, lease. ARGV: "running message_count lease_ms expire_ms keep",
+# run, state, owner, channel, payload, expected run, allowed states ("a,b"), messages...
+# -- ``Store.swap``: replaces the record of the expected run if its state as readers
+# judge it (a running one whose lease lapsed is abandoned) is allowed; 1 written, 0 not.
+_SWAP = _LIVE + """
+local rec, msgs, lease = KEYS[1], KEYS[2], KEYS[3]
+if redis.call('TYPE', rec).ok ~= 'hash' then return 0 end
+local fields = redis.call('HMGET', rec, 'run', 'running', 'state')
+if fields[1] ~= ARGV[7] or not fields[3] then return 0 end
+local judged = cjson.decode(fields[3]).state
+if fields[2] == '1' and not live(lease) then judged = 'abandoned' end
+if not string.find(',' .. ARGV[8] .. ',', ',' .. judged .. ',', 1, true) then return 0 end
+local running, mc, lease_ms, expire_ms, keep = string.match(ARGV[1],
+  '^([01]) (%d+) (%d+) (%d+) (%d+)$')
+keep = tonumber(keep)
+redis.call('DEL', msgs)
+for i = 9, #ARGV, 1000 do
+  redis.call('RPUSH', msgs, unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
+if keep > 0 then redis.call('LTRIM', msgs, -keep, -1) end
+redis.call('HSET', rec, 'state', ARGV[3], 'owner', ARGV[4], 'run', ARGV[2],
+  'running', running, 'mc', mc)
+redis.call('HINCRBY', rec, 'v', 1)
+if running == '1' then
+  redis.call('SET', lease, ARGV[2], 'PX', tonumber(lease_ms))
+else
+  redis.call('DEL', lease)
+end
+if tonumber(expire_ms) > 0 then
+  redis.call('PEXPIRE', rec, tonumber(expire_ms))
+  if keep > 0 then redis.call('PEXPIRE', msgs, tonumber(expire_ms)) end
+else
+  redis.call('PERSIST', rec)
+  redis.call('PERSIST', msgs)
+end
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return 1
+"""
+
+# KEYS: record, list, line. ARGV: run, channel, job id, line entry, line ttl_ms -- a
+# queued record of that run takes the length of the list (a queue its job was just
+# pushed on, in the same transaction) as its ``position``, and the queue's line hash
+# maps the job to the record (see ``tracked.rq``); 1 written, 0 not (another run, or no
+# longer queued). Within the stored JSON the first '"position":' is the key itself:
+# every quote inside a string is escaped.
+_PLACE = """
+redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
+redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[5]))
+local fields = redis.call('HMGET', KEYS[1], 'run', 'state')
+if fields[1] ~= ARGV[1] or not fields[2] then return 0 end
+if not string.find(fields[2], '"state":"queued"', 1, true) then return 0 end
+local place = '"position":' .. redis.call('LLEN', KEYS[2])
+local start, stop = string.find(fields[2], '"position":[%d]*n?u?l?l?')
+if not start then return 0 end
+local state = string.sub(fields[2], 1, start - 1) .. place .. string.sub(fields[2], stop + 1)
+redis.call('HSET', KEYS[1], 'state', state)
+redis.call('HINCRBY', KEYS[1], 'v', 1)
+redis.call('PUBLISH', ARGV[2], '{"messages":[],' .. string.sub(state, 2))
+return 1
+"""
+
 # KEYS: record, parts. ARGV: run, field, part -- writes one joined worker's part while
 # that run is running; returns 1 written, 0 the run is over (the part is dropped).
 # A part changes what readers see, so it bumps the record's version ``v`` too.
@@ -321,6 +382,10 @@ class RedisStore(Store):
         self._client: Client | None = None
         self._client_lock = threading.Lock()
         self._write = _Script(_WRITE)
+        self._swap = _Script(_SWAP)
+        self._place = _Script(_PLACE)
+        self._place_loaded = False
+        self._write_loaded = False
         self._prune = _Script(_PRUNE)
         self._read = _Script(_READ)
         self._delete = _Script(_DELETE)
@@ -504,6 +569,113 @@ class RedisStore(Store):
                 results[i] = self._refusal(state.key, reply)
         return again
 
+    def swap(self, state: State, owner: Owner, *, run: str, was: frozenset[str]) -> bool:
+        """One script call: the check and the write are atomic on the server."""
+        key = state.key
+        keys, channel = self._names(key)
+        wire, event = _encode(state, state.messages)
+        running = state.in_progress
+        lease = self._lease_of(owner)
+        numbers = (
+            f"{1 if running else 0} {state.message_count} {_ms(lease)} "
+            f"{self._expire_ms(running, lease)} {len(state.messages)}"
+        )
+        new_run, owner_json = _owner_args(owner)
+        args: list[str | bytes | int] = [
+            numbers.encode(),
+            new_run,
+            wire.encode(),
+            owner_json,
+            channel,
+            event.encode(),
+            _clean(run).encode(),
+            ",".join(sorted(was)).encode(),
+            *[_clean(message).encode() for message in state.messages],
+        ]
+        self._written.pop(key, None)
+        swapped = bool(self._call(self._run, self._swap, keys, args))
+        if swapped:
+            self._remember(key, state, owner.run)
+        return swapped
+
+    def claim_command(self, state: State, owner: Owner) -> tuple[Any, ...] | None:
+        """The Redis command of ``claim(state, owner)`` (one script call), for a caller's
+        transaction on this very server (see ``same_server``): a queue integration
+        publishes a run's record in the same transaction as its job. Read its reply
+        with ``claimed``. None when this store is a cluster."""
+        if isinstance(self.client, RedisCluster):
+            return None
+        if not self._write_loaded:  # once per store: inside a transaction NOSCRIPT would stick
+            self._call(self._write.load, self.client)
+            self._write_loaded = True
+        self._written.pop(state.key, None)
+        keys, args = self._write_call("claim", state, owner, None)
+        return self._write.command(keys, args)
+
+    def claimed(self, state: State, owner: Owner, reply: Any) -> None:
+        """Finish a claim sent with ``claim_command``, from its reply: ``AlreadyRunning``
+        if a live owner held the key, ``StoreError`` for an error reply."""
+        if isinstance(reply, NoScriptError):  # the server lost its scripts since we loaded
+            self._write_loaded = False
+            try:
+                self.claim(state, owner)
+            except AlreadyRunning:
+                pass  # the job's worker took this very run over first (a new key: no other)
+            return
+        if isinstance(reply, Exception):
+            raise self._failure(reply)
+        if int(reply) < 0:
+            raise AlreadyRunning(state.key)
+        self._remember(state.key, state, owner.run)
+
+    def placed(self, reply: Any) -> bool:
+        """Whether a ``place_command`` was carried out, from its reply (a place is a hint:
+        an error is not raised; a lost script is loaded again next time)."""
+        if isinstance(reply, NoScriptError):
+            self._place_loaded = False
+        return bool(reply == 1)
+
+    def place_command(
+        self, key: str, run: str, list_key: str, line: tuple[str, str, str, float]
+    ) -> tuple[Any, ...] | None:
+        """The Redis command that sets the ``position`` of ``key``'s queued record (run
+        ``run``) to the length of the list ``list_key``, for a queue on this very server
+        and database to send in its own transaction, right after its push (one round
+        trip for both); it also sets field ``line[1]`` of hash ``line[0]`` to ``line[2]``
+        with a TTL of ``line[3]`` seconds (the queue's map from jobs to records). None
+        when this store is a cluster."""
+        if isinstance(self.client, RedisCluster):
+            return None
+        if not self._place_loaded:  # once per store: inside a transaction NOSCRIPT would stick
+            self._call(self._place.load, self.client)
+            self._place_loaded = True
+        keys = [self.record_key(key), list_key, line[0]]
+        args: list[str | bytes | int] = [
+            _clean(run),
+            self.channel(key),
+            line[1],
+            line[2],
+            _ms(line[3]),
+        ]
+        return self._place.command(keys, args)
+
+    def same_server(self, client: Any) -> bool:
+        """Whether ``client`` (a ``redis.Redis``) talks to this store's server and database."""
+        mine = self.client
+        if not isinstance(mine, redis.Redis) or not isinstance(client, redis.Redis):
+            return False
+        ours = mine.connection_pool.connection_kwargs
+        theirs = client.connection_pool.connection_kwargs
+        where = ("host", "port", "path", "db")
+        return all(ours.get(name) == theirs.get(name) for name in where)
+
+    def _lease_of(self, owner: Owner) -> float:
+        """Seconds of lease a write gives: the store's, or what a queued record's owner
+        has left of its queued timeout (at least a millisecond)."""
+        if owner.lease_expires is None:
+            return self._lease
+        return max(0.001, owner.lease_expires - time.time())
+
     def _refusal(self, key: str, reply: int) -> RunSuperseded:
         """Why the write script refused a snapshot: another run owns the key, or this
         run has already ended there."""
@@ -526,9 +698,10 @@ class RedisStore(Store):
         base, new_messages = _new_messages(state, owner.run, previous)
         wire, event = _encode(state, new_messages)
         running = state.in_progress
+        lease = self._lease_of(owner)
         numbers = (
-            f"{mode} {1 if running else 0} {state.message_count} {_ms(self._lease)} "
-            f"{self._expire_ms(running)} {base} {len(state.messages)}"
+            f"{mode} {1 if running else 0} {state.message_count} {_ms(lease)} "
+            f"{self._expire_ms(running, lease)} {base} {len(state.messages)}"
         )
         run, owner_json = _owner_args(owner)
         args: list[str | bytes | int] = [
@@ -542,11 +715,11 @@ class RedisStore(Store):
         ]
         return keys, args
 
-    def _expire_ms(self, running: bool) -> int:
+    def _expire_ms(self, running: bool, lease: float | None = None) -> int:
         """Milliseconds until the record expires: never while its lease is renewed."""
         if self.finished_ttl is None:
             return 0
-        extra = self._lease if running else 0.0
+        extra = (self._lease if lease is None else lease) if running else 0.0
         return _ms(self.finished_ttl + extra)
 
     def _remember(self, key: str, state: State, run: str) -> None:

@@ -1,0 +1,258 @@
+"""``tracked.celery``: a real ``celery worker`` (solo pool) runs plain ``@tracked`` tasks
+(tests/tracked_celery_jobs.py) of an app with ``tracked.celery.install(app)``."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+import tracked
+from tests.conftest import ROOT, RedisServer
+from tracked.redis import RedisStore
+
+LEASE = 1.0
+DEADLINE = 60.0
+
+
+@pytest.fixture(scope="module")
+def url(redis_server: RedisServer) -> str:
+    return f"redis://127.0.0.1:{redis_server.port}/6"
+
+
+@pytest.fixture(scope="module")
+def env(url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    values = {
+        "TRACKED_JOBS_REDIS": url,
+        "TRACKED_JOBS_LEASE": str(LEASE),
+        "TRACKED_JOBS_SIDE": str(tmp_path_factory.mktemp("celery-side")),
+        "PYTHONPATH": str(ROOT),
+    }
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    yield {**os.environ, **values}
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def jobs(env: dict[str, str]) -> ModuleType:
+    return importlib.import_module("tests.tracked_celery_jobs")
+
+
+@pytest.fixture
+def store(jobs: ModuleType, url: str) -> Iterator[RedisStore]:
+    reader = RedisStore(url, lease=LEASE)
+    tracked.configure(store=reader)
+    yield reader
+    tracked.configure(store=None)
+    reader.close()
+
+
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tests.tracked_celery_jobs",
+        "worker",
+        "--pool=solo",
+        "--loglevel=INFO",
+        "--without-heartbeat",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
+
+
+def until(
+    read: Callable[[], tracked.State | None], holds: Callable[[tracked.State], bool]
+) -> tracked.State:
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        state = read()
+        if state is not None and holds(state):
+            return state
+        time.sleep(0.02)
+    raise AssertionError(f"never held; last state: {read()}")
+
+
+def test_sent_tasks_read_queued_then_a_solo_worker_takes_them_over(
+    jobs: ModuleType,
+    store: RedisStore,
+    env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    side = Path(env["TRACKED_JOBS_SIDE"])
+    first = jobs.import_rows.delay(3, 0.01, "c-first")
+    dropped = jobs.import_rows.delay(3, 0.01, "c-dropped")
+    retried = jobs.flaky.delay("c-flaky")
+    # Queued before any worker exists: the record is there when delay() returns.
+    for result, name in (
+        (first, "celery-import"),
+        (dropped, "celery-import"),
+        (retried, "celery-flaky"),
+    ):
+        state = store.load(f"{name}\0{result.id}")
+        assert state is not None and (state.state, state.count, state.attempt) == ("queued", 0, 1)
+    assert tracked.cancel("celery-import", progress_id=dropped.id)
+    state = store.load(f"celery-import\0{dropped.id}")
+    assert state is not None and (state.state, state.count) == ("cancelled", 0)
+    process = start_worker(env, tmp_path / "celery.log")
+    try:
+        done = until(lambda: store.load(f"celery-import\0{first.id}"), lambda s: not s.in_progress)
+        assert (done.state, done.count, done.result) == ("finished", 3, {"rows": 3})
+        assert first.get(timeout=DEADLINE) == done.result  # Celery's result and the run's agree
+        flaky = until(
+            lambda: store.load(f"celery-flaky\0{retried.id}"), lambda s: not s.in_progress
+        )
+        assert (flaky.state, flaky.attempt, flaky.result) == ("finished", 2, 2)
+        assert flaky.messages == ("attempt 1", "attempt 2") and flaky.count == 2
+        assert retried.get(timeout=DEADLINE) == 2
+        # The cancelled one never ran (revoked, or skipped if it was already received).
+        time.sleep(0.5)
+        assert not (side / "c-dropped.started").exists()
+        assert store.load(f"celery-import\0{dropped.id}").state == "cancelled"  # type: ignore[union-attr]
+    finally:
+        stop(process)
+
+
+@pytest.fixture(scope="module")
+def solo(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One solo worker for the module's remaining tests."""
+    log = tmp_path_factory.mktemp("celery-solo") / "celery.log"
+    process = start_worker(env, log)
+    yield log
+    stop(process)
+
+
+@pytest.mark.parametrize("checks", [True, False])
+def test_cancel_of_a_running_task(
+    jobs: ModuleType, store: RedisStore, solo: Path, env: dict[str, str], checks: bool
+) -> None:
+    side = Path(env["TRACKED_JOBS_SIDE"])
+    mark = f"c-running-{checks}"
+    result = jobs.loop.delay(40, 0.05, mark, checks)
+    key = f"celery-loop\0{result.id}"
+    until(lambda: store.load(key), lambda s: s.state == "running" and s.count >= 2)
+    assert tracked.cancel("celery-loop", progress_id=result.id, store=store)
+    state = until(lambda: store.load(key), lambda s: not s.in_progress)
+    if checks:  # stopped at the request: cancelled, and Celery says revoked
+        assert state.state == "cancelled" and state.count < 40
+        assert not (side / f"{mark}.done").exists()
+        deadline = time.monotonic() + DEADLINE
+        while result.state != "REVOKED":
+            assert time.monotonic() < deadline, result.state
+            time.sleep(0.05)
+    else:  # never looked: its own end, the request on record (honest end)
+        assert (state.state, state.count, state.cancel_requested) == ("finished", 40, True)
+        assert result.get(timeout=DEADLINE) == state.result
+
+
+def test_revoke_before_start_ends_the_run_cancelled_unrun(
+    jobs: ModuleType, store: RedisStore, solo: Path, env: dict[str, str]
+) -> None:
+    side = Path(env["TRACKED_JOBS_SIDE"])
+    result = jobs.loop.apply_async((3, 0.01, "c-revoked"), countdown=3)  # received, waiting
+    key = f"celery-loop\0{result.id}"
+    assert store.load(key).state == "queued"  # type: ignore[union-attr]
+    time.sleep(0.5)
+    result.revoke()
+    state = until(lambda: store.load(key), lambda s: not s.in_progress)
+    assert (state.state, state.count) == ("cancelled", 0)
+    time.sleep(3.0)  # past its countdown: it still never runs
+    assert not (side / "c-revoked.started").exists()
+
+
+def test_an_error_before_the_body_ends_the_run_failed(
+    jobs: ModuleType, store: RedisStore, solo: Path, env: dict[str, str]
+) -> None:
+    result = jobs.never_starts.delay("c-setup")
+    key = f"celery-setup\0{result.id}"
+    state = until(lambda: store.load(key), lambda s: not s.in_progress)
+    assert state.state == "failed" and "the task's setup failed" in (state.error or "")
+    assert not (Path(env["TRACKED_JOBS_SIDE"]) / "c-setup.started").exists()
+
+
+def test_a_purged_queue_ends_its_runs_abandoned_after_the_queued_timeout(
+    jobs: ModuleType, store: RedisStore
+) -> None:
+    tracked.configure(queued_timeout=1.0)
+    try:
+        result = jobs.loop.apply_async((3, 0.01, "c-purged"), queue="nobody-listens")
+    finally:
+        tracked.configure(queued_timeout=86400)
+    key = f"celery-loop\0{result.id}"
+    assert store.load(key).state == "queued"  # type: ignore[union-attr]
+    jobs.app.control.purge()
+    state = until(lambda: store.load(key), lambda s: not s.in_progress)
+    assert (state.state, state.count) == ("abandoned", 0)
+
+
+def test_prefork_soft_time_limit_fails_terminate_cancels_and_kill_9_reads_abandoned(
+    jobs: ModuleType, store: RedisStore, env: dict[str, str], tmp_path: Path
+) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tests.tracked_celery_jobs",
+        "worker",
+        "--pool=prefork",
+        "-c",
+        "2",
+        "-Q",
+        "prefork",
+        "--loglevel=INFO",
+        "--without-heartbeat",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    with (tmp_path / "prefork.log").open("ab") as out:
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        limited = jobs.loop.apply_async((100, 0.05, "c-soft"), queue="prefork", soft_time_limit=0.5)
+        killed = jobs.loop.apply_async((400, 0.05, "c-killed"), queue="prefork")
+        state = until(lambda: store.load(f"celery-loop\0{limited.id}"), lambda s: not s.in_progress)
+        assert state.state == "failed" and "SoftTimeLimitExceeded" in (state.error or "")
+        terminated = jobs.loop.apply_async((400, 0.05, "c-term"), queue="prefork")
+        term_key = f"celery-loop\0{terminated.id}"
+        until(lambda: store.load(term_key), lambda s: s.state == "running" and s.count >= 1)
+        terminated.revoke(terminate=True)  # the worker kills the task's process
+        state = until(lambda: store.load(term_key), lambda s: not s.in_progress)
+        assert (state.state, state.error) == ("cancelled", None) and state.count < 400
+        key = f"celery-loop\0{killed.id}"
+        running = until(lambda: store.load(key), lambda s: s.state == "running" and s.count >= 1)
+        os.kill(int(running.messages[0].split()[1]), signal.SIGKILL)
+        state = until(lambda: store.load(key), lambda s: not s.in_progress)
+        assert state.state == "abandoned" and state.count < 400
+    finally:
+        stop(process)

@@ -1,0 +1,219 @@
+"""Celery integration: ``tracked.celery.install(app)``.
+
+For every task whose function is ``@tracked``, the publisher writes the run's
+``queued`` record, keyed by the function's name and the task id, when the
+message is sent (``before_task_publish``; the message carries the run's ticket
+in its ``tracked`` header). A plain ``celery worker`` (any pool) takes the run
+over when the task starts (``task_prerun`` sets the take-over scope the
+``@tracked`` call reads). ``self.retry()`` puts the run back in line with its
+next ``attempt`` (the same run), ``revoke`` before the start and
+``tracked.cancel`` of a queued task end it ``cancelled`` without running it, and
+an error raised before the body ran (``task_failure`` of a run never taken
+over) ends it ``failed`` with the error.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+from typing import Any
+
+try:
+    from celery import Celery, signals  # type: ignore[import-untyped]
+    from celery.exceptions import Ignore, Retry  # type: ignore[import-untyped]
+except ImportError as exc:  # pragma: no cover - celery is in the test extra
+    raise ImportError("tracked.celery needs Celery: pip install 'tracked[celery]'") from exc
+
+from ._decorator import describe_call, tracked_function, tracked_store
+from ._queued import (
+    TakeOver,
+    Ticket,
+    cancel_hooks,
+    end_queued,
+    publish,
+    requeue_current,
+    takeover_scope,
+)
+from ._scope import StoreSpec, resolve_store
+from ._state import State
+from ._store import Store
+
+__all__ = ["HEADER", "install"]
+
+logger = logging.getLogger("tracked")
+
+#: The message header that carries the run's ticket to the worker.
+HEADER = "tracked"
+
+_apps: dict[int, tuple[Celery, Store | None]] = {}
+_scopes: dict[str, contextvars.Token[TakeOver | None]] = {}
+
+
+def install(app: Celery, *, store: StoreSpec | None = None) -> None:
+    """Track every ``@tracked`` task of ``app`` from the moment it is sent: call it where
+    the app is made, so that both the publishers and the workers run it. ``store``:
+    where queued records go (default: the ``@tracked`` decorator's, else the default
+    store); the workers write where their ``@tracked`` functions say. Idempotent."""
+    chosen = None if store is None else resolve_store(store)
+    first = not _apps
+    _apps[id(app)] = (app, chosen)
+    if first:
+        signals.before_task_publish.connect(_published, weak=False)
+        signals.task_prerun.connect(_prerun, weak=False)
+        signals.task_postrun.connect(_postrun, weak=False)
+        signals.task_revoked.connect(_revoked, weak=False)
+        signals.task_failure.connect(_failed, weak=False)
+        cancel_hooks.append(_revoke)
+
+
+def _task(name: object) -> tuple[Any, Store | None] | None:
+    for app, store in _apps.values():
+        task = app.tasks.get(name) if isinstance(name, str) else None
+        if task is not None:
+            return task, store
+    return None
+
+
+def _published(
+    sender: object = None, body: Any = None, headers: dict[str, Any] | None = None, **_: Any
+) -> None:
+    """Publisher side: the first send of a ``@tracked`` task publishes its queued record;
+    a retry's send (from inside the running task) puts the run back in line."""
+    if headers is None or "id" not in headers:
+        return
+    found = _task(headers.get("task", sender))
+    if found is None:
+        return
+    task, store = found
+    run = tracked_function(getattr(task, "run", None))
+    if run is None:
+        return
+    if headers.get("retries"):  # self.retry() in the running task: the same run
+        ticket = requeue_current(str(headers["id"]))
+        if ticket is not None:
+            headers[HEADER] = ticket.to_dict()
+        return
+    args, kwargs = ((), {})
+    if isinstance(body, (list, tuple)) and len(body) >= 2:
+        args, kwargs = body[0], body[1]
+    plan = describe_call(run, tuple(args), dict(kwargs))
+    expires = headers.get("expires")
+    timeout = None
+    if isinstance(expires, str):
+        try:
+            from datetime import datetime
+
+            timeout = max(1.0, datetime.fromisoformat(expires).timestamp() - time.time()) + 60.0
+        except ValueError:
+            timeout = None
+    ticket = publish(
+        plan.name,
+        str(headers["id"]),
+        plan.function,
+        total=plan.total,
+        store=store or plan.store,
+        timeout=timeout,
+    )
+    headers[HEADER] = ticket.to_dict()
+
+
+def _prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
+    """Worker side: the ``@tracked`` call of this task takes its queued run over."""
+    if task_id is None or task is None:
+        return
+    ticket = Ticket.from_dict(_header(task))
+    if ticket is None:
+        return
+    found = TakeOver(
+        ticket,
+        retries=lambda exc: isinstance(exc, Retry),
+        skipped=_skip(task),
+        stopped=_stopped(task),
+        store=_installed_store(task),
+    )
+    _scopes[task_id] = takeover_scope.set(found)
+
+
+def _installed_store(task: Any) -> Store | None:
+    """The store ``install`` named for the app of ``task`` (None: the decorator's)."""
+    app = getattr(task, "app", None)
+    entry = _apps.get(id(app))
+    return None if entry is None else entry[1]
+
+
+def _header(task: Any) -> object:
+    request = task.request
+    value = getattr(request, HEADER, None)
+    if value is None and isinstance(getattr(request, "headers", None), dict):
+        value = request.headers.get(HEADER)
+    return value
+
+
+def _skip(task: Any) -> Any:
+    def skipped(state: State) -> Any:
+        """The run was cancelled while queued: Celery's result says revoked too."""
+        request = task.request
+        try:
+            task.backend.mark_as_revoked(request.id, "cancelled before it started", request=request)
+        except Exception as exc:  # noqa: BLE001 - the body is skipped all the same
+            logger.warning("tracked: cannot mark task %s revoked: %s", request.id, exc)
+        raise Ignore()
+
+    return skipped
+
+
+def _stopped(task: Any) -> Any:
+    def stopped(exc: BaseException) -> BaseException:
+        """The task stopped at a cancel request: Celery records it revoked, not as a
+        crash (``tracked.Cancelled`` is a BaseException, which Celery lets through)."""
+        request = task.request
+        try:
+            task.backend.mark_as_revoked(request.id, "cancelled", request=request)
+        except Exception as error:  # noqa: BLE001 - the run's record says cancelled anyway
+            logger.warning("tracked: cannot mark task %s revoked: %s", request.id, error)
+        signal: BaseException = Ignore()
+        return signal
+
+    return stopped
+
+
+def _postrun(task_id: str | None = None, **_: Any) -> None:
+    token = _scopes.pop(task_id or "", None)
+    if token is not None:
+        takeover_scope.reset(token)
+
+
+def _failed(exception: BaseException | None = None, sender: Any = None, **_: Any) -> None:
+    """An error before the body ran (the run was never taken over): the record ends failed."""
+    if sender is None or exception is None or isinstance(exception, Retry):
+        return
+    ticket = Ticket.from_dict(_header(sender))
+    if ticket is not None:
+        error = f"{type(exception).__name__}: {exception}"
+        end_queued(_store_of(sender), ticket, "failed", error=error)
+
+
+def _store_of(task: Any) -> Store:
+    chosen = _installed_store(task) or tracked_store(getattr(task, "run", None))
+    return chosen if chosen is not None else resolve_store(None)
+
+
+def _revoked(
+    sender: Any = None, request: Any = None, terminated: bool = False, **_: Any
+) -> None:
+    """Revoked before it started: the queued run ends cancelled (never run). Revoked
+    with ``terminate=True``: the worker killed the task's process, so the running run
+    ends cancelled too (it stopped because of the request)."""
+    ticket = Ticket.from_dict(getattr(request, HEADER, None))
+    if ticket is not None and sender is not None:
+        end_queued(_store_of(sender), ticket, "cancelled", started=bool(terminated))
+
+
+def _revoke(state: State) -> None:
+    """A cancel ended a queued run: revoke its task, for every installed app."""
+    if state.progress_id is None:
+        return
+    for app, _store in _apps.values():
+        app.control.revoke(state.progress_id)
+
