@@ -26,7 +26,7 @@ from typing import Any
 from ._progress import Progress, current_progress
 from ._scope import check_timeout, queued_timeout, resolve_store
 from ._state import State, make_key, validate_progress_id
-from ._store import Owner, Store, judge, owner_gone_here
+from ._store import QUEUE_HOST, Owner, Store, judge, owner_gone_here
 from .errors import AlreadyRunning
 
 __all__ = [
@@ -237,7 +237,11 @@ def cancel(store: Store, key: str) -> bool:
         record = store.read(key)
         if record is None or record.owner is None:
             return False
-        if record.state.state != "queued" or not judge(record).in_progress:
+        if (
+            record.state.state != "queued"
+            or record.owner.host != QUEUE_HOST  # waits in its process's pool: ask the owner
+            or not judge(record).in_progress
+        ):
             return store.request_cancel(key)
         ended = dataclasses.replace(
             record.state.ended("cancelled", time.time()),
