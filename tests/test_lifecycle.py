@@ -607,3 +607,23 @@ def test_a_request_racing_the_end_never_makes_a_record_lie(file_store: tracked.F
             assert state.cancel_requested
         outcomes.append(state.state)
     assert {"cancelled", "finished"} <= set(outcomes)  # both ends happened
+
+
+def test_a_loop_closed_with_a_submitted_coroutine_pending_ends_it_cancelled(
+    file_store: tracked.FileStore,
+) -> None:
+    @tracked.tracked("orphan", total=None)
+    async def forever() -> None:
+        await asyncio.Event().wait()  # nothing else holds this task: only submit does
+
+    async def start() -> tracked.Progress:
+        return tracked.submit(forever)
+
+    loop = asyncio.new_event_loop()
+    progress = loop.run_until_complete(start())
+    loop.run_until_complete(asyncio.sleep(0.01))  # the task starts and waits
+    loop.close()  # closed by hand, its task still pending (asyncio.run would cancel it)
+    assert progress.in_progress
+    assert tracked.submit(doubled, 7).wait(WAIT) == 14  # the next submit notices
+    state = tracked.load("orphan")
+    assert state is not None and state.state == "cancelled"
