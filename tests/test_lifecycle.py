@@ -607,3 +607,62 @@ def test_a_request_racing_the_end_never_makes_a_record_lie(file_store: tracked.F
             assert state.cancel_requested
         outcomes.append(state.state)
     assert {"cancelled", "finished"} <= set(outcomes)  # both ends happened
+
+
+def test_a_loop_closed_with_a_submitted_coroutine_pending_ends_it_cancelled(
+    file_store: tracked.FileStore,
+) -> None:
+    @tracked.tracked("orphan", total=None)
+    async def forever() -> None:
+        await asyncio.Event().wait()  # nothing else holds this task: only submit does
+
+    async def start() -> tracked.Progress:
+        return tracked.submit(forever)
+
+    loop = asyncio.new_event_loop()
+    progress = loop.run_until_complete(start())
+    loop.run_until_complete(asyncio.sleep(0.01))  # the task starts and waits
+    loop.close()  # closed by hand, its task still pending (asyncio.run would cancel it)
+    assert progress.in_progress
+    assert tracked.submit(doubled, 7).wait(WAIT) == 14  # the next submit notices
+    state = tracked.load("orphan")
+    assert state is not None and state.state == "cancelled"
+
+
+FORKING = r"""
+import os, sys, threading, tracked
+tracked.configure(store=sys.argv[1], max_workers=1)
+gate = threading.Event()
+
+@tracked.tracked("fork-{n}", total=1, min_interval=0.02)
+def job(n):
+    gate.wait(30)
+    tracked.current().increment()
+    return n
+
+first, second = tracked.submit(job, 0), tracked.submit(job, 1)
+pid = os.fork()
+if pid == 0:  # the child: its own pool and loop tasks; it exits normally (atexit runs)
+    gate.set()
+    assert tracked.submit(job, 2).wait(30) == 2
+    sys.exit(0)
+_, status = os.waitpid(pid, 0)
+assert status == 0, status
+assert (second.state, tracked.load("fork-1").state) == ("queued", "queued")
+gate.set()
+assert (first.wait(30), second.wait(30)) == (0, 1)
+print("ok")
+"""
+
+
+def test_a_forked_child_leaves_its_parents_queue_alone(tmp_path: Path) -> None:
+    store = tmp_path / "fork-store"
+    done = subprocess.run(
+        [sys.executable, "-c", FORKING, str(store)], capture_output=True, text=True,
+        timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "ok"), done.stderr
+    ends = {n: tracked.load(f"fork-{n}", store=str(store)) for n in range(3)}
+    assert {n: (s.state, s.count) for n, s in ends.items() if s} == {
+        0: ("finished", 1), 1: ("finished", 1), 2: ("finished", 1)
+    }

@@ -472,7 +472,10 @@ async def awaiting(coroutine: Coroutine[Any, Any, Any], progress: Progress) -> A
         progress._end_by(exc)
         raise
     finally:
-        current_progress.reset(token)
+        try:
+            current_progress.reset(token)
+        except ValueError:  # closed from outside its task (its loop closed with it pending)
+            pass
     returned(progress, result)
     progress.finish()
     return result

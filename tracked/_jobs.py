@@ -59,6 +59,7 @@ def submit(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Progress:
     the call's return value or raises its exception.
     """
     spec, wrapped, instance, kind = _target(func)
+    _held.end_orphans()
     if kind in ("coroutine", "async generator"):
         loop = _running_loop()
         if loop is not None:
@@ -244,7 +245,6 @@ class _Held:
         self.jobs: set[_LoopJob] = set()
 
     def hold(self, job: _LoopJob) -> None:
-        self.end_orphans()
         with self.lock:
             self.jobs.add(job)
         job.task.add_done_callback(functools.partial(self.release, job))
@@ -255,6 +255,8 @@ class _Held:
         job.done.set()
 
     def end_orphans(self) -> None:
+        if not self.jobs:
+            return
         with self.lock:
             orphans = [j for j in self.jobs if j.loop.is_closed() and not j.task.done()]
             self.jobs.difference_update(orphans)
