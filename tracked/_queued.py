@@ -26,7 +26,7 @@ from typing import Any
 from ._progress import Progress, current_progress
 from ._scope import check_timeout, queued_timeout, resolve_store
 from ._state import State, make_key, validate_progress_id
-from ._store import Owner, Store, judge, owner_gone_here
+from ._store import QUEUE_HOST, Owner, Store, judge, owner_gone_here
 from .errors import AlreadyRunning
 
 __all__ = [
@@ -239,6 +239,8 @@ def cancel(store: Store, key: str) -> bool:
             return False
         if record.state.state != "queued" or not judge(record).in_progress:
             return store.request_cancel(key)
+        if record.owner.host != QUEUE_HOST:  # queued in a process (tracked.submit): its
+            return store.request_cancel(key)  # owner drops it, as with any request
         ended = dataclasses.replace(
             record.state.ended("cancelled", time.time()),
             position=None,
