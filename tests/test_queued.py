@@ -159,9 +159,7 @@ def test_a_cancel_racing_the_take_over_has_one_outcome(store: tracked.Store, rou
     for i in range(rounds):
         ticket = queue_job(store, f"race{i}")
         results: list[Any] = []
-        worker = threading.Thread(
-            target=lambda t=ticket, out=results: out.append(run_as_worker(t))
-        )
+        worker = threading.Thread(target=lambda t=ticket, out=results: out.append(run_as_worker(t)))
         worker.start()
         asked = cancel(store, ticket.key)
         worker.join(10)
@@ -206,3 +204,21 @@ def test_delete_on_the_status_route_cancels_a_queued_run(build: Any, store: trac
     response = client.delete(f"{PREFIX}/job?progress_id=j9", status=202)
     assert (response.json["state"], response.json["count"]) == ("cancelled", 0)
     client.delete(f"{PREFIX}/job?progress_id=j9", status=409)
+
+
+def test_a_queued_run_a_process_owns_is_asked_not_ended(store: tracked.Store) -> None:
+    """A run queued in a process (``tracked.submit``'s pool) is that process's to drop:
+    a cancel leaves it a request (ending it in the store would let its owner's next
+    write, or its start, overwrite the end)."""
+    from tracked._store import Owner, register_live_run, unregister_live_run
+
+    owner = Owner.for_this_process()
+    register_live_run(owner.run)
+    try:
+        store.claim(tracked.State("pool", state="queued", position=1), owner)
+        assert tracked.cancel("pool", store=store) is True
+        state = tracked.load("pool", store=store)
+        assert state is not None and (state.state, state.in_progress) == ("queued", True)
+        assert store.cancels_requested([("pool", owner)]) == [True]
+    finally:
+        unregister_live_run(owner.run)

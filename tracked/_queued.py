@@ -243,6 +243,8 @@ def cancel(store: Store, key: str) -> bool:
             or not judge(record).in_progress
         ):
             return store.request_cancel(key)
+        if record.owner.host != QUEUE_HOST:  # queued in a process (tracked.submit): its
+            return store.request_cancel(key)  # owner drops it, as with any request
         ended = dataclasses.replace(
             record.state.ended("cancelled", time.time()),
             position=None,
