@@ -237,11 +237,7 @@ def cancel(store: Store, key: str) -> bool:
         record = store.read(key)
         if record is None or record.owner is None:
             return False
-        if (
-            record.state.state != "queued"
-            or record.owner.host != QUEUE_HOST  # waits in its process's pool: ask the owner
-            or not judge(record).in_progress
-        ):
+        if record.state.state != "queued" or not judge(record).in_progress:
             return store.request_cancel(key)
         if record.owner.host != QUEUE_HOST:  # queued in a process (tracked.submit): its
             return store.request_cancel(key)  # owner drops it, as with any request
