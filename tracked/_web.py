@@ -688,20 +688,33 @@ def _parsed_query(query: str) -> tuple[tuple[str, str], ...]:
     """A raw query string's decoded fields (UTF-8); cached, as pollers repeat theirs.
 
     Servers hand the query over as bytes read as latin-1 (PEP 3333, ASGI): bytes a
-    client sent unescaped are read back as the UTF-8 they are, as in the path."""
-    try:
-        if not query.isascii() and max(query) <= "\xff":  # above: already text
-            query = query.encode("latin-1").decode("utf-8")
-        return tuple(parse_qsl(query, keep_blank_values=True, errors="strict"))
-    except UnicodeDecodeError:
-        raise tracked.InvalidValue("the query string is not UTF-8") from None
+    client sent unescaped are read back as the UTF-8 they are, as in the path. Bytes
+    that are not UTF-8 stay as lone surrogates: the query belongs to the app, and
+    only a field tracked reads is refused for them (``query_values``)."""
+    if not query.isascii() and max(query) <= "\xff":  # above: already text
+        query = query.encode("latin-1").decode("utf-8", "surrogateescape")
+    return tuple(parse_qsl(query, keep_blank_values=True, errors="surrogateescape"))
 
 
 def query_values(query: str, field: str) -> list[str]:
-    """Every decoded value of ``field`` in a raw query string (percent-encoded names too)."""
+    """Every decoded value of ``field`` in a raw query string (percent-encoded names too);
+    ``InvalidValue`` when one of them is not UTF-8 (other fields are not looked at)."""
     if not query:
         return []
-    return [value for name, value in _parsed_query(query) if name == field]
+    values = [value for name, value in _parsed_query(query) if name == field]
+    for value in values:
+        if not value.isascii() and not _is_utf8(value):
+            raise tracked.InvalidValue(f"the query's {field} is not UTF-8")
+    return values
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether ``text`` holds no lone surrogate (a byte that was not UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _requested_name(path_name: str | None, query: str) -> str | None:
@@ -751,15 +764,21 @@ FORM_LIMIT = 1 << 20
 
 def form_progress_ids(content_type: str | None, body: bytes) -> list[str]:
     """The ``progress_id`` fields of a urlencoded or multipart ``body`` (UTF-8); none
-    for other bodies. A body that cannot be read as its form is ``InvalidValue``."""
+    for other bodies. Other fields are not decoded (bytes that are not UTF-8 there are
+    the app's business, as is a body that cannot be read as its form); a progress_id
+    that is not UTF-8 is ``InvalidName``."""
     kind = (content_type or "").lower()
     if kind.startswith(FORM_TYPES[0]):
-        try:
-            text = body.decode("utf-8")
-            fields = parse_qsl(text, keep_blank_values=True, errors="strict")
-        except (UnicodeDecodeError, ValueError):
-            raise tracked.InvalidValue("the request body cannot be read as a form") from None
-        return [value for name, value in fields if name == "progress_id"]
+        # Fields as their raw bytes (latin-1 text): only progress_id must be UTF-8.
+        fields = parse_qsl(body.decode("latin-1"), keep_blank_values=True, encoding="latin-1")
+        found = []
+        for name, value in fields:
+            if name == "progress_id":
+                try:
+                    found.append(value.encode("latin-1").decode("utf-8"))
+                except UnicodeDecodeError:
+                    raise tracked.InvalidName("a progress_id must be UTF-8 text") from None
+        return found
     if kind.startswith(FORM_TYPES[1]):
         import email.parser
         import email.policy
@@ -767,7 +786,7 @@ def form_progress_ids(content_type: str | None, body: bytes) -> list[str]:
         head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1")
         message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
         if not message.is_multipart():
-            raise tracked.InvalidValue("the request body cannot be read as a form")
+            return []  # no field tracked can read: the app answers this body
         found = []
         for part in message.iter_parts():
             if part.get_param("name", header="content-disposition") != "progress_id":

@@ -284,9 +284,10 @@ def _form_progress_ids(environ: dict[str, Any]) -> list[str]:
     if not content_type.startswith(_FORM_TYPES):
         return []
     try:
-        return [_unicode(v) for v in bottle.request.forms.getall("progress_id")]
-    except (ValueError, UnicodeError, bottle.HTTPError) as exc:
-        raise tracked.InvalidValue(f"the request body cannot be read as a form: {exc}") from None
+        values = bottle.request.forms.getall("progress_id")
+    except (ValueError, UnicodeError, bottle.HTTPError):
+        return []  # no field tracked can read: the route answers this body
+    return [_unicode(v) for v in values]
 
 
 def _unicode(value: str) -> str:
