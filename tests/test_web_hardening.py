@@ -7,20 +7,29 @@ work are refused, a DELETE bound to the run the client saw, caches bounded in by
 from __future__ import annotations
 
 import asyncio
+import http.client
 import io
 import json
+import os
+import signal
+import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, unquote_to_bytes
 from wsgiref.validate import validator
 
 import bottle
 import pytest
 
 import tracked
+from tests.conftest import ROOT, free_port, wait_for_port
 from tracked.asgi import TrackedMiddleware as AsgiMiddleware
+from tracked.asgi import status_app as asgi_status_app
 from tracked.bottle import TrackedPlugin
 from tracked.wsgi import TrackedMiddleware as WsgiMiddleware
+from tracked.wsgi import status_app as wsgi_status_app
 
 PREFIX = "/_progress_status"
 MIDDLEWARES = ["bottle", "wsgi", "asgi"]
@@ -155,7 +164,8 @@ def call(request: pytest.FixtureRequest) -> Callable[..., Call]:
                           for k, v in (headers or {}).items()]
                 if body:
                     listed.append((b"content-length", str(len(body)).encode()))
-                return asgi_call(app, method, path, query, listed, body)
+                raw = path.encode("ascii")
+                return asgi_call(app, method, unquote(path), query, listed, body, raw_path=raw)
 
             return via_asgi
         wsgi = (bottle_app(store, **options) if request.param == "bottle"
@@ -163,7 +173,7 @@ def call(request: pytest.FixtureRequest) -> Callable[..., Call]:
 
         def via_wsgi(method: str, path: str, query: bytes = b"", body: bytes = b"",
                      headers: dict[str, str] | None = None) -> Answer:
-            return wsgi_call(wsgi, method, path.encode(), query, body, headers)
+            return wsgi_call(wsgi, method, unquote_to_bytes(path), query, body, headers)
 
         return via_wsgi
 
@@ -217,3 +227,125 @@ def test_the_status_route_ignores_fields_it_does_not_read(call):
     status, _, body = answer("GET", PREFIX + "/job", b"since=%E9")
     assert status == 400
     assert json.loads(body)["error"] == "the query's since is not UTF-8"
+
+
+# ----------------------------------------------------------------------------- item 10
+
+NOT_UTF8_PATHS = ["/caf%E9", "/%FF%FE", "/a/%C3", "/caf%E9/x", "/%ED%A0%80"]
+
+
+@pytest.mark.parametrize("path", NOT_UTF8_PATHS)
+@pytest.mark.parametrize("method", ["GET", "HEAD", "DELETE"])
+def test_a_status_path_that_is_not_utf8_is_one_400_json_on_every_middleware(call, path, method):
+    store = tracked.MemoryStore()
+    with tracked.start("caf\ufffd", store=store):  # what a lax decoding would name
+        pass
+    status, found, body = call(store, cancel=True)(method, PREFIX + path)
+    assert status == 400
+    assert found["content-type"] == "application/json; charset=utf-8"
+    if method != "HEAD":
+        assert json.loads(body) == {"error": "the URL path is not UTF-8", "status": "error"}
+
+
+@pytest.mark.parametrize("kind", ["wsgi", "asgi"])
+def test_a_path_that_is_not_utf8_is_a_400_from_the_plain_status_apps(kind):
+    store = tracked.MemoryStore()
+    with tracked.start("caf\ufffd", store=store):
+        pass
+    if kind == "wsgi":
+        status, _, body = wsgi_call(wsgi_status_app(store), "GET", b"/caf\xe9")
+    else:
+        status, _, body = asgi_call(asgi_status_app(store), "GET", "/caf\ufffd",
+                                    raw_path=b"/caf%E9")
+    assert (status, json.loads(body)["error"]) == (400, "the URL path is not UTF-8")
+
+
+def test_an_unrelated_path_that_is_not_utf8_reaches_the_app(call):
+    assert call(tracked.MemoryStore())("GET", "/search%E9")[0] in (200, 404)
+
+
+def test_a_utf8_status_path_still_names_its_progress(call):
+    store = tracked.MemoryStore()
+    with tracked.start("caf\u00e9", store=store):
+        pass
+    status, _, body = call(store)("GET", PREFIX + "/caf%C3%A9")
+    assert (status, json.loads(body)["name"]) == (200, "caf\u00e9")
+
+
+# ----------------------------------------------------------------------------- real ASGI servers
+
+
+class AsgiServer:
+    """``tests.web_apps:app`` under a real ASGI server on a free port, its store a
+    FileStore in ``directory``."""
+
+    def __init__(self, kind: str, directory: Path) -> None:
+        self.port = free_port()
+        self.store = tracked.FileStore(directory)
+        env = {**os.environ, "TRACKED_STORE": str(directory), "PYTHONPATH": str(ROOT)}
+        binaries = Path(sys.executable).parent
+        commands = {
+            "uvicorn": [sys.executable, "-m", "uvicorn", "tests.web_apps:app",
+                        "--port", str(self.port), "--log-level", "warning"],
+            "hypercorn": [str(binaries / "hypercorn"), "-b", f"127.0.0.1:{self.port}",
+                          "--log-level", "warning", "tests.web_apps:app"],
+            "daphne": [str(binaries / "daphne"), "-b", "127.0.0.1", "-p", str(self.port),
+                       "-v", "0", "tests.web_apps:app"],
+        }
+        self.process = subprocess.Popen(commands[kind], cwd=ROOT, env=env)
+        wait_for_port(self.port)
+
+    def request(self, method: str, target: str, headers: dict[str, str] | None = None,
+                body: bytes = b"") -> Answer:
+        """Send ``target`` as is (raw bytes, no re-quoting): (status, headers, body)."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            connection.putrequest(method, target, skip_accept_encoding=True)
+            for name, value in {**(headers or {}), "Content-Length": str(len(body))}.items():
+                connection.putheader(name, value)
+            connection.endheaders(body)
+            response = connection.getresponse()
+            found = {k.lower(): v for k, v in response.getheaders()}
+            return response.status, found, response.read()
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+
+
+@pytest.fixture(scope="module", params=["uvicorn", "hypercorn", "daphne"])
+def asgi_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[AsgiServer]:
+    """One real ASGI server per kind for the module (the store is shared by its tests)."""
+    server = AsgiServer(str(request.param), tmp_path_factory.mktemp(str(request.param)))
+    yield server
+    server.stop()
+
+
+def test_real_asgi_servers_pass_unrelated_queries_and_forms_that_are_not_utf8(asgi_server):
+    status, _, body = asgi_server.request("GET", "/search?q=%E9t%E9")
+    assert (status, json.loads(body)["query"]) == (200, "q=%E9t%E9")
+    status, _, body = asgi_server.request(
+        "POST", "/search", {"Content-Type": "application/x-www-form-urlencoded"},
+        b"city=Z%FCrich")
+    assert (status, json.loads(body)["body"]) == (200, "city=Z%FCrich")
+
+
+@pytest.mark.parametrize("path", NOT_UTF8_PATHS)
+def test_real_asgi_servers_answer_a_status_path_that_is_not_utf8_with_400_json(asgi_server, path):
+    with tracked.start("caf\ufffd", store=asgi_server.store):
+        pass
+    for method in ("GET", "DELETE"):
+        status, found, body = asgi_server.request(method, PREFIX + path)
+        assert status == 400
+        assert found["content-type"] == "application/json; charset=utf-8"
+        assert json.loads(body) == {"error": "the URL path is not UTF-8", "status": "error"}
+    status, _, body = asgi_server.request("GET", PREFIX + "/caf%EF%BF%BD")
+    assert (status, json.loads(body)["name"]) == (200, "caf\ufffd")

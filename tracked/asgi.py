@@ -24,6 +24,7 @@ import asyncio
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 import tracked
 
@@ -104,6 +105,9 @@ def status_app(
         """Answer ``path``, the request's path below the mount point ``root`` (which
         ``scope`` may not carry yet: it is only copied in when the request goes on)."""
         method: str = scope["method"]
+        if not path.isascii() and _path_not_utf8(scope, path):
+            await _send(_PATH_NOT_UTF8, method == "HEAD", send)
+            return
         if not isinstance(scope.get("headers", ()), (list, tuple)):  # any iterable is ASGI:
             scope = {**scope, "headers": list(scope["headers"])}  # read it twice safely
         if (method == "GET" or method == "HEAD") and not scope.get("query_string"):
@@ -126,6 +130,28 @@ def status_app(
     app.service = service  # type: ignore[attr-defined]
     app.serve = serve  # type: ignore[attr-defined] # for TrackedMiddleware: HTTP scopes only
     return app
+
+
+def _path_not_utf8(scope: Scope, path: str) -> bool:
+    """Whether the request's path held bytes that are not UTF-8. Servers decode those
+    to U+FFFD (uvicorn, hypercorn, daphne) or lone surrogates: the raw path decides,
+    so ``/caf%E9`` is the 400 it is on WSGI, not the name ``caf\ufffd``."""
+    raw = scope.get("raw_path")
+    if isinstance(raw, bytes):
+        try:
+            unquote_to_bytes(raw.partition(b"?")[0]).decode("utf-8")
+        except UnicodeDecodeError:
+            return True
+        return False
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+#: What a status path that is not UTF-8 gets, whichever adapter serves it.
+_PATH_NOT_UTF8 = error(400, "the URL path is not UTF-8")
 
 
 def _poll_answer(service: StatusService, scope: Scope, method: str, path: str) -> Response | None:

@@ -150,6 +150,12 @@ class TrackedPlugin:
     def status_response(self, name: str | None = None) -> Any:
         """Every request under the prefix: translated for ``_web`` and its answer sent back."""
         environ = bottle.request.environ
+        raw = environ.get("bottle.raw_path", "")  # Bottle drops bytes that are not UTF-8
+        if not raw.isascii():
+            try:
+                raw.encode("latin-1").decode("utf-8")
+            except UnicodeError:
+                return error_response(400, "the URL path is not UTF-8")
         request = StatusRequest(
             environ["REQUEST_METHOD"],
             name,
