@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, unquote_to_bytes
+from urllib.parse import quote, unquote, unquote_to_bytes
 from wsgiref.validate import validator
 
 import bottle
@@ -270,6 +270,105 @@ def test_a_utf8_status_path_still_names_its_progress(call):
         pass
     status, _, body = call(store)("GET", PREFIX + "/caf%C3%A9")
     assert (status, json.loads(body)["name"]) == (200, "caf\u00e9")
+
+
+# ----------------------------------------------------------------------------- item 11
+
+REFUSED_PREFIXES = ["/", "//", "///", "/a//b", "/a/./b", "/..", "/a/..", "/.", "/a?b", "/a#b",
+                    "/a%2Fb", "/a b", "/a\tb", "/a\nb", "/a\\b", "/a\x00b"]
+
+
+def make_adapter(kind: str, store: tracked.Store, prefix: str) -> Any:
+    if kind == "bottle":
+        return bottle_app(store, prefix=prefix)
+    return (WsgiMiddleware(echo_wsgi, store, prefix=prefix) if kind == "wsgi"
+            else AsgiMiddleware(echo_asgi, store, prefix=prefix))
+
+
+@pytest.mark.parametrize("kind", MIDDLEWARES)
+@pytest.mark.parametrize("prefix", REFUSED_PREFIXES)
+def test_a_prefix_that_cannot_work_is_refused_with_invalid_value(kind, prefix):
+    with pytest.raises(tracked.InvalidValue, match="prefix must be a URL path") as caught:
+        make_adapter(kind, tracked.MemoryStore(), prefix)
+    assert isinstance(caught.value, tracked.TrackedError)
+    assert repr(prefix) in str(caught.value)
+
+
+@pytest.mark.parametrize("prefix", ["/<name>", "/:name", "/a:b", "/a>"])
+def test_the_bottle_plugin_refuses_a_prefix_bottle_reads_as_a_wildcard(prefix):
+    with pytest.raises(tracked.InvalidValue, match="prefix must be a URL path"):
+        TrackedPlugin(tracked.MemoryStore(), prefix=prefix)
+
+
+@pytest.mark.parametrize("kind", MIDDLEWARES)
+@pytest.mark.parametrize(("prefix", "kept"), [
+    ("/p", "/p"), ("/p/", "/p"), ("/p//", "/p"), ("/a/b", "/a/b"), ("/caf\u00e9", "/caf\u00e9"),
+    ("/_progress-status.v1~", "/_progress-status.v1~"),
+])
+def test_a_prefix_that_works_is_kept_without_its_trailing_slash_and_matches(kind, prefix, kept):
+    store = tracked.MemoryStore()
+    with tracked.start("job", store=store):
+        pass
+    adapter = make_adapter(kind, store, prefix)
+    plugins = [p for p in getattr(adapter, "plugins", ()) if isinstance(p, TrackedPlugin)]
+    assert (plugins[0] if plugins else adapter).prefix == kept
+    answer = _caller(kind, adapter)
+    quoted = quote(kept)
+    status, _, body = answer("GET", quoted + "/job")
+    assert (status, json.loads(body)["name"]) == (200, "job")
+    status, _, body = answer("GET", quoted)  # the prefix alone names nothing: a JSON 400
+    assert status == 400 and "names no progress" in json.loads(body)["error"]
+    status, _, body = answer("GET", quoted + "job")  # a longer segment is not the prefix
+    if kind == "bottle":  # no route of the app: Bottle's own 404
+        assert status == 404 and b"names no progress" not in body
+    else:
+        assert status == 200 and "query" in json.loads(body)
+
+
+def _caller(kind: str, adapter: Any) -> Call:
+    if kind == "asgi":
+        return lambda method, path: asgi_call(adapter, method, unquote(path),
+                                              raw_path=path.encode("ascii"))
+    return lambda method, path: wsgi_call(adapter, method, unquote_to_bytes(path))
+
+
+@pytest.mark.parametrize("root", ["/", "/app", "/app/", "/app//"])
+def test_asgi_middleware_matches_under_any_root_path_spelling(root):
+    store = tracked.MemoryStore()
+    with tracked.start("job", store=store):
+        pass
+    app = AsgiMiddleware(echo_asgi, store)
+    path = root.rstrip("/") + PREFIX + "/job"
+    status, _, body = asgi_call(app, "GET", path, root_path=root)
+    assert (status, json.loads(body)["name"]) == (200, "job")
+    status, _, body = asgi_call(asgi_status_app(store), "GET", root.rstrip("/") + "/job",
+                                root_path=root)
+    assert (status, json.loads(body)["name"]) == (200, "job")
+
+
+@pytest.mark.parametrize("script", ["/", "/app/"])
+def test_wsgi_middleware_matches_when_the_mount_point_keeps_the_slash(script):
+    store = tracked.MemoryStore()
+    with tracked.start("job", store=store):
+        pass
+    seen: dict[str, str] = {}
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        seen.update(script=environ["SCRIPT_NAME"], path=environ["PATH_INFO"])
+        return WsgiMiddleware(echo_wsgi, store)(environ, start_response)
+
+    environ_path = PREFIX[1:] + "/job"
+    status, body = _wsgi_mounted(app, script, environ_path)
+    assert (status, json.loads(body)["name"]) == (200, "job")
+
+
+def _wsgi_mounted(app: Any, script: str, path: str) -> tuple[int, bytes]:
+    """A WSGI request whose SCRIPT_NAME ends with the slash PATH_INFO lacks."""
+    environ = {"REQUEST_METHOD": "GET", "SCRIPT_NAME": script, "PATH_INFO": path,
+               "QUERY_STRING": "", "wsgi.input": io.BytesIO(b"")}
+    started: list[str] = []
+    body = b"".join(app(environ, lambda status, headers, exc=None: started.append(status)))
+    return int(started[0].split()[0]), body
 
 
 # ----------------------------------------------------------------------------- real ASGI servers

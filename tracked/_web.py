@@ -802,10 +802,35 @@ def form_progress_ids(content_type: str | None, body: bytes) -> list[str]:
 
 @functools.lru_cache(maxsize=4096)
 def mount_prefix(prefix: object) -> str:
-    """A middleware's status prefix, checked, without its trailing slash."""
+    """The status route's prefix, checked, without its trailing slash.
+
+    It must be a decoded URL path of at least one segment (``/`` alone would send
+    every request to the status route) that a request can match as written: no
+    empty, ``.`` or ``..`` segment (clients and proxies rewrite them), no ``?``,
+    ``#`` or ``%`` (the path is matched decoded), no backslash, space or control
+    character. Anything else is ``InvalidValue``."""
     if not isinstance(prefix, str) or not prefix.startswith("/"):
         raise tracked.InvalidValue(f"prefix must be a URL path starting with '/', got {prefix!r}")
-    return prefix.rstrip("/")
+    kept = prefix.rstrip("/")
+    reason = _prefix_problem(kept)
+    if reason:
+        raise tracked.InvalidValue(
+            f"prefix must be a URL path like '/_progress_status', got {prefix!r}: {reason}"
+        )
+    return kept
+
+
+def _prefix_problem(prefix: str) -> str:
+    """Why a prefix (without its trailing slash) cannot work; "" when it can."""
+    if not prefix:
+        return "'/' would send every request to the status route"
+    for segment in prefix[1:].split("/"):
+        if segment in ("", ".", ".."):
+            return "empty, '.' and '..' segments are rewritten before they arrive"
+    bad = next((c for c in prefix if c in "?#%\\" or c.isspace() or not c.isprintable()), None)
+    if bad is not None:
+        return f"{bad!r} cannot be matched in a decoded path"
+    return ""
 
 
 def storage_key(name: str | None, progress_id: str | None) -> str:

@@ -95,7 +95,7 @@ def status_app(
             raise ValueError(f"the tracked status app serves HTTP only, not {kind!r}")
 
     async def http(scope: Scope, receive: Receive, send: Send) -> None:
-        root: str = scope.get("root_path", "")
+        root: str = scope.get("root_path", "").rstrip("/")  # "/" and "/app/" too
         path: str = scope["path"]
         if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
             path = path[len(root) :]
@@ -314,7 +314,7 @@ class TrackedMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        root = scope.get("root_path", "")
+        root: str = scope.get("root_path", "").rstrip("/")  # "/" and "/app/" too
         path: str = scope["path"]
         local = path[len(root) :] if root and path.startswith(root) else path
         if local.startswith(self._below) or local == self.prefix:

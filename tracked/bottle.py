@@ -38,6 +38,7 @@ from ._web import (
     StatusService,
     SyncEvents,
     error,
+    mount_prefix,
     render,
     requested_progress_id,
     storage_key,
@@ -85,16 +86,17 @@ class TrackedPlugin:
         max_stream_seconds: float = MAX_STREAM_SECONDS,
         heartbeat_seconds: float = HEARTBEAT_SECONDS,
     ) -> None:
-        if not isinstance(prefix, str) or not prefix.startswith("/") or "<" in prefix:
-            raise tracked.InvalidValue(
-                f"prefix must be a URL path starting with '/' and without '<', got {prefix!r}"
+        if isinstance(prefix, str) and any(c in prefix for c in "<>:"):
+            raise tracked.InvalidValue(  # Bottle would read them as route wildcards
+                f"prefix must be a URL path without '<', '>' or ':', got {prefix!r}"
             )
+        kept = mount_prefix(prefix)
         self.service = StatusService(
             store, authorize=authorize, cancel=cancel, show_errors=show_errors,
             max_stream_seconds=max_stream_seconds, heartbeat_seconds=heartbeat_seconds,
         )
         self.store = self.service.store
-        self.prefix = prefix.rstrip("/")
+        self.prefix = kept
         self.authorize = authorize
 
     def __repr__(self) -> str:

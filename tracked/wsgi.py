@@ -147,6 +147,7 @@ class TrackedMiddleware:
     ) -> None:
         self.app = app
         self.prefix = mount_prefix(prefix)
+        self._path_prefix = self.prefix.encode("utf-8").decode("latin-1")  # as PATH_INFO
         self.status = status_app(
             store, authorize=authorize, max_stream_seconds=max_stream_seconds,
             heartbeat_seconds=heartbeat_seconds, cancel=cancel, show_errors=show_errors,
@@ -154,10 +155,14 @@ class TrackedMiddleware:
         self.store = self.status.service.store  # type: ignore[attr-defined]
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
-        if path == self.prefix or path.startswith(self.prefix + "/"):
-            environ["SCRIPT_NAME"] = environ.get("SCRIPT_NAME", "") + self.prefix
-            environ["PATH_INFO"] = path[len(self.prefix) :]
+        path: str = environ.get("PATH_INFO", "")
+        script: str = environ.get("SCRIPT_NAME", "")
+        if path[:1] != "/" and script.endswith("/"):  # mounted at "/" or "/app/"
+            script, path = script[:-1], "/" + path
+        prefix = self._path_prefix
+        if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
+            environ["SCRIPT_NAME"] = script + prefix
+            environ["PATH_INFO"] = path[len(prefix) :]
             return self.status(environ, start_response)
         try:
             progress_id = requested_progress_id(
