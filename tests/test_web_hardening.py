@@ -448,3 +448,42 @@ def test_real_asgi_servers_answer_a_status_path_that_is_not_utf8_with_400_json(a
         assert json.loads(body) == {"error": "the URL path is not UTF-8", "status": "error"}
     status, _, body = asgi_server.request("GET", PREFIX + "/caf%EF%BF%BD")
     assert (status, json.loads(body)["name"]) == (200, "caf\ufffd")
+
+
+# ----------------------------------------------------------------------------- item 13: log lines
+
+LOG_METHODS = {"debug", "info", "warning", "error", "exception", "critical", "log"}
+
+
+def _log_formats() -> list[tuple[str, int, str]]:
+    """(file, line, format string) of every logging call in the package."""
+    import ast
+
+    found = []
+    for path in sorted((ROOT / "tracked").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.Call) and node.args):
+                continue
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            first = node.args[1] if name == "log" and len(node.args) > 1 else node.args[0]
+            if name in LOG_METHODS and isinstance(first, ast.Constant) and isinstance(
+                    first.value, str):
+                found.append((path.name, node.lineno, first.value))
+    return found
+
+
+def test_no_log_line_repeats_the_logger_name():
+    formats = _log_formats()
+    assert len(formats) > 20  # the walk finds the package's log calls
+    assert [f for f in formats if f[2].lower().startswith("tracked:")] == []
+
+
+def test_a_status_route_warning_reads_once_tracked(tmp_path, caplog):
+    store = tracked.FileStore(tmp_path)
+    tmp_path.joinpath(store.path_for("job").name).write_text("{not json")
+    with caplog.at_level("WARNING", logger="tracked"):
+        status, _, _ = wsgi_call(wsgi_status_app(store), "GET", b"/job")
+    assert status == 500
+    lines = [f"{r.levelname}:{r.name}:{r.getMessage()}" for r in caplog.records]
+    assert lines and lines[0].startswith("WARNING:tracked:status route cannot read 'job'")

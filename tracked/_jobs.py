@@ -259,7 +259,7 @@ class _Pool:
             unfinished = list(self.running)
         for job in unfinished:
             logger.warning(
-                "tracked: progress %r still ran %ss after the interpreter started to exit; "
+                "progress %r still ran %ss after the interpreter started to exit; "
                 "ending it as cancelled",
                 job.progress.key.replace("\0", "?progress_id="),
                 timeout,

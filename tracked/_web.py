@@ -198,7 +198,7 @@ class StatusService:
         try:
             rendered = self._rendered(key, since)
         except Exception as exc:  # noqa: BLE001 - a store or record problem, never HTML
-            logger.warning("tracked: status route cannot read %r: %s", key, exc)
+            logger.warning("status route cannot read %r: %s", key, exc)
             return error(500, "the progress store cannot be read")
         if rendered is None:
             shown = key.replace("\0", "?progress_id=")
@@ -273,7 +273,7 @@ class StatusService:
             state = store.load(key)
         except Exception as exc:  # noqa: BLE001 - a store or record problem, never HTML
             subscription.close()
-            logger.warning("tracked: status route cannot read %r: %s", key, exc)
+            logger.warning("status route cannot read %r: %s", key, exc)
             return error(500, "the progress store cannot be read")
         if state is None:
             subscription.close()
@@ -347,7 +347,7 @@ class StatusService:
             state = store.load(key)
             asked = state is not None and state.in_progress and store.request_cancel(key)
         except Exception as exc:  # noqa: BLE001 - a store problem, answered in JSON
-            logger.warning("tracked: cannot ask %r to stop: %s", key, exc)
+            logger.warning("cannot ask %r to stop: %s", key, exc)
             return error(500, "the progress store cannot be used")
         if state is None:
             return error(404, f"no progress {shown!r}")
@@ -521,7 +521,7 @@ class SyncEvents:
             try:
                 value = stream.store.load(stream.key)
             except Exception as exc:  # noqa: BLE001 - end the stream; a reconnect gets the 500
-                logger.warning("tracked: event stream cannot read %r: %s", stream.key, exc)
+                logger.warning("event stream cannot read %r: %s", stream.key, exc)
                 break
         self.close()
         raise StopIteration
