@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -487,3 +488,81 @@ def test_a_status_route_warning_reads_once_tracked(tmp_path, caplog):
     assert status == 500
     lines = [f"{r.levelname}:{r.name}:{r.getMessage()}" for r in caplog.records]
     assert lines and lines[0].startswith("WARNING:tracked:status route cannot read 'job'")
+
+
+# ----------------------------------------------------------------------------- tracked serve
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``tracked serve`` on a free port over a store of 50 ended records, one of them a
+    tqdm-style run whose status is its name."""
+    directory = tmp_path_factory.mktemp("serve") / "store"
+    store = tracked.FileStore(directory)
+    for number in range(49):
+        with tracked.start(f"job-{number}", total=10, store=store) as progress:
+            progress.increment(number % 10, f"step {number}")
+    with tracked.start("Processing records", total=10, store=store) as progress:
+        progress.status = "Processing records"  # what a tqdm bar named after its desc writes
+        progress.increment(4)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tracked", "serve", "--port", str(port), "--store", str(directory)],
+        stdout=subprocess.DEVNULL, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        wait_for_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+CONCURRENT_CLIENTS = 200
+
+
+def test_serve_answers_200_concurrent_clients_without_a_failure(served):
+    """Every client connects at once (a barrier), then asks for /progresses.json."""
+    host, port = served.removeprefix("http://").split(":")
+    barrier = threading.Barrier(CONCURRENT_CLIENTS)
+    outcomes: list[str] = []
+
+    def client() -> None:
+        try:
+            barrier.wait(timeout=30)
+            connection = http.client.HTTPConnection(host, int(port), timeout=5)
+            try:
+                connection.request("GET", "/progresses.json")
+                response = connection.getresponse()
+                body = json.loads(response.read())
+                outcomes.append("ok" if response.status == 200
+                                and len(body["progresses"]) == 50 else f"{response.status}")
+            finally:
+                connection.close()
+        except Exception as exc:  # noqa: BLE001 - counted, and shown if any
+            outcomes.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=client) for _ in range(CONCURRENT_CLIENTS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    failures = [o for o in outcomes if o != "ok"]
+    assert len(outcomes) == CONCURRENT_CLIENTS and failures == []
+
+
+def test_serve_page_shows_a_run_named_after_its_status_once(served, chromium):
+    page = chromium.new_page()
+    try:
+        page.goto(served + "/progress?name=Processing%20records")
+        page.wait_for_function("document.getElementById('state').textContent === 'finished'",
+                               timeout=30_000)
+        assert page.locator("#status").text_content() == ""
+        assert page.locator("body").inner_text().count("Processing records") == 1
+        page.goto(served + "/progress?name=job-3")  # a status saying more is still shown
+        page.wait_for_function("document.getElementById('state').textContent === 'finished'",
+                               timeout=30_000)
+        assert page.locator("h1").text_content() == "job-3"
+    finally:
+        page.close()
