@@ -566,3 +566,12 @@ def test_serve_page_shows_a_run_named_after_its_status_once(served, chromium):
         assert page.locator("h1").text_content() == "job-3"
     finally:
         page.close()
+
+
+def test_the_readme_describes_tracked_js_by_its_default_transport():
+    script = (ROOT / "tracked" / "static" / "tracked.js").read_text(encoding="utf-8")
+    assert "transport: 'auto'" in script  # streams first, polls as a fallback
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    sentence = next(s for s in readme.split(". ") if "`tracked.js`" in s)
+    assert "polls it" not in sentence
+    assert "Server-Sent Events" in sentence and "polling where streams fail" in sentence
