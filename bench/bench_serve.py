@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_tracked  # noqa: E402
+from _common import load_tracked
 
 tracked = load_tracked()
 CLIENTS = [int(n) for n in os.environ.get("CLIENTS", "50,200,500").split(",")]

@@ -540,7 +540,7 @@ def test_serve_answers_200_concurrent_clients_without_a_failure(served):
                                 and len(body["progresses"]) == 50 else f"{response.status}")
             finally:
                 connection.close()
-        except Exception as exc:  # noqa: BLE001 - counted, and shown if any
+        except Exception as exc:  # counted, and shown if any
             outcomes.append(f"{type(exc).__name__}: {exc}")
 
     threads = [threading.Thread(target=client) for _ in range(CONCURRENT_CLIENTS)]
