@@ -10,11 +10,13 @@ import asyncio
 import http.client
 import io
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -575,3 +577,103 @@ def test_the_readme_describes_tracked_js_by_its_default_transport():
     sentence = next(s for s in readme.split(". ") if "`tracked.js`" in s)
     assert "polls it" not in sentence
     assert "Server-Sent Events" in sentence and "polling where streams fail" in sentence
+
+
+# ----------------------------------------------------------------------------- item 9: If-Match
+
+
+def _etag(answer: Call, name: str, query: bytes = b"") -> str:
+    status, found, _ = answer("GET", f"{PREFIX}/{name}", query)
+    assert status == 200
+    return found["etag"]
+
+
+def test_a_delete_bound_to_an_earlier_run_is_412_and_the_new_run_goes_on(call):
+    store = tracked.MemoryStore()
+    answer = call(store, cancel=True)
+    with tracked.start("job", store=store):
+        first = _etag(answer, "job")
+    with tracked.start("job", store=store) as second:  # the same counts, another run
+        assert _etag(answer, "job") != first
+        status, found, body = answer("DELETE", PREFIX + "/job", headers={"If-Match": first})
+        assert status == 412
+        assert found["content-type"] == "application/json; charset=utf-8"
+        assert "another run" in json.loads(body)["error"]
+        assert not second.cancel_requested
+        assert store.load("job").cancel_requested is False
+        current = _etag(answer, "job", b"since=0")
+        status, _, body = answer("DELETE", PREFIX + "/job", headers={"If-Match": current})
+        assert (status, json.loads(body)["state"]) == (202, "running")
+
+
+@pytest.mark.parametrize("header", [
+    "*", "{etag}", "W/{etag}", '"nonsense", {etag}', "{run}", "{etag_since}",
+])
+def test_if_match_naming_the_current_run_cancels_it(call, header):
+    store = tracked.MemoryStore()
+    answer = call(store, cancel=True)
+    with tracked.start("job", store=store) as progress:
+        progress.add_message("one")
+        etag = _etag(answer, "job")
+        progress.add_message("two")  # the content moved on: the run did not
+        since = _etag(answer, "job", b"since=1")
+        value = header.format(etag=etag, etag_since=since, run=etag.partition(".")[0] + '"')
+        status, _, _ = answer("DELETE", PREFIX + "/job", headers={"If-Match": value})
+        assert status == 202
+
+
+@pytest.mark.parametrize("header", [
+    "", "nonsense", '"nonsense"', '""', '"."', "W/", '"', "**", '"1.2", "3"', "x" * 10_000,
+    '"{run_minus}.x"', '"{run_plus}"', "{run_unquoted}",
+])
+def test_if_match_naming_no_run_of_the_name_is_412(call, header):
+    store = tracked.MemoryStore()
+    answer = call(store, cancel=True)
+    with tracked.start("job", store=store) as progress:
+        run = int(_etag(answer, "job").strip('"').partition(".")[0])
+        value = header.format(run_minus=run - 1, run_plus=run + 1, run_unquoted=run)
+        status, _, body = answer("DELETE", PREFIX + "/job", headers={"If-Match": value})
+        assert status == 412 and json.loads(body)["status"] == "error"
+        assert not progress.cancel_requested
+
+
+def test_if_match_on_an_ended_run_is_409_and_on_no_record_404(call):
+    store = tracked.MemoryStore()
+    answer = call(store, cancel=True)
+    with tracked.start("job", store=store):
+        etag = _etag(answer, "job")
+    assert answer("DELETE", PREFIX + "/job", headers={"If-Match": etag})[0] == 409
+    assert answer("DELETE", PREFIX + "/none", headers={"If-Match": etag})[0] == 404
+
+
+def test_tracked_js_sends_if_match_naming_the_run_it_saw(served, chromium):
+    state = json.loads(urllib.request.urlopen(served + PREFIX + "/job-3", timeout=30).read())
+    with urllib.request.urlopen(served + PREFIX + "/job-3", timeout=30) as response:
+        etag = response.headers["ETag"]
+    run = str(math.floor(state["start_time"] * 1e6))
+    assert etag.startswith(f'"{run}.')  # the route's ETag and tracked.js agree on the run
+    page = chromium.new_page()
+    deletes: list[dict[str, str]] = []
+
+    def intercept(route: Any) -> None:
+        if route.request.method == "DELETE":
+            deletes.append(route.request.headers)
+            route.fulfill(status=202, content_type="application/json", body="{}")
+        else:
+            route.continue_()
+
+    try:
+        page.route("**/_progress_status/**", intercept)
+        page.goto(served + "/")
+        page.add_script_tag(url="/tracked.js")
+        answer = page.evaluate("""async () => {
+            const watcher = await new Promise((resolve) => {
+                const w = tracked.trackProgress('/_progress_status/job-3',
+                    {transport: 'poll', onProgress: () => setTimeout(() => resolve(w), 0)});
+            });
+            return await watcher.cancel();
+        }""")
+    finally:
+        page.close()
+    assert answer["httpStatus"] == 202
+    assert [d.get("if-match") for d in deletes] == [f'"{run}"']

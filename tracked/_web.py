@@ -26,6 +26,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -55,9 +56,11 @@ __all__ = [
     "error",
     "event_schedule",
     "form_progress_ids",
+    "if_match_allows",
     "query_values",
     "render",
     "requested_progress_id",
+    "run_tag",
     "status_url",
     "storage_key",
 ]
@@ -118,6 +121,7 @@ class StatusRequest:
     native: Any = None
     accept: str | None = None
     last_event_id: str | None = None
+    if_match: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -332,7 +336,8 @@ class StatusService:
 
         202 with the wire JSON when a running progress was asked, 404 when there is
         none, 409 when it already ended; 403 when ``authorize`` or a ``cancel``
-        callable refuses."""
+        callable refuses; 412 when ``If-Match`` names no ETag of the current run (the
+        client saw another run of the name: see ``run_tag``)."""
         try:
             key, _ = self._key_and_since(request)
         except tracked.TrackedError as exc:
@@ -345,12 +350,15 @@ class StatusService:
         store = self.store or tracked.default_store()
         try:
             state = store.load(key)
-            asked = state is not None and state.in_progress and store.request_cancel(key)
+            if state is None:
+                return error(404, f"no progress {shown!r}")
+            if request.if_match is not None and not if_match_allows(request.if_match, state):
+                return error(412, f"progress {shown!r} is another run than the one the "
+                                  "request names (If-Match): nothing was asked to stop")
+            asked = state.in_progress and store.request_cancel(key)
         except Exception as exc:  # noqa: BLE001 - a store problem, answered in JSON
             logger.warning("cannot ask %r to stop: %s", key, exc)
             return error(500, "the progress store cannot be used")
-        if state is None:
-            return error(404, f"no progress {shown!r}")
         if not asked:
             return error(409, f"progress {shown!r} is not running (it ended {state.state})")
         body = render(self._shown(state)).body
@@ -884,11 +892,36 @@ def status_url(prefix: str, key: str) -> str:
 
 
 def render(state: tracked.State) -> Rendered:
-    """The wire JSON of ``state`` and its ETag, a hash of those very bytes."""
+    """The wire JSON of ``state`` and its ETag: ``"<run>.<hash of those very bytes>"``
+    (``run_tag``), so an ETag also says which run of the name it was taken from."""
     body = json.dumps(state.to_dict(), ensure_ascii=False, separators=(",", ":")).encode()
-    etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+    etag = f'"{run_tag(state)}.{hashlib.blake2b(body, digest_size=12).hexdigest()}"'
     ok = Response(200, (("Content-Type", JSON_TYPE), ("ETag", etag), _NO_STORE), body)
     return Rendered(body, etag, ok, Response(304, (("ETag", etag), _NO_STORE)))
+
+
+def run_tag(state: tracked.State) -> str:
+    """Which run of a name ``state`` belongs to: its start time in whole microseconds,
+    in decimal. The first part of every ETag; a client holding only the state (an
+    event stream has no ETag) builds the same from ``start_time`` (tracked.js does)."""
+    return str(math.floor(state.start_time * 1_000_000))
+
+
+def if_match_allows(header: str, state: tracked.State) -> bool:
+    """Whether an ``If-Match`` header names the run of ``state``: ``*``, or an entity
+    tag whose run part (before the first ``.``) is ``run_tag(state)``. Compared by run,
+    not byte for byte, so any ETag of the run matches (a ``W/`` added by a proxy too),
+    and one of an earlier or later run of the name never does."""
+    current = run_tag(state)
+    for candidate in header.split(","):
+        tag = candidate.strip()
+        if tag == "*":
+            return True
+        tag = tag.removeprefix("W/")
+        if len(tag) >= 2 and tag[0] == '"' and tag[-1] == '"':
+            if tag[1:-1].partition(".")[0] == current:
+                return True
+    return False
 
 
 def respond(rendered: Rendered, if_none_match: str | None) -> Response:

@@ -194,10 +194,13 @@ def _request(scope: Scope, root: str, path: str) -> StatusRequest:
         request.progress_id_header = found.get(b"x-progress-id")
         request.accept = found.get(b"accept")
         request.last_event_id = found.get(b"last-event-id")
+        request.if_match = found.get(b"if-match")
     return request
 
 
-_HEADERS = frozenset((b"if-none-match", b"x-progress-id", b"accept", b"last-event-id"))
+_HEADERS = frozenset(
+    (b"if-none-match", b"x-progress-id", b"accept", b"last-event-id", b"if-match")
+)
 
 
 async def _stream(stream: EventStream, receive: Receive, send: Send) -> None:

@@ -168,6 +168,7 @@ class TrackedPlugin:
             bottle.request,
             environ.get("HTTP_ACCEPT"),
             environ.get("HTTP_LAST_EVENT_ID"),
+            environ.get("HTTP_IF_MATCH"),
         )
         answer = self.service.open(request)
         response = bottle.response

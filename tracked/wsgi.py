@@ -118,6 +118,7 @@ def _answer(service: StatusService, environ: dict[str, Any]) -> Response | Event
         environ,
         environ.get("HTTP_ACCEPT"),
         environ.get("HTTP_LAST_EVENT_ID"),
+        environ.get("HTTP_IF_MATCH"),
     )
     return service.open(request)
 
