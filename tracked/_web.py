@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Generator, Iterable
 from typing import Any
@@ -40,11 +41,13 @@ from . import _watch
 
 __all__ = [
     "ALLOW",
+    "CACHE_BYTES",
     "EVENT_STREAM_TYPE",
     "JSON_TYPE",
     "LOAD",
     "Authorize",
     "CancelPolicy",
+    "EventCache",
     "EventStream",
     "RenderCache",
     "Rendered",
@@ -90,6 +93,9 @@ MAX_STREAM_SECONDS = 60.0
 #: Seconds after which a stream re-reads its record even without a change signal
 #: (an owner that died writes nothing: the record then reads ``abandoned``).
 RECHECK_SECONDS = 5.0
+#: Bytes of rendered answers and encoded events a status service keeps for reuse, in
+#: all (half for each): ``cache_bytes=`` of the adapters.
+CACHE_BYTES = 32 * 1024 * 1024
 #: Milliseconds a browser waits before reconnecting a closed stream (``retry:``).
 RETRY_MS = 1000
 #: The ``id`` of the event that ends a stream after the final state; a reconnect
@@ -161,7 +167,10 @@ class StatusService:
         heartbeat_seconds: float = HEARTBEAT_SECONDS,
         cancel: CancelPolicy = False,
         show_errors: bool = True,
+        cache_bytes: int = CACHE_BYTES,
     ) -> None:
+        if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0:
+            raise tracked.InvalidValue(f"cache_bytes must be an int >= 0, got {cache_bytes!r}")
         if authorize is not None and not callable(authorize):
             raise tracked.InvalidValue(f"authorize must be callable, got {authorize!r}")
         if not isinstance(cancel, bool) and not callable(cancel):
@@ -180,7 +189,9 @@ class StatusService:
         self.heartbeat_seconds = float(heartbeat_seconds)
         self.cancel = cancel
         self.show_errors = bool(show_errors)
+        self.cache_bytes = cache_bytes
         self._cache: RenderCache | None = None
+        self._events = EventCache(cache_bytes // 2)
 
     def __repr__(self) -> str:
         return f"StatusService(store={self.store!r})"
@@ -272,15 +283,19 @@ class StatusService:
         if resume == END_ID:
             return Response(204, (_NO_STORE,))
         store = self.store or tracked.default_store()
+        events = self._events
         subscription = _watch.subscribe(store, key, loop)  # before reading: no change is missed
+        events.opened(key)
         try:
-            state = store.load(key)
+            state = events.load(store, key)
         except Exception as exc:  # noqa: BLE001 - a store or record problem, never HTML
             subscription.close()
+            events.closed(key)
             logger.warning("status route cannot read %r: %s", key, exc)
             return error(500, "the progress store cannot be read")
         if state is None:
             subscription.close()
+            events.closed(key)
             shown = key.replace("\0", "?progress_id=")
             return error(404, f"no progress {shown!r}")
         cursor = since
@@ -289,9 +304,9 @@ class StatusService:
             cursor = count if run is None or run == _run_id(state) else 0
         steps = event_schedule(
             state, cursor, heartbeat=self.heartbeat_seconds, max_seconds=self.max_stream_seconds,
-            show_errors=self.show_errors,
+            show_errors=self.show_errors, events=events, key=key,
         )
-        return EventStream(_EVENT_HEADERS, key, store, subscription, steps)
+        return EventStream(_EVENT_HEADERS, key, store, subscription, steps, events)
 
     def _key_and_since(self, request: StatusRequest) -> tuple[str, int]:
         """The storage key and message cursor a request names; ``TrackedError`` if bad."""
@@ -311,7 +326,7 @@ class StatusService:
         store = self.store or tracked.default_store()
         cache = self._cache
         if cache is None or cache.store is not store:
-            cache = self._cache = RenderCache(store)
+            cache = self._cache = RenderCache(store, self.cache_bytes // 2)
         signature = cache.signature(key)  # before reading: see RenderCache
         now = time.monotonic()
         rendered = cache.get(key, since, signature, now)
@@ -382,12 +397,22 @@ class RenderCache:
     SETTLE_NS = 50_000_000
     RECHECK_S = 1.0
     MAX_ENTRIES = 1024
+    #: Bytes an entry costs beyond its body (the key, the tuples, two Responses).
+    OVERHEAD = 512
 
-    def __init__(self, store: tracked.Store) -> None:
+    def __init__(self, store: tracked.Store, max_bytes: int = CACHE_BYTES // 2) -> None:
         self.store = store
+        self.max_bytes = max_bytes
         self._files = store if isinstance(store, tracked.FileStore) else None
         self._paths: dict[str, str] = {}
         self._entries: dict[tuple[str, int], tuple[Signature, Rendered, float]] = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    @property
+    def size(self) -> int:
+        """Bytes held now (bodies and their overhead): at most ``max_bytes``."""
+        return self._bytes
 
     def signature(self, key: str) -> Signature | None:
         """The identity of ``key``'s file now; None when there is no file (or no FileStore)."""
@@ -447,7 +472,21 @@ class RenderCache:
             expires = float("inf")
         else:
             return
-        _bounded_put(self._entries, (key, since), (signature, rendered, expires), self.MAX_ENTRIES)
+        size = len(rendered.body) + self.OVERHEAD
+        if size > self.max_bytes // 4:
+            return  # one big record (or ?since= sweep of one) must not flush all others
+        entries = self._entries
+        with self._lock:
+            old = entries.pop((key, since), None)
+            if old is not None:
+                self._bytes -= len(old[1].body) + self.OVERHEAD
+            while entries and (
+                self._bytes + size > self.max_bytes or len(entries) >= self.MAX_ENTRIES
+            ):
+                dropped = entries.pop(next(iter(entries)))  # the oldest
+                self._bytes -= len(dropped[1].body) + self.OVERHEAD
+            entries[(key, since)] = (signature, rendered, expires)
+            self._bytes += size
 
 
 def _bounded_put(table: dict[Any, Any], key: Any, value: Any, limit: int) -> None:
@@ -493,11 +532,133 @@ class EventStream:
     store: tracked.Store
     subscription: _watch.Subscription
     steps: Schedule
+    events: EventCache | None = None
+    closed: bool = False
+
+    def load(self) -> tracked.State | None:
+        """Read the record (it may block): once for all streams of the key when the
+        record is unchanged (see ``EventCache.load``)."""
+        if self.events is None:
+            return self.store.load(self.key)
+        return self.events.load(self.store, self.key)
 
     def close(self) -> None:
-        """End the schedule and stop following the record (idempotent)."""
+        """End the schedule and stop following the record (idempotent); the events kept
+        for the key go once its last stream closed."""
+        if self.closed:
+            return
+        self.closed = True
         self.steps.close()
         self.subscription.close()
+        if self.events is not None:
+            self.events.closed(self.key)
+
+
+class EventCache:
+    """Encoded events shared by a service's streams: a change fanned out to many streams
+    as one ``State`` (a Redis or memory watcher hands every stream the same object) is
+    encoded once per cursor. Per key it keeps the latest such state and its events, at
+    most ``max_bytes`` in all (a state counted by its messages), and nothing once the
+    key's last stream closed."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._streams: dict[str, int] = {}
+        # (key, errors hidden) -> (state, {cursor: event}, bytes held for both)
+        self._entries: dict[tuple[str, bool], tuple[tracked.State, dict[int, bytes], int]] = {}
+        # key -> (file identity, valid until (monotonic), state, its bytes): FileStore reads
+        self._loaded: dict[str, tuple[Signature, float, tracked.State, int]] = {}
+        self._bytes = 0
+
+    def load(self, store: tracked.Store, key: str) -> tracked.State | None:
+        """``store.load(key)``, read once for all the key's streams that ask while a
+        FileStore record's file is unchanged, for at most ``RenderCache.RECHECK_S``
+        (an owner that died is then judged again): many streams woken by one change
+        parse the record once and share the ``State`` (and so their encoded events)."""
+        if not isinstance(store, tracked.FileStore):
+            return store.load(key)
+        try:
+            info = os.stat(store.path_for(key))
+        except OSError:
+            return store.load(key)
+        signature = (info.st_ino, info.st_mtime_ns, info.st_size)
+        now = time.monotonic()
+        kept = self._loaded.get(key)
+        if kept is not None and kept[0] == signature and now < kept[1]:
+            return kept[2]
+        state = store.load(key)  # after the stat: a change meanwhile is seen next time
+        if state is not None:
+            # As RenderCache: a file younger than a clock tick is reused only until it
+            # could have settled (another replace within the tick could look the same).
+            settled = time.time_ns() - signature[1] > RenderCache.SETTLE_NS
+            until = now + (RenderCache.RECHECK_S if settled else RenderCache.SETTLE_NS / 1e9)
+            size = _state_bytes(state)
+            with self._lock:
+                old = self._loaded.pop(key, None)
+                if old is not None:
+                    self._bytes -= old[3]
+                if key in self._streams and self._bytes + size <= self.max_bytes:
+                    self._loaded[key] = (signature, until, state, size)
+                    self._bytes += size
+        return state
+
+    @property
+    def size(self) -> int:
+        """Bytes held now (events and the states they were encoded from)."""
+        return self._bytes
+
+    def opened(self, key: str) -> None:
+        with self._lock:
+            self._streams[key] = self._streams.get(key, 0) + 1
+
+    def closed(self, key: str) -> None:
+        with self._lock:
+            left = self._streams.get(key, 1) - 1
+            if left > 0:
+                self._streams[key] = left
+                return
+            self._streams.pop(key, None)
+            loaded = self._loaded.pop(key, None)
+            if loaded is not None:
+                self._bytes -= loaded[3]
+            for hide in (False, True):
+                entry = self._entries.pop((key, hide), None)
+                if entry is not None:
+                    self._bytes -= entry[2]
+
+    def get(self, key: str, hide: bool, state: tracked.State, cursor: int) -> bytes | None:
+        entry = self._entries.get((key, hide))
+        if entry is None or entry[0] is not state:
+            return None
+        return entry[1].get(cursor)
+
+    def put(self, key: str, hide: bool, state: tracked.State, cursor: int, event: bytes) -> None:
+        with self._lock:
+            if key not in self._streams:
+                return  # no stream follows it (any more): keep nothing
+            entry = self._entries.pop((key, hide), None)
+            if entry is not None:
+                self._bytes -= entry[2]
+                if entry[0] is not state:
+                    entry = None
+            if entry is None:
+                entry = (state, {}, _state_bytes(state))
+            state_, events, held = entry
+            size = held + len(event) - len(events.get(cursor, b""))
+            if size > self.max_bytes:
+                return
+            while self._entries and self._bytes + size > self.max_bytes:
+                dropped = self._entries.pop(next(iter(self._entries)))
+                self._bytes -= dropped[2]
+            events[cursor] = event
+            self._entries[(key, hide)] = (state_, events, size)
+            self._bytes += size
+
+
+def _state_bytes(state: tracked.State) -> int:
+    """About what a ``State`` takes in memory: its message strings and the rest."""
+    return sum(map(len, state.messages)) + 56 * len(state.messages) + 1024
 
 
 class SyncEvents:
@@ -527,7 +688,7 @@ class SyncEvents:
                 value = stream.subscription.wait(step.seconds)
                 continue
             try:
-                value = stream.store.load(stream.key)
+                value = stream.load()
             except Exception as exc:  # noqa: BLE001 - end the stream; a reconnect gets the 500
                 logger.warning("event stream cannot read %r: %s", stream.key, exc)
                 break
@@ -586,34 +747,32 @@ def event_id(state: tracked.State) -> str:
 
 
 def _event(
-    state: tracked.State, cursor: int, *, retry: bool = False, show_errors: bool = True
+    state: tracked.State, cursor: int, *, retry: bool = False, show_errors: bool = True,
+    events: EventCache | None = None, key: str = "",
 ) -> bytes:
     """One event: the wire JSON of ``state`` with the messages from ``cursor`` on
     (with ``show_errors=False``, a failed run's error text reads ``"failed"``, as in
     the JSON answers: see ``StatusService._shown``).
 
     Streams that follow one key get the very same ``State`` object from their
-    watcher, mostly at the same cursor: each event is rendered once for all of them.
+    watcher, mostly at the same cursor: with ``events`` (the service's cache, ``key``
+    the storage key) each such event is rendered once for all of them.
     """
     hide = not show_errors and state.error is not None
-    if not retry:
-        cached = _EVENTS.get((id(state), cursor, hide))
-        if cached is not None and cached[0] is state:
-            return cached[1]
+    cache = None if retry else events
+    if cache is not None:
+        cached = cache.get(key, hide, state, cursor)
+        if cached is not None:
+            return cached
     shown = state.messages_since(cursor) if cursor else state
     if hide:
         shown = dataclasses.replace(shown, error="failed")
     data = json.dumps(shown.to_dict(), ensure_ascii=False, separators=(",", ":"))
     head = f"retry: {RETRY_MS}\n" if retry else ""
     event = f"{head}id: {event_id(state)}\ndata: {data}\n\n".encode()
-    if not retry:
-        _bounded_put(_EVENTS, (id(state), cursor, hide), (state, event), 256)
+    if cache is not None:
+        cache.put(key, hide, state, cursor, event)
     return event
-
-
-#: (id of a State, cursor, errors hidden) -> (that State, its event): the State is kept so
-#: its id stays its own.
-_EVENTS: dict[tuple[int, int, bool], tuple[tracked.State, bytes]] = {}
 
 
 _END_EVENT = f"event: end\nid: {END_ID}\ndata: {{}}\n\n".encode()
@@ -629,6 +788,8 @@ def event_schedule(
     recheck: float = RECHECK_SECONDS,
     clock: Callable[[], float] = time.monotonic,
     show_errors: bool = True,
+    events: EventCache | None = None,
+    key: str = "",
 ) -> Schedule:
     """The events of one stream, starting from ``state`` (just read) and ``cursor``
     (the messages the client has).
@@ -641,13 +802,17 @@ def event_schedule(
     A state that came with the change is used when it holds every message from
     the cursor on; else the record is read (``LOAD``), as after ``recheck`` seconds
     without either (an owner that died writes nothing: it then reads ``abandoned``).
-    ``show_errors=False`` replaces a failed run's error text by ``"failed"``.
+    ``show_errors=False`` replaces a failed run's error text by ``"failed"``;
+    ``events`` and ``key``: the cache sharing encoded events between streams of ``key``.
     """
     now = clock()
     deadline = now + max_seconds
     run = _run_id(state)
     yield _event(state, cursor, retry=True, show_errors=show_errors)
-    sent, cursor, last_emit, last_read = state, state.message_count, now, now
+    # What was sent, without its messages: a waiting stream holds no copy of the record
+    # (messages only grow, so message_count tells a change of them).
+    sent, cursor, last_emit, last_read = _slim(state), state.message_count, now, now
+    del state
     while sent.in_progress:
         now = clock()
         if now >= deadline:
@@ -667,15 +832,24 @@ def event_schedule(
         else:
             current = yield LOAD
             last_read = clock()
+        latest = None
         if current is None:
             return  # deleted: the stream ends; a reconnect gets the 404
-        if current == sent:
+        slim = _slim(current)
+        if slim == sent:
             continue
         if _run_id(current) != run:  # the name was started again: all of the new run
             run, cursor = _run_id(current), 0
-        yield _event(current, cursor, show_errors=show_errors)
-        sent, cursor, last_emit = current, current.message_count, now
+        event = _event(current, cursor, show_errors=show_errors, events=events, key=key)
+        sent, cursor, current = slim, current.message_count, None
+        yield event
+        event, last_emit = b"", now
     yield _END_EVENT
+
+
+def _slim(state: tracked.State) -> tracked.State:
+    """``state`` without its messages (``message_count`` stays): what a stream keeps."""
+    return dataclasses.replace(state, messages=()) if state.messages else state
 
 
 def _continues(latest: tracked.State, sent: tracked.State, run: int, cursor: int) -> bool:

@@ -234,7 +234,7 @@ async def _stream(stream: EventStream, receive: Receive, send: Send) -> None:
                 value = await stream.subscription.wait_async(step.seconds)
             else:
                 try:
-                    value = await asyncio.to_thread(stream.store.load, stream.key)
+                    value = await asyncio.to_thread(stream.load)
                 except Exception:  # noqa: BLE001 - end the stream; a reconnect gets the 500
                     break
         if not gone:
@@ -248,8 +248,8 @@ async def _stream(stream: EventStream, receive: Receive, send: Send) -> None:
 
 async def _send(answer: Response, head: bool, send: Send) -> None:
     """Send one complete answer; a HEAD gets the headers of the GET, without the body."""
-    cached = _ENCODED.get(id(answer))
-    if cached is not None and cached[0] is answer:
+    cached = _ENCODED.get((id(answer.headers), len(answer.body)))
+    if cached is not None and cached[0] is answer.headers:
         headers = list(cached[1])  # a fresh list: middlewares outside may append to it
     else:
         headers = [(name.lower().encode("latin-1"), value.encode("latin-1"))
@@ -258,13 +258,16 @@ async def _send(answer: Response, head: bool, send: Send) -> None:
             headers.append((b"content-length", str(len(answer.body)).encode("ascii")))
         if len(_ENCODED) >= 1024:
             _ENCODED.clear()
-        _ENCODED[id(answer)] = (answer, tuple(headers))
+        _ENCODED[(id(answer.headers), len(answer.body))] = (answer.headers, tuple(headers))
     await send({"type": "http.response.start", "status": answer.status, "headers": headers})
     await send({"type": "http.response.body", "body": b"" if head else answer.body})
 
 
-#: id of a Response -> (it, its encoded headers): cached answers are sent as they are.
-_ENCODED: dict[int, tuple[Response, tuple[tuple[bytes, bytes], ...]]] = {}
+#: (id of a Response's headers, its body's length) -> (those headers, encoded): cached
+#: answers are sent as they are. The headers are kept (so their id stays theirs), never
+#: the body: 1,024 entries of a few hundred bytes.
+_Headers = tuple[tuple[str, str], ...]
+_ENCODED: dict[tuple[int, int], tuple[_Headers, tuple[tuple[bytes, bytes], ...]]] = {}
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
