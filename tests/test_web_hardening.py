@@ -7,6 +7,7 @@ work are refused, a DELETE bound to the run the client saw, caches bounded in by
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import http.client
 import io
 import json
@@ -16,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -329,10 +331,16 @@ def test_a_prefix_that_works_is_kept_without_its_trailing_slash_and_matches(kind
 
 
 def _caller(kind: str, adapter: Any) -> Call:
-    if kind == "asgi":
-        return lambda method, path: asgi_call(adapter, method, unquote(path),
-                                              raw_path=path.encode("ascii"))
-    return lambda method, path: wsgi_call(adapter, method, unquote_to_bytes(path))
+    """``call(method, target)`` for one adapter; ``target`` may hold a query."""
+
+    def call(method: str, target: str) -> Answer:
+        path, _, query = target.partition("?")
+        if kind == "asgi":
+            return asgi_call(adapter, method, unquote(path), query.encode(),
+                             raw_path=path.encode("ascii"))
+        return wsgi_call(adapter, method, unquote_to_bytes(path), query.encode())
+
+    return call
 
 
 @pytest.mark.parametrize("root", ["/", "/app", "/app/", "/app//"])
@@ -677,3 +685,230 @@ def test_tracked_js_sends_if_match_naming_the_run_it_saw(served, chromium):
         page.close()
     assert answer["httpStatus"] == 202
     assert [d.get("if-match") for d in deletes] == [f'"{run}"']
+
+
+# ----------------------------------------------------------------------------- item 1: memory
+
+from tracked._web import (  # noqa: E402
+    CACHE_BYTES,
+    EventCache,
+    RenderCache,
+    StatusService,
+    Wait,
+    event_schedule,
+    render,
+)
+
+BIG_MESSAGE = "m" * 1000
+
+
+def _service_of(adapter: Any) -> StatusService:
+    plugins = [p for p in getattr(adapter, "plugins", ()) if isinstance(p, TrackedPlugin)]
+    if plugins:
+        return plugins[0].service
+    status = getattr(adapter, "status", adapter)
+    return status.service  # type: ignore[no-any-return]
+
+
+def _adapter(kind: str, store: tracked.Store, **options: Any) -> Any:
+    if kind == "bottle":
+        return bottle_app(store, **options)
+    if kind == "wsgi":
+        return WsgiMiddleware(echo_wsgi, store, **options)
+    return AsgiMiddleware(echo_asgi, store, **options)
+
+
+def test_the_default_cache_budget_is_documented_and_refused_when_bad():
+    assert CACHE_BYTES == 32 * 1024 * 1024
+    assert StatusService(tracked.MemoryStore()).cache_bytes == CACHE_BYTES
+    for bad in (-1, 1.5, True, "1", None):
+        with pytest.raises(tracked.InvalidValue, match="cache_bytes"):
+            StatusService(tracked.MemoryStore(), cache_bytes=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", MIDDLEWARES)
+def test_a_since_sweep_stays_within_the_render_budget_on_every_adapter(kind, tmp_path):
+    store = tracked.FileStore(tmp_path / "store")
+    with tracked.start("big", total=None, store=store, max_messages=200) as progress:
+        for number in range(200):
+            progress.add_message(f"{number} {BIG_MESSAGE}")
+    budget = 1 << 20  # 512 KiB of rendered answers: about 2 of the whole record
+    adapter = _adapter(kind, store, cache_bytes=budget)
+    service = _service_of(adapter)
+    answer = _caller(kind, adapter)
+    time.sleep(RenderCache.SETTLE_NS / 1e9)  # ended files are cached once settled
+    sizes = []
+    for since in range(0, 220, 2):
+        status, _, body = answer("GET", f"{PREFIX}/big?since={since}")
+        assert status == 200 and json.loads(body)["message_count"] == 200
+        sizes.append(service.held_bytes)
+    assert max(sizes) <= budget // 2
+    assert max(sizes) > budget // 4  # it still caches: several bodies at once
+    status, _, _ = answer("GET", f"{PREFIX}/big?since=200")  # cached bodies still answer
+    assert status == 200
+
+
+@pytest.mark.parametrize("budget", [0, 4096])
+def test_render_cache_entry_boundaries(tmp_path, budget):
+    store = tracked.FileStore(tmp_path / "store")
+    cache = RenderCache(store, budget)
+    limit = budget // 4 - RenderCache.OVERHEAD  # the largest body one entry may hold
+
+    def body_of(size: int) -> Any:
+        return render(tracked.State(name="x")).__class__(b"x" * size, '"e"', None, None)
+
+    signature = (1, 0, 1)  # an old file: settled
+    for size in (limit - 1, limit, limit + 1):
+        if size < 0:
+            continue
+        cache.put("k", size, signature, body_of(size), False, time.monotonic())
+        kept = cache.get("k", size, signature, time.monotonic())
+        assert (kept is not None) == (size <= limit), size
+        assert cache.size <= budget
+    for since in range(100):
+        cache.put("k", 1000 + since, signature, body_of(max(limit, 0)), False, time.monotonic())
+        assert cache.size <= budget
+    assert budget == 0 or cache.get("k", 1099, signature, time.monotonic()) is not None
+    assert cache.get("k", 1000, signature, time.monotonic()) is None  # the oldest went
+
+
+def test_event_cache_keeps_nothing_for_a_key_without_streams_and_stays_in_budget():
+    cache = EventCache(10_000)
+    state = tracked.State(name="k", messages=("a" * 100,), message_count=1)
+    cache.put("k", False, state, 0, b"x" * 100)
+    assert cache.size == 0 and cache.get("k", False, state, 0) is None  # no stream
+    cache.opened("k")
+    cache.opened("k")
+    cache.put("k", False, state, 0, b"x" * 100)
+    assert cache.get("k", False, state, 0) == b"x" * 100
+    assert 0 < cache.size <= 10_000
+    cache.put("k", False, state, 1, b"y" * 20_000)  # bigger than the budget: not kept
+    assert cache.get("k", False, state, 1) is None and cache.size <= 10_000
+    cache.closed("k")
+    assert cache.get("k", False, state, 0) == b"x" * 100  # one stream still follows it
+    cache.closed("k")
+    assert cache.size == 0 and cache.get("k", False, state, 0) is None
+    for number in range(200):  # many keys: the budget holds
+        key = f"k{number}"
+        cache.opened(key)
+        cache.put(key, False, state, 0, b"z" * 1000)
+        assert cache.size <= 10_000
+    for number in range(200):
+        cache.closed(f"k{number}")
+    assert cache.size == 0
+
+
+@pytest.mark.parametrize("kind", ["bottle", "wsgi", "asgi"])
+@pytest.mark.parametrize("store_kind", ["memory", "file"])
+def test_streams_share_events_and_nothing_is_kept_once_they_close(kind, store_kind, tmp_path):
+    store: tracked.Store = (tracked.MemoryStore() if store_kind == "memory"
+                            else tracked.FileStore(tmp_path / "store"))
+    streams = 12
+    with tracked.start("big", total=None, store=store, min_interval=0) as progress:
+        for number in range(100):
+            progress.add_message(f"{number} {BIG_MESSAGE}")
+        adapter = _adapter(kind, store, cache_bytes=8 << 20)
+        service = _service_of(adapter)
+        opened = [_open_stream(kind, adapter) for _ in range(streams)]
+        try:
+            for stream in opened:
+                assert b"data:" in stream.next_event()
+            progress.add_message("one more")
+            for stream in opened:
+                assert b"one more" in stream.next_event()
+            held = service.held_bytes
+            assert 0 < held <= 4 << 20  # the shared state and its event, in the budget
+            assert held < 3 * 100 * len(BIG_MESSAGE)  # not one copy per stream (12 here)
+        finally:
+            for stream in opened:
+                stream.close()
+        assert service.held_bytes == 0
+
+
+class _SyncStream:
+    """An event stream of a WSGI adapter, read in this thread."""
+
+    def __init__(self, body: Any) -> None:
+        self.body = body  # closed as a server closes it
+        self.chunks = iter(body)
+        self.pending = b""
+
+    def next_event(self) -> bytes:
+        while b"\n\n" not in self.pending:
+            self.pending += next(self.chunks)
+        event, _, self.pending = self.pending.partition(b"\n\n")
+        return event if b"data:" in event else self.next_event()
+
+    def close(self) -> None:
+        self.body.close()
+
+
+class _AsgiStream:
+    """An event stream of an ASGI adapter, run on its own loop in a thread."""
+
+    def __init__(self, app: Any) -> None:
+        import queue
+
+        self.chunks: queue.Queue[bytes] = queue.Queue()
+        self.pending = b""
+        self.loop = asyncio.new_event_loop()
+        self.gone = asyncio.Event()
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                 "method": "GET", "scheme": "http", "path": PREFIX + "/big",
+                 "raw_path": (PREFIX + "/big").encode(), "root_path": "", "query_string": b"",
+                 "headers": [(b"accept", b"text/event-stream")],
+                 "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1)}
+
+        async def receive() -> dict[str, Any]:
+            await self.gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            self.chunks.put(message.get("body", b""))
+
+        self.thread = threading.Thread(
+            target=self.loop.run_until_complete, args=(app(scope, receive, send),))
+        self.thread.start()
+
+    def next_event(self) -> bytes:
+        while b"\n\n" not in self.pending:
+            self.pending += self.chunks.get(timeout=30)
+        event, _, self.pending = self.pending.partition(b"\n\n")
+        return event if b"data:" in event else self.next_event()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.gone.set)
+        self.thread.join(30)
+        assert not self.thread.is_alive()
+        self.loop.close()
+
+
+def _open_stream(kind: str, adapter: Any) -> Any:
+    if kind == "asgi":
+        return _AsgiStream(adapter)
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": PREFIX + "/big",
+        "QUERY_STRING": "", "HTTP_ACCEPT": "text/event-stream", "SERVER_NAME": "x",
+        "SERVER_PORT": "80", "wsgi.input": io.BytesIO(b""), "wsgi.url_scheme": "http",
+    }
+    body = adapter(environ, lambda status, headers, exc=None: None)
+    return _SyncStream(body)
+
+
+def test_a_waiting_stream_holds_no_copy_of_the_record():
+    """The schedule keeps what it sent without its messages (a 2 MB record is not
+    held once per open stream), after the first event and after a later one."""
+    messages = tuple(f"{n} {BIG_MESSAGE}" for n in range(50))
+    state = tracked.State(name="k", messages=messages, message_count=50, total=None)
+    steps = event_schedule(state, 0, clock=lambda: 0.0)
+    assert b"data:" in next(steps)
+    assert isinstance(next(steps), Wait)
+    held = list(steps.gi_frame.f_locals.values())
+    assert all(value is not state and value is not messages for value in held)
+    later = dataclasses.replace(state, messages=(*messages, "new"), message_count=51,
+                                current_time=1.0)
+    assert b"new" in steps.send((True, later))
+    assert isinstance(next(steps), Wait)
+    held = list(steps.gi_frame.f_locals.values())
+    assert all(value is not later and value is not later.messages for value in held)
+    steps.close()

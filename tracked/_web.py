@@ -155,7 +155,9 @@ class StatusService:
 
     ``store`` is a ``Store``, a directory or a store URL (None: the process
     default at request time); ``authorize(native_request, key)`` returning false
-    answers 403 before anything about the progress is revealed.
+    answers 403 before anything about the progress is revealed. ``cache_bytes``
+    bounds what it keeps for reuse (``CACHE_BYTES``, 32 MiB: half for rendered
+    answers, half for event streams, whose share empties when they close).
     """
 
     def __init__(
@@ -195,6 +197,13 @@ class StatusService:
 
     def __repr__(self) -> str:
         return f"StatusService(store={self.store!r})"
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes the service keeps for reuse now (rendered answers, encoded events and
+        the records they came from): at most ``cache_bytes``, about."""
+        cache = self._cache
+        return (0 if cache is None else cache.size) + self._events.size
 
     def handle(self, request: StatusRequest) -> Response:
         """The answer to ``request``: the wire JSON, a 304, or a JSON error; never raises
@@ -637,22 +646,22 @@ class EventCache:
         with self._lock:
             if key not in self._streams:
                 return  # no stream follows it (any more): keep nothing
-            entry = self._entries.pop((key, hide), None)
-            if entry is not None:
-                self._bytes -= entry[2]
-                if entry[0] is not state:
-                    entry = None
-            if entry is None:
-                entry = (state, {}, _state_bytes(state))
-            state_, events, held = entry
-            size = held + len(event) - len(events.get(cursor, b""))
+            entry = self._entries.get((key, hide))
+            if entry is not None and entry[0] is state:
+                events = entry[1]
+                size = entry[2] + len(event) - len(events.get(cursor, b""))
+            else:
+                events, size = {}, _state_bytes(state) + len(event)
             if size > self.max_bytes:
-                return
+                return  # too big to keep: what is kept stays
+            if entry is not None:
+                del self._entries[(key, hide)]
+                self._bytes -= entry[2]
             while self._entries and self._bytes + size > self.max_bytes:
-                dropped = self._entries.pop(next(iter(self._entries)))
+                dropped = self._entries.pop(next(iter(self._entries)))  # the oldest
                 self._bytes -= dropped[2]
             events[cursor] = event
-            self._entries[(key, hide)] = (state_, events, size)
+            self._entries[(key, hide)] = (state, events, size)
             self._bytes += size
 
 

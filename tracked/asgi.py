@@ -30,6 +30,7 @@ import tracked
 
 from ._scope import RequestScope, request_scope
 from ._web import (
+    CACHE_BYTES,
     FORM_LIMIT,
     FORM_TYPES,
     HEARTBEAT_SECONDS,
@@ -65,6 +66,7 @@ def status_app(
     heartbeat_seconds: float = HEARTBEAT_SECONDS,
     cancel: CancelPolicy = False,
     show_errors: bool = True,
+    cache_bytes: int = CACHE_BYTES,
 ) -> ASGIApp:
     """An ASGI app serving the status route for ``store`` (None: the process default
     at request time). ``authorize(scope, key)`` returning false answers 403; it
@@ -79,10 +81,13 @@ def status_app(
     ``heartbeat_seconds`` of silence. A waiting stream holds no thread: it waits
     on the event loop for its store's change signal; only store reads run in a
     worker thread.
+    ``cache_bytes`` (default 32 MiB) bounds the bytes the route keeps for reuse:
+    half for rendered answers, half for open streams (nothing once they closed).
     """
     service = StatusService(
         store, authorize=authorize, max_stream_seconds=max_stream_seconds,
         heartbeat_seconds=heartbeat_seconds, cancel=cancel, show_errors=show_errors,
+        cache_bytes=cache_bytes,
     )
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -305,12 +310,14 @@ class TrackedMiddleware:
         heartbeat_seconds: float = HEARTBEAT_SECONDS,
         cancel: CancelPolicy = False,
         show_errors: bool = True,
+        cache_bytes: int = CACHE_BYTES,
     ) -> None:
         self.app = app
         self.prefix = mount_prefix(prefix)
         self.status = status_app(
             store, authorize=authorize, max_stream_seconds=max_stream_seconds,
             heartbeat_seconds=heartbeat_seconds, cancel=cancel, show_errors=show_errors,
+            cache_bytes=cache_bytes,
         )
         self.store = self.status.service.store  # type: ignore[attr-defined]
         self._serve_status = self.status.serve  # type: ignore[attr-defined]

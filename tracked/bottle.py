@@ -29,6 +29,7 @@ import tracked
 from ._decorator import SizedGenerator
 from ._scope import RequestScope, request_scope
 from ._web import (
+    CACHE_BYTES,
     HEARTBEAT_SECONDS,
     MAX_STREAM_SECONDS,
     Authorize,
@@ -70,6 +71,8 @@ class TrackedPlugin:
     as ``tracked.State(name, progress_id).key`` builds it. A GET accepting
     ``text/event-stream`` gets Server-Sent Events for at most ``max_stream_seconds``
     (0: never), with a comment line after ``heartbeat_seconds`` of silence.
+    ``cache_bytes`` (32 MiB) bounds what the status route keeps for reuse (see
+    ``tracked._web.StatusService``).
     """
 
     name = "tracked"
@@ -85,6 +88,7 @@ class TrackedPlugin:
         *,
         max_stream_seconds: float = MAX_STREAM_SECONDS,
         heartbeat_seconds: float = HEARTBEAT_SECONDS,
+        cache_bytes: int = CACHE_BYTES,
     ) -> None:
         if isinstance(prefix, str) and any(c in prefix for c in "<>:"):
             raise tracked.InvalidValue(  # Bottle would read them as route wildcards
@@ -94,6 +98,7 @@ class TrackedPlugin:
         self.service = StatusService(
             store, authorize=authorize, cancel=cancel, show_errors=show_errors,
             max_stream_seconds=max_stream_seconds, heartbeat_seconds=heartbeat_seconds,
+            cache_bytes=cache_bytes,
         )
         self.store = self.service.store
         self.prefix = kept

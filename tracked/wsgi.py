@@ -33,6 +33,7 @@ import tracked
 
 from ._scope import RequestScope, request_scope
 from ._web import (
+    CACHE_BYTES,
     FORM_LIMIT,
     FORM_TYPES,
     HEARTBEAT_SECONDS,
@@ -66,6 +67,7 @@ def status_app(
     heartbeat_seconds: float = HEARTBEAT_SECONDS,
     cancel: CancelPolicy = False,
     show_errors: bool = True,
+    cache_bytes: int = CACHE_BYTES,
 ) -> WSGIApp:
     """A WSGI app serving the status route for ``store`` (None: the process default
     at request time). ``authorize(environ, key)`` returning false answers 403.
@@ -78,10 +80,13 @@ def status_app(
     ``max_stream_seconds`` (0: never; such requests get the JSON), with a comment
     line after ``heartbeat_seconds`` of silence. An open stream holds the thread
     serving it: use threaded workers (gunicorn ``gthread``, gevent) for streams.
+    ``cache_bytes`` (default 32 MiB) bounds the bytes the route keeps for reuse:
+    half for rendered answers, half for open streams (nothing once they closed).
     """
     service = StatusService(
         store, authorize=authorize, max_stream_seconds=max_stream_seconds,
         heartbeat_seconds=heartbeat_seconds, cancel=cancel, show_errors=show_errors,
+        cache_bytes=cache_bytes,
     )
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -145,6 +150,7 @@ class TrackedMiddleware:
         heartbeat_seconds: float = HEARTBEAT_SECONDS,
         cancel: CancelPolicy = False,
         show_errors: bool = True,
+        cache_bytes: int = CACHE_BYTES,
     ) -> None:
         self.app = app
         self.prefix = mount_prefix(prefix)
@@ -152,6 +158,7 @@ class TrackedMiddleware:
         self.status = status_app(
             store, authorize=authorize, max_stream_seconds=max_stream_seconds,
             heartbeat_seconds=heartbeat_seconds, cancel=cancel, show_errors=show_errors,
+            cache_bytes=cache_bytes,
         )
         self.store = self.status.service.store  # type: ignore[attr-defined]
 
