@@ -43,6 +43,24 @@ MIDDLEWARES = ["bottle", "wsgi", "asgi"]
 # ----------------------------------------------------------------------------- drivers
 
 
+def run_apart(coroutine: Any) -> None:
+    """Run ``coroutine`` to its end on a new event loop in a thread of its own (this
+    thread may already run a loop: Playwright's sync API keeps one)."""
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(coroutine)
+        except BaseException as exc:  # raised again in the caller
+            failed.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]
+
+
 def asgi_call(
     app: Callable[..., Any], method: str, path: str, query: bytes = b"",
     headers: list[tuple[bytes, bytes]] | None = None, body: bytes = b"",
@@ -68,7 +86,7 @@ def asgi_call(
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    asyncio.run(app(scope, receive, send))
+    run_apart(app(scope, receive, send))
     start = sent[0]
     found = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in start["headers"]}
     return start["status"], found, b"".join(m.get("body", b"") for m in sent[1:])

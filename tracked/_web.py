@@ -746,8 +746,10 @@ def _resume(last_event_id: str | None) -> tuple[int, int | None] | str | None:
 
 
 def _run_id(state: tracked.State) -> int:
-    """Which run of a name a state belongs to: its start time in milliseconds."""
-    return round(state.start_time * 1000)
+    """Which run of a name a state belongs to: its start time in milliseconds (0 for a
+    record whose start time is not a finite number)."""
+    start = state.start_time
+    return round(start * 1000) if math.isfinite(start) else 0
 
 
 def event_id(state: tracked.State) -> str:
@@ -1087,7 +1089,8 @@ def run_tag(state: tracked.State) -> str:
     """Which run of a name ``state`` belongs to: its start time in whole microseconds,
     in decimal. The first part of every ETag; a client holding only the state (an
     event stream has no ETag) builds the same from ``start_time`` (tracked.js does)."""
-    return str(math.floor(state.start_time * 1_000_000))
+    start = state.start_time
+    return str(math.floor(start * 1_000_000)) if math.isfinite(start) else "0"
 
 
 def if_match_allows(header: str, state: tracked.State) -> bool:
