@@ -930,3 +930,18 @@ def test_a_waiting_stream_holds_no_copy_of_the_record():
     held = list(steps.gi_frame.f_locals.values())
     assert all(value is not later and value is not later.messages for value in held)
     steps.close()
+
+
+def test_a_record_whose_start_time_is_not_finite_answers_json_everywhere(call, tmp_path):
+    store = tracked.FileStore(tmp_path / "store")
+    with tracked.start("odd", store=store):
+        pass
+    path = store.path_for("odd")
+    record = json.loads(path.read_text())
+    record["start_time"] = 1e999  # written as "Infinity": json.loads reads it back
+    path.write_text(json.dumps(record))
+    answer = call(store, cancel=True)
+    for method, headers in (("GET", {}), ("DELETE", {"If-Match": '"0"'}),
+                            ("GET", {"Accept": "text/event-stream"})):
+        status, found, _ = answer(method, PREFIX + "/odd", headers=headers)
+        assert status < 500 or found["content-type"].startswith("application/json")
