@@ -945,3 +945,37 @@ def test_a_record_whose_start_time_is_not_finite_answers_json_everywhere(call, t
                             ("GET", {"Accept": "text/event-stream"})):
         status, found, _ = answer(method, PREFIX + "/odd", headers=headers)
         assert status < 500 or found["content-type"].startswith("application/json")
+
+
+class _CountingFileStore(tracked.FileStore):
+    """A real FileStore that counts its reads."""
+
+    loads = 0
+
+    def load(self, key: str) -> tracked.State | None:
+        type(self).loads += 1
+        return super().load(key)
+
+
+def test_streams_opened_together_read_and_encode_the_record_once(tmp_path):
+    from tracked._web import StatusRequest
+
+    store = _CountingFileStore(tmp_path / "store")
+    with tracked.start("big", total=None, store=store) as progress:
+        for number in range(100):
+            progress.add_message(f"{number} {BIG_MESSAGE}")
+        progress.flush()
+        time.sleep(RenderCache.SETTLE_NS / 1e9 + 0.02)  # a settled file
+        service = StatusService(store)
+        _CountingFileStore.loads = 0
+        streams = [service.open(StatusRequest("GET", "big", accept="text/event-stream"))
+                   for _ in range(10)]
+        try:
+            firsts = [next(stream.steps) for stream in streams]  # type: ignore[union-attr]
+            assert _CountingFileStore.loads == 1
+            assert all(first is firsts[0] for first in firsts)  # encoded once
+            assert firsts[0].startswith(b"retry: ")
+        finally:
+            for stream in streams:
+                stream.close()  # type: ignore[union-attr]
+        assert service.held_bytes == 0

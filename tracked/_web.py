@@ -574,7 +574,7 @@ class EventCache:
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._streams: dict[str, int] = {}
-        # (key, errors hidden) -> (state, {cursor: event}, bytes held for both)
+        # (key, errors hidden) -> (state, {cursor (negative: a first event): event}, bytes)
         self._entries: dict[tuple[str, bool], tuple[tracked.State, dict[int, bytes], int]] = {}
         # key -> (file identity, valid until (monotonic), state, its bytes): FileStore reads
         self._loaded: dict[str, tuple[Signature, float, tracked.State, int]] = {}
@@ -766,13 +766,14 @@ def _event(
     the JSON answers: see ``StatusService._shown``).
 
     Streams that follow one key get the very same ``State`` object from their
-    watcher, mostly at the same cursor: with ``events`` (the service's cache, ``key``
-    the storage key) each such event is rendered once for all of them.
+    watcher (or a FileStore read shared by ``EventCache.load``), mostly at the same
+    cursor: with ``events`` (the service's cache, ``key`` the storage key) each such
+    event, a stream's first one too, is rendered once for all of them.
     """
     hide = not show_errors and state.error is not None
-    cache = None if retry else events
-    if cache is not None:
-        cached = cache.get(key, hide, state, cursor)
+    slot = -1 - cursor if retry else cursor  # a first event (with retry:) is another
+    if events is not None:
+        cached = events.get(key, hide, state, slot)
         if cached is not None:
             return cached
     shown = state.messages_since(cursor) if cursor else state
@@ -781,8 +782,8 @@ def _event(
     data = json.dumps(shown.to_dict(), ensure_ascii=False, separators=(",", ":"))
     head = f"retry: {RETRY_MS}\n" if retry else ""
     event = f"{head}id: {event_id(state)}\ndata: {data}\n\n".encode()
-    if cache is not None:
-        cache.put(key, hide, state, cursor, event)
+    if events is not None:
+        events.put(key, hide, state, slot, event)
     return event
 
 
@@ -819,7 +820,7 @@ def event_schedule(
     now = clock()
     deadline = now + max_seconds
     run = _run_id(state)
-    yield _event(state, cursor, retry=True, show_errors=show_errors)
+    yield _event(state, cursor, retry=True, show_errors=show_errors, events=events, key=key)
     # What was sent, without its messages: a waiting stream holds no copy of the record
     # (messages only grow, so message_count tells a change of them).
     sent, cursor, last_emit, last_read = _slim(state), state.message_count, now, now
