@@ -21,6 +21,7 @@ with their names::
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -224,7 +225,7 @@ async def _stream(stream: EventStream, receive: Receive, send: Send) -> None:
 
     listener = asyncio.create_task(listen())
     try:
-        headers = [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in stream.headers]
+        headers = list(_encoded(stream.headers))  # a fresh list of shared pairs
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         value: Any = None
         while not gone:
@@ -249,6 +250,12 @@ async def _stream(stream: EventStream, receive: Receive, send: Send) -> None:
     finally:
         listener.cancel()
         stream.close()
+
+
+@functools.lru_cache(maxsize=16)
+def _encoded(headers: tuple[tuple[str, str], ...]) -> tuple[tuple[bytes, bytes], ...]:
+    """An event stream's headers as ASGI sends them, encoded once for all streams."""
+    return tuple((n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in headers)
 
 
 async def _send(answer: Response, head: bool, send: Send) -> None:
