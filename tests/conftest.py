@@ -375,20 +375,45 @@ def shared_tmp() -> Iterator[Path]:
 
 
 def python_process(
-    *args: str, env: dict[str, str] | None = None, user: int | None = None
+    *args: str, env: dict[str, str] | None = None, user: int | None = None,
+    code: Path | None = None,
 ) -> subprocess.Popen[str]:
     """Start ``tests/workers.py`` with ``args`` in a new Python process.
 
     With ``user``, as root the process runs as that uid (and gid); as anyone else it
-    runs as ourselves, where a read-only directory already denies writes.
+    runs as ourselves, where a read-only directory already denies writes. ``code``:
+    a copy made by ``readable_code``, run with the base interpreter instead of this
+    checkout and virtualenv (which may sit where that user cannot read).
     """
     prefix: list[str] = []
     if user is not None and os.geteuid() == 0:
         prefix = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"]
+    command = [sys.executable, str(ROOT / "tests" / "workers.py")]
+    if code is not None:  # -s: no user site-packages, only the copy
+        command = [getattr(sys, "_base_executable", sys.executable), "-s", str(code / "workers.py")]
+        env = {**(env or {}), "PYTHONPATH": str(code)}
     return subprocess.Popen(
-        [*prefix, sys.executable, str(ROOT / "tests" / "workers.py"), *args],
+        [*prefix, *command, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, **(env or {})},
     )
+
+
+def readable_code(into: Path) -> Path:
+    """Copy what another user needs to run ``tests/workers.py`` into ``into/code``, all
+    readable: the checkout and the virtualenv may sit under a directory only we may
+    enter (a 0700 home). tracked, the packages it imports and the worker script."""
+    import filelock
+    import wrapt
+
+    code = into / "code"
+    for module in (tracked, filelock, wrapt):
+        source = Path(str(module.__file__)).parent
+        shutil.copytree(source, code / source.name,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "tests" / "workers.py", code / "workers.py")
+    for path in [into, code, *code.rglob("*")]:
+        path.chmod(0o755)
+    return code

@@ -13,6 +13,7 @@ import json
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -457,10 +458,23 @@ def _read_to_end(stream: Stream) -> list[dict[str, Any]]:
     return events
 
 
+def _pubsub_ids(admin: Any) -> set[str]:
+    """The ids of the server's pub/sub connections now (any test's, any process's)."""
+    listed = admin.execute_command("CLIENT", "LIST", "TYPE", "pubsub").decode()
+    return {field[3:] for line in listed.splitlines() for field in line.split()
+            if field.startswith("id=")}
+
+
+def _own_store(redis_url: str) -> tracked.RedisStore:
+    """A store whose channels no other test uses (pub/sub channels ignore the database):
+    counting their subscribers is independent of what earlier tests left open."""
+    return tracked.RedisStore(redis_url, prefix=f"t{uuid.uuid4().hex[:12]}:")
+
+
 def test_redis_streams_share_one_pub_sub_connection(adapter, redis_url):
     import redis
 
-    store = tracked.RedisStore(redis_url)
+    store = _own_store(redis_url)
     admin = redis.Redis.from_url(redis_url)
     names = [f"job-{i}" for i in range(5)]
     streams = []
@@ -469,11 +483,13 @@ def test_redis_streams_share_one_pub_sub_connection(adapter, redis_url):
             progresses = [tracked.start(f"live-{n}", store=store, min_interval=0) for n in names]
             for name in names:
                 _wait_stored(store, f"live-{name}", 0)
+            before = _pubsub_ids(admin)  # other tests' connections may still be open
             streams = [Stream(port, f"{PREFIX}/live-{n}") for n in [*names, *names]]
             for stream in streams:
                 assert stream.event() is not None
-            pubsub = admin.execute_command("CLIENT", "LIST", "TYPE", "pubsub").decode()
-            assert len([line for line in pubsub.splitlines() if line]) == 1
+            assert len(_pubsub_ids(admin) - before) == 1
+            channels = [store.channel(f"live-{n}") for n in names]
+            assert [count for _, count in admin.pubsub_numsub(*channels)] == [1] * len(names)
             # ASGI streams read pub/sub on their event loop; WSGI ones on one thread.
             on_threads = set(_watch.watcher(store).keys())
             assert on_threads == (set() if adapter == "asgi" else _watch.followed(store))
@@ -497,18 +513,22 @@ def test_redis_streams_share_one_pub_sub_connection(adapter, redis_url):
 def test_streams_resubscribe_after_the_pub_sub_connection_is_killed(adapter, redis_url):
     import redis
 
-    store = tracked.RedisStore(redis_url)
+    store = _own_store(redis_url)
     admin = redis.Redis.from_url(redis_url)
+    channel = store.channel("survivor")
 
     def pubsub_clients() -> int:
-        listed = admin.execute_command("CLIENT", "LIST", "TYPE", "pubsub").decode()
-        return len([line for line in listed.splitlines() if line])
+        """Connections subscribed to this test's channel: counted through the channel
+        (NUMSUB) and as new connections (a kill ends the others')."""
+        new = len(_pubsub_ids(admin) - before)
+        return new if new == admin.pubsub_numsub(channel)[0][1] else -1
 
     try:
         with serve(adapter, store) as port, tracked.start(
             "survivor", store=store, min_interval=0
         ) as progress:
             _wait_stored(store, "survivor", 0)
+            before = _pubsub_ids(admin)
             stream = Stream(port, f"{PREFIX}/survivor")
             assert stream.event() is not None
             assert pubsub_clients() == 1
@@ -535,14 +555,13 @@ def test_asgi_streams_keep_trying_to_subscribe_while_redis_refuses_it(redis_url)
     # streams only see writes at each recheck from then on.
     import redis
 
-    store = tracked.RedisStore(redis_url)
+    store = _own_store(redis_url)
     admin = redis.Redis.from_url(redis_url)
     channel = store.channel("refused")
+    others = _pubsub_ids(admin)  # other tests' connections may still be open
 
     def subscribers() -> tuple[int, int]:
-        listed = admin.execute_command("CLIENT", "LIST", "TYPE", "pubsub").decode()
-        clients = len([line for line in listed.splitlines() if line])
-        return admin.pubsub_numsub(channel)[0][1], clients
+        return admin.pubsub_numsub(channel)[0][1], len(_pubsub_ids(admin) - others)
 
     def refusals() -> int:
         stats = admin.info("errorstats")

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import tracked
-from tests.conftest import NOBODY, python_process
+from tests.conftest import NOBODY, python_process, readable_code
 from tracked import FileStore, StoreError
 
 
@@ -193,7 +193,8 @@ def test_another_user_reads_a_store_it_cannot_write_and_only_a_claim_fails(
     with tracked.start("theirs", store=str(store)):
         pass
     store.chmod(0o555)
-    reader = python_process("read_only", str(store), "theirs", user=NOBODY)
+    code = readable_code(shared_tmp)  # this checkout may sit in a directory only we enter
+    reader = python_process("read_only", str(store), "theirs", user=NOBODY, code=code)
     out, err = reader.communicate(timeout=60)
     assert reader.returncode == 0, err
     assert out.splitlines()[:2] == ["load finished", "list theirs"]

@@ -316,7 +316,7 @@ class _Job:
         try:
             discard()
         except Exception:  # closing what never ran must not stop the cancel
-            logger.debug("tracked: closing the unrun job %r failed", self.progress.key,
+            logger.debug("closing the unrun job %r failed", self.progress.key,
                          exc_info=True)
         self.done.set()
 
@@ -454,7 +454,7 @@ class _Pool:
             unfinished = list(self.running)
         for job in unfinished:
             logger.warning(
-                "tracked: progress %r still ran %ss after the interpreter started to exit; "
+                "progress %r still ran %ss after the interpreter started to exit; "
                 "ending it as cancelled",
                 job.progress.key.replace("\0", "?progress_id="),
                 timeout,

@@ -261,7 +261,7 @@ class Progress:
                     state, owner, run=self._owner.run, was=frozenset({"running"})
                 )
             except Exception as exc:  # noqa: BLE001 - the run then ends as a failure
-                logger.warning("tracked: cannot put %r back in line: %s", self.key, exc)
+                logger.warning("cannot put %r back in line: %s", self.key, exc)
                 return False
             if not swapped:
                 return False
@@ -335,7 +335,7 @@ class Progress:
                 try:
                     self.store.clear_cancel(self.key, self._owner)
                 except Exception as exc:  # noqa: BLE001 - a leftover request reaches no run
-                    logger.warning("tracked: cannot remove the cancel request of %r: %s",
+                    logger.warning("cannot remove the cancel request of %r: %s",
                                    self.key, exc)
 
     # ------------------------------------------------------------------ sharing
@@ -376,7 +376,7 @@ class Progress:
             parts = self.store.read_parts(self.key, self._owner.run)
         except Exception as exc:  # noqa: BLE001 - the final write still goes ahead
             logger.warning(
-                "tracked: cannot read the workers' parts of progress %r (%s); its final "
+                "cannot read the workers' parts of progress %r (%s); its final "
                 "count holds this process's part only",
                 self.key,
                 exc,
@@ -390,7 +390,7 @@ class Progress:
         try:
             self.store.delete_parts(self.key, self._owner.run)
         except Exception:
-            logger.debug("tracked: cannot delete the parts of %r", self.key, exc_info=True)
+            logger.debug("cannot delete the parts of %r", self.key, exc_info=True)
 
     # ------------------------------------------------------------------ cancel requests
 
@@ -429,7 +429,7 @@ class Progress:
             try:
                 hook()
             except Exception:
-                logger.exception("tracked: a cancel hook of %r failed", self.key)
+                logger.exception("a cancel hook of %r failed", self.key)
         # Written on the flusher's thread (a failure is retried like any write); the
         # write leaves `_clean` true, and the loops test the flag on their `_clean` path.
         self.flush()
@@ -741,7 +741,7 @@ class Progress:
         if not self._warned_inert:
             self._warned_inert = True
             logger.warning(
-                "tracked: progress %r was inherited by a forked child (pid %d); the child "
+                "progress %r was inherited by a forked child (pid %d); the child "
                 "does not write it and leaving its block does not end the parent's run",
                 self.key,
                 os.getpid(),
@@ -796,11 +796,11 @@ class Progress:
             if self._store_failing:
                 self._store_failing = False
                 logger.warning(
-                    "tracked: writes to %r resumed for progress %r", self.store, self.key
+                    "writes to %r resumed for progress %r", self.store, self.key
                 )
         elif isinstance(error, RunSuperseded):
             self._superseded = True
-            logger.warning("tracked: %s; this run's writes are dropped", error)
+            logger.warning("%s; this run's writes are dropped", error)
         else:
             self._report_failure(error)
             if not self._ended:
@@ -811,7 +811,7 @@ class Progress:
         if not self._store_failing:
             self._store_failing = True
             logger.warning(
-                "tracked: cannot write progress %r to %r (%s); the task goes on and "
+                "cannot write progress %r to %r (%s); the task goes on and "
                 "writes resume when the store works again",
                 self.key,
                 self.store,
@@ -982,7 +982,7 @@ def _warn_result_once(name: str, problem: str) -> None:
         return
     _result_warned.add(name)
     logger.warning(
-        "tracked: the result of progress %r is published as null: %s (logged once for this name)",
+        "the result of progress %r is published as null: %s (logged once for this name)",
         name,
         problem,
     )

@@ -157,7 +157,7 @@ def withdraw(store: Store, ticket: Ticket, error: BaseException) -> None:
         text = f"the queue refused the job: {type(error).__name__}: {error}"
         end_queued(store, ticket, "failed", error=text)
     except Exception as exc:  # noqa: BLE001 - the caller re-raises the queue's error
-        logger.warning("tracked: cannot end the queued record of %r: %s", ticket.key, exc)
+        logger.warning("cannot end the queued record of %r: %s", ticket.key, exc)
 
 
 def end_queued(
@@ -210,7 +210,7 @@ def reposition(store: Store, places: Sequence[tuple[str, str, int]]) -> int:
             state = dataclasses.replace(record.state, position=position, current_time=time.time())
             moved += store.swap(state, record.owner, run=run, was=QUEUED)
         except Exception as exc:  # noqa: BLE001 - a position is a hint; the job goes on
-            logger.debug("tracked: cannot move %r to place %d: %s", key, position, exc)
+            logger.debug("cannot move %r to place %d: %s", key, position, exc)
     return moved
 
 
@@ -252,7 +252,7 @@ def cancel(store: Store, key: str) -> bool:
                 try:
                     hook(ended)
                 except Exception:
-                    logger.exception("tracked: cannot remove %r from its queue", key)
+                    logger.exception("cannot remove %r from its queue", key)
             return True
         # Taken over (or retried) between the read and the swap: look again.
     return store.request_cancel(key)
@@ -373,7 +373,7 @@ def take_over(
         else:  # no record (pruned, or the store was emptied): this run starts afresh
             if record is None:
                 logger.warning(
-                    "tracked: no queued record of %r in %r: is it the store the job was "
+                    "no queued record of %r in %r: is it the store the job was "
                     "enqueued with? The run starts afresh there",
                     ticket.key,
                     chosen,
@@ -386,7 +386,7 @@ def take_over(
                 try:
                     found.taken(chosen)
                 except Exception:
-                    logger.exception("tracked: a take-over hook of %r failed", ticket.key)
+                    logger.exception("a take-over hook of %r failed", ticket.key)
             return progress
         if time.monotonic() >= deadline:
             raise AlreadyRunning(ticket.key)
@@ -432,7 +432,7 @@ def _retrier(
         try:
             again = found.retries(exc)
         except Exception:
-            logger.exception("tracked: cannot tell whether the queue retries %r", found.ticket)
+            logger.exception("cannot tell whether the queue retries %r", found.ticket)
             return None
         return Owner.waiting(run, time.time() + timeout) if again else None
 

@@ -308,7 +308,7 @@ class _Bridge:
             with self.lock:
                 self._send(bar, progress)
         except Exception:
-            logger.debug("tracked: could not mirror a tqdm bar", exc_info=True)
+            logger.debug("could not mirror a tqdm bar", exc_info=True)
 
     def _send(self, bar: std_tqdm[Any], progress: Progress) -> None:
         """One sync's changes, under the lock."""
@@ -444,7 +444,7 @@ def _add_message(text: object) -> None:
         try:
             progress.add_message(str(text))
         except Exception:
-            logger.debug("tracked: could not add a tqdm.write() line", exc_info=True)
+            logger.debug("could not add a tqdm.write() line", exc_info=True)
 
 
 # ---------------------------------------------------------------------- capture_tqdm

@@ -303,10 +303,10 @@ class RedisWatcher(Watcher):
             with self._commands:
                 self._pubsub.subscribe(channel)
         except Exception as exc:  # noqa: BLE001 - streams then re-read on their own clock
-            logger.warning("tracked: cannot subscribe to %s: %s", channel, exc)
+            logger.warning("cannot subscribe to %s: %s", channel, exc)
             return
         if not confirmed.wait(SUBSCRIBE_TIMEOUT):
-            logger.warning("tracked: %s: subscription to %s not confirmed", self.store, channel)
+            logger.warning("%s: subscription to %s not confirmed", self.store, channel)
 
     def subscribe(self, key: str) -> Subscription:
         sub = super().subscribe(key)
@@ -330,7 +330,7 @@ class RedisWatcher(Watcher):
                     self._confirmed.pop(channel, None)
                 self._pubsub.unsubscribe(channel)
         except Exception as exc:  # noqa: BLE001 - a lost connection forgets it anyway
-            logger.debug("tracked: cannot unsubscribe from %s: %s", channel, exc)
+            logger.debug("cannot unsubscribe from %s: %s", channel, exc)
 
     def _run(self) -> None:
         while not self._idle():
@@ -348,7 +348,7 @@ class RedisWatcher(Watcher):
                         break
                     batch.append(message)
             except Exception as exc:  # noqa: BLE001 - Redis went away: streams re-read
-                logger.warning("tracked: %s: pub/sub failed: %s", self.store, exc)
+                logger.warning("%s: pub/sub failed: %s", self.store, exc)
                 for followed in self.keys():
                     self.notify(followed)
                 time.sleep(0.5)
@@ -423,7 +423,7 @@ class LoopRedisWatcher(Watcher):
         except RuntimeError:  # the loop is closed: nobody will wait on it
             return
         if not self._on_loop() and not confirmed.wait(SUBSCRIBE_TIMEOUT):
-            logger.warning("tracked: %s: subscription to %s not confirmed", self.store, channel)
+            logger.warning("%s: subscription to %s not confirmed", self.store, channel)
 
     def _removed(self, key: str) -> None:
         channel = self._redis.channel(key)
@@ -455,7 +455,7 @@ class LoopRedisWatcher(Watcher):
             except Exception as exc:  # noqa: BLE001 - streams then re-read on their own clock
                 # A lost connection forgets its subscriptions anyway: unsubscribing is no news.
                 log = logger.debug if command == "unsubscribe" else logger.warning
-                log("tracked: cannot %s %s: %s", command, ", ".join(channels), exc)
+                log("cannot %s %s: %s", command, ", ".join(channels), exc)
                 with self._lock:
                     waiting = [self._confirmed.get(channel) for channel in channels]
                 for confirmed in waiting:
@@ -476,7 +476,7 @@ class LoopRedisWatcher(Watcher):
                 try:
                     message = await pubsub.get_message(timeout=1.0)
                 except Exception as exc:  # noqa: BLE001 - Redis went away: streams re-read
-                    logger.warning("tracked: %s: pub/sub failed: %s", self.store, exc)
+                    logger.warning("%s: pub/sub failed: %s", self.store, exc)
                     await self._reconnect(pubsub)
                     return  # the reconnecting command started a new reader
                 if message is not None:
@@ -582,7 +582,7 @@ def _loop_watcher(store: Any, loop: asyncio.AbstractEventLoop) -> LoopRedisWatch
         try:
             client = store.async_client()
         except Exception as exc:  # noqa: BLE001 - fall back to the thread's reader
-            logger.debug("tracked: %s: no asyncio client (%s); events read on a thread", store, exc)
+            logger.debug("%s: no asyncio client (%s); events read on a thread", store, exc)
             client = None
         if client is None:
             return None

@@ -26,8 +26,10 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Generator, Iterable
 from typing import Any
@@ -41,11 +43,13 @@ from ._url import key_url
 
 __all__ = [
     "ALLOW",
+    "CACHE_BYTES",
     "EVENT_STREAM_TYPE",
     "JSON_TYPE",
     "LOAD",
     "Authorize",
     "CancelPolicy",
+    "EventCache",
     "EventStream",
     "RenderCache",
     "Rendered",
@@ -57,9 +61,11 @@ __all__ = [
     "error",
     "event_schedule",
     "form_progress_ids",
+    "if_match_allows",
     "query_values",
     "render",
     "requested_progress_id",
+    "run_tag",
     "status_url",
     "storage_key",
 ]
@@ -89,6 +95,9 @@ MAX_STREAM_SECONDS = 60.0
 #: Seconds after which a stream re-reads its record even without a change signal
 #: (an owner that died writes nothing: the record then reads ``abandoned``).
 RECHECK_SECONDS = 5.0
+#: Bytes of rendered answers and encoded events a status service keeps for reuse, in
+#: all (half for each): ``cache_bytes=`` of the adapters.
+CACHE_BYTES = 32 * 1024 * 1024
 #: Milliseconds a browser waits before reconnecting a closed stream (``retry:``).
 RETRY_MS = 1000
 #: The ``id`` of the event that ends a stream after the final state; a reconnect
@@ -120,6 +129,7 @@ class StatusRequest:
     native: Any = None
     accept: str | None = None
     last_event_id: str | None = None
+    if_match: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -147,7 +157,9 @@ class StatusService:
 
     ``store`` is a ``Store``, a directory or a store URL (None: the process
     default at request time); ``authorize(native_request, key)`` returning false
-    answers 403 before anything about the progress is revealed.
+    answers 403 before anything about the progress is revealed. ``cache_bytes``
+    bounds what it keeps for reuse (``CACHE_BYTES``, 32 MiB: half for rendered
+    answers, half for event streams, whose share empties when they close).
     """
 
     def __init__(
@@ -159,7 +171,10 @@ class StatusService:
         heartbeat_seconds: float = HEARTBEAT_SECONDS,
         cancel: CancelPolicy = False,
         show_errors: bool = True,
+        cache_bytes: int = CACHE_BYTES,
     ) -> None:
+        if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0:
+            raise tracked.InvalidValue(f"cache_bytes must be an int >= 0, got {cache_bytes!r}")
         if authorize is not None and not callable(authorize):
             raise tracked.InvalidValue(f"authorize must be callable, got {authorize!r}")
         if not isinstance(cancel, bool) and not callable(cancel):
@@ -178,10 +193,19 @@ class StatusService:
         self.heartbeat_seconds = float(heartbeat_seconds)
         self.cancel = cancel
         self.show_errors = bool(show_errors)
+        self.cache_bytes = cache_bytes
         self._cache: RenderCache | None = None
+        self._events = EventCache(cache_bytes // 2)
 
     def __repr__(self) -> str:
         return f"StatusService(store={self.store!r})"
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes the service keeps for reuse now (rendered answers, encoded events and
+        the records they came from): at most ``cache_bytes``, about."""
+        cache = self._cache
+        return (0 if cache is None else cache.size) + self._events.size
 
     def handle(self, request: StatusRequest) -> Response:
         """The answer to ``request``: the wire JSON, a 304, or a JSON error; never raises
@@ -200,7 +224,7 @@ class StatusService:
         try:
             rendered = self._rendered(key, since)
         except Exception as exc:  # noqa: BLE001 - a store or record problem, never HTML
-            logger.warning("tracked: status route cannot read %r: %s", key, exc)
+            logger.warning("status route cannot read %r: %s", key, exc)
             return error(500, "the progress store cannot be read")
         if rendered is None:
             shown = key.replace("\0", "?progress_id=")
@@ -270,15 +294,19 @@ class StatusService:
         if resume == END_ID:
             return Response(204, (_NO_STORE,))
         store = self.store or tracked.default_store()
+        events = self._events
         subscription = _watch.subscribe(store, key, loop)  # before reading: no change is missed
+        events.opened(key)
         try:
-            state = store.load(key)
+            state = events.load(store, key)
         except Exception as exc:  # noqa: BLE001 - a store or record problem, never HTML
             subscription.close()
-            logger.warning("tracked: status route cannot read %r: %s", key, exc)
+            events.closed(key)
+            logger.warning("status route cannot read %r: %s", key, exc)
             return error(500, "the progress store cannot be read")
         if state is None:
             subscription.close()
+            events.closed(key)
             shown = key.replace("\0", "?progress_id=")
             return error(404, f"no progress {shown!r}")
         cursor = since
@@ -287,9 +315,9 @@ class StatusService:
             cursor = count if run is None or run == _run_id(state) else 0
         steps = event_schedule(
             state, cursor, heartbeat=self.heartbeat_seconds, max_seconds=self.max_stream_seconds,
-            show_errors=self.show_errors,
+            show_errors=self.show_errors, events=events, key=key,
         )
-        return EventStream(_EVENT_HEADERS, key, store, subscription, steps)
+        return EventStream(_EVENT_HEADERS, key, store, subscription, steps, events)
 
     def _key_and_since(self, request: StatusRequest) -> tuple[str, int]:
         """The storage key and message cursor a request names; ``TrackedError`` if bad."""
@@ -309,7 +337,7 @@ class StatusService:
         store = self.store or tracked.default_store()
         cache = self._cache
         if cache is None or cache.store is not store:
-            cache = self._cache = RenderCache(store)
+            cache = self._cache = RenderCache(store, self.cache_bytes // 2)
         signature = cache.signature(key)  # before reading: see RenderCache
         now = time.monotonic()
         rendered = cache.get(key, since, signature, now)
@@ -334,7 +362,8 @@ class StatusService:
 
         202 with the wire JSON when a running progress was asked, 404 when there is
         none, 409 when it already ended; 403 when ``authorize`` or a ``cancel``
-        callable refuses."""
+        callable refuses; 412 when ``If-Match`` names no ETag of the current run (the
+        client saw another run of the name: see ``run_tag``)."""
         try:
             key, _ = self._key_and_since(request)
         except tracked.TrackedError as exc:
@@ -347,24 +376,23 @@ class StatusService:
         store = self.store or tracked.default_store()
         try:
             state = store.load(key)
+            if state is None:
+                return error(404, f"no progress {shown!r}")
+            if request.if_match is not None and not if_match_allows(request.if_match, state):
+                return error(412, f"progress {shown!r} is another run than the one the "
+                                  "request names (If-Match): nothing was asked to stop")
             name, progress_id = split_key(key)
-            asked = (
-                state is not None
-                and state.in_progress
-                and tracked.cancel(name, progress_id=progress_id, store=store)
-            )
+            asked = state.in_progress and tracked.cancel(name, progress_id=progress_id, store=store)
         except Exception as exc:  # noqa: BLE001 - a store problem, answered in JSON
-            logger.warning("tracked: cannot ask %r to stop: %s", key, exc)
+            logger.warning("cannot ask %r to stop: %s", key, exc)
             return error(500, "the progress store cannot be used")
-        if state is None:
-            return error(404, f"no progress {shown!r}")
         if not asked:
             return error(409, f"progress {shown!r} is not running (it ended {state.state})")
         if state.state == "queued":  # it ended at once: answer with its final state
             try:
                 state = store.load(key) or state
             except Exception:  # the state read before is still true enough
-                logger.debug("tracked: cannot read %r after its cancel", key, exc_info=True)
+                logger.debug("cannot read %r after its cancel", key, exc_info=True)
         body = render(self._shown(state)).body
         return Response(202, (("Content-Type", JSON_TYPE), _NO_STORE), body)
 
@@ -386,12 +414,22 @@ class RenderCache:
     SETTLE_NS = 50_000_000
     RECHECK_S = 1.0
     MAX_ENTRIES = 1024
+    #: Bytes an entry costs beyond its body (the key, the tuples, two Responses).
+    OVERHEAD = 512
 
-    def __init__(self, store: tracked.Store) -> None:
+    def __init__(self, store: tracked.Store, max_bytes: int = CACHE_BYTES // 2) -> None:
         self.store = store
+        self.max_bytes = max_bytes
         self._files = store if isinstance(store, tracked.FileStore) else None
         self._paths: dict[str, str] = {}
         self._entries: dict[tuple[str, int], tuple[Signature, Rendered, float]] = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    @property
+    def size(self) -> int:
+        """Bytes held now (bodies and their overhead): at most ``max_bytes``."""
+        return self._bytes
 
     def signature(self, key: str) -> Signature | None:
         """The identity of ``key``'s file now; None when there is no file (or no FileStore)."""
@@ -451,7 +489,21 @@ class RenderCache:
             expires = float("inf")
         else:
             return
-        _bounded_put(self._entries, (key, since), (signature, rendered, expires), self.MAX_ENTRIES)
+        size = len(rendered.body) + self.OVERHEAD
+        if size > self.max_bytes // 4:
+            return  # one big record (or ?since= sweep of one) must not flush all others
+        entries = self._entries
+        with self._lock:
+            old = entries.pop((key, since), None)
+            if old is not None:
+                self._bytes -= len(old[1].body) + self.OVERHEAD
+            while entries and (
+                self._bytes + size > self.max_bytes or len(entries) >= self.MAX_ENTRIES
+            ):
+                dropped = entries.pop(next(iter(entries)))  # the oldest
+                self._bytes -= len(dropped[1].body) + self.OVERHEAD
+            entries[(key, since)] = (signature, rendered, expires)
+            self._bytes += size
 
 
 def _bounded_put(table: dict[Any, Any], key: Any, value: Any, limit: int) -> None:
@@ -497,11 +549,133 @@ class EventStream:
     store: tracked.Store
     subscription: _watch.Subscription
     steps: Schedule
+    events: EventCache | None = None
+    closed: bool = False
+
+    def load(self) -> tracked.State | None:
+        """Read the record (it may block): once for all streams of the key when the
+        record is unchanged (see ``EventCache.load``)."""
+        if self.events is None:
+            return self.store.load(self.key)
+        return self.events.load(self.store, self.key)
 
     def close(self) -> None:
-        """End the schedule and stop following the record (idempotent)."""
+        """End the schedule and stop following the record (idempotent); the events kept
+        for the key go once its last stream closed."""
+        if self.closed:
+            return
+        self.closed = True
         self.steps.close()
         self.subscription.close()
+        if self.events is not None:
+            self.events.closed(self.key)
+
+
+class EventCache:
+    """Encoded events shared by a service's streams: a change fanned out to many streams
+    as one ``State`` (a Redis or memory watcher hands every stream the same object) is
+    encoded once per cursor. Per key it keeps the latest such state and its events, at
+    most ``max_bytes`` in all (a state counted by its messages), and nothing once the
+    key's last stream closed."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._streams: dict[str, int] = {}
+        # (key, errors hidden) -> (state, {cursor (negative: a first event): event}, bytes)
+        self._entries: dict[tuple[str, bool], tuple[tracked.State, dict[int, bytes], int]] = {}
+        # key -> (file identity, valid until (monotonic), state, its bytes): FileStore reads
+        self._loaded: dict[str, tuple[Signature, float, tracked.State, int]] = {}
+        self._bytes = 0
+
+    def load(self, store: tracked.Store, key: str) -> tracked.State | None:
+        """``store.load(key)``, read once for all the key's streams that ask while a
+        FileStore record's file is unchanged, for at most ``RenderCache.RECHECK_S``
+        (an owner that died is then judged again): many streams woken by one change
+        parse the record once and share the ``State`` (and so their encoded events)."""
+        if not isinstance(store, tracked.FileStore):
+            return store.load(key)
+        try:
+            info = os.stat(store.path_for(key))
+        except OSError:
+            return store.load(key)
+        signature = (info.st_ino, info.st_mtime_ns, info.st_size)
+        now = time.monotonic()
+        kept = self._loaded.get(key)
+        if kept is not None and kept[0] == signature and now < kept[1]:
+            return kept[2]
+        state = store.load(key)  # after the stat: a change meanwhile is seen next time
+        if state is not None:
+            # As RenderCache: a file younger than a clock tick is reused only until it
+            # could have settled (another replace within the tick could look the same).
+            settled = time.time_ns() - signature[1] > RenderCache.SETTLE_NS
+            until = now + (RenderCache.RECHECK_S if settled else RenderCache.SETTLE_NS / 1e9)
+            size = _state_bytes(state)
+            with self._lock:
+                old = self._loaded.pop(key, None)
+                if old is not None:
+                    self._bytes -= old[3]
+                if key in self._streams and self._bytes + size <= self.max_bytes:
+                    self._loaded[key] = (signature, until, state, size)
+                    self._bytes += size
+        return state
+
+    @property
+    def size(self) -> int:
+        """Bytes held now (events and the states they were encoded from)."""
+        return self._bytes
+
+    def opened(self, key: str) -> None:
+        with self._lock:
+            self._streams[key] = self._streams.get(key, 0) + 1
+
+    def closed(self, key: str) -> None:
+        with self._lock:
+            left = self._streams.get(key, 1) - 1
+            if left > 0:
+                self._streams[key] = left
+                return
+            self._streams.pop(key, None)
+            loaded = self._loaded.pop(key, None)
+            if loaded is not None:
+                self._bytes -= loaded[3]
+            for hide in (False, True):
+                entry = self._entries.pop((key, hide), None)
+                if entry is not None:
+                    self._bytes -= entry[2]
+
+    def get(self, key: str, hide: bool, state: tracked.State, cursor: int) -> bytes | None:
+        entry = self._entries.get((key, hide))
+        if entry is None or entry[0] is not state:
+            return None
+        return entry[1].get(cursor)
+
+    def put(self, key: str, hide: bool, state: tracked.State, cursor: int, event: bytes) -> None:
+        with self._lock:
+            if key not in self._streams:
+                return  # no stream follows it (any more): keep nothing
+            entry = self._entries.get((key, hide))
+            if entry is not None and entry[0] is state:
+                events = entry[1]
+                size = entry[2] + len(event) - len(events.get(cursor, b""))
+            else:
+                events, size = {}, _state_bytes(state) + len(event)
+            if size > self.max_bytes:
+                return  # too big to keep: what is kept stays
+            if entry is not None:
+                del self._entries[(key, hide)]
+                self._bytes -= entry[2]
+            while self._entries and self._bytes + size > self.max_bytes:
+                dropped = self._entries.pop(next(iter(self._entries)))  # the oldest
+                self._bytes -= dropped[2]
+            events[cursor] = event
+            self._entries[(key, hide)] = (state, events, size)
+            self._bytes += size
+
+
+def _state_bytes(state: tracked.State) -> int:
+    """About what a ``State`` takes in memory: its message strings and the rest."""
+    return sum(map(len, state.messages)) + 56 * len(state.messages) + 1024
 
 
 class SyncEvents:
@@ -531,9 +705,9 @@ class SyncEvents:
                 value = stream.subscription.wait(step.seconds)
                 continue
             try:
-                value = stream.store.load(stream.key)
+                value = stream.load()
             except Exception as exc:  # noqa: BLE001 - end the stream; a reconnect gets the 500
-                logger.warning("tracked: event stream cannot read %r: %s", stream.key, exc)
+                logger.warning("event stream cannot read %r: %s", stream.key, exc)
                 break
         self.close()
         raise StopIteration
@@ -580,8 +754,10 @@ def _resume(last_event_id: str | None) -> tuple[int, int | None] | str | None:
 
 
 def _run_id(state: tracked.State) -> int:
-    """Which run of a name a state belongs to: its start time in milliseconds."""
-    return round(state.start_time * 1000)
+    """Which run of a name a state belongs to: its start time in milliseconds (0 for a
+    record whose start time is not a finite number)."""
+    start = state.start_time
+    return round(start * 1000) if math.isfinite(start) else 0
 
 
 def event_id(state: tracked.State) -> str:
@@ -590,34 +766,33 @@ def event_id(state: tracked.State) -> str:
 
 
 def _event(
-    state: tracked.State, cursor: int, *, retry: bool = False, show_errors: bool = True
+    state: tracked.State, cursor: int, *, retry: bool = False, show_errors: bool = True,
+    events: EventCache | None = None, key: str = "",
 ) -> bytes:
     """One event: the wire JSON of ``state`` with the messages from ``cursor`` on
     (with ``show_errors=False``, a failed run's error text reads ``"failed"``, as in
     the JSON answers: see ``StatusService._shown``).
 
     Streams that follow one key get the very same ``State`` object from their
-    watcher, mostly at the same cursor: each event is rendered once for all of them.
+    watcher (or a FileStore read shared by ``EventCache.load``), mostly at the same
+    cursor: with ``events`` (the service's cache, ``key`` the storage key) each such
+    event, a stream's first one too, is rendered once for all of them.
     """
     hide = not show_errors and state.error is not None
-    if not retry:
-        cached = _EVENTS.get((id(state), cursor, hide))
-        if cached is not None and cached[0] is state:
-            return cached[1]
+    slot = -1 - cursor if retry else cursor  # a first event (with retry:) is another
+    if events is not None:
+        cached = events.get(key, hide, state, slot)
+        if cached is not None:
+            return cached
     shown = state.messages_since(cursor) if cursor else state
     if hide:
         shown = dataclasses.replace(shown, error="failed")
     data = json.dumps(shown.to_dict(), ensure_ascii=False, separators=(",", ":"))
     head = f"retry: {RETRY_MS}\n" if retry else ""
     event = f"{head}id: {event_id(state)}\ndata: {data}\n\n".encode()
-    if not retry:
-        _bounded_put(_EVENTS, (id(state), cursor, hide), (state, event), 256)
+    if events is not None:
+        events.put(key, hide, state, slot, event)
     return event
-
-
-#: (id of a State, cursor, errors hidden) -> (that State, its event): the State is kept so
-#: its id stays its own.
-_EVENTS: dict[tuple[int, int, bool], tuple[tracked.State, bytes]] = {}
 
 
 _END_EVENT = f"event: end\nid: {END_ID}\ndata: {{}}\n\n".encode()
@@ -633,6 +808,8 @@ def event_schedule(
     recheck: float = RECHECK_SECONDS,
     clock: Callable[[], float] = time.monotonic,
     show_errors: bool = True,
+    events: EventCache | None = None,
+    key: str = "",
 ) -> Schedule:
     """The events of one stream, starting from ``state`` (just read) and ``cursor``
     (the messages the client has).
@@ -645,13 +822,17 @@ def event_schedule(
     A state that came with the change is used when it holds every message from
     the cursor on; else the record is read (``LOAD``), as after ``recheck`` seconds
     without either (an owner that died writes nothing: it then reads ``abandoned``).
-    ``show_errors=False`` replaces a failed run's error text by ``"failed"``.
+    ``show_errors=False`` replaces a failed run's error text by ``"failed"``;
+    ``events`` and ``key``: the cache sharing encoded events between streams of ``key``.
     """
     now = clock()
     deadline = now + max_seconds
     run = _run_id(state)
-    yield _event(state, cursor, retry=True, show_errors=show_errors)
-    sent, cursor, last_emit, last_read = state, state.message_count, now, now
+    yield _event(state, cursor, retry=True, show_errors=show_errors, events=events, key=key)
+    # What was sent, without its messages: a waiting stream holds no copy of the record
+    # (messages only grow, so message_count tells a change of them).
+    sent, cursor, last_emit, last_read = _slim(state), state.message_count, now, now
+    del state
     while sent.in_progress:
         now = clock()
         if now >= deadline:
@@ -671,15 +852,24 @@ def event_schedule(
         else:
             current = yield LOAD
             last_read = clock()
+        latest = None
         if current is None:
             return  # deleted: the stream ends; a reconnect gets the 404
-        if current == sent:
+        slim = _slim(current)
+        if slim == sent:
             continue
         if _run_id(current) != run:  # the name was started again: all of the new run
             run, cursor = _run_id(current), 0
-        yield _event(current, cursor, show_errors=show_errors)
-        sent, cursor, last_emit = current, current.message_count, now
+        event = _event(current, cursor, show_errors=show_errors, events=events, key=key)
+        sent, cursor, current = slim, current.message_count, None
+        yield event
+        event, last_emit = b"", now
     yield _END_EVENT
+
+
+def _slim(state: tracked.State) -> tracked.State:
+    """``state`` without its messages (``message_count`` stays): what a stream keeps."""
+    return dataclasses.replace(state, messages=()) if state.messages else state
 
 
 def _continues(latest: tracked.State, sent: tracked.State, run: int, cursor: int) -> bool:
@@ -700,20 +890,33 @@ def _parsed_query(query: str) -> tuple[tuple[str, str], ...]:
     """A raw query string's decoded fields (UTF-8); cached, as pollers repeat theirs.
 
     Servers hand the query over as bytes read as latin-1 (PEP 3333, ASGI): bytes a
-    client sent unescaped are read back as the UTF-8 they are, as in the path."""
-    try:
-        if not query.isascii() and max(query) <= "\xff":  # above: already text
-            query = query.encode("latin-1").decode("utf-8")
-        return tuple(parse_qsl(query, keep_blank_values=True, errors="strict"))
-    except UnicodeDecodeError:
-        raise tracked.InvalidValue("the query string is not UTF-8") from None
+    client sent unescaped are read back as the UTF-8 they are, as in the path. Bytes
+    that are not UTF-8 stay as lone surrogates: the query belongs to the app, and
+    only a field tracked reads is refused for them (``query_values``)."""
+    if not query.isascii() and max(query) <= "\xff":  # above: already text
+        query = query.encode("latin-1").decode("utf-8", "surrogateescape")
+    return tuple(parse_qsl(query, keep_blank_values=True, errors="surrogateescape"))
 
 
 def query_values(query: str, field: str) -> list[str]:
-    """Every decoded value of ``field`` in a raw query string (percent-encoded names too)."""
+    """Every decoded value of ``field`` in a raw query string (percent-encoded names too);
+    ``InvalidValue`` when one of them is not UTF-8 (other fields are not looked at)."""
     if not query:
         return []
-    return [value for name, value in _parsed_query(query) if name == field]
+    values = [value for name, value in _parsed_query(query) if name == field]
+    for value in values:
+        if not value.isascii() and not _is_utf8(value):
+            raise tracked.InvalidValue(f"the query's {field} is not UTF-8")
+    return values
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether ``text`` holds no lone surrogate (a byte that was not UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _requested_name(path_name: str | None, query: str) -> str | None:
@@ -763,15 +966,21 @@ FORM_LIMIT = 1 << 20
 
 def form_progress_ids(content_type: str | None, body: bytes) -> list[str]:
     """The ``progress_id`` fields of a urlencoded or multipart ``body`` (UTF-8); none
-    for other bodies. A body that cannot be read as its form is ``InvalidValue``."""
+    for other bodies. Other fields are not decoded (bytes that are not UTF-8 there are
+    the app's business, as is a body that cannot be read as its form); a progress_id
+    that is not UTF-8 is ``InvalidName``."""
     kind = (content_type or "").lower()
     if kind.startswith(FORM_TYPES[0]):
-        try:
-            text = body.decode("utf-8")
-            fields = parse_qsl(text, keep_blank_values=True, errors="strict")
-        except (UnicodeDecodeError, ValueError):
-            raise tracked.InvalidValue("the request body cannot be read as a form") from None
-        return [value for name, value in fields if name == "progress_id"]
+        # Fields as their raw bytes (latin-1 text): only progress_id must be UTF-8.
+        fields = parse_qsl(body.decode("latin-1"), keep_blank_values=True, encoding="latin-1")
+        found = []
+        for name, value in fields:
+            if name == "progress_id":
+                try:
+                    found.append(value.encode("latin-1").decode("utf-8"))
+                except UnicodeDecodeError:
+                    raise tracked.InvalidName("a progress_id must be UTF-8 text") from None
+        return found
     if kind.startswith(FORM_TYPES[1]):
         import email.parser
         import email.policy
@@ -779,7 +988,7 @@ def form_progress_ids(content_type: str | None, body: bytes) -> list[str]:
         head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1")
         message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
         if not message.is_multipart():
-            raise tracked.InvalidValue("the request body cannot be read as a form")
+            return []  # no field tracked can read: the app answers this body
         found = []
         for part in message.iter_parts():
             if part.get_param("name", header="content-disposition") != "progress_id":
@@ -795,10 +1004,35 @@ def form_progress_ids(content_type: str | None, body: bytes) -> list[str]:
 
 @functools.lru_cache(maxsize=4096)
 def mount_prefix(prefix: object) -> str:
-    """A middleware's status prefix, checked, without its trailing slash."""
+    """The status route's prefix, checked, without its trailing slash.
+
+    It must be a decoded URL path of at least one segment (``/`` alone would send
+    every request to the status route) that a request can match as written: no
+    empty, ``.`` or ``..`` segment (clients and proxies rewrite them), no ``?``,
+    ``#`` or ``%`` (the path is matched decoded), no backslash, space or control
+    character. Anything else is ``InvalidValue``."""
     if not isinstance(prefix, str) or not prefix.startswith("/"):
         raise tracked.InvalidValue(f"prefix must be a URL path starting with '/', got {prefix!r}")
-    return prefix.rstrip("/")
+    kept = prefix.rstrip("/")
+    reason = _prefix_problem(kept)
+    if reason:
+        raise tracked.InvalidValue(
+            f"prefix must be a URL path like '/_progress_status', got {prefix!r}: {reason}"
+        )
+    return kept
+
+
+def _prefix_problem(prefix: str) -> str:
+    """Why a prefix (without its trailing slash) cannot work; "" when it can."""
+    if not prefix:
+        return "'/' would send every request to the status route"
+    for segment in prefix[1:].split("/"):
+        if segment in ("", ".", ".."):
+            return "empty, '.' and '..' segments are rewritten before they arrive"
+    bad = next((c for c in prefix if c in "?#%\\" or c.isspace() or not c.isprintable()), None)
+    if bad is not None:
+        return f"{bad!r} cannot be matched in a decoded path"
+    return ""
 
 
 def storage_key(name: str | None, progress_id: str | None) -> str:
@@ -839,11 +1073,37 @@ def status_url(prefix: str, key: str) -> str:
 
 
 def render(state: tracked.State) -> Rendered:
-    """The wire JSON of ``state`` and its ETag, a hash of those very bytes."""
+    """The wire JSON of ``state`` and its ETag: ``"<run>.<hash of those very bytes>"``
+    (``run_tag``), so an ETag also says which run of the name it was taken from."""
     body = json.dumps(state.to_dict(), ensure_ascii=False, separators=(",", ":")).encode()
-    etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+    etag = f'"{run_tag(state)}.{hashlib.blake2b(body, digest_size=12).hexdigest()}"'
     ok = Response(200, (("Content-Type", JSON_TYPE), ("ETag", etag), _NO_STORE), body)
     return Rendered(body, etag, ok, Response(304, (("ETag", etag), _NO_STORE)))
+
+
+def run_tag(state: tracked.State) -> str:
+    """Which run of a name ``state`` belongs to: its start time in whole microseconds,
+    in decimal. The first part of every ETag; a client holding only the state (an
+    event stream has no ETag) builds the same from ``start_time`` (tracked.js does)."""
+    start = state.start_time
+    return str(math.floor(start * 1_000_000)) if math.isfinite(start) else "0"
+
+
+def if_match_allows(header: str, state: tracked.State) -> bool:
+    """Whether an ``If-Match`` header names the run of ``state``: ``*``, or an entity
+    tag whose run part (before the first ``.``) is ``run_tag(state)``. Compared by run,
+    not byte for byte, so any ETag of the run matches (a ``W/`` added by a proxy too),
+    and one of an earlier or later run of the name never does."""
+    current = run_tag(state)
+    for candidate in header.split(","):
+        tag = candidate.strip()
+        if tag == "*":
+            return True
+        tag = tag.removeprefix("W/")
+        if len(tag) >= 2 and tag[0] == '"' and tag[-1] == '"':
+            if tag[1:-1].partition(".")[0] == current:
+                return True
+    return False
 
 
 def respond(rendered: Rendered, if_none_match: str | None) -> Response:

@@ -21,14 +21,17 @@ with their names::
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 import tracked
 
 from ._scope import RequestScope, request_scope
 from ._web import (
+    CACHE_BYTES,
     FORM_LIMIT,
     FORM_TYPES,
     HEARTBEAT_SECONDS,
@@ -64,6 +67,7 @@ def status_app(
     heartbeat_seconds: float = HEARTBEAT_SECONDS,
     cancel: CancelPolicy = False,
     show_errors: bool = True,
+    cache_bytes: int = CACHE_BYTES,
 ) -> ASGIApp:
     """An ASGI app serving the status route for ``store`` (None: the process default
     at request time). ``authorize(scope, key)`` returning false answers 403; it
@@ -78,10 +82,13 @@ def status_app(
     ``heartbeat_seconds`` of silence. A waiting stream holds no thread: it waits
     on the event loop for its store's change signal; only store reads run in a
     worker thread.
+    ``cache_bytes`` (default 32 MiB) bounds the bytes the route keeps for reuse:
+    half for rendered answers, half for open streams (nothing once they closed).
     """
     service = StatusService(
         store, authorize=authorize, max_stream_seconds=max_stream_seconds,
         heartbeat_seconds=heartbeat_seconds, cancel=cancel, show_errors=show_errors,
+        cache_bytes=cache_bytes,
     )
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -94,7 +101,7 @@ def status_app(
             raise ValueError(f"the tracked status app serves HTTP only, not {kind!r}")
 
     async def http(scope: Scope, receive: Receive, send: Send) -> None:
-        root: str = scope.get("root_path", "")
+        root: str = scope.get("root_path", "").rstrip("/")  # "/" and "/app/" too
         path: str = scope["path"]
         if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
             path = path[len(root) :]
@@ -104,6 +111,9 @@ def status_app(
         """Answer ``path``, the request's path below the mount point ``root`` (which
         ``scope`` may not carry yet: it is only copied in when the request goes on)."""
         method: str = scope["method"]
+        if not path.isascii() and _path_not_utf8(scope, path):
+            await _send(_PATH_NOT_UTF8, method == "HEAD", send)
+            return
         if not isinstance(scope.get("headers", ()), (list, tuple)):  # any iterable is ASGI:
             scope = {**scope, "headers": list(scope["headers"])}  # read it twice safely
         if (method == "GET" or method == "HEAD") and not scope.get("query_string"):
@@ -126,6 +136,28 @@ def status_app(
     app.service = service  # type: ignore[attr-defined]
     app.serve = serve  # type: ignore[attr-defined] # for TrackedMiddleware: HTTP scopes only
     return app
+
+
+def _path_not_utf8(scope: Scope, path: str) -> bool:
+    """Whether the request's path held bytes that are not UTF-8. Servers decode those
+    to U+FFFD (uvicorn, hypercorn, daphne) or lone surrogates: the raw path decides,
+    so ``/caf%E9`` is the 400 it is on WSGI, not the name ``caf\ufffd``."""
+    raw = scope.get("raw_path")
+    if isinstance(raw, bytes):
+        try:
+            unquote_to_bytes(raw.partition(b"?")[0]).decode("utf-8")
+        except UnicodeDecodeError:
+            return True
+        return False
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+#: What a status path that is not UTF-8 gets, whichever adapter serves it.
+_PATH_NOT_UTF8 = error(400, "the URL path is not UTF-8")
 
 
 def _poll_answer(service: StatusService, scope: Scope, method: str, path: str) -> Response | None:
@@ -168,10 +200,13 @@ def _request(scope: Scope, root: str, path: str) -> StatusRequest:
         request.progress_id_header = found.get(b"x-progress-id")
         request.accept = found.get(b"accept")
         request.last_event_id = found.get(b"last-event-id")
+        request.if_match = found.get(b"if-match")
     return request
 
 
-_HEADERS = frozenset((b"if-none-match", b"x-progress-id", b"accept", b"last-event-id"))
+_HEADERS = frozenset(
+    (b"if-none-match", b"x-progress-id", b"accept", b"last-event-id", b"if-match")
+)
 
 
 async def _stream(stream: EventStream, receive: Receive, send: Send) -> None:
@@ -190,7 +225,7 @@ async def _stream(stream: EventStream, receive: Receive, send: Send) -> None:
 
     listener = asyncio.create_task(listen())
     try:
-        headers = [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in stream.headers]
+        headers = list(_encoded(stream.headers))  # a fresh list of shared pairs
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         value: Any = None
         while not gone:
@@ -205,7 +240,7 @@ async def _stream(stream: EventStream, receive: Receive, send: Send) -> None:
                 value = await stream.subscription.wait_async(step.seconds)
             else:
                 try:
-                    value = await asyncio.to_thread(stream.store.load, stream.key)
+                    value = await asyncio.to_thread(stream.load)
                 except Exception:  # noqa: BLE001 - end the stream; a reconnect gets the 500
                     break
         if not gone:
@@ -217,10 +252,16 @@ async def _stream(stream: EventStream, receive: Receive, send: Send) -> None:
         stream.close()
 
 
+@functools.lru_cache(maxsize=16)
+def _encoded(headers: tuple[tuple[str, str], ...]) -> tuple[tuple[bytes, bytes], ...]:
+    """An event stream's headers as ASGI sends them, encoded once for all streams."""
+    return tuple((n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in headers)
+
+
 async def _send(answer: Response, head: bool, send: Send) -> None:
     """Send one complete answer; a HEAD gets the headers of the GET, without the body."""
-    cached = _ENCODED.get(id(answer))
-    if cached is not None and cached[0] is answer:
+    cached = _ENCODED.get((id(answer.headers), len(answer.body)))
+    if cached is not None and cached[0] is answer.headers:
         headers = list(cached[1])  # a fresh list: middlewares outside may append to it
     else:
         headers = [(name.lower().encode("latin-1"), value.encode("latin-1"))
@@ -229,13 +270,16 @@ async def _send(answer: Response, head: bool, send: Send) -> None:
             headers.append((b"content-length", str(len(answer.body)).encode("ascii")))
         if len(_ENCODED) >= 1024:
             _ENCODED.clear()
-        _ENCODED[id(answer)] = (answer, tuple(headers))
+        _ENCODED[(id(answer.headers), len(answer.body))] = (answer.headers, tuple(headers))
     await send({"type": "http.response.start", "status": answer.status, "headers": headers})
     await send({"type": "http.response.body", "body": b"" if head else answer.body})
 
 
-#: id of a Response -> (it, its encoded headers): cached answers are sent as they are.
-_ENCODED: dict[int, tuple[Response, tuple[tuple[bytes, bytes], ...]]] = {}
+#: (id of a Response's headers, its body's length) -> (those headers, encoded): cached
+#: answers are sent as they are. The headers are kept (so their id stays theirs), never
+#: the body: 1,024 entries of a few hundred bytes.
+_Headers = tuple[tuple[str, str], ...]
+_ENCODED: dict[tuple[int, int], tuple[_Headers, tuple[tuple[bytes, bytes], ...]]] = {}
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
@@ -273,12 +317,14 @@ class TrackedMiddleware:
         heartbeat_seconds: float = HEARTBEAT_SECONDS,
         cancel: CancelPolicy = False,
         show_errors: bool = True,
+        cache_bytes: int = CACHE_BYTES,
     ) -> None:
         self.app = app
         self.prefix = mount_prefix(prefix)
         self.status = status_app(
             store, authorize=authorize, max_stream_seconds=max_stream_seconds,
             heartbeat_seconds=heartbeat_seconds, cancel=cancel, show_errors=show_errors,
+            cache_bytes=cache_bytes,
         )
         self.store = self.status.service.store  # type: ignore[attr-defined]
         self._serve_status = self.status.serve  # type: ignore[attr-defined]
@@ -288,7 +334,7 @@ class TrackedMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        root = scope.get("root_path", "")
+        root: str = scope.get("root_path", "").rstrip("/")  # "/" and "/app/" too
         path: str = scope["path"]
         local = path[len(root) :] if root and path.startswith(root) else path
         if local.startswith(self._below) or local == self.prefix:

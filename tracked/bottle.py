@@ -29,6 +29,7 @@ import tracked
 from ._decorator import SizedGenerator
 from ._scope import RequestScope, request_scope
 from ._web import (
+    CACHE_BYTES,
     HEARTBEAT_SECONDS,
     MAX_STREAM_SECONDS,
     Authorize,
@@ -38,6 +39,7 @@ from ._web import (
     StatusService,
     SyncEvents,
     error,
+    mount_prefix,
     render,
     requested_progress_id,
 )
@@ -67,6 +69,8 @@ class TrackedPlugin:
     as ``tracked.State(name, progress_id).key`` builds it. A GET accepting
     ``text/event-stream`` gets Server-Sent Events for at most ``max_stream_seconds``
     (0: never), with a comment line after ``heartbeat_seconds`` of silence.
+    ``cache_bytes`` (32 MiB) bounds what the status route keeps for reuse (see
+    ``tracked._web.StatusService``).
     """
 
     name = "tracked"
@@ -82,17 +86,20 @@ class TrackedPlugin:
         *,
         max_stream_seconds: float = MAX_STREAM_SECONDS,
         heartbeat_seconds: float = HEARTBEAT_SECONDS,
+        cache_bytes: int = CACHE_BYTES,
     ) -> None:
-        if not isinstance(prefix, str) or not prefix.startswith("/") or "<" in prefix:
-            raise tracked.InvalidValue(
-                f"prefix must be a URL path starting with '/' and without '<', got {prefix!r}"
+        if isinstance(prefix, str) and any(c in prefix for c in "<>:"):
+            raise tracked.InvalidValue(  # Bottle would read them as route wildcards
+                f"prefix must be a URL path without '<', '>' or ':', got {prefix!r}"
             )
+        kept = mount_prefix(prefix)
         self.service = StatusService(
             store, authorize=authorize, cancel=cancel, show_errors=show_errors,
             max_stream_seconds=max_stream_seconds, heartbeat_seconds=heartbeat_seconds,
+            cache_bytes=cache_bytes,
         )
         self.store = self.service.store
-        self.prefix = prefix.rstrip("/")
+        self.prefix = kept
         self.authorize = authorize
 
     def __repr__(self) -> str:
@@ -148,6 +155,12 @@ class TrackedPlugin:
     def status_response(self, name: str | None = None) -> Any:
         """Every request under the prefix: translated for ``_web`` and its answer sent back."""
         environ = bottle.request.environ
+        raw = environ.get("bottle.raw_path", "")  # Bottle drops bytes that are not UTF-8
+        if not raw.isascii():
+            try:
+                raw.encode("latin-1").decode("utf-8")
+            except UnicodeError:
+                return error_response(400, "the URL path is not UTF-8")
         request = StatusRequest(
             environ["REQUEST_METHOD"],
             name,
@@ -158,6 +171,7 @@ class TrackedPlugin:
             bottle.request,
             environ.get("HTTP_ACCEPT"),
             environ.get("HTTP_LAST_EVENT_ID"),
+            environ.get("HTTP_IF_MATCH"),
         )
         answer = self.service.open(request)
         response = bottle.response
@@ -282,9 +296,10 @@ def _form_progress_ids(environ: dict[str, Any]) -> list[str]:
     if not content_type.startswith(_FORM_TYPES):
         return []
     try:
-        return [_unicode(v) for v in bottle.request.forms.getall("progress_id")]
-    except (ValueError, UnicodeError, bottle.HTTPError) as exc:
-        raise tracked.InvalidValue(f"the request body cannot be read as a form: {exc}") from None
+        values = bottle.request.forms.getall("progress_id")
+    except (ValueError, UnicodeError, bottle.HTTPError):
+        return []  # no field tracked can read: the route answers this body
+    return [_unicode(v) for v in values]
 
 
 def _unicode(value: str) -> str:

@@ -157,7 +157,7 @@ def _skip(task: Any) -> Any:
         try:
             task.backend.mark_as_revoked(request.id, "cancelled before it started", request=request)
         except Exception as exc:  # noqa: BLE001 - the body is skipped all the same
-            logger.warning("tracked: cannot mark task %s revoked: %s", request.id, exc)
+            logger.warning("cannot mark task %s revoked: %s", request.id, exc)
         raise Ignore()
 
     return skipped
@@ -171,7 +171,7 @@ def _stopped(task: Any) -> Any:
         try:
             task.backend.mark_as_revoked(request.id, "cancelled", request=request)
         except Exception as error:  # noqa: BLE001 - the run's record says cancelled anyway
-            logger.warning("tracked: cannot mark task %s revoked: %s", request.id, error)
+            logger.warning("cannot mark task %s revoked: %s", request.id, error)
         signal: BaseException = Ignore()
         return signal
 

@@ -873,9 +873,11 @@ def _static_file(name: str) -> Any:
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
-    """wsgiref's server, one thread per request, so many pages can poll at once."""
+    """wsgiref's server, one thread per request, so many pages can poll at once; its
+    listen backlog holds a burst of connections (wsgiref's 5 timed out 200 clients)."""
 
     daemon_threads = True
+    request_queue_size = max(socket.SOMAXCONN, 1024)  # the kernel caps it at somaxconn
 
 
 class _QuietHandler(WSGIRequestHandler):

@@ -178,7 +178,7 @@ def _check_replies(
     there), RQ's own commands, the place in line last (a hint: its error is logged)."""
     if place is not None:
         if not store.placed(replies[-1]):
-            logger.debug("tracked: cannot set the place of %r: %r", state.key, replies[-1])
+            logger.debug("cannot set the place of %r: %r", state.key, replies[-1])
         replies = replies[:-1]
     if claim is not None:
         store.claimed(state, owner, replies[0])
@@ -305,7 +305,7 @@ def _refresh_line(job: Job, ticket: Ticket, store: Store) -> None:
         if places:
             reposition(store, places)
     except Exception as exc:  # noqa: BLE001 - a place in line is a hint; the job goes on
-        logger.debug("tracked: cannot refresh the places in line of %r: %s", ticket.key, exc)
+        logger.debug("cannot refresh the places in line of %r: %s", ticket.key, exc)
 
 
 def _text(value: bytes | str) -> str:

@@ -33,6 +33,7 @@ import tracked
 
 from ._scope import RequestScope, request_scope
 from ._web import (
+    CACHE_BYTES,
     FORM_LIMIT,
     FORM_TYPES,
     HEARTBEAT_SECONDS,
@@ -66,6 +67,7 @@ def status_app(
     heartbeat_seconds: float = HEARTBEAT_SECONDS,
     cancel: CancelPolicy = False,
     show_errors: bool = True,
+    cache_bytes: int = CACHE_BYTES,
 ) -> WSGIApp:
     """A WSGI app serving the status route for ``store`` (None: the process default
     at request time). ``authorize(environ, key)`` returning false answers 403.
@@ -78,10 +80,13 @@ def status_app(
     ``max_stream_seconds`` (0: never; such requests get the JSON), with a comment
     line after ``heartbeat_seconds`` of silence. An open stream holds the thread
     serving it: use threaded workers (gunicorn ``gthread``, gevent) for streams.
+    ``cache_bytes`` (default 32 MiB) bounds the bytes the route keeps for reuse:
+    half for rendered answers, half for open streams (nothing once they closed).
     """
     service = StatusService(
         store, authorize=authorize, max_stream_seconds=max_stream_seconds,
         heartbeat_seconds=heartbeat_seconds, cancel=cancel, show_errors=show_errors,
+        cache_bytes=cache_bytes,
     )
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -118,6 +123,7 @@ def _answer(service: StatusService, environ: dict[str, Any]) -> Response | Event
         environ,
         environ.get("HTTP_ACCEPT"),
         environ.get("HTTP_LAST_EVENT_ID"),
+        environ.get("HTTP_IF_MATCH"),
     )
     return service.open(request)
 
@@ -144,20 +150,27 @@ class TrackedMiddleware:
         heartbeat_seconds: float = HEARTBEAT_SECONDS,
         cancel: CancelPolicy = False,
         show_errors: bool = True,
+        cache_bytes: int = CACHE_BYTES,
     ) -> None:
         self.app = app
         self.prefix = mount_prefix(prefix)
+        self._path_prefix = self.prefix.encode("utf-8").decode("latin-1")  # as PATH_INFO
         self.status = status_app(
             store, authorize=authorize, max_stream_seconds=max_stream_seconds,
             heartbeat_seconds=heartbeat_seconds, cancel=cancel, show_errors=show_errors,
+            cache_bytes=cache_bytes,
         )
         self.store = self.status.service.store  # type: ignore[attr-defined]
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
-        if path == self.prefix or path.startswith(self.prefix + "/"):
-            environ["SCRIPT_NAME"] = environ.get("SCRIPT_NAME", "") + self.prefix
-            environ["PATH_INFO"] = path[len(self.prefix) :]
+        path: str = environ.get("PATH_INFO", "")
+        script: str = environ.get("SCRIPT_NAME", "")
+        if path[:1] != "/" and script.endswith("/"):  # mounted at "/" or "/app/"
+            script, path = script[:-1], "/" + path
+        prefix = self._path_prefix
+        if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
+            environ["SCRIPT_NAME"] = script + prefix
+            environ["PATH_INFO"] = path[len(prefix) :]
             return self.status(environ, start_response)
         try:
             progress_id = requested_progress_id(

@@ -139,18 +139,25 @@
   /**
    * Ask the run to stop: DELETE on the status URL (with the progressId). Resolves
    * with the JSON answer and its HTTP status as `answer.httpStatus` (202: asked;
-   * 404, 409, 403, 405: see `answer.error`); rejects on a network failure. The
+   * 404, 409, 412, 403, 405: see `answer.error`); rejects on a network failure. The
    * tracker keeps following (an open stream pushes the final state; a poller looks
-   * again soon), so the final state arrives by the usual callbacks.
+   * again soon), so the final state arrives by the usual callbacks. Once a state
+   * was seen, the DELETE carries `If-Match` naming its run (its start time in whole
+   * microseconds, the first part of the route's ETags): when the name has been
+   * started again since, the answer is 412 and the new run goes on.
    */
   Tracker.prototype.cancel = async function () {
     let url = this.url;
     if (this.opts.progressId) {
       url += (url.indexOf('?') === -1 ? '?' : '&') + 'progress_id=' + encodeURIComponent(this.opts.progressId);
     }
+    const headers = {Accept: 'application/json'};
+    if (typeof this.runStart === 'number') {
+      headers['If-Match'] = '"' + String(Math.floor(this.runStart * 1e6)) + '"';
+    }
     const response = await fetch(url, {
       method: 'DELETE',
-      headers: {Accept: 'application/json'},
+      headers: headers,
       cache: 'no-store',
       credentials: 'same-origin',
     });
