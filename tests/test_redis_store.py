@@ -334,10 +334,117 @@ def test_error_messages_never_show_the_password(template: str) -> None:
     assert "s3cret" not in repr(store)
 
 
-@pytest.mark.parametrize("url", ["redis://127.0.0.1:notaport/0", "http://127.0.0.1:6379/0"])
-def test_a_malformed_url_raises_store_error_at_once(url: str) -> None:
-    with pytest.raises(StoreError, match="Redis store"):
+@pytest.mark.parametrize(
+    ("url", "part"),
+    [
+        ("redis://127.0.0.1:notaport/0", "address is malformed"),
+        ("redis://127.0.0.1:99999/0", "address is malformed"),
+        ("redis://127.0.0.1:0/0", "port 0"),
+        ("http://127.0.0.1:6379/0", "unknown scheme 'http'"),
+        ("redis+unix:///tmp/r.sock", "unknown scheme 'redis+unix'"),
+        ("redis:127.0.0.1", "no scheme://"),
+        ("redis://127.0.0.1:6379/abc", "database 'abc' is not an integer"),
+        ("redis://127.0.0.1:6379/-1", "database '-1' is not an integer"),
+        ("redis://127.0.0.1:6379/1.5", "database '1.5' is not an integer"),
+        ("redis://127.0.0.1:6379/0/extra", "database '0/extra'"),
+        ("redis://127.0.0.1:6379/1?db=2", "database is given twice"),
+        ("redis://127.0.0.1:6379/0?junk=1", "unknown option 'junk'"),
+        ("redis://127.0.0.1:6379/0?junk", "not name=value pairs"),
+        ("redis://127.0.0.1:6379/0?db=1&db=1", "option 'db' is given twice"),
+        ("redis://127.0.0.1:6379/0?socket_timeout=soon", "'socket_timeout' has a value"),
+        ("redis://127.0.0.1:6379/0?socket_timeout=", "'socket_timeout' has no value"),
+        ("redis://127.0.0.1:6379/0?max_connections=0", "'max_connections' must be"),
+        ("redis://127.0.0.1:6379/0?decode_responses=yes", "unknown option 'decode_responses'"),
+        ("redis://127.0.0.1:6379/0?ssl_cert_reqs=none", "'ssl_cert_reqs' on a non-TLS URL"),
+        ("redis://127.0.0.1:6379/0#frag", "fragment"),
+        ("unix://", "socket path is missing"),
+        ("unix:///tmp/r.sock?db=abc", "'db' has a value"),
+        ("unix:///tmp/r.sock?db=-1", "'db' must be an integer >= 0"),
+    ],
+)
+def test_a_url_tracked_cannot_read_fully_is_invalid_value_naming_the_part(
+    url: str, part: str
+) -> None:
+    with pytest.raises(InvalidValue, match="Redis store") as caught:
         RedisStore(url)
+    assert part in str(caught.value)
+    if url.partition("://")[0] in ("redis", "unix"):  # open_store sends others elsewhere
+        with pytest.raises(InvalidValue, match="Redis store"):  # TRACKED_STORE, --store
+            tracked.open_store(url)
+
+
+def test_a_database_path_that_is_not_a_number_never_writes_to_database_0(
+    redis_url: str, client: redis.Redis,  # type: ignore[type-arg]
+) -> None:
+    with pytest.raises(InvalidValue, match="'abc'"):
+        tracked.start("job", store=redis_url.rsplit("/", 1)[0] + "/abc")
+    assert client.keys("*") == []
+
+
+class PrivateRedis:
+    """A redis-server of this module's own: a password, an ACL user and a unix socket."""
+
+    def __init__(self, directory: Any) -> None:
+        self.port = free_port()
+        self.socket = os.path.join(directory, "r.sock")
+        self.process = subprocess.Popen(
+            [
+                "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--dir", str(directory),
+                "--unixsocket", self.socket, "--unixsocketperm", "700",
+                "--requirepass", "p@ss w",
+                "--user", "worker", "on", ">s3cret", "~*", "&*", "+@all",
+            ],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 15
+        while not os.path.exists(self.socket):
+            assert time.monotonic() < deadline, "the private redis-server did not start"
+            time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path_factory.mktemp("redis-private"))
+    yield server
+    server.process.terminate()
+    server.process.wait(timeout=10)
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "redis://:p%40ss%20w@127.0.0.1:{port}/3",
+        "redis://worker:s3cret@127.0.0.1:{port}/4",
+        "redis://127.0.0.1:{port}?db=5&password=p%40ss%20w&socket_timeout=2.5",
+        "redis://worker:s3cret@127.0.0.1:{port}/",
+        "unix://:p%40ss%20w@{socket}?db=6",
+        "unix://worker:s3cret@{socket}",
+    ],
+)
+def test_good_urls_with_a_password_a_user_a_database_or_a_unix_socket_work(
+    private_redis: PrivateRedis, template: str
+) -> None:
+    url = template.format(port=private_redis.port, socket=private_redis.socket)
+    with tracked.start("url-job", store=url) as progress:
+        progress.total = 3
+        progress.count = 2
+    store = tracked.open_store(url)
+    state = store.load("url-job")
+    assert state is not None and state.state == "finished" and state.count == 2
+    assert store.delete("url-job")
+    assert "s3cret" not in repr(store) and "p@ss" not in repr(store)
+
+
+def test_a_tls_url_keeps_its_tls_options() -> None:
+    store = RedisStore("rediss://user:pw@127.0.0.1:6380/2?ssl_cert_reqs=none&ssl_check_hostname=false")
+    client = store.client
+    assert isinstance(client, redis.Redis)
+    pool = client.connection_pool
+    assert pool.connection_class is redis.SSLConnection
+    assert pool.connection_kwargs["db"] == 2
+    assert pool.connection_kwargs["ssl_cert_reqs"] == "none"
+    assert pool.connection_kwargs["ssl_check_hostname"] is False
 
 
 # ----------------------------------------------------------------------------- wire
@@ -873,8 +980,8 @@ def test_an_unreachable_cluster_raises_store_error_naming_the_address() -> None:
         "redis+cluster://127.0.0.1:7000?socket_timeout=s3cret",
     ],
 )
-def test_a_malformed_cluster_url_raises_store_error_at_once(url: str) -> None:
-    with pytest.raises(StoreError, match="Redis store") as caught:
+def test_a_malformed_cluster_url_raises_invalid_value_at_once(url: str) -> None:
+    with pytest.raises(InvalidValue, match="Redis store") as caught:
         RedisStore(url)
     assert "s3cret" not in str(caught.value)
 

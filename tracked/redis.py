@@ -46,7 +46,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeAlias
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 try:
     import redis
@@ -56,7 +56,7 @@ except ImportError as exc:  # pragma: no cover - redis is in the test extra
     ) from exc
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
-from redis.connection import parse_url
+from redis.connection import URL_QUERY_ARGUMENT_PARSERS, parse_url
 from redis.exceptions import AskError, NoScriptError, RedisClusterException
 from redis.retry import Retry
 
@@ -887,6 +887,7 @@ def _connector(url_or_client: object, address: str) -> Callable[[], Client]:
             "rediss+cluster:// URL, or a redis.Redis or redis.cluster.RedisCluster "
             f"client, not {type(url_or_client).__name__}"
         )
+    _check_url(url_or_client)
     scheme, _, rest = url_or_client.partition("://")
     plain = CLUSTER_SCHEMES.get(scheme.lower())
     try:
@@ -968,6 +969,95 @@ def _cluster_connector(url: str) -> Callable[[], Client]:
     return connect
 
 
+#: Query options a URL may carry as plain text (redis-py converts the others it knows,
+#: ``URL_QUERY_ARGUMENT_PARSERS``); ``ssl_*`` ones only on a ``rediss`` URL.
+_TEXT_OPTIONS = frozenset(("client_name", "lib_name", "lib_version", "password", "username"))
+_TLS_TEXT_OPTIONS = frozenset(
+    ("ssl_ca_certs", "ssl_ca_path", "ssl_cert_reqs", "ssl_certfile", "ssl_ciphers",
+     "ssl_keyfile", "ssl_password")
+)
+#: Options that would change what tracked's own code receives or relies on.
+_REFUSED_OPTIONS = frozenset(("decode_responses", "legacy_responses", "protocol", "timeout"))
+
+
+def _check_url(url: str) -> None:
+    """``InvalidValue`` naming the part of a store URL that tracked cannot read fully.
+
+    redis-py ignores what it cannot parse (``redis://h/abc`` is database 0, an
+    unknown option is passed on to fail at the first command): every part is
+    checked here instead, at once, before anything connects.
+    """
+    shown = _redact(url)
+
+    def bad(part: str) -> InvalidValue:
+        return InvalidValue(f"cannot use {shown!r} as a Redis store: {part}")
+
+    scheme, sep, _ = url.partition("://")
+    scheme = scheme.lower()
+    plain = CLUSTER_SCHEMES.get(scheme, scheme)
+    if not sep or plain not in ("redis", "rediss", "unix"):
+        what = f"unknown scheme {scheme!r}" if sep else "no scheme://"
+        raise bad(f"{what} (use redis://, rediss://, unix://, redis+cluster:// or rediss+cluster://)")
+    cluster = scheme in CLUSTER_SCHEMES
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise bad(f"the address is malformed ({exc})") from None
+    if parts.fragment or url.endswith("#"):
+        raise bad("a URL fragment ('#...') means nothing here")
+    options = _check_query(parts.query, tls=plain == "rediss", bad=bad)
+    for name, given in (("username", parts.username), ("password", parts.password)):
+        if given is not None and name in options:
+            raise bad(f"the {name} is given twice: before '@' and as an option")
+    if plain == "unix":
+        if not parts.path or parts.path == "/":
+            raise bad("the unix socket path is missing (unix:///path/to/redis.sock)")
+        return
+    if port == 0:
+        raise bad("port 0 is not a port")
+    if cluster and not parts.hostname:
+        raise bad("name a node of the cluster: redis+cluster://host:port")
+    db = unquote(parts.path).removeprefix("/")
+    if db:
+        if not db.isascii() or not db.isdigit():
+            raise bad(f"the database {db!r} is not an integer >= 0 (redis://host:port/0)")
+        if "db" in options and options["db"] != int(db):
+            raise bad(f"the database is given twice: {db!r} in the path, db={options['db']}")
+    if cluster and int(db or 0) + options.get("db", 0) != 0:
+        raise bad("a Redis Cluster has only database 0")
+
+
+def _check_query(
+    query: str, *, tls: bool, bad: Callable[[str], InvalidValue]
+) -> dict[str, Any]:
+    """The query options, each known to redis-py and readable; ``bad(part)`` else."""
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        raise bad("the query is not name=value pairs joined by '&'") from None
+    options: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in options:
+            raise bad(f"the option {name!r} is given twice")
+        parser = URL_QUERY_ARGUMENT_PARSERS.get(name)
+        known = parser is not None or name in _TEXT_OPTIONS or name in _TLS_TEXT_OPTIONS
+        if not known or name in _REFUSED_OPTIONS or (name.startswith("ssl_") and not tls):
+            where = "" if tls or not name.startswith("ssl_") else " on a non-TLS URL"
+            raise bad(f"unknown option {name!r}{where}")
+        if not value:
+            raise bad(f"the option {name!r} has no value")
+        try:
+            options[name] = value if parser is None else parser(value)
+        except (TypeError, ValueError):
+            raise bad(f"the option {name!r} has a value redis-py cannot read") from None
+        if name in ("db", "max_connections") and not (
+            isinstance(options[name], int) and options[name] >= (0 if name == "db" else 1)
+        ):
+            raise bad(f"the option {name!r} must be an integer >= {0 if name == 'db' else 1}")
+    return options
+
+
 def _address(url_or_client: object) -> str:
     """Where the server is, for error messages: the URL without its password."""
     if isinstance(url_or_client, str):
@@ -989,7 +1079,8 @@ def _redact(url: str) -> str:
         parts = urlsplit(url)
         host = parts.netloc.rpartition("@")[2]
         user = f"{parts.username or ''}:***@" if parts.password is not None else ""
-        return parts._replace(netloc=user + host, query="", fragment="").geturl()
+        sep = "://" if "://" in url else ":"
+        return f"{parts.scheme}{sep}{user}{host}{parts.path}" if parts.scheme else "<a URL>"
     except ValueError:
         return "<a malformed URL>"
 
