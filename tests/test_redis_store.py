@@ -13,12 +13,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import redis
+import redis.cluster
 
 import tracked
 from tracked import InvalidValue, State, StoreError
@@ -416,7 +418,7 @@ def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateR
     [
         "redis://:p%40ss%20w@127.0.0.1:{port}/3",
         "redis://worker:s3cret@127.0.0.1:{port}/4",
-        "redis://127.0.0.1:{port}?db=5&password=p%40ss%20w&socket_timeout=2.5",
+        "redis://127.0.0.1:{port}?db=5&password=p%40ss%20w&socket_timeout=2.5&timeout=3",
         "redis://worker:s3cret@127.0.0.1:{port}/",
         "unix://:p%40ss%20w@{socket}?db=6",
         "unix://worker:s3cret@{socket}",
@@ -1116,3 +1118,81 @@ def test_save_many_follows_a_record_whose_slot_moved_to_another_master(
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+# ----------------------------------------------------------------------------- bursts
+
+
+class Collected(logging.Handler):
+    """Every record the ``tracked`` logger emits (at WARNING or above) while installed."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def pause_writes(store: RedisStore, milliseconds: int) -> None:
+    """Hold every write on the store's server(s) for a moment, as a busy or failing-over
+    Redis does: the burst's threads all wait inside a command at once."""
+    client: Any = store.client
+    if isinstance(client, redis.cluster.RedisCluster):
+        primaries = redis.cluster.RedisCluster.PRIMARIES
+        client.execute_command("CLIENT", "PAUSE", milliseconds, "WRITE", target_nodes=primaries)
+    else:
+        client.execute_command("CLIENT", "PAUSE", milliseconds, "WRITE")
+
+
+def burst(url: str, jobs: int, *, prefix: str = "burst") -> tuple[list[str], RedisStore]:
+    """``jobs`` threads of one process start at once, then all end at once, each burst
+    meeting a server that holds writes for a second; the warnings logged meanwhile, and
+    the store they used."""
+    store = RedisStore(url)
+    store.load("warm-up")  # connected (a cluster client maps its slots)
+
+    def pause() -> None:
+        pause_writes(store, 1000)
+
+    started = threading.Barrier(jobs, action=pause)
+    ended = threading.Barrier(jobs, action=pause)
+    errors: list[BaseException] = []
+
+    def job(i: int) -> None:
+        try:
+            started.wait(60)
+            progress = tracked.start(f"{prefix}-{i}", store=store, total=1)
+            ended.wait(60)
+            progress.count = 1
+            progress.finish()
+        except BaseException as exc:  # reported by the test
+            errors.append(exc)
+
+    handler = Collected()
+    logging.getLogger("tracked").addHandler(handler)
+    old_size = threading.stack_size(256 * 1024)
+    try:
+        threads = [threading.Thread(target=job, args=(i,)) for i in range(jobs)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    finally:
+        threading.stack_size(old_size)
+        logging.getLogger("tracked").removeHandler(handler)
+    assert errors == [], errors[:3]
+    return handler.messages, store
+
+
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
+def test_3000_simultaneous_starts_and_ends_in_one_process_never_run_the_pool_dry(
+    make_store_url: Callable[[str], str], kind: str
+) -> None:
+    jobs = 3000
+    warnings, store = burst(make_store_url(kind), jobs)
+    assert warnings == []
+    states = {record.state.key: record.state for record in store.records()}
+    assert len(states) == jobs
+    assert all(s.state == "finished" and s.count == 1 for s in states.values())
+    store.close()

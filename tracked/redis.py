@@ -70,6 +70,12 @@ __all__ = ["RedisStore"]
 CONNECT_TIMEOUT = 2.0
 #: Seconds to wait for a reply on an open connection.
 SOCKET_TIMEOUT = 5.0
+#: Connections a store made from a URL opens at most to one server (``?max_connections=``
+#: in the URL overrides it), and seconds a thread waits for a free one (``?timeout=``):
+#: a burst of thousands of starts or ends in one process queues for the pool instead
+#: of failing with redis-py's ``MaxConnectionsError``.
+MAX_CONNECTIONS = 100
+POOL_TIMEOUT = 20.0
 #: Keys fetched per SCAN step and records read per pipeline in ``records()``.
 SCAN_BATCH = 200
 #: Progress keys whose Redis key names a store keeps at hand (then it starts afresh).
@@ -940,15 +946,19 @@ def _async_twin(client: redis.Redis) -> Any | None:  # type: ignore[type-arg]
 
 
 def _single_client(url: str) -> redis.Redis:  # type: ignore[type-arg]
-    """A client of one server (it connects lazily, on its first command)."""
-    return redis.Redis.from_url(
+    """A client of one server (it connects lazily, on its first command), whose pool
+    makes a thread wait for a free connection rather than fail (see ``MAX_CONNECTIONS``)."""
+    pool = redis.BlockingConnectionPool.from_url(
         url,
+        max_connections=MAX_CONNECTIONS,
+        timeout=POOL_TIMEOUT,
         socket_connect_timeout=CONNECT_TIMEOUT,
         socket_timeout=SOCKET_TIMEOUT,
         # One immediate retry on a broken connection (a pooled socket the server
         # closed by restarting); none on timeouts, so a dead host costs one wait.
         retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
     )
+    return redis.Redis(connection_pool=pool)
 
 
 def _cluster_connector(url: str) -> Callable[[], Client]:
@@ -963,7 +973,12 @@ def _cluster_connector(url: str) -> Callable[[], Client]:
 
     def connect() -> Client:
         return RedisCluster.from_url(
-            url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=SOCKET_TIMEOUT
+            url,
+            socket_connect_timeout=CONNECT_TIMEOUT,
+            socket_timeout=SOCKET_TIMEOUT,
+            connection_pool_class=redis.BlockingConnectionPool,  # one per master
+            max_connections=MAX_CONNECTIONS,  # the URL's own options win over these
+            timeout=POOL_TIMEOUT,
         )
 
     return connect
@@ -977,7 +992,7 @@ _TLS_TEXT_OPTIONS = frozenset(
      "ssl_keyfile", "ssl_password")
 )
 #: Options that would change what tracked's own code receives or relies on.
-_REFUSED_OPTIONS = frozenset(("decode_responses", "legacy_responses", "protocol", "timeout"))
+_REFUSED_OPTIONS = frozenset(("decode_responses", "legacy_responses", "protocol"))
 
 
 def _check_url(url: str) -> None:
