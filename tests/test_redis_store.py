@@ -7,6 +7,7 @@ covers what only a store shared across machines has.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -509,12 +510,18 @@ class CountingConnection(redis.Connection):
 
     sends = 0
     sent_bytes = 0
+    received_bytes = 0
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         chunks = [command] if isinstance(command, (bytes, str)) else command
         CountingConnection.sends += 1
         CountingConnection.sent_bytes += sum(len(c) for c in chunks)
         super().send_packed_command(command, check_health)
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        reply = super().read_response(*args, **kwargs)
+        CountingConnection.received_bytes += len(repr(reply))  # about the bytes received
+        return reply
 
 
 @pytest.fixture
@@ -1196,3 +1203,94 @@ def test_3000_simultaneous_starts_and_ends_in_one_process_never_run_the_pool_dry
     assert len(states) == jobs
     assert all(s.state == "finished" and s.count == 1 for s in states.values())
     store.close()
+
+
+# ----------------------------------------------------------------------------- read cache
+
+#: A writer in another process: each line on stdin is a round; it writes that count (and
+#: every 7th round a message), then prints the round once the write has returned.
+FRESH_WRITER = """
+import sys, tracked
+progress = tracked.start("fresh", store=sys.argv[1], min_interval=0, max_messages=5)
+print("ready", flush=True)
+for line in sys.stdin:
+    i = int(line)
+    if i < 0:
+        break
+    if i % 7 == 0:
+        progress.increment(1, f"message {i}")
+    else:
+        progress.count += 1
+    print(i, flush=True)
+progress.finish()
+print("done", flush=True)
+"""
+
+
+def wsgi_get(app: Any, path: str, query: str = "") -> tuple[str, dict[str, Any]]:
+    """GET ``path`` from a WSGI app in this process: (status, JSON body)."""
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "SCRIPT_NAME": "",
+               "QUERY_STRING": query, "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80",
+               "wsgi.url_scheme": "http", "SERVER_PROTOCOL": "HTTP/1.1",
+               "wsgi.input": io.BytesIO()}
+    answer: list[str] = []
+    body = app(environ, lambda status, headers, exc_info=None: answer.append(status))
+    data = b"".join(body)
+    return answer[0], json.loads(data)
+
+
+def test_the_status_route_never_serves_a_state_older_than_a_write_another_process_made(
+    redis_url: str,
+) -> None:
+    from tracked.wsgi import status_app
+
+    app = status_app(RedisStore(redis_url))
+    writer = subprocess.Popen(
+        [sys.executable, "-c", FRESH_WRITER, redis_url],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+    )
+    assert writer.stdin is not None and writer.stdout is not None
+    assert writer.stdout.readline() == "ready\n"
+    rounds, messages = 10_000, 0
+    try:
+        for i in range(1, rounds + 1):
+            writer.stdin.write(f"{i}\n")
+            writer.stdin.flush()
+            assert writer.stdout.readline() == f"{i}\n"
+            messages += i % 7 == 0
+            for _ in range(2):  # a read that renders, then one the cache may answer
+                status, state = wsgi_get(app, "/fresh")
+                assert status.startswith("200") and state["count"] == i, (i, state)
+                assert state["message_count"] == messages
+            if i % 50 == 0:  # a cursor past some messages: its own cache entry
+                _, tail = wsgi_get(app, "/fresh", f"since={max(0, messages - 2)}")
+                assert tail["count"] == i and tail["message_count"] == messages
+        writer.stdin.write("-1\n")
+        writer.stdin.flush()
+        assert writer.stdout.readline() == "done\n"
+        status, state = wsgi_get(app, "/fresh")
+        assert state["state"] == "finished" and state["count"] == rounds
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+def test_a_cached_status_read_moves_no_messages_however_many_are_kept(
+    counted_store: RedisStore,
+) -> None:
+    from tracked.wsgi import status_app
+
+    app = status_app(counted_store)
+    with tracked.start("long", store=counted_store, max_messages=1000) as progress:
+        for i in range(1000):
+            progress.increment(1, f"step {i} done, with some text a real job writes")
+        progress.flush()
+        _, state = wsgi_get(app, "/long")
+        assert len(state["messages"]) == 1000
+        received = CountingConnection.received_bytes
+        before = CountingConnection.sends
+        for _ in range(10):
+            _, again = wsgi_get(app, "/long")
+            assert again == state
+        assert CountingConnection.sends - before == 10  # one round trip per read
+        assert CountingConnection.received_bytes - received < 10 * 200  # a token, no messages

@@ -661,10 +661,12 @@ class RedisStore(Store):
         status route can keep what it rendered for a token, and answer with it (or
         with a 304) while the token stays the same.
         """
-        token = self._read_record(self._version, key)
+        token = self._read_record(self._version, key, self._names(key)[0])
         return None if token is None else _text(token)
 
-    def _read_record(self, script: _Script, key: str, keys: Sequence[str] | None = None) -> Any:
+    def _read_record(
+        self, script: _Script, key: str, keys: Sequence[str | bytes] | None = None
+    ) -> Any:
         """Run a script that reads ``key``'s record (its ``keys``, by default the
         record's three); a foreign value there is corrupt."""
         try:
