@@ -1294,3 +1294,44 @@ def test_a_cached_status_read_moves_no_messages_however_many_are_kept(
             assert again == state
         assert CountingConnection.sends - before == 10  # one round trip per read
         assert CountingConnection.received_bytes - received < 10 * 200  # a token, no messages
+
+
+# ----------------------------------------------------------------------------- cancel polls
+
+
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
+def test_the_cancel_poll_of_many_runs_is_exact_across_mget_chunks(
+    make_store_url: Callable[[str], str], kind: str
+) -> None:
+    from tracked.redis import CANCEL_CHUNK
+
+    store = RedisStore(make_store_url(kind))
+    owner = Owner.for_this_process()
+    runs = []
+    for i in range(CANCEL_CHUNK + 1):  # one more than a chunk: the boundary
+        state = running(f"poll-{i}")
+        store.claim(state, owner)
+        runs.append((state.key, owner))
+    asked = {0, CANCEL_CHUNK - 1, CANCEL_CHUNK}
+    for i in asked:
+        assert store.request_cancel(f"poll-{i}")
+    other = Owner.for_this_process()  # another run of the same name asks nothing of this one
+    assert store.cancels_requested(runs) == [i in asked for i in range(CANCEL_CHUNK + 1)]
+    assert store.cancels_requested([(runs[0][0], other)]) == [False]
+    assert store.cancels_requested([]) == []
+    store.close()
+
+
+def test_the_cancel_poll_of_a_single_redis_sends_one_command_per_chunk(
+    redis_url: str, client: redis.Redis,  # type: ignore[type-arg]
+) -> None:
+    from tracked.redis import CANCEL_CHUNK
+
+    store = RedisStore(redis_url)
+    owner = Owner.for_this_process()
+    runs = [(f"poll-{i}", owner) for i in range(CANCEL_CHUNK + 1)]
+    client.config_resetstat()
+    assert store.cancels_requested(runs) == [False] * len(runs)
+    stats = client.info("commandstats")
+    assert stats["cmdstat_mget"]["calls"] == 2 and "cmdstat_get" not in stats
+    store.close()

@@ -78,6 +78,8 @@ MAX_CONNECTIONS = 100
 POOL_TIMEOUT = 20.0
 #: Keys fetched per SCAN step and records read per pipeline in ``records()``.
 SCAN_BATCH = 200
+#: Cancel keys read per MGET when the flusher asks about its live runs (``cancels_requested``).
+CANCEL_CHUNK = 1000
 #: Progress keys whose Redis key names a store keeps at hand (then it starts afresh).
 NAME_CACHE_SIZE = 10_000
 #: URL schemes that select a Redis Cluster, and the plain scheme redis-py takes.
@@ -624,10 +626,22 @@ class RedisStore(Store):
         """One round trip for all of this process's live runs on this store."""
         if not runs:
             return []
-        pipe = self.client.pipeline(transaction=False)
-        for key, _ in runs:
-            pipe.get(self.cancel_key(key))
+        client = self.client
+        pipe = client.pipeline(transaction=False)
+        if isinstance(client, RedisCluster):  # keys in as many slots as runs: a GET each
+            for key, _ in runs:
+                pipe.get(self.cancel_key(key))
+        else:  # one MGET per chunk: a command to pack and a reply to parse, not one per run
+            keys = [self.cancel_key(key) for key, _ in runs]
+            for start in range(0, len(keys), CANCEL_CHUNK):
+                pipe.execute_command("MGET", *keys[start : start + CANCEL_CHUNK])
         replies = self._call(pipe.execute, raise_on_error=False)
+        if not isinstance(client, RedisCluster):
+            replies = [
+                value
+                for chunk in replies
+                for value in (chunk if isinstance(chunk, list) else [chunk] * CANCEL_CHUNK)
+            ][: len(runs)]
         return [
             isinstance(reply, (bytes, str)) and _text(reply) == owner.run
             for reply, (_, owner) in zip(replies, runs, strict=True)
