@@ -935,20 +935,69 @@ def test_a_superseded_write_on_a_cluster_raises_run_superseded(redis_cluster_url
     store.close()
 
 
-def test_writes_on_a_cluster_are_published_to_subscribers_of_any_node(
+def test_writes_on_a_cluster_are_sharded_events_in_the_records_slot(
     redis_cluster: RedisCluster, cluster_store: RedisStore
 ) -> None:
-    subscriber = redis.Redis(host="127.0.0.1", port=redis_cluster.ports[-1])
-    pubsub = subscriber.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(*(cluster_store.channel(f"n{i}") for i in range(10)))
+    assert cluster_store.sharded_pubsub  # redis-server >= 7.0 here
+    subscriber = redis.cluster.RedisCluster(host="127.0.0.1", port=redis_cluster.ports[-1])
+    pubsub = subscriber.pubsub()
+    channels = [cluster_store.channel(f"n{i}") for i in range(10)]
+    for i, channel in enumerate(channels):  # each in its record's slot
+        assert subscriber.keyslot(channel) == subscriber.keyslot(cluster_store.record_key(f"n{i}"))
+        pubsub.ssubscribe(channel)
     for i in range(10):  # ten names: some live on masters other than the subscriber's
         cluster_store.claim(running(f"n{i}", count=i), Owner.for_this_process())
     counts = set()
     while len(counts) < 10:
-        message = wait_until(lambda: pubsub.get_message(timeout=0.1))
-        counts.add(json.loads(message["data"])["count"])
+        message = wait_until(lambda: pubsub.get_sharded_message(timeout=0.1))
+        if message["type"] == "smessage":
+            counts.add(json.loads(message["data"])["count"])
     pubsub.close()
     subscriber.close()
+
+
+def publish_counters(cluster: RedisCluster) -> list[int]:
+    """Each master's count of pub/sub messages the cluster bus brought it."""
+    counters = []
+    for port in cluster.ports:
+        node = redis.Redis(host="127.0.0.1", port=port)
+        info = node.cluster("info")  # a counter appears once it is not 0
+        counters.append(int(info.get("cluster_stats_messages_publish_received", 0)))
+        node.close()
+    return counters
+
+
+def test_a_write_on_a_cluster_costs_the_other_masters_no_published_message(
+    redis_cluster: RedisCluster, cluster_store: RedisStore
+) -> None:
+    owner = Owner.for_this_process()
+    states = [running(f"spread-{i}") for i in range(60)]  # on every master
+    before = publish_counters(redis_cluster)
+    for state in states:
+        cluster_store.claim(state, owner)
+    for state in states:
+        cluster_store.save(dataclasses.replace(state, count=1), owner)
+    assert cluster_store.save_many(
+        [(dataclasses.replace(state, count=2), owner) for state in states]
+    ) == [None] * len(states)
+    assert publish_counters(redis_cluster) == before
+
+
+def test_a_status_stream_on_a_cluster_hears_sharded_writes(cluster_store: RedisStore) -> None:
+    from tracked import _watch
+
+    owner = Owner.for_this_process()
+    cluster_store.claim(running("heard"), owner)
+    subscription = _watch.subscribe(cluster_store, "heard")
+    try:
+        for count in range(1, 4):
+            cluster_store.save(running("heard", count=count), owner)
+            changed, state = subscription.wait(10)
+            while changed and (state is None or state.count < count):
+                changed, state = subscription.wait(10)
+            assert changed and state is not None and state.count == count
+    finally:
+        subscription.close()
 
 
 def test_tracked_store_environment_variable_selects_a_cluster(

@@ -21,7 +21,9 @@ script touches a single slot and runs unchanged on Redis Cluster:
 
 Every write runs one Lua script (one round trip) that checks the owner (another
 run's record, or this run's ended one, is never overwritten: ``RunSuperseded``),
-writes the record, sets the lease and publishes an event on ``{prefix}events:K``:
+writes the record, sets the lease and publishes an event on ``{prefix}events:K``
+(on a Redis Cluster >= 7.0: ``SPUBLISH`` on ``{prefix}events:{T}``, in the record's
+slot, so the other masters never see it; see ``RedisStore.channel``):
 the wire JSON of the new state whose ``messages`` hold at least the messages
 added since the previous event of the run (place them with
 ``message_count - len(messages)``, as with the status route's ``?since=``
@@ -150,6 +152,12 @@ end
 redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 1
 """
+
+# The same write on a Redis Cluster of servers >= 7.0: the event goes out with SPUBLISH on
+# a channel in the record's own slot (``RedisStore.channel``), so only the master that
+# owns the record relays it, not every master of the cluster.
+_WRITE_SHARDED = _WRITE.replace("redis.call('PUBLISH', ", "redis.call('SPUBLISH', ")
+assert _WRITE_SHARDED != _WRITE
 
 # KEYS: record, parts. ARGV: run, field, part -- writes one joined worker's part while
 # that run is running; returns 1 written, 0 the run is over (the part is dropped).
@@ -329,6 +337,13 @@ class RedisStore(Store):
         self._client: Client | None = None
         self._client_lock = threading.Lock()
         self._write = _Script(_WRITE)
+        self._write_sharded = _Script(_WRITE_SHARDED)
+        #: Whether this store talks to a Redis Cluster (known without connecting).
+        self._cluster = isinstance(url_or_client, RedisCluster) or (
+            isinstance(url_or_client, str)
+            and url_or_client.partition("://")[0].lower() in CLUSTER_SCHEMES
+        )
+        self._sharded: bool | None = None  # SPUBLISH known to work: asked on first use
         self._prune = _Script(_PRUNE)
         self._read = _Script(_READ)
         self._delete = _Script(_DELETE)
@@ -388,8 +403,42 @@ class RedisStore(Store):
         return f"{self.prefix}cancel:{_tag(key)}"
 
     def channel(self, key: str) -> str:
-        """The pub/sub channel on which every write of ``key`` is published."""
+        """The pub/sub channel on which every write of ``key`` is published.
+
+        On a Redis Cluster it carries the record's hash tag, so it lives in the
+        record's slot: with ``sharded_pubsub`` the write publishes it with
+        ``SPUBLISH`` and readers follow it with ``SSUBSCRIBE``."""
+        if self._cluster:
+            return f"{self.prefix}events:{_tag(key)}"
         return f"{self.prefix}events:{_clean(key)}"
+
+    @property
+    def sharded_pubsub(self) -> bool:
+        """True when events are sharded pub/sub messages (``SPUBLISH``): on a Redis
+        Cluster whose servers are 7.0 or newer. A single Redis, and older clusters,
+        use plain ``PUBLISH``, which a cluster relays to every master."""
+        sharded = self._sharded
+        if sharded is None:
+            sharded = self._cluster and self._supports_spublish()
+            if sharded is None:  # the cluster cannot answer now: ask again next time
+                return False
+            self._sharded = sharded
+        return sharded
+
+    def _supports_spublish(self) -> bool | None:
+        """Whether the cluster's servers know ``SPUBLISH`` (Redis >= 7.0); None when
+        they cannot be asked."""
+        try:
+            info: Any = self.client.info("server")
+        except (redis.RedisError, RedisClusterException, StoreError):
+            return None
+        versions = info.values() if "redis_version" not in info else [info]
+        found = [str(v.get("redis_version", "0")) for v in versions if isinstance(v, dict)]
+        return bool(found) and all(_major(version) >= 7 for version in found)
+
+    def _publisher(self) -> _Script:
+        """The write script: with ``SPUBLISH`` on a cluster that has it."""
+        return self._write_sharded if self._cluster and self.sharded_pubsub else self._write
 
     def async_client(self) -> Any | None:
         """A new redis-py asyncio client of this store's server, for reading its events
@@ -440,7 +489,8 @@ class RedisStore(Store):
     def claim(self, state: State, owner: Owner) -> None:
         key = state.key
         self._written.pop(key, None)
-        if self._call(self._run, self._write, *self._write_call("claim", state, owner, None)) < 0:
+        call = self._write_call("claim", state, owner, None)
+        if self._call(self._run, self._publisher(), *call) < 0:
             raise AlreadyRunning(key)
         self._remember(key, state, owner.run)
 
@@ -492,7 +542,7 @@ class RedisStore(Store):
             else:
                 sent.append(i)
         try:
-            replies = self._call(self._run_many, self._write, calls) if calls else []
+            replies = self._call(self._run_many, self._publisher(), calls) if calls else []
         except StoreError as exc:
             for i in sent:  # one error each: the caller may raise or chain them apart
                 error = results[i] = StoreError(str(exc))
@@ -1163,6 +1213,12 @@ def _text(value: bytes | str) -> str:
         return value.decode("utf-8") if isinstance(value, bytes) else value
     except UnicodeDecodeError:
         return ""
+
+
+def _major(version: str) -> int:
+    """The major number of a Redis version such as ``7.0.15`` (0 if unreadable)."""
+    head = version.partition(".")[0]
+    return int(head) if head.isdigit() else 0
 
 
 def _glob_escape(text: str) -> str:
