@@ -41,6 +41,9 @@ logger = logging.getLogger("tracked")
 
 #: Seconds between two ``stat`` calls on a followed file record.
 FILE_INTERVAL = 0.05
+#: Longest wait on a Redis Cluster's sharded pub/sub connections before looking again
+#: at all of them (see ``RedisWatcher._next``).
+SHARDED_WAIT = 0.01
 #: Seconds a new Redis subscription may take to be confirmed before a stream reads.
 SUBSCRIBE_TIMEOUT = 2.0
 
@@ -347,11 +350,18 @@ class RedisWatcher(Watcher):
         if not self._sharded:
             message: dict[str, Any] | None = self._pubsub.get_message(timeout=timeout)
             return message
-        began = time.monotonic()
-        message = self._pubsub.get_sharded_message(timeout=timeout)
-        if message is None and timeout and time.monotonic() - began < timeout / 2:
-            time.sleep(min(timeout, 0.05))  # no master subscribed yet: it returned at once
-        return message
+        # redis-py waits on each master's connection in turn for a slice of the
+        # timeout: short waits keep a message on one master from waiting out the
+        # others' slices (at most about SHARDED_WAIT late).
+        deadline = time.monotonic() + timeout
+        while True:
+            began = time.monotonic()
+            message = self._pubsub.get_sharded_message(timeout=min(timeout, SHARDED_WAIT))
+            now = time.monotonic()
+            if message is not None or now >= deadline:
+                return message
+            if now - began < SHARDED_WAIT / 2:
+                time.sleep(SHARDED_WAIT)  # no master to wait on yet: it returned at once
 
     def _run(self) -> None:
         while not self._idle():

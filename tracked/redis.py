@@ -77,7 +77,7 @@ SOCKET_TIMEOUT = 5.0
 #: a burst of thousands of starts or ends in one process queues for the pool instead
 #: of failing with redis-py's ``MaxConnectionsError``.
 MAX_CONNECTIONS = 100
-POOL_TIMEOUT = 20.0
+POOL_TIMEOUT = 10.0
 #: Keys fetched per SCAN step and records read per pipeline in ``records()``.
 SCAN_BATCH = 200
 #: Cancel keys read per MGET when the flusher asks about its live runs (``cancels_requested``).
