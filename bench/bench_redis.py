@@ -42,6 +42,13 @@ def main() -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="tracked-bench-redis-") as directory:
         server, url = start_redis(binary, Path(directory))
+        if args.kept_reads:
+            try:
+                bench_kept_reads(url, str(Path(directory) / "store"), args)
+            finally:
+                server.terminate()
+                server.wait(timeout=10)
+            return 0
         try:
             stores = {"redis": url, "file": str(Path(directory) / "store")}
             load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -68,6 +75,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per measurement")
     parser.add_argument("--tasks", type=int, default=8, help="concurrent tracked tasks")
     parser.add_argument("--worker", nargs=4, metavar=("STORE", "NAME", "INTERVAL", "START_AT"))
+    parser.add_argument(
+        "--kept-reads", action="store_true",
+        help="only the status route with 10 and 1,000 messages kept, Redis and file, "
+        "interleaved rounds (see --rounds)",
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of --kept-reads")
     return parser.parse_args()
 
 
@@ -214,6 +227,55 @@ def bench_reads(spec: str, duration: float) -> list[tuple[str, float]]:
     live.finish()
     store.close()
     return results
+
+
+def bench_kept_reads(redis_url: str, directory: str, args: argparse.Namespace) -> None:
+    """Status route reads/s of a running record with 10 and with 1,000 messages kept,
+    on Redis and on files; each round times the four in rotated order, the ratios are
+    taken within the round and their medians reported."""
+    import statistics
+
+    import bottle
+    import webtest
+
+    from tracked.bottle import TrackedPlugin
+
+    live = []
+    routes: dict[str, Callable[[], object]] = {}
+    for kind, spec in (("redis", redis_url), ("file", directory)):
+        store = tracked.open_store(spec)
+        app = bottle.Bottle()
+        app.install(TrackedPlugin(store))
+        client = webtest.TestApp(app)
+        for kept in (10, 1000):
+            progress = tracked.start(f"kept-{kept}", total=kept, store=store, max_messages=kept)
+            for i in range(kept):
+                progress.increment(1, f"step {i} done, with some text as a real job writes")
+            progress.flush()
+            live.append(progress)
+            state = store.load(f"kept-{kept}")
+            assert state is not None and len(state.messages) == kept, state
+            routes[f"{kind} {kept}"] = lambda c=client, k=kept: c.get(f"/_progress_status/kept-{k}")
+    names = list(routes)
+    rounds: list[dict[str, float]] = []
+    for r in range(args.rounds):
+        order = names[r % len(names):] + names[: r % len(names)]
+        rounds.append({name: rate(routes[name], args.duration) for name in order})
+    print(f"status route reads/s, running record, in process (WebTest), {args.rounds} rounds")
+    for name in names:
+        values = [round_[name] for round_ in rounds]
+        print(f"  {name:12} median {statistics.median(values):>9,.0f}"
+              f"  ({min(values):,.0f} - {max(values):,.0f})")
+    for label, top, bottom, goal in (
+        ("redis 1000 / redis 10", "redis 1000", "redis 10", ">= 0.8"),
+        ("redis 10 / file 10", "redis 10", "file 10", ">= 0.5"),
+        ("redis 1000 / file 1000", "redis 1000", "file 1000", ">= 0.5"),
+    ):
+        ratios = [round_[top] / round_[bottom] for round_ in rounds]
+        print(f"  {label:24} median {statistics.median(ratios):.2f}"
+              f"  ({min(ratios):.2f} - {max(ratios):.2f})  goal {goal}")
+    for progress in live:
+        progress.finish()
 
 
 def fill(progress: tracked.Progress) -> None:

@@ -66,12 +66,17 @@ def main() -> int:
                 targets["cluster"] = cluster_url
             for label, target in targets.items():
                 old = baseline if label == "single" else None
+                bus = bus_publishes(target) if label == "cluster" else []
                 rates, ratios = bench(target, args, old)
                 line = f"{label:8} {rates['save']:>12,.0f} {rates['save_many']:>13,.0f}"
                 line += f" {ratios['save']:>5.1f}x"
                 if old is not None:
                     line += f"  {rates['baseline']:>22,.0f} {ratios['baseline']:>14.1f}x"
                 print(line)
+                if bus:
+                    relayed = [b - a for a, b in zip(bus, bus_publishes(target), strict=True)]
+                    print(f"{'':8} pub/sub messages each master received over the cluster bus "
+                          f"during these writes: {relayed}")
         finally:
             for process in servers:
                 process.terminate()
@@ -198,6 +203,23 @@ def check(store: tracked.Store, writes: Writes) -> None:
     """The last snapshot of a few handles is what the store holds."""
     for state, _ in writes[:: max(1, len(writes) // 10)]:
         assert store.load(state.key) == state, state.key
+
+
+def bus_publishes(cluster_url: str) -> list[int]:
+    """Each master's ``cluster_stats_messages_publish_received``: the plain PUBLISH
+    messages other masters relayed to it (sharded SPUBLISH ones never cross)."""
+    import redis
+
+    seed = redis.Redis.from_url(cluster_url.replace("redis+cluster://", "redis://"))
+    ports = sorted(int(name.rpartition(":")[2].partition("@")[0])
+                   for name, node in seed.cluster("nodes").items() if "master" in node["flags"])
+    seed.close()
+    counts = []
+    for port in ports:
+        node = redis.Redis(host="127.0.0.1", port=port)
+        counts.append(int(node.cluster("info").get("cluster_stats_messages_publish_received", 0)))
+        node.close()
+    return counts
 
 
 def start_cluster(

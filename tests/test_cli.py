@@ -658,6 +658,8 @@ def test_bad_arguments_are_one_line_and_exit_2(
         ("redis://localhost:99999/0", ["redis://localhost:99999/0", "Port out of range"]),
         ("redis://localhost:abc/0", ["redis://localhost:abc/0"]),
         ("redis://[::1/0", ["Redis store"]),
+        ("redis://localhost:6379/abc", ["database 'abc'", "not an integer"]),
+        ("redis+cluster://localhost:7000/0?junk=1", ["unknown option 'junk'"]),
         ("http://example.com/", ["unknown store", "http://example.com/"]),
     ],
 )

@@ -7,18 +7,21 @@ covers what only a store shared across machines has.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import redis
+import redis.cluster
 
 import tracked
 from tracked import InvalidValue, State, StoreError
@@ -334,10 +337,117 @@ def test_error_messages_never_show_the_password(template: str) -> None:
     assert "s3cret" not in repr(store)
 
 
-@pytest.mark.parametrize("url", ["redis://127.0.0.1:notaport/0", "http://127.0.0.1:6379/0"])
-def test_a_malformed_url_raises_store_error_at_once(url: str) -> None:
-    with pytest.raises(StoreError, match="Redis store"):
+@pytest.mark.parametrize(
+    ("url", "part"),
+    [
+        ("redis://127.0.0.1:notaport/0", "address is malformed"),
+        ("redis://127.0.0.1:99999/0", "address is malformed"),
+        ("redis://127.0.0.1:0/0", "port 0"),
+        ("http://127.0.0.1:6379/0", "unknown scheme 'http'"),
+        ("redis+unix:///tmp/r.sock", "unknown scheme 'redis+unix'"),
+        ("redis:127.0.0.1", "no scheme://"),
+        ("redis://127.0.0.1:6379/abc", "database 'abc' is not an integer"),
+        ("redis://127.0.0.1:6379/-1", "database '-1' is not an integer"),
+        ("redis://127.0.0.1:6379/1.5", "database '1.5' is not an integer"),
+        ("redis://127.0.0.1:6379/0/extra", "database '0/extra'"),
+        ("redis://127.0.0.1:6379/1?db=2", "database is given twice"),
+        ("redis://127.0.0.1:6379/0?junk=1", "unknown option 'junk'"),
+        ("redis://127.0.0.1:6379/0?junk", "not name=value pairs"),
+        ("redis://127.0.0.1:6379/0?db=1&db=1", "option 'db' is given twice"),
+        ("redis://127.0.0.1:6379/0?socket_timeout=soon", "'socket_timeout' has a value"),
+        ("redis://127.0.0.1:6379/0?socket_timeout=", "'socket_timeout' has no value"),
+        ("redis://127.0.0.1:6379/0?max_connections=0", "'max_connections' must be"),
+        ("redis://127.0.0.1:6379/0?decode_responses=yes", "unknown option 'decode_responses'"),
+        ("redis://127.0.0.1:6379/0?ssl_cert_reqs=none", "'ssl_cert_reqs' on a non-TLS URL"),
+        ("redis://127.0.0.1:6379/0#frag", "fragment"),
+        ("unix://", "socket path is missing"),
+        ("unix:///tmp/r.sock?db=abc", "'db' has a value"),
+        ("unix:///tmp/r.sock?db=-1", "'db' must be an integer >= 0"),
+    ],
+)
+def test_a_url_tracked_cannot_read_fully_is_invalid_value_naming_the_part(
+    url: str, part: str
+) -> None:
+    with pytest.raises(InvalidValue, match="Redis store") as caught:
         RedisStore(url)
+    assert part in str(caught.value)
+    if url.partition("://")[0] in ("redis", "unix"):  # open_store sends others elsewhere
+        with pytest.raises(InvalidValue, match="Redis store"):  # TRACKED_STORE, --store
+            tracked.open_store(url)
+
+
+def test_a_database_path_that_is_not_a_number_never_writes_to_database_0(
+    redis_url: str, client: redis.Redis,  # type: ignore[type-arg]
+) -> None:
+    with pytest.raises(InvalidValue, match="'abc'"):
+        tracked.start("job", store=redis_url.rsplit("/", 1)[0] + "/abc")
+    assert client.keys("*") == []
+
+
+class PrivateRedis:
+    """A redis-server of this module's own: a password, an ACL user and a unix socket."""
+
+    def __init__(self, directory: Any) -> None:
+        self.port = free_port()
+        self.socket = os.path.join(directory, "r.sock")
+        self.process = subprocess.Popen(
+            [
+                "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--dir", str(directory),
+                "--unixsocket", self.socket, "--unixsocketperm", "700",
+                "--requirepass", "p@ss w",
+                "--user", "worker", "on", ">s3cret", "~*", "&*", "+@all",
+            ],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 15
+        while not os.path.exists(self.socket):
+            assert time.monotonic() < deadline, "the private redis-server did not start"
+            time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path_factory.mktemp("redis-private"))
+    yield server
+    server.process.terminate()
+    server.process.wait(timeout=10)
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "redis://:p%40ss%20w@127.0.0.1:{port}/3",
+        "redis://worker:s3cret@127.0.0.1:{port}/4",
+        "redis://127.0.0.1:{port}?db=5&password=p%40ss%20w&socket_timeout=2.5&timeout=3",
+        "redis://worker:s3cret@127.0.0.1:{port}/",
+        "unix://:p%40ss%20w@{socket}?db=6",
+        "unix://worker:s3cret@{socket}",
+    ],
+)
+def test_good_urls_with_a_password_a_user_a_database_or_a_unix_socket_work(
+    private_redis: PrivateRedis, template: str
+) -> None:
+    url = template.format(port=private_redis.port, socket=private_redis.socket)
+    with tracked.start("url-job", store=url) as progress:
+        progress.total = 3
+        progress.count = 2
+    store = tracked.open_store(url)
+    state = store.load("url-job")
+    assert state is not None and state.state == "finished" and state.count == 2
+    assert store.delete("url-job")
+    assert "s3cret" not in repr(store) and "p@ss" not in repr(store)
+
+
+def test_a_tls_url_keeps_its_tls_options() -> None:
+    store = RedisStore("rediss://user:pw@127.0.0.1:6380/2?ssl_cert_reqs=none&ssl_check_hostname=false")
+    client = store.client
+    assert isinstance(client, redis.Redis)
+    pool = client.connection_pool
+    assert pool.connection_class is redis.SSLConnection
+    assert pool.connection_kwargs["db"] == 2
+    assert pool.connection_kwargs["ssl_cert_reqs"] == "none"
+    assert pool.connection_kwargs["ssl_check_hostname"] is False
 
 
 # ----------------------------------------------------------------------------- wire
@@ -400,12 +510,18 @@ class CountingConnection(redis.Connection):
 
     sends = 0
     sent_bytes = 0
+    received_bytes = 0
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         chunks = [command] if isinstance(command, (bytes, str)) else command
         CountingConnection.sends += 1
         CountingConnection.sent_bytes += sum(len(c) for c in chunks)
         super().send_packed_command(command, check_health)
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        reply = super().read_response(*args, **kwargs)
+        CountingConnection.received_bytes += len(repr(reply))  # about the bytes received
+        return reply
 
 
 @pytest.fixture
@@ -819,20 +935,73 @@ def test_a_superseded_write_on_a_cluster_raises_run_superseded(redis_cluster_url
     store.close()
 
 
-def test_writes_on_a_cluster_are_published_to_subscribers_of_any_node(
+def test_writes_on_a_cluster_are_sharded_events_in_the_records_slot(
     redis_cluster: RedisCluster, cluster_store: RedisStore
 ) -> None:
-    subscriber = redis.Redis(host="127.0.0.1", port=redis_cluster.ports[-1])
-    pubsub = subscriber.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(*(cluster_store.channel(f"n{i}") for i in range(10)))
+    assert cluster_store.sharded_pubsub  # redis-server >= 7.0 here
+    subscriber = redis.cluster.RedisCluster(host="127.0.0.1", port=redis_cluster.ports[-1])
+    pubsub = subscriber.pubsub()
+    channels = [cluster_store.channel(f"n{i}") for i in range(10)]
+    for i, channel in enumerate(channels):  # each in its record's slot
+        assert subscriber.keyslot(channel) == subscriber.keyslot(cluster_store.record_key(f"n{i}"))
+        pubsub.ssubscribe(channel)
     for i in range(10):  # ten names: some live on masters other than the subscriber's
         cluster_store.claim(running(f"n{i}", count=i), Owner.for_this_process())
     counts = set()
     while len(counts) < 10:
-        message = wait_until(lambda: pubsub.get_message(timeout=0.1))
-        counts.add(json.loads(message["data"])["count"])
+        message = wait_until(lambda: pubsub.get_sharded_message(timeout=0.1))
+        if message["type"] == "smessage":
+            counts.add(json.loads(message["data"])["count"])
     pubsub.close()
     subscriber.close()
+
+
+def publish_counters(cluster: RedisCluster) -> list[int]:
+    """Each master's count of pub/sub messages the cluster bus brought it."""
+    counters = []
+    for port in cluster.ports:
+        node = redis.Redis(host="127.0.0.1", port=port)
+        info = node.cluster("info")  # a counter appears once it is not 0
+        counters.append(int(info.get("cluster_stats_messages_publish_received", 0)))
+        node.close()
+    return counters
+
+
+def test_a_write_on_a_cluster_costs_the_other_masters_no_published_message(
+    redis_cluster: RedisCluster, cluster_store: RedisStore
+) -> None:
+    owner = Owner.for_this_process()
+    states = [running(f"spread-{i}") for i in range(60)]  # on every master
+    before = publish_counters(redis_cluster)
+    for state in states:
+        cluster_store.claim(state, owner)
+    for state in states:
+        cluster_store.save(dataclasses.replace(state, count=1), owner)
+    assert cluster_store.save_many(
+        [(dataclasses.replace(state, count=2), owner) for state in states]
+    ) == [None] * len(states)
+    assert publish_counters(redis_cluster) == before
+
+
+def test_a_status_stream_on_a_cluster_hears_sharded_writes(cluster_store: RedisStore) -> None:
+    from tracked import _watch
+
+    owner = Owner.for_this_process()
+    cluster_store.claim(running("heard"), owner)
+    subscription = _watch.subscribe(cluster_store, "heard")
+    try:
+        for count in range(1, 4):
+            cluster_store.save(running("heard", count=count), owner)
+            changed, state = subscription.wait(10)
+            while changed and (state is None or state.count < count):
+                if state is None:  # two wake-ups at once: read the store
+                    state = cluster_store.load("heard")
+                    if state is not None and state.count == count:
+                        break
+                changed, state = subscription.wait(10)
+            assert changed and state is not None and state.count == count
+    finally:
+        subscription.close()
 
 
 def test_tracked_store_environment_variable_selects_a_cluster(
@@ -873,8 +1042,8 @@ def test_an_unreachable_cluster_raises_store_error_naming_the_address() -> None:
         "redis+cluster://127.0.0.1:7000?socket_timeout=s3cret",
     ],
 )
-def test_a_malformed_cluster_url_raises_store_error_at_once(url: str) -> None:
-    with pytest.raises(StoreError, match="Redis store") as caught:
+def test_a_malformed_cluster_url_raises_invalid_value_at_once(url: str) -> None:
+    with pytest.raises(InvalidValue, match="Redis store") as caught:
         RedisStore(url)
     assert "s3cret" not in str(caught.value)
 
@@ -1009,3 +1178,283 @@ def test_save_many_follows_a_record_whose_slot_moved_to_another_master(
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+# ----------------------------------------------------------------------------- bursts
+
+
+class Collected(logging.Handler):
+    """Every record the ``tracked`` logger emits (at WARNING or above) while installed."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def pause_writes(store: RedisStore, milliseconds: int) -> None:
+    """Hold every write on the store's server(s) for a moment, as a busy or failing-over
+    Redis does: the burst's threads all wait inside a command at once."""
+    client: Any = store.client
+    if isinstance(client, redis.cluster.RedisCluster):
+        primaries = redis.cluster.RedisCluster.PRIMARIES
+        client.execute_command("CLIENT", "PAUSE", milliseconds, "WRITE", target_nodes=primaries)
+    else:
+        client.execute_command("CLIENT", "PAUSE", milliseconds, "WRITE")
+
+
+def burst(url: str, jobs: int, *, prefix: str = "burst") -> tuple[list[str], RedisStore]:
+    """``jobs`` threads of one process start at once, then all end at once, each burst
+    meeting a server that holds writes for a second; the warnings logged meanwhile, and
+    the store they used."""
+    store = RedisStore(url)
+    store.load("warm-up")  # connected (a cluster client maps its slots)
+
+    def pause() -> None:
+        pause_writes(store, 1000)
+
+    started = threading.Barrier(jobs, action=pause)
+    ended = threading.Barrier(jobs, action=pause)
+    errors: list[BaseException] = []
+
+    def job(i: int) -> None:
+        try:
+            started.wait(60)
+            progress = tracked.start(f"{prefix}-{i}", store=store, total=1)
+            ended.wait(60)
+            progress.count = 1
+            progress.finish()
+        except BaseException as exc:  # reported by the test
+            errors.append(exc)
+
+    handler = Collected()
+    logging.getLogger("tracked").addHandler(handler)
+    old_size = threading.stack_size(256 * 1024)
+    try:
+        threads = [threading.Thread(target=job, args=(i,)) for i in range(jobs)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    finally:
+        threading.stack_size(old_size)
+        logging.getLogger("tracked").removeHandler(handler)
+    assert errors == [], errors[:3]
+    return handler.messages, store
+
+
+#: Runs ``burst`` in a process of its own (its flusher and pool are its own, whatever
+#: earlier tests left), and prints its warnings and errors as JSON.
+BURST = """
+import json, sys
+from tests.test_redis_store import burst
+try:
+    warnings, store = burst(sys.argv[1], int(sys.argv[2]))
+    errors = []
+except AssertionError as exc:
+    warnings, errors = [], [str(exc)[:500]]
+print(json.dumps({"warnings": warnings[:20], "count": len(warnings), "errors": errors}))
+"""
+
+
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
+def test_3000_simultaneous_starts_and_ends_in_one_process_never_run_the_pool_dry(
+    make_store_url: Callable[[str], str], kind: str
+) -> None:
+    jobs, url = 3000, make_store_url(kind)
+    result = subprocess.run(
+        [sys.executable, "-c", BURST, url, str(jobs)],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["errors"] == [] and report["count"] == 0, report
+    store = RedisStore(url)
+    states = {record.state.key: record.state for record in store.records()}
+    assert len(states) == jobs
+    assert all(s.state == "finished" and s.count == 1 for s in states.values())
+    store.close()
+
+
+# ----------------------------------------------------------------------------- read cache
+
+#: A writer in another process: each line on stdin is a round; it writes that count (and
+#: every 7th round a message), then prints the round once the write has returned.
+FRESH_WRITER = """
+import sys, tracked
+progress = tracked.start("fresh", store=sys.argv[1], min_interval=0, max_messages=5)
+print("ready", flush=True)
+for line in sys.stdin:
+    i = int(line)
+    if i < 0:
+        break
+    if i % 7 == 0:
+        progress.increment(1, f"message {i}")
+    else:
+        progress.count += 1
+    print(i, flush=True)
+progress.finish()
+print("done", flush=True)
+"""
+
+
+def wsgi_get(app: Any, path: str, query: str = "") -> tuple[str, dict[str, Any]]:
+    """GET ``path`` from a WSGI app in this process: (status, JSON body)."""
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "SCRIPT_NAME": "",
+               "QUERY_STRING": query, "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80",
+               "wsgi.url_scheme": "http", "SERVER_PROTOCOL": "HTTP/1.1",
+               "wsgi.input": io.BytesIO()}
+    answer: list[str] = []
+    body = app(environ, lambda status, headers, exc_info=None: answer.append(status))
+    data = b"".join(body)
+    return answer[0], json.loads(data)
+
+
+def test_the_status_route_never_serves_a_state_older_than_a_write_another_process_made(
+    redis_url: str,
+) -> None:
+    from tracked.wsgi import status_app
+
+    app = status_app(RedisStore(redis_url))
+    writer = subprocess.Popen(
+        [sys.executable, "-c", FRESH_WRITER, redis_url],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+    )
+    assert writer.stdin is not None and writer.stdout is not None
+    assert writer.stdout.readline() == "ready\n"
+    rounds, messages = 10_000, 0
+    try:
+        for i in range(1, rounds + 1):
+            writer.stdin.write(f"{i}\n")
+            writer.stdin.flush()
+            assert writer.stdout.readline() == f"{i}\n"
+            messages += i % 7 == 0
+            for _ in range(2):  # a read that renders, then one the cache may answer
+                status, state = wsgi_get(app, "/fresh")
+                assert status.startswith("200") and state["count"] == i, (i, state)
+                assert state["message_count"] == messages
+            if i % 50 == 0:  # a cursor past some messages: its own cache entry
+                _, tail = wsgi_get(app, "/fresh", f"since={max(0, messages - 2)}")
+                assert tail["count"] == i and tail["message_count"] == messages
+        writer.stdin.write("-1\n")
+        writer.stdin.flush()
+        assert writer.stdout.readline() == "done\n"
+        status, state = wsgi_get(app, "/fresh")
+        assert state["state"] == "finished" and state["count"] == rounds
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+def test_a_cached_status_read_moves_no_messages_however_many_are_kept(
+    counted_store: RedisStore,
+) -> None:
+    from tracked.wsgi import status_app
+
+    app = status_app(counted_store)
+    with tracked.start("long", store=counted_store, max_messages=1000) as progress:
+        for i in range(1000):
+            progress.increment(1, f"step {i} done, with some text a real job writes")
+        progress.flush()
+        _, state = wsgi_get(app, "/long")
+        assert len(state["messages"]) == 1000
+        received = CountingConnection.received_bytes
+        before = CountingConnection.sends
+        for _ in range(10):
+            _, again = wsgi_get(app, "/long")
+            assert again == state
+        assert CountingConnection.sends - before == 10  # one round trip per read
+        assert CountingConnection.received_bytes - received < 10 * 200  # a token, no messages
+
+
+# ----------------------------------------------------------------------------- cancel polls
+
+
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
+def test_the_cancel_poll_of_many_runs_is_exact_across_mget_chunks(
+    make_store_url: Callable[[str], str], kind: str
+) -> None:
+    from tracked.redis import CANCEL_CHUNK
+
+    store = RedisStore(make_store_url(kind))
+    owner = Owner.for_this_process()
+    runs = []
+    for i in range(CANCEL_CHUNK + 1):  # one more than a chunk: the boundary
+        state = running(f"poll-{i}")
+        store.claim(state, owner)
+        runs.append((state.key, owner))
+    asked = {0, CANCEL_CHUNK - 1, CANCEL_CHUNK}
+    for i in asked:
+        assert store.request_cancel(f"poll-{i}")
+    other = Owner.for_this_process()  # another run of the same name asks nothing of this one
+    assert store.cancels_requested(runs) == [i in asked for i in range(CANCEL_CHUNK + 1)]
+    assert store.cancels_requested([(runs[0][0], other)]) == [False]
+    assert store.cancels_requested([]) == []
+    store.close()
+
+
+def test_the_cancel_poll_of_a_single_redis_sends_one_command_per_chunk(
+    redis_url: str, client: redis.Redis,  # type: ignore[type-arg]
+) -> None:
+    from tracked.redis import CANCEL_CHUNK
+
+    store = RedisStore(redis_url)
+    owner = Owner.for_this_process()
+    runs = [(f"poll-{i}", owner) for i in range(CANCEL_CHUNK + 1)]
+    client.config_resetstat()
+    assert store.cancels_requested(runs) == [False] * len(runs)
+    stats = client.info("commandstats")
+    assert stats["cmdstat_mget"]["calls"] == 2 and "cmdstat_get" not in stats
+    store.close()
+
+
+def test_a_stream_on_a_cluster_hears_sharded_writes_again_after_the_cluster_restarts(
+    redis_cluster: RedisCluster, redis_cluster_url: str
+) -> None:
+    from tracked import _watch
+
+    store = RedisStore(redis_cluster_url)
+    owner = Owner.for_this_process()
+    names = [f"again-{i}" for i in range(6)]  # on every master
+    subscriptions = {name: _watch.subscribe(store, name) for name in names}
+
+    def heard(count: int) -> None:
+        for name, subscription in subscriptions.items():
+            store.save(running(name, count=count), owner)
+            deadline = time.monotonic() + 15
+            while True:
+                assert time.monotonic() < deadline, f"{name} never heard count {count}"
+                changed, state = subscription.wait(1.0)
+                if changed and state is None:  # two wake-ups at once: read the store
+                    state = store.load(name)
+                if changed and state is not None and state.count == count:
+                    break
+
+    try:
+        for name in names:
+            store.claim(running(name), owner)
+        heard(1)
+        redis_cluster.restart()  # every master is back, its slots maybe elsewhere
+        deadline = time.monotonic() + 20
+        while True:  # the client finds the cluster again
+            try:
+                store.save(running(names[0]), owner)
+                break
+            except StoreError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        heard(2)
+        time.sleep(1.0)
+        for name, subscription in subscriptions.items():  # the wake-ups of the restart
+            subscription.take()
+            store.save(running(name, count=3), owner)  # heard as the published state
+            changed, state = subscription.wait(5.0)
+            assert changed and state is not None and state.count == 3, name
+    finally:
+        for subscription in subscriptions.values():
+            subscription.close()
+        if not redis_cluster.processes:
+            redis_cluster.restart()
+        store.close()

@@ -9,7 +9,8 @@ stream, turns the store's own signal into wake-ups of ``Subscription``s:
   loop (the ASGI app) share one read with redis-py's asyncio client on that loop
   (``watcher(store, loop)``: no thread, and a wake-up is a future resolved on
   the loop itself); streams on threads (WSGI, Bottle) share one read on a
-  thread. The published wire JSON travels with the wake-up, so a stream can
+  thread (on a Redis Cluster >= 7.0, sharded: ``SSUBSCRIBE`` per master). The
+  published wire JSON travels with the wake-up, so a stream can
   usually send it without reading the store again.
 - ``FileStore``: one thread per store that ``stat``s each followed record every
   ``FILE_INTERVAL`` (50 ms); only a changed identity (inode, mtime, size) wakes.
@@ -40,6 +41,9 @@ logger = logging.getLogger("tracked")
 
 #: Seconds between two ``stat`` calls on a followed file record.
 FILE_INTERVAL = 0.05
+#: Longest wait on a Redis Cluster's sharded pub/sub connections before looking again
+#: at all of them (see ``RedisWatcher._next``).
+SHARDED_WAIT = 0.01
 #: Seconds a new Redis subscription may take to be confirmed before a stream reads.
 SUBSCRIBE_TIMEOUT = 2.0
 
@@ -287,6 +291,9 @@ class RedisWatcher(Watcher):
         super().__init__(store)
         self._redis: Any = store  # a RedisStore: redis.py is imported only when used
         self._pubsub = store.client.pubsub()
+        # On a Redis Cluster >= 7.0 events are sharded (SPUBLISH in the record's slot):
+        # followed with SSUBSCRIBE, read per master by redis-py's ClusterPubSub.
+        self._sharded = bool(getattr(store, "sharded_pubsub", False))
         # PubSub takes its connection on first use: two threads subscribing at once
         # would each take one. Commands go one at a time.
         self._commands = threading.Lock()
@@ -301,7 +308,10 @@ class RedisWatcher(Watcher):
             self._confirmed[channel] = confirmed
         try:
             with self._commands:
-                self._pubsub.subscribe(channel)
+                if self._sharded:
+                    self._pubsub.ssubscribe(channel)
+                else:
+                    self._pubsub.subscribe(channel)
         except Exception as exc:  # noqa: BLE001 - streams then re-read on their own clock
             logger.warning("cannot subscribe to %s: %s", channel, exc)
             return
@@ -328,14 +338,35 @@ class RedisWatcher(Watcher):
                         return
                     self._channels.pop(channel, None)
                     self._confirmed.pop(channel, None)
-                self._pubsub.unsubscribe(channel)
+                if self._sharded:
+                    self._pubsub.sunsubscribe(channel)
+                else:
+                    self._pubsub.unsubscribe(channel)
         except Exception as exc:  # noqa: BLE001 - a lost connection forgets it anyway
             logger.debug("cannot unsubscribe from %s: %s", channel, exc)
+
+    def _next(self, timeout: float) -> dict[str, Any] | None:
+        """The next message on the connection (on any master's, when sharded)."""
+        if not self._sharded:
+            message: dict[str, Any] | None = self._pubsub.get_message(timeout=timeout)
+            return message
+        # redis-py waits on each master's connection in turn for a slice of the
+        # timeout: short waits keep a message on one master from waiting out the
+        # others' slices (at most about SHARDED_WAIT late).
+        deadline = time.monotonic() + timeout
+        while True:
+            began = time.monotonic()
+            message = self._pubsub.get_sharded_message(timeout=min(timeout, SHARDED_WAIT))
+            now = time.monotonic()
+            if message is not None or now >= deadline:
+                return message
+            if now - began < SHARDED_WAIT / 2:
+                time.sleep(SHARDED_WAIT)  # no master to wait on yet: it returned at once
 
     def _run(self) -> None:
         while not self._idle():
             try:
-                message = self._pubsub.get_message(timeout=1.0)
+                message = self._next(1.0)
                 if message is None:
                     continue
                 # Take every message already here before waking anyone: one hand-off
@@ -343,7 +374,7 @@ class RedisWatcher(Watcher):
                 # GIL between this thread and a busy loop can cost milliseconds).
                 batch = [message]
                 while len(batch) < 256:
-                    message = self._pubsub.get_message(timeout=0)
+                    message = self._next(0)
                     if message is None:
                         break
                     batch.append(message)
@@ -527,11 +558,12 @@ def _handle_message(
         key = watcher._channels.get(channel)
         confirmed = watcher._confirmed.get(channel)
         subs = list(watcher._subs.get(key, ())) if key is not None else []
-    if message["type"] == "subscribe":
+    kind = message["type"]
+    if kind == "subscribe" or kind == "ssubscribe":
         if confirmed is not None:
             confirmed.set()
         return []
-    if message["type"] != "message" or not subs:
+    if (kind != "message" and kind != "smessage") or not subs:
         return []
     state = _state(message.get("data"))
     waiters = []

@@ -398,7 +398,8 @@ class StatusService:
 
 
 class RenderCache:
-    """Rendered bodies of a FileStore's records, reused while their file is unchanged.
+    """Rendered bodies of a FileStore's records, reused while their file is unchanged;
+    of a store with a ``version(key)`` token (RedisStore), while the token is unchanged.
 
     A record only changes when its file is replaced, so a ``stat`` (inode, mtime,
     size) tells whether a cached body is current without reading or parsing the
@@ -408,7 +409,9 @@ class RenderCache:
     judged: an owner that dies is seen as ``abandoned`` up to a second later.
     Files younger than ``SETTLE_NS`` look the same as a file replaced within one
     tick of the file system's clock: an ended one is not cached, a running one
-    only until it could have settled.
+    only until it could have settled. A version token changes with every write and
+    with the owner's liveness, read from the server each time: such bodies are reused
+    for as long as it stays the same, running or not.
     """
 
     SETTLE_NS = 50_000_000
@@ -421,8 +424,10 @@ class RenderCache:
         self.store = store
         self.max_bytes = max_bytes
         self._files = store if isinstance(store, tracked.FileStore) else None
+        version = getattr(store, "version", None) if self._files is None else None
+        self._version: Callable[[str], str | None] | None = version if callable(version) else None
         self._paths: dict[str, str] = {}
-        self._entries: dict[tuple[str, int], tuple[Signature, Rendered, float]] = {}
+        self._entries: dict[tuple[str, int], tuple[Signature | str, Rendered, float]] = {}
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -431,10 +436,11 @@ class RenderCache:
         """Bytes held now (bodies and their overhead): at most ``max_bytes``."""
         return self._bytes
 
-    def signature(self, key: str) -> Signature | None:
-        """The identity of ``key``'s file now; None when there is no file (or no FileStore)."""
+    def signature(self, key: str) -> Signature | str | None:
+        """The identity of ``key``'s file now, or its store's version token; None when
+        there is no record (or no way to tell)."""
         if self._files is None:
-            return None
+            return None if self._version is None else self._version(key)
         path = self._paths.get(key)
         if path is None:
             path = str(self._files.path_for(key))
@@ -445,7 +451,9 @@ class RenderCache:
             return None
         return (info.st_ino, info.st_mtime_ns, info.st_size)
 
-    def get(self, key: str, since: int, signature: Signature | None, now: float) -> Rendered | None:
+    def get(
+        self, key: str, since: int, signature: Signature | str | None, now: float
+    ) -> Rendered | None:
         """The cached body for ``key`` and ``since`` if its file is still ``signature``
         and, for a running record, its owner was judged alive less than a second ago."""
         if signature is None:
@@ -475,12 +483,16 @@ class RenderCache:
         return entry[1]
 
     def put(
-        self, key: str, since: int, signature: Signature | None, rendered: Rendered,
+        self, key: str, since: int, signature: Signature | str | None, rendered: Rendered,
         running: bool, now: float,
     ) -> None:
         """Remember a body rendered from a record read (and judged, at ``now``) after
         taking ``signature``."""
         if signature is None:
+            return
+        if isinstance(signature, str):  # a version token: current while it is the same
+            _bounded_put(self._entries, (key, since), (signature, rendered, float("inf")),
+                         self.MAX_ENTRIES)
             return
         settled = time.time_ns() - signature[1] > self.SETTLE_NS
         if running:

@@ -21,7 +21,9 @@ script touches a single slot and runs unchanged on Redis Cluster:
 
 Every write runs one Lua script (one round trip) that checks the owner (another
 run's record, or this run's ended one, is never overwritten: ``RunSuperseded``),
-writes the record, sets the lease and publishes an event on ``{prefix}events:K``:
+writes the record, sets the lease and publishes an event on ``{prefix}events:K``
+(on a Redis Cluster >= 7.0: ``SPUBLISH`` on ``{prefix}events:{T}``, in the record's
+slot, so the other masters never see it; see ``RedisStore.channel``):
 the wire JSON of the new state whose ``messages`` hold at least the messages
 added since the previous event of the run (place them with
 ``message_count - len(messages)``, as with the status route's ``?since=``
@@ -46,7 +48,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeAlias
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 try:
     import redis
@@ -56,7 +58,7 @@ except ImportError as exc:  # pragma: no cover - redis is in the test extra
     ) from exc
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
-from redis.connection import parse_url
+from redis.connection import URL_QUERY_ARGUMENT_PARSERS, parse_url
 from redis.exceptions import AskError, NoScriptError, RedisClusterException
 from redis.retry import Retry
 
@@ -70,8 +72,16 @@ __all__ = ["RedisStore"]
 CONNECT_TIMEOUT = 2.0
 #: Seconds to wait for a reply on an open connection.
 SOCKET_TIMEOUT = 5.0
+#: Connections a store made from a URL opens at most to one server (``?max_connections=``
+#: in the URL overrides it), and seconds a thread waits for a free one (``?timeout=``):
+#: a burst of thousands of starts or ends in one process queues for the pool instead
+#: of failing with redis-py's ``MaxConnectionsError``.
+MAX_CONNECTIONS = 100
+POOL_TIMEOUT = 10.0
 #: Keys fetched per SCAN step and records read per pipeline in ``records()``.
 SCAN_BATCH = 200
+#: Cancel keys read per MGET when the flusher asks about its live runs (``cancels_requested``).
+CANCEL_CHUNK = 1000
 #: Progress keys whose Redis key names a store keeps at hand (then it starts afresh).
 NAME_CACHE_SIZE = 10_000
 #: URL schemes that select a Redis Cluster, and the plain scheme redis-py takes.
@@ -143,6 +153,19 @@ redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 1
 """
 
+# The same write on a Redis Cluster of servers >= 7.0: the event goes out with SPUBLISH on
+# a channel in the record's own slot (``RedisStore.channel``), so only the master that
+# owns the record relays it, not every master of the cluster.
+def _sharded(script: str) -> str:
+    """``script`` publishing its event with SPUBLISH instead of PUBLISH."""
+    sharded = script.replace("redis.call('PUBLISH', ", "redis.call('SPUBLISH', ")
+    if sharded == script:  # pragma: no cover - an edit of the script lost its PUBLISH line
+        raise RuntimeError("tracked.redis: a write script has no PUBLISH call to shard")
+    return sharded
+
+
+_WRITE_SHARDED = _sharded(_WRITE)
+
 # KEYS: record, messages, lease. ARGV: "running message_count lease_ms expire_ms keep",
 # run, state, owner, channel, payload, expected run, allowed states ("a,b"), messages...
 # -- ``Store.swap``: replaces the record of the expected run if its state as readers
@@ -181,6 +204,8 @@ end
 redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 1
 """
+
+_SWAP_SHARDED = _sharded(_SWAP)
 
 # KEYS: record, list, line. ARGV: run, channel, job id, line entry, line ttl_ms -- a
 # queued record of that run takes the length of the list (a queue its job was just
@@ -383,9 +408,17 @@ class RedisStore(Store):
         self._client_lock = threading.Lock()
         self._write = _Script(_WRITE)
         self._swap = _Script(_SWAP)
+        self._swap_sharded = _Script(_SWAP_SHARDED)
         self._place = _Script(_PLACE)
         self._place_loaded = False
         self._write_loaded = False
+        self._write_sharded = _Script(_WRITE_SHARDED)
+        #: Whether this store talks to a Redis Cluster (known without connecting).
+        self._cluster = isinstance(url_or_client, RedisCluster) or (
+            isinstance(url_or_client, str)
+            and url_or_client.partition("://")[0].lower() in CLUSTER_SCHEMES
+        )
+        self._sharded: bool | None = None  # SPUBLISH known to work: asked on first use
         self._prune = _Script(_PRUNE)
         self._read = _Script(_READ)
         self._delete = _Script(_DELETE)
@@ -445,8 +478,42 @@ class RedisStore(Store):
         return f"{self.prefix}cancel:{_tag(key)}"
 
     def channel(self, key: str) -> str:
-        """The pub/sub channel on which every write of ``key`` is published."""
+        """The pub/sub channel on which every write of ``key`` is published.
+
+        On a Redis Cluster it carries the record's hash tag, so it lives in the
+        record's slot: with ``sharded_pubsub`` the write publishes it with
+        ``SPUBLISH`` and readers follow it with ``SSUBSCRIBE``."""
+        if self._cluster:
+            return f"{self.prefix}events:{_tag(key)}"
         return f"{self.prefix}events:{_clean(key)}"
+
+    @property
+    def sharded_pubsub(self) -> bool:
+        """True when events are sharded pub/sub messages (``SPUBLISH``): on a Redis
+        Cluster whose servers are 7.0 or newer. A single Redis, and older clusters,
+        use plain ``PUBLISH``, which a cluster relays to every master."""
+        sharded = self._sharded
+        if sharded is None:
+            sharded = self._cluster and self._supports_spublish()
+            if sharded is None:  # the cluster cannot answer now: ask again next time
+                return False
+            self._sharded = sharded
+        return sharded
+
+    def _supports_spublish(self) -> bool | None:
+        """Whether the cluster's servers know ``SPUBLISH`` (Redis >= 7.0); None when
+        they cannot be asked."""
+        try:
+            info: Any = self.client.info("server")
+        except (redis.RedisError, RedisClusterException, StoreError):
+            return None
+        versions = info.values() if "redis_version" not in info else [info]
+        found = [str(v.get("redis_version", "0")) for v in versions if isinstance(v, dict)]
+        return bool(found) and all(_major(version) >= 7 for version in found)
+
+    def _publisher(self) -> _Script:
+        """The write script: with ``SPUBLISH`` on a cluster that has it."""
+        return self._write_sharded if self._cluster and self.sharded_pubsub else self._write
 
     def async_client(self) -> Any | None:
         """A new redis-py asyncio client of this store's server, for reading its events
@@ -497,7 +564,8 @@ class RedisStore(Store):
     def claim(self, state: State, owner: Owner) -> None:
         key = state.key
         self._written.pop(key, None)
-        if self._call(self._run, self._write, *self._write_call("claim", state, owner, None)) < 0:
+        call = self._write_call("claim", state, owner, None)
+        if self._call(self._run, self._publisher(), *call) < 0:
             raise AlreadyRunning(key)
         self._remember(key, state, owner.run)
 
@@ -549,7 +617,7 @@ class RedisStore(Store):
             else:
                 sent.append(i)
         try:
-            replies = self._call(self._run_many, self._write, calls) if calls else []
+            replies = self._call(self._run_many, self._publisher(), calls) if calls else []
         except StoreError as exc:
             for i in sent:  # one error each: the caller may raise or chain them apart
                 error = results[i] = StoreError(str(exc))
@@ -593,7 +661,8 @@ class RedisStore(Store):
             *[_clean(message).encode() for message in state.messages],
         ]
         self._written.pop(key, None)
-        swapped = bool(self._call(self._run, self._swap, keys, args))
+        script = self._swap_sharded if self._cluster and self.sharded_pubsub else self._swap
+        swapped = bool(self._call(self._run, script, keys, args))
         if swapped:
             self._remember(key, state, owner.run)
         return swapped
@@ -791,10 +860,22 @@ class RedisStore(Store):
         """One round trip for all of this process's live runs on this store."""
         if not runs:
             return []
-        pipe = self.client.pipeline(transaction=False)
-        for key, _ in runs:
-            pipe.get(self.cancel_key(key))
+        client = self.client
+        pipe = client.pipeline(transaction=False)
+        if isinstance(client, RedisCluster):  # keys in as many slots as runs: a GET each
+            for key, _ in runs:
+                pipe.get(self.cancel_key(key))
+        else:  # one MGET per chunk: a command to pack and a reply to parse, not one per run
+            keys = [self.cancel_key(key) for key, _ in runs]
+            for start in range(0, len(keys), CANCEL_CHUNK):
+                pipe.execute_command("MGET", *keys[start : start + CANCEL_CHUNK])
         replies = self._call(pipe.execute, raise_on_error=False)
+        if not isinstance(client, RedisCluster):
+            replies = [
+                value
+                for chunk in replies
+                for value in (chunk if isinstance(chunk, list) else [chunk] * CANCEL_CHUNK)
+            ][: len(runs)]
         return [
             isinstance(reply, (bytes, str)) and _text(reply) == owner.run
             for reply, (_, owner) in zip(replies, runs, strict=True)
@@ -828,10 +909,12 @@ class RedisStore(Store):
         status route can keep what it rendered for a token, and answer with it (or
         with a 304) while the token stays the same.
         """
-        token = self._read_record(self._version, key)
+        token = self._read_record(self._version, key, self._names(key)[0])
         return None if token is None else _text(token)
 
-    def _read_record(self, script: _Script, key: str, keys: Sequence[str] | None = None) -> Any:
+    def _read_record(
+        self, script: _Script, key: str, keys: Sequence[str | bytes] | None = None
+    ) -> Any:
         """Run a script that reads ``key``'s record (its ``keys``, by default the
         record's three); a foreign value there is corrupt."""
         try:
@@ -1060,6 +1143,7 @@ def _connector(url_or_client: object, address: str) -> Callable[[], Client]:
             "rediss+cluster:// URL, or a redis.Redis or redis.cluster.RedisCluster "
             f"client, not {type(url_or_client).__name__}"
         )
+    _check_url(url_or_client)
     scheme, _, rest = url_or_client.partition("://")
     plain = CLUSTER_SCHEMES.get(scheme.lower())
     try:
@@ -1112,15 +1196,19 @@ def _async_twin(client: redis.Redis) -> Any | None:  # type: ignore[type-arg]
 
 
 def _single_client(url: str) -> redis.Redis:  # type: ignore[type-arg]
-    """A client of one server (it connects lazily, on its first command)."""
-    return redis.Redis.from_url(
+    """A client of one server (it connects lazily, on its first command), whose pool
+    makes a thread wait for a free connection rather than fail (see ``MAX_CONNECTIONS``)."""
+    pool = redis.BlockingConnectionPool.from_url(
         url,
+        max_connections=MAX_CONNECTIONS,
+        timeout=POOL_TIMEOUT,
         socket_connect_timeout=CONNECT_TIMEOUT,
         socket_timeout=SOCKET_TIMEOUT,
         # One immediate retry on a broken connection (a pooled socket the server
         # closed by restarting); none on timeouts, so a dead host costs one wait.
         retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
     )
+    return redis.Redis(connection_pool=pool)
 
 
 def _cluster_connector(url: str) -> Callable[[], Client]:
@@ -1135,10 +1223,104 @@ def _cluster_connector(url: str) -> Callable[[], Client]:
 
     def connect() -> Client:
         return RedisCluster.from_url(
-            url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=SOCKET_TIMEOUT
+            url,
+            socket_connect_timeout=CONNECT_TIMEOUT,
+            socket_timeout=SOCKET_TIMEOUT,
+            connection_pool_class=redis.BlockingConnectionPool,  # one per master
+            max_connections=MAX_CONNECTIONS,  # the URL's own options win over these
+            timeout=POOL_TIMEOUT,
         )
 
     return connect
+
+
+#: Query options a URL may carry as plain text (redis-py converts the others it knows,
+#: ``URL_QUERY_ARGUMENT_PARSERS``); ``ssl_*`` ones only on a ``rediss`` URL.
+_TEXT_OPTIONS = frozenset(("client_name", "lib_name", "lib_version", "password", "username"))
+_TLS_TEXT_OPTIONS = frozenset(
+    ("ssl_ca_certs", "ssl_ca_path", "ssl_cert_reqs", "ssl_certfile", "ssl_ciphers",
+     "ssl_keyfile", "ssl_password")
+)
+#: Options that would change what tracked's own code receives or relies on.
+_REFUSED_OPTIONS = frozenset(("decode_responses", "legacy_responses", "protocol"))
+
+
+def _check_url(url: str) -> None:
+    """``InvalidValue`` naming the part of a store URL that tracked cannot read fully.
+
+    redis-py ignores what it cannot parse (``redis://h/abc`` is database 0, an
+    unknown option is passed on to fail at the first command): every part is
+    checked here instead, at once, before anything connects.
+    """
+    shown = _redact(url)
+
+    def bad(part: str) -> InvalidValue:
+        return InvalidValue(f"cannot use {shown!r} as a Redis store: {part}")
+
+    scheme, sep, _ = url.partition("://")
+    scheme = scheme.lower()
+    plain = CLUSTER_SCHEMES.get(scheme, scheme)
+    if not sep or plain not in ("redis", "rediss", "unix"):
+        what = f"unknown scheme {scheme!r}" if sep else "no scheme://"
+        raise bad(f"{what} (use redis://, rediss://, unix://, redis+cluster:// or rediss+cluster://)")
+    cluster = scheme in CLUSTER_SCHEMES
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise bad(f"the address is malformed ({exc})") from None
+    if parts.fragment or url.endswith("#"):
+        raise bad("a URL fragment ('#...') means nothing here")
+    options = _check_query(parts.query, tls=plain == "rediss", bad=bad)
+    for name, given in (("username", parts.username), ("password", parts.password)):
+        if given is not None and name in options:
+            raise bad(f"the {name} is given twice: before '@' and as an option")
+    if plain == "unix":
+        if not parts.path or parts.path == "/":
+            raise bad("the unix socket path is missing (unix:///path/to/redis.sock)")
+        return
+    if port == 0:
+        raise bad("port 0 is not a port")
+    if cluster and not parts.hostname:
+        raise bad("name a node of the cluster: redis+cluster://host:port")
+    db = unquote(parts.path).removeprefix("/")
+    if db:
+        if not db.isascii() or not db.isdigit():
+            raise bad(f"the database {db!r} is not an integer >= 0 (redis://host:port/0)")
+        if "db" in options and options["db"] != int(db):
+            raise bad(f"the database is given twice: {db!r} in the path, db={options['db']}")
+    if cluster and int(db or 0) + options.get("db", 0) != 0:
+        raise bad("a Redis Cluster has only database 0")
+
+
+def _check_query(
+    query: str, *, tls: bool, bad: Callable[[str], InvalidValue]
+) -> dict[str, Any]:
+    """The query options, each known to redis-py and readable; ``bad(part)`` else."""
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        raise bad("the query is not name=value pairs joined by '&'") from None
+    options: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in options:
+            raise bad(f"the option {name!r} is given twice")
+        parser = URL_QUERY_ARGUMENT_PARSERS.get(name)
+        known = parser is not None or name in _TEXT_OPTIONS or name in _TLS_TEXT_OPTIONS
+        if not known or name in _REFUSED_OPTIONS or (name.startswith("ssl_") and not tls):
+            where = "" if tls or not name.startswith("ssl_") else " on a non-TLS URL"
+            raise bad(f"unknown option {name!r}{where}")
+        if not value:
+            raise bad(f"the option {name!r} has no value")
+        try:
+            options[name] = value if parser is None else parser(value)
+        except (TypeError, ValueError):
+            raise bad(f"the option {name!r} has a value redis-py cannot read") from None
+        if name in ("db", "max_connections") and not (
+            isinstance(options[name], int) and options[name] >= (0 if name == "db" else 1)
+        ):
+            raise bad(f"the option {name!r} must be an integer >= {0 if name == 'db' else 1}")
+    return options
 
 
 def _address(url_or_client: object) -> str:
@@ -1162,7 +1344,8 @@ def _redact(url: str) -> str:
         parts = urlsplit(url)
         host = parts.netloc.rpartition("@")[2]
         user = f"{parts.username or ''}:***@" if parts.password is not None else ""
-        return parts._replace(netloc=user + host, query="", fragment="").geturl()
+        sep = "://" if "://" in url else ":"
+        return f"{parts.scheme}{sep}{user}{host}{parts.path}" if parts.scheme else "<a URL>"
     except ValueError:
         return "<a malformed URL>"
 
@@ -1214,6 +1397,12 @@ def _text(value: bytes | str) -> str:
         return value.decode("utf-8") if isinstance(value, bytes) else value
     except UnicodeDecodeError:
         return ""
+
+
+def _major(version: str) -> int:
+    """The major number of a Redis version such as ``7.0.15`` (0 if unreadable)."""
+    head = version.partition(".")[0]
+    return int(head) if head.isdigit() else 0
 
 
 def _glob_escape(text: str) -> str:
