@@ -873,9 +873,10 @@ def take_up(progress: Progress) -> None:
 def move_in_line(progress: Progress, position: int) -> None:
     """A queued run's place in line changed (runs ahead of it started or were dropped);
     the flusher writes it with the run's next due write."""
-    if progress._ended or progress._state != "queued" or progress._position == position:
-        return
-    progress._position = position
+    with progress._lock:  # not after take_up(): a running run has no place in line
+        if progress._ended or progress._state != "queued" or progress._position == position:
+            return
+        progress._position = position
     if progress._clean:
         # Always through the flusher (batched), even with min_interval=0: a place in
         # line is the queue's news, and one take-up moves every waiting run.

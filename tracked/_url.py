@@ -7,29 +7,22 @@ any of them reaches the same run.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlencode
 
-from ._state import KEY_SEPARATOR, make_key
+from ._state import KEY_SEPARATOR, State, make_key
 from .errors import InvalidValue
+
+if TYPE_CHECKING:
+    from ._progress import Progress
 
 __all__ = ["key_url", "status_url"]
 
 DEFAULT_PREFIX = "/_progress_status"
 
 
-class _Named(Protocol):
-    """A ``Progress`` or a ``State``: what names a run."""
-
-    @property
-    def name(self) -> str | None: ...
-
-    @property
-    def progress_id(self) -> str | None: ...
-
-
 def status_url(
-    progress_or_name: _Named | str | None,
+    progress_or_name: Progress | State | str | None,
     progress_id: str | None = None,
     *,
     prefix: str = DEFAULT_PREFIX,
