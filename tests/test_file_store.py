@@ -237,3 +237,38 @@ def test_prune_removes_temporary_files_of_killed_writers_once_a_minute_old(
     assert store.prune(older_than=3600) == 0  # temporaries are not counted as records
     assert list(store.directory.glob(".*.tmp")) == []
     assert sorted(p.name for p in store.directory.glob("*.json")) == records_before
+
+
+def plant_bad_entries(store: FileStore) -> dict[str, Path]:
+    """One entry of each kind that cannot be read, each where a record's file would be:
+    a directory, a truncated record, a file that is not JSON, a FIFO (whose plain open
+    would wait for a writer) and, read by a process that obeys file modes, a record
+    without read permission."""
+    with tracked.start("whole", store=store, total=3) as progress:
+        progress.increment(2, "a message")
+    whole = store.path_for("whole").read_bytes()
+    bad = {kind: store.path_for(f"bad {kind}") for kind in ("dir", "cut", "text", "fifo", "mode")}
+    bad["dir"].mkdir()
+    bad["cut"].write_bytes(whole[: len(whole) // 2])
+    bad["text"].write_text("hello, not JSON")
+    os.mkfifo(bad["fifo"])
+    bad["mode"].write_bytes(whole.replace(b'"whole"', b'"bad mode"'))
+    bad["mode"].chmod(0)
+    return bad
+
+
+def test_every_kind_of_bad_entry_is_skipped_by_list_and_prune_and_named_by_unreadable(
+    file_store: FileStore,
+) -> None:
+    with tracked.start("fine"):
+        pass
+    bad = plant_bad_entries(file_store)
+    bad["mode"].unlink()  # this process (root in CI) would read it anyway: see test_cli
+    del bad["mode"]
+    assert sorted(s.name for s in file_store.list()) == ["fine", "whole"]
+    problems = file_store.unreadable()
+    assert len(problems) == len(bad)
+    for path in bad.values():
+        assert sum(str(path) in problem for problem in problems) == 1
+    assert file_store.prune(older_than=0) == 2  # "fine" and "whole" ended; the rest stays
+    assert all(os.path.lexists(path) for path in bad.values())

@@ -10,11 +10,13 @@ so no name can reach outside the directory. Reading needs no write access.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import itertools
 import os
 import re
+import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -143,7 +145,7 @@ class FileStore(Store):
         deleted = 0
         with self._locked():
             for path in self._files():
-                record = self._read_path(path, missing_ok=True, skip_corrupt=True)
+                record = self._readable(path)
                 if record is not None and self._prunable(record, cutoff):
                     deleted += self._unlink(path)
             self._remove_stale_temporaries(time.time() - STALE_TEMP_AGE)
@@ -190,9 +192,7 @@ class FileStore(Store):
         holds a running record."""
         for path in self._names(lambda n: n.endswith(CANCEL_SUFFIX) and not n.startswith(".")):
             digest, _, run = path.name[: -len(CANCEL_SUFFIX)].partition(".")
-            record = self._read_path(
-                self.directory / (digest + SUFFIX), missing_ok=True, skip_corrupt=True
-            )
+            record = self._readable(self.directory / (digest + SUFFIX))
             owner = cancellable(record)
             if owner is None or owner.run != run:
                 self._unlink(path)
@@ -330,7 +330,10 @@ class FileStore(Store):
         """Remove parts directories whose record is gone or ended (a worker's write
         that raced its owner's end, or a run whose owner was killed)."""
         for folder in self._names(lambda n: n.endswith(PARTS_SUFFIX)):
-            record = self._read_path(folder.with_suffix(SUFFIX), missing_ok=True, skip_corrupt=True)
+            path = folder.with_suffix(SUFFIX)
+            record = self._readable(path)
+            if record is None and path.exists():
+                continue  # a record there that cannot be read: leave its parts alone
             if record is None or not judge(record).in_progress:
                 self._remove_parts(folder)
 
@@ -344,10 +347,20 @@ class FileStore(Store):
         return record
 
     def records(self) -> Iterator[Record]:
+        """Every readable record; an entry that cannot be read (corrupt, truncated, a
+        directory, no permission) is skipped, and ``unreadable`` names it."""
         for path in self._files():
-            record = self._read_path(path, missing_ok=True, skip_corrupt=True)
+            record = self._readable(path)
             if record is not None:
                 yield record
+
+    def _readable(self, path: Path) -> Record | None:
+        """The record at ``path``, or None if it is missing or cannot be read at all:
+        listing and pruning go on past one bad entry."""
+        try:
+            return self._read_path(path, missing_ok=True)
+        except StoreError:
+            return None
 
     def unreadable(self) -> list[str]:
         problems = []
@@ -374,7 +387,7 @@ class FileStore(Store):
         self, path: Path, *, missing_ok: bool, skip_corrupt: bool = False
     ) -> Record | None:
         try:
-            raw = path.read_bytes()
+            raw = _read_regular(path)
         except FileNotFoundError:
             if missing_ok:
                 return None
@@ -392,6 +405,23 @@ class FileStore(Store):
 _NO_RECORD = "\0none"  # never a run token
 _serial = itertools.count()
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+
+
+def _read_regular(path: Path) -> bytes:
+    """The bytes of the regular file at ``path``; ``OSError`` for anything else (a
+    directory, or a FIFO, whose plain open would wait for a writer forever)."""
+    fd = os.open(path, os.O_RDONLY | _O_CLOEXEC | _O_NONBLOCK)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        chunks = [os.read(fd, info.st_size + 1)]  # one read, unless the file grew
+        while len(chunks[-1]) > 0 and sum(map(len, chunks)) > info.st_size:
+            chunks.append(os.read(fd, 1 << 16))
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 @functools.lru_cache(maxsize=4096)

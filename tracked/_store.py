@@ -354,7 +354,12 @@ class Store(abc.ABC):
 
     def list(self) -> list[State]:
         """Every progress in the store, running ones first, newest first within each."""
-        states = [self.with_parts(record) for record in self.records()]
+        states = []
+        for record in self.records():
+            try:
+                states.append(self.with_parts(record))
+            except StoreError:  # its joined workers' parts cannot be read: the rest can
+                states.append(judge(record))
         states.sort(key=lambda s: (not s.in_progress, -s.start_time))
         return states
 
