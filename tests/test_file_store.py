@@ -272,3 +272,46 @@ def test_every_kind_of_bad_entry_is_skipped_by_list_and_prune_and_named_by_unrea
         assert sum(str(path) in problem for problem in problems) == 1
     assert file_store.prune(older_than=0) == 2  # "fine" and "whole" ended; the rest stays
     assert all(os.path.lexists(path) for path in bad.values())
+
+
+@pytest.mark.parametrize("page", [4096])
+def test_records_across_one_page_read_back_exactly_as_they_grow_and_shrink(
+    file_store: FileStore, page: int
+) -> None:
+    """A record that fits in one page is rewritten in place (padded with spaces when it
+    shrinks), a longer one replaced: every size around the page, in both directions,
+    reads back as the state written, and no temporary file stays behind."""
+    progress = tracked.start("sizes", total=None, min_interval=3600, max_messages=1)
+    progress.add_message("m")
+    progress.flush()
+    one = file_store.path_for("sizes").stat().st_size  # the record's size with 1 character
+    # The times in a record vary its length by a byte or two: sweep across the page.
+    sizes = [1, 2, *range(page - one - 3, page - one + 5), 2 * page, page - one, 5]
+    for length in sizes + sizes[::-1]:
+        progress.add_message("m" * length)
+        progress.flush()
+        state = tracked.load("sizes")
+        assert state is not None and state.messages == ("m" * length,), length
+        raw = file_store.path_for("sizes").read_bytes()
+        assert json.loads(raw)["state"]["messages"] == ["m" * length]
+
+    progress.finish()
+    state = tracked.load("sizes")
+    assert state is not None and state.state == "finished" and state.messages == ("m",)
+    assert [p.name for p in file_store.directory.iterdir() if p.name.startswith(".")] == []
+
+
+def test_every_write_changes_what_a_stat_of_the_record_says(file_store: FileStore) -> None:
+    """Readers that ``stat`` a record to see whether it changed (the status route's
+    cache, event streams) see each of 50 back-to-back writes of the same size, also
+    those within one tick of the file system's clock."""
+    progress = tracked.start("stat-me", total=None, min_interval=3600)
+    path = file_store.path_for("stat-me")
+    seen = set()
+    for i in range(50):
+        progress.status = f"step {i % 10}"  # the same length every time
+        progress.flush()
+        info = path.stat()
+        seen.add((info.st_ino, info.st_mtime_ns, info.st_size))
+    progress.finish()
+    assert len(seen) == 50

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import time
 from collections.abc import Callable
@@ -187,6 +188,27 @@ def test_readers_never_see_a_torn_or_invalid_record(tmp_path: Path) -> None:
         assert last[0] == "reads" and int(last[1]) > 100 and last[2] == "0", out[-2000:]
     state = tracked.load("torn", store=store)
     assert state is not None and state.count == 20000 and state.state == "finished"
+
+
+@pytest.mark.parametrize("size", [3000, 5000])  # rewritten in place; replaced
+def test_an_owner_killed_in_the_middle_of_its_writes_leaves_a_whole_record(
+    tmp_path: Path, size: int
+) -> None:
+    """SIGKILL at random moments of back-to-back writes, 15 times: the record left is
+    always whole, reads ``abandoned``, and its name can be started again at once."""
+    store = str(tmp_path / "store")
+    for attempt in range(15):
+        name = f"killed-{attempt}"
+        owner = python_process("sized_writer", store, name, str(size))
+        assert owner.stdout is not None and owner.stdout.readline().strip() == "started"
+        time.sleep(random.uniform(0.0, 0.03))
+        owner.send_signal(signal.SIGKILL)
+        owner.wait()
+        state = tracked.load(name, store=store)
+        assert state is not None and state.state == "abandoned", state
+        assert [len(m) for m in state.messages] in ([], [size])  # killed before, or a whole one
+        with tracked.start(name, store=store):
+            pass
 
 
 def test_killed_owner_reads_as_abandoned_and_the_name_restarts_at_once(tmp_path: Path) -> None:

@@ -213,8 +213,18 @@ def claim_loop(store: str, prefix: str) -> None:
             pass
 
 
+def sized_writer(store: str, name: str, size: str) -> None:
+    """Write records of about ``size`` bytes back to back until killed: a message of
+    ``size`` characters, and each update's own count, so every write differs."""
+    with tracked.start(name, total=None, store=store, min_interval=0, max_messages=1) as p:
+        say("started")
+        for i in itertools.count():
+            p.add_message(str(i).ljust(int(size), "x"))
+
+
 COMMANDS = {
     "race": race,
+    "sized_writer": sized_writer,
     "claim_loop": claim_loop,
     "burst": burst,
     "stale_writer": stale_writer,

@@ -17,6 +17,7 @@ import fcntl
 import functools
 import hashlib
 import itertools
+import mmap
 import os
 import re
 import stat
@@ -90,7 +91,7 @@ class FileStore(Store):
             if existing is not None and existing.state.key != key:
                 existing = None
             claim_or_raise(existing, key)
-            self._write(path, data)
+            self._write_locked(locked, data)
 
     def save(self, state: State, owner: Owner) -> None:
         """Write ``owner``'s snapshot if its run still holds the record, checked and
@@ -112,7 +113,16 @@ class FileStore(Store):
                 pass  # the directory was made again just now: this run's write fills it
             elif stored != owner.run:
                 raise self._superseded(state.key, path, "belongs to another run now")
-            self._write(path, data)
+            self._write_locked(locked, data)
+
+    def _write_locked(self, locked: _Locked, data: bytes) -> None:
+        """Write ``data`` as the locked record: in place when the old and the new record
+        each fit in one page (a single ``pwrite`` at offset 0, which no signal can cut
+        in two and readers, who take the lock shared, never see half done), else by
+        an atomic replace of the file (which readers of the old file see whole)."""
+        if locked.write_in_place(data):
+            return
+        self._write(locked.path, data)
 
     @staticmethod
     def _superseded(key: str, path: Path, why: str) -> RunSuperseded:
@@ -445,19 +455,24 @@ class FileStore(Store):
 
 _NO_RECORD = "\0none"  # never a run token
 _EMPTY = "\0empty"  # the run "token" of an empty file
+#: A record at most this long (and replacing one at most this long) is rewritten in
+#: place: one ``pwrite`` within the first page, all or nothing even for SIGKILL.
+_PAGE = min(mmap.PAGESIZE, 4096)
 _serial = itertools.count()
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 
 def _read_regular(path: Path) -> bytes:
-    """The bytes of the regular file at ``path``; ``OSError`` for anything else (a
-    directory, or a FIFO, whose plain open would wait for a writer forever)."""
+    """The bytes of the regular file at ``path``, read under a shared ``flock`` (a
+    small record is rewritten in place under the exclusive one); ``OSError`` for
+    anything else (a directory, or a FIFO, whose plain open would wait forever)."""
     fd = os.open(path, os.O_RDONLY | _O_CLOEXEC | _O_NONBLOCK)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise OSError(errno.EINVAL, "not a regular file")
+        info = _lock(fd, path, fcntl.LOCK_SH)
         chunks = [os.read(fd, info.st_size + 1)]  # one read, unless the file grew
         while len(chunks[-1]) > 0 and sum(map(len, chunks)) > info.st_size:
             chunks.append(os.read(fd, 1 << 16))
@@ -523,24 +538,27 @@ class _Locked:
     there is no file (or, with ``create``, no directory).
     """
 
-    __slots__ = ("create", "created", "fd", "path")
+    __slots__ = ("create", "created", "fd", "mtime_ns", "path", "size", "writable")
 
     def __init__(self, path: Path, *, create: bool) -> None:
         self.path = path
         self.create = create
         self.created = False
+        self.writable = True
+        self.size = 0
+        self.mtime_ns = 0
         self.fd = -1
 
     def acquire(self) -> _Locked:
-        flags = os.O_RDONLY | _O_CLOEXEC | _O_NONBLOCK
+        flags = os.O_RDWR | _O_CLOEXEC | _O_NONBLOCK
         while True:
             try:
                 fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o666) \
-                    if self.create else os.open(self.path, flags)
+                    if self.create else self._open_existing(flags)
                 self.created = self.create
             except FileExistsError:
                 try:
-                    fd = os.open(self.path, flags)
+                    fd = self._open_existing(flags)
                 except FileNotFoundError:
                     continue  # deleted in between: create it after all
                 self.created = False
@@ -555,7 +573,7 @@ class _Locked:
                 self._close(fd)
                 raise
             if info.st_nlink > 0:
-                self.fd = fd
+                self.fd, self.size, self.mtime_ns = fd, info.st_size, info.st_mtime_ns
                 return self
             self._close(fd)  # replaced or deleted while we waited: lock what is there now
             if not self.create:
@@ -565,6 +583,50 @@ class _Locked:
                     raise FileNotFoundError(errno.ENOENT, "deleted", str(self.path)) from None
                 except OSError:
                     pass
+
+    def _open_existing(self, flags: int) -> int:
+        """Open the file for writing in place or, when this user may not write it (a
+        record another user left, in a directory we may write), for reading only:
+        the lock works either way, and the write then replaces the file."""
+        try:
+            self.writable = True
+            return os.open(self.path, flags)
+        except PermissionError:
+            self.writable = False
+            return os.open(self.path, (flags & ~os.O_RDWR) | os.O_RDONLY)
+
+    def write_in_place(self, data: bytes) -> bool:
+        """Overwrite the file with ``data`` in one ``pwrite`` if the old and the new
+        record both fit in the first page (padded with spaces, which JSON ignores, up
+        to the old size, so no byte of the old record is left after it); False, with
+        nothing written, when the record must be replaced instead."""
+        if not self.writable or max(len(data), self.size) > _PAGE:
+            return False
+        if self.size > len(data):
+            data += b" " * (self.size - len(data))
+        try:
+            written = os.pwrite(self.fd, data, 0)
+        except OSError as exc:
+            raise StoreError(f"cannot write {str(self.path)!r}: {exc}") from exc
+        if written != len(data):  # never seen within one page; replace it whole then
+            return False
+        self.size = len(data)
+        self._touch()
+        return True
+
+    def _touch(self) -> None:
+        """Give the file an mtime later than before, even within one tick of the file
+        system's clock: readers that ``stat`` a record to tell whether it changed
+        (the status route's cache, event streams) see every write, also one that
+        left the size as it was (a replaced file gets a new inode; this one not)."""
+        now = max(time.time_ns(), self.mtime_ns + 1)
+        try:
+            os.utime(self.fd, ns=(now, now))
+        except PermissionError:  # another user's file we may write: only "now" is allowed
+            with contextlib.suppress(OSError):
+                os.utime(self.fd)
+        except OSError:
+            pass
 
     def head(self) -> bytes:
         """The file's first bytes, enough to hold the owner's run token."""
@@ -592,18 +654,19 @@ class _Locked:
         os.close(fd)
 
 
-def _lock(fd: int, path: Path) -> os.stat_result:
-    """Take an exclusive ``flock`` on ``fd``: at once if it is free (the common case),
-    else polling, up to ``LOCK_TIMEOUT`` seconds; returns the file's ``fstat``."""
+def _lock(fd: int, path: Path, operation: int = fcntl.LOCK_EX) -> os.stat_result:
+    """Take a ``flock`` on ``fd`` (exclusive, or ``LOCK_SH`` for a reader): at once if
+    it is free (the common case), else polling, up to ``LOCK_TIMEOUT`` seconds;
+    returns the file's ``fstat``."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, operation | fcntl.LOCK_NB)
     except BlockingIOError:
         deadline = time.monotonic() + LOCK_TIMEOUT
         delay = 0.0002
         while True:
             time.sleep(delay)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, operation | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
