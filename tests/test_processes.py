@@ -50,9 +50,8 @@ def test_racing_processes_produce_exactly_one_winner_each_round(tmp_path: Path) 
             racer.wait()
 
 
-#: Racing rounds of a delete (or an end and a prune) and a new claim against an older
-#: run's writes; TRACKED_RACE_ROUNDS=800 for the issue's figure.
-STALE_ROUNDS = int(os.environ.get("TRACKED_RACE_ROUNDS", "240"))
+#: Racing rounds of a delete and a new claim (and a prune) against an older run's writes.
+STALE_ROUNDS = int(os.environ.get("TRACKED_RACE_ROUNDS", "800"))
 STALE_KEYS = [f"contested-{i}" for i in range(6)]
 
 
