@@ -21,6 +21,7 @@ import mmap
 import os
 import re
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -467,7 +468,7 @@ def _read_regular(path: Path) -> bytes:
     """The bytes of the regular file at ``path``, read under a shared ``flock`` (a
     small record is rewritten in place under the exclusive one); ``OSError`` for
     anything else (a directory, or a FIFO, whose plain open would wait forever)."""
-    fd = os.open(path, os.O_RDONLY | _O_CLOEXEC | _O_NONBLOCK)
+    fd = _open_held(path, os.O_RDONLY | _O_CLOEXEC | _O_NONBLOCK)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
@@ -478,7 +479,7 @@ def _read_regular(path: Path) -> bytes:
             chunks.append(os.read(fd, 1 << 16))
         return b"".join(chunks)
     finally:
-        os.close(fd)
+        _close_held(fd)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -510,21 +511,45 @@ def _stored_run(locked: _Locked) -> str | None:
     return None if record.owner is None else record.owner.run
 
 
-#: The lock descriptors this process holds now: a forked child closes its copies at
-#: once, or a record locked by a parent's thread at the fork would stay locked for as
-#: long as the child lives (a ``flock`` belongs to the open file, which both share).
+#: The record descriptors this process has open: a forked child closes its copies at
+#: once, or a record a parent's thread locks (before or after the fork) would stay
+#: locked for as long as the child lives (a ``flock`` belongs to the open file, which
+#: both share). A fork waits for ``_fork_guard``, so no descriptor is open and not
+#: yet listed when it happens.
 _held_fds: set[int] = set()
+_fork_guard = threading.Lock()
+
+
+def _open_held(path: Path, flags: int, mode: int = 0o666) -> int:
+    """``os.open``, the descriptor listed in ``_held_fds`` in the same step for forks."""
+    with _fork_guard:
+        fd = os.open(path, flags, mode)
+        _held_fds.add(fd)
+    return fd
+
+
+def _close_held(fd: int) -> None:
+    """Close a descriptor ``_open_held`` opened; no fork between the two steps."""
+    with _fork_guard:
+        _held_fds.discard(fd)  # before the close: the number may be reused at once
+        os.close(fd)
 
 
 def _close_inherited_locks() -> None:
+    """In a forked child: close the copies of the parent's record descriptors."""
     for fd in list(_held_fds):
         with contextlib.suppress(OSError):
             os.close(fd)
     _held_fds.clear()
+    _fork_guard.release()  # taken by this (the forking) thread before the fork
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_close_inherited_locks)
+    os.register_at_fork(
+        before=_fork_guard.acquire,
+        after_in_parent=_fork_guard.release,
+        after_in_child=_close_inherited_locks,
+    )
 
 
 class _Locked:
@@ -553,7 +578,7 @@ class _Locked:
         flags = os.O_RDWR | _O_CLOEXEC | _O_NONBLOCK
         while True:
             try:
-                fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o666) \
+                fd = _open_held(self.path, flags | os.O_CREAT | os.O_EXCL) \
                     if self.create else self._open_existing(flags)
                 self.created = self.create
             except FileExistsError:
@@ -566,7 +591,6 @@ class _Locked:
                 if isinstance(exc, FileNotFoundError):
                     raise
                 raise StoreError(f"cannot open {str(self.path)!r}: {exc}") from exc
-            _held_fds.add(fd)
             try:
                 info = _lock(fd, self.path)
             except BaseException:
@@ -590,10 +614,10 @@ class _Locked:
         the lock works either way, and the write then replaces the file."""
         try:
             self.writable = True
-            return os.open(self.path, flags)
+            return _open_held(self.path, flags)
         except PermissionError:
             self.writable = False
-            return os.open(self.path, (flags & ~os.O_RDWR) | os.O_RDONLY)
+            return _open_held(self.path, (flags & ~os.O_RDWR) | os.O_RDONLY)
 
     def write_in_place(self, data: bytes) -> bool:
         """Overwrite the file with ``data`` in one ``pwrite`` if the old and the new
@@ -650,8 +674,7 @@ class _Locked:
 
     @staticmethod
     def _close(fd: int) -> None:
-        _held_fds.discard(fd)  # before the close: the number may be reused at once
-        os.close(fd)
+        _close_held(fd)
 
 
 def _lock(fd: int, path: Path, operation: int = fcntl.LOCK_EX) -> os.stat_result:
