@@ -315,3 +315,23 @@ def test_every_write_changes_what_a_stat_of_the_record_says(file_store: FileStor
         seen.add((info.st_ino, info.st_mtime_ns, info.st_size))
     progress.finish()
     assert len(seen) == 50
+
+
+def test_an_empty_record_file_left_by_a_killed_claimer_reads_as_no_record(
+    file_store: FileStore,
+) -> None:
+    """A claimer killed between creating a record's file and writing its first snapshot
+    leaves it empty: it reads as no record (not as a bad one), its name starts again,
+    and prune removes it once a minute old, as it does a killed writer's temporary."""
+    for name in ("left", "old"):
+        file_store.path_for(name).touch()
+    an_hour_ago = time.time() - 3600
+    os.utime(file_store.path_for("old"), (an_hour_ago, an_hour_ago))
+    assert tracked.load("left") is None and file_store.list() == []
+    assert file_store.unreadable() == []
+    assert file_store.prune(older_than=0) == 0
+    assert file_store.path_for("left").exists() and not file_store.path_for("old").exists()
+    with tracked.start("left", total=3):
+        pass
+    state = tracked.load("left")
+    assert state is not None and (state.state, state.total) == ("finished", 3)

@@ -92,7 +92,13 @@ class FileStore(Store):
             if existing is not None and existing.state.key != key:
                 existing = None
             claim_or_raise(existing, key)
-            self._write_locked(locked, data)
+            try:
+                self._write_locked(locked, data)
+            except StoreError:
+                if locked.created:  # a full disk, say: leave no empty file behind
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+                raise
 
     def save(self, state: State, owner: Owner) -> None:
         """Write ``owner``'s snapshot if its run still holds the record, checked and
