@@ -6,6 +6,8 @@ import json
 import os
 import signal
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -335,3 +337,39 @@ def test_an_empty_record_file_left_by_a_killed_claimer_reads_as_no_record(
         pass
     state = tracked.load("left")
     assert state is not None and (state.state, state.total) == ("finished", 3)
+
+
+def test_a_writer_stopped_holding_a_records_lock_makes_readers_wait_seconds_not_forever(
+    file_store: FileStore,
+) -> None:
+    """Another process holds the record's lock, as a writer stopped in the middle of a
+    write would: a read gives up with a ``StoreError`` naming the file after
+    ``READ_LOCK_TIMEOUT``, ``list()`` skips the record, and once the lock is let go
+    the record reads again."""
+    from tracked._filestore import READ_LOCK_TIMEOUT
+
+    with tracked.start("stuck"):
+        pass
+    path = file_store.path_for("stuck")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+         f"fd = os.open({str(path)!r}, os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX)\n"
+         "print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        began = time.monotonic()
+        with pytest.raises(StoreError, match=str(path)):
+            tracked.load("stuck")
+        assert READ_LOCK_TIMEOUT <= time.monotonic() - began < LOCK_WAIT_LIMIT
+        assert file_store.list() == []
+    finally:
+        holder.kill()
+        holder.wait()
+    state = tracked.load("stuck")
+    assert state is not None and state.state == "finished"
+
+
+#: Far more than ``READ_LOCK_TIMEOUT`` and less than a writer's 10 s: a read gave up.
+LOCK_WAIT_LIMIT = 8.0

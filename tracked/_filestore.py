@@ -43,6 +43,9 @@ from .errors import RunSuperseded, StoreError
 __all__ = ["FileStore"]
 
 LOCK_TIMEOUT = 10.0
+#: A reader waits at most this long for a record's writer (a writer holds the lock for
+#: microseconds, unless it was stopped mid-write): then ``StoreError``, not a hang.
+READ_LOCK_TIMEOUT = 2.0
 SUFFIX = ".json"
 TEMP_SUFFIX = ".tmp"
 #: The joined workers' parts of a shared run live in ``<record name>.parts/``.
@@ -479,7 +482,7 @@ def _read_regular(path: Path) -> bytes:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise OSError(errno.EINVAL, "not a regular file")
-        info = _lock(fd, path, fcntl.LOCK_SH)
+        info = _lock(fd, path, fcntl.LOCK_SH, READ_LOCK_TIMEOUT)
         chunks = [os.read(fd, info.st_size + 1)]  # one read, unless the file grew
         while len(chunks[-1]) > 0 and sum(map(len, chunks)) > info.st_size:
             chunks.append(os.read(fd, 1 << 16))
@@ -683,14 +686,16 @@ class _Locked:
         _close_held(fd)
 
 
-def _lock(fd: int, path: Path, operation: int = fcntl.LOCK_EX) -> os.stat_result:
+def _lock(
+    fd: int, path: Path, operation: int = fcntl.LOCK_EX, timeout: float = LOCK_TIMEOUT
+) -> os.stat_result:
     """Take a ``flock`` on ``fd`` (exclusive, or ``LOCK_SH`` for a reader): at once if
-    it is free (the common case), else polling, up to ``LOCK_TIMEOUT`` seconds;
-    returns the file's ``fstat``."""
+    it is free (the common case), else polling, up to ``timeout`` seconds; returns the
+    file's ``fstat``."""
     try:
         fcntl.flock(fd, operation | fcntl.LOCK_NB)
     except BlockingIOError:
-        deadline = time.monotonic() + LOCK_TIMEOUT
+        deadline = time.monotonic() + timeout
         delay = 0.0002
         while True:
             time.sleep(delay)
@@ -700,7 +705,7 @@ def _lock(fd: int, path: Path, operation: int = fcntl.LOCK_EX) -> os.stat_result
             except BlockingIOError:
                 if time.monotonic() > deadline:
                     raise StoreError(
-                        f"timed out after {LOCK_TIMEOUT}s waiting for the lock of {str(path)!r}"
+                        f"timed out after {timeout}s waiting for the lock of {str(path)!r}"
                     ) from None
             delay = min(delay * 2, 0.01)
     except OSError as exc:
