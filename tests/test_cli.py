@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 import tracked
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, wait_for_port
 from tracked._store import Owner
 
 JOB = r"""
@@ -710,6 +710,11 @@ def test_unreadable_store_is_one_line_and_exit_2(tmp_path: Path, where: str) -> 
     try:
         for command in (["list"], ["show", "secret"], ["watch", "secret"]):
             result = run_cli_bound_by_file_modes(*command, "--store", str(store))
+            if command == ["list"] and where == "record":  # skipped, as any bad entry
+                assert result.returncode == 0 and "secret" not in result.stdout
+                [line] = result.stderr.splitlines()
+                assert line.startswith("tracked: skipped ") and str(locked[where]) in line
+                continue
             assert_one_line_error(result, f"tracked {command[0]}: ")
             assert str(locked[where]) in result.stderr
     finally:
@@ -1075,3 +1080,45 @@ def test_list_reports_each_corrupt_record_in_one_line(tmp_path: Path) -> None:
         assert "fine" in result.stdout and "broken" not in result.stdout
         [line] = result.stderr.splitlines()
         assert str(store.path_for("broken")) in line and "corrupt" in line
+
+
+def test_list_prune_and_serve_skip_every_bad_entry_with_one_line_each(tmp_path: Path) -> None:
+    from tests.test_file_store import plant_bad_entries
+
+    store = tracked.FileStore(tmp_path / "store")
+    bad = plant_bad_entries(store)
+    listed = run_cli_bound_by_file_modes("list", "--all", "--store", str(store.directory))
+    assert listed.returncode == 0, listed.stderr
+    assert "whole" in listed.stdout and "bad" not in listed.stdout
+    lines = listed.stderr.splitlines()
+    assert len(lines) == len(bad), listed.stderr
+    for path in bad.values():
+        assert sum(str(path) in line for line in lines) == 1, (path, lines)
+    pruned = run_cli_bound_by_file_modes("prune", "--older-than", "0s", "--store",
+                                         str(store.directory))
+    assert pruned.returncode == 0, pruned.stderr
+    assert pruned.stdout.startswith("deleted 1 ended progress")
+    assert len(pruned.stderr.splitlines()) == len(bad), pruned.stderr
+    with tracked.start("again", store=store):
+        pass
+    port, log = free_port(), tmp_path / "serve.log"
+    with log.open("w") as errors:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "tracked", "serve", "--port", str(port), "--store",
+             str(store.directory)],
+            stdout=subprocess.DEVNULL, stderr=errors, cwd=ROOT,
+            preexec_fn=without_file_permission_override,
+        )
+    try:
+        wait_for_port(port)
+        for _ in range(2):  # polled again: each bad entry is still logged once
+            status, _kind, body = fetch(f"http://127.0.0.1:{port}/progresses.json?all=1")
+            assert status == 200, body
+            assert [p["name"] for p in json.loads(body)["progresses"]] == ["again"]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    skipped = [line for line in log.read_text().splitlines() if "skipped" in line]
+    assert len(skipped) == len(bad), log.read_text()
+    for path in bad.values():
+        assert sum(str(path) in line for line in skipped) == 1, (path, skipped)

@@ -277,3 +277,53 @@ def test_a_run_that_ends_while_it_is_read_never_reads_abandoned(store: Store) ->
         assert state is not None
         states.append(state.state)
     assert set(states) == {"finished"}
+
+
+def test_a_child_forked_while_threads_claim_in_a_file_store_claims_at_once(
+    file_store: FileStore,
+) -> None:
+    """Four threads start and finish three names in a tight loop while the main thread
+    forks 60 children, each starting the same names: no child (and no thread) waits on
+    a record lock its fork copied (one copy keeps a ``flock`` for as long as it lives)."""
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def loop() -> None:
+        for i in range(10**9):
+            if stop.is_set():
+                return
+            try:
+                with tracked.start(f"shared-{i % 3}"):
+                    pass
+            except tracked.AlreadyRunning:
+                pass
+            except BaseException as exc:
+                failures.append(exc)
+                return
+
+    threads = [threading.Thread(target=loop) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    codes = []
+    try:
+        for _ in range(60):
+            pid = os.fork()
+            if pid == 0:  # the child: exit 0 if its starts waited on nothing
+                code = 1
+                try:
+                    began = time.monotonic()
+                    for i in range(3):
+                        try:
+                            with tracked.start(f"shared-{i}"):
+                                pass
+                        except tracked.AlreadyRunning:
+                            pass
+                    code = 0 if time.monotonic() - began < 5 else 3
+                finally:
+                    os._exit(code)
+            codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert codes == [0] * 60 and failures == []

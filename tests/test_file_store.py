@@ -6,6 +6,8 @@ import json
 import os
 import signal
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -238,3 +240,142 @@ def test_prune_removes_temporary_files_of_killed_writers_once_a_minute_old(
     assert store.prune(older_than=3600) == 0  # temporaries are not counted as records
     assert list(store.directory.glob(".*.tmp")) == []
     assert sorted(p.name for p in store.directory.glob("*.json")) == records_before
+
+
+def plant_bad_entries(store: FileStore) -> dict[str, Path]:
+    """One entry of each kind that cannot be read, each where a record's file would be:
+    a directory, a truncated record, a file that is not JSON, a FIFO (whose plain open
+    would wait for a writer) and, read by a process that obeys file modes, a record
+    without read permission."""
+    with tracked.start("whole", store=store, total=3) as progress:
+        progress.increment(2, "a message")
+    whole = store.path_for("whole").read_bytes()
+    bad = {kind: store.path_for(f"bad {kind}") for kind in ("dir", "cut", "text", "fifo", "mode")}
+    bad["dir"].mkdir()
+    bad["cut"].write_bytes(whole[: len(whole) // 2])
+    bad["text"].write_text("hello, not JSON")
+    os.mkfifo(bad["fifo"])
+    bad["mode"].write_bytes(whole.replace(b'"whole"', b'"bad mode"'))
+    bad["mode"].chmod(0)
+    return bad
+
+
+def test_every_kind_of_bad_entry_is_skipped_by_list_and_prune_and_named_by_unreadable(
+    file_store: FileStore,
+) -> None:
+    with tracked.start("fine"):
+        pass
+    bad = plant_bad_entries(file_store)
+    bad["mode"].unlink()  # this process (root in CI) would read it anyway: see test_cli
+    del bad["mode"]
+    assert sorted(s.name for s in file_store.list()) == ["fine", "whole"]
+    problems = file_store.unreadable()
+    assert len(problems) == len(bad)
+    for path in bad.values():
+        assert sum(str(path) in problem for problem in problems) == 1
+    assert file_store.prune(older_than=0) == 2  # "fine" and "whole" ended; the rest stays
+    assert all(os.path.lexists(path) for path in bad.values())
+
+
+@pytest.mark.parametrize("page", [4096])
+def test_records_across_one_page_read_back_exactly_as_they_grow_and_shrink(
+    file_store: FileStore, page: int
+) -> None:
+    """A record that fits in one page is rewritten in place (padded with spaces when it
+    shrinks), a longer one replaced: every size around the page, in both directions,
+    reads back as the state written, and no temporary file stays behind."""
+    progress = tracked.start("sizes", total=None, min_interval=3600, max_messages=1)
+    progress.add_message("m")
+    progress.flush()
+    one = file_store.path_for("sizes").stat().st_size  # the record's size with 1 character
+    # The times in a record vary its length by a byte or two: sweep across the page.
+    sizes = [1, 2, *range(page - one - 3, page - one + 5), 2 * page, page - one, 5]
+    for length in sizes + sizes[::-1]:
+        progress.add_message("m" * length)
+        progress.flush()
+        state = tracked.load("sizes")
+        assert state is not None and state.messages == ("m" * length,), length
+        raw = file_store.path_for("sizes").read_bytes()
+        assert json.loads(raw)["state"]["messages"] == ["m" * length]
+
+    progress.finish()
+    state = tracked.load("sizes")
+    assert state is not None and state.state == "finished" and state.messages == ("m",)
+    assert [p.name for p in file_store.directory.iterdir() if p.name.startswith(".")] == []
+
+
+def test_every_write_changes_what_a_stat_of_the_record_says(file_store: FileStore) -> None:
+    """Readers that ``stat`` a record to see whether it changed (the status route's
+    cache, event streams) see each of 50 back-to-back writes of the same size, also
+    those within one tick of the file system's clock. (Linux 6.13+ gives a file
+    stat'ed since its last change a fine-grained mtime on its own; before, the
+    store's own mtime step is what makes this pass.)"""
+    progress = tracked.start("stat-me", total=None, min_interval=3600)
+    path = file_store.path_for("stat-me")
+    progress.status = "x" * 100  # then shorter ones: the file keeps its size (padded)
+    progress.flush()
+    seen = set()
+    for i in range(50):
+        progress.status = f"step {i % 10}"
+        progress.flush()
+        info = path.stat()
+        seen.add((info.st_ino, info.st_mtime_ns, info.st_size))
+    progress.finish()
+    assert len({size for _, _, size in seen}) == 1  # only the mtime can tell them apart
+    assert len(seen) == 50
+
+
+def test_an_empty_record_file_left_by_a_killed_claimer_reads_as_no_record(
+    file_store: FileStore,
+) -> None:
+    """A claimer killed between creating a record's file and writing its first snapshot
+    leaves it empty: it reads as no record (not as a bad one), its name starts again,
+    and prune removes it once a minute old, as it does a killed writer's temporary."""
+    for name in ("left", "old"):
+        file_store.path_for(name).touch()
+    an_hour_ago = time.time() - 3600
+    os.utime(file_store.path_for("old"), (an_hour_ago, an_hour_ago))
+    assert tracked.load("left") is None and file_store.list() == []
+    assert file_store.unreadable() == []
+    assert file_store.prune(older_than=0) == 0
+    assert file_store.path_for("left").exists() and not file_store.path_for("old").exists()
+    with tracked.start("left", total=3):
+        pass
+    state = tracked.load("left")
+    assert state is not None and (state.state, state.total) == ("finished", 3)
+
+
+def test_a_writer_stopped_holding_a_records_lock_makes_readers_wait_seconds_not_forever(
+    file_store: FileStore,
+) -> None:
+    """Another process holds the record's lock, as a writer stopped in the middle of a
+    write would: a read gives up with a ``StoreError`` naming the file after
+    ``READ_LOCK_TIMEOUT``, ``list()`` skips the record, and once the lock is let go
+    the record reads again."""
+    from tracked._filestore import READ_LOCK_TIMEOUT
+
+    with tracked.start("stuck"):
+        pass
+    path = file_store.path_for("stuck")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+         f"fd = os.open({str(path)!r}, os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX)\n"
+         "print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        began = time.monotonic()
+        with pytest.raises(StoreError, match=str(path)):
+            tracked.load("stuck")
+        assert READ_LOCK_TIMEOUT <= time.monotonic() - began < LOCK_WAIT_LIMIT
+        assert file_store.list() == []
+    finally:
+        holder.kill()
+        holder.wait()
+    state = tracked.load("stuck")
+    assert state is not None and state.state == "finished"
+
+
+#: Far more than ``READ_LOCK_TIMEOUT`` and less than a writer's 10 s: a read gave up.
+LOCK_WAIT_LIMIT = 8.0

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 import tracked
 from tests.conftest import python_process
+from tracked import State
+from tracked._store import Owner, register_live_run, unregister_live_run
 
 ROUNDS = 30
 RACERS = 8
@@ -44,6 +50,128 @@ def test_racing_processes_produce_exactly_one_winner_each_round(tmp_path: Path) 
             racer.wait()
 
 
+#: Racing rounds of a delete and a new claim (and a prune) against an older run's writes.
+STALE_ROUNDS = int(os.environ.get("TRACKED_RACE_ROUNDS", "800"))
+STALE_KEYS = [f"contested-{i}" for i in range(6)]
+
+
+def test_an_older_runs_writes_never_replace_a_newer_claim(tmp_path: Path) -> None:
+    """Another process holds runs and saves them in a tight loop (claiming a name again
+    once it is free). Each round deletes one of its runs and claims the name anew: once
+    the writer made two more passes, the record must still be the new run's; the new
+    run then ends, and every third round a prune races the writer's claim of the name.
+    Each round supersedes exactly one of the writer's runs (a prune never removes a
+    claim it did not see ended), and no claim is refused."""
+    store = tracked.FileStore(tmp_path / "store")
+    counters = tmp_path / "passes"
+    counters.write_bytes(bytes(16))
+    writer = python_process("stale_writer", str(store.directory), ",".join(STALE_KEYS),
+                            str(counters))
+
+    def passes(which: int = 0) -> int:
+        return int.from_bytes(counters.read_bytes()[8 * which : 8 * which + 8], "little")
+
+    def wait(condition: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 30
+        while not condition():
+            assert writer.poll() is None, writer.communicate()
+            assert time.monotonic() < deadline, "the writer stopped making progress"
+            time.sleep(0.0002)
+
+    def writer_holds(key: str) -> bool:
+        record = store.read(key)
+        return record is not None and record.owner is not None \
+            and record.owner.pid == writer.pid and record.state.in_progress
+
+    replaced: list[tuple[int, object]] = []
+    deletes = r = 0
+    try:
+        while r < STALE_ROUNDS:
+            key = STALE_KEYS[r % len(STALE_KEYS)]
+            wait(lambda key=key: writer_holds(key))  # type: ignore[misc]
+            old = store.read(key)
+            assert old is not None and old.owner is not None
+            deletes += store.delete(key)
+            owner = Owner.for_this_process()
+            register_live_run(owner.run)
+            now = time.time()
+            state = State(name=key, total=r, start_time=now, current_time=now)
+            try:
+                store.claim(state, owner)
+            except tracked.AlreadyRunning:
+                holder = store.read(key)
+                if holder is not None and holder.owner == old.owner:  # the deleted run is back
+                    replaced.append((r, "claim refused"))
+                    r += 1
+                continue  # else the writer claimed the free name first, as it may: again
+            seen = passes()
+            wait(lambda seen=seen: passes() >= seen + 2)  # type: ignore[misc]
+            record = store.read(key)
+            if record is None or record.owner != owner:
+                replaced.append((r, None if record is None else record.owner))
+            try:
+                store.save(state.ended("finished", time.time() - 5), owner)
+            except tracked.RunSuperseded:
+                replaced.append((r, "replaced before its end"))
+            unregister_live_run(owner.run)
+            if r % 3 == 2:
+                store.prune(older_than=1)  # races the writer's claim of the ended name
+            r += 1
+        for key in STALE_KEYS:
+            wait(lambda key=key: writer_holds(key))  # type: ignore[misc]
+        seen = passes()
+        wait(lambda seen=seen: passes() >= seen + 2)  # type: ignore[misc]
+        superseded = passes(1)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert replaced == [], f"{len(replaced)} of {STALE_ROUNDS} rounds: {replaced[:5]}"
+    assert superseded == deletes  # one per delete, none by a prune
+
+
+@pytest.mark.parametrize("processes", [1, 10])
+def test_a_burst_of_1000_starts_on_distinct_names_all_succeed(
+    tmp_path: Path, processes: int
+) -> None:
+    """1,000 runs started at once, from threads of one process or of ten: no claim
+    waits on a claim of another name, so none times out."""
+    store = str(tmp_path / "store")
+    go = tmp_path / "go"
+    bursts = [python_process("burst", store, f"p{i}", str(1000 // processes), str(go))
+              for i in range(processes)]
+    time.sleep(0.5)  # let the threads start and wait at their barrier
+    go.touch()
+    for each in bursts:
+        out, err = each.communicate(timeout=120)
+        assert each.returncode == 0, err
+        assert out.split()[:2] == ["failed", "0"], out
+    states = tracked.open_store(store).list()
+    assert len(states) == 1000 and {s.state for s in states} == {"finished"}
+
+
+def test_a_claimer_stopped_in_the_middle_of_a_claim_delays_no_claim_of_another_name(
+    tmp_path: Path,
+) -> None:
+    """A process claiming names in a tight loop is stopped (SIGSTOP) five times at
+    random moments, mostly inside a claim: each time, a claim of another name here
+    succeeds (it waited on nothing; one lock for the whole store made it time out)."""
+    store = str(tmp_path / "store")
+    looper = python_process("claim_loop", store, "loop")
+    try:
+        assert looper.stdout is not None and looper.stdout.readline().strip() == "looping"
+        for attempt in range(5):
+            time.sleep(0.05)
+            looper.send_signal(signal.SIGSTOP)
+            try:
+                with tracked.start(f"mine-{attempt}", store=store):
+                    pass
+            finally:
+                looper.send_signal(signal.SIGCONT)
+    finally:
+        looper.kill()
+        looper.wait()
+
+
 def test_readers_never_see_a_torn_or_invalid_record(tmp_path: Path) -> None:
     store = str(tmp_path / "store")
     writer = python_process("writer", store, "torn", "20000")
@@ -59,6 +187,27 @@ def test_readers_never_see_a_torn_or_invalid_record(tmp_path: Path) -> None:
         assert last[0] == "reads" and int(last[1]) > 100 and last[2] == "0", out[-2000:]
     state = tracked.load("torn", store=store)
     assert state is not None and state.count == 20000 and state.state == "finished"
+
+
+@pytest.mark.parametrize("size", [3000, 5000])  # rewritten in place; replaced
+def test_an_owner_killed_in_the_middle_of_its_writes_leaves_a_whole_record(
+    tmp_path: Path, size: int
+) -> None:
+    """SIGKILL at random moments of back-to-back writes, 15 times: the record left is
+    always whole, reads ``abandoned``, and its name can be started again at once."""
+    store = str(tmp_path / "store")
+    for attempt in range(15):
+        name = f"killed-{attempt}"
+        owner = python_process("sized_writer", store, name, str(size))
+        assert owner.stdout is not None and owner.stdout.readline().strip() == "started"
+        time.sleep(random.uniform(0.0, 0.03))
+        owner.send_signal(signal.SIGKILL)
+        owner.wait()
+        state = tracked.load(name, store=store)
+        assert state is not None and state.state == "abandoned", state
+        assert [len(m) for m in state.messages] in ([], [size])  # killed before, or a whole one
+        with tracked.start(name, store=store):
+            pass
 
 
 def test_killed_owner_reads_as_abandoned_and_the_name_restarts_at_once(tmp_path: Path) -> None:

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -168,3 +172,63 @@ def test_a_bad_progress_id_on_the_decorator_is_refused() -> None:
 
     with pytest.raises(tracked.InvalidName):
         job()
+
+
+@pytest.fixture
+def undecodable_dir(tmp_path: Path) -> str:
+    """A directory holding one file whose name is not UTF-8 (``os.listdir`` gives a
+    surrogate for the byte 0xE9), as on a disk written by another system."""
+    folder = tmp_path / "latin-1"
+    folder.mkdir()
+    with open(os.path.join(os.fsencode(folder), b"caf\xe9.txt"), "wb"):
+        pass
+    return str(folder)
+
+
+def test_a_result_with_surrogates_is_stored_replaced_and_the_caller_gets_it_unchanged(
+    store: tracked.Store, undecodable_dir: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    @tracked.tracked("listing")
+    def listing() -> list[str]:
+        return os.listdir(undecodable_dir)
+
+    @tracked.tracked("walking", total=1)
+    def walking() -> Iterator[None]:
+        yield None
+        return os.listdir(undecodable_dir)  # type: ignore[misc]
+
+    with caplog.at_level(logging.WARNING, logger="tracked"):
+        assert listing() == ["caf\udce9.txt"]
+        assert list(walking()) == [None]
+        job = tracked.submit(listing)
+        assert job.wait(10) == ["caf\udce9.txt"]
+    for name in ("listing", "walking"):
+        state = tracked.load(name, store=store)
+        assert state is not None and state.state == "finished", name
+        assert state.result == ["caf\ufffd.txt"], name
+    assert not [r for r in caplog.records if "result" in r.getMessage()]
+
+
+class _BrokenItems(dict):  # type: ignore[type-arg]
+    """A mapping whose encoding runs user code that raises something unexpected."""
+
+    def items(self) -> Any:
+        raise RuntimeError("items() is broken")
+
+
+def test_a_result_whose_encoding_raises_anything_is_null_with_one_warning(
+    store: tracked.Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    name = f"odd-mapping-{uuid.uuid4().hex}"  # the warning is once per name and process
+
+    @tracked.tracked(name)
+    def odd_mapping() -> dict[str, int]:
+        return _BrokenItems(a=1)
+
+    with caplog.at_level(logging.WARNING, logger="tracked"):
+        assert odd_mapping() == {"a": 1}
+        assert tracked.submit(odd_mapping).wait(10) == {"a": 1}
+    state = tracked.load(name, store=store)
+    assert state is not None and state.state == "finished" and state.result is None
+    warnings = [r.getMessage() for r in caplog.records if "result" in r.getMessage()]
+    assert len(warnings) == 1 and "RuntimeError" in warnings[0], warnings

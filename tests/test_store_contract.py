@@ -160,3 +160,18 @@ def test_a_save_over_another_runs_record_raises_run_superseded_and_leaves_it(
     store.save(running(count=5), new)
     state = store.load("job")
     assert state is not None and state.count == 5
+
+
+def test_after_a_delete_and_a_new_claim_the_older_runs_write_is_refused(store: Store) -> None:
+    """The older run is still live (its owner holds it) when its record is deleted and
+    the name claimed anew: its next write raises ``RunSuperseded`` and leaves the newer
+    record. (FileStore's race of the same steps, in real processes, is in
+    tests/test_processes.py.)"""
+    old, new = held_owner(), held_owner()
+    store.claim(running(count=1), old)
+    assert store.delete("job")
+    store.claim(running(count=2, total=9), new)
+    with pytest.raises(RunSuperseded, match="job"):
+        store.save(running(count=3), old)
+    state = store.load("job")
+    assert state is not None and (state.count, state.total, state.in_progress) == (2, 9, True)

@@ -5,6 +5,8 @@ Each prints what the parent needs on stdout, one line per fact, and flushes.
 
 from __future__ import annotations
 
+import itertools
+import os
 import sys
 import time
 from pathlib import Path
@@ -140,8 +142,92 @@ def show_state(store: str, name: str) -> None:
     say("none" if state is None else state.state)
 
 
+def stale_writer(store: str, keys: str, passes_file: str) -> None:
+    """Hold runs of ``keys`` (comma-separated) and save each in a tight loop; a run found
+    superseded is claimed again once the name is free. After each pass over the keys,
+    the number of passes and of runs superseded are written (8 bytes each, in place)
+    to ``passes_file``."""
+    import dataclasses
+
+    from tracked._store import Owner, register_live_run
+
+    opened = tracked.open_store(store)
+    held: dict[str, tuple[tracked.State, Owner] | None] = dict.fromkeys(keys.split(","))
+    fd = os.open(passes_file, os.O_RDWR | os.O_CREAT, 0o644)
+    superseded = 0
+    for passes in itertools.count(1):
+        for key, run in held.items():
+            if run is None:
+                owner = Owner.for_this_process()
+                register_live_run(owner.run)
+                now = time.time()
+                state = tracked.State(name=key, start_time=now, current_time=now)
+                try:
+                    opened.claim(state, owner)
+                except tracked.AlreadyRunning:
+                    continue
+                held[key] = run = (state, owner)
+            try:
+                opened.save(dataclasses.replace(run[0], count=passes), run[1])
+            except tracked.RunSuperseded:
+                held[key] = None
+                superseded += 1
+        os.pwrite(fd, passes.to_bytes(8, "little") + superseded.to_bytes(8, "little"), 0)
+
+
+def burst(store: str, prefix: str, count: str, go: str) -> None:
+    """Once ``go`` exists, start ``count`` runs named ``prefix-i`` at once, one thread
+    each, and hold them until all have started; print how many starts failed, and why."""
+    import threading
+
+    opened = tracked.open_store(store)
+    barrier = threading.Barrier(int(count) + 1)
+    failures: list[str] = []
+    started: list[tracked.Progress] = []
+
+    def start(i: int) -> None:
+        barrier.wait()
+        try:
+            started.append(tracked.start(f"{prefix}-{i}", store=opened))
+        except Exception as exc:
+            failures.append(repr(exc))
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(int(count))]
+    for thread in threads:
+        thread.start()
+    wait_for(Path(go))
+    barrier.wait()
+    for thread in threads:
+        thread.join()
+    say("failed", len(failures), *failures[:1])
+    for progress in started:
+        progress.finish()
+
+
+def claim_loop(store: str, prefix: str) -> None:
+    """Start and finish runs of new names in a tight loop, forever."""
+    opened = tracked.open_store(store)
+    say("looping")
+    for i in itertools.count():
+        with tracked.start(f"{prefix}-{i}", store=opened):
+            pass
+
+
+def sized_writer(store: str, name: str, size: str) -> None:
+    """Write records of about ``size`` bytes back to back until killed: a message of
+    ``size`` characters, and each update's own count, so every write differs."""
+    with tracked.start(name, total=None, store=store, min_interval=0, max_messages=1) as p:
+        say("started")
+        for i in itertools.count():
+            p.add_message(str(i).ljust(int(size), "x"))
+
+
 COMMANDS = {
     "race": race,
+    "sized_writer": sized_writer,
+    "claim_loop": claim_loop,
+    "burst": burst,
+    "stale_writer": stale_writer,
     "writer": writer,
     "reader": reader,
     "hold": hold,

@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from ._text import clean_text
 from .errors import InvalidName, InvalidValue
 
 __all__ = [
@@ -333,6 +334,10 @@ def encode_result(value: object) -> tuple[Any, str | None]:
         text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError, RecursionError) as exc:
         return None, f"it is not JSON-serialisable ({type(exc).__name__}: {exc})"
+    except Exception as exc:  # noqa: BLE001 - user code (a __repr__, a dict subclass) ran
+        return None, f"encoding it raised {type(exc).__name__}: {exc}"
+    # Surrogates (os.listdir's names that are not UTF-8) are stored as U+FFFD, like any text.
+    text = clean_text(text)
     size, limit = len(text.encode("utf-8")), _max_result_bytes[0]
     if size > limit:
         return None, f"it is {size} bytes of JSON, over max_result_bytes={limit}"

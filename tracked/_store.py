@@ -70,8 +70,8 @@ class Owner:
         return cls(host=QUEUE_HOST, pid=0, token="", run=run, lease_expires=expires)
 
     def to_dict(self) -> dict[str, Any]:
-        """The owner as a JSON object (built by hand: ``asdict`` costs more than a claim's
-        encoding of the whole state)."""
+        """The owner as a JSON object (built directly: ``dataclasses.asdict`` deep-copies,
+        about a tenth of a short job's start and finish)."""
         return {
             "host": self.host,
             "pid": self.pid,
@@ -397,7 +397,12 @@ class Store(abc.ABC):
 
     def list(self) -> list[State]:
         """Every progress in the store, running ones first, newest first within each."""
-        states = [self.with_parts(record) for record in self.records()]
+        states = []
+        for record in self.records():
+            try:
+                states.append(self.with_parts(record))
+            except StoreError:  # its joined workers' parts cannot be read: the rest can
+                states.append(judge(record))
         states.sort(key=lambda s: (not s.in_progress, -s.start_time))
         return states
 

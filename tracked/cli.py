@@ -504,7 +504,10 @@ def _shown(key: str) -> str:
 
 def _cmd_prune(args: argparse.Namespace) -> int:
     older_than = parse_duration(args.older_than)
-    deleted = _store(args).prune(older_than)
+    store = _store(args)
+    deleted = store.prune(older_than)
+    for problem in store.unreadable():  # skipped by prune: one line each, as list does
+        print(f"tracked: skipped {printable(problem)}", file=sys.stderr)
     noun = "progress" if deleted == 1 else "progresses"
     print(f"deleted {deleted} ended {noun} older than {args.older_than}")
     return EXIT_OK
@@ -801,9 +804,16 @@ def build_app(store: Store, *, allow_cancel: bool = False) -> Any:
     def asset(filename: str) -> Any:
         return _static_file(filename)
 
+    reported: set[str] = set()
+
     def progresses() -> Any:
         everything = bottle.request.query.get("all") == "1"
-        return _json(200, {"progresses": [_summary(s) for s in _listed(store, everything)]})
+        listed = [_summary(s) for s in _listed(store, everything)]
+        for problem in store.unreadable():  # skipped from the list: logged once each
+            if problem not in reported and len(reported) < 1024:
+                reported.add(problem)
+                print(f"tracked serve: skipped {printable(problem)}", file=sys.stderr)
+        return _json(200, {"progresses": listed})
 
     def progress_page() -> Any:
         query = bottle.request.query
