@@ -536,6 +536,8 @@ class Progress:
             self.flush()
         elif not self._scheduled:
             _flusher.wake(self._ref)
+        else:
+            _flusher.revive()  # scheduled by a flusher thread that may have died
 
     # ------------------------------------------------------------------ snapshots
 
