@@ -6,11 +6,13 @@ that the test process owns, through a real FileStore and a real redis-server.
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import json
 import multiprocessing
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -179,24 +181,164 @@ def test_a_later_run_of_the_same_name_never_receives_an_older_runs_parts(
         assert tracked.load("again", store=store).count == 0  # type: ignore[union-attr]
 
 
-def test_a_share_token_pickles_and_reopens_its_store(shared_store_url: str) -> None:
+def _join_in_a_new_process(
+    token: str, env: dict[str, str], *args: str, check: bool = True
+) -> str:
+    """Join in a fresh interpreter (no fork: nothing inherited) whose store comes from
+    its own configuration; print the handle's state after adding 2 and 7 messages."""
+    code = (
+        "import sys, tracked\n"
+        "store = sys.argv[2] if len(sys.argv) > 2 else None\n"
+        "with tracked.join(sys.argv[1], store=store) as part:\n"
+        "    part.add_message(*[f'm{i}' for i in range(7)])\n"
+        "    part += 2\n"
+        "print(part.state)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, token, *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if check:
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+    assert done.returncode != 0
+    return done.stderr.strip().splitlines()[-1]
+
+
+def test_a_share_token_is_a_short_str_and_a_worker_opens_its_own_store(
+    shared_store_url: str,
+) -> None:
     store = tracked.open_store(shared_store_url)
-    with tracked.start("pickled", store=store, progress_id="job-7", max_messages=5) as run:
+    with tracked.start("by-token", store=store, progress_id="job-7", max_messages=5) as run:
         token = run.share()
-        data = pickle.dumps(token)
-        assert len(data) < 1024
-        copy = pickle.loads(data)
-        assert (copy.key, copy.run, copy.max_messages) == (token.key, token.run, 5)
-        assert type(copy.store) is type(store)
-        with tracked.join(copy) as part:
-            part.add_message(*[f"m{i}" for i in range(7)])
-            part += 2
-        state = tracked.load("pickled", store=store, progress_id="job-7")
+        assert isinstance(token, str) and len(token) < 256
+        assert re.fullmatch(r"[A-Za-z0-9._-]+", token)  # safe in a URL, a header, JSON
+        plain = json.loads(json.dumps({"token": token}))["token"]
+        assert type(pickle.loads(pickle.dumps(token))) is str
+        assert (tracked.ShareToken(plain).key, tracked.ShareToken(plain).run) == (
+            run.key,
+            run._owner.run,  # type: ignore[union-attr]
+        )
+        assert tracked.ShareToken(plain).max_messages == 5
+        # no address in it: the worker's store comes from $TRACKED_STORE ...
+        assert _join_in_a_new_process(plain, {"TRACKED_STORE": shared_store_url}) == "finished"
+        # ... or from join(token, store=...)
+        assert _join_in_a_new_process(plain, {"TRACKED_STORE": ""}, shared_store_url) == (
+            "finished"
+        )
+        state = tracked.load("by-token", store=store, progress_id="job-7")
         assert state is not None
-        assert state.count == 2 and state.message_count == 7
+        assert state.count == 4 and state.message_count == 14
         assert state.messages == ("m2", "m3", "m4", "m5", "m6")  # the run's max_messages
-        copy.store.close()
     store.close()
+
+
+def test_a_token_holds_no_address_and_no_password(redis_server: object, redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    client.execute_command("ACL", "SETUSER", "sharer", "on", ">s3cret-pw", "~*", "&*", "+@all")
+    host_port = redis_url.split("://", 1)[1].split("/", 1)[0]
+    url = f"redis://sharer:s3cret-pw@{host_port}/0"
+    store = RedisStore(url)
+    with tracked.start("secret", store=store) as run:
+        token = run.share()
+        payload = base64.urlsafe_b64decode(token.split(".", 1)[1] + "==")
+        for secret in (b"s3cret-pw", b"sharer", host_port.encode(), b"redis"):
+            assert secret not in token.encode() and secret not in payload
+        # a worker with the URL (and its password) from its own configuration joins
+        assert _join_in_a_new_process(token, {"TRACKED_STORE": url}) == "finished"
+        assert tracked.load("secret", store=store).count == 2  # type: ignore[union-attr]
+    store.close()
+    client.execute_command("ACL", "DELUSER", "sharer")
+    client.close()
+
+
+def test_a_worker_whose_store_is_not_the_tokens_is_told_how_to_give_it_one(
+    tmp_path: Path,
+) -> None:
+    store = tracked.FileStore(tmp_path / "owner")
+    with tracked.start("elsewhere", store=store) as run:
+        token = run.share()
+        with pytest.raises(tracked.StoreError, match=r"TRACKED_STORE|store=") as raised:
+            tracked.join(str(token), store=tmp_path / "other")
+        assert "elsewhere" in str(raised.value)
+        env = {"TRACKED_STORE": str(tmp_path / "other")}
+        said = _join_in_a_new_process(token, env, check=False)
+    assert said.startswith("tracked.errors.StoreError: cannot join progress 'elsewhere'")
+    assert "is not the store it was shared from" in said
+    assert tracked.load("elsewhere", store=store).count == 0  # type: ignore[union-attr]
+
+
+class _Evil:
+    def __reduce__(self) -> tuple[object, tuple[str, ...]]:
+        return (os.system, ("touch /tmp/tracked-share-pwned",))
+
+
+@pytest.mark.parametrize(
+    "crafted",
+    [
+        base64.b64encode(pickle.dumps(_Evil())).decode(),
+        "tracked-share-1." + base64.urlsafe_b64encode(pickle.dumps(_Evil())).decode(),
+        "",
+        "tracked-share-1.",
+        "tracked-share-1.!!!",
+        "tracked-share-1." + "A" * 5000,
+        "tracked-share-2.e30",
+        "tracked-share-1." + base64.urlsafe_b64encode(b"[1, 2]").decode(),
+        "tracked-share-1." + base64.urlsafe_b64encode(b'{"s": 1}').decode(),
+    ],
+)
+def test_a_crafted_token_is_refused_and_runs_nothing(crafted: str, tmp_path: Path) -> None:
+    with pytest.raises(tracked.InvalidValue, match="share token"):
+        tracked.join(crafted, store=tmp_path)
+    assert not os.path.exists("/tmp/tracked-share-pwned")
+
+
+def _token_with(**changes: object) -> str:
+    fields: dict[str, object] = {
+        "s": "0" * 16,
+        "r": "a" * 32,
+        "n": "x",
+        "p": None,
+        "i": 0.1,
+        "m": 10,
+    }
+    fields.update(changes)
+    raw = json.dumps(fields).encode()
+    return "tracked-share-1." + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"n": None, "p": None},  # neither name nor progress_id
+        {"n": ""},
+        {"n": "x" * 513},
+        {"n": "a\x00b"},
+        {"n": "\ud800"},
+        {"p": "has space"},
+        {"r": "../../etc"},
+        {"s": "zz"},
+        {"i": -1},
+        {"i": float("nan")},
+        {"i": True},
+        {"m": -1},
+        {"m": 1.5},
+        {"m": 1 << 40},
+        {"extra": 1},
+    ],
+)
+def test_every_field_of_a_token_is_checked(changes: dict[str, object], tmp_path: Path) -> None:
+    with pytest.raises(tracked.InvalidValue, match="share token"):
+        tracked.join(_token_with(**changes), store=tmp_path)
+
+
+def test_join_refuses_what_is_not_a_str(tmp_path: Path) -> None:
+    for wrong in (None, b"tracked-share-1.e30", 3, {"token": "x"}):
+        with pytest.raises(tracked.InvalidValue, match="share token"):
+            tracked.join(wrong, store=tmp_path)  # type: ignore[arg-type]
 
 
 def test_a_memory_store_is_joined_by_threads_and_refused_to_other_processes() -> None:
@@ -215,8 +357,6 @@ def test_a_memory_store_is_joined_by_threads_and_refused_to_other_processes() ->
         for thread in threads:
             thread.join()
         assert tracked.load("in-memory", store=store).count == 4000  # type: ignore[union-attr]
-        with pytest.raises(TypeError, match="MemoryStore lives in one process"):
-            pickle.dumps(token)
         said = FORK.SimpleQueue()  # a forked child inherits the token without pickling
         child = FORK.Process(target=lambda: said.put(_join_inherited(token)))
         child.start()
@@ -289,17 +429,14 @@ def test_the_status_route_and_the_cli_show_the_workers_count_while_it_runs(
     store.close()
 
 
-def test_a_redis_store_made_from_a_client_travels_in_a_token(redis_url: str) -> None:
+def test_a_redis_store_made_from_a_client_is_found_by_forked_workers(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     store = RedisStore(client, prefix="from-client:")
     with tracked.start("client-made", total=None, store=store) as run:
         token = run.share()
         with concurrent.futures.ProcessPoolExecutor(2, mp_context=FORK) as pool:
             assert list(pool.map(add, [token, token], [300, 300])) == [300, 300]
-        reopened = pickle.loads(pickle.dumps(token)).store
-        assert isinstance(reopened, RedisStore) and reopened.prefix == "from-client:"
-        assert tracked.load("client-made", store=reopened).count == 600  # type: ignore[union-attr]
-        reopened.close()
+        assert tracked.load("client-made", store=store).count == 600  # type: ignore[union-attr]
     client.close()
 
 
@@ -438,18 +575,19 @@ def test_a_redis_stores_parts_share_the_records_slot_and_go_with_delete_and_prun
     store.close()
 
 
-def test_a_store_made_from_a_cluster_client_says_to_share_it_by_url(
+def test_a_run_in_a_store_made_from_a_cluster_client_is_joined_by_url(
     redis_cluster_url: str,
 ) -> None:
     client = RedisCluster.from_url(redis_cluster_url.replace("+cluster", ""))
-    store = RedisStore(client, prefix="cluster-client:")
+    store = RedisStore(client)  # the default prefix, as the worker's URL gives
     with tracked.start("by-client", store=store) as run:
-        with pytest.raises(TypeError, match=r"redis\+cluster:// URL"):
-            pickle.dumps(run.share())
-        with tracked.join(run.share()) as part:  # this process may still join it
+        token = run.share()
+        with tracked.join(token) as part:  # this process knows the store
             part += 2
-        assert tracked.load("by-client", store=store).count == 2  # type: ignore[union-attr]
-    by_url = pickle.loads(pickle.dumps(RedisStore(redis_cluster_url, prefix="cluster-client:")))
-    assert by_url.load("by-client").count == 2  # type: ignore[union-attr]
+        env = {"TRACKED_STORE": ""}
+        assert _join_in_a_new_process(token, env, redis_cluster_url) == "finished"
+        by_url = RedisStore(redis_cluster_url)
+        assert tracked.join(token, store=by_url).in_progress  # another client, same run
+        assert tracked.load("by-client", store=store).count == 4  # type: ignore[union-attr]
     by_url.close()
     client.close()

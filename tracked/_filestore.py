@@ -259,7 +259,7 @@ class FileStore(Store):
     # ------------------------------------------------------------------ shared runs
 
     def __reduce__(self) -> tuple[type[FileStore], tuple[str]]:
-        """Pickle as the directory alone (a share token carries the store to workers)."""
+        """Pickle as the directory alone."""
         return (FileStore, (str(self.directory),))
 
     def parts_dir(self, key: str) -> Path:

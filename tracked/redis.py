@@ -575,10 +575,9 @@ class RedisStore(Store):
     # ------------------------------------------------------------------ shared runs
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        """Pickle as what reopens this store in another process (a share token
-        carries it to workers): the URL (``redis+cluster://`` ones included), or a
-        ``redis.Redis`` client's connection settings. A store made from a
-        ``RedisCluster`` client raises ``TypeError``: make it from a URL to share it."""
+        """Pickle as what reopens this store in another process: the URL
+        (``redis+cluster://`` ones included), or a ``redis.Redis`` client's connection
+        settings. A store made from a ``RedisCluster`` client raises ``TypeError``."""
         if self._url is not None:
             source: Any = self._url
         else:
