@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -181,9 +182,7 @@ def test_a_later_run_of_the_same_name_never_receives_an_older_runs_parts(
         assert tracked.load("again", store=store).count == 0  # type: ignore[union-attr]
 
 
-def _join_in_a_new_process(
-    token: str, env: dict[str, str], *args: str, check: bool = True
-) -> str:
+def _join_in_a_new_process(token: str, env: dict[str, str], *args: str, check: bool = True) -> str:
     """Join in a fresh interpreter (no fork: nothing inherited) whose store comes from
     its own configuration; print the handle's state after adding 2 and 7 messages."""
     code = (
@@ -591,3 +590,98 @@ def test_a_run_in_a_store_made_from_a_cluster_client_is_joined_by_url(
         assert tracked.load("by-client", store=store).count == 4  # type: ignore[union-attr]
     by_url.close()
     client.close()
+
+
+def _owner_until_killed(url: str, said: Any) -> None:
+    """A shared run's owner that shares it, then waits to be SIGKILLed (a short lease
+    on Redis, so its death is judged within a second)."""
+    store = RedisStore(url, lease=1.0) if "://" in url else tracked.FileStore(url)
+    run = tracked.start("owner-killed", total=None, store=store, min_interval=0.05)
+    said.put(str(run.share()))
+    time.sleep(600)
+
+
+def _count_until_refused(token: str, url: str, said: Any) -> None:
+    """A joined worker that counts until its part is refused (or 30 s pass); says how
+    its handle ended and after how many seconds since the owner was killed."""
+    with tracked.join(token, store=url) as part:
+        deadline = time.monotonic() + 30
+        while part.in_progress and time.monotonic() < deadline:
+            part += 1
+            time.sleep(0.0005)
+        said.put(part.state)
+
+
+def _readers_agree(url: str, *, stream: bool = True) -> set[tuple[str, int]]:
+    """(state, count) as ``load()``, the status route (twice: the second from its
+    cache), its event stream (an ended run's ends at once) and the CLI read the run."""
+    store = tracked.open_store(url)
+    seen = set()
+    loaded = tracked.load("owner-killed", store=store)
+    assert loaded is not None
+    seen.add((loaded.state, loaded.count))
+    client = webtest.TestApp(status_app(store))
+    for _ in range(2):
+        wire = client.get("/owner-killed").json
+        seen.add((wire["state"], wire["count"]))
+    if stream:
+        events = client.get("/owner-killed", headers={"Accept": "text/event-stream"}).text
+        first = json.loads(events.split("data: ", 1)[1].split("\n", 1)[0])
+        seen.add((first["state"], first["count"]))
+    command = [sys.executable, "-m", "tracked", "show", "owner-killed", "--json", "--store", url]
+    shown = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    cli = json.loads(shown.stdout)
+    seen.add((cli["state"], cli["count"]))
+    store.close()
+    return seen
+
+
+def test_a_shared_run_whose_owner_is_killed_stops_counting_and_every_reader_agrees(
+    shared_store_url: str,
+) -> None:
+    said = FORK.SimpleQueue()
+    owner = FORK.Process(target=_owner_until_killed, args=(shared_store_url, said))
+    owner.start()
+    token = said.get()
+    workers = [
+        FORK.Process(target=_count_until_refused, args=(token, shared_store_url, said))
+        for _ in range(WORKERS)
+    ]
+    for process in workers:
+        process.start()
+    store = tracked.open_store(shared_store_url)
+    deadline = time.monotonic() + 30
+    while tracked.load("owner-killed", store=store).count < 2000:  # type: ignore[union-attr]
+        assert time.monotonic() < deadline, "the workers' parts never showed"
+        time.sleep(0.05)
+    running = _readers_agree(shared_store_url, stream=False)  # the route caches a body
+    assert {state for state, _ in running} == {"running"}
+    os.kill(owner.pid, signal.SIGKILL)
+    owner.join(10)
+    for process in workers:  # each stops once its part is refused
+        process.join(20)
+    assert [p.exitcode for p in workers] == [0] * WORKERS
+    assert [said.get() for _ in workers] == ["abandoned"] * WORKERS
+    first = _readers_agree(shared_store_url)
+    time.sleep(1.0)
+    again = _readers_agree(shared_store_url)
+    assert len(first) == 1 and first == again, (first, again)
+    [(state, count)] = first
+    assert state == "abandoned" and count >= 2000
+    store.prune(older_than=3600)  # keeps the recent abandoned record, and its parts
+    assert _readers_agree(shared_store_url, stream=False) == first
+    store.close()
+
+
+def test_the_status_routes_cached_body_follows_every_part(tmp_path: Path) -> None:
+    store = tracked.FileStore(tmp_path / "store")
+    client = webtest.TestApp(status_app(store))
+    with tracked.start("cached", total=None, store=store, min_interval=60) as run:
+        assert run._owner is not None
+        time.sleep(0.06)  # settled: the route caches the running body for a second
+        assert client.get("/cached").json["count"] == 0
+        for count in (1, 2, 3):  # each part within a tick of the file system's clock
+            assert store.write_part(run.key, _part(run._owner.run, "w1", count))
+            assert client.get("/cached").json["count"] == count
+            assert tracked.load("cached", store=store).count == count  # type: ignore[union-attr]

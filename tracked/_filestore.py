@@ -268,12 +268,18 @@ class FileStore(Store):
         return self.directory / _parts_name(key)
 
     def write_part(self, key: str, part: SharedPart) -> bool:
-        record = self._read_path(self.path_for(key), missing_ok=True, skip_corrupt=True)
+        """Refused once the run ended or its owner is judged dead (readers then show
+        ``abandoned`` with the parts written until then). A part changes what readers
+        see without replacing the record, so it moves the record file's mtime on: the
+        status route's render cache and event streams, which ``stat`` the record,
+        see the change as they see the owner's writes."""
+        record_path = self.path_for(key)
+        record = self._read_path(record_path, missing_ok=True, skip_corrupt=True)
         if (
             record is None
             or record.owner is None
             or record.owner.run != part.run
-            or not record.state.in_progress
+            or not judge(record).in_progress
         ):
             return False
         folder = self.parts_dir(key)
@@ -286,6 +292,7 @@ class FileStore(Store):
                 self._replace(path, part.encode())
         except OSError as exc:
             raise StoreError(f"cannot write {str(path)!r}: {exc}") from exc
+        _touch(record_path)
         return True
 
     def read_parts(self, key: str, run: str) -> list[SharedPart]:
@@ -331,7 +338,8 @@ class FileStore(Store):
         that raced its owner's end, or a run whose owner was killed)."""
         for folder in self._names(lambda n: n.endswith(PARTS_SUFFIX)):
             record = self._read_path(folder.with_suffix(SUFFIX), missing_ok=True, skip_corrupt=True)
-            if record is None or not judge(record).in_progress:
+            # An abandoned record keeps its parts (readers add them) until it is pruned.
+            if record is None or not record.state.in_progress:
                 self._remove_parts(folder)
 
     # ------------------------------------------------------------------ reads
@@ -398,6 +406,20 @@ _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 def _file_name(key: str) -> str:
     """A key's file name; cached because pollers ask for the same few keys again and again."""
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:40] + SUFFIX
+
+
+def _touch(path: Path) -> None:
+    """Move ``path``'s mtime on by at least 1 ns (so a ``stat`` taken before differs
+    even within one tick of the file system's clock); never raises."""
+    try:
+        before = os.stat(path).st_mtime_ns
+        now = max(time.time_ns(), before + 1)
+        try:
+            os.utime(path, ns=(now, now))
+        except PermissionError:  # another user's file: only "now" may be set
+            os.utime(path)
+    except OSError:
+        pass  # gone (the run ended and was pruned): nothing to tell readers
 
 
 @functools.lru_cache(maxsize=4096)
