@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import contextlib
 import json
 import multiprocessing
 import os
@@ -685,3 +686,52 @@ def test_the_status_routes_cached_body_follows_every_part(tmp_path: Path) -> Non
             assert store.write_part(run.key, _part(run._owner.run, "w1", count))
             assert client.get("/cached").json["count"] == count
             assert tracked.load("cached", store=store).count == count  # type: ignore[union-attr]
+
+
+def _work_until_cancelled(token: str, url: str, checks: bool, said: Any) -> None:
+    """A joined worker yielding every 10 ms: with ``checks`` it calls ``check()``
+    (and lets ``Cancelled`` out of its block); without, it only watches the flag and
+    runs on to its end. Says how its handle ended and when it saw the request."""
+    with contextlib.suppress(tracked.Cancelled):
+        with tracked.join(token, store=url) as part:
+            said.put("joined")
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                part += 1
+                if checks:
+                    part.check()
+                elif part.cancel_requested:
+                    break
+                time.sleep(0.01)
+    said.put((part.state, part.cancel_requested, time.time()))
+
+
+def test_joined_workers_see_a_cancel_and_end_honestly(shared_store_url: str) -> None:
+    store = tracked.open_store(shared_store_url)
+    said = FORK.SimpleQueue()
+    with tracked.start("stop-all", total=None, store=store, min_interval=0.1) as run:
+        token = run.share()
+        workers = [
+            FORK.Process(target=_work_until_cancelled, args=(token, shared_store_url, c, said))
+            for c in (True, True, True, False)
+        ]
+        for process in workers:
+            process.start()
+        assert [said.get() for _ in workers] == ["joined"] * len(workers)
+        assert tracked.cancel("stop-all", store=store)
+        asked = time.time()
+        for process in workers:
+            process.join(30)
+        ends = sorted(said.get() for _ in workers)
+        assert [p.exitcode for p in workers] == [0] * len(workers)
+        # Cancelled reached three blocks; the fourth ran on to its end with the flag set.
+        assert [(state, flag) for state, flag, _ in ends] == [
+            ("cancelled", True),
+            ("cancelled", True),
+            ("cancelled", True),
+            ("finished", True),
+        ]
+        # within min_interval + 50 ms on a quiet machine (bench/bench_cancel.py --joined
+        # measures it); here only that it came, well within a generous bound
+        assert max(seen for _, _, seen in ends) - asked < 5.0
+        assert run.cancel_requested
