@@ -288,6 +288,7 @@ class _Evil:
         "tracked-share-2.e30",
         "tracked-share-1." + base64.urlsafe_b64encode(b"[1, 2]").decode(),
         "tracked-share-1." + base64.urlsafe_b64encode(b'{"s": 1}').decode(),
+        "tracked-share-1." + base64.urlsafe_b64encode(b"[" * 3000).decode(),  # nesting
     ],
 )
 def test_a_crafted_token_is_refused_and_runs_nothing(crafted: str, tmp_path: Path) -> None:

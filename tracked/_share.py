@@ -93,7 +93,7 @@ class ShareToken(str):
         try:
             raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
             fields = json.loads(raw)
-        except (binascii.Error, ValueError) as exc:
+        except (binascii.Error, ValueError, RecursionError) as exc:  # nested too deep
             raise InvalidValue(f"not a share token: {exc}") from None
         if not isinstance(fields, dict) or set(fields) != _FIELDS:
             raise InvalidValue("not a share token: unexpected fields")
