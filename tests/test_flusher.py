@@ -130,6 +130,7 @@ def test_an_unexpected_error_in_a_tick_is_logged_once_and_the_flusher_goes_on(
     assert len(logged) == 1 and "lease is broken" in str(logged[0].exc_info[1])  # type: ignore[index]
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 @pytest.mark.parametrize("fault", [SystemExit(3), KeyboardInterrupt()])
 def test_a_flusher_killed_by_an_unexpected_error_is_restarted_at_the_next_update(
     fault: BaseException, caplog: pytest.LogCaptureFixture
