@@ -23,16 +23,24 @@ class LeasedMemoryStore(tracked.MemoryStore):
 
 
 class FaultyStore(tracked.MemoryStore):
-    """A MemoryStore whose cancel poll (called by the flusher thread only) raises
-    ``fault`` while it is set."""
+    """A MemoryStore whose cancel poll or batched write (each called by the flusher
+    thread only) raises ``fault`` once, when ``where`` names it."""
 
     fault: BaseException | None = None
+    where = "cancels"
+
+    def _fault(self, where: str) -> None:
+        if where == self.where and self.fault is not None:
+            fault, self.fault = self.fault, None
+            raise fault
 
     def cancels_requested(self, runs: object) -> list[bool]:
-        fault, self.fault = self.fault, None
-        if fault is not None:
-            raise fault
+        self._fault("cancels")
         return super().cancels_requested(runs)  # type: ignore[arg-type]
+
+    def save_many(self, writes: object) -> list[Exception | None]:
+        self._fault("save_many")  # with the handle taken off the flusher's schedule
+        return super().save_many(writes)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -131,20 +139,22 @@ def test_an_unexpected_error_in_a_tick_is_logged_once_and_the_flusher_goes_on(
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+@pytest.mark.parametrize("where", ["cancels", "save_many"])
 @pytest.mark.parametrize("fault", [SystemExit(3), KeyboardInterrupt()])
 def test_a_flusher_killed_by_an_unexpected_error_is_restarted_at_the_next_update(
-    fault: BaseException, caplog: pytest.LogCaptureFixture
+    fault: BaseException, where: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = FaultyStore()
+    store.where = where
     with tracked.start("revived", total=None, store=store, min_interval=0.05) as progress:
         progress += 1
         _wait_for(lambda: store.load("revived").count == 1)  # type: ignore[union-attr]
         dead = _thread()
-        store.fault = fault  # the next cancel poll kills the thread
+        store.fault = fault  # the next cancel poll (or batched write) kills the thread
+        progress += 1  # a change to write: the thread dies holding it (save_many)
         dead.join(10)
         assert not dead.is_alive()
         progress += 1  # one update whose handle the dead thread had scheduled
-        progress += 1
         with caplog.at_level(logging.WARNING, logger="tracked"):
             _wait_for(lambda: store.load("revived").count == 3)  # type: ignore[union-attr]
         assert _thread() is not dead and _thread().is_alive()
@@ -152,4 +162,5 @@ def test_a_flusher_killed_by_an_unexpected_error_is_restarted_at_the_next_update
         # and it keeps writing: later updates land too
         progress += 2
         _wait_for(lambda: store.load("revived").count == 5)  # type: ignore[union-attr]
+        assert len([e for e in _flusher._current().schedule if e[2]() is progress]) <= 1
     assert store.load("revived").state == "finished"  # type: ignore[union-attr]

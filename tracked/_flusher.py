@@ -14,8 +14,9 @@ and writes what is pending at exit.
 
 It must never die: every collection it walks is copied under its lock (other
 threads add and remove handles while it runs), an unexpected error in a tick is
-logged and the loop goes on, and a thread that died anyway is started again by
-the next update, with every watched handle looked at anew.
+logged and the loop goes on, a ``BaseException`` from a store hands over to a
+new thread before this one ends, and a thread that died anyway is started again
+by the next update of a written handle.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import threading
 import time
 import weakref
 from typing import TYPE_CHECKING, Protocol
+
+from .errors import StoreError
 
 if TYPE_CHECKING:
     from ._state import State
@@ -92,6 +95,7 @@ class _Flusher:
         self.watched: dict[int, Ref] = {}
         self.finals: dict[tuple[int, str], Flushable] = {}  # final writes to retry
         self.schedule: list[tuple[float, int, Ref]] = []  # heap; the thread's own
+        self.in_flight: list[Flushable] = []  # taken off the schedule by the current tick
         self.order = itertools.count().__next__
         self.next_lease_scan = 0.0
         self.leases = False  # whether a watched handle's store has a lease
@@ -106,7 +110,9 @@ class _Flusher:
         thread = self.thread
         if thread is not None and (thread.is_alive() or self.stopping):
             return
-        restarted = thread is not None
+        self.start_thread(restarted=thread is not None)
+
+    def start_thread(self, *, restarted: bool) -> None:
         self.thread = threading.Thread(
             target=self.run, args=(restarted,), name="tracked-flusher", daemon=True
         )
@@ -115,7 +121,19 @@ class _Flusher:
     def run(self, restarted: bool = False) -> None:
         if restarted:
             logger.warning("tracked: the flusher thread had stopped; started it again")
+            time.sleep(ERROR_PAUSE)  # a store that kills it every time does not spin
             self.recover()
+        try:
+            self.loop()
+        except BaseException:
+            # Not an Exception (the loop goes on after those): SystemExit or the like
+            # raised by a store. Hand over to a new thread, then let this one end.
+            with self.cond:
+                if not self.stopping and self.thread is threading.current_thread():
+                    self.start_thread(restarted=True)
+            raise
+
+    def loop(self) -> None:
         while True:
             try:
                 with self.cond:
@@ -148,11 +166,13 @@ class _Flusher:
         return [p for p in (ref() for ref in refs) if p is not None]
 
     def recover(self) -> None:
-        """After a failed tick or a dead thread: look at every watched handle again
-        soon, so none stays marked scheduled by a schedule entry that was lost."""
+        """After a failed tick or a dead thread: put the handles the tick had taken off
+        the schedule back on it (they are marked scheduled, so no update wakes the
+        flusher for them), once each; rescan leases and cancel requests now."""
         now = time.monotonic()
-        for progress in self.live():
-            if not progress._ended:
+        flight, self.in_flight = self.in_flight, []
+        for progress in dict.fromkeys(flight):
+            if not progress._ended and not progress._superseded:
                 progress._scheduled = True
                 self.push(progress, now)
         self.next_lease_scan = self.next_cancel_scan = now
@@ -183,7 +203,8 @@ class _Flusher:
     def tick(self) -> None:
         now = time.monotonic()
         self.take_woken(now)
-        due = self.pop_due(now)
+        due = self.in_flight  # off the schedule until planned again (see recover)
+        self.pop_due(now, due)
         if self.leases and now >= self.next_lease_scan:
             self.next_lease_scan = now + MAX_SLEEP  # if the scan fails: again later
             try:
@@ -191,18 +212,17 @@ class _Flusher:
             except Exception as exc:  # noqa: BLE001 - due writes still go ahead
                 self.report(exc)
                 renew = []
-            due = list(dict.fromkeys(due + renew))
+            due[:] = dict.fromkeys(due + renew)
         self.write(due)
-        for progress in due:
-            self.plan(progress)
+        while due:
+            self.plan(due.pop())
         if self.finals:
             self.retry_finals()
         if now >= self.next_cancel_scan and self.watched:
             self.next_cancel_scan = now + CANCEL_POLL_MAX  # if the scan fails: again later
             self.scan_cancels(now)
-        # Strong references are dropped here, outside any lock: the last one may be a
+        # Strong references are dropped above, outside any lock: the last one may be a
         # handle whose collection ends (and writes) its progress.
-        del due
 
     def take_woken(self, now: float) -> None:
         woken = self.woken
@@ -215,10 +235,9 @@ class _Flusher:
     def push(self, progress: Flushable, when: float) -> None:
         heapq.heappush(self.schedule, (when, self.order(), weakref.ref(progress)))
 
-    def pop_due(self, now: float) -> list[Flushable]:
-        """The scheduled handles that are due and changed; unchanged ones are forgotten
-        until their next update wakes the flusher again."""
-        due = []
+    def pop_due(self, now: float, due: list[Flushable]) -> None:
+        """Take the scheduled handles that are due and changed into ``due``; unchanged
+        ones are forgotten until their next update wakes the flusher again."""
         while self.schedule and self.schedule[0][0] <= now:
             progress = heapq.heappop(self.schedule)[2]()
             if progress is None or progress._ended or progress._superseded:
@@ -229,7 +248,6 @@ class _Flusher:
                     continue
                 progress._scheduled = True
             due.append(progress)
-        return due
 
     def plan(self, progress: Flushable) -> None:
         """Look at a just written (or failed) handle again one interval after that
@@ -246,21 +264,36 @@ class _Flusher:
 
     @staticmethod
     def write(due: list[Flushable]) -> None:
-        """Write the due snapshots, one ``save_many`` batch per store."""
+        """Write the due snapshots, one ``save_many`` batch per store. Every write
+        begun is ended, even when the thread is interrupted (a ``BaseException`` from
+        a store): else its handle's write lock would stay held, and its final write
+        would wait for it for ever."""
         batches: dict[int, tuple[Store, list[tuple[Flushable, State, Owner]]]] = {}
         for progress in due:
             write = progress._begin_write()
             if write is not None:
                 batch = batches.setdefault(id(progress.store), (progress.store, []))[1]
                 batch.append((progress, *write))
-        for store, batch in batches.values():
-            results: list[Exception | None]
-            try:
-                results = store.save_many([(state, owner) for _, state, owner in batch])
-            except Exception as exc:  # noqa: BLE001 - a broken store never kills the thread
-                results = [exc] * len(batch)
-            for (progress, _, _), error in zip(batch, results, strict=True):
-                progress._end_write(error)
+        pending = list(batches.values())
+        try:
+            while pending:
+                store, batch = pending[0]
+                results: list[Exception | None]
+                try:
+                    results = store.save_many([(state, owner) for _, state, owner in batch])
+                    if len(results) != len(batch):
+                        raise StoreError(f"{store!r} answered {len(results)} results for "
+                                         f"{len(batch)} writes")
+                except Exception as exc:  # noqa: BLE001 - a broken store never kills the thread
+                    results = [exc] * len(batch)
+                pending.pop(0)
+                for (progress, _, _), error in zip(batch, results, strict=True):
+                    progress._end_write(error)
+        finally:
+            for _, batch in pending:  # interrupted: these writes did not land
+                stopped = StoreError("the flusher thread stopped during this write")
+                for progress, _, _ in batch:
+                    progress._end_write(stopped)
 
     def scan_cancels(self, now: float) -> None:
         """Ask each store whether any of its live runs here was requested to stop."""
