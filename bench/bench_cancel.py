@@ -8,7 +8,12 @@ A task in another process yields every 10 ms (a ``@tracked`` generator, default
 a RedisStore (its own redis-server on a free port, no persistence). Goal:
 p99 <= min_interval + 50 ms.
 
-    .venv/bin/python bench/bench_cancel.py [--cancels 200] [--min-interval 0.1]
+``--joined``: the same to a *joined* worker. This process starts each run and
+shares it; the worker process joins it (``tracked.join(token)``) and, every 10 ms,
+adds 1 and calls ``check()``; the latency is from ``tracked.cancel()`` returning to
+``check()`` raising in the worker.
+
+    .venv/bin/python bench/bench_cancel.py [--cancels 200] [--min-interval 0.1] [--joined]
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ import tracked
 
 def main() -> int:
     args = parse_args()
+    if args.worker and args.joined:
+        return joined_worker(args.worker, args.cancels)
     if args.worker:
         return worker(args.worker, args.cancels, args.min_interval)
     binary = shutil.which("redis-server")
@@ -48,8 +55,11 @@ def main() -> int:
             goal = args.min_interval + 0.05
             print(f"# {args.cancels} cancels per store; task yields every 10 ms; "
                   f"min_interval={args.min_interval}; goal p99 <= {goal * 1000:.0f} ms")
+            if args.joined:
+                print("# to a joined worker (tracked.join in another process)")
             for kind, url in stores.items():
-                latencies = measure(url, args.cancels, args.min_interval)
+                measured = measure_joined if args.joined else measure
+                latencies = measured(url, args.cancels, args.min_interval)
                 report(kind, latencies, goal)
         finally:
             redis.terminate()
@@ -79,6 +89,51 @@ def measure(store: str, cancels: int, min_interval: float) -> list[float]:
         task.stdin.close()
         task.wait(30)
     return latencies
+
+
+def measure_joined(store: str, cancels: int, min_interval: float) -> list[float]:
+    """Seconds from cancel() returning to a joined worker's check() raising, per run."""
+    task = subprocess.Popen(
+        [sys.executable, __file__, "--worker", store, "--cancels", str(cancels), "--joined"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    assert task.stdin is not None and task.stdout is not None
+    opened = tracked.open_store(store)
+    latencies = []
+    try:
+        for _ in range(cancels):
+            with tracked.start("bench-joined", total=None, store=opened,
+                               min_interval=min_interval) as run:
+                task.stdin.write(run.share() + "\n")
+                task.stdin.flush()
+                assert task.stdout.readline().strip() == "running"
+                time.sleep(random.uniform(0, 0.1))  # any phase of the worker's poll
+                assert tracked.cancel("bench-joined", store=opened)
+                returned = time.time()
+                seen = float(task.stdout.readline().split()[1])
+                latencies.append(seen - returned)
+    finally:
+        task.stdin.close()
+        task.wait(30)
+    return latencies
+
+
+def joined_worker(store: str, runs: int) -> int:
+    """The joined task: for each token read, join and add 1 every 10 ms until
+    ``check()`` raises."""
+    opened = tracked.open_store(store)
+    for _ in range(runs):
+        token = sys.stdin.readline().strip()
+        try:
+            with tracked.join(token, store=opened) as part:
+                print("running", flush=True)
+                while True:
+                    time.sleep(0.01)
+                    part += 1
+                    part.check()
+        except tracked.Cancelled:
+            print("seen", repr(time.time()), flush=True)
+    return 0
 
 
 def report(kind: str, latencies: list[float], goal: float) -> None:
@@ -135,6 +190,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--cancels", type=int, default=200)
     parser.add_argument("--min-interval", type=float, default=0.1)
+    parser.add_argument("--joined", action="store_true", help="cancel a joined worker")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return parser.parse_args()
 

@@ -332,7 +332,7 @@ class FileStore(Store):
     # ------------------------------------------------------------------ shared runs
 
     def __reduce__(self) -> tuple[type[FileStore], tuple[str]]:
-        """Pickle as the directory alone (a share token carries the store to workers)."""
+        """Pickle as the directory alone."""
         return (FileStore, (str(self.directory),))
 
     def parts_dir(self, key: str) -> Path:
@@ -341,12 +341,18 @@ class FileStore(Store):
         return self.directory / _parts_name(key)
 
     def write_part(self, key: str, part: SharedPart) -> bool:
-        record = self._read_path(self.path_for(key), missing_ok=True, skip_corrupt=True)
+        """Refused once the run ended or its owner is judged dead (readers then show
+        ``abandoned`` with the parts written until then). A part changes what readers
+        see without replacing the record, so it moves the record file's mtime on: the
+        status route's render cache and event streams, which ``stat`` the record,
+        see the change as they see the owner's writes."""
+        record_path = self.path_for(key)
+        record = self._read_path(record_path, missing_ok=True, skip_corrupt=True)
         if (
             record is None
             or record.owner is None
             or record.owner.run != part.run
-            or not record.state.in_progress
+            or not judge(record).in_progress
         ):
             return False
         folder = self.parts_dir(key)
@@ -359,6 +365,7 @@ class FileStore(Store):
                 self._replace(path, part.encode())
         except OSError as exc:
             raise StoreError(f"cannot write {str(path)!r}: {exc}") from exc
+        _touch(record_path)
         return True
 
     def read_parts(self, key: str, run: str) -> list[SharedPart]:
@@ -407,7 +414,8 @@ class FileStore(Store):
             record = self._readable(path)
             if record is None and path.exists():
                 continue  # a record there that cannot be read: leave its parts alone
-            if record is None or not judge(record).in_progress:
+            # An abandoned record keeps its parts (readers add them) until it is pruned.
+            if record is None or not record.state.in_progress:
                 self._remove_parts(folder)
 
     # ------------------------------------------------------------------ reads
@@ -517,6 +525,20 @@ def _read_regular(path: Path) -> bytes:
 def _file_name(key: str) -> str:
     """A key's file name; cached because pollers ask for the same few keys again and again."""
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:40] + SUFFIX
+
+
+def _touch(path: Path) -> None:
+    """Move ``path``'s mtime on by at least 1 ns (so a ``stat`` taken before differs
+    even within one tick of the file system's clock); never raises."""
+    try:
+        before = os.stat(path).st_mtime_ns
+        now = max(time.time_ns(), before + 1)
+        try:
+            os.utime(path, ns=(now, now))
+        except PermissionError:  # another user's file: only "now" may be set
+            os.utime(path)
+    except OSError:
+        pass  # gone (the run ended and was pruned): nothing to tell readers
 
 
 @functools.lru_cache(maxsize=4096)

@@ -11,6 +11,12 @@ their stores, every ``min_interval`` (at least ``CANCEL_POLL_MIN``, at most
 ``cancels_requested`` call per store (a ``stat`` per FileStore run, one round
 trip per RedisStore). The thread starts on first use, anew in a forked child,
 and writes what is pending at exit.
+
+It must never die: every collection it walks is copied under its lock (other
+threads add and remove handles while it runs), an unexpected error in a tick is
+logged and the loop goes on, a ``BaseException`` from a store hands over to a
+new thread before this one ends, and a thread that died anyway is started again
+by the next update of a written handle.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import atexit
 import collections
 import heapq
 import itertools
+import logging
 import math
 import os
 import threading
@@ -26,11 +33,15 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Protocol
 
+from .errors import StoreError
+
 if TYPE_CHECKING:
     from ._state import State
     from ._store import Owner, Store
 
-__all__ = ["Flushable", "forget", "retry_final", "wake", "watch"]
+__all__ = ["Flushable", "forget", "retry_final", "revive", "wake", "watch"]
+
+logger = logging.getLogger("tracked")
 
 #: Longest sleep while records with a lease are watched (they need renewing).
 MAX_SLEEP = 1.0
@@ -43,6 +54,11 @@ CANCEL_POLL_MIN = 0.05
 CANCEL_POLL_MAX = 1.0
 #: Longest wait at exit for the thread to finish the write it is doing.
 STOP_TIMEOUT = 5.0
+#: Seconds the thread pauses after a tick failed unexpectedly (so a lasting fault
+#: does not spin a core).
+ERROR_PAUSE = 0.05
+#: Seconds between two logs of unexpected errors of the thread.
+ERROR_LOG_EVERY = 60.0
 
 
 class Flushable(Protocol):
@@ -74,9 +90,12 @@ class _Flusher:
     def __init__(self) -> None:
         self.cond = threading.Condition()
         self.woken: collections.deque[Ref] = collections.deque()  # appended by any thread
-        self.watched: weakref.WeakSet[Flushable] = weakref.WeakSet()
+        # id -> weak reference, changed by any thread under `cond` (or by a reference's
+        # callback, atomically); the thread walks copies (`live()`), never the dict.
+        self.watched: dict[int, Ref] = {}
         self.finals: dict[tuple[int, str], Flushable] = {}  # final writes to retry
         self.schedule: list[tuple[float, int, Ref]] = []  # heap; the thread's own
+        self.in_flight: list[Flushable] = []  # taken off the schedule by the current tick
         self.order = itertools.count().__next__
         self.next_lease_scan = 0.0
         self.leases = False  # whether a watched handle's store has a lease
@@ -84,20 +103,80 @@ class _Flusher:
         self.thread: threading.Thread | None = None
         self.stopping = False  # set at exit: the thread ends between two ticks
         self.pid = os.getpid()
+        self.quiet_until = 0.0  # unexpected errors are not logged again before then
 
     def ensure_running(self) -> None:
-        if self.thread is None:
-            self.thread = threading.Thread(target=self.run, name="tracked-flusher", daemon=True)
-            self.thread.start()
+        """Start the thread (call with ``cond`` held): on first use, or again if it died."""
+        thread = self.thread
+        if thread is not None and (thread.is_alive() or self.stopping):
+            return
+        self.start_thread(restarted=thread is not None)
 
-    def run(self) -> None:
-        while True:
+    def start_thread(self, *, restarted: bool) -> None:
+        self.thread = threading.Thread(
+            target=self.run, args=(restarted,), name="tracked-flusher", daemon=True
+        )
+        self.thread.start()
+
+    def run(self, restarted: bool = False) -> None:
+        if restarted:
+            logger.warning("tracked: the flusher thread had stopped; started it again")
+            time.sleep(ERROR_PAUSE)  # a store that kills it every time does not spin
+            self.recover()
+        try:
+            self.loop()
+        except BaseException:
+            # Not an Exception (the loop goes on after those): SystemExit or the like
+            # raised by a store. Hand over to a new thread, then let this one end.
             with self.cond:
-                if not self.woken and not self.stopping:
-                    self.cond.wait(self.timeout(time.monotonic()))
-                if self.stopping:
-                    return
-            self.tick()
+                if not self.stopping and self.thread is threading.current_thread():
+                    self.start_thread(restarted=True)
+            raise
+
+    def loop(self) -> None:
+        while True:
+            try:
+                with self.cond:
+                    if not self.woken and not self.stopping:
+                        self.cond.wait(self.timeout(time.monotonic()))
+                    if self.stopping:
+                        return
+                self.tick()
+            except Exception as exc:  # noqa: BLE001 - the thread must outlive any one fault
+                self.report(exc)
+                time.sleep(ERROR_PAUSE)
+                self.recover()
+
+    def report(self, exc: Exception) -> None:
+        """Log an unexpected error of the thread: with its traceback the first time,
+        then at most once per ``ERROR_LOG_EVERY`` seconds (a lasting fault)."""
+        now = time.monotonic()
+        if now < self.quiet_until:
+            return
+        self.quiet_until = now + ERROR_LOG_EVERY
+        logger.error(
+            "tracked: the flusher thread hit an unexpected error; it goes on", exc_info=exc
+        )
+
+    def live(self) -> list[Flushable]:
+        """The watched handles still alive: a copy, safe while other threads change
+        the table (``dict.values`` is copied without running Python code)."""
+        with self.cond:
+            refs = list(self.watched.values())
+        return [p for p in (ref() for ref in refs) if p is not None]
+
+    def recover(self) -> None:
+        """After a failed tick or a dead thread: put the handles the tick had taken off
+        the schedule back on it (they are marked scheduled, so no update wakes the
+        flusher for them), once each; rescan leases and cancel requests now."""
+        now = time.monotonic()
+        flight, self.in_flight = self.in_flight, []
+        for progress in dict.fromkeys(flight):
+            if not progress._ended and not progress._superseded:
+                progress._scheduled = True
+                self.push(progress, now)
+        self.next_lease_scan = self.next_cancel_scan = now
+        self.leases = True  # rechecked by the next lease scan
 
     def stop(self) -> None:
         """At exit, end the thread between two ticks. A daemon thread still running
@@ -124,19 +203,26 @@ class _Flusher:
     def tick(self) -> None:
         now = time.monotonic()
         self.take_woken(now)
-        due = self.pop_due(now)
+        due = self.in_flight  # off the schedule until planned again (see recover)
+        self.pop_due(now, due)
         if self.leases and now >= self.next_lease_scan:
-            due = list(dict.fromkeys(due + self.lease_due(now)))
+            self.next_lease_scan = now + MAX_SLEEP  # if the scan fails: again later
+            try:
+                renew = self.lease_due(now)
+            except Exception as exc:  # noqa: BLE001 - due writes still go ahead
+                self.report(exc)
+                renew = []
+            due[:] = dict.fromkeys(due + renew)
         self.write(due)
-        for progress in due:
-            self.plan(progress)
+        while due:
+            self.plan(due.pop())
         if self.finals:
             self.retry_finals()
         if now >= self.next_cancel_scan and self.watched:
+            self.next_cancel_scan = now + CANCEL_POLL_MAX  # if the scan fails: again later
             self.scan_cancels(now)
-        # Strong references are dropped here, outside any lock: the last one may be a
+        # Strong references are dropped above, outside any lock: the last one may be a
         # handle whose collection ends (and writes) its progress.
-        del due
 
     def take_woken(self, now: float) -> None:
         woken = self.woken
@@ -149,10 +235,9 @@ class _Flusher:
     def push(self, progress: Flushable, when: float) -> None:
         heapq.heappush(self.schedule, (when, self.order(), weakref.ref(progress)))
 
-    def pop_due(self, now: float) -> list[Flushable]:
-        """The scheduled handles that are due and changed; unchanged ones are forgotten
-        until their next update wakes the flusher again."""
-        due = []
+    def pop_due(self, now: float, due: list[Flushable]) -> None:
+        """Take the scheduled handles that are due and changed into ``due``; unchanged
+        ones are forgotten until their next update wakes the flusher again."""
         while self.schedule and self.schedule[0][0] <= now:
             progress = heapq.heappop(self.schedule)[2]()
             if progress is None or progress._ended or progress._superseded:
@@ -163,7 +248,6 @@ class _Flusher:
                     continue
                 progress._scheduled = True
             due.append(progress)
-        return due
 
     def plan(self, progress: Flushable) -> None:
         """Look at a just written (or failed) handle again one interval after that
@@ -173,32 +257,47 @@ class _Flusher:
 
     def lease_due(self, now: float) -> list[Flushable]:
         """Running records whose lease needs renewing, changed or not."""
-        leased = [(p, p.store.lease) for p in list(self.watched) if p.store.lease]
+        leased = [(p, p.store.lease) for p in self.live() if p.store.lease]
         self.leases = bool(leased)
         self.next_lease_scan = now + min([MAX_SLEEP, *(lease / 6 for _, lease in leased)])
         return [p for p, lease in leased if now - p._last_write >= lease / 3]
 
     @staticmethod
     def write(due: list[Flushable]) -> None:
-        """Write the due snapshots, one ``save_many`` batch per store."""
+        """Write the due snapshots, one ``save_many`` batch per store. Every write
+        begun is ended, even when the thread is interrupted (a ``BaseException`` from
+        a store): else its handle's write lock would stay held, and its final write
+        would wait for it for ever."""
         batches: dict[int, tuple[Store, list[tuple[Flushable, State, Owner]]]] = {}
         for progress in due:
             write = progress._begin_write()
             if write is not None:
                 batch = batches.setdefault(id(progress.store), (progress.store, []))[1]
                 batch.append((progress, *write))
-        for store, batch in batches.values():
-            results: list[Exception | None]
-            try:
-                results = store.save_many([(state, owner) for _, state, owner in batch])
-            except Exception as exc:  # noqa: BLE001 - a broken store never kills the thread
-                results = [exc] * len(batch)
-            for (progress, _, _), error in zip(batch, results, strict=True):
-                progress._end_write(error)
+        pending = list(batches.values())
+        try:
+            while pending:
+                store, batch = pending[0]
+                results: list[Exception | None]
+                try:
+                    results = store.save_many([(state, owner) for _, state, owner in batch])
+                    if len(results) != len(batch):
+                        raise StoreError(f"{store!r} answered {len(results)} results for "
+                                         f"{len(batch)} writes")
+                except Exception as exc:  # noqa: BLE001 - a broken store never kills the thread
+                    results = [exc] * len(batch)
+                pending.pop(0)
+                for (progress, _, _), error in zip(batch, results, strict=True):
+                    progress._end_write(error)
+        finally:
+            for _, batch in pending:  # interrupted: these writes did not land
+                stopped = StoreError("the flusher thread stopped during this write")
+                for progress, _, _ in batch:
+                    progress._end_write(stopped)
 
     def scan_cancels(self, now: float) -> None:
         """Ask each store whether any of its live runs here was requested to stop."""
-        live = [p for p in list(self.watched) if not p._ended and p._owner is not None]
+        live = [p for p in self.live() if not p._ended and p._owner is not None]
         poll = min([CANCEL_POLL_MAX, *(p.min_interval for p in live)])
         self.next_cancel_scan = now + max(CANCEL_POLL_MIN, poll)
         by_store: dict[int, tuple[Store, list[Flushable]]] = {}
@@ -226,8 +325,8 @@ class _Flusher:
 
     def flush_all(self) -> None:
         """At exit: write every pending change and retry failed final writes once."""
+        pending = [p for p in self.live() if not p._clean]
         with self.cond:
-            pending = [p for p in self.watched if not p._clean]
             finals = list(self.finals.values())
         for progress in pending:
             progress.flush()
@@ -255,8 +354,15 @@ def _current() -> _Flusher:
 def watch(progress: Flushable) -> None:
     """Keep ``progress``'s lease renewed and its last change written at exit."""
     flusher = _current()
+    key = id(progress)
+    watched = flusher.watched
+
+    def gone(ref: Ref, key: int = key) -> None:  # collected without forget(): drop it
+        if watched.get(key) is ref:
+            watched.pop(key, None)
+
     with flusher.cond:
-        flusher.watched.add(progress)
+        watched[key] = weakref.ref(progress, gone)
         flusher.next_cancel_scan = min(
             flusher.next_cancel_scan or math.inf,
             time.monotonic() + max(CANCEL_POLL_MIN, min(progress.min_interval, CANCEL_POLL_MAX)),
@@ -277,11 +383,22 @@ def wake(ref: Ref) -> None:
         flusher.cond.notify()
 
 
+def revive() -> None:
+    """Start the flusher again if its thread died (a handle it had scheduled changed)."""
+    flusher = _current()
+    thread = flusher.thread
+    if thread is not None and not thread.is_alive() and not flusher.stopping:
+        with flusher.cond:
+            flusher.ensure_running()
+
+
 def forget(progress: Flushable) -> None:
     """Stop watching ``progress`` (it has ended)."""
     flusher = _current()
     with flusher.cond:
-        flusher.watched.discard(progress)
+        ref = flusher.watched.get(id(progress))
+        if ref is not None and ref() is progress:
+            del flusher.watched[id(progress)]
 
 
 def retry_final(progress: Flushable) -> None:

@@ -10,7 +10,16 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn
 
 from ._state import State
-from ._store import Owner, Record, SharedPart, Store, cancellable, claim_or_raise, swappable
+from ._store import (
+    Owner,
+    Record,
+    SharedPart,
+    Store,
+    cancellable,
+    claim_or_raise,
+    judge,
+    swappable,
+)
 from .errors import RunSuperseded, StoreError
 
 __all__ = ["MemoryStore"]
@@ -84,9 +93,10 @@ class MemoryStore(Store):
             record = self._records.get(key)
             if record is None or record.owner is None or record.owner.run != part.run:
                 return False
-            if not record.state.in_progress:
+            if not judge(record).in_progress:
                 return False
             self._parts.setdefault(key, {})[(part.run, part.worker)] = part
+        self._changed(key, None)  # what readers see changed: wake the event streams
         return True
 
     def read_parts(self, key: str, run: str) -> list[SharedPart]:

@@ -341,18 +341,18 @@ class Progress:
     # ------------------------------------------------------------------ sharing
 
     def share(self) -> ShareToken:
-        """A small picklable token with which other processes add to this run.
+        """A short ``str`` token with which other processes add to this run.
 
-        Pass it to workers (a ``ProcessPoolExecutor`` or ``multiprocessing.Pool``
-        task's argument); there ``tracked.join(token)`` gives a handle whose
-        increments and messages add to this progress. Readers see the sum while it
-        runs; its end folds the workers' parts into the final snapshot, and parts
-        written after the end are dropped. Raises ``TrackedError`` in a process that
-        did not start this run (a forked child), ``StoreError`` for a store that
-        cannot be shared. The token holds the store's location (a Redis URL with
-        its password, if it has one): send it only to your own workers.
+        Pass it to workers (a pool task's argument, a queue message, a URL); there
+        ``tracked.join(token)`` gives a handle whose increments and messages add to
+        this progress. Readers see the sum while it runs; its end folds the
+        workers' parts into the final snapshot, and parts written after the end
+        are dropped. The token is plain data with no address or secret in it: a
+        worker opens the store from its own configuration (see ``tracked.join``).
+        Raises ``TrackedError`` in a process that did not start this run (a forked
+        child), ``StoreError`` for a store that cannot be shared.
         """
-        from ._share import ShareToken
+        from ._share import share_token
 
         if self._owner is None or not self._owned():
             raise TrackedError(
@@ -360,14 +360,7 @@ class Progress:
             )
         self.store.check_join()
         _shared_handles.add(self)
-        return ShareToken(
-            store=self.store,
-            name=self.name,
-            progress_id=self.progress_id,
-            run=self._owner.run,
-            min_interval=self.min_interval,
-            max_messages=self.max_messages,
-        )
+        return share_token(self, self._owner.run)
 
     def _fold_parts(self) -> None:
         """Add the joined workers' parts to the final snapshot (before it is written)."""
@@ -648,6 +641,8 @@ class Progress:
             self.flush()
         elif not self._scheduled:
             _flusher.wake(self._ref)
+        else:
+            _flusher.revive()  # scheduled by a flusher thread that may have died
 
     # ------------------------------------------------------------------ snapshots
 

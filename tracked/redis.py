@@ -229,13 +229,15 @@ redis.call('PUBLISH', ARGV[2], '{"messages":[],' .. string.sub(state, 2))
 return 1
 """
 
-# KEYS: record, parts. ARGV: run, field, part -- writes one joined worker's part while
-# that run is running; returns 1 written, 0 the run is over (the part is dropped).
-# A part changes what readers see, so it bumps the record's version ``v`` too.
-_WRITE_PART = """
+# KEYS: record, parts, lease. ARGV: run, field, part -- writes one joined worker's part
+# while that run is running and its owner's lease is live; returns 1 written, 0 the run
+# is over or its owner is judged dead (the part is dropped, so every reader of the
+# abandoned record sees the same parts). A part changes what readers see, so it bumps
+# the record's version ``v`` too.
+_WRITE_PART = _LIVE + """
 if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then return 0 end
 local fields = redis.call('HMGET', KEYS[1], 'run', 'running')
-if fields[1] ~= ARGV[1] or fields[2] ~= '1' then return 0 end
+if fields[1] ~= ARGV[1] or fields[2] ~= '1' or not live(KEYS[3]) then return 0 end
 local kind = redis.call('TYPE', KEYS[2]).ok
 if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', KEYS[2]) end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
@@ -817,10 +819,9 @@ class RedisStore(Store):
     # ------------------------------------------------------------------ shared runs
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        """Pickle as what reopens this store in another process (a share token
-        carries it to workers): the URL (``redis+cluster://`` ones included), or a
-        ``redis.Redis`` client's connection settings. A store made from a
-        ``RedisCluster`` client raises ``TypeError``: make it from a URL to share it."""
+        """Pickle as what reopens this store in another process: the URL
+        (``redis+cluster://`` ones included), or a ``redis.Redis`` client's connection
+        settings. A store made from a ``RedisCluster`` client raises ``TypeError``."""
         if self._url is not None:
             source: Any = self._url
         else:
@@ -840,7 +841,7 @@ class RedisStore(Store):
     def write_part(self, key: str, part: SharedPart) -> bool:
         run = _clean(part.run)  # as the write script stored the owner's run id
         args = [run.encode(), _clean(f"{part.run}/{part.worker}").encode(), part.encode()]
-        keys = [self.record_key(key), self.parts_key(key)]
+        keys = [self.record_key(key), self.parts_key(key), self.lease_key(key)]
         return bool(self._call(self._run, self._write_part, keys, args))
 
     def read_parts(self, key: str, run: str) -> list[SharedPart]:
