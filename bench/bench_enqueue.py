@@ -30,8 +30,19 @@ def main() -> None:
     port = free_port()
     with tempfile.TemporaryDirectory() as directory:
         server = subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", directory],
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                directory,
+            ],
             stdout=subprocess.DEVNULL,
         )
         try:
@@ -67,8 +78,10 @@ def run(url: str) -> None:
     ratios = sorted(o / t for o, t in zip(ours, theirs, strict=True))
     print(f"rq Queue.enqueue      {rq_us:8.1f} us/call (median of {ROUNDS} rounds of {N})")
     print(f"tracked.rq.enqueue    {tracked_us:8.1f} us/call")
-    print(f"ratio                 {statistics.median(ratios):8.2f}x (median of the rounds' ratios;"
-          f" {ratios[0]:.2f}-{ratios[-1]:.2f})")
+    print(
+        f"ratio                 {statistics.median(ratios):8.2f}x (median of the rounds' ratios;"
+        f" {ratios[0]:.2f}-{ratios[-1]:.2f})"
+    )
     print(f"reads right after enqueue answering 404: {missing} of {N}")
 
 

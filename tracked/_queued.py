@@ -425,9 +425,7 @@ def requeue_current(progress_id: str) -> Ticket | None:
     return found.ticket
 
 
-def _retrier(
-    found: TakeOver, run: str, timeout: float
-) -> Callable[[BaseException], Owner | None]:
+def _retrier(found: TakeOver, run: str, timeout: float) -> Callable[[BaseException], Owner | None]:
     def retry(exc: BaseException) -> Owner | None:
         try:
             again = found.retries(exc)

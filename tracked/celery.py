@@ -199,9 +199,7 @@ def _store_of(task: Any) -> Store:
     return chosen if chosen is not None else resolve_store(None)
 
 
-def _revoked(
-    sender: Any = None, request: Any = None, terminated: bool = False, **_: Any
-) -> None:
+def _revoked(sender: Any = None, request: Any = None, terminated: bool = False, **_: Any) -> None:
     """Revoked before it started: the queued run ends cancelled (never run). Revoked
     with ``terminate=True``: the worker killed the task's process, so the running run
     ends cancelled too (it stopped because of the request)."""
@@ -216,4 +214,3 @@ def _revoke(state: State) -> None:
         return
     for app, _store in _apps.values():
         app.control.revoke(state.progress_id)
-
