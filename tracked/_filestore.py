@@ -21,6 +21,7 @@ import mmap
 import os
 import re
 import stat
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -504,15 +505,20 @@ _O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 
 def _read_regular(path: Path) -> bytes:
-    """The bytes of the regular file at ``path``, read under a shared ``flock`` (a
+    """The bytes of the regular file at ``path``, read under a shared range lock (a
     small record is rewritten in place under the exclusive one); ``OSError`` for
-    anything else (a directory, or a FIFO, whose plain open would wait forever)."""
+    anything else (a directory, or a FIFO, whose plain open would wait forever).
+
+    Not the writers' ``flock``: a reader stopped while holding it would make every
+    writer of the record wait (a task's start or final write), where an in-place
+    writer that finds the range lock taken replaces the file instead."""
     fd = _open_held(path, os.O_RDONLY | _O_CLOEXEC | _O_NONBLOCK)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise OSError(errno.EINVAL, "not a regular file")
-        info = _lock(fd, path, fcntl.LOCK_SH, READ_LOCK_TIMEOUT)
+        _range_lock_shared(fd, path)
+        info = os.fstat(fd)
         chunks = [os.read(fd, info.st_size + 1)]  # one read, unless the file grew
         while len(chunks[-1]) > 0 and sum(map(len, chunks)) > info.st_size:
             chunks.append(os.read(fd, 1 << 16))
@@ -679,12 +685,16 @@ class _Locked:
         nothing written, when the record must be replaced instead."""
         if not self.writable or max(len(data), self.size) > _PAGE:
             return False
+        if not _range_lock(self.fd, _F_WRLCK):
+            return False  # a reader is in the file (or stopped in it): replace, never wait
         if self.size > len(data):
             data += b" " * (self.size - len(data))
         try:
             written = os.pwrite(self.fd, data, 0)
         except OSError as exc:
             raise StoreError(f"cannot write {str(self.path)!r}: {exc}") from exc
+        finally:
+            _range_lock(self.fd, _F_UNLCK)
         if written != len(data):  # never seen within one page; replace it whole then
             return False
         self.size = len(data)
@@ -730,10 +740,49 @@ class _Locked:
         _close_held(fd)
 
 
+#: Open-file-description record locks (Linux): they belong to the open file like a
+#: ``flock`` and are independent of it, so readers and in-place writes exclude each
+#: other without readers ever holding up the writers' ``flock``. Without them no
+#: record is written in place and readers take no lock (every write is a replace).
+_F_OFD_SETLK: int | None = getattr(fcntl, "F_OFD_SETLK", None)
+_F_RDLCK, _F_WRLCK, _F_UNLCK = fcntl.F_RDLCK, fcntl.F_WRLCK, fcntl.F_UNLCK
+_FLOCK = "hhqqi4x"  # struct flock: l_type, l_whence, l_start, l_len (0: to the end), l_pid
+
+
+def _range_lock(fd: int, kind: int) -> bool:
+    """Take (or, with ``F_UNLCK``, drop) a range lock on the whole file without waiting;
+    False if another open file holds a conflicting one, or there are no such locks."""
+    if _F_OFD_SETLK is None:
+        return False
+    try:
+        fcntl.fcntl(fd, _F_OFD_SETLK, struct.pack(_FLOCK, kind, os.SEEK_SET, 0, 0, 0))
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+def _range_lock_shared(fd: int, path: Path) -> None:
+    """A reader's shared range lock: at once, else polling up to ``READ_LOCK_TIMEOUT``
+    (an in-place write holds it for one ``pwrite``), then ``StoreError``."""
+    if _F_OFD_SETLK is None or _range_lock(fd, _F_RDLCK):
+        return
+    deadline = time.monotonic() + READ_LOCK_TIMEOUT
+    delay = 0.0002
+    while not _range_lock(fd, _F_RDLCK):
+        if time.monotonic() > deadline:
+            raise StoreError(
+                f"timed out after {READ_LOCK_TIMEOUT}s waiting for the writer of {str(path)!r}"
+            )
+        time.sleep(delay)
+        delay = min(delay * 2, 0.01)
+
+
 def _lock(
     fd: int, path: Path, operation: int = fcntl.LOCK_EX, timeout: float = LOCK_TIMEOUT
 ) -> os.stat_result:
-    """Take a ``flock`` on ``fd`` (exclusive, or ``LOCK_SH`` for a reader): at once if
+    """Take a ``flock`` on ``fd`` (exclusive: readers take none): at once if
     it is free (the common case), else polling, up to ``timeout`` seconds; returns the
     file's ``fstat``."""
     try:
