@@ -440,3 +440,32 @@ def test_a_reader_stopped_holding_its_lock_never_holds_up_a_write(
 
 #: A write that waited for a stopped reader took 10 s (the writers' lock timeout).
 WRITE_WAIT_LIMIT = 3.0
+
+
+def test_a_link_or_directory_in_place_of_a_record_is_a_store_error_and_nothing_outside_changes(
+    file_store: FileStore, tmp_path: Path
+) -> None:
+    """A symbolic link planted under a record's name (to a small file outside the store)
+    and a directory there: a start of the name, a running run's write and a read each
+    raise ``StoreError`` naming the entry, ``list()`` skips it, and the file outside
+    is never written. (Small records are rewritten in place: the write went through
+    the link into the file it points to, and a start over a directory raised a bare
+    ``IsADirectoryError``.)"""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    file_store.path_for("linked").symlink_to(victim)
+    file_store.path_for("folder").mkdir()
+    running = tracked.start("swapped", total=2, min_interval=3600)
+    file_store.path_for("swapped").unlink()
+    file_store.path_for("swapped").symlink_to(victim)
+    for name in ("linked", "folder"):
+        with pytest.raises(StoreError, match=str(file_store.path_for(name))):
+            tracked.start(name)
+        with pytest.raises(StoreError, match=str(file_store.path_for(name))):
+            tracked.load(name)
+    running.increment(2)
+    assert not running.flush()
+    running.finish()
+    assert victim.read_text() == "precious\n"
+    assert file_store.list() == []
+    assert file_store.path_for("linked").is_symlink() and file_store.path_for("folder").is_dir()

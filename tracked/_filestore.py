@@ -253,7 +253,7 @@ class FileStore(Store):
             return False
         path = self.cancel_path(key, owner.run)
         try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | _O_CLOEXEC, 0o666))
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | _O_CLOEXEC | _O_NOFOLLOW, 0o666))
         except OSError as exc:
             raise StoreError(f"cannot write the cancel request {str(path)!r}: {exc}") from exc
         return True
@@ -502,6 +502,9 @@ _PAGE = min(mmap.PAGESIZE, 4096)
 _serial = itertools.count()
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+#: A record or marker is never opened through a symbolic link: one planted in the
+#: store would have small writes land in the file it points to, outside the store.
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def _read_regular(path: Path) -> bytes:
@@ -512,7 +515,7 @@ def _read_regular(path: Path) -> bytes:
     Not the writers' ``flock``: a reader stopped while holding it would make every
     writer of the record wait (a task's start or final write), where an in-place
     writer that finds the range lock taken replaces the file instead."""
-    fd = _open_held(path, os.O_RDONLY | _O_CLOEXEC | _O_NONBLOCK)
+    fd = _open_held(path, os.O_RDONLY | _O_CLOEXEC | _O_NONBLOCK | _O_NOFOLLOW)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
@@ -634,7 +637,7 @@ class _Locked:
         self.fd = -1
 
     def acquire(self) -> _Locked:
-        flags = os.O_RDWR | _O_CLOEXEC | _O_NONBLOCK
+        flags = os.O_RDWR | _O_CLOEXEC | _O_NONBLOCK | _O_NOFOLLOW
         while True:
             try:
                 fd = _open_held(self.path, flags | os.O_CREAT | os.O_EXCL) \
@@ -645,6 +648,8 @@ class _Locked:
                     fd = self._open_existing(flags)
                 except FileNotFoundError:
                     continue  # deleted in between: create it after all
+                except OSError as exc:  # a directory, a symbolic link: not a record file
+                    raise StoreError(f"cannot open {str(self.path)!r}: {exc}") from exc
                 self.created = False
             except OSError as exc:
                 if isinstance(exc, FileNotFoundError):
