@@ -491,14 +491,11 @@ class RenderCache:
         if signature is None:
             return
         if isinstance(signature, str):  # a version token: current while it is the same
-            _bounded_put(self._entries, (key, since), (signature, rendered, float("inf")),
-                         self.MAX_ENTRIES)
-            return
-        settled = time.time_ns() - signature[1] > self.SETTLE_NS
-        if running:
-            expires = now + (self.RECHECK_S if settled else self.SETTLE_NS / 1e9)
-        elif settled:
-            expires = float("inf")
+            expires = float("inf")  # (counted in the budget like any other body)
+        elif time.time_ns() - signature[1] > self.SETTLE_NS:
+            expires = now + self.RECHECK_S if running else float("inf")
+        elif running:
+            expires = now + self.SETTLE_NS / 1e9
         else:
             return
         size = len(rendered.body) + self.OVERHEAD
