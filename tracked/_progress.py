@@ -313,7 +313,12 @@ class Progress:
         if self in _shared_handles:
             self._fold_parts()
         _flusher.forget(self)
-        if self._write_final():
+        try:
+            written = self._write_final()
+        except BaseException:  # Ctrl-C in the store's write: it goes on up, the end lands later
+            _flusher.retry_final(self)
+            raise
+        if written:
             self._release()
         else:
             _flusher.retry_final(self)
