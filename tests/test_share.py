@@ -504,6 +504,48 @@ def test_a_joined_handle_dropped_without_its_block_still_writes_its_part(
     store.close()
 
 
+class SlowPartStore(tracked.FileStore):
+    """A FileStore whose part writes on the flusher thread take a while (a slow disk):
+    the flusher then holds the last reference to a joined handle the task dropped."""
+
+    writing = threading.Event()
+
+    def write_part(self, key: str, part: SharedPart) -> bool:
+        if threading.current_thread().name == "tracked-flusher":
+            SlowPartStore.writing.set()
+            time.sleep(0.5)
+        return super().write_part(key, part)
+
+
+def _drop_while_the_flusher_writes(token: str, directory: str) -> None:
+    """A multiprocessing worker: counts 10 on a joined handle it never ends, and returns
+    while the flusher still writes the first part (so the handle is collected there)."""
+    part = tracked.join(token, store=SlowPartStore(directory))
+    part += 1  # wakes the flusher: it writes this part, slowly
+    assert SlowPartStore.writing.wait(10)
+    part += 9
+    del part  # the flusher's reference is the last: it ends the handle after its write
+
+
+def test_a_joined_handle_collected_on_the_flusher_thread_writes_its_part_before_exit(
+    tmp_path: Path,
+) -> None:
+    """A multiprocessing worker exits with ``os._exit``, which runs no atexit hook: the
+    flusher's exit flush now runs there too, so a part the flusher thread was still
+    writing (for a handle it held last) lands. (The worker was killed mid-write and
+    the run read 1 of 10, about one run in 40 with 4 pool tasks of 250.)"""
+    store = tracked.FileStore(tmp_path / "store")
+    with tracked.start("dropped", total=None, store=store, min_interval=60) as run:
+        token = str(run.share())
+        worker = FORK.Process(
+            target=_drop_while_the_flusher_writes, args=(token, str(store.directory))
+        )
+        worker.start()
+        worker.join(30)
+        assert worker.exitcode == 0
+        assert tracked.load("dropped", store=store).count == 10  # type: ignore[union-attr]
+
+
 def test_the_workers_flusher_writes_its_part_within_min_interval(tmp_path: Path) -> None:
     store = tracked.FileStore(tmp_path / "store")
     with tracked.start("periodic", total=None, store=store, min_interval=0.05) as run:

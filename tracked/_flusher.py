@@ -28,6 +28,7 @@ import itertools
 import logging
 import math
 import os
+import sys
 import threading
 import time
 import weakref
@@ -427,6 +428,19 @@ def _flush_at_exit() -> None:
 def _after_fork_in_child() -> None:
     global _flusher
     _flusher = _Flusher()
+    # A multiprocessing child ends with os._exit, which runs no atexit hook: ask
+    # multiprocessing (once it has cleared the parent's finalizers) to run ours, or
+    # a write in flight on the flusher thread (a joined handle dropped there) is lost.
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        util.register_after_fork(_flusher, _flush_at_multiprocessing_exit)
+
+
+def _flush_at_multiprocessing_exit(_: object) -> None:
+    """In a process multiprocessing started: flush at its exit as atexit would."""
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        util.Finalize(None, _flush_at_exit, exitpriority=100)
 
 
 if hasattr(os, "register_at_fork"):
