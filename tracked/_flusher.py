@@ -120,7 +120,7 @@ class _Flusher:
 
     def run(self, restarted: bool = False) -> None:
         if restarted:
-            logger.warning("tracked: the flusher thread had stopped; started it again")
+            logger.warning("the flusher thread had stopped; started it again")
             time.sleep(ERROR_PAUSE)  # a store that kills it every time does not spin
             self.recover()
         try:
@@ -155,7 +155,7 @@ class _Flusher:
             return
         self.quiet_until = now + ERROR_LOG_EVERY
         logger.error(
-            "tracked: the flusher thread hit an unexpected error; it goes on", exc_info=exc
+            "the flusher thread hit an unexpected error; it goes on", exc_info=exc
         )
 
     def live(self) -> list[Flushable]:
