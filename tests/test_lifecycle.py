@@ -396,7 +396,26 @@ def test_status_url_encodes_by_the_one_rule(
     assert tracked.status_url(tracked.State(name=name, progress_id=progress_id)) == url
 
 
+@pytest.mark.parametrize("name", ["/evil.com", "//evil.com/x", "/", "/a/../b", "/%2e%2e"])
+def test_status_url_of_a_name_with_a_leading_slash_stays_on_the_site_and_reaches_it(
+    build: Any, tmp_path: Path, name: str
+) -> None:
+    # It was `//evil.com` with prefix "" or "/": a Location on another host.
+    for prefix in ("", "/", "/_progress_status"):
+        url = tracked.status_url(name, prefix=prefix)
+        assert url.startswith("/") and not url.startswith("//"), url
+    store = tracked.FileStore(tmp_path / "store")
+    with tracked.start(name, total=10, store=store) as progress:
+        progress.increment(7)
+    body = build(store).get(tracked.status_url(name), status=200).json
+    assert (body["name"], body["count"]) == (name, 7)
+
+
 def test_status_url_refuses_what_names_no_run() -> None:
+    with pytest.raises(tracked.InvalidName):
+        tracked.status_url(5)  # type: ignore[arg-type]  # was AttributeError
+    with pytest.raises(tracked.InvalidName):
+        tracked.status_url(b"job")  # type: ignore[arg-type]
     with pytest.raises(tracked.InvalidName):
         tracked.status_url("job", "bad id")
     with pytest.raises(tracked.InvalidName):
