@@ -265,8 +265,8 @@ def cancel(store: Store, key: str) -> bool:
 
 class NotStarted(Exception):
     """Raised by ``take_over`` when the run ended before its worker started it (it was
-    cancelled while queued): the ``@tracked`` call returns ``value`` without running
-    its body."""
+    cancelled while queued, or an earlier attempt asked to stop ended): the
+    ``@tracked`` call returns ``value`` without running its body."""
 
     def __init__(self, value: Any) -> None:
         super().__init__("the queued run ended before it started")
@@ -359,7 +359,10 @@ def take_over(
         mine = record is not None and record.owner is not None and record.owner.run == ticket.run
         if mine and record is not None:
             judged = judge(record)
-            if judged.state == "cancelled":
+            if judged.state == "cancelled" or (judged.cancel_requested and not judged.in_progress):
+                # Cancelled while queued, or asked to stop and then ended another way
+                # (an attempt that failed on its own): the queue's retry of it must
+                # not run the body again.
                 raise NotStarted(found.skipped(judged))
             was = TAKEABLE
             if judged.state == "running":
