@@ -547,6 +547,24 @@ def test_a_tqdm_bar_stops_at_its_next_update_and_a_captured_bar_at_its_next_redr
         assert tracked.load("captured").state == "cancelled"  # type: ignore[union-attr]
 
 
+def test_a_tqdm_bar_within_its_delay_stops_at_its_next_item(
+    file_store: tracked.FileStore, tmp_path: Path
+) -> None:
+    # A bar not shown yet (tqdm's delay) never redrew, so it never looked at the
+    # request: all 50 items ran on and the run read finished.
+    work = Work(tmp_path / "side-effects")
+    with open(os.devnull, "w") as devnull, pytest.raises(tracked.Cancelled):
+        for step in tracked.tqdm(range(50), name="delayed", file=devnull, delay=60):
+            work.do(step)
+            if step == 3:
+                tracked.cancel("delayed")
+                eventually(lambda: tracked.load("delayed").cancel_requested,  # type: ignore[union-attr]
+                           "the request is written")
+    state = tracked.load("delayed")
+    assert state is not None and (state.state, state.count) == ("cancelled", 4)
+    assert work.done() == 4
+
+
 def test_a_finished_bar_is_not_its_desc_and_an_unclosed_one_says_where_it_stopped(
     file_store: tracked.FileStore,
 ) -> None:
