@@ -294,3 +294,20 @@ def test_a_duplicate_task_id_runs_as_that_ids_run_never_under_the_bare_name(
     assert (state.state, state.count, state.total) == ("finished", 3, 3)
     assert (side / "c-dup-1.done").exists()  # the first ran to its end first
     assert store.load("celery-loop") is None
+
+
+def test_a_task_asked_to_stop_is_not_run_again_by_its_retry(
+    jobs: ModuleType, store: RedisStore, solo: Path, env: dict[str, str]
+) -> None:
+    # self.retry() after a request the attempt never looked at: the retry used to
+    # claim the ended key afresh and run the body again from scratch.
+    side = Path(env["TRACKED_JOBS_SIDE"])
+    result = jobs.stubborn.delay("c-stubborn", 1.0)
+    key = f"celery-stubborn\0{result.id}"
+    until(lambda: store.load(key), lambda s: s.state == "running")
+    assert tracked.cancel("celery-stubborn", progress_id=result.id, store=store)
+    state = until(lambda: store.load(key), lambda s: not s.in_progress)
+    time.sleep(1.5)  # the retry's message is received and handled
+    assert not (side / "c-stubborn.attempt2").exists()
+    assert store.load(key) == state
+    assert (state.state, state.cancel_requested, state.count) == ("failed", True, 1)
