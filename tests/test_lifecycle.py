@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,12 @@ class Work:
 
     def done(self) -> int:
         return len(self.path.read_text().split())
+
+    def wait_seen_of(self, name: str) -> None:
+        """``wait_seen`` from another thread: ask ``name`` to stop, wait for the record."""
+        tracked.cancel(name)
+        eventually(lambda: tracked.load(name).cancel_requested,  # type: ignore[union-attr]
+                   "the request is in the record")
 
     def wait_seen(self) -> None:
         """At step 3: block (no delivery point) until the owner has seen the request."""
@@ -545,6 +551,65 @@ def test_a_tqdm_bar_stops_at_its_next_update_and_a_captured_bar_at_its_next_redr
                 time.sleep(0.002)
         assert items < 1000
         assert tracked.load("captured").state == "cancelled"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("returns", [False, True], ids=["goes-on", "returns"])
+def test_a_generator_that_catches_cancelled_and_goes_on_reads_its_own_end(
+    file_store: tracked.FileStore, tmp_path: Path, returns: bool
+) -> None:
+    # It caught the Cancelled thrown in at a yield and yielded all its other items:
+    # the record read "cancelled 10/10" for work that all ran. Caught and returned
+    # at once, it stopped on request: cancelled.
+    work = Work(tmp_path / "side-effects")
+
+    @tracked.tracked("swallows", total=10, min_interval=0.02)
+    def swallows() -> Iterator[int]:
+        for step in range(10):
+            work.do(step)
+            if step == 3:
+                tracked.cancel("swallows")
+                work.wait_seen()
+            try:
+                yield step
+            except tracked.Cancelled:
+                if returns:
+                    return
+        work.do(99)
+
+    list(swallows())
+    state = tracked.load("swallows")
+    assert state is not None and state.cancel_requested
+    if returns:
+        assert (state.state, work.done()) == ("cancelled", 4)
+    else:
+        assert (state.state, state.count, work.done()) == ("finished", 10, 11)
+
+
+def test_an_async_generator_that_catches_cancelled_and_goes_on_reads_its_own_end(
+    file_store: tracked.FileStore, tmp_path: Path
+) -> None:
+    work = Work(tmp_path / "side-effects")
+
+    @tracked.tracked("aswallows", total=6, min_interval=0.02)
+    async def aswallows() -> AsyncIterator[int]:
+        for step in range(6):
+            work.do(step)
+            if step == 2:
+                await asyncio.to_thread(work.wait_seen_of, "aswallows")
+            try:
+                yield step
+            except tracked.Cancelled:
+                pass
+
+    async def consume() -> list[int]:
+        return [item async for item in aswallows()]
+
+    asyncio.run(consume())
+    state = tracked.load("aswallows")
+    assert state is not None
+    assert (state.state, state.count, state.cancel_requested, work.done()) == (
+        "finished", 6, True, 6
+    )
 
 
 def test_a_tqdm_bar_within_its_delay_stops_at_its_next_item(
