@@ -731,6 +731,30 @@ def test_a_loop_closed_with_a_submitted_coroutine_pending_ends_it_cancelled(
     assert state is not None and state.state == "cancelled"
 
 
+def test_a_loop_closed_with_a_submitted_coroutine_pending_is_noticed_without_another_submit(
+    file_store: tracked.FileStore,
+) -> None:
+    # It read `running` for as long as the process lived unless something else was
+    # submitted; and wait() then raised asyncio.InvalidStateError.
+    @tracked.tracked("orphan-alone", total=None)
+    async def forever() -> None:
+        await asyncio.Event().wait()
+
+    async def start() -> tracked.Progress:
+        return tracked.submit(forever)
+
+    loop = asyncio.new_event_loop()
+    progress = loop.run_until_complete(start())
+    loop.run_until_complete(asyncio.sleep(0.01))
+    loop.close()
+    with pytest.raises(asyncio.CancelledError, match="event loop closed"):
+        progress.wait(WAIT)
+    eventually(lambda: tracked.load("orphan-alone").state == "cancelled",  # type: ignore[union-attr]
+               "the closed loop's run ends cancelled")
+    eventually(lambda: not any(t.name == "tracked-loop-watch" for t in threading.enumerate()),
+               "the watcher stops once nothing is held")
+
+
 FORKING = r"""
 import os, sys, threading, tracked
 tracked.configure(store=sys.argv[1], max_workers=1)
