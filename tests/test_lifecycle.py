@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,12 @@ class Work:
 
     def done(self) -> int:
         return len(self.path.read_text().split())
+
+    def wait_seen_of(self, name: str) -> None:
+        """``wait_seen`` from another thread: ask ``name`` to stop, wait for the record."""
+        tracked.cancel(name)
+        eventually(lambda: tracked.load(name).cancel_requested,  # type: ignore[union-attr]
+                   "the request is in the record")
 
     def wait_seen(self) -> None:
         """At step 3: block (no delivery point) until the owner has seen the request."""
@@ -396,7 +402,26 @@ def test_status_url_encodes_by_the_one_rule(
     assert tracked.status_url(tracked.State(name=name, progress_id=progress_id)) == url
 
 
+@pytest.mark.parametrize("name", ["/evil.com", "//evil.com/x", "/", "/a/../b", "/%2e%2e"])
+def test_status_url_of_a_name_with_a_leading_slash_stays_on_the_site_and_reaches_it(
+    build: Any, tmp_path: Path, name: str
+) -> None:
+    # It was `//evil.com` with prefix "" or "/": a Location on another host.
+    for prefix in ("", "/", "/_progress_status"):
+        url = tracked.status_url(name, prefix=prefix)
+        assert url.startswith("/") and not url.startswith("//"), url
+    store = tracked.FileStore(tmp_path / "store")
+    with tracked.start(name, total=10, store=store) as progress:
+        progress.increment(7)
+    body = build(store).get(tracked.status_url(name), status=200).json
+    assert (body["name"], body["count"]) == (name, 7)
+
+
 def test_status_url_refuses_what_names_no_run() -> None:
+    with pytest.raises(tracked.InvalidName):
+        tracked.status_url(5)  # type: ignore[arg-type]  # was AttributeError
+    with pytest.raises(tracked.InvalidName):
+        tracked.status_url(b"job")  # type: ignore[arg-type]
     with pytest.raises(tracked.InvalidName):
         tracked.status_url("job", "bad id")
     with pytest.raises(tracked.InvalidName):
@@ -528,6 +553,83 @@ def test_a_tqdm_bar_stops_at_its_next_update_and_a_captured_bar_at_its_next_redr
         assert tracked.load("captured").state == "cancelled"  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("returns", [False, True], ids=["goes-on", "returns"])
+def test_a_generator_that_catches_cancelled_and_goes_on_reads_its_own_end(
+    file_store: tracked.FileStore, tmp_path: Path, returns: bool
+) -> None:
+    # It caught the Cancelled thrown in at a yield and yielded all its other items:
+    # the record read "cancelled 10/10" for work that all ran. Caught and returned
+    # at once, it stopped on request: cancelled.
+    work = Work(tmp_path / "side-effects")
+
+    @tracked.tracked("swallows", total=10, min_interval=0.02)
+    def swallows() -> Iterator[int]:
+        for step in range(10):
+            work.do(step)
+            if step == 3:
+                tracked.cancel("swallows")
+                work.wait_seen()
+            try:
+                yield step
+            except tracked.Cancelled:
+                if returns:
+                    return
+        work.do(99)
+
+    list(swallows())
+    state = tracked.load("swallows")
+    assert state is not None and state.cancel_requested
+    if returns:
+        assert (state.state, work.done()) == ("cancelled", 4)
+    else:
+        assert (state.state, state.count, work.done()) == ("finished", 10, 11)
+
+
+def test_an_async_generator_that_catches_cancelled_and_goes_on_reads_its_own_end(
+    file_store: tracked.FileStore, tmp_path: Path
+) -> None:
+    work = Work(tmp_path / "side-effects")
+
+    @tracked.tracked("aswallows", total=6, min_interval=0.02)
+    async def aswallows() -> AsyncIterator[int]:
+        for step in range(6):
+            work.do(step)
+            if step == 2:
+                await asyncio.to_thread(work.wait_seen_of, "aswallows")
+            try:
+                yield step
+            except tracked.Cancelled:
+                pass
+
+    async def consume() -> list[int]:
+        return [item async for item in aswallows()]
+
+    asyncio.run(consume())
+    state = tracked.load("aswallows")
+    assert state is not None
+    assert (state.state, state.count, state.cancel_requested, work.done()) == (
+        "finished", 6, True, 6
+    )
+
+
+def test_a_tqdm_bar_within_its_delay_stops_at_its_next_item(
+    file_store: tracked.FileStore, tmp_path: Path
+) -> None:
+    # A bar not shown yet (tqdm's delay) never redrew, so it never looked at the
+    # request: all 50 items ran on and the run read finished.
+    work = Work(tmp_path / "side-effects")
+    with open(os.devnull, "w") as devnull, pytest.raises(tracked.Cancelled):
+        for step in tracked.tqdm(range(50), name="delayed", file=devnull, delay=60):
+            work.do(step)
+            if step == 3:
+                tracked.cancel("delayed")
+                eventually(lambda: tracked.load("delayed").cancel_requested,  # type: ignore[union-attr]
+                           "the request is written")
+    state = tracked.load("delayed")
+    assert state is not None and (state.state, state.count) == ("cancelled", 4)
+    assert work.done() == 4
+
+
 def test_a_finished_bar_is_not_its_desc_and_an_unclosed_one_says_where_it_stopped(
     file_store: tracked.FileStore,
 ) -> None:
@@ -627,6 +729,30 @@ def test_a_loop_closed_with_a_submitted_coroutine_pending_ends_it_cancelled(
     assert tracked.submit(doubled, 7).wait(WAIT) == 14  # the next submit notices
     state = tracked.load("orphan")
     assert state is not None and state.state == "cancelled"
+
+
+def test_a_loop_closed_with_a_submitted_coroutine_pending_is_noticed_without_another_submit(
+    file_store: tracked.FileStore,
+) -> None:
+    # It read `running` for as long as the process lived unless something else was
+    # submitted; and wait() then raised asyncio.InvalidStateError.
+    @tracked.tracked("orphan-alone", total=None)
+    async def forever() -> None:
+        await asyncio.Event().wait()
+
+    async def start() -> tracked.Progress:
+        return tracked.submit(forever)
+
+    loop = asyncio.new_event_loop()
+    progress = loop.run_until_complete(start())
+    loop.run_until_complete(asyncio.sleep(0.01))
+    loop.close()
+    with pytest.raises(asyncio.CancelledError, match="event loop closed"):
+        progress.wait(WAIT)
+    eventually(lambda: tracked.load("orphan-alone").state == "cancelled",  # type: ignore[union-attr]
+               "the closed loop's run ends cancelled")
+    eventually(lambda: not any(t.name == "tracked-loop-watch" for t in threading.enumerate()),
+               "the watcher stops once nothing is held")
 
 
 FORKING = r"""

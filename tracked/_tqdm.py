@@ -194,7 +194,6 @@ class tqdm(_GenericTqdm[_T]):
         iterable = self.iterable
         last_print_t = self.last_print_t
         last_print_n = self.last_print_n
-        min_start_t = self.start_t + (self.delay or 0)
         n = self.n
         time = self._time  # type: ignore[attr-defined]
         try:
@@ -204,8 +203,9 @@ class tqdm(_GenericTqdm[_T]):
                 if n - last_print_n >= self.miniters:  # type: ignore[operator]
                     cur_t = time()
                     dt = cur_t - last_print_t
-                    # Read from the bar: a cancel request zeroes it (see _Bridge.stop_bar).
-                    if dt >= self.mininterval and cur_t >= min_start_t:
+                    # Read from the bar (at most once per redraw interval): a cancel
+                    # request zeroes them, delay too (see stop_bar).
+                    if dt >= self.mininterval and cur_t >= self.start_t + (self.delay or 0):
                         self.update(n - last_print_n)
                         last_print_n = self.last_print_n
                         last_print_t = self.last_print_t
@@ -378,6 +378,7 @@ def stop_bar(bar: std_tqdm[Any], progress: Progress) -> None:
     bar.dynamic_miniters = False
     bar.miniters = 0
     bar.mininterval = 0
+    bar.delay = 0  # a bar still within its delay (not yet shown) stops too
     update = type(bar).update
 
     def update_then_stop(n: float | None = 1) -> bool | None:

@@ -31,7 +31,7 @@ from ._queued import (
     Ticket,
     cancel_hooks,
     end_queued,
-    publish,
+    prepare,
     requeue_current,
     takeover_scope,
 )
@@ -107,15 +107,15 @@ def _published(
             timeout = max(1.0, datetime.fromisoformat(expires).timestamp() - time.time()) + 60.0
         except ValueError:
             timeout = None
-    ticket = publish(
-        plan.name,
-        str(headers["id"]),
-        plan.function,
-        total=plan.total,
-        store=store or plan.store,
-        timeout=timeout,
+    state, owner, ticket = prepare(
+        plan.name, str(headers["id"]), plan.function, total=plan.total, timeout=timeout
     )
+    # Carried even if the claim fails (a duplicate task id, the store down): Celery
+    # logs a handler's error and sends the message anyway, and its worker must run it
+    # as this id's run (claiming the key afresh, AlreadyRunning while another run
+    # holds it), never as a run of the bare name that no reader looks for.
     headers[HEADER] = ticket.to_dict()
+    (store or plan.store).claim(state, owner)
 
 
 def _prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:

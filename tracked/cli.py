@@ -517,7 +517,7 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
     keys = _keys(args)
     wait = None if args.wait is None else _seconds(args.wait, "--wait")
     store = _store(args)
-    key, _ = _load_any(store, keys)  # NAME as tracked list shows it works here too
+    key, asked = _load_any(store, keys)  # NAME as tracked list shows it works here too
     name, progress_id = split_key(key)
     if not cancel(name, progress_id=progress_id, store=store):
         state = store.load(key)
@@ -531,6 +531,11 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + wait
     while True:
         latest = store.load(key)
+        if latest is not None and asked is not None and latest.start_time != asked.start_time:
+            # Another run of the key started since (the one asked ended in between).
+            print(printable(f"tracked cancel: progress {_shown(key)} ended and a new run of it"
+                            " started before its end could be read"), file=sys.stderr)
+            return EXIT_ENDED_BADLY
         if latest is None or not latest.in_progress:
             break
         if time.monotonic() >= deadline:
