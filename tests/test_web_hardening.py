@@ -850,6 +850,19 @@ def test_event_cache_keeps_nothing_for_a_key_without_streams_and_stays_in_budget
     assert cache.size == 0
 
 
+@pytest.mark.parametrize("text", ["a", "\u00e9", "\u20ac", "\U0001f600"])
+def test_event_cache_counts_messages_as_the_bytes_python_holds_them_in(text):
+    messages = tuple(text * 1000 for _ in range(10))  # 1, 2 or 4 bytes a character
+    state = tracked.State(name="k", messages=messages, message_count=10)
+    held = sum(map(sys.getsizeof, messages))
+    cache = EventCache(held + 2048)  # room for the messages as held, and the event
+    cache.opened("k")
+    cache.put("k", False, state, 0, b"x")
+    assert cache.size >= held
+    assert cache.size <= cache.max_bytes
+    cache.closed("k")
+
+
 @pytest.mark.parametrize("kind", ["bottle", "wsgi", "asgi"])
 @pytest.mark.parametrize("store_kind", ["memory", "file"])
 def test_streams_share_events_and_nothing_is_kept_once_they_close(kind, store_kind, tmp_path):

@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable
@@ -683,8 +684,9 @@ class EventCache:
 
 
 def _state_bytes(state: tracked.State) -> int:
-    """About what a ``State`` takes in memory: its message strings and the rest."""
-    return sum(map(len, state.messages)) + 56 * len(state.messages) + 1024
+    """About what a ``State`` takes in memory: its message strings (as Python holds
+    them: up to 4 bytes a character) and the rest."""
+    return sum(map(sys.getsizeof, state.messages)) + 8 * len(state.messages) + 1024
 
 
 class SyncEvents:
