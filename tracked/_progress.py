@@ -376,6 +376,24 @@ class Progress:
             )
             return
         self._final = merge_parts(self._final, parts)
+        if any(part.asked for part in parts):
+            self._fold_request(stopped=any(part.stopped for part in parts))
+
+    def _fold_request(self, *, stopped: bool) -> None:
+        """A joined worker saw the run's cancel request (maybe before this process's
+        flusher did): the final snapshot says so; if ``Cancelled`` was delivered to
+        the worker, the work stopped on the request, so a ``finished`` end reads
+        ``cancelled`` (even if this process caught the re-raised error and returned)."""
+        assert self._final is not None
+        with self._lock:
+            self._cancel_requested = True
+            changes: dict[str, Any] = {"cancel_requested": True}
+            if stopped and self._final.state == "finished":
+                self._delivered = True
+                self._state = "cancelled"
+                self._status = None
+                changes.update(state="cancelled", status="cancelled")
+            self._final = dataclasses.replace(self._final, **changes)
 
     def _drop_parts(self) -> None:
         """The final snapshot holds the parts: remove them (best effort)."""
