@@ -630,6 +630,46 @@ def test_a_tqdm_bar_within_its_delay_stops_at_its_next_item(
     assert work.done() == 4
 
 
+@pytest.mark.parametrize("total", [True, False], ids=["sized", "unsized"])
+def test_a_captured_bar_within_its_delay_or_interval_stops_at_its_next_item(
+    file_store: tracked.FileStore, tmp_path: Path, total: bool
+) -> None:
+    # tqdm's own loop keeps delay and mininterval in locals: a captured bar not yet
+    # shown (or not due to redraw) ran all its items with the request seen.
+    import tqdm as tqdm_module
+
+    work = Work(tmp_path / "side-effects")
+    rows = range(50) if total else iter(range(50))
+    with open(os.devnull, "w") as devnull, pytest.raises(tracked.Cancelled), tracked.start(
+        "captured-delay", total=None, min_interval=0.02
+    ), tracked.capture_tqdm():
+        for step in tqdm_module.tqdm(rows, file=devnull, delay=60, mininterval=60):
+            work.do(step)
+            if step == 3:
+                tracked.cancel("captured-delay")
+                eventually(lambda: tracked.load("captured-delay").cancel_requested,  # type: ignore[union-attr]
+                           "the request is written")
+    state = tracked.load("captured-delay")
+    assert state is not None and (state.state, state.count) == ("cancelled", 4)
+    assert work.done() == 4
+
+
+def test_a_captured_bar_whose_last_item_was_done_is_not_stopped(
+    file_store: tracked.FileStore,
+) -> None:
+    import tqdm as tqdm_module
+
+    with open(os.devnull, "w") as devnull, tracked.start(
+        "captured-last", total=None, min_interval=0.02
+    ) as run, tracked.capture_tqdm():
+        for step in tqdm_module.tqdm(range(4), file=devnull, delay=60):
+            if step == 3:
+                tracked.cancel("captured-last")
+                eventually(lambda: run.cancel_requested, "the request is seen")
+    state = tracked.load("captured-last")
+    assert state is not None and (state.state, state.count) == ("finished", 4)
+
+
 def test_a_finished_bar_is_not_its_desc_and_an_unclosed_one_says_where_it_stopped(
     file_store: tracked.FileStore,
 ) -> None:
