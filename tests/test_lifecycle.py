@@ -487,6 +487,36 @@ def test_show_and_list_say_stopping_and_place_in_line(
         run.wait(WAIT)
 
 
+def test_the_cli_says_a_run_cancelled_in_line_never_started(
+    file_store: tracked.FileStore, one_worker: None
+) -> None:
+    # Its times are those it waited in line: watch said "cancelled 0/? in 0.3s",
+    # show "elapsed 0.3s" and list "started 0.3s ago" for a run that never ran.
+    store = str(file_store.directory)
+    gate = threading.Event()
+    runs = [tracked.submit(waits, n, gate) for n in range(2)]
+    eventually(lambda: tracked.load("line-1").state == "queued", "queued")  # type: ignore[union-attr]
+    time.sleep(0.3)
+    assert tracked.cancel("line-1")
+    eventually(lambda: not tracked.load("line-1").in_progress, "dropped")  # type: ignore[union-attr]
+    gate.set()
+    runs[0].wait(WAIT)
+    state = tracked.load("line-1")
+    assert state is not None
+    assert (state.state, state.count, state.status) == (
+        "cancelled", 0, "cancelled before it started"
+    )
+    watched = cli("--store", store, "watch", "line-1")
+    assert watched.returncode == 1
+    assert watched.stdout.strip() == "line-1: cancelled before it started 0/1 (0.0%)"
+    shown = cli("--store", store, "show", "line-1").stdout
+    assert "state:        cancelled before it started" in shown
+    assert "elapsed:      -" in shown and "started:      never (queued " in shown
+    row = next(line for line in cli("--store", store, "list").stdout.splitlines()
+               if line.startswith("line-1"))
+    assert "cancelled before it started" in row and "never" in row and "ago" not in row
+
+
 def _quietly(run: Callable[[str, Work, bool], None], name: str, work: Work, stops: bool) -> None:
     try:
         run(name, work, stops)
