@@ -296,6 +296,20 @@ def test_a_duplicate_task_id_runs_as_that_ids_run_never_under_the_bare_name(
     assert store.load("celery-loop") is None
 
 
+def test_a_task_id_that_is_no_progress_id_fails_the_task_unrun(
+    jobs: ModuleType, store: RedisStore, solo: Path, env: dict[str, str]
+) -> None:
+    # The publisher's InvalidName is only logged by Celery, and the message is sent
+    # with no ticket: its worker used to run it as a run of the bare name, which no
+    # reader of the task id finds. Now the task fails, saying why, and never runs.
+    result = jobs.loop.apply_async((3, 0.01, "c-bad-id"), task_id="a b")
+    error = outcome(result)
+    assert result.state == "FAILURE"
+    assert "'a b' cannot be tracked" in str(error) and "task_id" in str(error)
+    assert not (Path(env["TRACKED_JOBS_SIDE"]) / "c-bad-id.started").exists()
+    assert store.load("celery-loop") is None
+
+
 def test_a_task_asked_to_stop_is_not_run_again_by_its_retry(
     jobs: ModuleType, store: RedisStore, solo: Path, env: dict[str, str]
 ) -> None:

@@ -487,6 +487,36 @@ def test_show_and_list_say_stopping_and_place_in_line(
         run.wait(WAIT)
 
 
+def test_the_cli_says_a_run_cancelled_in_line_never_started(
+    file_store: tracked.FileStore, one_worker: None
+) -> None:
+    # Its times are those it waited in line: watch said "cancelled 0/? in 0.3s",
+    # show "elapsed 0.3s" and list "started 0.3s ago" for a run that never ran.
+    store = str(file_store.directory)
+    gate = threading.Event()
+    runs = [tracked.submit(waits, n, gate) for n in range(2)]
+    eventually(lambda: tracked.load("line-1").state == "queued", "queued")  # type: ignore[union-attr]
+    time.sleep(0.3)
+    assert tracked.cancel("line-1")
+    eventually(lambda: not tracked.load("line-1").in_progress, "dropped")  # type: ignore[union-attr]
+    gate.set()
+    runs[0].wait(WAIT)
+    state = tracked.load("line-1")
+    assert state is not None
+    assert (state.state, state.count, state.status) == (
+        "cancelled", 0, "cancelled before it started"
+    )
+    watched = cli("--store", store, "watch", "line-1")
+    assert watched.returncode == 1
+    assert watched.stdout.strip() == "line-1: cancelled before it started 0/1 (0.0%)"
+    shown = cli("--store", store, "show", "line-1").stdout
+    assert "state:        cancelled before it started" in shown
+    assert "elapsed:      -" in shown and "started:      never (queued " in shown
+    row = next(line for line in cli("--store", store, "list").stdout.splitlines()
+               if line.startswith("line-1"))
+    assert "cancelled before it started" in row and "never" in row and "ago" not in row
+
+
 def _quietly(run: Callable[[str, Work, bool], None], name: str, work: Work, stops: bool) -> None:
     try:
         run(name, work, stops)
@@ -628,6 +658,46 @@ def test_a_tqdm_bar_within_its_delay_stops_at_its_next_item(
     state = tracked.load("delayed")
     assert state is not None and (state.state, state.count) == ("cancelled", 4)
     assert work.done() == 4
+
+
+@pytest.mark.parametrize("total", [True, False], ids=["sized", "unsized"])
+def test_a_captured_bar_within_its_delay_or_interval_stops_at_its_next_item(
+    file_store: tracked.FileStore, tmp_path: Path, total: bool
+) -> None:
+    # tqdm's own loop keeps delay and mininterval in locals: a captured bar not yet
+    # shown (or not due to redraw) ran all its items with the request seen.
+    import tqdm as tqdm_module
+
+    work = Work(tmp_path / "side-effects")
+    rows = range(50) if total else iter(range(50))
+    with open(os.devnull, "w") as devnull, pytest.raises(tracked.Cancelled), tracked.start(
+        "captured-delay", total=None, min_interval=0.02
+    ), tracked.capture_tqdm():
+        for step in tqdm_module.tqdm(rows, file=devnull, delay=60, mininterval=60):
+            work.do(step)
+            if step == 3:
+                tracked.cancel("captured-delay")
+                eventually(lambda: tracked.load("captured-delay").cancel_requested,  # type: ignore[union-attr]
+                           "the request is written")
+    state = tracked.load("captured-delay")
+    assert state is not None and (state.state, state.count) == ("cancelled", 4)
+    assert work.done() == 4
+
+
+def test_a_captured_bar_whose_last_item_was_done_is_not_stopped(
+    file_store: tracked.FileStore,
+) -> None:
+    import tqdm as tqdm_module
+
+    with open(os.devnull, "w") as devnull, tracked.start(
+        "captured-last", total=None, min_interval=0.02
+    ) as run, tracked.capture_tqdm():
+        for step in tqdm_module.tqdm(range(4), file=devnull, delay=60):
+            if step == 3:
+                tracked.cancel("captured-last")
+                eventually(lambda: run.cancel_requested, "the request is seen")
+    state = tracked.load("captured-last")
+    assert state is not None and (state.state, state.count) == ("finished", 4)
 
 
 def test_a_finished_bar_is_not_its_desc_and_an_unclosed_one_says_where_it_stopped(

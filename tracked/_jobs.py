@@ -340,6 +340,7 @@ class _Job:
         self.cancelled = True
         self.call = _ran
         discard, self.discard = self.discard, _ran
+        self.progress.status = "cancelled before it started"
         self.progress.cancel()
         try:
             discard()

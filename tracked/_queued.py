@@ -27,7 +27,7 @@ from ._progress import Progress, current_progress
 from ._scope import MAX_QUEUED_TIMEOUT, check_timeout, queued_timeout, resolve_store
 from ._state import State, make_key, validate_progress_id
 from ._store import QUEUE_HOST, Owner, Store, judge, owner_gone_here
-from .errors import AlreadyRunning
+from .errors import AlreadyRunning, InvalidName
 
 __all__ = [
     "NotStarted",
@@ -295,6 +295,9 @@ class TakeOver:
     stopped: Callable[[BaseException], BaseException | None] = lambda exc: None
     #: Where the queued record is (None: where the ``@tracked`` function writes).
     store: Store | None = None
+    #: Set when the job must not run (its id cannot key a run): the ``@tracked`` call
+    #: raises ``InvalidName`` with this text instead of running untracked.
+    refused: str | None = None
     used: bool = False
 
 
@@ -340,6 +343,8 @@ def take_over(
     process. Raises ``NotStarted`` if it was cancelled while queued (the caller returns
     without running the body), ``AlreadyRunning`` if another live run holds its key."""
     found.used = True
+    if found.refused is not None:
+        raise InvalidName(found.refused)
     ticket = found.ticket
     chosen = found.store if found.store is not None else resolve_store(store)
     timeout = queued_timeout() if found.timeout is None else found.timeout

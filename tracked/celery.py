@@ -36,8 +36,9 @@ from ._queued import (
     takeover_scope,
 )
 from ._scope import StoreSpec, resolve_store
-from ._state import State
+from ._state import State, validate_progress_id
 from ._store import Store
+from .errors import InvalidName
 
 __all__ = ["HEADER", "install"]
 
@@ -124,6 +125,7 @@ def _prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
         return
     ticket = Ticket.from_dict(_header(task))
     if ticket is None:
+        _refuse_bad_id(task_id, task)
         return
     found = TakeOver(
         ticket,
@@ -133,6 +135,25 @@ def _prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
         store=_installed_store(task),
     )
     _scopes[task_id] = takeover_scope.set(found)
+
+
+def _refuse_bad_id(task_id: str, task: Any) -> None:
+    """A ``@tracked`` task whose id is no progress_id carries no ticket (Celery only
+    logs the publisher's ``InvalidName``): its call raises ``InvalidName``, so the task
+    fails, instead of running as a run of the bare name that no reader of the id finds."""
+    run = tracked_function(getattr(task, "run", None))
+    if run is None:
+        return
+    try:
+        validate_progress_id(task_id)
+    except InvalidName as exc:
+        reason = (
+            f"Celery task id {task_id!r} cannot be tracked: {exc} (the run is keyed "
+            "by the task id; give apply_async a task_id of those characters)"
+        )
+        function = f"{run.__module__}.{run.__qualname__}"
+        refused = TakeOver(Ticket(None, task_id, "-", function), refused=reason)
+        _scopes[task_id] = takeover_scope.set(refused)
 
 
 def _installed_store(task: Any) -> Store | None:

@@ -430,7 +430,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     rows = [("NAME", "STATE", "PROGRESS", "RATE", "STARTED", "STATUS")]
     now = time.time()
     for s in states:
-        started = span(now - s.start_time) + " ago"
+        started = "never" if never_started(s) else span(now - s.start_time) + " ago"
         rows.append((label(s), state_text(s), fraction(s), rate(s), started, s.status))
     _print_table(rows, sys.stdout)
     print(f"\n{_list_footer(store, len(states), len(everything) - len(states))}")
@@ -487,11 +487,16 @@ def _details(state: State) -> list[tuple[str, str]]:
         ("progress", fraction(state)),
         ("rate", rate(state)),
         ("eta", span(state.eta)),
-        ("elapsed", span(state.elapsed)),
-        ("started", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.start_time))),
+        ("elapsed", "-" if never_started(state) else span(state.elapsed)),
+        ("started", _started(state)),
         ("error", state.error or "-"),
         ("result", "-" if state.result is None else json.dumps(state.result, ensure_ascii=False)),
     ]
+
+
+def _started(state: State) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.start_time))
+    return f"never (queued {when})" if never_started(state) else when
 
 
 def _display(key: str) -> str:
@@ -566,11 +571,23 @@ def state_text(state: State) -> str:
     line)" while it waits."""
     if state.in_progress and state.cancel_requested:
         return f"{state.state}, stopping…"
+    if never_started(state):
+        return NEVER_STARTED
     if state.state == "queued" and state.position is not None:
         return f"queued ({_ordinal(state.position)} in line)"
     if state.state in ("finished", "failed") and state.cancel_requested:
         return f"{state.state} (a stop was asked but the task did not stop)"
     return state.state
+
+
+#: What a queued run cancelled before a worker or thread took it up says it is.
+NEVER_STARTED = "cancelled before it started"
+
+
+def never_started(state: State) -> bool:
+    """Whether ``state`` is a queued run cancelled before it ran: its times are those
+    it waited in line, not a run's, so the commands show no elapsed or start time."""
+    return state.state == "cancelled" and state.count == 0 and state.status == NEVER_STARTED
 
 
 def _ordinal(n: int) -> str:
@@ -671,8 +688,8 @@ class _PlainView:
             return (f"{label(state)}: {state_text(state)} {fraction(state)} {details}"
                     f"{_status_note(state)}")
         error = f" error: {printable(state.error)}" if state.error else ""
-        return (f"{label(state)}: {state_text(state)} {fraction(state)} in {span(state.elapsed)}"
-                f"{error}")
+        took = "" if never_started(state) else f" in {span(state.elapsed)}"
+        return f"{label(state)}: {state_text(state)} {fraction(state)}{took}{error}"
 
     def close(self) -> None:
         self.out.flush()
@@ -708,7 +725,7 @@ class _RichView:
         row.add_row(Text(label(state), style="bold"), bar, Text(fraction(state)))
         details = (
             f"{state_text(state)}  rate {rate(state)}  eta {span(state.eta)}  "
-            f"elapsed {span(state.elapsed)}{_status_note(state)}"
+            f"elapsed {'-' if never_started(state) else span(state.elapsed)}{_status_note(state)}"
         )
         lines: list[Any] = [row, Text(details, style=_STYLES.get(state.state, ""))]
         if state.error:
@@ -723,7 +740,7 @@ class _RichView:
 
 def _status_note(state: State) -> str:
     """The status text when it says more than the state word does."""
-    if state.status in (DEFAULT_STATUS, state.state, "queued"):
+    if state.status in (DEFAULT_STATUS, state.state, "queued") or never_started(state):
         return ""
     return f"  {printable(state.status)}"
 
