@@ -45,7 +45,7 @@ def hand_written(store: Any) -> Any:
         if state is None:
             return Response(b'{"error":"not found"}', 404, media_type="application/json")
         body = json.loads(state)
-        body["messages"] = [json.loads(m) for m in messages]
+        body["messages"] = [m.decode() for m in messages]
         body["owner_alive"] = bool(leased)
         return Response(json.dumps(body).encode(), media_type="application/json")
 
