@@ -325,6 +325,29 @@ def test_every_write_changes_what_a_stat_of_the_record_says(file_store: FileStor
     assert len(seen) == 50
 
 
+def test_a_write_long_after_the_last_changes_what_a_stat_says_without_a_utime(
+    file_store: FileStore,
+) -> None:
+    """A record whose mtime is older than the store's settle time (50 ms) is not
+    ``utime``d after an in-place write (the write moves the mtime on by itself): a
+    same-size write 60 ms, 0.2 s and 1 s after the last still changes the
+    ``stat``, in both directions of the padding (shorter, then longer again)."""
+    progress = tracked.start("stat-later", total=None, min_interval=3600)
+    path = file_store.path_for("stat-later")
+    progress.status = "x" * 100
+    progress.flush()
+    before = path.stat()
+    for pause, status in ((0.06, "a"), (0.2, "b" * 100), (1.0, "c")):
+        time.sleep(pause)
+        progress.status = status
+        progress.flush()
+        after = path.stat()
+        assert after.st_ino == before.st_ino  # rewritten in place, not replaced
+        assert after.st_mtime_ns > before.st_mtime_ns, pause
+        before = after
+    progress.finish()
+
+
 def test_an_empty_record_file_left_by_a_killed_claimer_reads_as_no_record(
     file_store: FileStore,
 ) -> None:
