@@ -405,11 +405,10 @@ def readable_code(into: Path) -> Path:
     """Copy what another user needs to run ``tests/workers.py`` into ``into/code``, all
     readable: the checkout and the virtualenv may sit under a directory only we may
     enter (a 0700 home). tracked, the packages it imports and the worker script."""
-    import filelock
     import wrapt
 
     code = into / "code"
-    for module in (tracked, filelock, wrapt):
+    for module in (tracked, wrapt):  # what `import tracked` needs
         source = Path(str(module.__file__)).parent
         shutil.copytree(source, code / source.name,
                         ignore=shutil.ignore_patterns("__pycache__"))
