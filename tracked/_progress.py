@@ -22,16 +22,14 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from . import _flusher
 from ._state import DEFAULT_STATUS, State, as_int, encode_result, make_key
 from ._store import Owner, Store, merge_parts, register_live_run, unregister_live_run
 from ._text import clean_message, clean_text
+from ._token import ShareToken, share_token
 from .errors import Cancelled, InvalidValue, RunSuperseded, StoreError, TrackedError
-
-if TYPE_CHECKING:
-    from ._share import ShareToken
 
 __all__ = [
     "Progress",
@@ -352,8 +350,6 @@ class Progress:
         Raises ``TrackedError`` in a process that did not start this run (a forked
         child), ``StoreError`` for a store that cannot be shared.
         """
-        from ._share import share_token
-
         if self._owner is None or not self._owned():
             raise TrackedError(
                 f"progress {self.key!r} can be shared only by the process that started it"
