@@ -34,6 +34,8 @@ from .errors import Cancelled, InvalidValue, RunSuperseded, StoreError, TrackedE
 __all__ = [
     "Progress",
     "add_cancel_hook",
+    "check_interval",
+    "check_max_messages",
     "counted",
     "current_progress",
     "move_in_line",
@@ -140,8 +142,8 @@ class Progress:
         self.name = name
         self.progress_id = progress_id
         self.store = store
-        self.min_interval = _check_interval(min_interval)
-        self.max_messages = _check_max_messages(max_messages)
+        self.min_interval = check_interval(min_interval)
+        self.max_messages = check_max_messages(max_messages)
         self._total = _check_total(total)
         self._base = max(0, as_int(count, "count"))
         self._tick = itertools.count().__next__  # one tick per `+= 1`: atomic, no lock
@@ -928,13 +930,15 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-def _check_interval(value: object) -> float:
+def check_interval(value: object) -> float:
+    """``min_interval`` as a float; ``InvalidValue`` unless a number of seconds >= 0."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
         raise InvalidValue(f"min_interval must be a number of seconds >= 0, got {value!r}")
     return float(value)
 
 
-def _check_max_messages(value: object) -> int:
+def check_max_messages(value: object) -> int:
+    """``max_messages`` checked: ``InvalidValue`` unless an int >= 0."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InvalidValue(f"max_messages must be an int >= 0, got {value!r}")
     return value
