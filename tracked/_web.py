@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import hashlib
 import json
 import logging
@@ -31,15 +30,24 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator
 from typing import Any
-from urllib.parse import parse_qsl
 
 import tracked
 
 from . import _watch
+from ._query import (
+    form_progress_ids,
+    missing_name,
+    query_values,
+    request_key,
+    requested_name,
+    requested_progress_id,
+    requested_since,
+    status_url,
+    storage_key,
+)
 from ._state import split_key
-from ._url import key_url
 
 __all__ = [
     "ALLOW",
@@ -83,8 +91,6 @@ Signature = tuple[int, int, int]
 JSON_TYPE = "application/json; charset=utf-8"
 #: The methods the status route answers; any other gets a JSON 405 naming them.
 ALLOW = "GET, HEAD, OPTIONS"
-PROGRESS_ID_HEADER = "X-Progress-Id"
-_SINCE = re.compile(r"[0-9]{1,15}")
 _NO_STORE = ("Cache-Control", "no-store")
 
 EVENT_STREAM_TYPE = "text/event-stream"
@@ -255,7 +261,7 @@ class StatusService:
         if not name:
             return None
         try:
-            key = _request_key(name, None)
+            key = request_key(name, None)
         except tracked.TrackedError:
             return None
         return self._cached_answer(key, 0, if_none_match)
@@ -324,13 +330,13 @@ class StatusService:
         query = request.query
         if not query and request.progress_id_header is None:
             if not request.name:
-                raise _missing_name(request.prefix)
-            return _request_key(request.name, None), 0
-        name = _requested_name(request.name or None, query)
+                raise missing_name(request.prefix)
+            return request_key(request.name, None), 0
+        name = requested_name(request.name or None, query)
         progress_id = requested_progress_id(query, request.progress_id_header)
         if name is None and progress_id is None:
-            raise _missing_name(request.prefix)
-        return _request_key(name, progress_id), _since(query)
+            raise missing_name(request.prefix)
+        return request_key(name, progress_id), requested_since(query)
 
     def _rendered(self, key: str, since: int) -> Rendered | None:
         """The response body for ``key``, from the cache or the store; None if unknown."""
@@ -892,193 +898,6 @@ def _continues(latest: tracked.State, sent: tracked.State, run: int, cursor: int
         and latest.current_time >= sent.current_time
         and latest.first_message_index <= cursor <= latest.message_count
     )
-
-
-# ----------------------------------------------------------------------------- requests
-
-
-@functools.lru_cache(maxsize=256)
-def _parsed_query(query: str) -> tuple[tuple[str, str], ...]:
-    """A raw query string's decoded fields (UTF-8); cached, as pollers repeat theirs.
-
-    Servers hand the query over as bytes read as latin-1 (PEP 3333, ASGI): bytes a
-    client sent unescaped are read back as the UTF-8 they are, as in the path. Bytes
-    that are not UTF-8 stay as lone surrogates: the query belongs to the app, and
-    only a field tracked reads is refused for them (``query_values``)."""
-    if not query.isascii() and max(query) <= "\xff":  # above: already text
-        query = query.encode("latin-1").decode("utf-8", "surrogateescape")
-    return tuple(parse_qsl(query, keep_blank_values=True, errors="surrogateescape"))
-
-
-def query_values(query: str, field: str) -> list[str]:
-    """Every decoded value of ``field`` in a raw query string (percent-encoded names too);
-    ``InvalidValue`` when one of them is not UTF-8 (other fields are not looked at)."""
-    if not query:
-        return []
-    values = [value for name, value in _parsed_query(query) if name == field]
-    for value in values:
-        if not value.isascii() and not _is_utf8(value):
-            raise tracked.InvalidValue(f"the query's {field} is not UTF-8")
-    return values
-
-
-def _is_utf8(text: str) -> bool:
-    """Whether ``text`` holds no lone surrogate (a byte that was not UTF-8)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _requested_name(path_name: str | None, query: str) -> str | None:
-    """The progress name a request gives in its path or as ``?name=`` (for names a
-    browser would rewrite as dot segments); two different names are ``InvalidName``."""
-    names = query_values(query, "name")
-    if not names:
-        return path_name
-    if len(set(names)) > 1 or (path_name is not None and names[0] != path_name):
-        raise tracked.InvalidName("the request names two different progresses (path and ?name=)")
-    return names[0]
-
-
-def requested_progress_id(
-    query: str, header: str | None = None, form: Iterable[str] = ()
-) -> str | None:
-    """The client's ``progress_id``, validated; None when the request carries none.
-
-    Read from, in this order, the decoded query string (``?progress_id=``), a
-    field of a urlencoded or multipart body (``form``: the adapter passes its
-    values) and the ``X-Progress-Id`` header. Sources that disagree, or one
-    giving two different values, are refused with ``InvalidName`` (a 400), so
-    the order only says which value an error names first.
-    """
-    found = query_values(query, "progress_id")
-    found.extend(form)
-    if header is not None:
-        found.append(header.strip())
-    if not found:
-        return None
-    first = found[0]
-    for other in found:
-        if other != first:
-            raise tracked.InvalidName(
-                f"conflicting progress_id values {first!r} and {other!r} "
-                f"(query, form field and {PROGRESS_ID_HEADER} header must agree)"
-            )
-    return _request_key(None, first)
-
-
-#: Bodies whose fields may carry the client's progress_id.
-FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
-#: Largest body a middleware reads for a ``progress_id`` field (bigger uploads:
-#: put it in the query or the header).
-FORM_LIMIT = 1 << 20
-
-
-def form_progress_ids(content_type: str | None, body: bytes) -> list[str]:
-    """The ``progress_id`` fields of a urlencoded or multipart ``body`` (UTF-8); none
-    for other bodies. Other fields are not decoded (bytes that are not UTF-8 there are
-    the app's business, as is a body that cannot be read as its form); a progress_id
-    that is not UTF-8 is ``InvalidName``."""
-    kind = (content_type or "").lower()
-    if kind.startswith(FORM_TYPES[0]):
-        # Fields as their raw bytes (latin-1 text): only progress_id must be UTF-8.
-        fields = parse_qsl(body.decode("latin-1"), keep_blank_values=True, encoding="latin-1")
-        found = []
-        for name, value in fields:
-            if name == "progress_id":
-                try:
-                    found.append(value.encode("latin-1").decode("utf-8"))
-                except UnicodeDecodeError:
-                    raise tracked.InvalidName("a progress_id must be UTF-8 text") from None
-        return found
-    if kind.startswith(FORM_TYPES[1]):
-        import email.parser
-        import email.policy
-
-        head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1")
-        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
-        if not message.is_multipart():
-            return []  # no field tracked can read: the app answers this body
-        found = []
-        for part in message.iter_parts():
-            if part.get_param("name", header="content-disposition") != "progress_id":
-                continue
-            payload = part.get_payload(decode=True)
-            try:
-                found.append(payload.decode("utf-8") if isinstance(payload, bytes) else "")
-            except UnicodeDecodeError:
-                raise tracked.InvalidName("a progress_id must be UTF-8 text") from None
-        return found
-    return []
-
-
-@functools.lru_cache(maxsize=4096)
-def mount_prefix(prefix: object) -> str:
-    """The status route's prefix, checked, without its trailing slash.
-
-    It must be a decoded URL path of at least one segment (``/`` alone would send
-    every request to the status route) that a request can match as written: no
-    empty, ``.`` or ``..`` segment (clients and proxies rewrite them), no ``?``,
-    ``#`` or ``%`` (the path is matched decoded), no backslash, space or control
-    character. Anything else is ``InvalidValue``."""
-    if not isinstance(prefix, str) or not prefix.startswith("/"):
-        raise tracked.InvalidValue(f"prefix must be a URL path starting with '/', got {prefix!r}")
-    kept = prefix.rstrip("/")
-    reason = _prefix_problem(kept)
-    if reason:
-        raise tracked.InvalidValue(
-            f"prefix must be a URL path like '/_progress_status', got {prefix!r}: {reason}"
-        )
-    return kept
-
-
-def _prefix_problem(prefix: str) -> str:
-    """Why a prefix (without its trailing slash) cannot work; "" when it can."""
-    if not prefix:
-        return "'/' would send every request to the status route"
-    for segment in prefix[1:].split("/"):
-        if segment in ("", ".", ".."):
-            return "empty, '.' and '..' segments are rewritten before they arrive"
-    bad = next((c for c in prefix if c in "?#%\\" or c.isspace() or not c.isprintable()), None)
-    if bad is not None:
-        return f"{bad!r} cannot be matched in a decoded path"
-    return ""
-
-
-def storage_key(name: str | None, progress_id: str | None) -> str:
-    """The key ``name`` and ``progress_id`` combine into; raises ``InvalidName`` for a
-    bad name or progress_id."""
-    return tracked.State(name=name, progress_id=progress_id).key
-
-
-#: ``storage_key`` for what requests carry (text or None, so always hashable): each
-#: key is validated once, then cached, as pollers repeat theirs. A rejected one is
-#: not cached (it raises every time). Names are at most 512 characters: bounded.
-_request_key = functools.lru_cache(maxsize=4096)(storage_key)
-
-
-def _since(query: str) -> int:
-    """The ``?since=N`` message cursor: a non-negative integer, 0 when absent."""
-    values = query_values(query, "since")
-    if not values:
-        return 0
-    value = values[-1]
-    if not _SINCE.fullmatch(value):
-        raise tracked.InvalidValue(f"since must be a non-negative integer, got {value!r}")
-    return int(value)
-
-
-def _missing_name(prefix: str) -> tracked.InvalidName:
-    return tracked.InvalidName(
-        f"the URL names no progress: use {prefix}/<name> or {prefix}/?name=<name>"
-    )
-
-
-def status_url(prefix: str, key: str) -> str:
-    """The status URL of ``key`` under ``prefix`` (the one rule: ``tracked.status_url``)."""
-    return key_url(prefix, key)
 
 
 # ----------------------------------------------------------------------------- responses

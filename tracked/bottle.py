@@ -27,6 +27,10 @@ import bottle
 import tracked
 
 from ._decorator import SizedGenerator
+from ._query import (
+    mount_prefix,
+    requested_progress_id,
+)
 from ._scope import RequestScope, request_scope
 from ._web import (
     CACHE_BYTES,
@@ -39,9 +43,7 @@ from ._web import (
     StatusService,
     SyncEvents,
     error,
-    mount_prefix,
     render,
-    requested_progress_id,
 )
 
 __all__ = ["TrackedPlugin", "accepted", "status_url"]
