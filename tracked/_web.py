@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -46,6 +45,17 @@ from ._query import (
     requested_since,
     status_url,
     storage_key,
+)
+from ._response import (
+    JSON_TYPE,
+    NO_STORE,
+    Rendered,
+    Response,
+    error,
+    if_match_allows,
+    render,
+    respond,
+    run_tag,
 )
 from ._state import split_key
 
@@ -88,10 +98,8 @@ Authorize = Callable[[Any, str], bool]
 CancelPolicy = bool | Callable[[Any, str], bool]
 Signature = tuple[int, int, int]
 
-JSON_TYPE = "application/json; charset=utf-8"
 #: The methods the status route answers; any other gets a JSON 405 naming them.
 ALLOW = "GET, HEAD, OPTIONS"
-_NO_STORE = ("Cache-Control", "no-store")
 
 EVENT_STREAM_TYPE = "text/event-stream"
 #: Seconds between two comment lines on an idle stream (proxies close silent ones).
@@ -112,7 +120,7 @@ END_ID = "end"
 _EVENT_ID = re.compile(r"([0-9]{1,15})(?:/(-?[0-9]{1,20}))?")
 _EVENT_HEADERS = (
     ("Content-Type", EVENT_STREAM_TYPE),
-    _NO_STORE,
+    NO_STORE,
     ("X-Accel-Buffering", "no"),
 )
 
@@ -136,26 +144,6 @@ class StatusRequest:
     accept: str | None = None
     last_event_id: str | None = None
     if_match: str | None = None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Response:
-    """What the adapter sends back: status code, headers and the whole body."""
-
-    status: int
-    headers: tuple[tuple[str, str], ...]
-    body: bytes = b""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Rendered:
-    """A status response body, its ETag, and the two answers made of them (200 and
-    304), built once so that a cached record is answered without building anything."""
-
-    body: bytes
-    etag: str
-    ok: Response
-    not_modified: Response
 
 
 class StatusService:
@@ -298,7 +286,7 @@ class StatusService:
         if self.authorize is not None and not self.authorize(request.native, key):
             return error(403, "not allowed to read this progress")
         if resume == END_ID:
-            return Response(204, (_NO_STORE,))
+            return Response(204, (NO_STORE,))
         store = self.store or tracked.default_store()
         events = self._events
         subscription = _watch.subscribe(store, key, loop)  # before reading: no change is missed
@@ -400,7 +388,7 @@ class StatusService:
             except Exception:  # the state read before is still true enough
                 logger.debug("cannot read %r after its cancel", key, exc_info=True)
         body = render(self._shown(state)).body
-        return Response(202, (("Content-Type", JSON_TYPE), _NO_STORE), body)
+        return Response(202, (("Content-Type", JSON_TYPE), NO_STORE), body)
 
 
 class RenderCache:
@@ -900,74 +888,13 @@ def _continues(latest: tracked.State, sent: tracked.State, run: int, cursor: int
     )
 
 
-# ----------------------------------------------------------------------------- responses
-
-
-def render(state: tracked.State) -> Rendered:
-    """The wire JSON of ``state`` and its ETag: ``"<run>.<hash of those very bytes>"``
-    (``run_tag``), so an ETag also says which run of the name it was taken from."""
-    body = json.dumps(state.to_dict(), ensure_ascii=False, separators=(",", ":")).encode()
-    etag = f'"{run_tag(state)}.{hashlib.blake2b(body, digest_size=12).hexdigest()}"'
-    ok = Response(200, (("Content-Type", JSON_TYPE), ("ETag", etag), _NO_STORE), body)
-    return Rendered(body, etag, ok, Response(304, (("ETag", etag), _NO_STORE)))
-
-
-def run_tag(state: tracked.State) -> str:
-    """Which run of a name ``state`` belongs to: its start time in whole microseconds,
-    in decimal. The first part of every ETag; a client holding only the state (an
-    event stream has no ETag) builds the same from ``start_time`` (tracked.js does)."""
-    start = state.start_time
-    return str(math.floor(start * 1_000_000)) if math.isfinite(start) else "0"
-
-
-def if_match_allows(header: str, state: tracked.State) -> bool:
-    """Whether an ``If-Match`` header names the run of ``state``: ``*``, or an entity
-    tag whose run part (before the first ``.``) is ``run_tag(state)``. Compared by run,
-    not byte for byte, so any ETag of the run matches (a ``W/`` added by a proxy too),
-    and one of an earlier or later run of the name never does."""
-    current = run_tag(state)
-    for candidate in header.split(","):
-        tag = candidate.strip()
-        if tag == "*":
-            return True
-        tag = tag.removeprefix("W/")
-        if len(tag) >= 2 and tag[0] == '"' and tag[-1] == '"':
-            if tag[1:-1].partition(".")[0] == current:
-                return True
-    return False
-
-
-def respond(rendered: Rendered, if_none_match: str | None) -> Response:
-    """200 with the body, or 304 without one when the client already has this ETag."""
-    if if_none_match and _etag_matches(if_none_match, rendered.etag):
-        return rendered.not_modified
-    return rendered.ok
-
-
-def _etag_matches(header: str, etag: str) -> bool:
-    """Whether an ``If-None-Match`` header names ``etag`` (weak comparison, or ``*``)."""
-    if header == etag:
-        return True
-    for candidate in header.split(","):
-        candidate = candidate.strip()
-        if candidate == "*" or candidate.removeprefix("W/") == etag:
-            return True
-    return False
-
-
-def error(status: int, message: str, *headers: tuple[str, str]) -> Response:
-    """The JSON error every failure answers with: ``{"error": ..., "status": "error"}``."""
-    body = json.dumps({"error": message, "status": "error"}, ensure_ascii=False).encode()
-    return Response(status, (("Content-Type", JSON_TYPE), _NO_STORE, *headers), body)
-
-
 #: OPTIONS while DELETE is allowed (``cancel=``).
-_OPTIONS_WITH_DELETE = Response(204, (("Allow", ALLOW + ", DELETE"), _NO_STORE))
+_OPTIONS_WITH_DELETE = Response(204, (("Allow", ALLOW + ", DELETE"), NO_STORE))
 
 
 def _not_allowed(method: str) -> Response:
     """OPTIONS: 204 naming the allowed methods; anything else but GET/HEAD: a JSON 405."""
     if method == "OPTIONS":
-        return Response(204, (("Allow", ALLOW), _NO_STORE))
+        return Response(204, (("Allow", ALLOW), NO_STORE))
     shown = method if method.isascii() and method.isprintable() else repr(method)
     return error(405, f"the status route answers {ALLOW}, not {shown}", ("Allow", ALLOW))
