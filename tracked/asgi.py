@@ -29,6 +29,11 @@ from urllib.parse import unquote_to_bytes
 
 import tracked
 
+from ._events import (
+    HEARTBEAT_SECONDS,
+    MAX_STREAM_SECONDS,
+    wants_events,
+)
 from ._query import (
     FORM_LIMIT,
     FORM_TYPES,
@@ -39,8 +44,6 @@ from ._query import (
 from ._scope import RequestScope, request_scope
 from ._web import (
     CACHE_BYTES,
-    HEARTBEAT_SECONDS,
-    MAX_STREAM_SECONDS,
     Authorize,
     CancelPolicy,
     EventStream,
@@ -49,7 +52,6 @@ from ._web import (
     StatusService,
     Wait,
     error,
-    wants_events,
 )
 
 __all__ = ["TrackedMiddleware", "status_app"]

@@ -27,6 +27,10 @@ import bottle
 import tracked
 
 from ._decorator import SizedGenerator
+from ._events import (
+    HEARTBEAT_SECONDS,
+    MAX_STREAM_SECONDS,
+)
 from ._query import (
     mount_prefix,
     requested_progress_id,
@@ -34,8 +38,6 @@ from ._query import (
 from ._scope import RequestScope, request_scope
 from ._web import (
     CACHE_BYTES,
-    HEARTBEAT_SECONDS,
-    MAX_STREAM_SECONDS,
     Authorize,
     CancelPolicy,
     EventStream,

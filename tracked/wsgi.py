@@ -31,6 +31,10 @@ from typing import Any
 
 import tracked
 
+from ._events import (
+    HEARTBEAT_SECONDS,
+    MAX_STREAM_SECONDS,
+)
 from ._query import (
     FORM_LIMIT,
     FORM_TYPES,
@@ -41,8 +45,6 @@ from ._query import (
 from ._scope import RequestScope, request_scope
 from ._web import (
     CACHE_BYTES,
-    HEARTBEAT_SECONDS,
-    MAX_STREAM_SECONDS,
     Authorize,
     CancelPolicy,
     EventStream,
