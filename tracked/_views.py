@@ -16,6 +16,7 @@ from ._state import DEFAULT_STATUS
 
 __all__ = [
     "LABEL_SEPARATOR",
+    "RECENT",
     "UNSAFE_CATEGORIES",
     "display_key",
     "ended_at",
@@ -31,6 +32,8 @@ __all__ = [
     "state_text",
 ]
 
+#: Without ``--all``, ``list`` shows running progresses and those ended this recently.
+RECENT = 24 * 3600.0
 #: Unicode categories never written as they are: controls (C0, C1), format characters
 #: (every bidirectional control among them: U+061C, U+200E-F, U+202A-E, U+2066-9, and
 #: zero-width and tag characters), line and paragraph separators, and lone surrogates.
