@@ -212,10 +212,12 @@ class EventCache:
         return self._bytes
 
     def opened(self, key: str) -> None:
+        """A stream of ``key`` opened: keep its events until its last stream closes."""
         with self._lock:
             self._streams[key] = self._streams.get(key, 0) + 1
 
     def closed(self, key: str) -> None:
+        """A stream of ``key`` closed: drop what is kept for it after its last one."""
         with self._lock:
             left = self._streams.get(key, 1) - 1
             if left > 0:
@@ -231,12 +233,14 @@ class EventCache:
                     self._bytes -= entry[2]
 
     def get(self, key: str, hide: bool, state: tracked.State, cursor: int) -> bytes | None:
+        """The event already encoded for ``state`` from ``cursor`` on, or None."""
         entry = self._entries.get((key, hide))
         if entry is None or entry[0] is not state:
             return None
         return entry[1].get(cursor)
 
     def put(self, key: str, hide: bool, state: tracked.State, cursor: int, event: bytes) -> None:
+        """Keep ``event`` (``state`` from ``cursor`` on) for the key's other streams."""
         with self._lock:
             if key not in self._streams:
                 return  # no stream follows it (any more): keep nothing

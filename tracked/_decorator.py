@@ -260,6 +260,7 @@ class Spec:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> str | None:
+        """The progress name for one call, from the decorator's ``name``."""
         name = self.name
         if name is None:
             if self.progress_id is not None:
@@ -281,6 +282,7 @@ class Spec:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
+        """Call a plain function as one tracked run."""
         try:
             progress = self.start(wrapped, instance, args, kwargs)
         except NotStarted as skipped:  # a queued run cancelled before its worker got to it
@@ -301,6 +303,7 @@ class Spec:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Generator[Any, Any, Any]:
+        """Call a generator function and wrap its generator in the per-yield loop (``drive``)."""
         generator = wrapped(*args, **kwargs)  # runs none of its body yet
         progress = self.start_for(generator.close, wrapped, instance, args, kwargs)
         # Copied now, not at the first step: a web server may iterate the generator
@@ -319,6 +322,7 @@ class Spec:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Coroutine[Any, Any, Any]:
+        """Call a coroutine function; its coroutine is tracked while awaited (``awaiting``)."""
         coroutine = wrapped(*args, **kwargs)  # runs none of its body yet
         try:
             progress = self.start_for(coroutine.close, wrapped, instance, args, kwargs)
@@ -333,6 +337,7 @@ class Spec:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> AsyncGenerator[Any, Any]:
+        """Call an async generator function and wrap its generator in ``drive_async``."""
         generator = wrapped(*args, **kwargs)  # runs none of its body yet
         progress = self.start_for(lambda: None, wrapped, instance, args, kwargs)
         return drive_async(generator, progress)
