@@ -275,20 +275,36 @@ class StatusService:
             return error(403, "not allowed to read this progress")
         if resume == END_ID:
             return Response(204, (NO_STORE,))
+        return self._follow(key, since, resume, loop)
+
+    def _follow(
+        self, key: str, since: int, resume: tuple[int, int | None] | str | None,
+        loop: asyncio.AbstractEventLoop | None,
+    ) -> Response | EventStream:
+        """Subscribe to ``key``, then start its stream (subscribed before reading: no
+        change falls between); an error answered instead closes what was opened."""
         store = self.store or tracked.default_store()
+        subscription = _watch.subscribe(store, key, loop)
+        self._events.opened(key)
+        answer = self._start(store, key, since, resume, subscription)
+        if isinstance(answer, Response):
+            subscription.close()
+            self._events.closed(key)
+        return answer
+
+    def _start(
+        self, store: tracked.Store, key: str, since: int,
+        resume: tuple[int, int | None] | str | None, subscription: _watch.Subscription,
+    ) -> Response | EventStream:
+        """The stream of ``key`` from its first state on (the cursor from ``since`` or
+        ``Last-Event-ID``), or the error to answer when it cannot be read."""
         events = self._events
-        subscription = _watch.subscribe(store, key, loop)  # before reading: no change is missed
-        events.opened(key)
         try:
             state = events.load(store, key)
         except Exception as exc:  # noqa: BLE001 - a store or record problem, never HTML
-            subscription.close()
-            events.closed(key)
             logger.warning("status route cannot read %r: %s", key, exc)
             return error(500, "the progress store cannot be read")
         if state is None:
-            subscription.close()
-            events.closed(key)
             shown = key.replace("\0", "?progress_id=")
             return error(404, f"no progress {shown!r}")
         cursor = since
