@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_push.py freshness   # write -> SSE client, Redis and file
     .venv/bin/python bench/bench_push.py follow      # 100 clients follow a job 60 s: poll vs SSE
     .venv/bin/python bench/bench_push.py route       # status JSON vs a trivial route (wrk)
+    .venv/bin/python bench/bench_push.py route-redis # tracked.asgi, Redis, vs FastAPI+redis.asyncio
     BENCH_STACK=asyncio BENCH_ROUNDS=15 .venv/bin/python bench/bench_push.py route
     .venv/bin/python bench/bench_push.py crowd           # 1,000 SSE clients, 10 jobs, Redis
     .venv/bin/python bench/bench_push.py crowd-together  # ... the 10 jobs writing at once
@@ -288,19 +289,30 @@ def follow_once(
 # ----------------------------------------------------------------------------- route
 
 
-def route(rounds: int = 7, duration: str = "3s") -> None:
+def route(rounds: int = 7, duration: str = "3s", redis_store: bool = False) -> None:
     """Status JSON under uvicorn vs a trivial ASGI route on the same server (wrk);
     each round runs both back to back, in alternating order. Besides requests/s
-    (which wrk, on the same 2 cores, also shapes), the server's CPU per request."""
+    (which wrk, on the same 2 cores, also shapes), the server's CPU per request.
+    ``redis_store``: the status route on a RedisStore against the hand-written FastAPI
+    endpoint reading the same keys (``bench/push_app.py``) instead of the trivial one."""
     rounds = int(os.environ.get("BENCH_ROUNDS", rounds))
     print(f"  uvicorn stack {stack()}; {rounds} rounds of wrk -t2 -c16 -d{duration}")
-    with tempfile.TemporaryDirectory() as directory, uvicorn_server(directory) as (port, pid):
-        store = tracked.FileStore(directory)
+    with contextlib.ExitStack() as stack_:
+        if redis_store:
+            url = stack_.enter_context(redis_server())
+            store: tracked.Store = tracked.open_store(url)
+        else:
+            url = stack_.enter_context(tempfile.TemporaryDirectory())
+            store = tracked.FileStore(url)
+        port, pid = stack_.enter_context(uvicorn_server(url))
         with tracked.start("bench", store=store) as progress:
             progress.increment(5, *[f"message {i}" for i in range(10)])
         time.sleep(0.2)
-        urls = {"trivial": f"http://127.0.0.1:{port}/trivial",
+        baseline = "/hand/bench" if redis_store else "/trivial"
+        urls = {"trivial": f"http://127.0.0.1:{port}{baseline}",
                 "status": f"http://127.0.0.1:{port}{PREFIX}/bench"}
+        if redis_store:
+            print("  'trivial' below is the hand-written FastAPI + redis.asyncio endpoint")
         rates: dict[str, list[float]] = {kind: [] for kind in urls}
         cpu_us: dict[str, list[float]] = {kind: [] for kind in urls}
         for round_ in range(rounds):
@@ -482,6 +494,7 @@ if __name__ == "__main__":
         "freshness": freshness,
         "follow": follow,
         "route": route,
+        "route-redis": lambda: route(redis_store=True),
         "crowd": lambda: crowd(together=False),
         "crowd-together": lambda: crowd(together=True),
         "crowd-fast": lambda: crowd(writes=40, pause=0.1, together=False),

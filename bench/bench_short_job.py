@@ -7,6 +7,11 @@ same name each time (a ``@tracked`` route, which starts its ended record again),
 the same with a new name each time (a ``progress_id`` per request), and the atomic
 write. Prints the median us per job and the median of the per-round ratios to the
 atomic write (goal: <= 1.5).
+
+``--redis`` instead counts what a short job costs a RedisStore: the round trips the
+client sends (redis-py's ``send_packed_command`` calls, one per command or pipeline)
+and the commands the server ran (``INFO commandstats``), per start and per finish
+(goal: one round trip each).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import itertools
 import json
 import os
 import tempfile
+import threading
 
 from _common import interleaved, load_tracked, median
 
@@ -26,7 +32,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--redis", action="store_true", help="count Redis round trips instead")
     args = parser.parse_args()
+    if args.redis:
+        redis_trips(args.jobs)
+        return
     with tempfile.TemporaryDirectory() as directory:
         store = tracked.FileStore(directory)
         fresh = itertools.count()
@@ -69,6 +79,52 @@ def main() -> None:
             f" {each['atomic write']:.0f} us | ratio median {median(ratios):.2f}"
             f" (range {min(ratios):.2f}-{max(ratios):.2f}, {len(rounds)} rounds) | goal <= 1.5"
         )
+
+
+def redis_trips(jobs: int) -> None:
+    """Round trips and server commands per start and per finish on a RedisStore."""
+    import shutil
+    from pathlib import Path
+
+    import redis
+    from bench_redis import start_redis
+
+    sent = [0]
+    send = redis.connection.Connection.send_packed_command
+    caller = threading.get_ident()
+
+    def counting(self: object, *args: object, **kwargs: object) -> None:
+        sent[0] += threading.get_ident() == caller  # the flusher's own trips left out
+        send(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    redis.connection.Connection.send_packed_command = counting  # type: ignore[method-assign]
+    with tempfile.TemporaryDirectory() as directory:
+        server, url = start_redis(shutil.which("redis-server") or "redis-server", Path(directory))
+        try:
+            store = tracked.open_store(url)
+            admin = redis.Redis.from_url(url)
+            with tracked.start("short", store=store):
+                pass  # the script loads and the pool's connection opens here
+            admin.config_resetstat()
+            trips = {"start": 0, "finish": 0}
+            for _ in range(jobs):
+                before = sent[0]
+                progress = tracked.start("short", store=store)
+                trips["start"] += sent[0] - before
+                before = sent[0]
+                progress.finish()
+                trips["finish"] += sent[0] - before
+            stats = admin.info("commandstats")
+            admin.close()
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+    commands = {k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items()}
+    commands.pop("info", None)
+    print(f"RedisStore, {jobs} short jobs: round trips per start {trips['start'] / jobs:.2f}, "
+          f"per finish {trips['finish'] / jobs:.2f} | server commands per job "
+          + ", ".join(f"{k} {v / jobs:.2f}" for k, v in sorted(commands.items()))
+          + " | goal: one round trip each")
 
 
 if __name__ == "__main__":

@@ -317,3 +317,32 @@ def test_a_task_in_another_process_stops_when_asked_from_here(shared_store_url: 
     assert (state.state, state.status, state.error) == ("cancelled", "cancelled", None)
     assert state.messages[-1] == "cleanup ran"
     assert tracked.cancel("remote") is False
+
+
+@pytest.mark.parametrize("count", [0, 1, 31, 32, 33])
+@pytest.mark.parametrize("crowded", [False, True])
+def test_the_file_cancel_poll_of_many_runs_is_exact_listed_or_stated(
+    tmp_path: Path, count: int, crowded: bool
+) -> None:
+    """From 32 runs on, a FileStore's poll lists the directory once instead of a
+    ``stat`` per run, unless the directory is much larger than the runs (``crowded``:
+    then it stats); either way exactly the runs asked read True, and another run of
+    an asked name reads False."""
+    (tmp_path / "store").mkdir()
+    store = tracked.FileStore(tmp_path / "store")
+    if crowded:  # other records: more than 1 KiB of directory per polled run
+        for i in range(max(1, count) * 24):
+            (tmp_path / "store" / f"other-{i:060d}.json").write_bytes(b"")
+    owner = held_owner()
+    runs = []
+    for i in range(count):
+        store.claim(running(f"poll-{i}"), owner)
+        runs.append((f"poll-{i}", owner))
+    asked = {i for i in (0, 30, 31, 32) if i < count}
+    for i in asked:
+        assert store.request_cancel(f"poll-{i}") is True
+    assert store.cancels_requested(runs) == [i in asked for i in range(count)]
+    other = held_owner()  # a later run of an asked name was not asked
+    assert store.cancels_requested([(key, other) for key, _ in runs]) == [False] * count
+    if runs:
+        assert store.cancels_requested(runs[:1]) == [0 in asked]

@@ -121,3 +121,39 @@ def test_cancel_with_bad_input_exits_2_with_one_line(store_dir, args):
     done = tracked_cli("--store", store_dir, *args)
     assert done.returncode == 2
     assert len(done.stderr.splitlines()) == 1, done.stderr
+
+
+#: Stops at the request, and at once starts a new run of the same name that never ends.
+RESTARTS = r"""
+import sys, time, tracked
+try:
+    with tracked.start(sys.argv[2], store=sys.argv[1], min_interval=0.02) as progress:
+        print("started", flush=True)
+        while True:
+            progress.check()
+            time.sleep(0.01)
+except tracked.Cancelled:
+    pass
+with tracked.start(sys.argv[2], store=sys.argv[1]):
+    time.sleep(3600)
+"""
+
+
+def test_cancel_wait_does_not_take_a_new_run_of_the_name_for_the_one_it_asked(store_dir):
+    # It followed the new run: "still runs after 20s" (or that run's end), exit 1,
+    # about a run it never asked to stop.
+    process = start_process("-c", RESTARTS, store_dir, "restarts")
+    try:
+        started = time.monotonic()
+        done = tracked_cli("--store", store_dir, "cancel", "restarts", "--wait", "20")
+        # The CLI reads the record every 50 ms: it sees the cancelled end only if it
+        # reads in the instant between the two runs; either answer is about that run.
+        assert (done.returncode, done.stderr.strip() or done.stdout.splitlines()[-1]) in {
+            (0, "progress 'restarts' ended cancelled"),
+            (1, "tracked cancel: progress 'restarts' ended and a new run of it started"
+                " before its end could be read"),
+        }
+        assert time.monotonic() - started < 15
+    finally:
+        process.kill()
+        process.wait()

@@ -271,3 +271,57 @@ def test_prefork_soft_time_limit_fails_terminate_cancels_and_kill_9_reads_abando
         assert state.state == "abandoned" and state.count < 400
     finally:
         stop(process)
+
+
+def test_a_duplicate_task_id_runs_as_that_ids_run_never_under_the_bare_name(
+    jobs: ModuleType, store: RedisStore, solo: Path, env: dict[str, str]
+) -> None:
+    # Celery swallows the publisher's AlreadyRunning and sends the message anyway;
+    # its worker used to run it as a new run of the bare name "celery-loop", which
+    # no reader of the task id looks for. Now it carries the task id's key: it runs
+    # once the first run has ended, as a new run of that key.
+    side = Path(env["TRACKED_JOBS_SIDE"])
+    task_id = "c-dup-task"
+    key = f"celery-loop\0{task_id}"
+    jobs.loop.apply_async((10, 0.05, "c-dup-1"), task_id=task_id)
+    until(lambda: store.load(key), lambda s: s.state == "running")
+    jobs.loop.apply_async((3, 0.01, "c-dup-2"), task_id=task_id)  # while the first runs
+    deadline = time.monotonic() + DEADLINE
+    while not (side / "c-dup-2.done").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    state = until(lambda: store.load(key), lambda s: not s.in_progress)
+    assert (state.state, state.count, state.total) == ("finished", 3, 3)
+    assert (side / "c-dup-1.done").exists()  # the first ran to its end first
+    assert store.load("celery-loop") is None
+
+
+def test_a_task_id_that_is_no_progress_id_fails_the_task_unrun(
+    jobs: ModuleType, store: RedisStore, solo: Path, env: dict[str, str]
+) -> None:
+    # The publisher's InvalidName is only logged by Celery, and the message is sent
+    # with no ticket: its worker used to run it as a run of the bare name, which no
+    # reader of the task id finds. Now the task fails, saying why, and never runs.
+    result = jobs.loop.apply_async((3, 0.01, "c-bad-id"), task_id="a b")
+    error = outcome(result)
+    assert result.state == "FAILURE"
+    assert "'a b' cannot be tracked" in str(error) and "task_id" in str(error)
+    assert not (Path(env["TRACKED_JOBS_SIDE"]) / "c-bad-id.started").exists()
+    assert store.load("celery-loop") is None
+
+
+def test_a_task_asked_to_stop_is_not_run_again_by_its_retry(
+    jobs: ModuleType, store: RedisStore, solo: Path, env: dict[str, str]
+) -> None:
+    # self.retry() after a request the attempt never looked at: the retry used to
+    # claim the ended key afresh and run the body again from scratch.
+    side = Path(env["TRACKED_JOBS_SIDE"])
+    result = jobs.stubborn.delay("c-stubborn", 1.0)
+    key = f"celery-stubborn\0{result.id}"
+    until(lambda: store.load(key), lambda s: s.state == "running")
+    assert tracked.cancel("celery-stubborn", progress_id=result.id, store=store)
+    state = until(lambda: store.load(key), lambda s: not s.in_progress)
+    time.sleep(1.5)  # the retry's message is received and handled
+    assert not (side / "c-stubborn.attempt2").exists()
+    assert store.load(key) == state
+    assert (state.state, state.cancel_requested, state.count) == ("failed", True, 1)

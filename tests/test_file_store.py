@@ -325,6 +325,29 @@ def test_every_write_changes_what_a_stat_of_the_record_says(file_store: FileStor
     assert len(seen) == 50
 
 
+def test_a_write_long_after_the_last_changes_what_a_stat_says_without_a_utime(
+    file_store: FileStore,
+) -> None:
+    """A record whose mtime is older than the store's settle time (50 ms) is not
+    ``utime``d after an in-place write (the write moves the mtime on by itself): a
+    same-size write 60 ms, 0.2 s and 1 s after the last still changes the
+    ``stat``, in both directions of the padding (shorter, then longer again)."""
+    progress = tracked.start("stat-later", total=None, min_interval=3600)
+    path = file_store.path_for("stat-later")
+    progress.status = "x" * 100
+    progress.flush()
+    before = path.stat()
+    for pause, status in ((0.06, "a"), (0.2, "b" * 100), (1.0, "c")):
+        time.sleep(pause)
+        progress.status = status
+        progress.flush()
+        after = path.stat()
+        assert after.st_ino == before.st_ino  # rewritten in place, not replaced
+        assert after.st_mtime_ns > before.st_mtime_ns, pause
+        before = after
+    progress.finish()
+
+
 def test_an_empty_record_file_left_by_a_killed_claimer_reads_as_no_record(
     file_store: FileStore,
 ) -> None:
@@ -348,8 +371,8 @@ def test_an_empty_record_file_left_by_a_killed_claimer_reads_as_no_record(
 def test_a_writer_stopped_holding_a_records_lock_makes_readers_wait_seconds_not_forever(
     file_store: FileStore,
 ) -> None:
-    """Another process holds the record's lock, as a writer stopped in the middle of a
-    write would: a read gives up with a ``StoreError`` naming the file after
+    """Another process holds the record's locks, as a writer stopped in the middle of an
+    in-place write would: a read gives up with a ``StoreError`` naming the file after
     ``READ_LOCK_TIMEOUT``, ``list()`` skips the record, and once the lock is let go
     the record reads again."""
     from tracked._filestore import READ_LOCK_TIMEOUT
@@ -357,9 +380,11 @@ def test_a_writer_stopped_holding_a_records_lock_makes_readers_wait_seconds_not_
     with tracked.start("stuck"):
         pass
     path = file_store.path_for("stuck")
+    # A writer stopped between taking the range lock and its in-place write holds this:
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+        [sys.executable, "-c", "import fcntl, os, struct, sys, time\n"
          f"fd = os.open({str(path)!r}, os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX)\n"
+         "fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack('hhqqi4x', fcntl.F_WRLCK, 0, 0, 0, 0))\n"
          "print('held', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True,
     )
@@ -379,3 +404,91 @@ def test_a_writer_stopped_holding_a_records_lock_makes_readers_wait_seconds_not_
 
 #: Far more than ``READ_LOCK_TIMEOUT`` and less than a writer's 10 s: a read gave up.
 LOCK_WAIT_LIMIT = 8.0
+
+
+def _stop_holding_a_lock(reader: subprocess.Popen[str], path: Path) -> None:
+    """SIGSTOP ``reader`` (a process reading ``path`` in a loop) at a moment it holds a
+    lock on the file: /proc/locks lists one on its inode (we hold none ourselves)."""
+    inode = f":{path.stat().st_ino} "
+    for _ in range(20_000):
+        os.kill(reader.pid, signal.SIGSTOP)
+        with open("/proc/locks") as locks:
+            if inode in locks.read():
+                return
+        os.kill(reader.pid, signal.SIGCONT)
+        time.sleep(0.0005)
+    raise AssertionError("the reader was never stopped holding the lock")
+
+
+@pytest.mark.parametrize("size", [100, 6000])  # rewritten in place; replaced
+def test_a_reader_stopped_holding_its_lock_never_holds_up_a_write(
+    file_store: FileStore, size: int
+) -> None:
+    """A reader process SIGSTOPped in the middle of a read (holding its shared lock)
+    never makes a task wait: the running run's update and final write and a new run
+    of the name each land at once (a writer replaces the file rather than wait), and
+    the reader, let go, reads the newest record whole. (Readers used to share the
+    writers' ``flock``: each of these waited 10 s, and the new start failed.)"""
+    progress = tracked.start("read-a-lot", total=3, min_interval=3600)
+    progress.status = "x" * size
+    progress.flush()
+    path = file_store.path_for("read-a-lot")
+    reader = subprocess.Popen(
+        [sys.executable, "-c", "import sys, tracked\n"
+         "store = tracked.FileStore(sys.argv[1])\n"
+         "print('reading', flush=True)\n"
+         "while True: store.read('read-a-lot')", str(file_store.directory)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert reader.stdout is not None and reader.stdout.readline().strip() == "reading"
+        _stop_holding_a_lock(reader, path)
+        began = time.monotonic()
+        progress.increment(1)
+        assert progress.flush()
+        progress.finish()
+        _stop_holding_a_lock(reader, path)  # it may hold the old file's lock no more
+        with tracked.start("read-a-lot", total=3) as again:
+            again.increment(3)
+        assert time.monotonic() - began < WRITE_WAIT_LIMIT
+        os.kill(reader.pid, signal.SIGCONT)
+        time.sleep(0.05)
+        assert reader.poll() is None  # it reads on, never a torn or corrupt record
+    finally:
+        reader.kill()
+        reader.wait()
+    state = tracked.load("read-a-lot")
+    assert state is not None and (state.state, state.count) == ("finished", 3)
+
+
+#: A write that waited for a stopped reader took 10 s (the writers' lock timeout).
+WRITE_WAIT_LIMIT = 3.0
+
+
+def test_a_link_or_directory_in_place_of_a_record_is_a_store_error_and_nothing_outside_changes(
+    file_store: FileStore, tmp_path: Path
+) -> None:
+    """A symbolic link planted under a record's name (to a small file outside the store)
+    and a directory there: a start of the name, a running run's write and a read each
+    raise ``StoreError`` naming the entry, ``list()`` skips it, and the file outside
+    is never written. (Small records are rewritten in place: the write went through
+    the link into the file it points to, and a start over a directory raised a bare
+    ``IsADirectoryError``.)"""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    file_store.path_for("linked").symlink_to(victim)
+    file_store.path_for("folder").mkdir()
+    running = tracked.start("swapped", total=2, min_interval=3600)
+    file_store.path_for("swapped").unlink()
+    file_store.path_for("swapped").symlink_to(victim)
+    for name in ("linked", "folder"):
+        with pytest.raises(StoreError, match=str(file_store.path_for(name))):
+            tracked.start(name)
+        with pytest.raises(StoreError, match=str(file_store.path_for(name))):
+            tracked.load(name)
+    running.increment(2)
+    assert not running.flush()
+    running.finish()
+    assert victim.read_text() == "precious\n"
+    assert file_store.list() == []
+    assert file_store.path_for("linked").is_symlink() and file_store.path_for("folder").is_dir()

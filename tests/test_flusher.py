@@ -38,6 +38,10 @@ class FaultyStore(tracked.MemoryStore):
         self._fault("cancels")
         return super().cancels_requested(runs)  # type: ignore[arg-type]
 
+    def save(self, state: tracked.State, owner: object) -> None:
+        self._fault("save")  # the task thread's own writes (its final one)
+        super().save(state, owner)  # type: ignore[arg-type]
+
     def save_many(self, writes: object) -> list[Exception | None]:
         self._fault("save_many")  # with the handle taken off the flusher's schedule
         return super().save_many(writes)  # type: ignore[arg-type]
@@ -164,3 +168,22 @@ def test_a_flusher_killed_by_an_unexpected_error_is_restarted_at_the_next_update
         _wait_for(lambda: store.load("revived").count == 5)  # type: ignore[union-attr]
         assert len([e for e in _flusher._current().schedule if e[2]() is progress]) <= 1
     assert store.load("revived").state == "finished"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("fault", [KeyboardInterrupt(), SystemExit(3)])
+def test_a_final_write_interrupted_on_the_task_thread_still_lands_later(
+    fault: BaseException,
+) -> None:
+    """Ctrl-C (or ``SystemExit``) raised inside the store's write of a run's end goes on
+    up to the task, as it should, and the flusher writes the end afterwards: the record
+    reads ``finished``, not ``running`` for as long as the process lives. (The retry
+    was only scheduled when the write returned.)"""
+    store = FaultyStore()
+    store.where = "save"
+    with pytest.raises(type(fault)):
+        with tracked.start("interrupted", total=2, store=store, min_interval=3600) as p:
+            p += 2
+            store.fault = fault
+    _wait_for(lambda: store.load("interrupted").state != "running", 5.0)  # type: ignore[union-attr]
+    state = store.load("interrupted")
+    assert state is not None and (state.state, state.count) == ("finished", 2)

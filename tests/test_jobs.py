@@ -251,7 +251,9 @@ def test_interpreter_exit_cancels_queued_runs_and_waits_for_the_running_one(
     states = {s.name: s for s in store.list()}
     assert states["job-0"].state == "finished" and states["job-0"].result == 0
     for n in (1, 2, 3):
-        assert (states[f"job-{n}"].state, states[f"job-{n}"].status) == ("cancelled", "cancelled")
+        assert (states[f"job-{n}"].state, states[f"job-{n}"].status) == (
+            "cancelled", "cancelled before it started"
+        )
     assert not any(s.in_progress for s in store.list())
 
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,12 @@ class Work:
 
     def done(self) -> int:
         return len(self.path.read_text().split())
+
+    def wait_seen_of(self, name: str) -> None:
+        """``wait_seen`` from another thread: ask ``name`` to stop, wait for the record."""
+        tracked.cancel(name)
+        eventually(lambda: tracked.load(name).cancel_requested,  # type: ignore[union-attr]
+                   "the request is in the record")
 
     def wait_seen(self) -> None:
         """At step 3: block (no delivery point) until the owner has seen the request."""
@@ -396,7 +402,26 @@ def test_status_url_encodes_by_the_one_rule(
     assert tracked.status_url(tracked.State(name=name, progress_id=progress_id)) == url
 
 
+@pytest.mark.parametrize("name", ["/evil.com", "//evil.com/x", "/", "/a/../b", "/%2e%2e"])
+def test_status_url_of_a_name_with_a_leading_slash_stays_on_the_site_and_reaches_it(
+    build: Any, tmp_path: Path, name: str
+) -> None:
+    # It was `//evil.com` with prefix "" or "/": a Location on another host.
+    for prefix in ("", "/", "/_progress_status"):
+        url = tracked.status_url(name, prefix=prefix)
+        assert url.startswith("/") and not url.startswith("//"), url
+    store = tracked.FileStore(tmp_path / "store")
+    with tracked.start(name, total=10, store=store) as progress:
+        progress.increment(7)
+    body = build(store).get(tracked.status_url(name), status=200).json
+    assert (body["name"], body["count"]) == (name, 7)
+
+
 def test_status_url_refuses_what_names_no_run() -> None:
+    with pytest.raises(tracked.InvalidName):
+        tracked.status_url(5)  # type: ignore[arg-type]  # was AttributeError
+    with pytest.raises(tracked.InvalidName):
+        tracked.status_url(b"job")  # type: ignore[arg-type]
     with pytest.raises(tracked.InvalidName):
         tracked.status_url("job", "bad id")
     with pytest.raises(tracked.InvalidName):
@@ -460,6 +485,36 @@ def test_show_and_list_say_stopping_and_place_in_line(
     gate.set()
     for run in runs:
         run.wait(WAIT)
+
+
+def test_the_cli_says_a_run_cancelled_in_line_never_started(
+    file_store: tracked.FileStore, one_worker: None
+) -> None:
+    # Its times are those it waited in line: watch said "cancelled 0/? in 0.3s",
+    # show "elapsed 0.3s" and list "started 0.3s ago" for a run that never ran.
+    store = str(file_store.directory)
+    gate = threading.Event()
+    runs = [tracked.submit(waits, n, gate) for n in range(2)]
+    eventually(lambda: tracked.load("line-1").state == "queued", "queued")  # type: ignore[union-attr]
+    time.sleep(0.3)
+    assert tracked.cancel("line-1")
+    eventually(lambda: not tracked.load("line-1").in_progress, "dropped")  # type: ignore[union-attr]
+    gate.set()
+    runs[0].wait(WAIT)
+    state = tracked.load("line-1")
+    assert state is not None
+    assert (state.state, state.count, state.status) == (
+        "cancelled", 0, "cancelled before it started"
+    )
+    watched = cli("--store", store, "watch", "line-1")
+    assert watched.returncode == 1
+    assert watched.stdout.strip() == "line-1: cancelled before it started 0/1 (0.0%)"
+    shown = cli("--store", store, "show", "line-1").stdout
+    assert "state:        cancelled before it started" in shown
+    assert "elapsed:      -" in shown and "started:      never (queued " in shown
+    row = next(line for line in cli("--store", store, "list").stdout.splitlines()
+               if line.startswith("line-1"))
+    assert "cancelled before it started" in row and "never" in row and "ago" not in row
 
 
 def _quietly(run: Callable[[str, Work, bool], None], name: str, work: Work, stops: bool) -> None:
@@ -526,6 +581,123 @@ def test_a_tqdm_bar_stops_at_its_next_update_and_a_captured_bar_at_its_next_redr
                 time.sleep(0.002)
         assert items < 1000
         assert tracked.load("captured").state == "cancelled"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("returns", [False, True], ids=["goes-on", "returns"])
+def test_a_generator_that_catches_cancelled_and_goes_on_reads_its_own_end(
+    file_store: tracked.FileStore, tmp_path: Path, returns: bool
+) -> None:
+    # It caught the Cancelled thrown in at a yield and yielded all its other items:
+    # the record read "cancelled 10/10" for work that all ran. Caught and returned
+    # at once, it stopped on request: cancelled.
+    work = Work(tmp_path / "side-effects")
+
+    @tracked.tracked("swallows", total=10, min_interval=0.02)
+    def swallows() -> Iterator[int]:
+        for step in range(10):
+            work.do(step)
+            if step == 3:
+                tracked.cancel("swallows")
+                work.wait_seen()
+            try:
+                yield step
+            except tracked.Cancelled:
+                if returns:
+                    return
+        work.do(99)
+
+    list(swallows())
+    state = tracked.load("swallows")
+    assert state is not None and state.cancel_requested
+    if returns:
+        assert (state.state, work.done()) == ("cancelled", 4)
+    else:
+        assert (state.state, state.count, work.done()) == ("finished", 10, 11)
+
+
+def test_an_async_generator_that_catches_cancelled_and_goes_on_reads_its_own_end(
+    file_store: tracked.FileStore, tmp_path: Path
+) -> None:
+    work = Work(tmp_path / "side-effects")
+
+    @tracked.tracked("aswallows", total=6, min_interval=0.02)
+    async def aswallows() -> AsyncIterator[int]:
+        for step in range(6):
+            work.do(step)
+            if step == 2:
+                await asyncio.to_thread(work.wait_seen_of, "aswallows")
+            try:
+                yield step
+            except tracked.Cancelled:
+                pass
+
+    async def consume() -> list[int]:
+        return [item async for item in aswallows()]
+
+    asyncio.run(consume())
+    state = tracked.load("aswallows")
+    assert state is not None
+    assert (state.state, state.count, state.cancel_requested, work.done()) == (
+        "finished", 6, True, 6
+    )
+
+
+def test_a_tqdm_bar_within_its_delay_stops_at_its_next_item(
+    file_store: tracked.FileStore, tmp_path: Path
+) -> None:
+    # A bar not shown yet (tqdm's delay) never redrew, so it never looked at the
+    # request: all 50 items ran on and the run read finished.
+    work = Work(tmp_path / "side-effects")
+    with open(os.devnull, "w") as devnull, pytest.raises(tracked.Cancelled):
+        for step in tracked.tqdm(range(50), name="delayed", file=devnull, delay=60):
+            work.do(step)
+            if step == 3:
+                tracked.cancel("delayed")
+                eventually(lambda: tracked.load("delayed").cancel_requested,  # type: ignore[union-attr]
+                           "the request is written")
+    state = tracked.load("delayed")
+    assert state is not None and (state.state, state.count) == ("cancelled", 4)
+    assert work.done() == 4
+
+
+@pytest.mark.parametrize("total", [True, False], ids=["sized", "unsized"])
+def test_a_captured_bar_within_its_delay_or_interval_stops_at_its_next_item(
+    file_store: tracked.FileStore, tmp_path: Path, total: bool
+) -> None:
+    # tqdm's own loop keeps delay and mininterval in locals: a captured bar not yet
+    # shown (or not due to redraw) ran all its items with the request seen.
+    import tqdm as tqdm_module
+
+    work = Work(tmp_path / "side-effects")
+    rows = range(50) if total else iter(range(50))
+    with open(os.devnull, "w") as devnull, pytest.raises(tracked.Cancelled), tracked.start(
+        "captured-delay", total=None, min_interval=0.02
+    ), tracked.capture_tqdm():
+        for step in tqdm_module.tqdm(rows, file=devnull, delay=60, mininterval=60):
+            work.do(step)
+            if step == 3:
+                tracked.cancel("captured-delay")
+                eventually(lambda: tracked.load("captured-delay").cancel_requested,  # type: ignore[union-attr]
+                           "the request is written")
+    state = tracked.load("captured-delay")
+    assert state is not None and (state.state, state.count) == ("cancelled", 4)
+    assert work.done() == 4
+
+
+def test_a_captured_bar_whose_last_item_was_done_is_not_stopped(
+    file_store: tracked.FileStore,
+) -> None:
+    import tqdm as tqdm_module
+
+    with open(os.devnull, "w") as devnull, tracked.start(
+        "captured-last", total=None, min_interval=0.02
+    ) as run, tracked.capture_tqdm():
+        for step in tqdm_module.tqdm(range(4), file=devnull, delay=60):
+            if step == 3:
+                tracked.cancel("captured-last")
+                eventually(lambda: run.cancel_requested, "the request is seen")
+    state = tracked.load("captured-last")
+    assert state is not None and (state.state, state.count) == ("finished", 4)
 
 
 def test_a_finished_bar_is_not_its_desc_and_an_unclosed_one_says_where_it_stopped(
@@ -627,6 +799,30 @@ def test_a_loop_closed_with_a_submitted_coroutine_pending_ends_it_cancelled(
     assert tracked.submit(doubled, 7).wait(WAIT) == 14  # the next submit notices
     state = tracked.load("orphan")
     assert state is not None and state.state == "cancelled"
+
+
+def test_a_loop_closed_with_a_submitted_coroutine_pending_is_noticed_without_another_submit(
+    file_store: tracked.FileStore,
+) -> None:
+    # It read `running` for as long as the process lived unless something else was
+    # submitted; and wait() then raised asyncio.InvalidStateError.
+    @tracked.tracked("orphan-alone", total=None)
+    async def forever() -> None:
+        await asyncio.Event().wait()
+
+    async def start() -> tracked.Progress:
+        return tracked.submit(forever)
+
+    loop = asyncio.new_event_loop()
+    progress = loop.run_until_complete(start())
+    loop.run_until_complete(asyncio.sleep(0.01))
+    loop.close()
+    with pytest.raises(asyncio.CancelledError, match="event loop closed"):
+        progress.wait(WAIT)
+    eventually(lambda: tracked.load("orphan-alone").state == "cancelled",  # type: ignore[union-attr]
+               "the closed loop's run ends cancelled")
+    eventually(lambda: not any(t.name == "tracked-loop-watch" for t in threading.enumerate()),
+               "the watcher stops once nothing is held")
 
 
 FORKING = r"""

@@ -97,7 +97,7 @@ def fresh_venv(dist: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     installed = subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
          "--quiet", "--disable-pip-version-check", f"{wheel}[demo]"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, env=CLEAN_ENV,  # pip sees no checkout
     )
     assert installed.returncode == 0, installed.stdout + installed.stderr
     yield venv

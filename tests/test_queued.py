@@ -222,3 +222,39 @@ def test_a_queued_run_a_process_owns_is_asked_not_ended(store: tracked.Store) ->
         assert store.cancels_requested([("pool", owner)]) == [True]
     finally:
         unregister_live_run(owner.run)
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), 1e308, True, "60"])
+def test_a_queued_timeout_no_lease_can_hold_is_invalid_value(bad: object) -> None:
+    # inf once wrote `Infinity` (not JSON) into a FileStore record and overflowed
+    # Redis's PX; 1e308 did the latter. Refused before anything is stored.
+    with pytest.raises(tracked.InvalidValue):
+        tracked.configure(queued_timeout=bad)  # type: ignore[arg-type]
+    assert tracked._scope.queued_timeout() == 86400.0
+    if bad in (float("inf"), 1e308):
+        return  # a queue's expiry that long is clamped (next test)
+    plan = describe_call(job, (3,), {})
+    with pytest.raises(tracked.InvalidValue):
+        publish(plan.name, "jbad", plan.function, total=3, store=tracked.MemoryStore(),
+                timeout=bad)  # type: ignore[arg-type]
+
+
+def test_the_longest_queued_timeout_is_stored_and_a_longer_queue_expiry_is_clamped(
+    store: tracked.Store,
+) -> None:
+    from tracked._queued import prepare
+    from tracked._scope import MAX_QUEUED_TIMEOUT
+
+    plan = describe_call(job, (3,), {})
+    tracked.configure(queued_timeout=MAX_QUEUED_TIMEOUT)
+    try:
+        publish(plan.name, "jmax", plan.function, total=3, store=store)
+    finally:
+        tracked.configure(queued_timeout=86400)
+    assert tracked.load("job", progress_id="jmax", store=store).state == "queued"  # type: ignore[union-attr]
+    # A queue's own expiry (RQ ttl + 60 s) longer than that: the lease is the cap.
+    _, owner, _ = prepare(plan.name, "jlong", plan.function, total=3, timeout=1e300)
+    assert owner.lease_expires is not None
+    assert owner.lease_expires - time.time() <= MAX_QUEUED_TIMEOUT
+    publish(plan.name, "jlong", plan.function, total=3, store=store, timeout=1e300)
+    assert tracked.load("job", progress_id="jlong", store=store).state == "queued"  # type: ignore[union-attr]

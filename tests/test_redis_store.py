@@ -1107,6 +1107,32 @@ def test_the_version_token_changes_exactly_when_the_loaded_state_may_change(
     store.close()
 
 
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
+def test_a_record_deleted_and_written_again_by_the_same_run_never_repeats_a_token(
+    make_store_url: Callable[[str], str], kind: str
+) -> None:
+    """A run's record deleted (``tracked delete``) and written again by the same run (its
+    next save makes it anew; a queued run taken over after its record went claims it
+    afresh under the same run id) starts the write counter again: the token must
+    still differ from every earlier one, or a status route would answer with the
+    body it rendered for another state. (Both read ``<run>:1:live``.)"""
+    store = RedisStore(make_store_url(kind))
+    owner = Owner.for_this_process()
+    seen = {}
+    store.claim(running(count=1), owner)
+    seen[store.version("job")] = 1
+    for count in (2, 3):
+        store.delete("job")
+        store.save(running(count=count), owner)
+        token = store.version("job")
+        assert token not in seen, (token, seen)
+        seen[token] = count
+    store.delete("job")
+    store.claim(running(count=4), owner)
+    assert store.version("job") not in seen
+    store.close()
+
+
 def test_a_foreign_value_under_a_record_key_makes_version_raise_corrupt(
     store: RedisStore,
     client: redis.Redis,  # type: ignore[type-arg]

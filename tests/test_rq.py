@@ -407,3 +407,30 @@ def test_a_server_that_lost_its_scripts_still_gets_the_record(
     again = tracked.rq.enqueue(queue, jobs.import_rows, 1)  # loaded again: placed again
     assert store.load(f"import\0{again.id}").position == 3  # type: ignore[union-attr]
     queue.empty()
+
+
+def test_a_job_asked_to_stop_is_not_run_again_by_its_retry(
+    jobs: ModuleType,
+    connection: redis.Redis,  # type: ignore[type-arg]
+    store: RedisStore,
+    running_worker: Path,
+    side: Path,
+) -> None:
+    # The first attempt saw the request but failed on its own; RQ's retry used to
+    # claim the ended key afresh and run the body again (attempt 1, count 0).
+    queue = rq.Queue("long", connection=connection)
+    job = tracked.rq.enqueue(queue, jobs.stubborn, "stubborn-retry", 1.0, retry=Retry(max=1))
+    key = f"stubborn\0{job.id}"
+    until(lambda: store.load(key), lambda s: s.state == "running")
+    assert tracked.cancel("stubborn", progress_id=job.id, store=store)
+    state = until(lambda: store.load(key), lambda s: not s.in_progress)
+    deadline = time.monotonic() + DEADLINE
+    while job.get_status(refresh=True) not in ("finished", "failed", "canceled"):
+        assert time.monotonic() < deadline, job.get_status()
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert not (side / "stubborn-retry.attempt2").exists()
+    final = store.load(key)
+    assert final == state
+    assert (final.state, final.cancel_requested, final.count) == ("failed", True, 1)
+    assert "the first attempt fails" in (final.error or "")

@@ -22,7 +22,7 @@ TIMEOUT_MS = 30_000
 #: reach if it resolved the dot segments of the others.
 COUNTS = {
     "b": 1, "x/../b": 2, ".": 3, "y/./z": 4, "..": 5, "y/z": 6, "z": 7, "x/..": 8,
-    "report\n2024": 9, "a b?c#d": 10,
+    "report\n2024": 9, "a b?c#d": 10, "/lead": 12, "//host/x": 13,
 }
 
 
@@ -94,6 +94,7 @@ def test_tracked_js_status_urls_reach_every_name_in_chromium(served, page):
           const prefixed = await fetch(tracked.statusUrl('..', {prefix: '/_progress_status/'})
                                        + '&progress_id=p-1');
           out['..?p-1'] = [prefixed.status, (await prefixed.json()).count];
+          out.rooted = tracked.statusUrl('//host/x', {prefix: '/'});  // never `//host`
           return out;
         }""",
         list(COUNTS),
@@ -101,6 +102,7 @@ def test_tracked_js_status_urls_reach_every_name_in_chromium(served, page):
     assert answers == {
         **{name: [200, name, count] for name, count in COUNTS.items()},
         "..?p-1": [200, 11],
+        "rooted": "/%2F%2Fhost%2Fx",
     }
 
 

@@ -504,6 +504,48 @@ def test_a_joined_handle_dropped_without_its_block_still_writes_its_part(
     store.close()
 
 
+class SlowPartStore(tracked.FileStore):
+    """A FileStore whose part writes on the flusher thread take a while (a slow disk):
+    the flusher then holds the last reference to a joined handle the task dropped."""
+
+    writing = threading.Event()
+
+    def write_part(self, key: str, part: SharedPart) -> bool:
+        if threading.current_thread().name == "tracked-flusher":
+            SlowPartStore.writing.set()
+            time.sleep(0.5)
+        return super().write_part(key, part)
+
+
+def _drop_while_the_flusher_writes(token: str, directory: str) -> None:
+    """A multiprocessing worker: counts 10 on a joined handle it never ends, and returns
+    while the flusher still writes the first part (so the handle is collected there)."""
+    part = tracked.join(token, store=SlowPartStore(directory))
+    part += 1  # wakes the flusher: it writes this part, slowly
+    assert SlowPartStore.writing.wait(10)
+    part += 9
+    del part  # the flusher's reference is the last: it ends the handle after its write
+
+
+def test_a_joined_handle_collected_on_the_flusher_thread_writes_its_part_before_exit(
+    tmp_path: Path,
+) -> None:
+    """A multiprocessing worker exits with ``os._exit``, which runs no atexit hook: the
+    flusher's exit flush now runs there too, so a part the flusher thread was still
+    writing (for a handle it held last) lands. (The worker was killed mid-write and
+    the run read 1 of 10, about one run in 40 with 4 pool tasks of 250.)"""
+    store = tracked.FileStore(tmp_path / "store")
+    with tracked.start("dropped", total=None, store=store, min_interval=60) as run:
+        token = str(run.share())
+        worker = FORK.Process(
+            target=_drop_while_the_flusher_writes, args=(token, str(store.directory))
+        )
+        worker.start()
+        worker.join(30)
+        assert worker.exitcode == 0
+        assert tracked.load("dropped", store=store).count == 10  # type: ignore[union-attr]
+
+
 def test_the_workers_flusher_writes_its_part_within_min_interval(tmp_path: Path) -> None:
     store = tracked.FileStore(tmp_path / "store")
     with tracked.start("periodic", total=None, store=store, min_interval=0.05) as run:
@@ -736,3 +778,74 @@ def test_joined_workers_see_a_cancel_and_end_honestly(shared_store_url: str) -> 
         # measures it); here only that it came, well within a generous bound
         assert max(seen for _, _, seen in ends) - asked < 5.0
         assert run.cancel_requested
+
+
+def _pool_work(token: str, url: str, checks: bool) -> str:
+    """A pool task on a shared run: counts every 10 ms; with ``checks`` it calls
+    ``check()`` and lets ``Cancelled`` out (the pool re-raises it in the owner),
+    without it only watches the flag and returns."""
+    with tracked.join(token, store=url) as part:
+        part.add_message("joined")
+        part.flush()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            part += 1
+            if checks:
+                part.check()
+            elif part.cancel_requested:
+                return "ran on"
+            time.sleep(0.01)
+    return "never asked"
+
+
+@pytest.mark.parametrize("checks", [True, False], ids=["worker-stops", "worker-runs-on"])
+def test_a_cancel_delivered_in_a_joined_worker_ends_the_owner_cancelled(
+    shared_store_url: str, checks: bool
+) -> None:
+    # Rule 1: Cancelled delivered in a joined worker stopped the work, even when the
+    # owner catches what the pool re-raises and ends its block normally.
+    store = tracked.open_store(shared_store_url)
+    with tracked.start("pool-stop", total=None, store=store, min_interval=0.05) as run:
+        token = run.share()
+        with concurrent.futures.ProcessPoolExecutor(2, mp_context=FORK) as pool:
+            futures = [pool.submit(_pool_work, token, shared_store_url, checks) for _ in "ab"]
+            deadline = time.monotonic() + 30
+            while tracked.load("pool-stop", store=store).message_count < 2:  # type: ignore[union-attr]
+                assert time.monotonic() < deadline, "the workers never joined"
+                time.sleep(0.01)
+            assert tracked.cancel("pool-stop", store=store)
+            try:
+                outcomes = [future.result(30) for future in futures]
+            except tracked.Cancelled:
+                outcomes = ["stopped"]  # caught: the owner's block returns normally
+    state = tracked.load("pool-stop", store=store)
+    assert state is not None and state.cancel_requested
+    if checks:
+        assert outcomes == ["stopped"]
+        assert (state.state, state.status, run.state) == ("cancelled", "cancelled", "cancelled")
+    else:
+        assert outcomes == ["ran on", "ran on"]
+        assert (state.state, run.state) == ("finished", "finished")
+
+
+def test_a_cancel_delivered_in_a_joined_thread_ends_a_memory_store_run_cancelled() -> None:
+    # MemoryStore keeps the part itself: the same fold, within one process.
+    store = tracked.MemoryStore()
+    stopped = threading.Event()
+
+    def work(token: str) -> None:
+        with contextlib.suppress(tracked.Cancelled), tracked.join(token, store=store) as part:
+            while True:
+                part.check()
+                time.sleep(0.01)
+        stopped.set()
+
+    with tracked.start("thread-stop", total=None, store=store, min_interval=0.05) as run:
+        worker = threading.Thread(target=work, args=(run.share(),))
+        worker.start()
+        assert tracked.cancel("thread-stop", store=store)
+        assert stopped.wait(30)
+        worker.join(30)
+    state = tracked.load("thread-stop", store=store)
+    assert state is not None
+    assert (state.state, state.cancel_requested) == ("cancelled", True)

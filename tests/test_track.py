@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -31,6 +32,16 @@ def load(name: str) -> tracked.State:
     state = tracked.load(name)
     assert state is not None, f"no record for {name!r}"
     return state
+
+
+def soon(holds: Callable[[], bool]) -> bool:
+    """Whether ``holds()`` turns true within 30 seconds."""
+    deadline = time.monotonic() + 30
+    while not holds():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
 
 
 def numbers(n: int) -> Iterator[int]:
@@ -291,3 +302,50 @@ def test_no_loop_keeps_a_claim_on_a_progress_after_it_ends(store: tracked.Store)
         list(tracked.track(range(3)))
     list(tracked.track(range(3), name="own"))
     assert _drivers == {}
+
+
+@pytest.mark.parametrize("drives", [False, True], ids=["own-run", "live-run"])
+def test_a_cancel_stops_the_loop_before_the_generator_makes_the_next_item(
+    store: tracked.Store, drives: bool
+) -> None:
+    # The request is checked before the iterable is asked for its next item: a
+    # generator's work for the item after the request never runs.
+    made: list[int] = []
+
+    def rows() -> Iterator[int]:
+        for n in range(100):
+            made.append(n)
+            yield n
+
+    def loop() -> None:
+        for row in tracked.track(rows(), None if drives else "gen-stop", min_interval=0.02):
+            if row == 3:
+                assert tracked.cancel("gen-stop")
+                # the owner saw it and wrote it
+                assert soon(lambda: load("gen-stop").cancel_requested)
+
+    with pytest.raises(tracked.Cancelled):
+        if drives:
+            with tracked.start("gen-stop", min_interval=0.02):
+                loop()
+        else:
+            loop()
+    assert made == [0, 1, 2, 3]
+    assert (load("gen-stop").state, load("gen-stop").count) == ("cancelled", 4)
+
+
+def test_a_cancel_seen_before_the_first_item_makes_none(store: tracked.Store) -> None:
+    made: list[int] = []
+
+    def rows() -> Iterator[int]:
+        for n in range(3):
+            made.append(n)
+            yield n
+
+    with tracked.start("early-stop", min_interval=0.02) as run:
+        assert tracked.cancel("early-stop")
+        assert soon(lambda: run.cancel_requested)
+        with pytest.raises(tracked.Cancelled):
+            for _ in tracked.track(rows()):
+                pass
+    assert made == []

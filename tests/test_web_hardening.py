@@ -766,6 +766,40 @@ def test_a_since_sweep_stays_within_the_render_budget_on_every_adapter(kind, tmp
     assert status == 200
 
 
+def test_a_since_sweep_of_a_redis_record_stays_within_the_render_budget(redis_url):
+    """A RedisStore's bodies (reused by version token) count in the budget as a
+    FileStore's do: a sweep of ``?since=`` over a 200 KB record holds at most the
+    render half of ``cache_bytes``, measured by what Python still has allocated.
+    (They were kept by entry count alone: 1,024 bodies of any size.)"""
+    import gc
+    import tracemalloc
+
+    from tracked.redis import RedisStore
+
+    store = RedisStore(redis_url)
+    with tracked.start("big", total=None, store=store, max_messages=200) as progress:
+        for number in range(200):
+            progress.add_message(f"{number} {BIG_MESSAGE}")
+    budget = 1 << 20
+    adapter = _adapter("wsgi", store, cache_bytes=budget)
+    answer = _caller("wsgi", adapter)
+    answer("GET", f"{PREFIX}/big?since=0")  # connections and caches of the first read
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for since in range(1, 120):
+            status, _, body = answer("GET", f"{PREFIX}/big?since={since}")
+            assert status == 200 and json.loads(body)["message_count"] == 200
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < budget  # the render half, plus the answers' small change
+    assert 0 < _service_of(adapter).held_bytes <= budget // 2
+    store.close()
+
+
 @pytest.mark.parametrize("budget", [0, 4096])
 def test_render_cache_entry_boundaries(tmp_path, budget):
     store = tracked.FileStore(tmp_path / "store")
@@ -814,6 +848,19 @@ def test_event_cache_keeps_nothing_for_a_key_without_streams_and_stays_in_budget
     for number in range(200):
         cache.closed(f"k{number}")
     assert cache.size == 0
+
+
+@pytest.mark.parametrize("text", ["a", "\u00e9", "\u20ac", "\U0001f600"])
+def test_event_cache_counts_messages_as_the_bytes_python_holds_them_in(text):
+    messages = tuple(text * 1000 for _ in range(10))  # 1, 2 or 4 bytes a character
+    state = tracked.State(name="k", messages=messages, message_count=10)
+    held = sum(map(sys.getsizeof, messages))
+    cache = EventCache(held + 2048)  # room for the messages as held, and the event
+    cache.opened("k")
+    cache.put("k", False, state, 0, b"x")
+    assert cache.size >= held
+    assert cache.size <= cache.max_bytes
+    cache.closed("k")
 
 
 @pytest.mark.parametrize("kind", ["bottle", "wsgi", "asgi"])

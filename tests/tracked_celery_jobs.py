@@ -53,6 +53,22 @@ def flaky(self: Any, mark: str) -> int:
     return attempt
 
 
+@app.task(bind=True, name="tracked_celery_jobs.stubborn", max_retries=2)
+@tracked.tracked("celery-stubborn", total=2)
+def stubborn(self: Any, mark: str, pause: float) -> int:
+    """Like ``flaky``, but its first attempt works ``pause`` seconds (never checking
+    for a stop) before it retries; each attempt leaves ``<mark>.attempt<N>``."""
+    tries = SIDE / f"{mark}.tries"
+    attempt = int(tries.read_text()) + 1 if tries.exists() else 1
+    tries.write_text(str(attempt))
+    (SIDE / f"{mark}.attempt{attempt}").write_text("")
+    tracked.current().increment(1, f"attempt {attempt}")
+    if attempt == 1:
+        time.sleep(pause)
+        raise self.retry(exc=ValueError("the first attempt fails"), countdown=0)
+    return attempt
+
+
 @app.task(name="tracked_celery_jobs.loop")
 @tracked.tracked("celery-loop", total=lambda rows, *_, **__: rows)
 def loop(rows: int, pause: float, mark: str, checks: bool = True) -> dict[str, Any]:

@@ -58,6 +58,22 @@ def flaky(mark: str) -> int:
     return attempt
 
 
+@tracked.tracked("stubborn", total=2)
+def stubborn(mark: str, pause: float) -> int:
+    """Like ``flaky``, but its first attempt works ``pause`` seconds (never checking
+    for a stop) before it fails; each attempt leaves ``<mark>.attempt<N>``."""
+    tries = SIDE / f"{mark}.tries"
+    attempt = int(tries.read_text()) + 1 if tries.exists() else 1
+    tries.write_text(str(attempt))
+    _touch(mark, f"attempt{attempt}")
+    progress = tracked.current()
+    progress.increment(1, f"attempt {attempt}")
+    if attempt == 1:
+        time.sleep(pause)
+        raise ValueError("the first attempt fails")
+    return attempt
+
+
 def explode() -> None:
     """Called when a ``Poison`` argument is unpickled: in the worker, before the job runs."""
     raise RuntimeError("this argument cannot be loaded here")

@@ -7,6 +7,7 @@ followed by open streams).
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -120,14 +121,11 @@ class RenderCache:
         if signature is None:
             return
         if isinstance(signature, str):  # a version token: current while it is the same
-            _bounded_put(self._entries, (key, since), (signature, rendered, float("inf")),
-                         self.MAX_ENTRIES)
-            return
-        settled = time.time_ns() - signature[1] > self.SETTLE_NS
-        if running:
-            expires = now + (self.RECHECK_S if settled else self.SETTLE_NS / 1e9)
-        elif settled:
-            expires = float("inf")
+            expires = float("inf")  # (counted in the budget like any other body)
+        elif time.time_ns() - signature[1] > self.SETTLE_NS:
+            expires = now + self.RECHECK_S if running else float("inf")
+        elif running:
+            expires = now + self.SETTLE_NS / 1e9
         else:
             return
         size = len(rendered.body) + self.OVERHEAD
@@ -264,5 +262,6 @@ class EventCache:
 
 
 def _state_bytes(state: tracked.State) -> int:
-    """About what a ``State`` takes in memory: its message strings and the rest."""
-    return sum(map(len, state.messages)) + 56 * len(state.messages) + 1024
+    """About what a ``State`` takes in memory: its message strings (as Python holds
+    them: up to 4 bytes a character) and the rest."""
+    return sum(map(sys.getsizeof, state.messages)) + 8 * len(state.messages) + 1024

@@ -398,7 +398,7 @@ def drive(
             if progress._cancel_requested and not stopping:
                 # Asked to stop: thrown in at this yield instead of handing the item on.
                 stopping = True
-                step, argument = throw, progress._deliver()
+                step, argument = _refused(throw, progress), progress._deliver()
                 continue
         try:
             argument = yield item
@@ -408,6 +408,32 @@ def drive(
             raise
         except BaseException as exc:  # noqa: BLE001 - thrown in by the consumer: pass it on
             step, argument = throw, exc
+
+
+def _refused(throw: Callable[[BaseException], Any], progress: Progress) -> Callable[[Any], Any]:
+    """``throw``, for the one ``Cancelled`` thrown in at a yield: if the generator
+    catches it and yields again, it went on working, so the run is no longer one
+    that stopped on request (it reads its own end, ``cancel_requested`` true)."""
+
+    def step(cancelled: BaseException) -> Any:
+        item = throw(cancelled)
+        progress._delivered = False
+        return item
+
+    return step
+
+
+def _refused_async(
+    athrow: Callable[[BaseException], Awaitable[Any]], progress: Progress
+) -> Callable[[Any], Awaitable[Any]]:
+    """The async twin of ``_refused``."""
+
+    async def step(cancelled: BaseException) -> Any:
+        item = await athrow(cancelled)
+        progress._delivered = False
+        return item
+
+    return step
 
 
 class SizedGenerator(collections.abc.Generator):  # type: ignore[type-arg]
@@ -548,7 +574,7 @@ async def drive_async(
             progress._touched()
             if progress._cancel_requested and not stopping:
                 stopping = True
-                step, argument = athrow, progress._deliver()
+                step, argument = _refused_async(athrow, progress), progress._deliver()
                 continue
         try:
             argument = yield item

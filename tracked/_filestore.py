@@ -21,6 +21,7 @@ import mmap
 import os
 import re
 import stat
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -53,6 +54,9 @@ TEMP_SUFFIX = ".tmp"
 PARTS_SUFFIX = ".parts"
 #: A cancel request is an empty file ``<record's hash>.<run token>.cancel``.
 CANCEL_SUFFIX = ".cancel"
+#: From this many live runs on, the cancel poll may list the directory once instead
+#: of a ``stat`` per run (``FileStore.cancels_requested``).
+_LIST_CANCELS_FROM = 32
 #: A temporary file older than this was left by a killed writer: ``prune`` removes it.
 STALE_TEMP_AGE = 60.0
 #: ``encode_record`` writes the owner first, so its run token is in the file's head.
@@ -255,14 +259,34 @@ class FileStore(Store):
             return False
         path = self.cancel_path(key, owner.run)
         try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | _O_CLOEXEC, 0o666))
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | _O_CLOEXEC | _O_NOFOLLOW, 0o666))
         except OSError as exc:
             raise StoreError(f"cannot write the cancel request {str(path)!r}: {exc}") from exc
         return True
 
     def cancels_requested(self, runs: Sequence[tuple[str, Owner]]) -> list[bool]:
-        """One ``stat`` per run."""
-        return [os.path.exists(self.cancel_path(key, owner.run)) for key, owner in runs]
+        """One ``stat`` per run; for many runs, one listing of the directory instead
+        when it is not much larger than the runs (every ``stat`` gives the GIL back,
+        and a busy process's flusher waits to get it back after each)."""
+        paths = [self.cancel_path(key, owner.run) for key, owner in runs]
+        if len(paths) >= _LIST_CANCELS_FROM and self._small_for(len(paths)):
+            try:
+                names = set(os.listdir(self.directory))
+            except FileNotFoundError:
+                return [False] * len(paths)
+            except OSError:
+                pass
+            else:
+                return [path.name in names for path in paths]
+        return [os.path.exists(path) for path in paths]
+
+    def _small_for(self, runs: int) -> bool:
+        """Whether listing the directory costs less than ``runs`` stats: its size (a
+        few dozen to a hundred bytes an entry on common file systems) within 1 KiB a run."""
+        try:
+            return os.stat(self.directory).st_size <= runs * 16 * 64
+        except OSError:
+            return False
 
     def clear_cancel(self, key: str, owner: Owner) -> None:
         """Remove the cancel marker file of ``owner``'s run of ``key``."""
@@ -506,21 +530,32 @@ _EMPTY = "\0empty"  # the run "token" of an empty file
 #: A record at most this long (and replacing one at most this long) is rewritten in
 #: place: one ``pwrite`` within the first page, all or nothing even for SIGKILL.
 _PAGE = min(mmap.PAGESIZE, 4096)
+#: An mtime older than this (50 ms: many ticks of any kernel's file clock) is surely
+#: moved on by a write now, so ``_Locked._touch`` need not set it.
+_MTIME_SETTLED_NS = 50_000_000
 _serial = itertools.count()
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+#: A record or marker is never opened through a symbolic link: one planted in the
+#: store would have small writes land in the file it points to, outside the store.
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def _read_regular(path: Path) -> bytes:
-    """The bytes of the regular file at ``path``, read under a shared ``flock`` (a
+    """The bytes of the regular file at ``path``, read under a shared range lock (a
     small record is rewritten in place under the exclusive one); ``OSError`` for
-    anything else (a directory, or a FIFO, whose plain open would wait forever)."""
-    fd = _open_held(path, os.O_RDONLY | _O_CLOEXEC | _O_NONBLOCK)
+    anything else (a directory, or a FIFO, whose plain open would wait forever).
+
+    Not the writers' ``flock``: a reader stopped while holding it would make every
+    writer of the record wait (a task's start or final write), where an in-place
+    writer that finds the range lock taken replaces the file instead."""
+    fd = _open_held(path, os.O_RDONLY | _O_CLOEXEC | _O_NONBLOCK | _O_NOFOLLOW)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise OSError(errno.EINVAL, "not a regular file")
-        info = _lock(fd, path, fcntl.LOCK_SH, READ_LOCK_TIMEOUT)
+        _range_lock_shared(fd, path)
+        info = os.fstat(fd)
         chunks = [os.read(fd, info.st_size + 1)]  # one read, unless the file grew
         while len(chunks[-1]) > 0 and sum(map(len, chunks)) > info.st_size:
             chunks.append(os.read(fd, 1 << 16))
@@ -636,7 +671,7 @@ class _Locked:
         self.fd = -1
 
     def acquire(self) -> _Locked:
-        flags = os.O_RDWR | _O_CLOEXEC | _O_NONBLOCK
+        flags = os.O_RDWR | _O_CLOEXEC | _O_NONBLOCK | _O_NOFOLLOW
         while True:
             try:
                 fd = _open_held(self.path, flags | os.O_CREAT | os.O_EXCL) \
@@ -647,6 +682,8 @@ class _Locked:
                     fd = self._open_existing(flags)
                 except FileNotFoundError:
                     continue  # deleted in between: create it after all
+                except OSError as exc:  # a directory, a symbolic link: not a record file
+                    raise StoreError(f"cannot open {str(self.path)!r}: {exc}") from exc
                 self.created = False
             except OSError as exc:
                 if isinstance(exc, FileNotFoundError):
@@ -687,12 +724,16 @@ class _Locked:
         nothing written, when the record must be replaced instead."""
         if not self.writable or max(len(data), self.size) > _PAGE:
             return False
+        if not _range_lock(self.fd, _F_WRLCK):
+            return False  # a reader is in the file (or stopped in it): replace, never wait
         if self.size > len(data):
             data += b" " * (self.size - len(data))
         try:
             written = os.pwrite(self.fd, data, 0)
         except OSError as exc:
             raise StoreError(f"cannot write {str(self.path)!r}: {exc}") from exc
+        finally:
+            _range_lock(self.fd, _F_UNLCK)
         if written != len(data):  # never seen within one page; replace it whole then
             return False
         self.size = len(data)
@@ -703,8 +744,14 @@ class _Locked:
         """Give the file an mtime later than before, even within one tick of the file
         system's clock: readers that ``stat`` a record to tell whether it changed
         (the status route's cache, event streams) see every write, also one that
-        left the size as it was (a replaced file gets a new inode; this one not)."""
-        now = max(time.time_ns(), self.mtime_ns + 1)
+        left the size as it was (a replaced file gets a new inode; this one not).
+        When the old mtime is well in the past, the ``pwrite`` itself has already
+        moved it on (the kernel's clock lags by a tick at most): no ``utime`` then,
+        one system call (one GIL hand-off) less per flusher write."""
+        now = time.time_ns()
+        if now - self.mtime_ns > _MTIME_SETTLED_NS:
+            return
+        now = max(now, self.mtime_ns + 1)
         try:
             os.utime(self.fd, ns=(now, now))
         except PermissionError:  # another user's file we may write: only "now" is allowed
@@ -738,10 +785,49 @@ class _Locked:
         _close_held(fd)
 
 
+#: Open-file-description record locks (Linux): they belong to the open file like a
+#: ``flock`` and are independent of it, so readers and in-place writes exclude each
+#: other without readers ever holding up the writers' ``flock``. Without them no
+#: record is written in place and readers take no lock (every write is a replace).
+_F_OFD_SETLK: int | None = getattr(fcntl, "F_OFD_SETLK", None)
+_F_RDLCK, _F_WRLCK, _F_UNLCK = fcntl.F_RDLCK, fcntl.F_WRLCK, fcntl.F_UNLCK
+_FLOCK = "hhqqi4x"  # struct flock: l_type, l_whence, l_start, l_len (0: to the end), l_pid
+
+
+def _range_lock(fd: int, kind: int) -> bool:
+    """Take (or, with ``F_UNLCK``, drop) a range lock on the whole file without waiting;
+    False if another open file holds a conflicting one, or there are no such locks."""
+    if _F_OFD_SETLK is None:
+        return False
+    try:
+        fcntl.fcntl(fd, _F_OFD_SETLK, struct.pack(_FLOCK, kind, os.SEEK_SET, 0, 0, 0))
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+def _range_lock_shared(fd: int, path: Path) -> None:
+    """A reader's shared range lock: at once, else polling up to ``READ_LOCK_TIMEOUT``
+    (an in-place write holds it for one ``pwrite``), then ``StoreError``."""
+    if _F_OFD_SETLK is None or _range_lock(fd, _F_RDLCK):
+        return
+    deadline = time.monotonic() + READ_LOCK_TIMEOUT
+    delay = 0.0002
+    while not _range_lock(fd, _F_RDLCK):
+        if time.monotonic() > deadline:
+            raise StoreError(
+                f"timed out after {READ_LOCK_TIMEOUT}s waiting for the writer of {str(path)!r}"
+            )
+        time.sleep(delay)
+        delay = min(delay * 2, 0.01)
+
+
 def _lock(
     fd: int, path: Path, operation: int = fcntl.LOCK_EX, timeout: float = LOCK_TIMEOUT
 ) -> os.stat_result:
-    """Take a ``flock`` on ``fd`` (exclusive, or ``LOCK_SH`` for a reader): at once if
+    """Take a ``flock`` on ``fd`` (exclusive: readers take none): at once if
     it is free (the common case), else polling, up to ``timeout`` seconds; returns the
     file's ``fstat``."""
     try:

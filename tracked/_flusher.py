@@ -28,6 +28,7 @@ import itertools
 import logging
 import math
 import os
+import sys
 import threading
 import time
 import weakref
@@ -120,7 +121,7 @@ class _Flusher:
 
     def run(self, restarted: bool = False) -> None:
         if restarted:
-            logger.warning("tracked: the flusher thread had stopped; started it again")
+            logger.warning("the flusher thread had stopped; started it again")
             time.sleep(ERROR_PAUSE)  # a store that kills it every time does not spin
             self.recover()
         try:
@@ -155,7 +156,7 @@ class _Flusher:
             return
         self.quiet_until = now + ERROR_LOG_EVERY
         logger.error(
-            "tracked: the flusher thread hit an unexpected error; it goes on", exc_info=exc
+            "the flusher thread hit an unexpected error; it goes on", exc_info=exc
         )
 
     def live(self) -> list[Flushable]:
@@ -427,6 +428,19 @@ def _flush_at_exit() -> None:
 def _after_fork_in_child() -> None:
     global _flusher
     _flusher = _Flusher()
+    # A multiprocessing child ends with os._exit, which runs no atexit hook: ask
+    # multiprocessing (once it has cleared the parent's finalizers) to run ours, or
+    # a write in flight on the flusher thread (a joined handle dropped there) is lost.
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        util.register_after_fork(_flusher, _flush_at_multiprocessing_exit)
+
+
+def _flush_at_multiprocessing_exit(_: object) -> None:
+    """In a process multiprocessing started: flush at its exit as atexit would."""
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        util.Finalize(None, _flush_at_exit, exitpriority=100)
 
 
 if hasattr(os, "register_at_fork"):

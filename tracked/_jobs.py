@@ -231,23 +231,51 @@ class _LoopJob:
             )
         if not self.done.wait(timeout):
             raise TimeoutError(f"progress {self.progress.key!r} still runs after {timeout}s")
+        if not self.task.done():  # its loop was closed with it pending: it never ends
+            import asyncio
+
+            raise asyncio.CancelledError(
+                f"progress {self.progress.key!r}: its event loop closed before it ended"
+            )
         return self.task.result()
+
+
+#: Seconds between two looks for loops closed with a submitted task still pending.
+ORPHAN_CHECK_S = 0.5
 
 
 class _Held:
     """Strong references to the loop tasks of submitted coroutines (an event loop
     keeps only weak ones) until they end. A task whose loop was closed with it still
-    pending never ends: its run is ended ``cancelled`` when that is noticed (at the
-    next submit, or at exit)."""
+    pending never ends: its run is ended ``cancelled`` when that is noticed (by a
+    watcher thread that lives while tasks are held, at the next submit, or at exit);
+    it would otherwise read ``running`` for as long as the process lives."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.jobs: set[_LoopJob] = set()
+        self.watching = False
 
     def hold(self, job: _LoopJob) -> None:
         with self.lock:
             self.jobs.add(job)
+            start, self.watching = not self.watching, True
+        if start:
+            threading.Thread(target=self.watch, name="tracked-loop-watch", daemon=True).start()
         job.task.add_done_callback(functools.partial(self.release, job))
+
+    def watch(self) -> None:
+        """End the runs of closed loops every ``ORPHAN_CHECK_S``; stop once none is held."""
+        while True:
+            time.sleep(ORPHAN_CHECK_S)
+            try:
+                self.end_orphans()
+            except Exception:  # a run that cannot be ended now is tried again
+                logger.exception("cannot end the runs of closed event loops")
+            with self.lock:
+                if not self.jobs:
+                    self.watching = False
+                    return
 
     def release(self, job: _LoopJob, _task: object = None) -> None:
         with self.lock:
@@ -312,6 +340,7 @@ class _Job:
         self.cancelled = True
         self.call = _ran
         discard, self.discard = self.discard, _ran
+        self.progress.status = "cancelled before it started"
         self.progress.cancel()
         try:
             discard()

@@ -313,7 +313,12 @@ class Progress:
         if self in _shared_handles:
             self._fold_parts()
         _flusher.forget(self)
-        if self._write_final():
+        try:
+            written = self._write_final()
+        except BaseException:  # Ctrl-C in the store's write: it goes on up, the end lands later
+            _flusher.retry_final(self)
+            raise
+        if written:
             self._release()
         else:
             _flusher.retry_final(self)
@@ -374,6 +379,24 @@ class Progress:
             )
             return
         self._final = merge_parts(self._final, parts)
+        if any(part.asked for part in parts):
+            self._fold_request(stopped=any(part.stopped for part in parts))
+
+    def _fold_request(self, *, stopped: bool) -> None:
+        """A joined worker saw the run's cancel request (maybe before this process's
+        flusher did): the final snapshot says so; if ``Cancelled`` was delivered to
+        the worker, the work stopped on the request, so a ``finished`` end reads
+        ``cancelled`` (even if this process caught the re-raised error and returned)."""
+        assert self._final is not None
+        with self._lock:
+            self._cancel_requested = True
+            changes: dict[str, Any] = {"cancel_requested": True}
+            if stopped and self._final.state == "finished":
+                self._delivered = True
+                self._state = "cancelled"
+                self._status = None
+                changes.update(state="cancelled", status="cancelled")
+            self._final = dataclasses.replace(self._final, **changes)
 
     def _drop_parts(self) -> None:
         """The final snapshot holds the parts: remove them (best effort)."""
@@ -825,33 +848,50 @@ def counted(iterable: Iterable[T], progress: Progress, messages: bool = False) -
     """Yield the items of ``iterable``, counting each once the consumer comes back for
     the next (``tracked.track``'s loop); ``str`` items are also messages if asked.
 
-    Once the run's cancel request is seen, the next item is not handed out: it raises
-    ``tracked.Cancelled`` instead (a loop whose last item was done runs to its end).
+    Once the run's cancel request is seen, the iterable is not asked for its next item
+    (a generator's work for it never runs): it raises ``tracked.Cancelled`` instead,
+    unless a sized iterable's last item was done (the loop then runs to its end).
     The flag is read only on the path an update takes after a write (the flusher
     writes a request as soon as it sees it), so a count costs one tick.
     """
+    size = _size(iterable)
+    first = progress.count
+    if progress._cancel_requested and not progress._ended:
+        raise progress._deliver()
     tick = progress._tick
     if messages:
         push = progress.add_message
         for item in iterable:
-            if progress._clean:
-                progress._touched()
-                if progress._cancel_requested and not progress._ended:
-                    raise progress._deliver()
             if isinstance(item, str):
                 push(item)
             yield item
             tick()
+            if progress._clean:
+                _count_written(progress, first, size)
     else:
         for item in iterable:
-            if progress._clean:
-                progress._touched()
-                if progress._cancel_requested and not progress._ended:
-                    raise progress._deliver()
             yield item
             tick()
+            if progress._clean:
+                _count_written(progress, first, size)
     if progress._clean:
         progress._touched()
+
+
+def _size(iterable: Iterable[object]) -> int | None:
+    try:
+        return len(iterable)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _count_written(progress: Progress, first: int, size: int | None) -> None:
+    """A ``counted`` loop's first item since a write: wake the flusher, and stop the
+    loop before its next item if a cancel request was seen (not after its last)."""
+    progress._touched()
+    if progress._cancel_requested and not progress._ended:
+        if size is None or progress.count - first < size:
+            raise progress._deliver()
 
 
 def take_up(progress: Progress) -> None:

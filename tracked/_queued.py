@@ -24,10 +24,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ._progress import Progress, current_progress
-from ._scope import check_timeout, queued_timeout, resolve_store
+from ._scope import MAX_QUEUED_TIMEOUT, check_timeout, queued_timeout, resolve_store
 from ._state import State, make_key, validate_progress_id
 from ._store import QUEUE_HOST, Owner, Store, judge, owner_gone_here
-from .errors import AlreadyRunning
+from .errors import AlreadyRunning, InvalidName
 
 __all__ = [
     "NotStarted",
@@ -114,6 +114,8 @@ def prepare(
     """The ``queued`` record of a new run (in progress, count 0, ``position`` in line),
     its owner (no process: a lease of the queued timeout) and the ticket its job
     carries; ``publish`` claims the record, or a queue's transaction does."""
+    if isinstance(timeout, float) and timeout > MAX_QUEUED_TIMEOUT:
+        timeout = MAX_QUEUED_TIMEOUT  # a queue's own expiry (RQ ttl) beyond any lease
     seconds = queued_timeout() if timeout is None else check_timeout(timeout)
     ticket = Ticket(name, validate_progress_id(progress_id), uuid.uuid4().hex, function)
     now = time.time()
@@ -263,8 +265,8 @@ def cancel(store: Store, key: str) -> bool:
 
 class NotStarted(Exception):
     """Raised by ``take_over`` when the run ended before its worker started it (it was
-    cancelled while queued): the ``@tracked`` call returns ``value`` without running
-    its body."""
+    cancelled while queued, or an earlier attempt asked to stop ended): the
+    ``@tracked`` call returns ``value`` without running its body."""
 
     def __init__(self, value: Any) -> None:
         super().__init__("the queued run ended before it started")
@@ -293,6 +295,9 @@ class TakeOver:
     stopped: Callable[[BaseException], BaseException | None] = lambda exc: None
     #: Where the queued record is (None: where the ``@tracked`` function writes).
     store: Store | None = None
+    #: Set when the job must not run (its id cannot key a run): the ``@tracked`` call
+    #: raises ``InvalidName`` with this text instead of running untracked.
+    refused: str | None = None
     used: bool = False
 
 
@@ -338,6 +343,8 @@ def take_over(
     process. Raises ``NotStarted`` if it was cancelled while queued (the caller returns
     without running the body), ``AlreadyRunning`` if another live run holds its key."""
     found.used = True
+    if found.refused is not None:
+        raise InvalidName(found.refused)
     ticket = found.ticket
     chosen = found.store if found.store is not None else resolve_store(store)
     timeout = queued_timeout() if found.timeout is None else found.timeout
@@ -357,7 +364,10 @@ def take_over(
         mine = record is not None and record.owner is not None and record.owner.run == ticket.run
         if mine and record is not None:
             judged = judge(record)
-            if judged.state == "cancelled":
+            if judged.state == "cancelled" or (judged.cancel_requested and not judged.in_progress):
+                # Cancelled while queued, or asked to stop and then ended another way
+                # (an attempt that failed on its own): the queue's retry of it must
+                # not run the body again.
                 raise NotStarted(found.skipped(judged))
             was = TAKEABLE
             if judged.state == "running":

@@ -81,6 +81,9 @@ jobs = JobSettings()
 #: (a day), unless the queue's own expiry of the job (RQ ``ttl``, Celery
 #: ``expires``) or ``configure(queued_timeout=...)`` says otherwise.
 DEFAULT_QUEUED_TIMEOUT = 86400.0
+#: The longest queued timeout (ten years): its lease is stored as a finite number
+#: (JSON has no infinity) and as a Redis expiry in milliseconds.
+MAX_QUEUED_TIMEOUT = 10 * 365 * 86400.0
 _queued_timeout = [DEFAULT_QUEUED_TIMEOUT]
 
 
@@ -90,9 +93,17 @@ def queued_timeout() -> float:
 
 
 def check_timeout(seconds: object) -> float:
-    """``seconds`` as a positive float, else ``InvalidValue``."""
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
-        raise InvalidValue(f"queued_timeout must be a number of seconds > 0, got {seconds!r}")
+    """``seconds`` as a float > 0 and at most ``MAX_QUEUED_TIMEOUT``, else ``InvalidValue``
+    (infinity and NaN too: the lease would be unwritable)."""
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, (int, float))
+        or not 0 < seconds <= MAX_QUEUED_TIMEOUT
+    ):
+        raise InvalidValue(
+            f"queued_timeout must be a number of seconds > 0 and <= {MAX_QUEUED_TIMEOUT:g}, "
+            f"got {seconds!r}"
+        )
     return float(seconds)
 
 _configured: Store | None = None

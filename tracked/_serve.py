@@ -129,7 +129,11 @@ class ThreadingServer(ThreadingMixIn, WSGIServer):
 
 
 class QuietHandler(WSGIRequestHandler):
-    """No access log on stderr: the terminal stays for the startup line and errors."""
+    """No access log on stderr: the terminal stays for the startup line and errors. A
+    client silent for ``timeout`` seconds (half a request, an unread stream) is let go,
+    so idle connections do not hold threads for ever."""
+
+    timeout = 60
 
     def log_message(self, format: str, *args: Any) -> None:
         pass

@@ -27,7 +27,7 @@ from ._scope import StoreSpec, resolve_store
 from ._state import State
 from ._store import Record, SharedPart, Store, judge
 from ._token import ShareToken, known_store, store_fingerprint
-from .errors import StoreError
+from .errors import Cancelled, StoreError
 
 __all__ = ["JoinedProgress", "join"]
 
@@ -135,7 +135,17 @@ class JoinedProgress(Progress):
             time=time.time(),
             rate=state.rate,
             ended=ending,
+            asked=self._cancel_requested,
+            stopped=self._delivered,
         )
+
+    def _deliver(self) -> Cancelled:
+        """As on any handle, and the part says so at its next write: the owner's end
+        then reads ``cancelled`` (the work stopped on the request)."""
+        cancelled = super()._deliver()
+        if self._clean:
+            self._touched()
+        return cancelled
 
     def _ended_as(self) -> str:
         """How the shared run ended, as far as the store tells."""

@@ -478,6 +478,11 @@ class SharedPart:
     #: whether its handle had ended (its rate then no longer adds to the run's).
     rate: float | None = None
     ended: bool = False
+    #: Whether the worker had seen a cancel request of the run, and whether
+    #: ``tracked.Cancelled`` was delivered to its task (its ``check()`` raised): the
+    #: owner's end then keeps ``cancel_requested``, and reads ``cancelled``, not ``finished``.
+    asked: bool = False
+    stopped: bool = False
 
     def encode(self) -> bytes:
         """The part as UTF-8 JSON."""
@@ -506,6 +511,8 @@ class SharedPart:
                 time=float(data["time"]),
                 rate=None if data.get("rate") is None else float(data["rate"]),
                 ended=bool(data.get("ended", False)),
+                asked=data.get("asked") is True,
+                stopped=data.get("stopped") is True,
             )
         except (KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
             raise ValueError(f"malformed part: {exc!r}") from exc

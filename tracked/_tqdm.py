@@ -194,7 +194,6 @@ class tqdm(_GenericTqdm[_T]):
         iterable = self.iterable
         last_print_t = self.last_print_t
         last_print_n = self.last_print_n
-        min_start_t = self.start_t + (self.delay or 0)
         n = self.n
         time = self._time  # type: ignore[attr-defined]
         try:
@@ -204,8 +203,9 @@ class tqdm(_GenericTqdm[_T]):
                 if n - last_print_n >= self.miniters:  # type: ignore[operator]
                     cur_t = time()
                     dt = cur_t - last_print_t
-                    # Read from the bar: a cancel request zeroes it (see _Bridge.stop_bar).
-                    if dt >= self.mininterval and cur_t >= min_start_t:
+                    # Read from the bar (at most once per redraw interval): a cancel
+                    # request zeroes them, delay too (see stop_bar).
+                    if dt >= self.mininterval and cur_t >= self.start_t + (self.delay or 0):
                         self.update(n - last_print_n)
                         last_print_n = self.last_print_n
                         last_print_t = self.last_print_t
@@ -378,6 +378,7 @@ def stop_bar(bar: std_tqdm[Any], progress: Progress) -> None:
     bar.dynamic_miniters = False
     bar.miniters = 0
     bar.mininterval = 0
+    bar.delay = 0  # a bar still within its delay (not yet shown) stops too
     update = type(bar).update
 
     def update_then_stop(n: float | None = 1) -> bool | None:
@@ -388,6 +389,39 @@ def stop_bar(bar: std_tqdm[Any], progress: Progress) -> None:
         return shown
 
     bar.update = update_then_stop  # type: ignore[method-assign]
+    if "_tracked_captured" in bar.__dict__:
+        # tqdm's own loop keeps mininterval and delay in locals; it reads only
+        # miniters from the bar at each item, so that comparison stops it.
+        bar.miniters = _StopAtNextItem(bar, progress)  # type: ignore[assignment]
+
+
+class _StopAtNextItem:
+    """A captured bar's ``miniters`` once its run was asked to stop: tqdm's per-item
+    test ``n - last_print_n >= miniters`` asks it, and it raises ``tracked.Cancelled``
+    unless the bar's last item was done. tqdm's monitor thread (``miniters > 1``) gets
+    False and never raises."""
+
+    __slots__ = ("bar", "progress")
+
+    def __init__(self, bar: std_tqdm[Any], progress: Progress) -> None:
+        self.bar = weakref.ref(bar)
+        self.progress = progress
+
+    def __le__(self, unprinted: object) -> bool:
+        bar = self.bar()
+        total = None if bar is None else _whole(bar.total)
+        if bar is not None and isinstance(unprinted, (int, float)):
+            done = (_whole(bar.last_print_n) or 0) + unprinted
+            if total is not None and done >= total:
+                return True  # the last item done: no stop
+        self.progress.check()  # raises Cancelled while the run is live and asked to stop
+        return True
+
+    def __gt__(self, other: object) -> bool:
+        return False
+
+    def __int__(self) -> int:
+        return 0
 
 
 def _short(bar: std_tqdm[Any]) -> str | None:

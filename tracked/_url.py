@@ -7,14 +7,11 @@ any of them reaches the same run.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 from urllib.parse import quote, urlencode
 
+from ._progress import Progress
 from ._state import KEY_SEPARATOR, State, make_key
-from .errors import InvalidValue
-
-if TYPE_CHECKING:
-    from ._progress import Progress
+from .errors import InvalidName, InvalidValue
 
 __all__ = ["key_url", "status_url"]
 
@@ -38,6 +35,11 @@ def status_url(
     """
     if progress_or_name is None or isinstance(progress_or_name, str):
         key = make_key(progress_or_name, progress_id)
+    elif not isinstance(progress_or_name, (Progress, State)):
+        raise InvalidName(
+            "status_url: give a progress, a State or a name, not "
+            f"{type(progress_or_name).__name__}"
+        )
     elif progress_id is not None:
         raise InvalidValue("status_url: give progress_id with a name, not with a progress")
     else:
@@ -52,14 +54,15 @@ def key_url(prefix: str, key: str) -> str:
 
     Browsers resolve ``.`` and ``..`` path segments (``%2e%2e`` too) before sending
     a request. A name with such a segment travels as one segment, its ``/`` as
-    ``%2F``; a name that is itself ``.`` or ``..`` as ``?name=``; any other name
-    keeps its slashes (proxies that refuse ``%2F`` still pass it). ``statusUrl``
-    in tracked.js follows the same rule.
+    ``%2F``; a name that is itself ``.`` or ``..`` as ``?name=``; a name that starts
+    with ``/`` as one segment too (else an empty prefix makes ``//host``, a URL of
+    another site); any other name keeps its slashes (proxies that refuse ``%2F``
+    still pass it). ``statusUrl`` in tracked.js follows the same rule.
     """
     name, separator, rest = key.partition(KEY_SEPARATOR)  # see tracked.State.key
     query = [("progress_id", rest)] if separator else []
     if name in (".", ".."):
         return f"{prefix}/?{urlencode([('name', name), *query])}"
-    dotted = any(segment in (".", "..") for segment in name.split("/"))
+    dotted = name.startswith("/") or any(segment in (".", "..") for segment in name.split("/"))
     url = prefix + "/" + quote(name, safe="" if dotted else "/")
     return url + (f"?{urlencode(query)}" if query else "")

@@ -16,6 +16,7 @@ from ._state import DEFAULT_STATUS
 
 __all__ = [
     "LABEL_SEPARATOR",
+    "NEVER_STARTED",
     "RECENT",
     "UNSAFE_CATEGORIES",
     "display_key",
@@ -26,6 +27,7 @@ __all__ = [
     "json_text",
     "label",
     "make_view",
+    "never_started",
     "printable",
     "rate",
     "span",
@@ -142,11 +144,23 @@ def state_text(state: State) -> str:
     line)" while it waits."""
     if state.in_progress and state.cancel_requested:
         return f"{state.state}, stopping…"
+    if never_started(state):
+        return NEVER_STARTED
     if state.state == "queued" and state.position is not None:
         return f"queued ({_ordinal(state.position)} in line)"
     if state.state in ("finished", "failed") and state.cancel_requested:
         return f"{state.state} (a stop was asked but the task did not stop)"
     return state.state
+
+
+#: What a queued run cancelled before a worker or thread took it up says it is.
+NEVER_STARTED = "cancelled before it started"
+
+
+def never_started(state: State) -> bool:
+    """Whether ``state`` is a queued run cancelled before it ran: its times are those
+    it waited in line, not a run's, so the commands show no elapsed or start time."""
+    return state.state == "cancelled" and state.count == 0 and state.status == NEVER_STARTED
 
 
 def _ordinal(n: int) -> str:
@@ -185,8 +199,8 @@ class _PlainView:
             return (f"{label(state)}: {state_text(state)} {fraction(state)} {details}"
                     f"{_status_note(state)}")
         error = f" error: {printable(state.error)}" if state.error else ""
-        return (f"{label(state)}: {state_text(state)} {fraction(state)} in {span(state.elapsed)}"
-                f"{error}")
+        took = "" if never_started(state) else f" in {span(state.elapsed)}"
+        return f"{label(state)}: {state_text(state)} {fraction(state)}{took}{error}"
 
     def close(self) -> None:
         self.out.flush()
@@ -222,7 +236,7 @@ class _RichView:
         row.add_row(Text(label(state), style="bold"), bar, Text(fraction(state)))
         details = (
             f"{state_text(state)}  rate {rate(state)}  eta {span(state.eta)}  "
-            f"elapsed {span(state.elapsed)}{_status_note(state)}"
+            f"elapsed {'-' if never_started(state) else span(state.elapsed)}{_status_note(state)}"
         )
         lines: list[Any] = [row, Text(details, style=_STYLES.get(state.state, ""))]
         if state.error:
@@ -237,7 +251,7 @@ class _RichView:
 
 def _status_note(state: State) -> str:
     """The status text when it says more than the state word does."""
-    if state.status in (DEFAULT_STATUS, state.state, "queued"):
+    if state.status in (DEFAULT_STATUS, state.state, "queued") or never_started(state):
         return ""
     return f"  {printable(state.status)}"
 

@@ -31,13 +31,14 @@ from ._queued import (
     Ticket,
     cancel_hooks,
     end_queued,
-    publish,
+    prepare,
     requeue_current,
     takeover_scope,
 )
 from ._scope import StoreSpec, resolve_store
-from ._state import State
+from ._state import State, validate_progress_id
 from ._store import Store
+from .errors import InvalidName
 
 __all__ = ["HEADER", "install"]
 
@@ -107,15 +108,15 @@ def _published(
             timeout = max(1.0, datetime.fromisoformat(expires).timestamp() - time.time()) + 60.0
         except ValueError:
             timeout = None
-    ticket = publish(
-        plan.name,
-        str(headers["id"]),
-        plan.function,
-        total=plan.total,
-        store=store or plan.store,
-        timeout=timeout,
+    state, owner, ticket = prepare(
+        plan.name, str(headers["id"]), plan.function, total=plan.total, timeout=timeout
     )
+    # Carried even if the claim fails (a duplicate task id, the store down): Celery
+    # logs a handler's error and sends the message anyway, and its worker must run it
+    # as this id's run (claiming the key afresh, AlreadyRunning while another run
+    # holds it), never as a run of the bare name that no reader looks for.
     headers[HEADER] = ticket.to_dict()
+    (store or plan.store).claim(state, owner)
 
 
 def _prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
@@ -124,6 +125,7 @@ def _prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
         return
     ticket = Ticket.from_dict(_header(task))
     if ticket is None:
+        _refuse_bad_id(task_id, task)
         return
     found = TakeOver(
         ticket,
@@ -133,6 +135,25 @@ def _prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
         store=_installed_store(task),
     )
     _scopes[task_id] = takeover_scope.set(found)
+
+
+def _refuse_bad_id(task_id: str, task: Any) -> None:
+    """A ``@tracked`` task whose id is no progress_id carries no ticket (Celery only
+    logs the publisher's ``InvalidName``): its call raises ``InvalidName``, so the task
+    fails, instead of running as a run of the bare name that no reader of the id finds."""
+    run = tracked_function(getattr(task, "run", None))
+    if run is None:
+        return
+    try:
+        validate_progress_id(task_id)
+    except InvalidName as exc:
+        reason = (
+            f"Celery task id {task_id!r} cannot be tracked: {exc} (the run is keyed "
+            "by the task id; give apply_async a task_id of those characters)"
+        )
+        function = f"{run.__module__}.{run.__qualname__}"
+        refused = TakeOver(Ticket(None, task_id, "-", function), refused=reason)
+        _scopes[task_id] = takeover_scope.set(refused)
 
 
 def _installed_store(task: Any) -> Store | None:

@@ -37,6 +37,7 @@ from ._views import (
     json_line,
     label,
     make_view,
+    never_started,
     printable,
     rate,
     span,
@@ -352,7 +353,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     rows = [("NAME", "STATE", "PROGRESS", "RATE", "STARTED", "STATUS")]
     now = time.time()
     for s in states:
-        started = span(now - s.start_time) + " ago"
+        started = "never" if never_started(s) else span(now - s.start_time) + " ago"
         rows.append((label(s), state_text(s), fraction(s), rate(s), started, s.status))
     _print_table(rows, sys.stdout)
     print(f"\n{_list_footer(store, len(states), len(everything) - len(states))}")
@@ -409,11 +410,16 @@ def _details(state: State) -> list[tuple[str, str]]:
         ("progress", fraction(state)),
         ("rate", rate(state)),
         ("eta", span(state.eta)),
-        ("elapsed", span(state.elapsed)),
-        ("started", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.start_time))),
+        ("elapsed", "-" if never_started(state) else span(state.elapsed)),
+        ("started", _started(state)),
         ("error", state.error or "-"),
         ("result", "-" if state.result is None else json.dumps(state.result, ensure_ascii=False)),
     ]
+
+
+def _started(state: State) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.start_time))
+    return f"never (queued {when})" if never_started(state) else when
 
 
 def _shown(key: str) -> str:
@@ -435,7 +441,7 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
     keys = _keys(args)
     wait = None if args.wait is None else _seconds(args.wait, "--wait")
     store = _store(args)
-    key, _ = _load_any(store, keys)  # NAME as tracked list shows it works here too
+    key, asked = _load_any(store, keys)  # NAME as tracked list shows it works here too
     name, progress_id = split_key(key)
     if not cancel(name, progress_id=progress_id, store=store):
         state = store.load(key)
@@ -449,6 +455,11 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + wait
     while True:
         latest = store.load(key)
+        if latest is not None and asked is not None and latest.start_time != asked.start_time:
+            # Another run of the key started since (the one asked ended in between).
+            print(printable(f"tracked cancel: progress {_shown(key)} ended and a new run of it"
+                            " started before its end could be read"), file=sys.stderr)
+            return EXIT_ENDED_BADLY
         if latest is None or not latest.in_progress:
             break
         if time.monotonic() >= deadline:

@@ -104,7 +104,10 @@ end
 # fewer to pack per write), run, state, owner, channel, payload, messages...
 # -- returns 1 written, 0 resend all messages, -1 another run holds the key (a live
 # one, for a claim), -2 this run has ended (a late running snapshot is refused).
-# Every write bumps the record's version ``v`` (see ``RedisStore.version``).
+# Every write bumps the record's version ``v`` (see ``RedisStore.version``); a write
+# that makes the record anew (a claim, or a run's write after a delete), which starts
+# ``v`` again, also sets ``c`` from its snapshot: a record deleted and written again
+# by the same run never repeats an earlier token.
 _WRITE = _LIVE + """
 local rec, msgs, lease = KEYS[1], KEYS[2], KEYS[3]
 local mode, running, mc, lease_ms, expire_ms, base, keep = string.match(ARGV[1],
@@ -136,6 +139,9 @@ end
 if keep > 0 then redis.call('LTRIM', msgs, -keep, -1) else redis.call('DEL', msgs) end
 redis.call('HSET', rec, 'state', ARGV[3], 'owner', ARGV[4], 'run', run,
   'running', running, 'mc', mc)
+if mode == 'claim' or kind ~= 'hash' then  -- a new record: its own token prefix
+  redis.call('HSET', rec, 'c', string.sub(redis.sha1hex(ARGV[3]), 1, 12))
+end
 redis.call('HINCRBY', rec, 'v', 1)
 if running == '1' then
   redis.call('SET', lease, run, 'PX', lease_ms)
@@ -315,13 +321,13 @@ return 0
 
 # The record's version token (see ``RedisStore.version``), or false if there is none.
 _VERSION = _LIVE + """
-local fields = redis.call('HMGET', KEYS[1], 'run', 'v', 'running')
+local fields = redis.call('HMGET', KEYS[1], 'run', 'v', 'running', 'c')
 if not fields[1] then return false end
 local lease = 'ended'
 if fields[3] == '1' then
   lease = live(KEYS[3]) and 'live' or 'lapsed'
 end
-return fields[1] .. ':' .. (fields[2] or '0') .. ':' .. lease
+return fields[1] .. ':' .. (fields[4] or '') .. ':' .. (fields[2] or '0') .. ':' .. lease
 """
 
 # Deletes a record's keys (record, messages, lease, parts); returns 1 if the record
@@ -913,7 +919,9 @@ class RedisStore(Store):
         when there is no record.
 
         Every write, and every joined worker's part (``write_part``), bumps a counter
-        kept in the record; the token is the owner's run id, that counter and, for a
+        kept in the record; the token is the owner's run id, a digest of the snapshot
+        that made the record (a claim, or a write after a delete, starts the counter
+        again), that counter and, for a
         running record, whether its lease is live (so it also changes when the owner
         dies). One round trip that moves no messages: a
         status route can keep what it rendered for a token, and answer with it (or

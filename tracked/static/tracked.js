@@ -37,8 +37,9 @@
  * was asked but the task did not stop)'; the state word otherwise.
  *
  * `tracked.statusUrl(name, {prefix})` builds the status URL of any progress name
- * so that browsers request it unchanged: a name with a `.` or `..` segment is
- * sent as one segment (`/` as `%2F`), a name that is `.` or `..` as `?name=`.
+ * so that browsers request it unchanged: a name with a `.` or `..` segment, or
+ * one that starts with `/`, is sent as one segment (`/` as `%2F`, so no prefix
+ * makes `//host`), a name that is `.` or `..` as `?name=`.
  *
  * Each poll asks for `?since=N` (N = messages received so far), so every message is
  * downloaded and reported once. If the server has dropped messages the client never
@@ -450,7 +451,7 @@
       return prefix + '/?name=' + encodeURIComponent(name);
     }
     const segments = name.split('/');
-    if (segments.indexOf('.') !== -1 || segments.indexOf('..') !== -1) {
+    if (name.charAt(0) === '/' || segments.indexOf('.') !== -1 || segments.indexOf('..') !== -1) {
       return prefix + '/' + encodeURIComponent(name);
     }
     return prefix + '/' + segments.map(encodeURIComponent).join('/');
