@@ -924,7 +924,7 @@ def test_serve_pages_follow_a_batch_job_live_in_a_browser(
 
 
 def test_printable_escapes_controls_and_text_reordering_marks() -> None:
-    from tracked.cli import printable
+    from tracked._views import printable
 
     assert printable("ok\x1b[2J\x07\r\n\u202egnp.exe\u2066") == (
         "ok\\x1b[2J\\x07\\x0d\\x0a\\u202egnp.exe\\u2066"
@@ -1008,7 +1008,7 @@ def test_json_output_escapes_c1_bidi_and_separator_characters_and_round_trips(
 def test_printable_escapes_exactly_the_unsafe_categories_across_all_of_unicode() -> None:
     """Every code point: escaped if it is Cc, Cf, Zl, Zp or a lone surrogate (which a
     UTF-8 terminal could not even be sent), left as it is otherwise."""
-    from tracked.cli import json_text, printable
+    from tracked._views import json_text, printable
 
     unsafe = {"Cc", "Cf", "Zl", "Zp", "Cs"}
     for code in range(0x110000):

@@ -15,7 +15,7 @@ import pytest
 
 import tracked
 from tests.conftest import ROOT, free_port, wait_for_port
-from tracked.cli import printable
+from tracked._views import printable
 
 TIMEOUT_MS = 30_000
 #: Each name with a count of its own; "b", "y/z" and "z" are what the browser would
@@ -133,7 +133,7 @@ def test_serve_status_urls_in_the_list_name_each_progress(served):
 
 def test_tracked_js_state_text_says_what_tracked_show_says(served, page):
     """tracked.stateText and the CLI's state text agree, for every case issue 17 names."""
-    from tracked.cli import state_text
+    from tracked._views import state_text
 
     page.goto(f"{served}/progress?name=b")
     page.wait_for_function("() => typeof tracked === 'object'")

@@ -17,10 +17,11 @@ from ._jobs import submit
 from ._loghandler import LogHandler
 from ._memorystore import MemoryStore
 from ._progress import Progress
-from ._scope import configure, default_store
-from ._share import ShareToken, join
+from ._scope import configure, default_store, open_store
+from ._share import join
 from ._state import State
-from ._store import Store, open_store
+from ._store import Store
+from ._token import ShareToken
 from ._track import track
 from ._url import status_url
 from .errors import (

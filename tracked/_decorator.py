@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import wrapt
 
 from ._api import start, start_queued
-from ._progress import Progress, _check_interval, _check_max_messages, current_progress
+from ._progress import Progress, check_interval, check_max_messages, current_progress
 from ._queued import NotStarted, find_takeover, stop_signal, take_over
 from ._scope import StoreSpec, request_scope, resolve_store
 from ._state import check_total, validate_name, validate_progress_id
@@ -28,8 +28,10 @@ from .errors import Cancelled, InvalidName, InvalidValue
 
 __all__ = [
     "CallPlan",
+    "Spec",
     "awaiting",
     "describe_call",
+    "drive",
     "drive_async",
     "tracked",
     "tracked_function",
@@ -83,7 +85,7 @@ def tracked(
     itself, at no cost per item. With the default total (100, a percentage) or
     None it is the plain generator, which has no length.
     """
-    spec = _Spec(name, total, store, min_interval, max_messages, progress_id)
+    spec = Spec(name, total, store, min_interval, max_messages, progress_id)
 
     def decorate(func: F) -> F:
         target = inspect.unwrap(getattr(func, "__func__", func))
@@ -126,7 +128,7 @@ def tracked_function(func: object) -> Callable[..., Any] | None:
     for _ in range(4):
         if func is None:
             return None
-        if isinstance(getattr(func, "_self_tracked_spec", None), _Spec):
+        if isinstance(getattr(func, "_self_tracked_spec", None), Spec):
             return func  # type: ignore[return-value]
         func = getattr(func, "__wrapped__", None)
     return None
@@ -136,7 +138,7 @@ def tracked_store(func: object) -> Store | None:
     """The store a ``@tracked`` function's decorator names (None: the default)."""
     found = tracked_function(func)
     spec = getattr(found, "_self_tracked_spec", None)
-    return spec.store if isinstance(spec, _Spec) else None
+    return spec.store if isinstance(spec, Spec) else None
 
 
 def describe_call(
@@ -146,7 +148,7 @@ def describe_call(
     function would use, outside any web request; ``TypeError`` for another callable."""
     spec = getattr(func, "_self_tracked_spec", None)
     wrapped = getattr(func, "__wrapped__", None)
-    if not isinstance(spec, _Spec) or wrapped is None:
+    if not isinstance(spec, Spec) or wrapped is None:
         raise TypeError(f"{func!r} is not a @tracked function")
     instance = getattr(func, "__self__", None)
     total = spec.total
@@ -158,7 +160,7 @@ def describe_call(
     return CallPlan(name, total, store, f"{wrapped.__module__}.{wrapped.__qualname__}")
 
 
-class _Spec:
+class Spec:
     """The decorator's arguments, checked once, and the two call paths."""
 
     def __init__(
@@ -181,8 +183,8 @@ class _Spec:
         if isinstance(name, str) and not self.fields:
             validate_name(name)
         self.store = None if store is None else resolve_store(store)
-        self.min_interval = _check_interval(min_interval)
-        self.max_messages = _check_max_messages(max_messages)
+        self.min_interval = check_interval(min_interval)
+        self.max_messages = check_max_messages(max_messages)
         if isinstance(progress_id, str):
             validate_progress_id(progress_id)
         elif not (progress_id is None or callable(progress_id)):
@@ -258,6 +260,7 @@ class _Spec:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> str | None:
+        """The progress name for one call, from the decorator's ``name``."""
         name = self.name
         if name is None:
             if self.progress_id is not None:
@@ -279,6 +282,7 @@ class _Spec:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
+        """Call a plain function as one tracked run."""
         try:
             progress = self.start(wrapped, instance, args, kwargs)
         except NotStarted as skipped:  # a queued run cancelled before its worker got to it
@@ -299,13 +303,14 @@ class _Spec:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Generator[Any, Any, Any]:
+        """Call a generator function and wrap its generator in the per-yield loop (``drive``)."""
         generator = wrapped(*args, **kwargs)  # runs none of its body yet
         progress = self.start_for(generator.close, wrapped, instance, args, kwargs)
         # Copied now, not at the first step: a web server may iterate the generator
         # after the request scope of the call is gone.
         context = contextvars.copy_context()
         context.run(current_progress.set, progress)
-        driven = _drive(generator, progress, context)
+        driven = drive(generator, progress, context)
         if self.sized and progress.total is not None:
             return SizedGenerator(driven, progress)
         return driven
@@ -317,6 +322,7 @@ class _Spec:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Coroutine[Any, Any, Any]:
+        """Call a coroutine function; its coroutine is tracked while awaited (``awaiting``)."""
         coroutine = wrapped(*args, **kwargs)  # runs none of its body yet
         try:
             progress = self.start_for(coroutine.close, wrapped, instance, args, kwargs)
@@ -331,6 +337,7 @@ class _Spec:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> AsyncGenerator[Any, Any]:
+        """Call an async generator function and wrap its generator in ``drive_async``."""
         generator = wrapped(*args, **kwargs)  # runs none of its body yet
         progress = self.start_for(lambda: None, wrapped, instance, args, kwargs)
         return drive_async(generator, progress)
@@ -354,7 +361,7 @@ class _Spec:
         return progress
 
 
-def _drive(
+def drive(
     generator: Generator[Any, Any, Any], progress: Progress, context: contextvars.Context
 ) -> Generator[Any, Any, Any]:
     """Yield what ``generator`` yields, counting each item; forward send, throw and close.
@@ -536,7 +543,7 @@ def _cancel_task_on_request(progress: Progress) -> None:
 async def drive_async(
     generator: AsyncGenerator[Any, Any], progress: Progress
 ) -> AsyncGenerator[Any, Any]:
-    """The async twin of ``_drive``: count each item, forward asend, athrow and aclose.
+    """The async twin of ``drive``: count each item, forward asend, athrow and aclose.
 
     Each step runs in the awaiting task's context, with ``progress`` made current
     for the step only.

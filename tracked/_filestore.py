@@ -88,6 +88,7 @@ class FileStore(Store):
     # ------------------------------------------------------------------ writes
 
     def claim(self, state: State, owner: Owner) -> None:
+        """Create or take over ``state.key``'s file under its ``flock`` (see ``Store.claim``)."""
         key = state.key
         data = encode_record(state, owner)
         self._make_writable()
@@ -178,6 +179,7 @@ class FileStore(Store):
             )
 
     def delete(self, key: str) -> bool:
+        """Remove ``key``'s file and its parts folder; True if the file was there."""
         path = self.path_for(key)
         self._remove_parts(self.parts_dir(key))
         try:
@@ -251,6 +253,7 @@ class FileStore(Store):
         return self.directory / (_file_name(key)[: -len(SUFFIX)] + "." + run + CANCEL_SUFFIX)
 
     def request_cancel(self, key: str) -> bool:
+        """Create the cancel marker file of ``key``'s live run; False if none runs."""
         owner = cancellable(self.read(key))
         if owner is None:
             return False
@@ -286,6 +289,7 @@ class FileStore(Store):
             return False
 
     def clear_cancel(self, key: str, owner: Owner) -> None:
+        """Remove the cancel marker file of ``owner``'s run of ``key``."""
         self._unlink(self.cancel_path(key, owner.run))
 
     def _remove_stale_cancels(self) -> None:
@@ -395,6 +399,7 @@ class FileStore(Store):
     def read_parts(self, key: str, run: str) -> list[SharedPart]:
         # Every read of a running record asks: plain strings, as Path operations
         # would cost more than the one system call that finds no parts directory.
+        """The part files of run ``run`` in ``key``'s parts folder (none: no folder)."""
         where = f"{self.directory}{os.sep}{_parts_name(key)}"
         try:
             names = os.listdir(where)
@@ -415,6 +420,7 @@ class FileStore(Store):
         return parts
 
     def delete_parts(self, key: str, run: str) -> None:
+        """Remove the part files of run ``run`` of ``key`` (never raises)."""
         self._remove_parts(self.parts_dir(key), run + ".")
 
     @staticmethod
@@ -445,6 +451,7 @@ class FileStore(Store):
     # ------------------------------------------------------------------ reads
 
     def read(self, key: str) -> Record | None:
+        """The record in ``key``'s file, or None; ``StoreError`` if it holds another key."""
         path = self.path_for(key)
         record = self._read_path(path, missing_ok=True)
         if record is not None and record.state.key != key:
@@ -468,6 +475,7 @@ class FileStore(Store):
             return None
 
     def unreadable(self) -> list[str]:
+        """One message per record file that exists but cannot be read."""
         problems = []
         for path in self._files():
             try:

@@ -32,7 +32,7 @@ import time
 from collections.abc import AsyncGenerator, Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
-from ._decorator import _drive, _Spec, awaiting, drive_async, returned
+from ._decorator import Spec, awaiting, drive, drive_async, returned
 from ._progress import Progress, add_cancel_hook, current_progress, move_in_line, take_up
 from ._scope import jobs as settings
 
@@ -88,7 +88,7 @@ def submit(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Progress:
         if kind == "generator":
             steps = context.copy()
             steps.run(current_progress.set, progress)
-            call = functools.partial(_exhaust, progress, _drive(made, progress, steps))
+            call = functools.partial(_exhaust, progress, drive(made, progress, steps))
         elif kind == "coroutine":
             runner = awaiting(made, progress)
             call = functools.partial(_run_in_own_loop, progress, runner)
@@ -113,13 +113,13 @@ def _qualname(func: Callable[..., Any]) -> str:
     return f"{module}.{qualname}" if isinstance(module, str) else qualname
 
 
-def _target(func: Callable[..., Any]) -> tuple[_Spec, Callable[..., Any], Any, str]:
+def _target(func: Callable[..., Any]) -> tuple[Spec, Callable[..., Any], Any, str]:
     """What ``@tracked`` made of ``func``: its spec, the wrapped callable, the bound
     instance, and whether it is a ``"function"``, a ``"generator"``, a ``"coroutine"``
     or an ``"async generator"`` function."""
     wrapper = getattr(func, "_self_wrapper", None)  # wrapt's name for the wrapper function
     spec = getattr(wrapper, "__self__", None)
-    if not isinstance(spec, _Spec):
+    if not isinstance(spec, Spec):
         raise TypeError(
             f"tracked.submit() runs a @tracked function, not {_qualname(func)}: decorate it"
             " with @tracked.tracked(...) (the run's name, total and progress_id come from there)"
@@ -130,10 +130,10 @@ def _target(func: Callable[..., Any]) -> tuple[_Spec, Callable[..., Any], Any, s
 
 
 _KINDS = {
-    _Spec.call: "function",
-    _Spec.call_generator: "generator",
-    _Spec.call_coroutine: "coroutine",
-    _Spec.call_async_generator: "async generator",
+    Spec.call: "function",
+    Spec.call_generator: "generator",
+    Spec.call_coroutine: "coroutine",
+    Spec.call_async_generator: "async generator",
 }
 
 
@@ -189,7 +189,7 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 
 def _submit_to_loop(
     loop: asyncio.AbstractEventLoop,
-    spec: _Spec,
+    spec: Spec,
     wrapped: Callable[..., Any],
     instance: Any,
     kind: str,

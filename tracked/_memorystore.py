@@ -42,6 +42,7 @@ class MemoryStore(Store):
         return f"MemoryStore(<{len(self._records)} records>)"
 
     def claim(self, state: State, owner: Owner) -> None:
+        """Hold ``state.key`` for ``owner`` (see ``Store.claim``), and wake its watchers."""
         key = state.key
         with self._lock:
             claim_or_raise(self._records.get(key), key)
@@ -49,6 +50,7 @@ class MemoryStore(Store):
         self._changed(key, state)
 
     def save(self, state: State, owner: Owner) -> None:
+        """Replace the record if ``owner``'s run still holds it, else ``RunSuperseded``."""
         key = state.key
         with self._lock:
             existing = self._records.get(key)
@@ -60,6 +62,7 @@ class MemoryStore(Store):
         self._changed(key, state)
 
     def swap(self, state: State, owner: Owner, *, run: str, was: frozenset[str]) -> bool:
+        """Write ``state`` if the record is still run ``run`` in a state of ``was``."""
         key = state.key
         with self._lock:
             if not swappable(self._records.get(key), run, was):
@@ -80,6 +83,7 @@ class MemoryStore(Store):
         )
 
     def check_join(self) -> None:
+        """``StoreError`` outside the process that made this store."""
         if os.getpid() != self._pid:
             raise StoreError(
                 f"{self!r} belongs to process {self._pid}: a progress in a MemoryStore can "
@@ -88,6 +92,7 @@ class MemoryStore(Store):
             )
 
     def write_part(self, key: str, part: SharedPart) -> bool:
+        """Keep a joined worker's part while its run is the record's and alive."""
         self.check_join()
         with self._lock:
             record = self._records.get(key)
@@ -100,11 +105,13 @@ class MemoryStore(Store):
         return True
 
     def read_parts(self, key: str, run: str) -> list[SharedPart]:
+        """The parts joined workers of run ``run`` wrote to ``key``."""
         with self._lock:
             parts = self._parts.get(key, {})
             return [part for (owner_run, _), part in parts.items() if owner_run == run]
 
     def delete_parts(self, key: str, run: str) -> None:
+        """Forget the parts of run ``run`` of ``key``."""
         with self._lock:
             parts = self._parts.get(key, {})
             for part_key in [k for k in parts if k[0] == run]:
@@ -113,14 +120,17 @@ class MemoryStore(Store):
                 self._parts.pop(key, None)
 
     def read(self, key: str) -> Record | None:
+        """The record of ``key`` in this process's dict, or None."""
         return self._records.get(key)
 
     def records(self) -> Iterator[Record]:
+        """A copy of every record, taken under the lock."""
         with self._lock:
             snapshot = list(self._records.values())
         return iter(snapshot)
 
     def delete(self, key: str) -> bool:
+        """Remove ``key``'s record and its parts; True if there was one."""
         with self._lock:
             self._parts.pop(key, None)
             deleted = self._records.pop(key, None) is not None
@@ -132,6 +142,7 @@ class MemoryStore(Store):
             watcher(key, state)
 
     def prune(self, older_than: float) -> int:
+        """Remove ended and abandoned records older than ``older_than`` seconds."""
         cutoff = time.time() - older_than
         with self._lock:
             doomed = [k for k, r in self._records.items() if self._prunable(r, cutoff)]
@@ -140,6 +151,7 @@ class MemoryStore(Store):
         return len(doomed)
 
     def request_cancel(self, key: str) -> bool:
+        """Mark the live run of ``key`` asked to stop; False if none runs."""
         with self._lock:
             owner = cancellable(self._records.get(key))
             if owner is None:
@@ -148,10 +160,12 @@ class MemoryStore(Store):
             return True
 
     def cancels_requested(self, runs: Sequence[tuple[str, Owner]]) -> list[bool]:
+        """Whether each (key, owner) run was asked to stop."""
         cancels = self._cancels
         return [(key, owner.run) in cancels for key, owner in runs]
 
     def clear_cancel(self, key: str, owner: Owner) -> None:
+        """Forget the stop request of ``owner``'s run of ``key``."""
         with self._lock:
             self._cancels.discard((key, owner.run))
 

@@ -22,20 +22,20 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from . import _flusher
 from ._state import DEFAULT_STATUS, State, as_int, encode_result, make_key
 from ._store import Owner, Store, merge_parts, register_live_run, unregister_live_run
 from ._text import clean_message, clean_text
+from ._token import ShareToken, share_token
 from .errors import Cancelled, InvalidValue, RunSuperseded, StoreError, TrackedError
-
-if TYPE_CHECKING:
-    from ._share import ShareToken
 
 __all__ = [
     "Progress",
     "add_cancel_hook",
+    "check_interval",
+    "check_max_messages",
     "counted",
     "current_progress",
     "move_in_line",
@@ -142,8 +142,8 @@ class Progress:
         self.name = name
         self.progress_id = progress_id
         self.store = store
-        self.min_interval = _check_interval(min_interval)
-        self.max_messages = _check_max_messages(max_messages)
+        self.min_interval = check_interval(min_interval)
+        self.max_messages = check_max_messages(max_messages)
         self._total = _check_total(total)
         self._base = max(0, as_int(count, "count"))
         self._tick = itertools.count().__next__  # one tick per `+= 1`: atomic, no lock
@@ -357,8 +357,6 @@ class Progress:
         Raises ``TrackedError`` in a process that did not start this run (a forked
         child), ``StoreError`` for a store that cannot be shared.
         """
-        from ._share import share_token
-
         if self._owner is None or not self._owned():
             raise TrackedError(
                 f"progress {self.key!r} can be shared only by the process that started it"
@@ -972,13 +970,15 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-def _check_interval(value: object) -> float:
+def check_interval(value: object) -> float:
+    """``min_interval`` as a float; ``InvalidValue`` unless a number of seconds >= 0."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
         raise InvalidValue(f"min_interval must be a number of seconds >= 0, got {value!r}")
     return float(value)
 
 
-def _check_max_messages(value: object) -> int:
+def check_max_messages(value: object) -> int:
+    """``max_messages`` checked: ``InvalidValue`` unless an int >= 0."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InvalidValue(f"max_messages must be an int >= 0, got {value!r}")
     return value

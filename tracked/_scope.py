@@ -15,10 +15,17 @@ import threading
 from pathlib import Path
 
 from ._state import set_max_result_bytes
-from ._store import Store, open_store
-from .errors import InvalidValue
+from ._store import Store
+from .errors import InvalidValue, StoreError
 
-__all__ = ["RequestScope", "configure", "default_store", "request_scope", "resolve_store"]
+__all__ = [
+    "RequestScope",
+    "configure",
+    "default_store",
+    "open_store",
+    "request_scope",
+    "resolve_store",
+]
 
 StoreSpec = Store | str | os.PathLike[str]
 
@@ -198,3 +205,36 @@ def resolve_store(store: StoreSpec | None) -> Store:
     if scope is not None and scope.store is not None:
         return scope.store
     return default_store()
+
+
+def open_store(spec: Store | str | os.PathLike[str]) -> Store:
+    """A store from a ``Store``, a directory path, or a ``file://``, ``memory://``,
+    ``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://`` or
+    ``rediss+cluster://`` URL."""
+    if isinstance(spec, Store):
+        return spec
+    if not isinstance(spec, (str, os.PathLike)):
+        raise StoreError(f"a store is a Store, a path or a URL, not {type(spec).__name__}")
+    text = os.fspath(spec)
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        from ._filestore import FileStore
+
+        return FileStore(text)
+    scheme = scheme.lower()
+    if scheme == "file":
+        from ._filestore import FileStore
+
+        return FileStore(rest)
+    if scheme == "memory":
+        from ._memorystore import MemoryStore
+
+        return MemoryStore()
+    if scheme in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
+        from .redis import RedisStore
+
+        return RedisStore(text)
+    raise StoreError(
+        f"unknown store {text!r}: use a directory, file://, memory://, redis://, rediss://, "
+        "unix:// or redis+cluster://"
+    )

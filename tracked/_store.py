@@ -29,7 +29,6 @@ __all__ = [
     "decode_record",
     "encode_record",
     "merge_parts",
-    "open_store",
     "owner_gone_here",
     "swappable",
 ]
@@ -566,36 +565,3 @@ def claim_or_raise(existing: Record | None, key: str) -> None:
     """Raise ``AlreadyRunning`` if ``existing`` blocks a claim of ``key``."""
     if blocks_claim(existing):
         raise AlreadyRunning(key)
-
-
-def open_store(spec: Store | str | os.PathLike[str]) -> Store:
-    """A store from a ``Store``, a directory path, or a ``file://``, ``memory://``,
-    ``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://`` or
-    ``rediss+cluster://`` URL."""
-    if isinstance(spec, Store):
-        return spec
-    if not isinstance(spec, (str, os.PathLike)):
-        raise StoreError(f"a store is a Store, a path or a URL, not {type(spec).__name__}")
-    text = os.fspath(spec)
-    scheme, sep, rest = text.partition("://")
-    if not sep:
-        from ._filestore import FileStore
-
-        return FileStore(text)
-    scheme = scheme.lower()
-    if scheme == "file":
-        from ._filestore import FileStore
-
-        return FileStore(rest)
-    if scheme == "memory":
-        from ._memorystore import MemoryStore
-
-        return MemoryStore()
-    if scheme in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
-        from .redis import RedisStore
-
-        return RedisStore(text)
-    raise StoreError(
-        f"unknown store {text!r}: use a directory, file://, memory://, redis://, rediss://, "
-        "unix:// or redis+cluster://"
-    )

@@ -22,25 +22,54 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
-import hashlib
-import json
 import logging
-import math
 import os
-import re
-import sys
-import threading
 import time
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qsl
 
 import tracked
 
 from . import _watch
+from ._cache import CACHE_BYTES, EventCache, RenderCache
+from ._events import (
+    END_ID,
+    EVENT_HEADERS,
+    EVENT_STREAM_TYPE,
+    HEARTBEAT_SECONDS,
+    LOAD,
+    MAX_STREAM_SECONDS,
+    EventStream,
+    SyncEvents,
+    Wait,
+    event_schedule,
+    resume_point,
+    run_number,
+    wants_events,
+)
+from ._query import (
+    form_progress_ids,
+    missing_name,
+    query_values,
+    request_key,
+    requested_name,
+    requested_progress_id,
+    requested_since,
+    status_url,
+    storage_key,
+)
+from ._response import (
+    JSON_TYPE,
+    NO_STORE,
+    Rendered,
+    Response,
+    error,
+    if_match_allows,
+    render,
+    respond,
+    run_tag,
+)
 from ._state import split_key
-from ._url import key_url
 
 __all__ = [
     "ALLOW",
@@ -79,37 +108,9 @@ Authorize = Callable[[Any, str], bool]
 #: ``cancel=``: False (DELETE answers 405), True (whoever may read may cancel), or
 #: ``(request, key) -> bool`` deciding per request (403 when it says no).
 CancelPolicy = bool | Callable[[Any, str], bool]
-Signature = tuple[int, int, int]
 
-JSON_TYPE = "application/json; charset=utf-8"
 #: The methods the status route answers; any other gets a JSON 405 naming them.
 ALLOW = "GET, HEAD, OPTIONS"
-PROGRESS_ID_HEADER = "X-Progress-Id"
-_SINCE = re.compile(r"[0-9]{1,15}")
-_NO_STORE = ("Cache-Control", "no-store")
-
-EVENT_STREAM_TYPE = "text/event-stream"
-#: Seconds between two comment lines on an idle stream (proxies close silent ones).
-HEARTBEAT_SECONDS = 15.0
-#: Seconds a stream lasts at most; the client then reconnects with ``Last-Event-ID``.
-MAX_STREAM_SECONDS = 60.0
-#: Seconds after which a stream re-reads its record even without a change signal
-#: (an owner that died writes nothing: the record then reads ``abandoned``).
-RECHECK_SECONDS = 5.0
-#: Bytes of rendered answers and encoded events a status service keeps for reuse, in
-#: all (half for each): ``cache_bytes=`` of the adapters.
-CACHE_BYTES = 32 * 1024 * 1024
-#: Milliseconds a browser waits before reconnecting a closed stream (``retry:``).
-RETRY_MS = 1000
-#: The ``id`` of the event that ends a stream after the final state; a reconnect
-#: carrying it gets 204, which tells an ``EventSource`` to stop.
-END_ID = "end"
-_EVENT_ID = re.compile(r"([0-9]{1,15})(?:/(-?[0-9]{1,20}))?")
-_EVENT_HEADERS = (
-    ("Content-Type", EVENT_STREAM_TYPE),
-    _NO_STORE,
-    ("X-Accel-Buffering", "no"),
-)
 
 
 @dataclasses.dataclass(slots=True)
@@ -131,26 +132,6 @@ class StatusRequest:
     accept: str | None = None
     last_event_id: str | None = None
     if_match: str | None = None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Response:
-    """What the adapter sends back: status code, headers and the whole body."""
-
-    status: int
-    headers: tuple[tuple[str, str], ...]
-    body: bytes = b""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Rendered:
-    """A status response body, its ETag, and the two answers made of them (200 and
-    304), built once so that a cached record is answered without building anything."""
-
-    body: bytes
-    etag: str
-    ok: Response
-    not_modified: Response
 
 
 class StatusService:
@@ -256,7 +237,7 @@ class StatusService:
         if not name:
             return None
         try:
-            key = _request_key(name, None)
+            key = request_key(name, None)
         except tracked.TrackedError:
             return None
         return self._cached_answer(key, 0, if_none_match)
@@ -287,51 +268,67 @@ class StatusService:
             return self.handle(request)
         try:
             key, since = self._key_and_since(request)
-            resume = _resume(request.last_event_id)
+            resume = resume_point(request.last_event_id)
         except tracked.TrackedError as exc:
             return error(400, str(exc))
         if self.authorize is not None and not self.authorize(request.native, key):
             return error(403, "not allowed to read this progress")
         if resume == END_ID:
-            return Response(204, (_NO_STORE,))
+            return Response(204, (NO_STORE,))
+        return self._follow(key, since, resume, loop)
+
+    def _follow(
+        self, key: str, since: int, resume: tuple[int, int | None] | str | None,
+        loop: asyncio.AbstractEventLoop | None,
+    ) -> Response | EventStream:
+        """Subscribe to ``key``, then start its stream (subscribed before reading: no
+        change falls between); an error answered instead closes what was opened."""
         store = self.store or tracked.default_store()
+        subscription = _watch.subscribe(store, key, loop)
+        self._events.opened(key)
+        answer = self._start(store, key, since, resume, subscription)
+        if isinstance(answer, Response):
+            subscription.close()
+            self._events.closed(key)
+        return answer
+
+    def _start(
+        self, store: tracked.Store, key: str, since: int,
+        resume: tuple[int, int | None] | str | None, subscription: _watch.Subscription,
+    ) -> Response | EventStream:
+        """The stream of ``key`` from its first state on (the cursor from ``since`` or
+        ``Last-Event-ID``), or the error to answer when it cannot be read."""
         events = self._events
-        subscription = _watch.subscribe(store, key, loop)  # before reading: no change is missed
-        events.opened(key)
         try:
             state = events.load(store, key)
         except Exception as exc:  # noqa: BLE001 - a store or record problem, never HTML
-            subscription.close()
-            events.closed(key)
             logger.warning("status route cannot read %r: %s", key, exc)
             return error(500, "the progress store cannot be read")
         if state is None:
-            subscription.close()
-            events.closed(key)
             shown = key.replace("\0", "?progress_id=")
             return error(404, f"no progress {shown!r}")
         cursor = since
         if isinstance(resume, tuple):
             count, run = resume
-            cursor = count if run is None or run == _run_id(state) else 0
+            cursor = count if run is None or run == run_number(state) else 0
         steps = event_schedule(
             state, cursor, heartbeat=self.heartbeat_seconds, max_seconds=self.max_stream_seconds,
             show_errors=self.show_errors, events=events, key=key,
         )
-        return EventStream(_EVENT_HEADERS, key, store, subscription, steps, events)
+        return EventStream(EVENT_HEADERS, key, store, subscription, steps, events)
 
     def _key_and_since(self, request: StatusRequest) -> tuple[str, int]:
         """The storage key and message cursor a request names; ``TrackedError`` if bad."""
         query = request.query
         if not query and request.progress_id_header is None:
             if not request.name:
-                raise _missing_name(request.prefix)
-            return _request_key(request.name, None), 0
-        name = _requested_name(request.name or None, query)
+                raise missing_name(request.prefix)
+            return request_key(request.name, None), 0
+        name = requested_name(request.name or None, query)
         progress_id = requested_progress_id(query, request.progress_id_header)
         if name is None and progress_id is None:
-            raise _missing_name(request.prefix)
-        return _request_key(name, progress_id), _since(query)
+            raise missing_name(request.prefix)
+        return request_key(name, progress_id), requested_since(query)
 
     def _rendered(self, key: str, since: int) -> Rendered | None:
         """The response body for ``key``, from the cache or the store; None if unknown."""
@@ -395,759 +392,19 @@ class StatusService:
             except Exception:  # the state read before is still true enough
                 logger.debug("cannot read %r after its cancel", key, exc_info=True)
         body = render(self._shown(state)).body
-        return Response(202, (("Content-Type", JSON_TYPE), _NO_STORE), body)
-
-
-class RenderCache:
-    """Rendered bodies of a FileStore's records, reused while their file is unchanged;
-    of a store with a ``version(key)`` token (RedisStore), while the token is unchanged.
-
-    A record only changes when its file is replaced, so a ``stat`` (inode, mtime,
-    size) tells whether a cached body is current without reading or parsing the
-    file. An ended (or abandoned) record's body is then reused for as long as its
-    file stays the same. A running record's body also depends on its owner being
-    alive, so it is reused for at most ``RECHECK_S`` (1 s) after the liveness was
-    judged: an owner that dies is seen as ``abandoned`` up to a second later.
-    Files younger than ``SETTLE_NS`` look the same as a file replaced within one
-    tick of the file system's clock: an ended one is not cached, a running one
-    only until it could have settled. A version token changes with every write and
-    with the owner's liveness, read from the server each time: such bodies are reused
-    for as long as it stays the same, running or not.
-    """
-
-    SETTLE_NS = 50_000_000
-    RECHECK_S = 1.0
-    MAX_ENTRIES = 1024
-    #: Bytes an entry costs beyond its body (the key, the tuples, two Responses).
-    OVERHEAD = 512
-
-    def __init__(self, store: tracked.Store, max_bytes: int = CACHE_BYTES // 2) -> None:
-        self.store = store
-        self.max_bytes = max_bytes
-        self._files = store if isinstance(store, tracked.FileStore) else None
-        version = getattr(store, "version", None) if self._files is None else None
-        self._version: Callable[[str], str | None] | None = version if callable(version) else None
-        self._paths: dict[str, str] = {}
-        self._entries: dict[tuple[str, int], tuple[Signature | str, Rendered, float]] = {}
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    @property
-    def size(self) -> int:
-        """Bytes held now (bodies and their overhead): at most ``max_bytes``."""
-        return self._bytes
-
-    def signature(self, key: str) -> Signature | str | None:
-        """The identity of ``key``'s file now, or its store's version token; None when
-        there is no record (or no way to tell)."""
-        if self._files is None:
-            return None if self._version is None else self._version(key)
-        path = self._paths.get(key)
-        if path is None:
-            path = str(self._files.path_for(key))
-            _bounded_put(self._paths, key, path, self.MAX_ENTRIES)
-        try:
-            info = os.stat(path)
-        except OSError:
-            return None
-        return (info.st_ino, info.st_mtime_ns, info.st_size)
-
-    def get(
-        self, key: str, since: int, signature: Signature | str | None, now: float
-    ) -> Rendered | None:
-        """The cached body for ``key`` and ``since`` if its file is still ``signature``
-        and, for a running record, its owner was judged alive less than a second ago."""
-        if signature is None:
-            return None
-        entry = self._entries.get((key, since))
-        if entry is None or entry[0] != signature or now >= entry[2]:
-            return None
-        return entry[1]
-
-    def current(self, key: str, since: int) -> Rendered | None:
-        """``get`` with the file's signature and the clock taken now; no ``stat`` when
-        nothing is cached for ``key`` and ``since``."""
-        entry = self._entries.get((key, since))
-        if entry is None:
-            return None
-        path = self._paths.get(key)
-        if path is None:
-            signature = self.signature(key)
-        else:
-            try:
-                info = os.stat(path)
-            except OSError:
-                return None
-            signature = (info.st_ino, info.st_mtime_ns, info.st_size)
-        if entry[0] != signature or time.monotonic() >= entry[2]:
-            return None
-        return entry[1]
-
-    def put(
-        self, key: str, since: int, signature: Signature | str | None, rendered: Rendered,
-        running: bool, now: float,
-    ) -> None:
-        """Remember a body rendered from a record read (and judged, at ``now``) after
-        taking ``signature``."""
-        if signature is None:
-            return
-        if isinstance(signature, str):  # a version token: current while it is the same
-            expires = float("inf")  # (counted in the budget like any other body)
-        elif time.time_ns() - signature[1] > self.SETTLE_NS:
-            expires = now + self.RECHECK_S if running else float("inf")
-        elif running:
-            expires = now + self.SETTLE_NS / 1e9
-        else:
-            return
-        size = len(rendered.body) + self.OVERHEAD
-        if size > self.max_bytes // 4:
-            return  # one big record (or ?since= sweep of one) must not flush all others
-        entries = self._entries
-        with self._lock:
-            old = entries.pop((key, since), None)
-            if old is not None:
-                self._bytes -= len(old[1].body) + self.OVERHEAD
-            while entries and (
-                self._bytes + size > self.max_bytes or len(entries) >= self.MAX_ENTRIES
-            ):
-                dropped = entries.pop(next(iter(entries)))  # the oldest
-                self._bytes -= len(dropped[1].body) + self.OVERHEAD
-            entries[(key, since)] = (signature, rendered, expires)
-            self._bytes += size
-
-
-def _bounded_put(table: dict[Any, Any], key: Any, value: Any, limit: int) -> None:
-    """Insert into ``table``, dropping the oldest entry once it holds ``limit``."""
-    if len(table) >= limit and key not in table:
-        try:
-            del table[next(iter(table))]
-        except (StopIteration, KeyError, RuntimeError):
-            pass  # another thread changed the table: the bound is approximate
-    table[key] = value
+        return Response(202, (("Content-Type", JSON_TYPE), NO_STORE), body)
 
 
 # ----------------------------------------------------------------------------- events
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Wait:
-    """A schedule step: wait up to ``seconds`` for a change of the record, then send
-    the generator ``Subscription.wait``'s ``(changed, state or None)``."""
-
-    seconds: float
-
-
-class _Load:
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "LOAD"
-
-
-#: A schedule step: read the record (it may block) and send the generator the state.
-LOAD = _Load()
-Step = bytes | Wait | _Load
-Schedule = Generator[Step, Any, None]
-
-
-@dataclasses.dataclass(slots=True)
-class EventStream:
-    """An accepted event stream: the headers of its 200, and the schedule to drive."""
-
-    headers: tuple[tuple[str, str], ...]
-    key: str
-    store: tracked.Store
-    subscription: _watch.Subscription
-    steps: Schedule
-    events: EventCache | None = None
-    closed: bool = False
-
-    def load(self) -> tracked.State | None:
-        """Read the record (it may block): once for all streams of the key when the
-        record is unchanged (see ``EventCache.load``)."""
-        if self.events is None:
-            return self.store.load(self.key)
-        return self.events.load(self.store, self.key)
-
-    def close(self) -> None:
-        """End the schedule and stop following the record (idempotent); the events kept
-        for the key go once its last stream closed."""
-        if self.closed:
-            return
-        self.closed = True
-        self.steps.close()
-        self.subscription.close()
-        if self.events is not None:
-            self.events.closed(self.key)
-
-
-class EventCache:
-    """Encoded events shared by a service's streams: a change fanned out to many streams
-    as one ``State`` (a Redis or memory watcher hands every stream the same object) is
-    encoded once per cursor. Per key it keeps the latest such state and its events, at
-    most ``max_bytes`` in all (a state counted by its messages), and nothing once the
-    key's last stream closed."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._lock = threading.Lock()
-        self._streams: dict[str, int] = {}
-        # (key, errors hidden) -> (state, {cursor (negative: a first event): event}, bytes)
-        self._entries: dict[tuple[str, bool], tuple[tracked.State, dict[int, bytes], int]] = {}
-        # key -> (file identity, valid until (monotonic), state, its bytes): FileStore reads
-        self._loaded: dict[str, tuple[Signature, float, tracked.State, int]] = {}
-        self._bytes = 0
-
-    def load(self, store: tracked.Store, key: str) -> tracked.State | None:
-        """``store.load(key)``, read once for all the key's streams that ask while a
-        FileStore record's file is unchanged, for at most ``RenderCache.RECHECK_S``
-        (an owner that died is then judged again): many streams woken by one change
-        parse the record once and share the ``State`` (and so their encoded events)."""
-        if not isinstance(store, tracked.FileStore):
-            return store.load(key)
-        try:
-            info = os.stat(store.path_for(key))
-        except OSError:
-            return store.load(key)
-        signature = (info.st_ino, info.st_mtime_ns, info.st_size)
-        now = time.monotonic()
-        kept = self._loaded.get(key)
-        if kept is not None and kept[0] == signature and now < kept[1]:
-            return kept[2]
-        state = store.load(key)  # after the stat: a change meanwhile is seen next time
-        if state is not None:
-            # As RenderCache: a file younger than a clock tick is reused only until it
-            # could have settled (another replace within the tick could look the same).
-            settled = time.time_ns() - signature[1] > RenderCache.SETTLE_NS
-            until = now + (RenderCache.RECHECK_S if settled else RenderCache.SETTLE_NS / 1e9)
-            size = _state_bytes(state)
-            with self._lock:
-                old = self._loaded.pop(key, None)
-                if old is not None:
-                    self._bytes -= old[3]
-                if key in self._streams and self._bytes + size <= self.max_bytes:
-                    self._loaded[key] = (signature, until, state, size)
-                    self._bytes += size
-        return state
-
-    @property
-    def size(self) -> int:
-        """Bytes held now (events and the states they were encoded from)."""
-        return self._bytes
-
-    def opened(self, key: str) -> None:
-        with self._lock:
-            self._streams[key] = self._streams.get(key, 0) + 1
-
-    def closed(self, key: str) -> None:
-        with self._lock:
-            left = self._streams.get(key, 1) - 1
-            if left > 0:
-                self._streams[key] = left
-                return
-            self._streams.pop(key, None)
-            loaded = self._loaded.pop(key, None)
-            if loaded is not None:
-                self._bytes -= loaded[3]
-            for hide in (False, True):
-                entry = self._entries.pop((key, hide), None)
-                if entry is not None:
-                    self._bytes -= entry[2]
-
-    def get(self, key: str, hide: bool, state: tracked.State, cursor: int) -> bytes | None:
-        entry = self._entries.get((key, hide))
-        if entry is None or entry[0] is not state:
-            return None
-        return entry[1].get(cursor)
-
-    def put(self, key: str, hide: bool, state: tracked.State, cursor: int, event: bytes) -> None:
-        with self._lock:
-            if key not in self._streams:
-                return  # no stream follows it (any more): keep nothing
-            entry = self._entries.get((key, hide))
-            if entry is not None and entry[0] is state:
-                events = entry[1]
-                size = entry[2] + len(event) - len(events.get(cursor, b""))
-            else:
-                events, size = {}, _state_bytes(state) + len(event)
-            if size > self.max_bytes:
-                return  # too big to keep: what is kept stays
-            if entry is not None:
-                del self._entries[(key, hide)]
-                self._bytes -= entry[2]
-            while self._entries and self._bytes + size > self.max_bytes:
-                dropped = self._entries.pop(next(iter(self._entries)))  # the oldest
-                self._bytes -= dropped[2]
-            events[cursor] = event
-            self._entries[(key, hide)] = (state, events, size)
-            self._bytes += size
-
-
-def _state_bytes(state: tracked.State) -> int:
-    """About what a ``State`` takes in memory: its message strings (as Python holds
-    them: up to 4 bytes a character) and the rest."""
-    return sum(map(sys.getsizeof, state.messages)) + 8 * len(state.messages) + 1024
-
-
-class SyncEvents:
-    """A WSGI body driving an ``EventStream`` in the server's thread: lazy, and its
-    ``close()`` (called by the server when the client has gone) ends the stream."""
-
-    __slots__ = ("_closed", "_stream")
-
-    def __init__(self, stream: EventStream) -> None:
-        self._stream = stream
-        self._closed = False
-
-    def __iter__(self) -> SyncEvents:
-        return self
-
-    def __next__(self) -> bytes:
-        stream = self._stream
-        value: Any = None
-        while not self._closed:
-            try:
-                step = stream.steps.send(value)
-            except StopIteration:
-                break
-            if isinstance(step, bytes):
-                return step
-            if isinstance(step, Wait):
-                value = stream.subscription.wait(step.seconds)
-                continue
-            try:
-                value = stream.load()
-            except Exception as exc:  # noqa: BLE001 - end the stream; a reconnect gets the 500
-                logger.warning("event stream cannot read %r: %s", stream.key, exc)
-                break
-        self.close()
-        raise StopIteration
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._stream.close()
-
-
-def wants_events(accept: str | None) -> bool:
-    """Whether an ``Accept`` header asks for ``text/event-stream`` (with a q above 0)."""
-    if not accept or EVENT_STREAM_TYPE not in accept.lower():
-        return False
-    for media_range in accept.lower().split(","):
-        kind, _, params = media_range.partition(";")
-        if kind.strip() != EVENT_STREAM_TYPE:
-            continue
-        for param in params.split(";"):
-            name, _, value = param.partition("=")
-            if name.strip() == "q":
-                try:
-                    return float(value) > 0
-                except ValueError:
-                    return False
-        return True
-    return False
-
-
-def _resume(last_event_id: str | None) -> tuple[int, int | None] | str | None:
-    """What a ``Last-Event-ID`` says: nothing, the end, or (message cursor, run)."""
-    if last_event_id is None or not last_event_id.strip():
-        return None
-    text = last_event_id.strip()
-    if text == END_ID:
-        return END_ID
-    match = _EVENT_ID.fullmatch(text)
-    if match is None:
-        raise tracked.InvalidValue(
-            f"Last-Event-ID must be an event id this route sent, got {text[:80]!r}"
-        )
-    run = match.group(2)
-    return int(match.group(1)), None if run is None else int(run)
-
-
-def _run_id(state: tracked.State) -> int:
-    """Which run of a name a state belongs to: its start time in milliseconds (0 for a
-    record whose start time is not a finite number)."""
-    start = state.start_time
-    return round(start * 1000) if math.isfinite(start) else 0
-
-
-def event_id(state: tracked.State) -> str:
-    """The cursor an event carries: ``<message_count>/<run>``, resumable as ``Last-Event-ID``."""
-    return f"{state.message_count}/{_run_id(state)}"
-
-
-def _event(
-    state: tracked.State, cursor: int, *, retry: bool = False, show_errors: bool = True,
-    events: EventCache | None = None, key: str = "",
-) -> bytes:
-    """One event: the wire JSON of ``state`` with the messages from ``cursor`` on
-    (with ``show_errors=False``, a failed run's error text reads ``"failed"``, as in
-    the JSON answers: see ``StatusService._shown``).
-
-    Streams that follow one key get the very same ``State`` object from their
-    watcher (or a FileStore read shared by ``EventCache.load``), mostly at the same
-    cursor: with ``events`` (the service's cache, ``key`` the storage key) each such
-    event, a stream's first one too, is rendered once for all of them.
-    """
-    hide = not show_errors and state.error is not None
-    slot = -1 - cursor if retry else cursor  # a first event (with retry:) is another
-    if events is not None:
-        cached = events.get(key, hide, state, slot)
-        if cached is not None:
-            return cached
-    shown = state.messages_since(cursor) if cursor else state
-    if hide:
-        shown = dataclasses.replace(shown, error="failed")
-    data = json.dumps(shown.to_dict(), ensure_ascii=False, separators=(",", ":"))
-    head = f"retry: {RETRY_MS}\n" if retry else ""
-    event = f"{head}id: {event_id(state)}\ndata: {data}\n\n".encode()
-    if events is not None:
-        events.put(key, hide, state, slot, event)
-    return event
-
-
-_END_EVENT = f"event: end\nid: {END_ID}\ndata: {{}}\n\n".encode()
-_PING = b": ping\n\n"
-
-
-def event_schedule(
-    state: tracked.State,
-    cursor: int,
-    *,
-    heartbeat: float = HEARTBEAT_SECONDS,
-    max_seconds: float = MAX_STREAM_SECONDS,
-    recheck: float = RECHECK_SECONDS,
-    clock: Callable[[], float] = time.monotonic,
-    show_errors: bool = True,
-    events: EventCache | None = None,
-    key: str = "",
-) -> Schedule:
-    """The events of one stream, starting from ``state`` (just read) and ``cursor``
-    (the messages the client has).
-
-    The first event is the whole state with the messages from ``cursor`` on; each
-    later event carries the new messages only, and is sent only when the state
-    changed. After a final state, an ``end`` event closes the stream. A comment
-    line goes out after ``heartbeat`` seconds without an event; after
-    ``max_seconds`` the stream stops (the client resumes with ``Last-Event-ID``).
-    A state that came with the change is used when it holds every message from
-    the cursor on; else the record is read (``LOAD``), as after ``recheck`` seconds
-    without either (an owner that died writes nothing: it then reads ``abandoned``).
-    ``show_errors=False`` replaces a failed run's error text by ``"failed"``;
-    ``events`` and ``key``: the cache sharing encoded events between streams of ``key``.
-    """
-    now = clock()
-    deadline = now + max_seconds
-    run = _run_id(state)
-    yield _event(state, cursor, retry=True, show_errors=show_errors, events=events, key=key)
-    # What was sent, without its messages: a waiting stream holds no copy of the record
-    # (messages only grow, so message_count tells a change of them).
-    sent, cursor, last_emit, last_read = _slim(state), state.message_count, now, now
-    del state
-    while sent.in_progress:
-        now = clock()
-        if now >= deadline:
-            return
-        wake_at = min(deadline, last_emit + heartbeat, last_read + recheck)
-        changed, latest = yield Wait(max(0.0, wake_at - now))
-        now = clock()
-        if not changed and now < last_read + recheck:
-            if now >= deadline:
-                return
-            if now >= last_emit + heartbeat:
-                yield _PING
-                last_emit = now
-            continue
-        if latest is not None and _continues(latest, sent, run, cursor):
-            current, last_read = latest, now  # what the owner just wrote: as good as a read
-        else:
-            current = yield LOAD
-            last_read = clock()
-        latest = None
-        if current is None:
-            return  # deleted: the stream ends; a reconnect gets the 404
-        slim = _slim(current)
-        if slim == sent:
-            continue
-        if _run_id(current) != run:  # the name was started again: all of the new run
-            run, cursor = _run_id(current), 0
-        event = _event(current, cursor, show_errors=show_errors, events=events, key=key)
-        sent, cursor, current = slim, current.message_count, None
-        yield event
-        event, last_emit = b"", now
-    yield _END_EVENT
-
-
-def _slim(state: tracked.State) -> tracked.State:
-    """``state`` without its messages (``message_count`` stays): what a stream keeps."""
-    return dataclasses.replace(state, messages=()) if state.messages else state
-
-
-def _continues(latest: tracked.State, sent: tracked.State, run: int, cursor: int) -> bool:
-    """Whether a state that came with a change can be sent as is: same run, not older
-    than what was sent, holding every message from the cursor on."""
-    return (
-        _run_id(latest) == run
-        and latest.current_time >= sent.current_time
-        and latest.first_message_index <= cursor <= latest.message_count
-    )
-
-
-# ----------------------------------------------------------------------------- requests
-
-
-@functools.lru_cache(maxsize=256)
-def _parsed_query(query: str) -> tuple[tuple[str, str], ...]:
-    """A raw query string's decoded fields (UTF-8); cached, as pollers repeat theirs.
-
-    Servers hand the query over as bytes read as latin-1 (PEP 3333, ASGI): bytes a
-    client sent unescaped are read back as the UTF-8 they are, as in the path. Bytes
-    that are not UTF-8 stay as lone surrogates: the query belongs to the app, and
-    only a field tracked reads is refused for them (``query_values``)."""
-    if not query.isascii() and max(query) <= "\xff":  # above: already text
-        query = query.encode("latin-1").decode("utf-8", "surrogateescape")
-    return tuple(parse_qsl(query, keep_blank_values=True, errors="surrogateescape"))
-
-
-def query_values(query: str, field: str) -> list[str]:
-    """Every decoded value of ``field`` in a raw query string (percent-encoded names too);
-    ``InvalidValue`` when one of them is not UTF-8 (other fields are not looked at)."""
-    if not query:
-        return []
-    values = [value for name, value in _parsed_query(query) if name == field]
-    for value in values:
-        if not value.isascii() and not _is_utf8(value):
-            raise tracked.InvalidValue(f"the query's {field} is not UTF-8")
-    return values
-
-
-def _is_utf8(text: str) -> bool:
-    """Whether ``text`` holds no lone surrogate (a byte that was not UTF-8)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _requested_name(path_name: str | None, query: str) -> str | None:
-    """The progress name a request gives in its path or as ``?name=`` (for names a
-    browser would rewrite as dot segments); two different names are ``InvalidName``."""
-    names = query_values(query, "name")
-    if not names:
-        return path_name
-    if len(set(names)) > 1 or (path_name is not None and names[0] != path_name):
-        raise tracked.InvalidName("the request names two different progresses (path and ?name=)")
-    return names[0]
-
-
-def requested_progress_id(
-    query: str, header: str | None = None, form: Iterable[str] = ()
-) -> str | None:
-    """The client's ``progress_id``, validated; None when the request carries none.
-
-    Read from, in this order, the decoded query string (``?progress_id=``), a
-    field of a urlencoded or multipart body (``form``: the adapter passes its
-    values) and the ``X-Progress-Id`` header. Sources that disagree, or one
-    giving two different values, are refused with ``InvalidName`` (a 400), so
-    the order only says which value an error names first.
-    """
-    found = query_values(query, "progress_id")
-    found.extend(form)
-    if header is not None:
-        found.append(header.strip())
-    if not found:
-        return None
-    first = found[0]
-    for other in found:
-        if other != first:
-            raise tracked.InvalidName(
-                f"conflicting progress_id values {first!r} and {other!r} "
-                f"(query, form field and {PROGRESS_ID_HEADER} header must agree)"
-            )
-    return _request_key(None, first)
-
-
-#: Bodies whose fields may carry the client's progress_id.
-FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
-#: Largest body a middleware reads for a ``progress_id`` field (bigger uploads:
-#: put it in the query or the header).
-FORM_LIMIT = 1 << 20
-
-
-def form_progress_ids(content_type: str | None, body: bytes) -> list[str]:
-    """The ``progress_id`` fields of a urlencoded or multipart ``body`` (UTF-8); none
-    for other bodies. Other fields are not decoded (bytes that are not UTF-8 there are
-    the app's business, as is a body that cannot be read as its form); a progress_id
-    that is not UTF-8 is ``InvalidName``."""
-    kind = (content_type or "").lower()
-    if kind.startswith(FORM_TYPES[0]):
-        # Fields as their raw bytes (latin-1 text): only progress_id must be UTF-8.
-        fields = parse_qsl(body.decode("latin-1"), keep_blank_values=True, encoding="latin-1")
-        found = []
-        for name, value in fields:
-            if name == "progress_id":
-                try:
-                    found.append(value.encode("latin-1").decode("utf-8"))
-                except UnicodeDecodeError:
-                    raise tracked.InvalidName("a progress_id must be UTF-8 text") from None
-        return found
-    if kind.startswith(FORM_TYPES[1]):
-        import email.parser
-        import email.policy
-
-        head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1")
-        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
-        if not message.is_multipart():
-            return []  # no field tracked can read: the app answers this body
-        found = []
-        for part in message.iter_parts():
-            if part.get_param("name", header="content-disposition") != "progress_id":
-                continue
-            payload = part.get_payload(decode=True)
-            try:
-                found.append(payload.decode("utf-8") if isinstance(payload, bytes) else "")
-            except UnicodeDecodeError:
-                raise tracked.InvalidName("a progress_id must be UTF-8 text") from None
-        return found
-    return []
-
-
-@functools.lru_cache(maxsize=4096)
-def mount_prefix(prefix: object) -> str:
-    """The status route's prefix, checked, without its trailing slash.
-
-    It must be a decoded URL path of at least one segment (``/`` alone would send
-    every request to the status route) that a request can match as written: no
-    empty, ``.`` or ``..`` segment (clients and proxies rewrite them), no ``?``,
-    ``#`` or ``%`` (the path is matched decoded), no backslash, space or control
-    character. Anything else is ``InvalidValue``."""
-    if not isinstance(prefix, str) or not prefix.startswith("/"):
-        raise tracked.InvalidValue(f"prefix must be a URL path starting with '/', got {prefix!r}")
-    kept = prefix.rstrip("/")
-    reason = _prefix_problem(kept)
-    if reason:
-        raise tracked.InvalidValue(
-            f"prefix must be a URL path like '/_progress_status', got {prefix!r}: {reason}"
-        )
-    return kept
-
-
-def _prefix_problem(prefix: str) -> str:
-    """Why a prefix (without its trailing slash) cannot work; "" when it can."""
-    if not prefix:
-        return "'/' would send every request to the status route"
-    for segment in prefix[1:].split("/"):
-        if segment in ("", ".", ".."):
-            return "empty, '.' and '..' segments are rewritten before they arrive"
-    bad = next((c for c in prefix if c in "?#%\\" or c.isspace() or not c.isprintable()), None)
-    if bad is not None:
-        return f"{bad!r} cannot be matched in a decoded path"
-    return ""
-
-
-def storage_key(name: str | None, progress_id: str | None) -> str:
-    """The key ``name`` and ``progress_id`` combine into; raises ``InvalidName`` for a
-    bad name or progress_id."""
-    return tracked.State(name=name, progress_id=progress_id).key
-
-
-#: ``storage_key`` for what requests carry (text or None, so always hashable): each
-#: key is validated once, then cached, as pollers repeat theirs. A rejected one is
-#: not cached (it raises every time). Names are at most 512 characters: bounded.
-_request_key = functools.lru_cache(maxsize=4096)(storage_key)
-
-
-def _since(query: str) -> int:
-    """The ``?since=N`` message cursor: a non-negative integer, 0 when absent."""
-    values = query_values(query, "since")
-    if not values:
-        return 0
-    value = values[-1]
-    if not _SINCE.fullmatch(value):
-        raise tracked.InvalidValue(f"since must be a non-negative integer, got {value!r}")
-    return int(value)
-
-
-def _missing_name(prefix: str) -> tracked.InvalidName:
-    return tracked.InvalidName(
-        f"the URL names no progress: use {prefix}/<name> or {prefix}/?name=<name>"
-    )
-
-
-def status_url(prefix: str, key: str) -> str:
-    """The status URL of ``key`` under ``prefix`` (the one rule: ``tracked.status_url``)."""
-    return key_url(prefix, key)
-
-
-# ----------------------------------------------------------------------------- responses
-
-
-def render(state: tracked.State) -> Rendered:
-    """The wire JSON of ``state`` and its ETag: ``"<run>.<hash of those very bytes>"``
-    (``run_tag``), so an ETag also says which run of the name it was taken from."""
-    body = json.dumps(state.to_dict(), ensure_ascii=False, separators=(",", ":")).encode()
-    etag = f'"{run_tag(state)}.{hashlib.blake2b(body, digest_size=12).hexdigest()}"'
-    ok = Response(200, (("Content-Type", JSON_TYPE), ("ETag", etag), _NO_STORE), body)
-    return Rendered(body, etag, ok, Response(304, (("ETag", etag), _NO_STORE)))
-
-
-def run_tag(state: tracked.State) -> str:
-    """Which run of a name ``state`` belongs to: its start time in whole microseconds,
-    in decimal. The first part of every ETag; a client holding only the state (an
-    event stream has no ETag) builds the same from ``start_time`` (tracked.js does)."""
-    start = state.start_time
-    return str(math.floor(start * 1_000_000)) if math.isfinite(start) else "0"
-
-
-def if_match_allows(header: str, state: tracked.State) -> bool:
-    """Whether an ``If-Match`` header names the run of ``state``: ``*``, or an entity
-    tag whose run part (before the first ``.``) is ``run_tag(state)``. Compared by run,
-    not byte for byte, so any ETag of the run matches (a ``W/`` added by a proxy too),
-    and one of an earlier or later run of the name never does."""
-    current = run_tag(state)
-    for candidate in header.split(","):
-        tag = candidate.strip()
-        if tag == "*":
-            return True
-        tag = tag.removeprefix("W/")
-        if len(tag) >= 2 and tag[0] == '"' and tag[-1] == '"':
-            if tag[1:-1].partition(".")[0] == current:
-                return True
-    return False
-
-
-def respond(rendered: Rendered, if_none_match: str | None) -> Response:
-    """200 with the body, or 304 without one when the client already has this ETag."""
-    if if_none_match and _etag_matches(if_none_match, rendered.etag):
-        return rendered.not_modified
-    return rendered.ok
-
-
-def _etag_matches(header: str, etag: str) -> bool:
-    """Whether an ``If-None-Match`` header names ``etag`` (weak comparison, or ``*``)."""
-    if header == etag:
-        return True
-    for candidate in header.split(","):
-        candidate = candidate.strip()
-        if candidate == "*" or candidate.removeprefix("W/") == etag:
-            return True
-    return False
-
-
-def error(status: int, message: str, *headers: tuple[str, str]) -> Response:
-    """The JSON error every failure answers with: ``{"error": ..., "status": "error"}``."""
-    body = json.dumps({"error": message, "status": "error"}, ensure_ascii=False).encode()
-    return Response(status, (("Content-Type", JSON_TYPE), _NO_STORE, *headers), body)
-
-
 #: OPTIONS while DELETE is allowed (``cancel=``).
-_OPTIONS_WITH_DELETE = Response(204, (("Allow", ALLOW + ", DELETE"), _NO_STORE))
+_OPTIONS_WITH_DELETE = Response(204, (("Allow", ALLOW + ", DELETE"), NO_STORE))
 
 
 def _not_allowed(method: str) -> Response:
     """OPTIONS: 204 naming the allowed methods; anything else but GET/HEAD: a JSON 405."""
     if method == "OPTIONS":
-        return Response(204, (("Allow", ALLOW), _NO_STORE))
+        return Response(204, (("Allow", ALLOW), NO_STORE))
     shown = method if method.isascii() and method.isprintable() else repr(method)
     return error(405, f"the status route answers {ALLOW}, not {shown}", ("Allow", ALLOW))

@@ -29,13 +29,21 @@ from urllib.parse import unquote_to_bytes
 
 import tracked
 
+from ._events import (
+    HEARTBEAT_SECONDS,
+    MAX_STREAM_SECONDS,
+    wants_events,
+)
+from ._query import (
+    FORM_LIMIT,
+    FORM_TYPES,
+    form_progress_ids,
+    mount_prefix,
+    requested_progress_id,
+)
 from ._scope import RequestScope, request_scope
 from ._web import (
     CACHE_BYTES,
-    FORM_LIMIT,
-    FORM_TYPES,
-    HEARTBEAT_SECONDS,
-    MAX_STREAM_SECONDS,
     Authorize,
     CancelPolicy,
     EventStream,
@@ -44,10 +52,6 @@ from ._web import (
     StatusService,
     Wait,
     error,
-    form_progress_ids,
-    mount_prefix,
-    requested_progress_id,
-    wants_events,
 )
 
 __all__ = ["TrackedMiddleware", "status_app"]

@@ -27,11 +27,17 @@ import bottle
 import tracked
 
 from ._decorator import SizedGenerator
+from ._events import (
+    HEARTBEAT_SECONDS,
+    MAX_STREAM_SECONDS,
+)
+from ._query import (
+    mount_prefix,
+    requested_progress_id,
+)
 from ._scope import RequestScope, request_scope
 from ._web import (
     CACHE_BYTES,
-    HEARTBEAT_SECONDS,
-    MAX_STREAM_SECONDS,
     Authorize,
     CancelPolicy,
     EventStream,
@@ -39,9 +45,7 @@ from ._web import (
     StatusService,
     SyncEvents,
     error,
-    mount_prefix,
     render,
-    requested_progress_id,
 )
 
 __all__ = ["TrackedPlugin", "accepted", "status_url"]

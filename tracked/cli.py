@@ -19,20 +19,33 @@ import re
 import socket
 import sys
 import time
-import unicodedata
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from socketserver import ThreadingMixIn
 from typing import Any, NoReturn, TextIO
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.simple_server import WSGIServer, make_server
 
 from . import State, Store, TrackedError, cancel, default_store, open_store
-from ._state import DEFAULT_STATUS, make_key, split_key
+from ._serve import QuietHandler, ThreadingServer, build_app
+from ._state import make_key, split_key
+from ._views import (
+    LABEL_SEPARATOR,
+    RECENT,
+    display_key,
+    ended_at,
+    ended_how,
+    fraction,
+    json_line,
+    label,
+    make_view,
+    never_started,
+    printable,
+    rate,
+    span,
+    state_text,
+)
 
 __all__ = ["main", "parse_duration"]
 
-#: Without ``--all``, ``list`` shows running progresses and those ended this recently.
-RECENT = 24 * 3600.0
 #: How many of the last messages ``show`` prints.
 SHOW_MESSAGES = 10
 EXIT_OK, EXIT_ENDED_BADLY, EXIT_USAGE = 0, 1, 2
@@ -40,10 +53,6 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"(-?)(\d+(?:\.\d+)?)([smhdw])")
 #: Longest ``watch --interval``: polling less often than hourly is not watching.
 MAX_INTERVAL = 3600.0
-#: Unicode categories never written as they are: controls (C0, C1), format characters
-#: (every bidirectional control among them: U+061C, U+200E-F, U+202A-E, U+2066-9, and
-#: zero-width and tag characters), line and paragraph separators, and lone surrogates.
-UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 #: Options that take a value: their value may start with ``-`` (``--older-than -5d``).
 _VALUE_OPTIONS = frozenset(
     {"--store", "--progress-id", "--wait", "--interval", "--older-than", "--host", "--port"}
@@ -295,10 +304,6 @@ def _where(store: Store) -> str:
     return printable(repr(store))
 
 
-#: How ``label`` joins a name and a progress_id in ``tracked list``'s NAME column.
-LABEL_SEPARATOR = "?progress_id="
-
-
 def _keys(args: argparse.Namespace) -> tuple[str, ...]:
     """The keys ``NAME`` may mean: itself, and, when it is written as ``tracked list``
     shows it (``name?progress_id=ID``) and no ``--progress-id`` is given, that pair, so
@@ -328,90 +333,8 @@ def _not_found(args: argparse.Namespace, key: str, store: Store, waited: str = "
     hint = ""
     if args.progress_id is None and LABEL_SEPARATOR not in args.name:
         hint = "; started with a progress_id? add --progress-id ID, or write"
-        hint += f" {_display(args.name)}{LABEL_SEPARATOR}ID as tracked list shows it"
+        hint += f" {display_key(args.name)}{LABEL_SEPARATOR}ID as tracked list shows it"
     return f"no progress {_shown(key)} in {_where(store)}{waited}{hint}"
-
-
-# ----------------------------------------------------------------------------- formatting
-
-
-def printable(text: str) -> str:
-    """``text`` with every character of ``UNSAFE_CATEGORIES`` written as a Python-style
-    escape (``\\x1b``, ``\\u061c``, ``\\U000e0001``), so no stored text can drive the
-    terminal, hide itself or reorder what is shown around it."""
-    return _replace_unsafe(text, _python_escape)
-
-
-def json_text(data: Any) -> str:
-    """``data`` as one line of JSON: non-ASCII text as it is, but every character of
-    ``UNSAFE_CATEGORIES`` (``\\u0085``, ``\\u202e``...) as a ``\\u`` escape, so
-    ``--json`` output is as safe to print as text output and still decodes to ``data``."""
-    return _replace_unsafe(json.dumps(data, ensure_ascii=False), _json_escape)
-
-
-def _replace_unsafe(text: str, escape: Callable[[str], str]) -> str:
-    if text.isprintable():  # the common case; False for every unsafe character
-        return text
-    return "".join(
-        escape(char) if unicodedata.category(char) in UNSAFE_CATEGORIES else char for char in text
-    )
-
-
-def _python_escape(char: str) -> str:
-    code = ord(char)
-    if code <= 0xFF:
-        return f"\\x{code:02x}"
-    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
-
-
-def _json_escape(char: str) -> str:
-    """``char`` as JSON's ``\\uXXXX``; above U+FFFF as its UTF-16 surrogate pair."""
-    code = ord(char)
-    if code <= 0xFFFF:
-        return f"\\u{code:04x}"
-    code -= 0x10000
-    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
-
-
-def label(state: State) -> str:
-    """How a progress is named on the command line: ``name``, ``name?progress_id=ID`` or ``ID``."""
-    if state.name is None:
-        return printable(state.progress_id or "")
-    if state.progress_id is None:
-        return printable(state.name)
-    return printable(f"{state.name}{LABEL_SEPARATOR}{state.progress_id}")
-
-
-def span(seconds: float | None) -> str:
-    """A compact duration: ``4.2s``, ``45s``, ``12m``, ``3h``, ``2d``; ``-`` when unknown."""
-    if seconds is None:
-        return "-"
-    seconds = max(0.0, seconds)
-    if seconds < 10:
-        return f"{seconds:.1f}s"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size:.0f}{unit}"
-    return f"{seconds:.0f}s"
-
-
-def fraction(state: State) -> str:
-    """``count/total`` and the percentage, as ``20/100 (20.0%)``; ``?`` for an unknown total."""
-    total = "?" if state.total is None else str(state.total)
-    percent = "" if state.percent is None else f" ({state.percent:.1f}%)"
-    return f"{state.count}/{total}{percent}"
-
-
-def rate(state: State) -> str:
-    return "-" if state.rate is None else f"{state.rate:.3g}/s"
-
-
-def _ended_at(state: State) -> float:
-    return state.finished_time if state.finished_time is not None else state.current_time
-
-
-def _json_line(state: State) -> str:
-    return json_text(state.to_dict())
 
 
 # ----------------------------------------------------------------------------- commands
@@ -425,7 +348,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     states = everything if args.all else _recent(everything)
     if args.json:
         for state in states:
-            print(_json_line(state))
+            print(json_line(state))
         return EXIT_OK
     rows = [("NAME", "STATE", "PROGRESS", "RATE", "STARTED", "STATUS")]
     now = time.time()
@@ -440,7 +363,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _recent(states: list[State]) -> list[State]:
     """The running progresses and those that ended within ``RECENT``."""
     cutoff = time.time() - RECENT
-    return [s for s in states if s.in_progress or _ended_at(s) >= cutoff]
+    return [s for s in states if s.in_progress or ended_at(s) >= cutoff]
 
 
 def _list_footer(store: Store, shown: int, hidden: int) -> str:
@@ -467,7 +390,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     if state is None:
         raise UsageError(_not_found(args, key, store))
     if args.json:
-        print(_json_line(state))
+        print(json_line(state))
         return EXIT_OK
     for field, value in [*_details(state), ("store", _where(store))]:
         print(f"{field + ':':<13} {printable(value)}")
@@ -499,12 +422,8 @@ def _started(state: State) -> str:
     return f"never (queued {when})" if never_started(state) else when
 
 
-def _display(key: str) -> str:
-    return printable(key.replace("\0", "?progress_id="))
-
-
 def _shown(key: str) -> str:
-    return f"'{_display(key)}'"
+    return f"'{display_key(key)}'"
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
@@ -556,45 +475,6 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
     return EXIT_ENDED_BADLY
 
 
-def ended_how(state: State) -> str:
-    """How a run asked to stop ended, when that was not ``cancelled``."""
-    if state.state in ("finished", "failed") and state.cancel_requested:
-        return f"{state.state}: a stop was asked but the task did not stop"
-    if state.state in ("finished", "failed"):
-        return f"{state.state} before it saw the request"
-    return f"ended {state.state}"
-
-
-def state_text(state: State) -> str:
-    """The state word as people read it: "stopping…" while a requested run goes on,
-    "finished (a stop was asked but the task did not stop)" after, "queued (2nd in
-    line)" while it waits."""
-    if state.in_progress and state.cancel_requested:
-        return f"{state.state}, stopping…"
-    if never_started(state):
-        return NEVER_STARTED
-    if state.state == "queued" and state.position is not None:
-        return f"queued ({_ordinal(state.position)} in line)"
-    if state.state in ("finished", "failed") and state.cancel_requested:
-        return f"{state.state} (a stop was asked but the task did not stop)"
-    return state.state
-
-
-#: What a queued run cancelled before a worker or thread took it up says it is.
-NEVER_STARTED = "cancelled before it started"
-
-
-def never_started(state: State) -> bool:
-    """Whether ``state`` is a queued run cancelled before it ran: its times are those
-    it waited in line, not a run's, so the commands show no elapsed or start time."""
-    return state.state == "cancelled" and state.count == 0 and state.status == NEVER_STARTED
-
-
-def _ordinal(n: int) -> str:
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"
-
-
 # ----------------------------------------------------------------------------- watch
 
 
@@ -609,7 +489,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     interval = max(0.05, _seconds(args.interval, "--interval", at_most=MAX_INTERVAL))
     store = _store(args)
     key, state = _wait_for(args, store, keys, wait, interval)
-    view = _make_view(sys.stdout)
+    view = make_view(sys.stdout)
     outage: list[str] = []
     try:
         while True:
@@ -657,122 +537,17 @@ def _wait_for(
         time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
 
 
-class _PlainView:
-    """``watch`` without a terminal: a line per change, and each new message once."""
-
-    def __init__(self, out: TextIO) -> None:
-        self.out = out
-        self.seen_messages: int | None = None
-        self.last_line = ""
-
-    def update(self, state: State) -> None:
-        self._messages(state)
-        line = self._line(state)
-        if line != self.last_line:
-            print(line, file=self.out, flush=True)
-            self.last_line = line
-
-    def _messages(self, state: State) -> None:
-        start = state.first_message_index if self.seen_messages is None else self.seen_messages
-        skipped = state.first_message_index - start
-        if skipped > 0:
-            print(f"{label(state)}: ({skipped} messages not seen)", file=self.out)
-        for message in state.messages_since(start).messages:
-            print(f"{label(state)}: message: {printable(message)}", file=self.out)
-        self.seen_messages = state.message_count
-
-    @staticmethod
-    def _line(state: State) -> str:
-        if state.in_progress:
-            details = f"rate {rate(state)} eta {span(state.eta)} elapsed {span(state.elapsed)}"
-            return (f"{label(state)}: {state_text(state)} {fraction(state)} {details}"
-                    f"{_status_note(state)}")
-        error = f" error: {printable(state.error)}" if state.error else ""
-        took = "" if never_started(state) else f" in {span(state.elapsed)}"
-        return f"{label(state)}: {state_text(state)} {fraction(state)}{took}{error}"
-
-    def close(self) -> None:
-        self.out.flush()
-
-
-class _RichView:
-    """``watch`` on a terminal: a live bar drawn with rich."""
-
-    def __init__(self, out: TextIO) -> None:
-        from rich.console import Console
-        from rich.live import Live
-
-        self.console = Console(file=out)
-        self.live = Live(console=self.console, refresh_per_second=8, transient=False)
-        self.live.start()
-
-    def update(self, state: State) -> None:
-        self.live.update(self._render(state), refresh=True)
-
-    def _render(self, state: State) -> Any:
-        from rich.console import Group
-        from rich.progress_bar import ProgressBar
-        from rich.table import Table
-        from rich.text import Text
-
-        bar = ProgressBar(
-            total=float(state.total) if state.total else None,
-            completed=float(state.count),
-            pulse=state.total is None and state.in_progress,
-            width=40,
-        )
-        row = Table.grid(padding=(0, 1))
-        row.add_row(Text(label(state), style="bold"), bar, Text(fraction(state)))
-        details = (
-            f"{state_text(state)}  rate {rate(state)}  eta {span(state.eta)}  "
-            f"elapsed {'-' if never_started(state) else span(state.elapsed)}{_status_note(state)}"
-        )
-        lines: list[Any] = [row, Text(details, style=_STYLES.get(state.state, ""))]
-        if state.error:
-            lines.append(Text(f"error: {printable(state.error)}", style="red"))
-        if state.messages:
-            lines.append(Text(printable(state.messages[-1]), style="dim"))
-        return Group(*lines)
-
-    def close(self) -> None:
-        self.live.stop()
-
-
-def _status_note(state: State) -> str:
-    """The status text when it says more than the state word does."""
-    if state.status in (DEFAULT_STATUS, state.state, "queued") or never_started(state):
-        return ""
-    return f"  {printable(state.status)}"
-
-
-_STYLES = {"finished": "green", "failed": "red", "abandoned": "red", "cancelled": "yellow"}
-
-
-def _make_view(out: TextIO) -> _PlainView | _RichView:
-    """The rich view on a terminal when rich is installed, else plain lines."""
-    if out.isatty() and os.environ.get("TERM") != "dumb":
-        try:
-            return _RichView(out)
-        except ImportError:
-            pass
-    return _PlainView(out)
-
-
 # ----------------------------------------------------------------------------- serve
-
-#: Where ``serve`` mounts the plugin's status route, as the Bottle plugin does by default.
-STATUS_PREFIX = "/_progress_status"
-STATIC = Path(__file__).resolve().parent / "static"
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     family = _address_family(args.host, args.port)
     store = _store(args)
     app = build_app(store, allow_cancel=args.allow_cancel)
-    server_class = type("_Server", (_ThreadingServer,), {"address_family": family})
+    server_class = type("_Server", (ThreadingServer,), {"address_family": family})
     try:
         server: WSGIServer = make_server(
-            args.host, args.port, app, server_class=server_class, handler_class=_QuietHandler
+            args.host, args.port, app, server_class=server_class, handler_class=QuietHandler
         )
     except OSError as exc:
         where = _host_port(args.host, args.port)
@@ -809,115 +584,3 @@ def _host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def build_app(store: Store, *, allow_cancel: bool = False) -> Any:
-    """The Bottle app of ``tracked serve``: the plugin's status route, the client script,
-    a page listing the progresses and a page following one of them live. With
-    ``allow_cancel`` the status route takes DELETE and the page shows a Stop button."""
-    import bottle
-
-    from .bottle import TrackedPlugin
-
-    app = bottle.Bottle()
-    app.install(TrackedPlugin(store=store, prefix=STATUS_PREFIX, cancel=allow_cancel))
-
-    def index() -> Any:
-        return _static_file("serve-index.html")
-
-    def asset(filename: str) -> Any:
-        return _static_file(filename)
-
-    reported: set[str] = set()
-
-    def progresses() -> Any:
-        everything = bottle.request.query.get("all") == "1"
-        listed = [_summary(s) for s in _listed(store, everything)]
-        for problem in store.unreadable():  # skipped from the list: logged once each
-            if problem not in reported and len(reported) < 1024:
-                reported.add(problem)
-                print(f"tracked serve: skipped {printable(problem)}", file=sys.stderr)
-        return _json(200, {"progresses": listed})
-
-    def progress_page() -> Any:
-        query = bottle.request.query
-        try:
-            key = make_key(query.getunicode("name"), query.getunicode("progress_id"))
-        except TrackedError as exc:
-            return _json(400, {"error": str(exc), "status": "error"})
-        return _progress_page(key, allow_cancel)
-
-    app.route("/", "GET", index, skip=True)
-    app.route("/<filename:re:tracked\\.js|serve\\.css>", "GET", asset, skip=True)
-    app.route("/progresses.json", "GET", progresses, skip=True)
-    app.route("/progress", "GET", progress_page, skip=True)
-    return app
-
-
-def _listed(store: Store, everything: bool) -> list[State]:
-    states = store.list()
-    if everything:
-        return states
-    cutoff = time.time() - RECENT
-    return [s for s in states if s.in_progress or _ended_at(s) >= cutoff]
-
-
-def _summary(state: State) -> dict[str, Any]:
-    from urllib.parse import urlencode
-
-    from ._web import status_url
-
-    wire = state.to_dict()
-    wire["messages"] = wire["messages"][-1:]
-    wire["status_url"] = status_url(STATUS_PREFIX, state.key)
-    page = {k: v for k, v in (("name", state.name), ("progress_id", state.progress_id)) if v}
-    wire["page_url"] = "/progress?" + urlencode(page)
-    return wire
-
-
-def _progress_page(key: str, allow_cancel: bool = False) -> str:
-    """The live page for ``key``; its name and status URL are HTML-escaped attributes."""
-    import html
-
-    from ._web import status_url as build_status_url
-
-    status_url = build_status_url(STATUS_PREFIX, key)
-    template = (STATIC / "serve-progress.html").read_text(encoding="utf-8")
-    return (
-        template.replace("{{status_url}}", html.escape(status_url, quote=True))
-        .replace("{{label}}", html.escape(_display(key), quote=True))
-        .replace("{{cancel}}", "1" if allow_cancel else "")
-    )
-
-
-def _json(status: int, data: dict[str, Any]) -> Any:
-    import bottle
-
-    body = json.dumps(data, ensure_ascii=False).encode("utf-8")
-    headers = {"Content-Type": "application/json; charset=utf-8", "Cache-Control": "no-store"}
-    return bottle.HTTPResponse(body, status=status, headers=headers)
-
-
-def _static_file(name: str) -> Any:
-    import bottle
-
-    response = bottle.static_file(name, root=str(STATIC))
-    response.set_header("Cache-Control", "no-cache")
-    return response
-
-
-class _ThreadingServer(ThreadingMixIn, WSGIServer):
-    """wsgiref's server, one thread per request, so many pages can poll at once; its
-    listen backlog holds a burst of connections (wsgiref's 5 timed out 200 clients)."""
-
-    daemon_threads = True
-    request_queue_size = max(socket.SOMAXCONN, 1024)  # the kernel caps it at somaxconn
-
-
-class _QuietHandler(WSGIRequestHandler):
-    """No access log on stderr: the terminal stays for the startup line and errors. A
-    client silent for ``timeout`` seconds (half a request, an unread stream) is let go,
-    so idle connections do not hold threads for ever."""
-
-    timeout = 60
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass

@@ -570,6 +570,7 @@ class RedisStore(Store):
     # ------------------------------------------------------------------ writes
 
     def claim(self, state: State, owner: Owner) -> None:
+        """One script call: write the record and its lease unless a live owner holds it."""
         key = state.key
         self._written.pop(key, None)
         call = self._write_call("claim", state, owner, None)
@@ -806,10 +807,12 @@ class RedisStore(Store):
             self._written.pop(key, None)
 
     def delete(self, key: str) -> bool:
+        """One script call: remove the record and its side keys; True if it was there."""
         self._written.pop(key, None)
         return bool(self._call(self._run, self._delete, self._read_keys(key), ()))
 
     def prune(self, older_than: float) -> int:
+        """Remove ended and abandoned records older than ``older_than`` in one batch."""
         cutoff = time.time() - older_than
         doomed = [r for r in self.records() if self._prunable(r, cutoff) and r.owner is not None]
         calls: list[_Call] = []
@@ -845,21 +848,25 @@ class RedisStore(Store):
         return (_reopen, (source, self.prefix, self.finished_ttl, self._lease))
 
     def write_part(self, key: str, part: SharedPart) -> bool:
+        """One script call: store the part while run ``part.run`` holds a live record."""
         run = _clean(part.run)  # as the write script stored the owner's run id
         args = [run.encode(), _clean(f"{part.run}/{part.worker}").encode(), part.encode()]
         keys = [self.record_key(key), self.parts_key(key), self.lease_key(key)]
         return bool(self._call(self._run, self._write_part, keys, args))
 
     def read_parts(self, key: str, run: str) -> list[SharedPart]:
+        """The parts of run ``run`` in ``key``'s parts hash, one round trip."""
         values = self._call(self._run, self._read_parts, [self.parts_key(key)], [_clean(run)])
         return [part for part in _decode_parts(values) if part.run == run]
 
     def delete_parts(self, key: str, run: str) -> None:
+        """One script call: remove run ``run``'s fields of ``key``'s parts hash."""
         self._call(self._run, self._delete_parts, [self.parts_key(key)], [_clean(run)])
 
     # ------------------------------------------------------------------ cancel requests
 
     def request_cancel(self, key: str) -> bool:
+        """One script call: mark ``key``'s live run asked to stop; False if none runs."""
         keys = [self.record_key(key), self.lease_key(key), self.cancel_key(key)]
         return bool(self._call(self._run, self._request_cancel, keys, [_ms(self._lease)]))
 
@@ -889,11 +896,13 @@ class RedisStore(Store):
         ]
 
     def clear_cancel(self, key: str, owner: Owner) -> None:
+        """One script call: remove ``owner``'s run's cancel request of ``key``."""
         self._call(self._run, self._clear_cancel, [self.cancel_key(key)], [owner.run])
 
     # ------------------------------------------------------------------ reads
 
     def read(self, key: str) -> Record | None:
+        """The record of ``key`` and its lease in one script call, or None."""
         reply = self._read_record(self._read, key, self._read_keys(key))
         if not reply:
             return None

@@ -31,13 +31,20 @@ from typing import Any
 
 import tracked
 
+from ._events import (
+    HEARTBEAT_SECONDS,
+    MAX_STREAM_SECONDS,
+)
+from ._query import (
+    FORM_LIMIT,
+    FORM_TYPES,
+    form_progress_ids,
+    mount_prefix,
+    requested_progress_id,
+)
 from ._scope import RequestScope, request_scope
 from ._web import (
     CACHE_BYTES,
-    FORM_LIMIT,
-    FORM_TYPES,
-    HEARTBEAT_SECONDS,
-    MAX_STREAM_SECONDS,
     Authorize,
     CancelPolicy,
     EventStream,
@@ -46,9 +53,6 @@ from ._web import (
     StatusService,
     SyncEvents,
     error,
-    form_progress_ids,
-    mount_prefix,
-    requested_progress_id,
 )
 
 __all__ = ["TrackedMiddleware", "status_app"]
