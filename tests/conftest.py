@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -416,3 +417,29 @@ def readable_code(into: Path) -> Path:
     for path in [into, code, *code.rglob("*")]:
         path.chmod(0o755)
     return code
+
+
+def stop_group(process: subprocess.Popen[bytes]) -> None:
+    """Stop a worker started in its own session: SIGTERM to its group, SIGKILL after 15 s."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
+
+
+def until_state(
+    read: Callable[[], tracked.State | None],
+    holds: Callable[[tracked.State], bool],
+    within: float = 60.0,
+) -> tracked.State:
+    """The first state ``read`` gives that ``holds``; AssertionError after ``within`` s."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        state = read()
+        if state is not None and holds(state):
+            return state
+        time.sleep(0.02)
+    raise AssertionError(f"never held; last state: {read()}")

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -18,6 +18,8 @@ import pytest
 
 import tracked
 from tests.conftest import ROOT, RedisServer
+from tests.conftest import stop_group as stop
+from tests.conftest import until_state as until
 from tracked.redis import RedisStore
 
 LEASE = 1.0
@@ -89,28 +91,6 @@ def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=5)
-
-
-def until(
-    read: Callable[[], tracked.State | None], holds: Callable[[tracked.State], bool]
-) -> tracked.State:
-    deadline = time.monotonic() + DEADLINE
-    while time.monotonic() < deadline:
-        state = read()
-        if state is not None and holds(state):
-            return state
-        time.sleep(0.02)
-    raise AssertionError(f"never held; last state: {read()}")
 
 
 def test_sent_tasks_read_queued_then_a_solo_worker_takes_them_over(

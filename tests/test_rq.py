@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -21,6 +21,8 @@ from rq import Retry
 import tracked
 import tracked.rq
 from tests.conftest import ROOT, RedisServer
+from tests.conftest import stop_group as stop
+from tests.conftest import until_state as until
 from tracked.redis import RedisStore
 
 LEASE = 1.0
@@ -97,28 +99,6 @@ def worker(env: dict[str, str], queue: str, *, burst: bool, log: Path) -> subpro
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=5)
-
-
-def until(
-    read: Callable[[], tracked.State | None], holds: Callable[[tracked.State], bool]
-) -> tracked.State:
-    deadline = time.monotonic() + DEADLINE
-    while time.monotonic() < deadline:
-        state = read()
-        if state is not None and holds(state):
-            return state
-        time.sleep(0.02)
-    raise AssertionError(f"never held; last state: {read()}")
 
 
 def test_queued_with_positions_then_cancel_before_start_never_runs(
