@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import socket
 import sys
-import time
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any
@@ -16,7 +15,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from . import State, Store, TrackedError
 from ._state import make_key
-from ._views import RECENT, display_key, ended_at, printable
+from ._views import display_key, printable, recent
 
 __all__ = ["STATIC", "STATUS_PREFIX", "QuietHandler", "ThreadingServer", "build_app"]
 
@@ -70,10 +69,7 @@ def build_app(store: Store, *, allow_cancel: bool = False) -> Any:
 
 def _listed(store: Store, everything: bool) -> list[State]:
     states = store.list()
-    if everything:
-        return states
-    cutoff = time.time() - RECENT
-    return [s for s in states if s.in_progress or ended_at(s) >= cutoff]
+    return states if everything else recent(states)
 
 
 def _summary(state: State) -> dict[str, Any]:

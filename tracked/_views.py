@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import unicodedata
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -30,6 +31,7 @@ __all__ = [
     "never_started",
     "printable",
     "rate",
+    "recent",
     "span",
     "state_text",
 ]
@@ -119,6 +121,13 @@ def rate(state: State) -> str:
 
 def ended_at(state: State) -> float:
     return state.finished_time if state.finished_time is not None else state.current_time
+
+
+def recent(states: list[State]) -> list[State]:
+    """The running progresses and those that ended within ``RECENT``: what ``tracked
+    list`` and ``tracked serve`` show without ``--all``."""
+    cutoff = time.time() - RECENT
+    return [s for s in states if s.in_progress or ended_at(s) >= cutoff]
 
 
 def json_line(state: State) -> str:

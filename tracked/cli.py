@@ -29,9 +29,7 @@ from ._serve import QuietHandler, ThreadingServer, build_app
 from ._state import make_key, split_key
 from ._views import (
     LABEL_SEPARATOR,
-    RECENT,
     display_key,
-    ended_at,
     ended_how,
     fraction,
     json_line,
@@ -40,6 +38,7 @@ from ._views import (
     never_started,
     printable,
     rate,
+    recent,
     span,
     state_text,
 )
@@ -345,7 +344,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     everything = store.list()
     for problem in store.unreadable():  # one line each, never skipped silently
         print(f"tracked: skipped {printable(problem)}", file=sys.stderr)
-    states = everything if args.all else _recent(everything)
+    states = everything if args.all else recent(everything)
     if args.json:
         for state in states:
             print(json_line(state))
@@ -358,12 +357,6 @@ def _cmd_list(args: argparse.Namespace) -> int:
     _print_table(rows, sys.stdout)
     print(f"\n{_list_footer(store, len(states), len(everything) - len(states))}")
     return EXIT_OK
-
-
-def _recent(states: list[State]) -> list[State]:
-    """The running progresses and those that ended within ``RECENT``."""
-    cutoff = time.time() - RECENT
-    return [s for s in states if s.in_progress or ended_at(s) >= cutoff]
 
 
 def _list_footer(store: Store, shown: int, hidden: int) -> str:
