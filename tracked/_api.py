@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ._progress import Progress, current_progress
+from ._progress import Progress, claim, current_progress
 from ._queued import cancel as cancel_key
 from ._scope import StoreSpec, request_scope, resolve_store
 from ._state import State, make_key
@@ -81,7 +81,7 @@ def _claim(
         max_messages=max_messages,
         position=position,
     )
-    return progress._claim()
+    return claim(progress)
 
 
 def current() -> Progress:

@@ -19,7 +19,20 @@ from typing import Any, TypeVar
 import wrapt
 
 from ._api import start, start_queued
-from ._progress import Progress, check_interval, check_max_messages, current_progress
+from ._progress import (
+    Progress,
+    add_cancel_hook,
+    cancel_on_collect,
+    check_interval,
+    check_max_messages,
+    current_progress,
+    deliver,
+    end_by,
+    feeder,
+    undeliver,
+    written,
+    yielded,
+)
 from ._queued import NotStarted, find_takeover, stop_signal, take_over
 from ._scope import StoreSpec, request_scope, resolve_store
 from ._state import check_total, validate_name, validate_progress_id
@@ -357,7 +370,7 @@ class Spec:
         except BaseException:
             close()
             raise
-        progress._end_on_collect = "cancelled"
+        cancel_on_collect(progress)
         return progress
 
 
@@ -368,10 +381,11 @@ def drive(
 
     The inner generator runs in ``context``, the caller's context at the call with
     ``tracked.current()`` set to ``progress``, whoever iterates it and whenever.
+    ``drive_async`` is its twin: the two differ only where ``await`` does.
     """
     run = context.run
     send, throw = generator.send, generator.throw
-    push, none, text = progress._push, _NoneType, str
+    push, none, text = feeder(progress), _NoneType, str
     step: Callable[[Any], Any] = send
     argument: Any = None
     count = 0
@@ -380,11 +394,9 @@ def drive(
         try:
             item = run(step, argument)
         except StopIteration as stop:
-            returned(progress, stop.value)
-            progress.finish()
-            return stop.value
+            return _finished(progress, stop.value)
         except BaseException as exc:
-            progress._end_by(exc)
+            end_by(progress, exc)
             raise
         count += 1
         progress._yields = count
@@ -393,13 +405,11 @@ def drive(
             push(item)
         elif kind is not none and isinstance(item, text):
             push(text.__str__(item))  # a str subclass: kept as a plain copy
-        if progress._clean:
-            progress._touched()
-            if progress._cancel_requested and not stopping:
-                # Asked to stop: thrown in at this yield instead of handing the item on.
-                stopping = True
-                step, argument = _refused(throw, progress), progress._deliver()
-                continue
+        if progress._clean and written(progress) and not stopping:
+            # Asked to stop: thrown in at this yield instead of handing the item on.
+            stopping = True
+            step, argument = _refused(throw, progress), deliver(progress)
+            continue
         try:
             argument = yield item
             step = send
@@ -410,6 +420,82 @@ def drive(
             step, argument = throw, exc
 
 
+async def drive_async(
+    generator: AsyncGenerator[Any, Any], progress: Progress
+) -> AsyncGenerator[Any, Any]:
+    """The async twin of ``drive``: count each item, forward asend, athrow and aclose.
+
+    Each step runs in the awaiting task's context, with ``progress`` made current
+    for the step only.
+    """
+    asend, athrow = generator.asend, generator.athrow
+    push, none, text = feeder(progress), _NoneType, str
+    step: Callable[[Any], Awaitable[Any]] = asend
+    argument: Any = None
+    count = 0
+    stopping = False
+    while True:
+        token = current_progress.set(progress)
+        try:
+            item = await step(argument)
+        except StopAsyncIteration:
+            _finished(progress, None)
+            return
+        except BaseException as exc:
+            end_by(progress, exc)
+            raise
+        finally:
+            current_progress.reset(token)
+        count += 1
+        progress._yields = count
+        kind = item.__class__
+        if kind is text:
+            push(item)
+        elif kind is not none and isinstance(item, text):
+            push(text.__str__(item))  # a str subclass: kept as a plain copy
+        if progress._clean and written(progress) and not stopping:
+            stopping = True
+            step, argument = _refused_async(athrow, progress), deliver(progress)
+            continue
+        try:
+            argument = yield item
+            step = asend
+        except GeneratorExit:
+            await _close_async(generator, progress)
+            raise
+        except BaseException as exc:  # noqa: BLE001 - thrown in by the consumer: pass it on
+            step, argument = athrow, exc
+
+
+def _finished(progress: Progress, value: Any) -> Any:
+    """A driven generator returned ``value``: its result, and the run finishes."""
+    returned(progress, value)
+    progress.finish()
+    return value
+
+
+def _close(
+    run: Callable[..., Any], generator: Generator[Any, Any, Any], progress: Progress
+) -> None:
+    """The consumer closed a driven generator: close the inner one; the run is cancelled."""
+    try:
+        run(generator.close)
+    except BaseException as exc:
+        end_by(progress, exc)
+        raise
+    progress.cancel()
+
+
+async def _close_async(generator: AsyncGenerator[Any, Any], progress: Progress) -> None:
+    """The async twin of ``_close``."""
+    try:
+        await generator.aclose()
+    except BaseException as exc:
+        end_by(progress, exc)
+        raise
+    progress.cancel()
+
+
 def _refused(throw: Callable[[BaseException], Any], progress: Progress) -> Callable[[Any], Any]:
     """``throw``, for the one ``Cancelled`` thrown in at a yield: if the generator
     catches it and yields again, it went on working, so the run is no longer one
@@ -417,7 +503,7 @@ def _refused(throw: Callable[[BaseException], Any], progress: Progress) -> Calla
 
     def step(cancelled: BaseException) -> Any:
         item = throw(cancelled)
-        progress._delivered = False
+        undeliver(progress)
         return item
 
     return step
@@ -430,7 +516,7 @@ def _refused_async(
 
     async def step(cancelled: BaseException) -> Any:
         item = await athrow(cancelled)
-        progress._delivered = False
+        undeliver(progress)
         return item
 
     return step
@@ -475,7 +561,7 @@ class SizedGenerator(collections.abc.Generator):  # type: ignore[type-arg]
             raise TypeError("this tracked generator's total is unknown now: it has no len()")
         if not progress.in_progress:
             return 0
-        return max(0, total - progress._yields)
+        return max(0, total - yielded(progress))
 
     def __length_hint__(self) -> int:
         try:
@@ -502,7 +588,7 @@ async def awaiting(coroutine: Coroutine[Any, Any, Any], progress: Progress) -> A
     try:
         result = await coroutine
     except BaseException as exc:
-        progress._end_by(exc)
+        end_by(progress, exc)
         raise
     finally:
         try:
@@ -533,73 +619,11 @@ def _cancel_task_on_request(progress: Progress) -> None:
         return
 
     def cancel_task() -> None:  # on the loop's thread: the coroutine may have ended since
-        if not progress._ended:
-            progress._deliver()  # its CancelledError is the request's: the run ends cancelled
+        if progress.in_progress:
+            deliver(progress)  # its CancelledError is the request's: the run ends cancelled
             task.cancel()
 
-    progress._cancel_hooks.append(lambda: loop.call_soon_threadsafe(cancel_task))
-
-
-async def drive_async(
-    generator: AsyncGenerator[Any, Any], progress: Progress
-) -> AsyncGenerator[Any, Any]:
-    """The async twin of ``drive``: count each item, forward asend, athrow and aclose.
-
-    Each step runs in the awaiting task's context, with ``progress`` made current
-    for the step only.
-    """
-    asend, athrow = generator.asend, generator.athrow
-    push = progress._push
-    step: Callable[[Any], Awaitable[Any]] = asend
-    argument: Any = None
-    count = 0
-    stopping = False
-    while True:
-        token = current_progress.set(progress)
-        try:
-            item = await step(argument)
-        except StopAsyncIteration:
-            progress.finish()
-            return
-        except BaseException as exc:
-            progress._end_by(exc)
-            raise
-        finally:
-            current_progress.reset(token)
-        count += 1
-        progress._yields = count
-        if isinstance(item, str):
-            push(item if item.__class__ is str else str.__str__(item))
-        if progress._clean:
-            progress._touched()
-            if progress._cancel_requested and not stopping:
-                stopping = True
-                step, argument = _refused_async(athrow, progress), progress._deliver()
-                continue
-        try:
-            argument = yield item
-            step = asend
-        except GeneratorExit:
-            try:
-                await generator.aclose()
-            except BaseException as exc:
-                progress._end_by(exc)
-                raise
-            progress.cancel()
-            raise
-        except BaseException as exc:  # noqa: BLE001 - thrown in by the consumer: pass it on
-            step, argument = athrow, exc
-
-
-def _close(
-    run: Callable[..., Any], generator: Generator[Any, Any, Any], progress: Progress
-) -> None:
-    try:
-        run(generator.close)
-    except BaseException as exc:
-        progress._end_by(exc)
-        raise
-    progress.cancel()
+    add_cancel_hook(progress, lambda: loop.call_soon_threadsafe(cancel_task))
 
 
 def _template_fields(template: str) -> tuple[str, ...]:

@@ -33,7 +33,15 @@ from collections.abc import AsyncGenerator, Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
 from ._decorator import Spec, awaiting, drive, drive_async, returned
-from ._progress import Progress, add_cancel_hook, current_progress, move_in_line, take_up
+from ._progress import (
+    Progress,
+    add_cancel_hook,
+    attach_job,
+    cancel_on_collect,
+    current_progress,
+    move_in_line,
+    take_up,
+)
 from ._scope import jobs as settings
 
 if TYPE_CHECKING:
@@ -84,7 +92,7 @@ def submit(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Progress:
             if kind != "async generator":
                 made.close()
             raise
-        progress._end_on_collect = "cancelled"
+        cancel_on_collect(progress)
         if kind == "generator":
             steps = context.copy()
             steps.run(current_progress.set, progress)
@@ -98,7 +106,7 @@ def submit(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Progress:
             call = functools.partial(_run_in_own_loop, progress, runner)
             discard = runner.close
     job = _Job(progress, call, context, discard)
-    progress._job = job
+    attach_job(progress, job)
     add_cancel_hook(progress, functools.partial(pool.drop, job))
     pool.put(job)
     return progress
@@ -205,7 +213,7 @@ def _submit_to_loop(
     )
     task = loop.create_task(runner)  # in a copy of this context: the request scope
     job = _LoopJob(progress, task, loop)
-    progress._job = job
+    attach_job(progress, job)
     _held.hold(job)
     return progress
 

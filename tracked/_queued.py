@@ -23,7 +23,7 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ._progress import Progress, current_progress
+from ._progress import Progress, current_progress, requeue_retrying, take_over_run
 from ._scope import MAX_QUEUED_TIMEOUT, check_timeout, queued_timeout, resolve_store
 from ._state import State, make_key, validate_progress_id
 from ._store import QUEUE_HOST, Owner, Store, judge, owner_gone_here
@@ -379,7 +379,6 @@ def take_over(
             carried: State | None = record.state if judged.state in was else None
             if carried is not None and carried.state == "running":  # its worker died
                 carried = dataclasses.replace(carried, attempt=carried.attempt + 1)
-            taken = progress._take_over(carried, ticket.run, was)
         else:  # no record (pruned, or the store was emptied): this run starts afresh
             if record is None:
                 logger.warning(
@@ -388,9 +387,9 @@ def take_over(
                     ticket.key,
                     chosen,
                 )
-            taken = progress._take_over(None, ticket.run, TAKEABLE)
-        if taken:
-            progress._retry = _retrier(found, ticket.run, timeout)
+            carried, was = None, TAKEABLE
+        retry = _retrier(found, ticket.run, timeout)
+        if take_over_run(progress, carried, ticket.run, was, retry):
             _taken[progress] = found
             if found.taken is not None:
                 try:
@@ -428,10 +427,8 @@ def requeue_current(progress_id: str) -> Ticket | None:
         return None
     if progress.key != found.ticket.key:
         return None
-    if progress._retry is not None:
-        timeout = queued_timeout() if found.timeout is None else found.timeout
-        owner = Owner.waiting(found.ticket.run, time.time() + timeout)
-        progress._requeue(owner, f"retrying (attempt {progress._attempt + 1})")
+    timeout = queued_timeout() if found.timeout is None else found.timeout
+    requeue_retrying(progress, Owner.waiting(found.ticket.run, time.time() + timeout))
     return found.ticket
 
 
