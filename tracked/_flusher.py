@@ -307,14 +307,19 @@ class _Flusher:
         for progress in live:
             by_store.setdefault(id(progress.store), (progress.store, []))[1].append(progress)
         for store, handles in by_store.values():
-            runs = [(p.key, p.owner) for p in handles if p.owner is not None]
-            try:
-                asked = store.cancels_requested(runs)
-            except Exception:  # noqa: BLE001, S112 - a broken store never kills the thread
-                continue
-            for progress, yes in zip(handles, asked, strict=True):
-                if yes:
-                    progress.cancel_seen()
+            self.ask_cancels(store, handles)
+
+    @staticmethod
+    def ask_cancels(store: Store, handles: list[Flushable]) -> None:
+        """Ask ``store`` about its live runs ``handles``; tell each asked to stop."""
+        runs = [(p.key, p.owner) for p in handles if p.owner is not None]
+        try:
+            asked = store.cancels_requested(runs)
+        except Exception:  # noqa: BLE001 - a broken store never kills the thread
+            return
+        for progress, yes in zip(handles, asked, strict=True):
+            if yes:
+                progress.cancel_seen()
 
     def retry_finals(self) -> None:
         with self.cond:

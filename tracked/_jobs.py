@@ -32,7 +32,8 @@ import time
 from collections.abc import AsyncGenerator, Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
-from ._decorator import Spec, awaiting, drive, drive_async, returned
+from ._decorator import Spec
+from ._loops import awaiting, drive, drive_async, returned
 from ._progress import (
     Progress,
     add_cancel_hook,
@@ -432,19 +433,12 @@ class _Pool:
             self.reposition(numbered)
 
     def work(self) -> None:
+        """A pool thread: run the queued jobs in order, until the pool closes (or has
+        more threads than ``max_workers`` now allows)."""
         me = threading.current_thread()
         while True:
             with self.cond:
-                while not self.queue and not self.closed:
-                    self.idle += 1
-                    try:
-                        self.cond.wait()
-                    finally:
-                        self.idle -= 1
-                if self.closed or len(self.threads) > settings.max_workers:
-                    self.threads.discard(me)  # closing, or max_workers was lowered
-                    if self.queue:
-                        self.cond.notify()
+                if not self.wait_for_job(me):
                     return
                 job = self.queue.popleft()
                 numbered = self.line() if self.queue else None
@@ -462,6 +456,22 @@ class _Pool:
             finally:
                 with self.cond:
                     self.running.discard(job)
+
+    def wait_for_job(self, me: threading.Thread) -> bool:
+        """With ``cond`` held: wait until a job is queued; False (the thread leaves the
+        pool) once it is closing, or ``max_workers`` was lowered below its threads."""
+        while not self.queue and not self.closed:
+            self.idle += 1
+            try:
+                self.cond.wait()
+            finally:
+                self.idle -= 1
+        if self.closed or len(self.threads) > settings.max_workers:
+            self.threads.discard(me)
+            if self.queue:
+                self.cond.notify()
+            return False
+        return True
 
     def drop(self, job: _Job) -> None:
         """A cancel request reached a run: if it is still queued, it never starts."""

@@ -15,7 +15,6 @@ import dataclasses
 import itertools
 import logging
 import os
-import sys
 import threading
 import time
 import weakref
@@ -24,23 +23,28 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from . import _flusher
+from ._checks import (
+    check_interval,
+    check_max_messages,
+    check_status,
+    check_total_count,
+    warn_result_once,
+)
 from ._messages import Messages, check_messages
 from ._rate import Rate
-from ._runstate import CancelState, Line, Outcome
+from ._runstate import CancelState, Line, Outcome, is_cancellation
 from ._state import DEFAULT_STATUS, State, as_int, encode_result, make_key
-from ._store import Owner, Store, merge_parts, register_live_run, unregister_live_run
-from ._text import clean_text
+from ._store import Owner, Store, merge_parts, unregister_live_run
+from ._text import clean_text, describe_error
 from ._token import ShareToken, share_token
 from ._writer import RunWriter
-from .errors import Cancelled, InvalidValue, TrackedError
+from .errors import Cancelled, TrackedError
 
 __all__ = [
     "Progress",
     "add_cancel_hook",
     "attach_job",
     "cancel_on_collect",
-    "check_interval",
-    "check_max_messages",
     "claim",
     "counted",
     "current_progress",
@@ -134,12 +138,12 @@ class Progress:
         self.store = store
         self._writer = self._writer_class(self, self.key, store, check_interval(min_interval))
         self.max_messages = check_max_messages(max_messages)
-        self._total = _check_total(total)
+        self._total = check_total_count(total)
         self._base = max(0, as_int(count, "count"))
         self._tick = itertools.count().__next__
         self._ones_read = 0
         self._yields = 0
-        self._status = _check_status(status)
+        self._status = check_status(status)
         self._messages = Messages(check_messages(messages), self.max_messages)
         self._push = self._messages.incoming.append
         self._lock = threading.Lock()
@@ -164,15 +168,8 @@ class Progress:
 
     def _claim(self) -> Progress:
         """Write the first snapshot, claiming the key; raise ``AlreadyRunning`` if held."""
-        owner = Owner.for_this_process()
-        register_live_run(owner.run)
-        snapshot = self.snapshot()
-        try:
-            self.store.claim(snapshot, owner)
-        except BaseException:
-            unregister_live_run(owner.run)
-            raise
-        self._watch(owner)
+        self._writer.take_over(self.snapshot(), Owner.for_this_process(), None)
+        self._watched()
         return self
 
     def _take_over(
@@ -193,23 +190,14 @@ class Progress:
             self._line.attempt = queued.attempt
             self.start_time = queued.start_time
         owner = Owner.for_this_process(run)
-        register_live_run(run)
-        try:
-            if queued is None:
-                self.store.claim(self.snapshot(), owner)
-            elif not self.store.swap(self.snapshot(), owner, run=run, was=was):
-                unregister_live_run(run)
-                return False
-        except BaseException:
-            unregister_live_run(run)
-            raise
-        self._watch(owner)
+        if not self._writer.take_over(self.snapshot(), owner, None if queued is None else was):
+            return False
+        self._watched()
         self._line.retry = retry
         return True
 
-    def _watch(self, owner: Owner) -> None:
-        """The run's record is written, owned by ``owner``: the flusher takes it on."""
-        self._writer.claimed(owner)
+    def _watched(self) -> None:
+        """The run's record is written and owned here: the flusher takes it on."""
         self._clean = True
         _flusher.watch(self._writer)
 
@@ -250,7 +238,7 @@ class Progress:
 
     def fail(self, error: BaseException | str) -> None:
         """End as ``failed``, recording ``error`` (an exception or a text)."""
-        text = error if isinstance(error, str) else _describe(error)
+        text = error if isinstance(error, str) else describe_error(error)
         self._end("failed", text)
 
     def cancel(self) -> None:
@@ -283,17 +271,8 @@ class Progress:
             return
         if writer.shared:
             self._fold_parts()
-        writer.final = self._final
-        _flusher.forget(writer)
-        try:
-            written = writer.write_final()
-        except BaseException:  # Ctrl-C in the store's write: it goes on up, the end lands later
-            _flusher.retry_final(writer)
-            raise
-        if written:
-            writer.release()
-        else:
-            _flusher.retry_final(writer)
+        assert self._final is not None
+        writer.end(self._final)
 
     # ------------------------------------------------------------------ sharing
 
@@ -416,11 +395,11 @@ class Progress:
         retry = self._line.retry
         if exc is not None and retry is not None:
             owner = retry(exc)
-            if owner is not None and self._requeue(owner, f"retrying after {_describe(exc)}"):
+            if owner is not None and self._requeue(owner, f"retrying after {describe_error(exc)}"):
                 return
         if exc is None:
             self.finish()
-        elif _is_cancellation(exc):
+        elif is_cancellation(exc):
             self.cancel()
         else:
             self.fail(exc)
@@ -459,7 +438,7 @@ class Progress:
 
     @total.setter
     def total(self, value: int | None) -> None:
-        checked = _check_total(value)
+        checked = check_total_count(value)
         if self._ended:
             return
         self._total = checked
@@ -477,7 +456,7 @@ class Progress:
 
     @status.setter
     def status(self, value: str | None) -> None:
-        checked = _check_status(value)
+        checked = check_status(value)
         if self._ended:
             return
         self._status = checked
@@ -531,7 +510,7 @@ class Progress:
     def result(self, value: Any) -> None:
         kept, problem = encode_result(value)
         if problem is not None:
-            _warn_result_once(self.name if self.name is not None else "", problem)
+            warn_result_once(self.name if self.name is not None else "", problem)
         if not self._ended:  # readers see it in the final snapshot, frozen at the end
             self._outcome.result = kept
 
@@ -882,59 +861,5 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _is_cancellation(exc: BaseException) -> bool:
-    """Whether ``exc`` stops work from outside (a closed generator, Ctrl-C, a
-    cancelled asyncio task) rather than reporting that the work failed."""
-    if isinstance(exc, (GeneratorExit, KeyboardInterrupt, Cancelled)):
-        return True
-    asyncio = sys.modules.get("asyncio")  # no task can be cancelled without it
-    return asyncio is not None and isinstance(exc, asyncio.CancelledError)
 
 
-def _describe(error: BaseException) -> str:
-    text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-def check_interval(value: object) -> float:
-    """``min_interval`` as a float; ``InvalidValue`` unless a number of seconds >= 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise InvalidValue(f"min_interval must be a number of seconds >= 0, got {value!r}")
-    return float(value)
-
-
-def check_max_messages(value: object) -> int:
-    """``max_messages`` checked: ``InvalidValue`` unless an int >= 0."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidValue(f"max_messages must be an int >= 0, got {value!r}")
-    return value
-
-
-def _check_total(value: object) -> int | None:
-    if value is None:
-        return None
-    total = as_int(value, "total")
-    if total < 0:
-        raise InvalidValue(f"total must not be negative, got {total}")
-    return total
-
-
-def _check_status(value: Any) -> str | None:
-    if value is not None and not isinstance(value, str):
-        raise InvalidValue(f"status must be a str, not {type(value).__name__}")
-    return value
-
-
-_result_warned: set[str] = set()
-
-
-def _warn_result_once(name: str, problem: str) -> None:
-    """Log that a result was dropped, once per progress name (not per run)."""
-    if name in _result_warned or len(_result_warned) >= 1024:
-        return
-    _result_warned.add(name)
-    logger.warning(
-        "the result of progress %r is published as null: %s (logged once for this name)",
-        name,
-        problem,
-    )

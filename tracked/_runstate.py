@@ -1,16 +1,19 @@
 """The small parts of a live run that ``Progress`` keeps by concern: a request to
 stop (``CancelState``), a queued run's place and attempts (``Line``), and how the
-run ended (``Outcome``). Plain records: ``Progress`` decides what changes them.
+run ended (``Outcome``; ``is_cancellation`` tells which exceptions cancel it). Plain
+records: ``Progress`` decides what changes them.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
 from ._store import Owner
+from .errors import Cancelled
 
-__all__ = ["CancelState", "Line", "Outcome"]
+__all__ = ["CancelState", "Line", "Outcome", "is_cancellation"]
 
 
 class CancelState:
@@ -52,3 +55,12 @@ class Outcome:
         self.finished_time: float | None = None
         self.on_collect = "finished"
         self.result: Any = None
+
+
+def is_cancellation(exc: BaseException) -> bool:
+    """Whether ``exc`` stops work from outside (a closed generator, Ctrl-C, a
+    cancelled asyncio task) rather than reporting that the work failed."""
+    if isinstance(exc, (GeneratorExit, KeyboardInterrupt, Cancelled)):
+        return True
+    asyncio = sys.modules.get("asyncio")  # no task can be cancelled without it
+    return asyncio is not None and isinstance(exc, asyncio.CancelledError)

@@ -21,7 +21,8 @@ import weakref
 from typing import TYPE_CHECKING, Protocol
 
 from . import _flusher
-from ._store import Owner, Store, unregister_live_run
+from ._store import Owner, Store, register_live_run, unregister_live_run
+from ._text import describe_error
 from .errors import RunSuperseded, StoreError
 
 if TYPE_CHECKING:
@@ -111,10 +112,24 @@ class RunWriter:
 
     # ------------------------------------------------------------------ ownership
 
-    def claimed(self, owner: Owner) -> None:
-        """The run's first record was written by ``owner`` (this process): watch it."""
+    def take_over(self, state: State, owner: Owner, was: frozenset[str] | None) -> bool:
+        """Write the run's first record as ``owner`` (this process): a claim
+        (``AlreadyRunning`` if the key is held) with ``was`` None, else a swap of the
+        queued record of ``owner.run`` in one of the states ``was`` (False if it is
+        no longer that)."""
+        register_live_run(owner.run)
+        try:
+            if was is None:
+                self.store.claim(state, owner)
+            elif not self.store.swap(state, owner, run=owner.run, was=was):
+                unregister_live_run(owner.run)
+                return False
+        except BaseException:
+            unregister_live_run(owner.run)
+            raise
         self.owner = owner
         self.last_write = time.monotonic()
+        return True
 
     def owned(self) -> bool:
         """Whether this process may write the run: it claimed it, and is not a forked
@@ -207,8 +222,24 @@ class RunWriter:
                 "writes resume when the store works again",
                 self.key,
                 self.store,
-                exc if isinstance(exc, StoreError) else _describe(exc),
+                exc if isinstance(exc, StoreError) else describe_error(exc),
             )
+
+    def end(self, final: State) -> None:
+        """Write the run's ``final`` snapshot on this thread; on failure the flusher
+        retries it, and the run stays held until it lands (all readers then agree it
+        is running), is superseded, or the process exits."""
+        self.final = final
+        _flusher.forget(self)
+        try:
+            written = self.write_final()
+        except BaseException:  # Ctrl-C in the store's write: it goes on up, the end lands later
+            _flusher.retry_final(self)
+            raise
+        if written:
+            self.release()
+        else:
+            _flusher.retry_final(self)
 
     def write_final(self) -> bool:
         """Try the final write; True once it needs no retry (written or superseded)."""
@@ -233,7 +264,3 @@ class RunWriter:
             except Exception as exc:  # noqa: BLE001 - a leftover request reaches no run
                 logger.warning("cannot remove the cancel request of %r: %s", self.key, exc)
 
-
-def _describe(error: BaseException) -> str:
-    text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
