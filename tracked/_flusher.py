@@ -75,15 +75,23 @@ class Flushable(Protocol):
     owner: Owner | None
 
     @property
-    def ended(self) -> bool: ...
+    def ended(self) -> bool:
+        """Whether the run ended: nothing more to schedule."""
     @property
-    def clean(self) -> bool: ...
-    def flush(self) -> bool: ...
-    def begin_write(self) -> tuple[State, Owner] | None: ...
-    def end_write(self, error: Exception | None) -> None: ...
-    def write_final(self) -> bool: ...
-    def release(self) -> None: ...
-    def cancel_seen(self) -> None: ...
+    def clean(self) -> bool:
+        """Whether nothing changed since the last write was taken."""
+    def flush(self) -> bool:
+        """Write the current snapshot now (at exit)."""
+    def begin_write(self) -> tuple[State, Owner] | None:
+        """The snapshot for a batch, its write lock held; None: nothing to write."""
+    def end_write(self, error: Exception | None) -> None:
+        """How the batched write went; releases the write lock."""
+    def write_final(self) -> bool:
+        """Retry the final write; True once it needs no retry."""
+    def release(self) -> None:
+        """The run is no longer held by this process."""
+    def cancel_seen(self) -> None:
+        """The store says someone asked the run to stop."""
 
 
 Ref = weakref.ref[Flushable]

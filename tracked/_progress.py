@@ -646,6 +646,7 @@ class Progress:
 
     @min_interval.setter
     def min_interval(self, value: float) -> None:
+        """Set it (unchecked, as the attribute it was)."""
         self._writer.min_interval = value
 
     @property

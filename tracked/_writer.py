@@ -40,9 +40,12 @@ class Handle(Protocol):
     _clean: bool
 
     @property
-    def in_progress(self) -> bool: ...
-    def snapshot(self) -> State: ...
-    def flush(self) -> bool: ...
+    def in_progress(self) -> bool:
+        """True until the run ends."""
+    def snapshot(self) -> State:
+        """The state readers see once written."""
+    def flush(self) -> bool:
+        """Write the current snapshot now."""
     def _cancel_seen(self) -> None: ...
 
 
