@@ -128,6 +128,7 @@ def _answer(service: StatusService, environ: dict[str, Any]) -> Response | Event
         environ.get("HTTP_ACCEPT"),
         environ.get("HTTP_LAST_EVENT_ID"),
         environ.get("HTTP_IF_MATCH"),
+        environ.get("HTTP_HX_REQUEST"),
     )
     return service.open(request)
 

@@ -23,10 +23,12 @@
  *
  * `transport` picks how states arrive; the callbacks are the same whichever runs:
  *   'auto' (default): the first state is polled (a 404 while the job starts is
- *     waited out as usual), then Server-Sent Events follow it (`EventSource`, same
- *     URL, `Accept: text/event-stream`). When a stream fails twice without
- *     delivering anything (the server refuses streams, a proxy breaks them), the
- *     tracker polls instead, with its backoff. No EventSource: it polls.
+ *     waited out as usual); when that answer says the server streams (header
+ *     `X-Tracked-Events: 1`), Server-Sent Events follow it (`EventSource`, same
+ *     URL, `Accept: text/event-stream`), else it keeps polling, so a server with
+ *     streams off never sees an EventSource (and the console shows no error).
+ *     When a stream fails twice without delivering anything (a proxy breaks
+ *     them), the tracker polls instead, with its backoff. No EventSource: it polls.
  *   'sse': streams only; each failed stream counts as a failed poll (backoff,
  *     then `gave_up` after maxRetries).
  *   'poll': polls every `interval` ms.
@@ -57,6 +59,9 @@
   }
 })(typeof globalThis !== 'undefined' ? globalThis : this, function () {
   'use strict';
+
+  /** The header a status answer carries to say whether the same URL streams events. */
+  const STREAM_HEADER = 'X-Tracked-Events';
 
   const DEFAULTS = {
     transport: 'auto', // 'auto', 'sse' or 'poll': see the file header
@@ -238,6 +243,11 @@
       if (this.stopped) return;
       this.etag = response.headers.get('ETag');
       this.failures = 0;
+      if (this.opts.transport === 'auto' && !this.seen) {
+        // The first answer says whether this server streams: no EventSource (and
+        // no console error) against one that does not.
+        this.streaming = this.streaming && response.headers.get(STREAM_HEADER) === '1';
+      }
       this.received(state);
       return;
     }
