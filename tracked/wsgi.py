@@ -61,6 +61,7 @@ StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 _STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
+_STATUS_LINES[286] = "286 Stop Polling"  # htmx's: an ended run's fragment to a poll
 
 
 def status_app(
