@@ -17,6 +17,7 @@ from tracked.bottle import TrackedPlugin, accepted
 STEPS = 10
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>tracked-progress under test</title>
+<link rel="icon" href="data:,">
 <script src="/tracked.js"></script></head>
 <body><main><h1>tracked-progress</h1><div id="slot"></div></main></body></html>
 """
@@ -63,7 +64,8 @@ def make_app(store: tracked.Store, pause: float) -> bottle.Bottle:
 class BottleServer:
     """``make_app`` under waitress on a free port of 127.0.0.1, in a thread."""
 
-    def __init__(self, store: tracked.Store, pause: float = 0.05) -> None:
+    def __init__(self, store: tracked.FileStore, pause: float = 0.05) -> None:
+        self.store_directory = store.directory
         self.server: Any = waitress.create_server(
             make_app(store, pause), host="127.0.0.1", port=0, threads=8
         )

@@ -51,8 +51,10 @@ def error_fragment(message: str) -> str:
 
 def value_text(state: State) -> str:
     """The bar said in words: ``42% — about 6s left``, ``12 done``, ``queued``."""
+    if state.state == "queued":
+        return state_text(state)
     if state.percent is None:
-        if state.state == "queued" or (state.in_progress and not state.count):
+        if state.in_progress and not state.count:
             return state_text(state)
         return f"{state.count} done"
     text = f"{state.percent:.0f}%"

@@ -606,8 +606,9 @@
    * "queued (2nd in line)".
    */
   function valueText(state, lang) {
+    if (state.state === 'queued') return stateText(state);
     if (typeof state.percent !== 'number') {
-      if (state.state === 'queued' || (state.in_progress && !state.count)) return stateText(state);
+      if (state.in_progress && !state.count) return stateText(state);
       return numberText(state.count || 0, lang) + ' done';
     }
     let text = percentText(state.percent, lang);
@@ -825,7 +826,7 @@
           const percent = Math.max(0, Math.min(100, state.percent));
           track.setAttribute('aria-valuenow', String(Math.floor(percent)));
           this.indicator.style.width = percent + '%';
-          this.percentNode.textContent = percentText(percent, lang);
+          this.percentNode.textContent = word === 'queued' ? '' : percentText(percent, lang);
         } else {
           track.removeAttribute('aria-valuenow');
           this.indicator.style.width = state.in_progress === false && word === 'finished' ? '100%' : '';
