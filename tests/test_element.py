@@ -313,3 +313,33 @@ def test_htmx_sse_extension_shows_the_run_to_its_end(page: Page, npm_files, serv
       </main></body></html>""")
     page.wait_for_selector("#live .tracked-progress[data-state=finished]")
     assert page.locator("#live progress").get_attribute("value") == "100"
+
+
+# ----------------------------------------------------------------------------- the examples
+
+@pytest.fixture(scope="module", params=["flask", "fastapi"])
+def example(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    """examples/flask_app.py under gunicorn (gthread), examples/fastapi_app.py under
+    uvicorn, each on its own file store; started once for the module."""
+    from tests.test_frameworks import Server
+
+    started = Server(request.param, str(tmp_path_factory.mktemp(f"{request.param}-store")))
+    yield started
+    started.stop()
+
+
+def test_the_examples_bar_page_runs_a_job_to_its_end_and_stops_one(watched: Watched, example):
+    page = watched.page
+    watched.problems.clear()
+    page.goto(example.url + "/bar")
+    page.click("#start")
+    page.wait_for_selector("tracked-progress[state=finished]")
+    assert part(page, "track").get_attribute("aria-valuenow") == "100"
+    assert part(page, "label").text_content() == "Demo job"
+    page.click("#start")
+    page.wait_for_selector("tracked-progress[state=running]")
+    part(page, "stop").click()
+    page.wait_for_selector("tracked-progress[state=cancelled]")
+    assert watched.problems == []
