@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import tarfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,38 +19,12 @@ import pytest
 from playwright.sync_api import Browser, Page, Route
 
 import tracked
-from tests.conftest import require_binary
 from tests.element_app import STEPS, BottleServer
 
 TIMEOUT_MS = 30_000
 HOSTILE = '<img src=x onerror="window.pwned=1;alert(1)">'
 #: Where screenshots go when $TRACKED_SHOTS is set (never into the repository).
 SHOTS = Path(os.environ.get("TRACKED_SHOTS") or "/tmp/ui-shots")
-NPM = {"axe-core@4": "axe.min.js", "htmx.org@2": "dist/htmx.min.js",
-       "htmx-ext-sse@2": "dist/sse.js"}
-
-
-@pytest.fixture(scope="session")
-def npm_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """axe-core and htmx (with its SSE extension) unpacked from the npm registry."""
-    npm = require_binary("npm")
-    cache = Path(os.environ.get("TRACKED_NPM_CACHE", tmp_path_factory.mktemp("npm")))
-    cache.mkdir(parents=True, exist_ok=True)
-    found = {}
-    for spec, inside in NPM.items():
-        name = spec.rsplit("@", 1)[0]
-        target = cache / name / "package" / inside
-        if not target.exists():
-            packed = subprocess.run(
-                [npm, "pack", spec, "--silent", "--pack-destination", str(cache)],
-                check=True, capture_output=True, text=True, timeout=180,
-            ).stdout.strip().splitlines()[-1]
-            with tarfile.open(cache / packed) as archive:
-                archive.extractall(cache / name, filter="data")
-        found[name] = target
-    return found
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BottleServer]:
     started = BottleServer(tracked.FileStore(tmp_path_factory.mktemp("element-store")))

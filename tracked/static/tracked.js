@@ -637,7 +637,8 @@
   /**
    * `<tracked-progress src="STATUS_URL">`: a progress bar following a status URL with
    * `trackProgress`. Attributes: `src`, `progress-id`, `label` (the bar's name; the
-   * run's name by default), `transport` ('auto', 'sse', 'poll'), `interval` (ms),
+   * run's name by default), `transport` ('auto', 'sse', 'poll'), `interval` and
+   * `start-timeout` (ms, as the options of trackProgress),
    * `messages` (how many of the newest messages to show, default 3; 0 hides them),
    * `cancel` (show a Stop button sending DELETE). It sets `state` to the run's state
    * and dispatches `tracked-update` (every state) and `tracked-end` (the final one),
@@ -650,7 +651,7 @@
 
     class TrackedProgress extends HTMLElement {
       static get observedAttributes() {
-        return ['src', 'progress-id', 'transport', 'interval', 'messages', 'cancel', 'label'];
+        return ['src', 'progress-id', 'transport', 'interval', 'start-timeout', 'messages', 'cancel', 'label'];
       }
 
       constructor() {
@@ -764,6 +765,8 @@
           },
         };
         if (interval > 0) options.interval = interval;
+        const startTimeout = parseInt(this.getAttribute('start-timeout') || '', 10);
+        if (startTimeout > 0) options.startTimeout = startTimeout;
         try {
           this.watcher = trackProgress(src, options);
         } catch (err) {
