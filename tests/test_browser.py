@@ -401,6 +401,9 @@ def test_a_whole_demo_run_logs_no_console_error(watched: PageWatch) -> None:
             if r.headers.get("accept") == "text/event-stream" else None)
     page.click("#start")
     expect(page.locator("#state")).to_have_text("finished", timeout=TIMEOUT_MS)
+    element = page.locator("#element")
+    expect(element).to_have_attribute("state", "finished")
+    expect(element.locator("[role=progressbar]")).to_have_attribute("aria-valuenow", "100")
     assert console == []
     assert streams == []
     assert watched.errors == []
