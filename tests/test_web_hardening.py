@@ -602,7 +602,9 @@ def test_the_readme_describes_tracked_js_by_its_default_transport():
     readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
     sentence = next(s for s in readme.split(". ") if "`tracked.js`" in s)
     assert "polls it" not in sentence
-    assert "Server-Sent Events" in sentence and "polling where streams fail" in sentence
+    assert "Server-Sent Events" in sentence and "default transport (`auto`)" in sentence
+    assert "polling where streams are off or fail" in sentence
+    assert "when the answer says the server streams" in sentence  # X-Tracked-Events
 
 
 # ----------------------------------------------------------------------------- item 9: If-Match
