@@ -10,7 +10,7 @@ from html import escape
 from typing import Any
 
 from ._state import State
-from ._views import span, state_text
+from ._words import span, state_text
 
 __all__ = ["HTML_TYPE", "error_fragment", "fragment", "value_text"]
 
