@@ -263,6 +263,8 @@ def test_htmx_polling_shows_the_run_to_its_end(page: Page, npm_files, server):
            hx-trigger="load, every 200ms">starting…</div></main></body></html>""")
     page.wait_for_selector("#poll .tracked-progress[data-state=finished]")
     assert page.locator("#poll progress").get_attribute("value") == "100"
+    page.add_script_tag(path=str(npm_files["axe-core"]))  # the fragment is accessible too
+    assert page.evaluate("async () => (await axe.run(document)).violations.map(v => v.id)") == []
     requests: list[str] = []
     page.on("request", lambda r: requests.append(r.url) if "_progress_status" in r.url else None)
     page.wait_for_timeout(600)  # the 286 ended the polling: nothing more is asked

@@ -843,7 +843,7 @@
         }
         this.etaNode.textContent = state.in_progress && typeof state.eta === 'number'
           ? 'about ' + durationText(state.eta, lang) + ' left' : '';
-        this.statusNode.textContent = state.status ? String(state.status) : '';
+        this.statusNode.textContent = this.statusSaysMore(state) ? String(state.status) : '';
         this.showChildren(state.children, lang);
         if (state.in_progress === false) {
           if (typeof state.error === 'string' && state.error) {
@@ -856,6 +856,14 @@
           }
         }
         this.showStop(placeholder ? null : state);
+      }
+
+      /** Whether the status text says more than the state word and the name shown. */
+      statusSaysMore(state) {
+        const status = state.status;
+        if (!status) return false;
+        const same = [state.state, 'in progress', 'queued', state.name, this.getAttribute('label')];
+        return same.indexOf(status) === -1;
       }
 
       showChildren(children, lang) {
