@@ -258,7 +258,7 @@ def test_htmx_polling_shows_the_run_to_its_end(page: Page, npm_files, server):
     progress_id = uuid.uuid4().hex
     page.evaluate("(id) => fetch('/jobs/steps?progress_id=' + id, {method: 'POST'})", progress_id)
     page.set_content(f"""<!doctype html><html lang="en"><head><title>htmx polling</title>
-      <script src="{server.url}/htmx.min.js"></script></head><body><main>
+      <script src="{server.url}/htmx.min.js"></script></head><body><main><h1>Import</h1>
       <div id="poll" hx-get="/_progress_status/steps?progress_id={progress_id}"
            hx-trigger="load, every 200ms">starting…</div></main></body></html>""")
     page.wait_for_selector("#poll .tracked-progress[data-state=finished]")
