@@ -161,7 +161,9 @@ def test_tracked_js_state_text_says_what_tracked_show_says(served, page):
 def test_axe_finds_no_violation_on_the_list_and_progress_pages(served, page, npm_files):
     from playwright.sync_api import expect
 
-    for path in ("/", f"/progress?{urlencode({'name': 'x/../b'})}"):
+    pages = ("/", f"/progress?{urlencode({'name': 'x/../b'})}")
+    for scheme, path in [(scheme, path) for scheme in ("light", "dark") for path in pages]:
+        page.emulate_media(color_scheme=scheme)
         page.goto(served + path)
         if path != "/":
             expect(page.locator("#progress")).to_have_attribute("state", "finished")
@@ -171,4 +173,4 @@ def test_axe_finds_no_violation_on_the_list_and_progress_pages(served, page, npm
         violations = page.evaluate(
             "async () => (await axe.run(document)).violations.map("
             "v => v.id + ': ' + v.nodes.map(n => n.target.join(' ')).join(', '))")
-        assert violations == [], (path, violations)
+        assert violations == [], (scheme, path, violations)
