@@ -64,7 +64,7 @@ def make_app(store: tracked.Store, pause: float) -> bottle.Bottle:
 class BottleServer:
     """``make_app`` under waitress on a free port of 127.0.0.1, in a thread."""
 
-    def __init__(self, store: tracked.FileStore, pause: float = 0.05) -> None:
+    def __init__(self, store: tracked.FileStore, pause: float = 0.1) -> None:
         self.store_directory = store.directory
         self.server: Any = waitress.create_server(
             make_app(store, pause), host="127.0.0.1", port=0, threads=8
