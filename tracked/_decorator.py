@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import wrapt
 
-from ._api import start, start_queued
+from ._api import group_token, start, start_queued
 from ._progress import Progress, check_interval, check_max_messages, current_progress
 from ._queued import NotStarted, find_takeover, stop_signal, take_over
 from ._scope import StoreSpec, request_scope, resolve_store
@@ -43,6 +43,8 @@ _NoneType = type(None)
 NameSpec = str | Callable[..., str] | None
 TotalSpec = int | Callable[..., int | None] | None
 ProgressIdSpec = str | Callable[..., str] | None
+#: A group: a ``tracked.Group``, its token, or a callable giving one (or None) per call.
+GroupSpec = object | Callable[..., object] | None
 
 
 class _DefaultTotal(int):
@@ -63,6 +65,7 @@ def tracked(
     min_interval: float = 0.1,
     max_messages: int = 1000,
     progress_id: ProgressIdSpec = None,
+    group: GroupSpec = None,
 ) -> Callable[[F], F]:
     """Make every call of the decorated function or generator function a progress.
 
@@ -75,6 +78,8 @@ def tracked(
     so a conflict raises ``AlreadyRunning`` there, also for coroutine functions.
     ``progress_id`` is a text or a callable taking the call's arguments (a queue
     worker names a run by its job id this way); None means the request's.
+    ``group`` (a ``tracked.Group``, its token, or a callable taking the call's
+    arguments and returning one or None) makes each call a child of that group.
     The function's return value (a generator's ``return`` value), unless None,
     becomes the progress's ``result``.
 
@@ -85,7 +90,7 @@ def tracked(
     itself, at no cost per item. With the default total (100, a percentage) or
     None it is the plain generator, which has no length.
     """
-    spec = Spec(name, total, store, min_interval, max_messages, progress_id)
+    spec = Spec(name, total, store, min_interval, max_messages, progress_id, group)
 
     def decorate(func: F) -> F:
         target = inspect.unwrap(getattr(func, "__func__", func))
@@ -171,6 +176,7 @@ class Spec:
         min_interval: float,
         max_messages: int,
         progress_id: ProgressIdSpec = None,
+        group: GroupSpec = None,
     ) -> None:
         if not (name is None or isinstance(name, str) or callable(name)):
             raise InvalidName(f"name must be a str, a callable or None, not {type(name).__name__}")
@@ -192,6 +198,7 @@ class Spec:
                 f"progress_id must be a str, a callable or None, not {type(progress_id).__name__}"
             )
         self.progress_id = progress_id
+        self.group = group if group is None or callable(group) else group_token(group)
 
     def check_template(self, target: Callable[..., Any]) -> None:
         """Refuse, at decoration, a template naming an argument the function lacks."""
@@ -216,8 +223,10 @@ class Spec:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         position: int | None = None,
+        group: str | None = None,
     ) -> Progress:
-        """Claim the run of this call (``queued`` at ``position`` when one is given)."""
+        """Claim the run of this call (``queued`` at ``position`` when one is given), in
+        ``group`` (a token) or the decorator's group."""
         total = self.total
         if callable(total):
             total = _check_total_result(total(*args, **kwargs))
@@ -234,6 +243,8 @@ class Spec:
         if callable(progress_id):
             progress_id = validate_progress_id(progress_id(*args, **kwargs))
         name = self.resolve_name(wrapped, instance, args, kwargs)
+        if group is None and self.group is not None:
+            group = self.group(*args, **kwargs) if callable(self.group) else self.group
         if position is not None:
             return start_queued(
                 position,
@@ -243,6 +254,7 @@ class Spec:
                 store=self.store,
                 min_interval=self.min_interval,
                 max_messages=self.max_messages,
+                group=group,
             )
         return start(
             name,
@@ -251,6 +263,7 @@ class Spec:
             store=self.store,
             min_interval=self.min_interval,
             max_messages=self.max_messages,
+            group=group,
         )
 
     def resolve_name(
@@ -349,11 +362,12 @@ class Spec:
         instance: Any,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        group: str | None = None,
     ) -> Progress:
         """Claim the progress of a call that made a generator or coroutine: it ends
         ``cancelled`` if dropped unfinished; ``close`` it, unrun, if the claim fails."""
         try:
-            progress = self.start(wrapped, instance, args, kwargs)
+            progress = self.start(wrapped, instance, args, kwargs, group=group)
         except BaseException:
             close()
             raise

@@ -26,7 +26,15 @@ from typing import Any, TypeVar
 
 from . import _flusher
 from ._state import DEFAULT_STATUS, State, as_int, encode_result, make_key
-from ._store import Owner, Store, merge_parts, register_live_run, unregister_live_run
+from ._ledger import GroupBook, units_of
+from ._store import (
+    Owner,
+    Store,
+    merge_parts,
+    register_live_run,
+    report_move,
+    unregister_live_run,
+)
 from ._text import clean_message, clean_text
 from ._token import ShareToken, share_token
 from .errors import Cancelled, InvalidValue, RunSuperseded, StoreError, TrackedError
@@ -87,6 +95,9 @@ class Progress:
         "_error",
         "_final",
         "_finished_time",
+        "_group",
+        "_group_seen",
+        "_group_state",
         "_incoming",
         "_job",
         "_kept",
@@ -137,6 +148,7 @@ class Progress:
         min_interval: float = 0.1,
         max_messages: int = 1000,
         position: int | None = None,
+        group: str | None = None,
     ) -> None:
         self.key = make_key(name, progress_id)
         self.name = name
@@ -191,6 +203,11 @@ class Progress:
         #: Set by a take-over: given the exception a run ends by, the owner of the queued
         #: record to go back in line with (the queue will retry it), or None: it ends.
         self._retry: Callable[[BaseException], Owner | None] | None = None
+        #: The token of the group this run is a child of (``tracked.group``), the
+        #: (state, units) last counted there, and the snapshot a batched write took.
+        self._group = group
+        self._group_seen: tuple[str, int] | None = None
+        self._group_state: State | None = None
 
     def __repr__(self) -> str:
         total = "?" if self._total is None else self._total
@@ -212,7 +229,18 @@ class Progress:
         self._last_write = time.monotonic()
         self._clean = True
         _flusher.watch(self)
+        if self._group is not None:
+            self._join_group(snapshot)
         return self
+
+    def _join_group(self, snapshot: State) -> None:
+        """Count this new run in its group; a group that refuses it (closed, gone) ends
+        it ``failed`` and raises ``InvalidValue``."""
+        book = self._report_group(snapshot)
+        if book is None or not book.accepted:
+            why = "is closed to new runs" if book is not None else "is not running"
+            self.fail(f"its group {why}")
+            raise InvalidValue(f"cannot start {self.key!r} in its group: the group {why}")
 
     def _take_over(self, queued: State | None, run: str, was: frozenset[str]) -> bool:
         """Become the owner of queued run ``run`` (``tracked._queued``): the run keeps the
@@ -226,6 +254,7 @@ class Progress:
             self._message_count = queued.message_count
             self._attempt = queued.attempt
             self.start_time = queued.start_time
+            self._group = queued.group
         owner = Owner.for_this_process(run)
         register_live_run(run)
         try:
@@ -241,6 +270,8 @@ class Progress:
         self._last_write = time.monotonic()
         self._clean = True
         _flusher.watch(self)
+        if self._group is not None:
+            self._report_group(self.snapshot())
         return True
 
     def _requeue(self, owner: Owner, status: str) -> bool:
@@ -270,6 +301,8 @@ class Progress:
                 self._clean = False
                 self._state = "queued"
                 self._final = state
+        if self._group is not None:
+            self._report_group(state)
         _flusher.forget(self)
         unregister_live_run(self._owner.run)
         return True
@@ -725,6 +758,7 @@ class Progress:
             rate=self._update_rate(count),
             result=self._result if self._ended else None,
             attempt=self._attempt,
+            group=self._group,
         )
 
     def _update_rate(self, count: int) -> float | None:
@@ -788,12 +822,17 @@ class Progress:
             return None
         self._clean = True
         self._last_write = time.monotonic()
-        return self.snapshot(), self._owner
+        state = self.snapshot()
+        if self._group is not None:
+            self._group_state = state
+        return state, self._owner
 
     def _end_write(self, error: Exception | None) -> None:
         """The outcome of a batched write that ``_begin_write`` started."""
         try:
             self._saved(error)
+            if error is None and self._group_state is not None:
+                self._report_group(self._group_state)
         finally:
             self._write_lock.release()
 
@@ -805,7 +844,18 @@ class Progress:
             self._saved(exc)
             return False
         self._saved(None)
+        if self._group is not None:
+            self._report_group(state)
         return True
+
+    def _report_group(self, state: State) -> GroupBook | None:
+        """Count this child's new state, or its progress, in its group's ledger (off
+        the per-item path: after a write landed, once per change of state or units)."""
+        seen = (state.state, units_of(state))
+        if seen == self._group_seen:
+            return None
+        self._group_seen = seen
+        return report_move(self.store, state)
 
     def _saved(self, error: Exception | None) -> None:
         if error is None:

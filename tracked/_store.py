@@ -11,6 +11,7 @@ import abc
 import dataclasses
 import functools
 import json
+import logging
 import os
 import socket
 import time
@@ -18,7 +19,8 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from ._state import State
+from ._ledger import GroupBook, overlay, parse_token, units_of
+from ._state import ENDED_STATES, State
 from .errors import AlreadyRunning, StoreError
 
 __all__ = [
@@ -30,8 +32,11 @@ __all__ = [
     "encode_record",
     "merge_parts",
     "owner_gone_here",
+    "report_move",
     "swappable",
 ]
+
+logger = logging.getLogger("tracked")
 
 RECORD_VERSION = 1
 #: The host of a queued record's owner: a queue holds the run, no process does.
@@ -384,6 +389,8 @@ class Store(abc.ABC):
         record = self.read(key)
         if record is None:
             return None
+        if record.state.children is not None:
+            return self.with_group(record)
         state = self.with_parts(record)
         if state.state == "abandoned" and record.state.in_progress:
             # The owner may have written its final state and let go of the run between
@@ -399,11 +406,71 @@ class Store(abc.ABC):
         states = []
         for record in self.records():
             try:
+                if record.state.children is not None:
+                    states.append(self.with_group(record))
+                    continue
                 states.append(self.with_parts(record))
             except StoreError:  # its joined workers' parts cannot be read: the rest can
                 states.append(judge(record))
         states.sort(key=lambda s: (not s.in_progress, -s.start_time))
         return states
+
+    # ---------------------------------------------------------- groups (tracked.group)
+
+    def with_group(self, record: Record) -> State:
+        """What readers see of a group's ``record``: its own state with its ledger's
+        counts (one more read, whatever the number of children). A running group whose
+        last sweep is older than ``sweep_window`` is swept by the one reader that wins
+        the turn (see ``sweep_group``); an ended ledger under a running record is
+        written into the record (by ``finish_group``)."""
+        book = self.read_group(record.state.key)
+        if book is None or record.owner is None or book.run != record.owner.run:
+            return judge(record)
+        if book.ended_at is None and time.time() - book.swept_at >= self.sweep_window:
+            book = sweep_group(self, record.state.key, book) or book
+        if book.ended_at is not None and record.state.in_progress:
+            finish_group(self, record, book)
+        return overlay(record.state, book)
+
+    #: Seconds between two sweeps of a running group for children whose process died:
+    #: the store's liveness window (its lease; 2 s where liveness is judged at once).
+    @property
+    def sweep_window(self) -> float:
+        """Seconds between two sweeps of one running group (see ``with_group``)."""
+        return self.lease if self.lease is not None else 2.0
+
+    def open_group(self, key: str, run: str) -> None:
+        """Start the ledger of group ``key`` (run ``run``), replacing an older one."""
+        raise StoreError(f"{self!r} cannot hold groups")
+
+    def move_child(
+        self, key: str, run: str, child: str, state: str, units: int, line: str | None
+    ) -> GroupBook | None:
+        """Count child ``child`` of group ``key`` as ``state`` with ``units`` thousandths
+        done, atomically and once per change (see ``_ledger.Ledger.move``); ``line`` is
+        kept when it failed or was abandoned. None when group ``key`` has no ledger of
+        run ``run``; a book with ``accepted`` False when a closed group refused it."""
+        raise StoreError(f"{self!r} cannot hold groups")
+
+    def close_group(self, key: str, run: str) -> GroupBook | None:
+        """Close group ``key`` to new children; None if it has no ledger of run ``run``."""
+        raise StoreError(f"{self!r} cannot hold groups")
+
+    def cancel_group(self, key: str, run: str) -> GroupBook | None:
+        """Mark group ``key`` cancelled (its children are asked by the caller)."""
+        raise StoreError(f"{self!r} cannot hold groups")
+
+    def read_group(self, key: str) -> GroupBook | None:
+        """The ledger of group ``key``, or None: one read, whatever its size."""
+        return None
+
+    def group_children(self, key: str) -> list[tuple[str, str]]:
+        """Every child of group ``key`` with the state it is counted in."""
+        return []
+
+    def sweep_turn(self, key: str, run: str, window: float) -> bool:
+        """Take the turn to sweep group ``key``: True for one caller per ``window``."""
+        return False
 
     # ---------------------------------------------------------- shared runs (tracked.join)
 
@@ -446,6 +513,76 @@ class Store(abc.ABC):
         state = judge(record)
         ended_at = state.finished_time if state.finished_time is not None else state.current_time
         return not state.in_progress and ended_at < cutoff
+
+
+# ----------------------------------------------------------------------------- groups
+
+
+def report_move(store: Store, state: State) -> GroupBook | None:
+    """Count the new state of a group's child (``state.group``) in its group's ledger;
+    the change that ends the group also writes the group's final record. Never raises:
+    instrumentation must not kill the task (a lost count is mended by the next sweep)."""
+    if state.group is None:
+        return None
+    try:
+        key, run = parse_token(state.group)
+        line = None
+        if state.state in ("failed", "abandoned"):
+            line = f"{state.key.replace(chr(0), '/')} {state.state}: {state.error or state.status}"
+        book = store.move_child(key, run, state.key, state.state, units_of(state), line)
+        if book is not None and book.just_ended:
+            record = store.read(key)
+            if record is not None:
+                finish_group(store, record, book)
+        return book
+    except Exception as exc:  # noqa: BLE001 - see above
+        logger.warning("cannot count %r in its group: %s", state.key, exc)
+        return None
+
+
+def finish_group(store: Store, record: Record, book: GroupBook) -> None:
+    """Write the end the ledger ``book`` gives into group ``record`` (a running record
+    blocks new claims of its name): at most once, by the run check of ``Store.swap``."""
+    owner = record.owner
+    if owner is None or owner.run != book.run or not record.state.in_progress:
+        return
+    final = overlay(record.state, book)
+    own = dataclasses.replace(
+        final, children={}, total=record.state.total, count=record.state.count,
+        messages=record.state.messages, message_count=record.state.message_count,
+    )
+    try:
+        store.swap(own, dataclasses.replace(owner, lease_expires=None), run=owner.run,
+                   was=frozenset({"running", "abandoned"}))
+    except Exception as exc:  # noqa: BLE001 - readers see the end from the ledger anyway
+        logger.warning("cannot write the end of group %r: %s", record.state.key, exc)
+
+
+def sweep_group(store: Store, key: str, book: GroupBook) -> GroupBook | None:
+    """Count as abandoned (or as they ended) the children of group ``key`` that its
+    ledger holds as queued or running but whose records say otherwise: work in
+    proportion to the children, done once per ``sweep_window`` by one process."""
+    if not store.sweep_turn(key, book.run, store.sweep_window):
+        return None
+    latest = None
+    for child, counted in store.group_children(key):
+        if counted in ENDED_STATES:
+            continue
+        try:
+            record = store.read(child)
+        except StoreError:
+            continue
+        if record is None:
+            state = None
+        else:
+            state = judge(record)
+        if state is None or state.state == counted:
+            continue
+        moved = store.move_child(key, book.run, child, state.state, units_of(state),
+                                 f"{child.replace(chr(0), '/')} {state.state}: "
+                                 f"{state.error or state.status}")
+        latest = moved or latest
+    return latest if latest is not None else store.read_group(key)
 
 
 def cancellable(record: Record | None) -> Owner | None:
