@@ -70,6 +70,8 @@ from ._redis_connect import MAX_CONNECTIONS as MAX_CONNECTIONS
 from ._redis_connect import POOL_TIMEOUT as POOL_TIMEOUT
 from ._redis_connect import SOCKET_TIMEOUT as SOCKET_TIMEOUT
 from ._redis_connect import Client, address_of, async_twin, connector
+from ._ledger import GroupBook
+from ._redis_groups import RedisGroups
 from ._redis_scripts import (
     CLEAR_CANCEL,
     DELETE,
@@ -154,6 +156,9 @@ class RedisStore(Store):
         self._write_part = Script(WRITE_PART)
         self._read_parts = Script(READ_PARTS)
         self._delete_parts = Script(DELETE_PARTS)
+        self._groups = RedisGroups(
+            self.prefix, hash_tag, self._call_script, lambda: self._expire_ms(False)
+        )
         self._name_cache: dict[str, tuple[list[bytes], bytes]] = {}
         #: The URL this store was made from (None: a client), which a pickle carries.
         self._url = url_or_client if isinstance(url_or_client, str) else None
@@ -526,6 +531,7 @@ class RedisStore(Store):
     def delete(self, key: str) -> bool:
         """One script call: remove the record and its side keys; True if it was there."""
         self._written.pop(key, None)
+        self._call(self.client.delete, *self._groups.keys(key))
         return bool(self._call(self._run, self._delete, self._read_keys(key), ()))
 
     def prune(self, older_than: float) -> int:
@@ -579,6 +585,45 @@ class RedisStore(Store):
     def delete_parts(self, key: str, run: str) -> None:
         """One script call: remove run ``run``'s fields of ``key``'s parts hash."""
         self._call(self._run, self._delete_parts, [self.parts_key(key)], [clean_text(run)])
+
+    # ------------------------------------------------------------------ groups
+
+    def open_group(self, key: str, run: str) -> None:
+        """One script call: group ``key``'s ledger (see ``tracked._redis_groups``)."""
+        self._groups.open(key, run)
+
+    def move_child(
+        self, key: str, run: str, child: str, state: str, units: int, line: str | None
+    ) -> GroupBook | None:
+        """One script call in the group's slot (see ``Store.move_child``)."""
+        line = None if line is None else clean_text(line)
+        return self._groups.move(key, run, clean_text(child), state, units, line, time.time())
+
+    def close_group(self, key: str, run: str) -> GroupBook | None:
+        """One script call: close group ``key``."""
+        return self._groups.change(key, run, "close", time.time())
+
+    def cancel_group(self, key: str, run: str) -> GroupBook | None:
+        """One script call: mark group ``key`` cancelled."""
+        return self._groups.change(key, run, "cancel", time.time())
+
+    def read_group(self, key: str) -> GroupBook | None:
+        """One script call: the ledger's counts and lines."""
+        return self._groups.read(key)
+
+    def group_children(self, key: str) -> list[tuple[str, str]]:
+        """One ``HGETALL`` of the children's hash."""
+        return self._call(self._groups.children, self.client, key)  # type: ignore[no-any-return]
+
+    def sweep_turn(self, key: str, run: str, window: float) -> bool:
+        """One script call: the first caller in ``window`` seconds wins."""
+        book = self._groups.change(key, run, "sweep", time.time(), window)
+        return book is not None and book.just_ended
+
+    def _call_script(
+        self, script: Script, keys: Sequence[str | bytes], args: Sequence[str | bytes | int]
+    ) -> Any:
+        return self._call(self._run, script, keys, args)
 
     # ------------------------------------------------------------------ cancel requests
 
