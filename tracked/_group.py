@@ -21,8 +21,8 @@ from ._progress import Progress
 from ._queued import cancel as cancel_key
 from ._scope import StoreSpec, request_scope, resolve_store
 from ._state import State, make_key
-from ._store import Owner, Store, finish_group
-from .errors import StoreError
+from ._store import Owner, Store, finish_group, report_move
+from .errors import InvalidValue, StoreError
 
 __all__ = ["Group", "cancel_group", "group", "token_of"]
 
@@ -110,9 +110,11 @@ def group(
     store: StoreSpec | None = None,
     progress_id: str | None = None,
     description: str | None = None,
+    group: object = None,
 ) -> Group:
     """Claim ``name`` as a group (``AlreadyRunning`` if a live run holds it) and return
-    it; use it as a context manager. Its children are the runs given its ``token``."""
+    it; use it as a context manager. Its children are the runs given its ``token``.
+    ``group`` (a ``Group`` or a token) makes this group a child of that one."""
     if progress_id is None:
         scope = request_scope.get()
         progress_id = scope.progress_id if scope is not None else None
@@ -122,6 +124,7 @@ def group(
     state = State(
         name=name, progress_id=progress_id, total=0, status=description or "in progress",
         start_time=now, current_time=now, children={},
+        group=None if group is None else token_of(group),
     )
     owner = Owner(host=GROUP_HOST, pid=0, token="", run=uuid.uuid4().hex,
                   lease_expires=now + GROUP_LEASE)
@@ -131,6 +134,11 @@ def group(
     except BaseException:
         resolved.delete(key)
         raise
+    if state.group is not None:  # a child of another group: counted running from now
+        book = report_move(resolved, state)
+        if book is None or not book.accepted:
+            resolved.delete(key)
+            raise InvalidValue(f"cannot start group {key!r} in its group: it is not open")
     return Group(key, state, owner, resolved)
 
 

@@ -552,10 +552,13 @@ def finish_group(store: Store, record: Record, book: GroupBook) -> None:
         messages=record.state.messages, message_count=record.state.message_count,
     )
     try:
-        store.swap(own, dataclasses.replace(owner, lease_expires=None), run=owner.run,
-                   was=frozenset({"running", "abandoned"}))
+        ended = store.swap(own, dataclasses.replace(owner, lease_expires=None), run=owner.run,
+                           was=frozenset({"running", "abandoned"}))
     except Exception as exc:  # noqa: BLE001 - readers see the end from the ledger anyway
         logger.warning("cannot write the end of group %r: %s", record.state.key, exc)
+        return
+    if ended and own.group is not None:  # a nested group ended: count it in its parent
+        report_move(store, final)
 
 
 def sweep_group(store: Store, key: str, book: GroupBook) -> GroupBook | None:
