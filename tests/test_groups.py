@@ -3,6 +3,7 @@ threads and processes on every store, read in constant time."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import signal
@@ -180,8 +181,8 @@ def test_cancel_stops_queued_children_before_they_start_and_running_ones(
         until_state(lambda: store.load("stop"), lambda s: s.children["running"] == 2)  # type: ignore[index]
         assert store.load("stop").children["queued"] == 3  # type: ignore[union-attr]
         assert tracked.cancel("stop", store=store) is True
-        for handle in handles:
-            with pytest.raises(tracked.Cancelled):
+        for i, handle in enumerate(handles):  # running ones stop, queued ones never start
+            with pytest.raises(tracked.Cancelled if i < 2 else concurrent.futures.CancelledError):
                 handle.wait(30)
         state = ended("stop", store)
     finally:

@@ -76,6 +76,8 @@ class Flushable(Protocol):
     _store_failing: bool
     _owner: Owner | None
 
+    @property
+    def state(self) -> str: ...
     def flush(self) -> bool: ...
     def _begin_write(self) -> tuple[State, Owner] | None: ...
     def _end_write(self, error: Exception | None) -> None: ...
@@ -310,9 +312,13 @@ class _Flusher:
                 asked = store.cancels_requested(runs)
             except Exception:  # noqa: BLE001, S112 - a broken store never kills the thread
                 continue
-            for progress, yes in zip(handles, asked, strict=True):
-                if yes:
-                    progress._cancel_seen()
+            seen = [p for p, yes in zip(handles, asked, strict=True) if yes]
+            # Queued runs first: a running one that stops frees a pool thread, which
+            # must not take a queued job whose stop is in this very batch (a group's
+            # cancel asks both at once), while its stop is written.
+            seen.sort(key=lambda p: p.state != "queued")
+            for progress in seen:
+                progress._cancel_seen()
 
     def retry_finals(self) -> None:
         with self.cond:

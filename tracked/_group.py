@@ -159,9 +159,9 @@ def cancel_group(store: Store, key: str) -> bool | None:
     book = store.cancel_group(key, record.owner.run)
     if book is None or book.ended_at is not None:
         return False
-    for child, counted in store.group_children(key):
-        if counted in ("queued", "running"):
-            nested = cancel_group(store, child)
-            if nested is None:
+    children = store.group_children(key)
+    for wanted in ("queued", "running"):  # the waiting first: none starts as others stop
+        for child, counted in children:
+            if counted == wanted and cancel_group(store, child) is None:
                 cancel_key(store, child)
     return True

@@ -93,7 +93,7 @@ if what == 'close' then
   flag = finish(grp, now)
   if flag == 1 then expire(tonumber(ARGV[4])) end
 elseif what == 'cancel' then
-  redis.call('HSET', grp, 'cancelled', '1')
+  redis.call('HSET', grp, 'stop', '1')
 elseif tonumber(now) - tonumber(redis.call('HGET', grp, 'swept_at') or '0') >= tonumber(ARGV[5]) then
   redis.call('HSET', grp, 'swept_at', now)
   flag = 1
@@ -188,7 +188,7 @@ def _decode(fields: Sequence[Any], lines: Sequence[Any]) -> GroupBook:
         counts=counts,
         units=int(data.get("units", 0)),
         closed=data.get("closed") == "1",
-        cancelled=data.get("cancelled") == "1",
+        cancelled=data.get("stop") == "1",
         ended_at=None if ended is None else float(ended),
         lines=tuple(_text(line) for line in lines or ()),
         line_count=int(data.get("line_count", 0)),
