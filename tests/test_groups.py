@@ -63,7 +63,7 @@ def test_children_of_submit_and_eight_processes_are_counted_exactly(
         handles = [group.submit(child, i) for i in range(1000)]
         joiners = [spawn("join", url, group.token, "10") for _ in range(8)]
         for joiner in joiners:
-            out, err = joiner.communicate(timeout=120)
+            _, err = joiner.communicate(timeout=120)
             assert joiner.returncode == 0, err
     for handle in handles:
         try:

@@ -95,8 +95,8 @@ def _claim(
 def group_token(group: object) -> str:
     """The token of ``group``: a ``tracked.Group`` (its ``token``) or a token ``str``."""
     token = getattr(group, "token", group)
-    parse_token(token)  # InvalidValue for anything else
-    return token  # type: ignore[no-any-return]
+    parse_token(token)  # InvalidValue for anything else (a str then)
+    return str(token)
 
 
 def current() -> Progress:

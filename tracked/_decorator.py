@@ -125,6 +125,8 @@ class CallPlan:
     #: ``module.qualname`` of the decorated function: the worker that runs it takes
     #: the queued run over.
     function: str
+    #: The token of the group the call is a child of (``@tracked(group=...)``), or None.
+    group: str | None = None
 
 
 def tracked_function(func: object) -> Callable[..., Any] | None:
@@ -162,7 +164,9 @@ def describe_call(
     context = contextvars.Context()  # no request scope: the worker will have none either
     name = context.run(spec.resolve_name, wrapped, instance, args, kwargs)
     store = spec.store if spec.store is not None else context.run(resolve_store, None)
-    return CallPlan(name, total, store, f"{wrapped.__module__}.{wrapped.__qualname__}")
+    group = spec.group(*args, **kwargs) if callable(spec.group) else spec.group
+    return CallPlan(name, total, store, f"{wrapped.__module__}.{wrapped.__qualname__}",
+                    None if group is None else group_token(group))
 
 
 class Spec:

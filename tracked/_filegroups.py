@@ -73,7 +73,9 @@ class GroupFiles:
         except FileNotFoundError:
             return None
 
-    def change(self, key: str, run: str, change: Callable[[GroupBook], GroupBook]) -> GroupBook | None:
+    def change(
+        self, key: str, run: str, change: Callable[[GroupBook], GroupBook]
+    ) -> GroupBook | None:
         """Apply ``change`` to the ledger under its lock; None if there is none of ``run``."""
         try:
             with Locked(self.ledger_path(key), create=False) as locked:

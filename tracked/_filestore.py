@@ -22,10 +22,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from ._filegroups import GroupFiles
 from ._filelock import LOCK_TIMEOUT as LOCK_TIMEOUT
 from ._filelock import O_CLOEXEC, O_NOFOLLOW, Locked, read_regular
 from ._filelock import READ_LOCK_TIMEOUT as READ_LOCK_TIMEOUT
-from ._filegroups import GroupFiles
 from ._ledger import GroupBook, Ledger
 from ._state import State
 from ._store import (

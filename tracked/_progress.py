@@ -25,8 +25,8 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from . import _flusher
-from ._state import DEFAULT_STATUS, State, as_int, encode_result, make_key
 from ._ledger import GroupBook, units_of
+from ._state import DEFAULT_STATUS, State, as_int, encode_result, make_key
 from ._store import (
     Owner,
     Store,

@@ -26,7 +26,7 @@ from typing import Any
 from ._progress import Progress, current_progress
 from ._scope import MAX_QUEUED_TIMEOUT, check_timeout, queued_timeout, resolve_store
 from ._state import State, make_key, validate_progress_id
-from ._store import QUEUE_HOST, Owner, Store, judge, owner_gone_here
+from ._store import QUEUE_HOST, Owner, Store, judge, owner_gone_here, report_move
 from .errors import AlreadyRunning, InvalidName
 
 __all__ = [
@@ -110,6 +110,7 @@ def prepare(
     total: int | None,
     position: int | None = None,
     timeout: float | None = None,
+    group: str | None = None,
 ) -> tuple[State, Owner, Ticket]:
     """The ``queued`` record of a new run (in progress, count 0, ``position`` in line),
     its owner (no process: a lease of the queued timeout) and the ticket its job
@@ -128,6 +129,7 @@ def prepare(
         status="queued",
         start_time=now,
         current_time=now,
+        group=group,
     )
     return state, Owner.waiting(ticket.run, now + seconds), ticket
 
@@ -195,7 +197,10 @@ def end_queued(
         ),
     )
     was = TAKEABLE | {"running", "failed"} if started else TAKEABLE
-    return store.swap(ended, _ended_owner(record.owner), run=ticket.run, was=was)
+    if not store.swap(ended, _ended_owner(record.owner), run=ticket.run, was=was):
+        return False
+    report_move(store, ended)  # a group's child: counted as it ended
+    return True
 
 
 def reposition(store: Store, places: Sequence[tuple[str, str, int]]) -> int:
@@ -250,6 +255,7 @@ def cancel(store: Store, key: str) -> bool:
             status="cancelled before it started",
         )
         if store.swap(ended, _ended_owner(record.owner), run=record.owner.run, was=QUEUED):
+            report_move(store, ended)
             for hook in list(cancel_hooks):
                 try:
                     hook(ended)

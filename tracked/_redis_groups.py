@@ -87,14 +87,14 @@ CHANGE = _FINISH + """
 local grp, lines = KEYS[1], KEYS[3]
 local run = redis.call('HGET', grp, 'run')
 if not run or string.sub(run, 1, #ARGV[1]) ~= ARGV[1] then return nil end
-local what, now, flag = ARGV[2], ARGV[3], 0
+local what, now, flag = ARGV[2], tonumber(ARGV[3]), 0
 if what == 'close' then
   redis.call('HSET', grp, 'closed', '1')
   flag = finish(grp, now)
   if flag == 1 then expire(tonumber(ARGV[4])) end
 elseif what == 'cancel' then
   redis.call('HSET', grp, 'stop', '1')
-elseif tonumber(now) - tonumber(redis.call('HGET', grp, 'swept_at') or '0') >= tonumber(ARGV[5]) then
+elseif now - tonumber(redis.call('HGET', grp, 'swept_at') or '0') >= tonumber(ARGV[5]) then
   redis.call('HSET', grp, 'swept_at', now)
   flag = 1
 end

@@ -464,9 +464,9 @@ class Store(abc.ABC):
         """The ledger of group ``key``, or None: one read, whatever its size."""
         return None
 
-    def group_children(self, key: str) -> list[tuple[str, str]]:
+    def group_children(self, key: str) -> Sequence[tuple[str, str]]:
         """Every child of group ``key`` with the state it is counted in."""
-        return []
+        return ()
 
     def sweep_turn(self, key: str, run: str, window: float) -> bool:
         """Take the turn to sweep group ``key``: True for one caller per ``window``."""

@@ -37,7 +37,7 @@ from ._queued import (
 )
 from ._scope import StoreSpec, resolve_store
 from ._state import State, validate_progress_id
-from ._store import Store
+from ._store import Store, report_move
 from .errors import InvalidName
 
 __all__ = ["HEADER", "install"]
@@ -109,7 +109,8 @@ def _published(
         except ValueError:
             timeout = None
     state, owner, ticket = prepare(
-        plan.name, str(headers["id"]), plan.function, total=plan.total, timeout=timeout
+        plan.name, str(headers["id"]), plan.function, total=plan.total, timeout=timeout,
+        group=plan.group,
     )
     # Carried even if the claim fails (a duplicate task id, the store down): Celery
     # logs a handler's error and sends the message anyway, and its worker must run it
@@ -117,6 +118,7 @@ def _published(
     # holds it), never as a run of the bare name that no reader looks for.
     headers[HEADER] = ticket.to_dict()
     (store or plan.store).claim(state, owner)
+    report_move(store or plan.store, state)  # a group's child is counted from now
 
 
 def _prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:

@@ -53,6 +53,7 @@ except ImportError as exc:  # pragma: no cover - redis is in the test extra
 from redis.cluster import RedisCluster
 from redis.exceptions import AskError, NoScriptError, RedisClusterException
 
+from ._ledger import GroupBook
 from ._redis_codec import (
     Written,
     clean_text,
@@ -70,7 +71,6 @@ from ._redis_connect import MAX_CONNECTIONS as MAX_CONNECTIONS
 from ._redis_connect import POOL_TIMEOUT as POOL_TIMEOUT
 from ._redis_connect import SOCKET_TIMEOUT as SOCKET_TIMEOUT
 from ._redis_connect import Client, address_of, async_twin, connector
-from ._ledger import GroupBook
 from ._redis_groups import RedisGroups
 from ._redis_scripts import (
     CLEAR_CANCEL,

@@ -29,6 +29,7 @@ try:
 except ImportError as exc:  # pragma: no cover - rq is in the test extra
     raise ImportError("tracked.rq needs RQ: pip install 'tracked[rq]'") from exc
 
+from ._api import group_token
 from ._decorator import describe_call, tracked_store
 from ._queued import (
     TakeOver,
@@ -41,8 +42,8 @@ from ._queued import (
 )
 from ._scope import resolve_store
 from ._state import State
-from ._store import Store
-from .errors import AlreadyRunning, Cancelled
+from ._store import Store, report_move
+from .errors import AlreadyRunning, Cancelled, InvalidValue
 from .redis import RedisStore
 
 __all__ = [
@@ -88,8 +89,10 @@ def enqueue(queue: rq.Queue, func: Callable[..., Any], *args: Any, **kwargs: Any
     place in line and the job go in one transaction (one round trip); otherwise the
     record is claimed first, then the job is enqueued.
     """
+    group = kwargs.pop("group", None)  # ours, not RQ's nor the function's
     parsed = queue.parse_args(func, *args, **dict(kwargs))
     plan = describe_call(func, tuple(parsed.args or ()), dict(parsed.kwargs or {}))
+    token = plan.group if group is None else group_token(group)
     job_id = parsed.job_id or uuid.uuid4().hex
     connection = queue.connection
     # A job that waits for others (depends_on) is not in line yet: its place is null.
@@ -112,6 +115,7 @@ def enqueue(queue: rq.Queue, func: Callable[..., Any], *args: Any, **kwargs: Any
         total=plan.total,
         position=position,
         timeout=None if parsed.ttl is None or parsed.ttl < 0 else float(parsed.ttl) + 60.0,
+        group=token,
     )
     claim = None
     if together and isinstance(store, RedisStore):
@@ -149,7 +153,19 @@ def enqueue(queue: rq.Queue, func: Callable[..., Any], *args: Any, **kwargs: Any
             withdraw(store, ticket, exc)
         raise
     _connections.add(connection)
+    if token is not None:  # counted queued in its group (a caller's pipeline: now too)
+        _count_in_group(store, state, ticket)
     return job
+
+
+def _count_in_group(store: Store, state: State, ticket: Ticket) -> None:
+    """Count the queued run in its group; a group that refused it ends it ``failed``
+    (its worker then skips it) and ``InvalidValue`` says so."""
+    book = report_move(store, state)
+    if book is None or not book.accepted:
+        why = "its group is closed or not running"
+        end_queued(store, ticket, "failed", error=why)
+        raise InvalidValue(f"cannot enqueue {state.key!r}: {why}")
 
 
 def _options(kwargs: dict[str, Any], parsed: Any, job_id: str, ticket: Ticket) -> dict[str, Any]:
