@@ -115,6 +115,16 @@ def fraction(state: State) -> str:
     return f"{state.count}/{total}{percent}"
 
 
+def children_text(state: State) -> str:
+    """A group's children by state, as ``group of 500: 85 queued, 100 running, 312
+    finished, 3 failed`` (states with none left out); ``-`` for any other run."""
+    if state.children is None:
+        return "-"
+    counts = [f"{n} {word}" for word, n in state.children.items() if word != "total" and n]
+    total = state.children.get("total", 0)
+    return f"group of {total}" + (": " + ", ".join(counts) if counts else "")
+
+
 def rate(state: State) -> str:
     return "-" if state.rate is None else f"{state.rate:.3g}/s"
 

@@ -25,14 +25,17 @@ from typing import Any, NoReturn, TextIO
 from wsgiref.simple_server import WSGIServer, make_server
 
 from . import State, Store, TrackedError, cancel, default_store, open_store
+from ._ledger import CHILD_STATES
 from ._serve import QuietHandler, ThreadingServer, build_app
 from ._state import make_key, split_key
 from ._views import (
     LABEL_SEPARATOR,
+    children_text,
     display_key,
     ended_how,
     fraction,
     json_line,
+    json_text,
     label,
     make_view,
     never_started,
@@ -163,6 +166,9 @@ def _build_parser() -> argparse.ArgumentParser:
     show = command("show", _cmd_show, "Show one progress and its last messages.")
     _add_name(show)
     show.add_argument("--json", action="store_true", help="print the wire JSON")
+    show.add_argument(
+        "--children", action="store_true", help="a group's children, by state (JSON: one a line)"
+    )
 
     watch = command(
         "watch",
@@ -353,7 +359,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
     now = time.time()
     for s in states:
         started = "never" if never_started(s) else span(now - s.start_time) + " ago"
-        rows.append((label(s), state_text(s), fraction(s), rate(s), started, s.status))
+        status = s.status if s.children is None else children_text(s)
+        rows.append((label(s), state_text(s), fraction(s), rate(s), started, status))
     _print_table(rows, sys.stdout)
     print(f"\n{_list_footer(store, len(states), len(everything) - len(states))}")
     return EXIT_OK
@@ -382,6 +389,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
     key, state = _load_any(store, keys)
     if state is None:
         raise UsageError(_not_found(args, key, store))
+    if args.children:
+        return _print_children(store, key, state, as_json=args.json)
     if args.json:
         print(json_line(state))
         return EXIT_OK
@@ -391,6 +400,28 @@ def _cmd_show(args: argparse.Namespace) -> int:
     print(f"messages:     {len(messages)} shown of {state.message_count}")
     for message in messages:
         print(f"  {printable(message)}")
+    return EXIT_OK
+
+
+def _print_children(store: Store, key: str, state: State, *, as_json: bool) -> int:
+    """``tracked show GROUP --children``: each child under the state it is counted in."""
+    if state.children is None:
+        raise UsageError(f"{_shown(key)} is not a group (it has no children)")
+    by_state: dict[str, list[str]] = {}
+    for child, counted in store.group_children(key):
+        by_state.setdefault(counted, []).append(child)
+    if as_json:
+        for word in CHILD_STATES:
+            for child in sorted(by_state.get(word, ())):
+                print(json_text({"key": child, "state": word}))
+        return EXIT_OK
+    print(children_text(state))
+    for word in CHILD_STATES:
+        children = sorted(by_state.get(word, ()))
+        if children:
+            print(f"{word} ({len(children)}):")
+            for child in children:
+                print(f"  {display_key(child)}")
     return EXIT_OK
 
 
@@ -406,6 +437,7 @@ def _details(state: State) -> list[tuple[str, str]]:
         ("elapsed", "-" if never_started(state) else span(state.elapsed)),
         ("started", _started(state)),
         ("error", state.error or "-"),
+        *([] if state.children is None else [("children", children_text(state))]),
         ("result", "-" if state.result is None else json.dumps(state.result, ensure_ascii=False)),
     ]
 
