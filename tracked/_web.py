@@ -52,6 +52,7 @@ from ._query import (
     missing_name,
     query_values,
     request_key,
+    requested_children,
     requested_name,
     requested_progress_id,
     requested_since,
@@ -65,6 +66,7 @@ from ._response import (
     Response,
     error,
     if_match_allows,
+    json_response,
     render,
     respond,
     run_tag,
@@ -203,6 +205,8 @@ class StatusService:
             return error(400, str(exc))
         if self.authorize is not None and not self.authorize(request.native, key):
             return error(403, "not allowed to read this progress")
+        if request.query and "children" in request.query:
+            return self._children(key, request.query)
         try:
             rendered = self._rendered(key, since)
         except Exception as exc:  # noqa: BLE001 - a store or record problem, never HTML
@@ -228,6 +232,8 @@ class StatusService:
             key, since = self._key_and_since(request)
         except tracked.TrackedError:
             return None
+        if request.query and "children" in request.query:
+            return None  # a page of a group's children: never a cached state
         return self._cached_answer(key, since, request.if_none_match)
 
     def cached_poll(self, name: str, if_none_match: str | None = None) -> Response | None:
@@ -347,6 +353,46 @@ class StatusService:
         rendered = render(self._shown(state.messages_since(since) if since else state))
         cache.put(key, since, signature, rendered, state.in_progress, now)
         return rendered
+
+    def _children(self, key: str, query: str) -> Response:
+        """``?children=STATE&offset=N&limit=M``: one page of a group's children counted
+        in ``STATE`` (or ``all``), sorted by key, as JSON; 400 for a bad query or a run
+        that is no group, 404 for none."""
+        try:
+            asked = requested_children(query)
+        except tracked.TrackedError as exc:
+            return error(400, str(exc))
+        if asked is None:
+            return error(400, "children must name a state, or all")
+        wanted, offset, limit = asked
+        store = self.store or tracked.default_store()
+        try:
+            state = store.load(key)
+            if state is None:
+                return error(404, f"no progress {key.replace(chr(0), '?progress_id=')!r}")
+            if state.children is None:
+                return error(400, "this progress is not a group: it has no children")
+            found = sorted(
+                (child, counted) for child, counted in store.group_children(key)
+                if wanted in ("all", counted)
+            )
+        except Exception as exc:  # noqa: BLE001 - a store problem, never HTML
+            logger.warning("status route cannot read the children of %r: %s", key, exc)
+            return error(500, "the progress store cannot be read")
+        page = found[offset : offset + limit]
+        body = {
+            "children": [
+                {"name": name, "progress_id": progress_id, "state": counted}
+                for (name, progress_id), counted in
+                ((split_key(child), counted) for child, counted in page)
+            ],
+            "state": wanted,
+            "total": len(found),
+            "offset": offset,
+            "limit": limit,
+            "next_offset": offset + limit if offset + limit < len(found) else None,
+        }
+        return json_response(body)
 
     def _shown(self, state: tracked.State) -> tracked.State:
         """``state`` as readers of the route see it: with ``show_errors=False`` a failed
