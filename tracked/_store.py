@@ -432,11 +432,15 @@ class Store(abc.ABC):
             finish_group(self, record, book)
         return overlay(record.state, book)
 
-    #: Seconds between two sweeps of a running group for children whose process died:
-    #: the store's liveness window (its lease; 2 s where liveness is judged at once).
+    #: Seconds between two sweeps of a running group for children whose process died
+    #: (see ``with_group``); None: the store's liveness window (its lease, else 2 s).
+    group_sweep_window: float | None = None
+
     @property
     def sweep_window(self) -> float:
         """Seconds between two sweeps of one running group (see ``with_group``)."""
+        if self.group_sweep_window is not None:
+            return self.group_sweep_window
         return self.lease if self.lease is not None else 2.0
 
     def open_group(self, key: str, run: str) -> None:
