@@ -30,7 +30,8 @@ def fill(store: Any, name: str, children: int) -> Any:
     """A running group with ``children`` running children (its block left open)."""
     group = tracked.group(name, store=store)
     for i in range(children):
-        store.move_child(group.key, group.token.split(".")[1], f"{name}-child-{i}", "running", 0, None)
+        run = group.token.split(".")[1]
+        store.move_child(group.key, run, f"{name}-child-{i}", "running", 0, None)
     return group
 
 
