@@ -232,3 +232,18 @@ def test_a_reader_process_sees_counts_that_never_go_back_and_add_up(
                 assert children[s] >= previous[0][s]
         previous = (children, count)
     assert seen[-1][0]["finished"] == 60
+
+
+def test_a_refused_start_is_not_counted(store: tracked.Store) -> None:
+    """Redis sends a child's claim and its count together: a claim refused by a live
+    run of the name takes its count back (the second run never existed)."""
+    with tracked.group("dups", store=store) as group:
+        first = tracked.start("dup", store=store, group=group)
+        with pytest.raises(tracked.AlreadyRunning):
+            tracked.start("dup", store=store, group=group)
+        assert store.load("dups").children == {  # type: ignore[union-attr]
+            "total": 1, "queued": 0, "running": 1, "finished": 0, "failed": 0,
+            "cancelled": 0, "abandoned": 0,
+        }
+        first.finish()
+    assert store.load("dups").state == "finished"  # type: ignore[union-attr]

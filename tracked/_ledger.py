@@ -22,6 +22,7 @@ __all__ = [
     "CHILD_STATES",
     "GroupBook",
     "Ledger",
+    "child_line",
     "make_token",
     "overlay",
     "parse_token",
@@ -111,6 +112,13 @@ def units_of(state: State) -> int:
     if state.state != "running" or not state.total:
         return 0
     return max(0, min(FULL - 1, FULL * state.count // state.total))
+
+
+def child_line(state: State) -> str | None:
+    """The line a group keeps about a child that failed or was abandoned, else None."""
+    if state.state not in ("failed", "abandoned"):
+        return None
+    return f"{state.key.replace(chr(0), '/')} {state.state}: {state.error or state.status}"
 
 
 class Ledger:

@@ -23,7 +23,7 @@ from typing import Any
 from ._ledger import CHILD_STATES, KEEP_LINES, GroupBook
 from ._redis_scripts import Script
 
-__all__ = ["RedisGroups"]
+__all__ = ["RedisGroups", "book_of"]
 
 _FINISH = """
 local function finish(grp, now)
@@ -48,12 +48,12 @@ local run = redis.call('HGET', grp, 'run')
 if not run or string.sub(run, 1, #ARGV[1]) ~= ARGV[1] then return nil end
 local ended = {finished=true, failed=true, cancelled=true, abandoned=true}
 local child, new, units, line = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
-local accepted, changed, old_units = 1, false, 0
+local accepted, changed, old_units, created = 1, false, 0, 0
 local prev = redis.call('HGET', kids, child)
 if not prev then
   if redis.call('HGET', grp, 'closed') == '1' then accepted = 0 else
     redis.call('HINCRBY', grp, 'total', 1)
-    changed = true
+    changed, created = true, 1
   end
 else
   local pstate, punits = string.match(prev, '^(%a+) (%d+)$')
@@ -77,7 +77,18 @@ if changed then
   just = finish(grp, ARGV[6])
   if just == 1 then expire(tonumber(ARGV[8])) end
 end
-return {accepted, just, redis.call('HGETALL', grp), redis.call('LRANGE', lines, 0, -1)}
+return {accepted, just, redis.call('HGETALL', grp), redis.call('LRANGE', lines, 0, -1), created}
+"""
+
+# KEYS: grp, grpc, grpm. ARGV: child, state, units -- forget a child that MOVE has
+# just created, sent with a claim that was then refused (the run never existed).
+UNDO = """
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] .. ' ' .. ARGV[3] then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'total', -1)
+redis.call('HINCRBY', KEYS[1], ARGV[2], -1)
+redis.call('HINCRBY', KEYS[1], 'units', 0 - tonumber(ARGV[3]))
+return 1
 """
 
 # KEYS: grp, grpc, grpm. ARGV: run (prefix), what ("close", "cancel" or "sweep"),
@@ -127,6 +138,7 @@ class RedisGroups:
         self._run = run
         self._expire_ms = expire_ms
         self._move = Script(MOVE)
+        self.undo_script = Script(UNDO)
         self._change = Script(CHANGE)
         self._open = Script(OPEN)
         self._read = Script(READ)
@@ -145,11 +157,23 @@ class RedisGroups:
         now: float,
     ) -> GroupBook | None:
         """Count a child's change (see ``Store.move_child``): one script call."""
+        return _book(self._run(self._move, *self.move_call(key, run, child, state, units, line,
+                                                           now)))
+
+    def move_call(
+        self, key: str, run: str, child: str, state: str, units: int, line: str | None,
+        now: float,
+    ) -> tuple[list[str], list[str | bytes | int]]:
+        """The keys and arguments of the ``MOVE`` script for one change."""
         args: list[str | bytes | int] = [
             run, child, state, units, line or "", repr(now), KEEP_LINES, self._expire_ms()
         ]
-        reply = self._run(self._move, self.keys(key), args)
-        return _book(reply)
+        return self.keys(key), args
+
+    @property
+    def move_script(self) -> Script:
+        """The ``MOVE`` script, for a caller that pipelines it with a child's write."""
+        return self._move
 
     def change(self, key: str, run: str, what: str, now: float, window: float = 0.0
                ) -> GroupBook | None:
@@ -168,11 +192,16 @@ class RedisGroups:
         return [(_text(child), _text(value).split(" ")[0]) for child, value in entries.items()]
 
 
+def book_of(reply: Any) -> tuple[GroupBook | None, bool]:
+    """The book of a ``MOVE`` reply and whether it created the child's entry."""
+    return _book(reply), bool(reply is not None and len(reply) > 4 and reply[4])
+
+
 def _book(reply: Any) -> GroupBook | None:
     """A book from a ``MOVE`` or ``CHANGE`` reply (``flag``: ended now, or sweep won)."""
     if reply is None:
         return None
-    accepted, flag, fields, lines = reply
+    accepted, flag, fields, lines = reply[:4]
     book = _decode(fields, lines)
     return dataclasses.replace(book, accepted=bool(accepted), just_ended=bool(flag))
 

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from ._ledger import GroupBook, overlay, parse_token, units_of
+from ._ledger import GroupBook, child_line, overlay, parse_token, units_of
 from ._state import ENDED_STATES, State
 from .errors import AlreadyRunning, StoreError
 
@@ -530,10 +530,8 @@ def report_move(store: Store, state: State) -> GroupBook | None:
         return None
     try:
         key, run = parse_token(state.group)
-        line = None
-        if state.state in ("failed", "abandoned"):
-            line = f"{state.key.replace(chr(0), '/')} {state.state}: {state.error or state.status}"
-        book = store.move_child(key, run, state.key, state.state, units_of(state), line)
+        book = store.move_child(key, run, state.key, state.state, units_of(state),
+                                child_line(state))
         if book is not None and book.just_ended:
             record = store.read(key)
             if record is not None:

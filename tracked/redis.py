@@ -53,7 +53,7 @@ except ImportError as exc:  # pragma: no cover - redis is in the test extra
 from redis.cluster import RedisCluster
 from redis.exceptions import AskError, NoScriptError, RedisClusterException
 
-from ._ledger import GroupBook
+from ._ledger import GroupBook, child_line, parse_token, units_of
 from ._redis_codec import (
     Written,
     clean_text,
@@ -71,7 +71,7 @@ from ._redis_connect import MAX_CONNECTIONS as MAX_CONNECTIONS
 from ._redis_connect import POOL_TIMEOUT as POOL_TIMEOUT
 from ._redis_connect import SOCKET_TIMEOUT as SOCKET_TIMEOUT
 from ._redis_connect import Client, address_of, async_twin, connector
-from ._redis_groups import RedisGroups
+from ._redis_groups import RedisGroups, book_of
 from ._redis_scripts import (
     CLEAR_CANCEL,
     DELETE,
@@ -156,6 +156,8 @@ class RedisStore(Store):
         self._write_part = Script(WRITE_PART)
         self._read_parts = Script(READ_PARTS)
         self._delete_parts = Script(DELETE_PARTS)
+        #: The group move last sent with each child's own write: (state, units, book).
+        self._moved: dict[str, tuple[str, int, GroupBook | None]] = {}
         self._groups = RedisGroups(
             self.prefix, hash_tag, self._call_script, lambda: self._expire_ms(False)
         )
@@ -296,7 +298,11 @@ class RedisStore(Store):
         key = state.key
         self._written.pop(key, None)
         call = self._write_call("claim", state, owner, None)
-        if self._call(self._run, self._publisher(), *call) < 0:
+        if state.group is not None:  # a group's child: counted in the same round trip
+            reply = self._write_and_move(call, state, claim=True)
+        else:
+            reply = self._call(self._run, self._publisher(), *call)
+        if reply < 0:
             raise AlreadyRunning(key)
         self._remember(key, state, owner.run)
 
@@ -306,6 +312,17 @@ class RedisStore(Store):
         A stalled owner whose lease lapsed and whose name was started again gets
         ``RunSuperseded`` and never overwrites the new run.
         """
+        if state.group is not None and self._written.get(state.key) is not None:
+            previous = self._written[state.key]
+            if previous.run == owner.run:  # a group's child: counted in the same round trip
+                call = self._write_call("save", state, owner, previous)
+                reply = self._write_and_move(call, state, claim=False)
+                if reply == 1:
+                    self._remember(state.key, state, owner.run)
+                    return
+                self._written.pop(state.key, None)
+                if reply != 0:
+                    raise self._refusal(state.key, reply)
         [error] = self.save_many([(state, owner)])
         if error is not None:
             raise error
@@ -596,8 +613,12 @@ class RedisStore(Store):
         self, key: str, run: str, child: str, state: str, units: int, line: str | None
     ) -> GroupBook | None:
         """One script call in the group's slot (see ``Store.move_child``)."""
+        child = clean_text(child)
+        sent = self._moved.pop(child, None)
+        if sent is not None and sent[:2] == (state, units):
+            return sent[2]  # sent with the child's own write: counted already
         line = None if line is None else clean_text(line)
-        return self._groups.move(key, run, clean_text(child), state, units, line, time.time())
+        return self._groups.move(key, run, child, state, units, line, time.time())
 
     def close_group(self, key: str, run: str) -> GroupBook | None:
         """One script call: close group ``key``."""
@@ -619,6 +640,54 @@ class RedisStore(Store):
         """One script call: the first caller in ``window`` seconds wins."""
         book = self._groups.change(key, run, "sweep", time.time(), window)
         return book is not None and book.just_ended
+
+    def _write_and_move(self, call: Call, state: State, *, claim: bool) -> Any:
+        """Send a child's write and its group's ``MOVE`` in one pipeline (on a cluster,
+        to their two masters at once): the write's reply. The book is kept for the
+        ``move_child`` that follows (no second round trip); a refused claim's new
+        entry is taken back out of the ledger."""
+        try:
+            key, run = parse_token(state.group)
+        except InvalidValue:
+            return self._call(self._run, self._publisher(), *call)
+        units, child = units_of(state), clean_text(state.key)
+        line = child_line(state)
+        move = self._groups.move_call(
+            key, run, child, state.state, units, None if line is None else clean_text(line),
+            time.time(),
+        )
+        pairs = [(self._publisher(), call), (self._groups.move_script, move)]
+        replies = self._call(self._pipeline_mixed, pairs)
+        for i, reply in enumerate(replies):  # a server that lost a script: that call again
+            if isinstance(reply, NoScriptError):
+                script, (keys, args) = pairs[i]
+                replies[i] = self._call(self._run, script, keys, args)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise self._failure(reply)
+        written, moved = replies
+        book, created = book_of(moved)
+        if claim and written < 0:
+            if created:
+                self._call(self._run, self._groups.undo_script, move[0],
+                           [child, state.state, units])
+        else:
+            if len(self._moved) >= 1024:  # left by writes whose move nobody asked for
+                self._moved.clear()
+            self._moved[child] = (state.state, units, book)
+        return written
+
+    def _pipeline_mixed(self, calls: Sequence[tuple[Script, Call]]) -> list[Any]:
+        """Each script call's reply (or error), sent in one pipeline."""
+        client = self.client
+        pipe = client.pipeline(transaction=False)
+        for script, (keys, args) in calls:
+            if isinstance(client, RedisCluster):
+                node = client.get_node_from_key(keys[0])
+                pipe.execute_command(*script.command(keys, args), target_nodes=node)
+            else:
+                pipe.execute_command(*script.command(keys, args))
+        return list(pipe.execute(raise_on_error=False))
 
     def _call_script(
         self, script: Script, keys: Sequence[str | bytes], args: Sequence[str | bytes | int]
