@@ -3,10 +3,12 @@
 Each group's ledger (counts, flags, the kept lines about failed children) is one
 JSON file ``<record's hash>.group`` beside the group's record; reading a group
 reads it once, whatever the number of children. Each child's state as counted is
-one tiny file in ``<record's hash>.children/``, read and written only while the
-ledger's ``flock`` is held, so a child's change is counted exactly once across
-processes (the lock, not the file, makes it atomic; the kernel drops it when a
-holder dies mid-change, leaving at worst a count the next sweep mends).
+kept in one of 256 bucket files in ``<record's hash>.children/`` (by a hash of
+the child's key: no new file per child, whose creation would cost more than the
+rest of a change), read and written in place only while the ledger's ``flock``
+is held, so a child's change is counted exactly once across processes (the lock
+makes it atomic; the kernel drops it when a holder dies, and a ``pwrite`` is
+never cut in two by a signal).
 """
 
 from __future__ import annotations
@@ -63,11 +65,14 @@ class GroupFiles:
                 book = self._read_locked(locked)
                 if book is None or not book.run.startswith(run):
                     return None
-                entry = self._child_path(key, child)
-                previous = _read_entry(entry)
+                bucket = self._bucket_path(key, child)
+                entries = _read_bucket(bucket)
+                found = entries.get(child)
+                previous = None if found is None else (found[0], found[1])
                 book, changed = Ledger(book).move(previous, state, units, line, time.time())
                 if changed:
-                    _write_entry(entry, child, state, units)
+                    entries[child] = (state, units)
+                    _write_bucket(bucket, entries)
                     self._write(locked, book)
                 return book
         except FileNotFoundError:
@@ -109,9 +114,7 @@ class GroupFiles:
             return []
         found = []
         for name in names:
-            entry = _read_full(folder / name)
-            if entry is not None:
-                found.append((entry[0], entry[1]))
+            found.extend((child, entry[0]) for child, entry in _read_bucket(folder / name).items())
         return found
 
     def delete(self, key: str) -> None:
@@ -120,8 +123,8 @@ class GroupFiles:
             os.unlink(self.ledger_path(key))
         shutil.rmtree(self.children_dir(key), ignore_errors=True)
 
-    def _child_path(self, key: str, child: str) -> Path:
-        digest = hashlib.sha256(child.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+    def _bucket_path(self, key: str, child: str) -> Path:
+        digest = hashlib.sha256(child.encode("utf-8", "surrogatepass")).hexdigest()[:2]
         return self.children_dir(key) / digest
 
     def _read_locked(self, locked: Locked) -> GroupBook | None:
@@ -147,32 +150,34 @@ def _decode(raw: bytes, where: str) -> GroupBook:
         raise StoreError(f"corrupt group ledger {where!r}: {exc}") from exc
 
 
-def _read_full(path: Path) -> tuple[str, str, int] | None:
-    """A child's entry: its key, the state it is counted in, its units; None if none."""
+def _read_bucket(path: Path) -> dict[str, tuple[str, int]]:
+    """The children in one bucket file, by key: (state, units) as counted."""
     try:
         with open(path, "rb") as file:
-            key, state, units = json.loads(file.read())
-        return str(key), str(state), int(units)
-    except (OSError, ValueError, TypeError):
-        return None
+            data = json.loads(file.read() or b"{}")
+        return {str(k): (str(v[0]), int(v[1])) for k, v in data.items()}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, TypeError, AttributeError, IndexError) as exc:
+        raise StoreError(f"corrupt group bucket {str(path)!r}: {exc}") from exc
 
 
-def _read_entry(path: Path) -> tuple[str, int] | None:
-    entry = _read_full(path)
-    return None if entry is None else (entry[1], entry[2])
-
-
-def _write_entry(path: Path, child: str, state: str, units: int) -> None:
-    """Write a child's entry in place (only under the ledger's lock, so no two writers)."""
-    data = json.dumps([child, state, units], ensure_ascii=False).encode("utf-8", "surrogatepass")
-    flags = os.O_WRONLY | os.O_CREAT | O_CLOEXEC | O_NOFOLLOW
+def _write_bucket(path: Path, entries: dict[str, tuple[str, int]]) -> None:
+    """Write a bucket in place (only under the ledger's lock, so no two writers), padded
+    with spaces (which JSON ignores) over a longer old content: no truncate."""
+    data = json.dumps(
+        {k: [v[0], v[1]] for k, v in entries.items()}, ensure_ascii=False, separators=(",", ":")
+    ).encode("utf-8", "surrogatepass")
+    flags = os.O_RDWR | os.O_CREAT | O_CLOEXEC | O_NOFOLLOW
     try:
         fd = os.open(path, flags, 0o666)
     except FileNotFoundError:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, flags, 0o666)
-    try:  # padded with spaces (which JSON ignores) over a longer old entry: no truncate
+    try:
         old = os.fstat(fd).st_size
         os.pwrite(fd, data + b" " * (old - len(data)), 0)
+    except OSError as exc:
+        raise StoreError(f"cannot write {str(path)!r}: {exc}") from exc
     finally:
         os.close(fd)
