@@ -112,7 +112,7 @@ class GroupFiles:
             names = os.listdir(folder)
         except FileNotFoundError:
             return []
-        found = []
+        found: list[tuple[str, str]] = []
         for name in names:
             found.extend((child, entry[0]) for child, entry in _read_bucket(folder / name).items())
         return found
