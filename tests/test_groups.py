@@ -247,3 +247,16 @@ def test_a_refused_start_is_not_counted(store: tracked.Store) -> None:
         }
         first.finish()
     assert store.load("dups").state == "finished"  # type: ignore[union-attr]
+
+
+def test_pruning_an_ended_group_removes_its_ledger(tmp_path: Path) -> None:
+    store = tracked.FileStore(tmp_path / "store")
+    with tracked.group("old", store=store) as group:
+        with tracked.start("kid", store=store, group=group):
+            pass
+    assert sorted(p.suffix for p in (tmp_path / "store").iterdir()) == [
+        ".children", ".group", ".json", ".json",
+    ]
+    time.sleep(0.05)
+    assert store.prune(0.01) == 2
+    assert list((tmp_path / "store").iterdir()) == []

@@ -26,7 +26,7 @@ from ._filelock import O_CLOEXEC, O_NOFOLLOW, Locked, read_regular
 from ._ledger import GroupBook, Ledger
 from .errors import StoreError
 
-__all__ = ["GroupFiles"]
+__all__ = ["CHILDREN_SUFFIX", "LEDGER_SUFFIX", "GroupFiles"]
 
 LEDGER_SUFFIX = ".group"
 CHILDREN_SUFFIX = ".children"
@@ -122,6 +122,12 @@ class GroupFiles:
         with contextlib.suppress(OSError):
             os.unlink(self.ledger_path(key))
         shutil.rmtree(self.children_dir(key), ignore_errors=True)
+
+    def delete_files(self, ledger: Path) -> None:
+        """Remove the ledger file ``ledger`` and its children's folder (never raises)."""
+        with contextlib.suppress(OSError):
+            os.unlink(ledger)
+        shutil.rmtree(ledger.with_suffix(CHILDREN_SUFFIX), ignore_errors=True)
 
     def _bucket_path(self, key: str, child: str) -> Path:
         digest = hashlib.sha256(child.encode("utf-8", "surrogatepass")).hexdigest()[:2]

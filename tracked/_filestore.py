@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from ._filegroups import GroupFiles
+from ._filegroups import LEDGER_SUFFIX, GroupFiles
 from ._filelock import LOCK_TIMEOUT as LOCK_TIMEOUT
 from ._filelock import O_CLOEXEC, O_NOFOLLOW, Locked, read_regular
 from ._filelock import READ_LOCK_TIMEOUT as READ_LOCK_TIMEOUT
@@ -203,7 +203,14 @@ class FileStore(Store):
         self._remove_stale_temporaries(time.time() - STALE_TEMP_AGE)
         self._prune_parts()
         self._remove_stale_cancels()
+        self._prune_groups()
         return deleted
+
+    def _prune_groups(self) -> None:
+        """Remove group ledgers whose record is gone (pruned, deleted)."""
+        for path in self._names(lambda n: n.endswith(LEDGER_SUFFIX) and not n.startswith(".")):
+            if not path.with_suffix(SUFFIX).exists():
+                self._groups.delete_files(path)
 
     def _prune_one(self, path: Path, cutoff: float) -> bool:
         """Delete the record at ``path`` if, under its lock, it is still prunable (a new
