@@ -166,7 +166,7 @@ def test_a_flusher_killed_by_an_unexpected_error_is_restarted_at_the_next_update
         # and it keeps writing: later updates land too
         progress += 2
         _wait_for(lambda: store.load("revived").count == 5)  # type: ignore[union-attr]
-        assert len([e for e in _flusher._current().schedule if e[2]() is progress]) <= 1
+        assert len([e for e in _flusher._current().schedule if e[2]() is progress._writer]) <= 1
     assert store.load("revived").state == "finished"  # type: ignore[union-attr]
 
 

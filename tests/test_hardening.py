@@ -63,7 +63,8 @@ class FlakyFileStore(FileStore):
 
 
 def pending_finals(key: str) -> list[object]:
-    return [p for (_, k), p in _flusher._current().finals.items() if k == key]
+    # The flusher holds each run's writer; the test compares the handles they write for.
+    return [w.handle() for (_, k), w in _flusher._current().finals.items() if k == key]
 
 
 def read_in_another_process(store: Path, name: str) -> str:

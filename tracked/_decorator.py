@@ -2,24 +2,28 @@
 
 What kind of callable it wraps is decided once, at decoration. Name and total
 are resolved at each call from its arguments. Generator functions are driven
-step by step so every yield counts; that loop is the library's hot path.
+step by step so every yield counts (``_loops``: the library's hot path).
 """
 
 from __future__ import annotations
 
-import collections.abc
 import contextvars
 import dataclasses
 import inspect
 import string
-import sys
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator, Mapping
+from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Mapping
 from typing import Any, TypeVar
 
 import wrapt
 
 from ._api import group_token, start, start_queued
-from ._progress import Progress, check_interval, check_max_messages, current_progress
+from ._checks import check_interval, check_max_messages
+from ._loops import SizedGenerator, awaiting, drive, drive_async, returned
+from ._progress import (
+    Progress,
+    cancel_on_collect,
+    current_progress,
+)
 from ._queued import NotStarted, find_takeover, stop_signal, take_over
 from ._scope import StoreSpec, request_scope, resolve_store
 from ._state import check_total, validate_name, validate_progress_id
@@ -28,18 +32,15 @@ from .errors import Cancelled, InvalidName, InvalidValue
 
 __all__ = [
     "CallPlan",
+    "SizedGenerator",
     "Spec",
-    "awaiting",
     "describe_call",
-    "drive",
-    "drive_async",
     "tracked",
     "tracked_function",
     "tracked_store",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
-_NoneType = type(None)
 NameSpec = str | Callable[..., str] | None
 TotalSpec = int | Callable[..., int | None] | None
 ProgressIdSpec = str | Callable[..., str] | None
@@ -189,19 +190,11 @@ class Spec:
         self.name = name
         self.total = total
         self.sized = total is not DEFAULT_TOTAL and total is not None
-        self.fields = _template_fields(name) if isinstance(name, str) else ()
-        if isinstance(name, str) and not self.fields:
-            validate_name(name)
+        self.fields = _name_fields(name)
         self.store = None if store is None else resolve_store(store)
         self.min_interval = check_interval(min_interval)
         self.max_messages = check_max_messages(max_messages)
-        if isinstance(progress_id, str):
-            validate_progress_id(progress_id)
-        elif not (progress_id is None or callable(progress_id)):
-            raise InvalidName(
-                f"progress_id must be a str, a callable or None, not {type(progress_id).__name__}"
-            )
-        self.progress_id = progress_id
+        self.progress_id = _check_progress_id(progress_id)
         self.group = group if group is None or callable(group) else group_token(group)
 
     def check_template(self, target: Callable[..., Any]) -> None:
@@ -375,249 +368,32 @@ class Spec:
         except BaseException:
             close()
             raise
-        progress._end_on_collect = "cancelled"
+        cancel_on_collect(progress)
         return progress
-
-
-def drive(
-    generator: Generator[Any, Any, Any], progress: Progress, context: contextvars.Context
-) -> Generator[Any, Any, Any]:
-    """Yield what ``generator`` yields, counting each item; forward send, throw and close.
-
-    The inner generator runs in ``context``, the caller's context at the call with
-    ``tracked.current()`` set to ``progress``, whoever iterates it and whenever.
-    """
-    run = context.run
-    send, throw = generator.send, generator.throw
-    push, none, text = progress._push, _NoneType, str
-    step: Callable[[Any], Any] = send
-    argument: Any = None
-    count = 0
-    stopping = False
-    while True:
-        try:
-            item = run(step, argument)
-        except StopIteration as stop:
-            returned(progress, stop.value)
-            progress.finish()
-            return stop.value
-        except BaseException as exc:
-            progress._end_by(exc)
-            raise
-        count += 1
-        progress._yields = count
-        kind = item.__class__
-        if kind is text:
-            push(item)
-        elif kind is not none and isinstance(item, text):
-            push(text.__str__(item))  # a str subclass: kept as a plain copy
-        if progress._clean:
-            progress._touched()
-            if progress._cancel_requested and not stopping:
-                # Asked to stop: thrown in at this yield instead of handing the item on.
-                stopping = True
-                step, argument = _refused(throw, progress), progress._deliver()
-                continue
-        try:
-            argument = yield item
-            step = send
-        except GeneratorExit:
-            _close(run, generator, progress)
-            raise
-        except BaseException as exc:  # noqa: BLE001 - thrown in by the consumer: pass it on
-            step, argument = throw, exc
-
-
-def _refused(throw: Callable[[BaseException], Any], progress: Progress) -> Callable[[Any], Any]:
-    """``throw``, for the one ``Cancelled`` thrown in at a yield: if the generator
-    catches it and yields again, it went on working, so the run is no longer one
-    that stopped on request (it reads its own end, ``cancel_requested`` true)."""
-
-    def step(cancelled: BaseException) -> Any:
-        item = throw(cancelled)
-        progress._delivered = False
-        return item
-
-    return step
-
-
-def _refused_async(
-    athrow: Callable[[BaseException], Awaitable[Any]], progress: Progress
-) -> Callable[[Any], Awaitable[Any]]:
-    """The async twin of ``_refused``."""
-
-    async def step(cancelled: BaseException) -> Any:
-        item = await athrow(cancelled)
-        progress._delivered = False
-        return item
-
-    return step
-
-
-class SizedGenerator(collections.abc.Generator):  # type: ignore[type-arg]
-    """What a ``@tracked`` generator function with a known total returns: its
-    generator, plus the number of items still to come (``len()``, ``__length_hint__``).
-
-    ``iter()`` of it is the generator itself, so ``for`` loops, ``tqdm`` and
-    ``list()`` step the generator directly: the length costs nothing per item.
-    ``next()``, ``send``, ``throw`` and ``close`` are forwarded; it is always true,
-    as a generator is, even when no items are left.
-    """
-
-    __slots__ = ("_generator", "_progress")
-
-    def __init__(self, generator: Generator[Any, Any, Any], progress: Progress) -> None:
-        self._generator = generator
-        self._progress = progress
-
-    def __iter__(self) -> Generator[Any, Any, Any]:
-        return self._generator
-
-    def __next__(self) -> Any:
-        return self._generator.__next__()
-
-    def send(self, value: Any) -> Any:
-        return self._generator.send(value)
-
-    def throw(self, *args: Any) -> Any:
-        return self._generator.throw(*args)
-
-    def close(self) -> None:
-        self._generator.close()
-
-    def __len__(self) -> int:
-        """The items still to come: the total less the items yielded, 0 once ended."""
-        progress = self._progress
-        total = progress.total
-        if total is None:
-            raise TypeError("this tracked generator's total is unknown now: it has no len()")
-        if not progress.in_progress:
-            return 0
-        return max(0, total - progress._yields)
-
-    def __length_hint__(self) -> int:
-        try:
-            return len(self)
-        except TypeError:
-            return NotImplemented  # type: ignore[no-any-return]
-
-    def __bool__(self) -> bool:
-        return True
-
-    def __getattr__(self, name: str) -> Any:
-        if name in SizedGenerator.__slots__:
-            raise AttributeError(name)  # not set yet (a copy being made): no recursion
-        return getattr(self._generator, name)  # gi_frame, gi_running, __name__...
-
-    def __repr__(self) -> str:
-        return f"<tracked generator {self._progress.key!r}, {self._generator!r}>"
-
-
-async def awaiting(coroutine: Coroutine[Any, Any, Any], progress: Progress) -> Any:
-    """Await ``coroutine`` with ``progress`` current; end it the way the coroutine ends."""
-    token = current_progress.set(progress)
-    _cancel_task_on_request(progress)
-    try:
-        result = await coroutine
-    except BaseException as exc:
-        progress._end_by(exc)
-        raise
-    finally:
-        try:
-            current_progress.reset(token)
-        except ValueError:  # closed from outside its task (its loop closed with it pending)
-            pass
-    returned(progress, result)
-    progress.finish()
-    return result
 
 
 async def _value(value: Any) -> Any:
     return value
 
 
-def _cancel_task_on_request(progress: Progress) -> None:
-    """Have a cancel request cancel the asyncio task awaiting the coroutine (from the
-    flusher's thread, so thread-safely): it stops at its next await."""
-    asyncio = sys.modules.get("asyncio")  # not imported: no asyncio task awaits this
-    if asyncio is None:
-        return
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:  # not asyncio (trio, a manual send): cooperative only
-        return
-    task = asyncio.current_task(loop)
-    if task is None:
-        return
-
-    def cancel_task() -> None:  # on the loop's thread: the coroutine may have ended since
-        if not progress._ended:
-            progress._deliver()  # its CancelledError is the request's: the run ends cancelled
-            task.cancel()
-
-    progress._cancel_hooks.append(lambda: loop.call_soon_threadsafe(cancel_task))
+def _name_fields(name: NameSpec) -> tuple[str, ...]:
+    """The argument names the decorator's ``name`` refers to (a template's fields);
+    ``InvalidName`` for a fixed name that is not a valid one."""
+    fields = _template_fields(name) if isinstance(name, str) else ()
+    if isinstance(name, str) and not fields:
+        validate_name(name)
+    return fields
 
 
-async def drive_async(
-    generator: AsyncGenerator[Any, Any], progress: Progress
-) -> AsyncGenerator[Any, Any]:
-    """The async twin of ``drive``: count each item, forward asend, athrow and aclose.
-
-    Each step runs in the awaiting task's context, with ``progress`` made current
-    for the step only.
-    """
-    asend, athrow = generator.asend, generator.athrow
-    push = progress._push
-    step: Callable[[Any], Awaitable[Any]] = asend
-    argument: Any = None
-    count = 0
-    stopping = False
-    while True:
-        token = current_progress.set(progress)
-        try:
-            item = await step(argument)
-        except StopAsyncIteration:
-            progress.finish()
-            return
-        except BaseException as exc:
-            progress._end_by(exc)
-            raise
-        finally:
-            current_progress.reset(token)
-        count += 1
-        progress._yields = count
-        if isinstance(item, str):
-            push(item if item.__class__ is str else str.__str__(item))
-        if progress._clean:
-            progress._touched()
-            if progress._cancel_requested and not stopping:
-                stopping = True
-                step, argument = _refused_async(athrow, progress), progress._deliver()
-                continue
-        try:
-            argument = yield item
-            step = asend
-        except GeneratorExit:
-            try:
-                await generator.aclose()
-            except BaseException as exc:
-                progress._end_by(exc)
-                raise
-            progress.cancel()
-            raise
-        except BaseException as exc:  # noqa: BLE001 - thrown in by the consumer: pass it on
-            step, argument = athrow, exc
-
-
-def _close(
-    run: Callable[..., Any], generator: Generator[Any, Any, Any], progress: Progress
-) -> None:
-    try:
-        run(generator.close)
-    except BaseException as exc:
-        progress._end_by(exc)
-        raise
-    progress.cancel()
+def _check_progress_id(progress_id: ProgressIdSpec) -> ProgressIdSpec:
+    """The decorator's ``progress_id``: a valid one, a callable or None; ``InvalidName`` else."""
+    if isinstance(progress_id, str):
+        validate_progress_id(progress_id)
+    elif not (progress_id is None or callable(progress_id)):
+        raise InvalidName(
+            f"progress_id must be a str, a callable or None, not {type(progress_id).__name__}"
+        )
+    return progress_id
 
 
 def _template_fields(template: str) -> tuple[str, ...]:
@@ -666,8 +442,3 @@ def _check_total_result(total: object) -> int | None:
         raise InvalidValue(f"the total callable returned a bad total: {exc}") from None
 
 
-def returned(progress: Progress, value: Any) -> Any:
-    """Make a run's return value its result, unless it is None; pass it on."""
-    if value is not None:
-        progress.result = value
-    return value

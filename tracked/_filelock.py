@@ -124,24 +124,12 @@ class Locked:
         self.fd = -1
 
     def acquire(self) -> Locked:
+        """Lock the file that is the record's once the lock is held (see the class)."""
         flags = os.O_RDWR | O_CLOEXEC | _O_NONBLOCK | O_NOFOLLOW
         while True:
-            try:
-                fd = _open_held(self.path, flags | os.O_CREAT | os.O_EXCL) \
-                    if self.create else self._open_existing(flags)
-                self.created = self.create
-            except FileExistsError:
-                try:
-                    fd = self._open_existing(flags)
-                except FileNotFoundError:
-                    continue  # deleted in between: create it after all
-                except OSError as exc:  # a directory, a symbolic link: not a record file
-                    raise StoreError(f"cannot open {str(self.path)!r}: {exc}") from exc
-                self.created = False
-            except OSError as exc:
-                if isinstance(exc, FileNotFoundError):
-                    raise
-                raise StoreError(f"cannot open {str(self.path)!r}: {exc}") from exc
+            fd = self._open(flags)
+            if fd is None:
+                continue  # deleted in between: create it after all
             try:
                 info = _lock(fd, self.path)
             except BaseException:
@@ -152,12 +140,38 @@ class Locked:
                 return self
             self._close(fd)  # replaced or deleted while we waited: lock what is there now
             if not self.create:
-                try:
-                    os.stat(self.path)
-                except FileNotFoundError:
-                    raise FileNotFoundError(errno.ENOENT, "deleted", str(self.path)) from None
-                except OSError:
-                    pass
+                self._check_present()
+
+    def _open(self, flags: int) -> int | None:
+        """The record file opened (created empty first with ``create``); None when it was
+        deleted between finding it there and opening it."""
+        try:
+            fd = _open_held(self.path, flags | os.O_CREAT | os.O_EXCL) \
+                if self.create else self._open_existing(flags)
+            self.created = self.create
+        except FileExistsError:
+            try:
+                fd = self._open_existing(flags)
+            except FileNotFoundError:
+                return None
+            except OSError as exc:  # a directory, a symbolic link: not a record file
+                raise StoreError(f"cannot open {str(self.path)!r}: {exc}") from exc
+            self.created = False
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise
+            raise StoreError(f"cannot open {str(self.path)!r}: {exc}") from exc
+        return fd
+
+    def _check_present(self) -> None:
+        """``FileNotFoundError`` if the record file is gone (deleted while we waited)."""
+        try:
+            os.stat(self.path)
+        except FileNotFoundError:
+            raise FileNotFoundError(errno.ENOENT, "deleted", str(self.path)) from None
+        except OSError:
+            pass
+
 
     def _open_existing(self, flags: int) -> int:
         """Open the file for writing in place or, when this user may not write it (a

@@ -63,27 +63,38 @@ ERROR_LOG_EVERY = 60.0
 
 
 class Flushable(Protocol):
-    """What the flusher needs of a live handle (``Progress`` satisfies it)."""
+    """What the flusher needs of a live run (``_writer.RunWriter`` satisfies it)."""
 
     key: str
     store: Store
     min_interval: float
-    _clean: bool
-    _scheduled: bool
-    _ended: bool
-    _superseded: bool
-    _last_write: float
-    _store_failing: bool
-    _owner: Owner | None
+    scheduled: bool
+    superseded: bool
+    last_write: float
+    store_failing: bool
+    owner: Owner | None
 
     @property
-    def state(self) -> str: ...
-    def flush(self) -> bool: ...
-    def _begin_write(self) -> tuple[State, Owner] | None: ...
-    def _end_write(self, error: Exception | None) -> None: ...
-    def _write_final(self) -> bool: ...
-    def _release(self) -> None: ...
-    def _cancel_seen(self) -> None: ...
+    def ended(self) -> bool:
+        """Whether the run ended: nothing more to schedule."""
+    @property
+    def queued(self) -> bool:
+        """Whether the run still waits in this process's queue (``tracked.submit``)."""
+    @property
+    def clean(self) -> bool:
+        """Whether nothing changed since the last write was taken."""
+    def flush(self) -> bool:
+        """Write the current snapshot now (at exit)."""
+    def begin_write(self) -> tuple[State, Owner] | None:
+        """The snapshot for a batch, its write lock held; None: nothing to write."""
+    def end_write(self, error: Exception | None) -> None:
+        """How the batched write went; releases the write lock."""
+    def write_final(self) -> bool:
+        """Retry the final write; True once it needs no retry."""
+    def release(self) -> None:
+        """The run is no longer held by this process."""
+    def cancel_seen(self) -> None:
+        """The store says someone asked the run to stop."""
 
 
 Ref = weakref.ref[Flushable]
@@ -175,8 +186,8 @@ class _Flusher:
         now = time.monotonic()
         flight, self.in_flight = self.in_flight, []
         for progress in dict.fromkeys(flight):
-            if not progress._ended and not progress._superseded:
-                progress._scheduled = True
+            if not progress.ended and not progress.superseded:
+                progress.scheduled = True
                 self.push(progress, now)
         self.next_lease_scan = self.next_cancel_scan = now
         self.leases = True  # rechecked by the next lease scan
@@ -231,9 +242,9 @@ class _Flusher:
         woken = self.woken
         while woken:
             progress = woken.popleft()()
-            if progress is not None and not progress._ended and not progress._scheduled:
-                progress._scheduled = True
-                self.push(progress, progress._last_write + delay(progress))
+            if progress is not None and not progress.ended and not progress.scheduled:
+                progress.scheduled = True
+                self.push(progress, progress.last_write + delay(progress))
 
     def push(self, progress: Flushable, when: float) -> None:
         heapq.heappush(self.schedule, (when, self.order(), weakref.ref(progress)))
@@ -243,27 +254,27 @@ class _Flusher:
         ones are forgotten until their next update wakes the flusher again."""
         while self.schedule and self.schedule[0][0] <= now:
             progress = heapq.heappop(self.schedule)[2]()
-            if progress is None or progress._ended or progress._superseded:
+            if progress is None or progress.ended or progress.superseded:
                 continue  # nothing more to write for it: it leaves the schedule
-            if progress._clean:
-                progress._scheduled = False
-                if progress._clean:  # an update after this check sees _scheduled False
+            if progress.clean:
+                progress.scheduled = False
+                if progress.clean:  # an update after this check sees _scheduled False
                     continue
-                progress._scheduled = True
+                progress.scheduled = True
             due.append(progress)
 
     def plan(self, progress: Flushable) -> None:
         """Look at a just written (or failed) handle again one interval after that
         write began, so the time a write takes does not stretch the interval."""
-        if not progress._ended and not progress._superseded and progress._scheduled:
-            self.push(progress, progress._last_write + delay(progress))
+        if not progress.ended and not progress.superseded and progress.scheduled:
+            self.push(progress, progress.last_write + delay(progress))
 
     def lease_due(self, now: float) -> list[Flushable]:
         """Running records whose lease needs renewing, changed or not."""
         leased = [(p, p.store.lease) for p in self.live() if p.store.lease]
         self.leases = bool(leased)
         self.next_lease_scan = now + min([MAX_SLEEP, *(lease / 6 for _, lease in leased)])
-        return [p for p, lease in leased if now - p._last_write >= lease / 3]
+        return [p for p, lease in leased if now - p.last_write >= lease / 3]
 
     @staticmethod
     def write(due: list[Flushable]) -> None:
@@ -273,7 +284,7 @@ class _Flusher:
         would wait for it for ever."""
         batches: dict[int, tuple[Store, list[tuple[Flushable, State, Owner]]]] = {}
         for progress in due:
-            write = progress._begin_write()
+            write = progress.begin_write()
             if write is not None:
                 batch = batches.setdefault(id(progress.store), (progress.store, []))[1]
                 batch.append((progress, *write))
@@ -291,59 +302,64 @@ class _Flusher:
                     results = [exc] * len(batch)
                 pending.pop(0)
                 for (progress, _, _), error in zip(batch, results, strict=True):
-                    progress._end_write(error)
+                    progress.end_write(error)
         finally:
             for _, batch in pending:  # interrupted: these writes did not land
                 stopped = StoreError("the flusher thread stopped during this write")
                 for progress, _, _ in batch:
-                    progress._end_write(stopped)
+                    progress.end_write(stopped)
 
     def scan_cancels(self, now: float) -> None:
         """Ask each store whether any of its live runs here was requested to stop."""
-        live = [p for p in self.live() if not p._ended and p._owner is not None]
+        live = [p for p in self.live() if not p.ended and p.owner is not None]
         poll = min([CANCEL_POLL_MAX, *(p.min_interval for p in live)])
         self.next_cancel_scan = now + max(CANCEL_POLL_MIN, poll)
         by_store: dict[int, tuple[Store, list[Flushable]]] = {}
         for progress in live:
             by_store.setdefault(id(progress.store), (progress.store, []))[1].append(progress)
         for store, handles in by_store.values():
-            runs = [(p.key, p._owner) for p in handles if p._owner is not None]
-            try:
-                asked = store.cancels_requested(runs)
-            except Exception:  # noqa: BLE001, S112 - a broken store never kills the thread
-                continue
-            seen = [p for p, yes in zip(handles, asked, strict=True) if yes]
-            # Queued runs first: a running one that stops frees a pool thread, which
-            # must not take a queued job whose stop is in this very batch (a group's
-            # cancel asks both at once), while its stop is written.
-            seen.sort(key=lambda p: p.state != "queued")
-            for progress in seen:
-                progress._cancel_seen()
+            self.ask_cancels(store, handles)
+
+    @staticmethod
+    def ask_cancels(store: Store, handles: list[Flushable]) -> None:
+        """Ask ``store`` about its live runs ``handles``; tell each asked to stop."""
+        runs = [(p.key, p.owner) for p in handles if p.owner is not None]
+        try:
+            asked = store.cancels_requested(runs)
+        except Exception:  # noqa: BLE001 - a broken store never kills the thread
+            return
+        seen = [p for p, yes in zip(handles, asked, strict=True) if yes]
+        # Queued runs first: a running one that stops frees a pool thread, which must
+        # not take a queued job whose stop is in this very batch (a group's cancel
+        # asks both at once) while the running one's stop is being written.
+        seen.sort(key=lambda p: not p.queued)
+        for progress in seen:
+            progress.cancel_seen()
 
     def retry_finals(self) -> None:
         with self.cond:
             pending = list(self.finals.items())
         for key, progress in pending:
-            if progress._write_final():
+            if progress.write_final():
                 with self.cond:
                     if self.finals.get(key) is progress:
                         del self.finals[key]
-                progress._release()
+                progress.release()
 
     def flush_all(self) -> None:
         """At exit: write every pending change and retry failed final writes once."""
-        pending = [p for p in self.live() if not p._clean]
+        pending = [p for p in self.live() if not p.clean]
         with self.cond:
             finals = list(self.finals.values())
         for progress in pending:
             progress.flush()
         for progress in finals:
-            progress._write_final()
+            progress.write_final()
 
 
 def delay(progress: Flushable) -> float:
     """How long after its last write a handle may be written again."""
-    if progress._store_failing:
+    if progress.store_failing:
         return max(progress.min_interval, FAILURE_RETRY)
     return progress.min_interval
 
@@ -421,7 +437,7 @@ def retry_final(progress: Flushable) -> None:
         flusher.ensure_running()
         flusher.cond.notify()
     if older is not None and older is not progress:
-        older._release()
+        older.release()
 
 
 @atexit.register

@@ -32,8 +32,17 @@ import time
 from collections.abc import AsyncGenerator, Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
-from ._decorator import Spec, awaiting, drive, drive_async, returned
-from ._progress import Progress, add_cancel_hook, current_progress, move_in_line, take_up
+from ._decorator import Spec
+from ._loops import awaiting, drive, drive_async, returned
+from ._progress import (
+    Progress,
+    add_cancel_hook,
+    attach_job,
+    cancel_on_collect,
+    current_progress,
+    move_in_line,
+    take_up,
+)
 from ._scope import jobs as settings
 
 if TYPE_CHECKING:
@@ -95,7 +104,7 @@ def _submit(
             if kind != "async generator":
                 made.close()
             raise
-        progress._end_on_collect = "cancelled"
+        cancel_on_collect(progress)
         if kind == "generator":
             steps = context.copy()
             steps.run(current_progress.set, progress)
@@ -109,7 +118,7 @@ def _submit(
             call = functools.partial(_run_in_own_loop, progress, runner)
             discard = runner.close
     job = _Job(progress, call, context, discard)
-    progress._job = job
+    attach_job(progress, job)
     add_cancel_hook(progress, functools.partial(pool.drop, job))
     pool.put(job)
     return progress
@@ -217,7 +226,7 @@ def _submit_to_loop(
     )
     task = loop.create_task(runner)  # in a copy of this context: the request scope
     job = _LoopJob(progress, task, loop)
-    progress._job = job
+    attach_job(progress, job)
     _held.hold(job)
     return progress
 
@@ -436,19 +445,12 @@ class _Pool:
             self.reposition(numbered)
 
     def work(self) -> None:
+        """A pool thread: run the queued jobs in order, until the pool closes (or has
+        more threads than ``max_workers`` now allows)."""
         me = threading.current_thread()
         while True:
             with self.cond:
-                while not self.queue and not self.closed:
-                    self.idle += 1
-                    try:
-                        self.cond.wait()
-                    finally:
-                        self.idle -= 1
-                if self.closed or len(self.threads) > settings.max_workers:
-                    self.threads.discard(me)  # closing, or max_workers was lowered
-                    if self.queue:
-                        self.cond.notify()
+                if not self.wait_for_job(me):
                     return
                 job = self.queue.popleft()
                 numbered = self.line() if self.queue else None
@@ -466,6 +468,22 @@ class _Pool:
             finally:
                 with self.cond:
                     self.running.discard(job)
+
+    def wait_for_job(self, me: threading.Thread) -> bool:
+        """With ``cond`` held: wait until a job is queued; False (the thread leaves the
+        pool) once it is closing, or ``max_workers`` was lowered below its threads."""
+        while not self.queue and not self.closed:
+            self.idle += 1
+            try:
+                self.cond.wait()
+            finally:
+                self.idle -= 1
+        if self.closed or len(self.threads) > settings.max_workers:
+            self.threads.discard(me)
+            if self.queue:
+                self.cond.notify()
+            return False
+        return True
 
     def drop(self, job: _Job) -> None:
         """A cancel request reached a run: if it is still queued, it never starts."""

@@ -124,33 +124,36 @@ def form_progress_ids(content_type: str | None, body: bytes) -> list[str]:
     if kind.startswith(FORM_TYPES[0]):
         # Fields as their raw bytes (latin-1 text): only progress_id must be UTF-8.
         fields = parse_qsl(body.decode("latin-1"), keep_blank_values=True, encoding="latin-1")
-        found = []
-        for name, value in fields:
-            if name == "progress_id":
-                try:
-                    found.append(value.encode("latin-1").decode("utf-8"))
-                except UnicodeDecodeError:
-                    raise tracked.InvalidName("a progress_id must be UTF-8 text") from None
-        return found
+        return [_utf8(value.encode("latin-1")) for name, value in fields if name == "progress_id"]
     if kind.startswith(FORM_TYPES[1]):
-        import email.parser
-        import email.policy
-
-        head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1")
-        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
-        if not message.is_multipart():
-            return []  # no field tracked can read: the app answers this body
-        found = []
-        for part in message.iter_parts():
-            if part.get_param("name", header="content-disposition") != "progress_id":
-                continue
-            payload = part.get_payload(decode=True)
-            try:
-                found.append(payload.decode("utf-8") if isinstance(payload, bytes) else "")
-            except UnicodeDecodeError:
-                raise tracked.InvalidName("a progress_id must be UTF-8 text") from None
-        return found
+        return _multipart_progress_ids(content_type or "", body)
     return []
+
+
+def _multipart_progress_ids(content_type: str, body: bytes) -> list[str]:
+    """The ``progress_id`` fields of a ``multipart/form-data`` body."""
+    import email.parser
+    import email.policy
+
+    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1")
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    if not message.is_multipart():
+        return []  # no field tracked can read: the app answers this body
+    found = []
+    for part in message.iter_parts():
+        if part.get_param("name", header="content-disposition") != "progress_id":
+            continue
+        payload = part.get_payload(decode=True)
+        found.append(_utf8(payload) if isinstance(payload, bytes) else "")
+    return found
+
+
+def _utf8(raw: bytes) -> str:
+    """A progress_id field's bytes as text; ``InvalidName`` if they are not UTF-8."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise tracked.InvalidName("a progress_id must be UTF-8 text") from None
 
 
 @functools.lru_cache(maxsize=4096)

@@ -23,10 +23,10 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ._progress import Progress, current_progress
+from ._progress import Progress, current_progress, requeue_retrying, take_over_run
 from ._scope import MAX_QUEUED_TIMEOUT, check_timeout, queued_timeout, resolve_store
 from ._state import State, make_key, validate_progress_id
-from ._store import QUEUE_HOST, Owner, Store, judge, owner_gone_here, report_move
+from ._store import QUEUE_HOST, Owner, Record, Store, judge, owner_gone_here, report_move
 from .errors import AlreadyRunning, InvalidName
 
 __all__ = [
@@ -180,10 +180,7 @@ def end_queued(
     record = store.read(ticket.key)
     if record is None or record.owner is None or record.owner.run != ticket.run:
         return False
-    killed = record.state.state == "failed" and (record.state.error or "").startswith(
-        "SystemExit"
-    )  # the last write of a process the queue stopped (billiard raises SystemExit)
-    if record.state.state != "queued" and not (started and (record.state.in_progress or killed)):
+    if not _endable(record.state, started=started):
         return False
     ended = dataclasses.replace(
         record.state.ended(outcome, time.time(), error),
@@ -201,6 +198,16 @@ def end_queued(
         return False
     report_move(store, ended)  # a group's child: counted as it ended
     return True
+
+
+def _endable(state: State, *, started: bool) -> bool:
+    """Whether ``end_queued`` may end a run in ``state``: queued; or, ``started``, also
+    running or ended by the ``SystemExit`` of a process the queue stopped (billiard
+    raises it)."""
+    if state.state == "queued":
+        return True
+    killed = state.state == "failed" and (state.error or "").startswith("SystemExit")
+    return started and (state.in_progress or killed)
 
 
 def reposition(store: Store, places: Sequence[tuple[str, str, int]]) -> int:
@@ -366,46 +373,74 @@ def take_over(
             min_interval=min_interval,
             max_messages=max_messages,
         )
-        record = chosen.read(ticket.key)
-        mine = record is not None and record.owner is not None and record.owner.run == ticket.run
-        if mine and record is not None:
-            judged = judge(record)
-            if judged.state == "cancelled" or (judged.cancel_requested and not judged.in_progress):
-                # Cancelled while queued, or asked to stop and then ended another way
-                # (an attempt that failed on its own): the queue's retry of it must
-                # not run the body again.
-                raise NotStarted(found.skipped(judged))
-            was = TAKEABLE
-            if judged.state == "running":
-                if record.owner is not None and owner_gone_here(record.owner):
-                    was = TAKEABLE | {"running"}  # its process is gone: no need to wait
-                elif time.monotonic() < deadline:
-                    time.sleep(0.05)
-                    continue
-            carried: State | None = record.state if judged.state in was else None
-            if carried is not None and carried.state == "running":  # its worker died
-                carried = dataclasses.replace(carried, attempt=carried.attempt + 1)
-            taken = progress._take_over(carried, ticket.run, was)
-        else:  # no record (pruned, or the store was emptied): this run starts afresh
-            if record is None:
-                logger.warning(
-                    "no queued record of %r in %r: is it the store the job was "
-                    "enqueued with? The run starts afresh there",
-                    ticket.key,
-                    chosen,
-                )
-            taken = progress._take_over(None, ticket.run, TAKEABLE)
-        if taken:
-            progress._retry = _retrier(found, ticket.run, timeout)
-            _taken[progress] = found
-            if found.taken is not None:
-                try:
-                    found.taken(chosen)
-                except Exception:
-                    logger.exception("a take-over hook of %r failed", ticket.key)
+        taking = _what_to_take(found, chosen.read(ticket.key), chosen, deadline)
+        if taking is None:
+            time.sleep(0.05)
+            continue
+        carried, was = taking
+        if take_over_run(progress, carried, ticket.run, was, _retrier(found, ticket.run, timeout)):
+            _taken_over(progress, found, chosen)
             return progress
         if time.monotonic() >= deadline:
             raise AlreadyRunning(ticket.key)
+
+
+def _taken_over(progress: Progress, found: TakeOver, chosen: Store) -> None:
+    """``progress`` now owns the run ``found`` carries: remember where it came from,
+    and run the queue's take-over hook (a failing hook is logged, the run goes on)."""
+    _taken[progress] = found
+    if found.taken is not None:
+        try:
+            found.taken(chosen)
+        except Exception:
+            logger.exception("a take-over hook of %r failed", found.ticket.key)
+
+
+def _what_to_take(
+    found: TakeOver, record: Record | None, chosen: Store, deadline: float
+) -> tuple[State | None, frozenset[str]] | None:
+    """From the record read: (the state the run carries on from, the states the record
+    may be in to be taken); None to read it again shortly (an earlier attempt's worker
+    may still hold it). ``NotStarted`` if the run must not run (see ``take_over``)."""
+    mine = _this_run(found, record, chosen)
+    if mine is None:
+        return None, TAKEABLE
+    judged = judge(mine)
+    if judged.state == "cancelled" or (judged.cancel_requested and not judged.in_progress):
+        # Cancelled while queued, or asked to stop and then ended another way (an
+        # attempt that failed on its own): the queue's retry must not run the body again.
+        raise NotStarted(found.skipped(judged))
+    was = TAKEABLE
+    if judged.state == "running":
+        if mine.owner is not None and owner_gone_here(mine.owner):
+            was = TAKEABLE | {"running"}  # its process is gone: no need to wait
+        elif time.monotonic() < deadline:
+            return None
+    return _carried(mine.state if judged.state in was else None), was
+
+
+def _this_run(found: TakeOver, record: Record | None, chosen: Store) -> Record | None:
+    """``record`` if it is the run ``found`` names; else None: the run starts afresh
+    (said in the log when there is no record: pruned, or the store was emptied)."""
+    ticket = found.ticket
+    if record is not None and record.owner is not None and record.owner.run == ticket.run:
+        return record
+    if record is None:
+        logger.warning(
+            "no queued record of %r in %r: is it the store the job was "
+            "enqueued with? The run starts afresh there",
+            ticket.key,
+            chosen,
+        )
+    return None
+
+
+def _carried(state: State | None) -> State | None:
+    """The state a taken-over run carries on from: a running one's worker died, so
+    this is its next attempt."""
+    if state is not None and state.state == "running":
+        return dataclasses.replace(state, attempt=state.attempt + 1)
+    return state
 
 
 #: The take-over each running handle of this process came from.
@@ -434,10 +469,8 @@ def requeue_current(progress_id: str) -> Ticket | None:
         return None
     if progress.key != found.ticket.key:
         return None
-    if progress._retry is not None:
-        timeout = queued_timeout() if found.timeout is None else found.timeout
-        owner = Owner.waiting(found.ticket.run, time.time() + timeout)
-        progress._requeue(owner, f"retrying (attempt {progress._attempt + 1})")
+    timeout = queued_timeout() if found.timeout is None else found.timeout
+    requeue_retrying(progress, Owner.waiting(found.ticket.run, time.time() + timeout))
     return found.ticket
 
 

@@ -1,6 +1,6 @@
-"""How a ``RedisStore`` encodes and decodes: the hash tag of a key, a state as stored
-JSON and as an event, only the new messages of a write, a record from a read's
-reply.
+"""How a ``RedisStore`` names and encodes: the hash tag of a key (and the prefix
+that may hold one), a state as stored JSON and as an event, only the new messages
+of a write, a record from a read's reply, and the numbers its commands take.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 from ._state import State
 from ._store import Owner, Record, SharedPart
+from .errors import InvalidValue
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -140,3 +141,46 @@ def key_text(value: bytes | str) -> str:
         return value.decode("utf-8") if isinstance(value, bytes) else value
     except UnicodeDecodeError:
         return ""
+
+
+def check_prefix(prefix: object) -> str:
+    """The prefix, unless it would split a record's keys across cluster slots.
+
+    A ``{`` in the prefix starts the hash tag there, so it must be closed in the
+    prefix around at least one character (then every record lives in that one
+    slot); otherwise a record's keys would hash apart.
+    """
+    if not isinstance(prefix, str):
+        raise InvalidValue(f"prefix must be a str, not {type(prefix).__name__}")
+    opening = prefix.find("{")
+    if opening >= 0 and prefix.find("}", opening) <= opening + 1:
+        raise InvalidValue(
+            f"prefix {prefix!r} opens a Redis hash tag with '{{' that it does not close "
+            "around at least one character"
+        )
+    return prefix
+
+
+def check_seconds(value: object, what: str, *, optional: bool = False) -> Any:
+    """``value`` as a float number of seconds > 0 (or None if ``optional``)."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise InvalidValue(f"{what} must be a number of seconds > 0, got {value!r}")
+    return float(value)
+
+
+def ms(seconds: float) -> int:
+    """Seconds as the whole milliseconds Redis takes, at least 1."""
+    return max(1, math.ceil(seconds * 1000))
+
+
+def major_version(version: str) -> int:
+    """The major number of a Redis version such as ``7.0.15`` (0 if unreadable)."""
+    head = version.partition(".")[0]
+    return int(head) if head.isdigit() else 0
+
+
+def glob_escape(text: str) -> str:
+    """``text`` matched literally in a ``SCAN MATCH`` pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, TypeAlias
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 try:
     import redis
@@ -157,6 +157,10 @@ _TLS_TEXT_OPTIONS = frozenset(
 _REFUSED_OPTIONS = frozenset(("decode_responses", "legacy_responses", "protocol"))
 
 
+#: What a part of a URL that tracked cannot read fully is reported with.
+_Bad = Callable[[str], InvalidValue]
+
+
 def _check_url(url: str) -> None:
     """``InvalidValue`` naming the part of a store URL that tracked cannot read fully.
 
@@ -169,45 +173,64 @@ def _check_url(url: str) -> None:
     def bad(part: str) -> InvalidValue:
         return InvalidValue(f"cannot use {shown!r} as a Redis store: {part}")
 
+    plain, cluster = _check_scheme(url, bad)
+    parts = _split(url, bad)
+    options = _check_query(parts.query, tls=plain == "rediss", bad=bad)
+    _check_credentials(parts, options, bad)
+    if plain == "unix":
+        if not parts.path or parts.path == "/":
+            raise bad("the unix socket path is missing (unix:///path/to/redis.sock)")
+        return
+    if parts.port == 0:
+        raise bad("port 0 is not a port")
+    if cluster and not parts.hostname:
+        raise bad("name a node of the cluster: redis+cluster://host:port")
+    db = _check_database(unquote(parts.path).removeprefix("/"), options, bad)
+    if cluster and db != 0:
+        raise bad("a Redis Cluster has only database 0")
+
+
+def _check_scheme(url: str, bad: _Bad) -> tuple[str, bool]:
+    """(the plain scheme redis-py takes, whether it names a cluster)."""
     scheme, sep, _ = url.partition("://")
     scheme = scheme.lower()
     plain = CLUSTER_SCHEMES.get(scheme, scheme)
     if not sep or plain not in ("redis", "rediss", "unix"):
         what = f"unknown scheme {scheme!r}" if sep else "no scheme://"
         raise bad(f"{what} (use redis://, rediss://, unix://, redis+cluster:// or rediss+cluster://)")
-    cluster = scheme in CLUSTER_SCHEMES
+    return plain, scheme in CLUSTER_SCHEMES
+
+
+def _split(url: str, bad: _Bad) -> SplitResult:
+    """The URL's parts, its port readable; no fragment."""
     try:
         parts = urlsplit(url)
-        port = parts.port
+        parts.port  # noqa: B018 - raises ValueError for a port that is not one
     except ValueError as exc:
         raise bad(f"the address is malformed ({exc})") from None
     if parts.fragment or url.endswith("#"):
         raise bad("a URL fragment ('#...') means nothing here")
-    options = _check_query(parts.query, tls=plain == "rediss", bad=bad)
+    return parts
+
+
+def _check_credentials(parts: SplitResult, options: dict[str, Any], bad: _Bad) -> None:
+    """A username or password given before '@' is not given again as an option."""
     for name, given in (("username", parts.username), ("password", parts.password)):
         if given is not None and name in options:
             raise bad(f"the {name} is given twice: before '@' and as an option")
-    if plain == "unix":
-        if not parts.path or parts.path == "/":
-            raise bad("the unix socket path is missing (unix:///path/to/redis.sock)")
-        return
-    if port == 0:
-        raise bad("port 0 is not a port")
-    if cluster and not parts.hostname:
-        raise bad("name a node of the cluster: redis+cluster://host:port")
-    db = unquote(parts.path).removeprefix("/")
+
+
+def _check_database(db: str, options: dict[str, Any], bad: _Bad) -> int:
+    """The database the path (``db``) and the options name, once; 0 if none does."""
     if db:
         if not db.isascii() or not db.isdigit():
             raise bad(f"the database {db!r} is not an integer >= 0 (redis://host:port/0)")
         if "db" in options and options["db"] != int(db):
             raise bad(f"the database is given twice: {db!r} in the path, db={options['db']}")
-    if cluster and int(db or 0) + options.get("db", 0) != 0:
-        raise bad("a Redis Cluster has only database 0")
+    return int(db or 0) + int(options.get("db", 0))
 
 
-def _check_query(
-    query: str, *, tls: bool, bad: Callable[[str], InvalidValue]
-) -> dict[str, Any]:
+def _check_query(query: str, *, tls: bool, bad: _Bad) -> dict[str, Any]:
     """The query options, each known to redis-py and readable; ``bad(part)`` else."""
     try:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
@@ -217,22 +240,38 @@ def _check_query(
     for name, value in pairs:
         if name in options:
             raise bad(f"the option {name!r} is given twice")
-        parser = URL_QUERY_ARGUMENT_PARSERS.get(name)
-        known = parser is not None or name in _TEXT_OPTIONS or name in _TLS_TEXT_OPTIONS
-        if not known or name in _REFUSED_OPTIONS or (name.startswith("ssl_") and not tls):
-            where = "" if tls or not name.startswith("ssl_") else " on a non-TLS URL"
-            raise bad(f"unknown option {name!r}{where}")
-        if not value:
-            raise bad(f"the option {name!r} has no value")
-        try:
-            options[name] = value if parser is None else parser(value)
-        except (TypeError, ValueError):
-            raise bad(f"the option {name!r} has a value redis-py cannot read") from None
-        if name in ("db", "max_connections") and not (
-            isinstance(options[name], int) and options[name] >= (0 if name == "db" else 1)
-        ):
-            raise bad(f"the option {name!r} must be an integer >= {0 if name == 'db' else 1}")
+        options[name] = _check_option(name, value, tls=tls, bad=bad)
     return options
+
+
+def _check_option(name: str, value: str, *, tls: bool, bad: _Bad) -> Any:
+    """One query option's value as redis-py reads it; ``bad(part)`` if it cannot."""
+    if not _known(name, tls=tls):
+        where = "" if tls or not name.startswith("ssl_") else " on a non-TLS URL"
+        raise bad(f"unknown option {name!r}{where}")
+    parser = URL_QUERY_ARGUMENT_PARSERS.get(name)
+    if not value:
+        raise bad(f"the option {name!r} has no value")
+    try:
+        read = value if parser is None else parser(value)
+    except (TypeError, ValueError):
+        raise bad(f"the option {name!r} has a value redis-py cannot read") from None
+    least = {"db": 0, "max_connections": 1}.get(name)
+    if least is not None and not (isinstance(read, int) and read >= least):
+        raise bad(f"the option {name!r} must be an integer >= {least}")
+    return read
+
+
+def _known(name: str, *, tls: bool) -> bool:
+    """Whether redis-py reads option ``name`` (``ssl_*`` only on a TLS URL) and tracked
+    lets it through."""
+    if name in _REFUSED_OPTIONS or (name.startswith("ssl_") and not tls):
+        return False
+    return (
+        URL_QUERY_ARGUMENT_PARSERS.get(name) is not None
+        or name in _TEXT_OPTIONS
+        or name in _TLS_TEXT_OPTIONS
+    )
 
 
 def address_of(url_or_client: object) -> str:

@@ -27,11 +27,34 @@ from ._scope import StoreSpec, resolve_store
 from ._state import State
 from ._store import Record, SharedPart, Store, judge
 from ._token import ShareToken, known_store, store_fingerprint
+from ._writer import RunWriter
 from .errors import Cancelled, StoreError
 
 __all__ = ["JoinedProgress", "join"]
 
 logger = logging.getLogger("tracked")
+
+
+class PartWriter(RunWriter):
+    """A joined worker's writer: the flusher's turns write the worker's part (parts
+    are not batched); it never writes the owner's record (``owned`` is False)."""
+
+    __slots__ = ()
+
+    def owned(self) -> bool:
+        """Never: a joined handle does not own the run it adds to."""
+        return False
+
+    def flush(self) -> bool:
+        """Write the worker's part now (``JoinedProgress.flush``)."""
+        handle = self.handle()
+        return handle is not None and handle.flush()
+
+    def begin_write(self) -> None:
+        """The flusher's turn: write the part here, nothing for its batch."""
+        if not self.clean:
+            self.flush()
+
 
 class JoinedProgress(Progress):
     """A worker's handle on a shared run (see ``tracked.join``).
@@ -45,6 +68,7 @@ class JoinedProgress(Progress):
     """
 
     __slots__ = ("_joined_pid", "_run", "_worker")
+    _writer_class = PartWriter
 
     def __init__(self, token: ShareToken, store: Store) -> None:
         super().__init__(
@@ -65,9 +89,9 @@ class JoinedProgress(Progress):
     def _start(self, record: Record | None) -> JoinedProgress:
         """Join: an inert handle if the run is no longer running, else a watched one.
 
-        The run's owner record is kept as ``_owner``: the flusher polls the store for
-        a cancel request of that run with it (a joined handle never writes the
-        owner's record: ``_owned`` is False)."""
+        The run's owner record is kept as its writer's ``owner``: the flusher polls the
+        store for a cancel request of that run with it (a joined handle never writes
+        the owner's record: ``PartWriter.owned`` is False)."""
         state = None if record is None else judge(record)
         if state is None or record is None or record.owner is None:
             self._stop("finished")  # gone: pruned or deleted after it ended
@@ -76,9 +100,9 @@ class JoinedProgress(Progress):
             # Over: ended (its own state word), or replaced by a newer run of the name.
             self._stop(state.state if record.owner.run == self._run else "finished")
             return self
-        self._owner = record.owner
+        self._writer.owner = record.owner
         self._clean = True  # nothing to write until the first update
-        _flusher.watch(self)
+        _flusher.watch(self._writer)
         return self
 
     def _stop(self, state: str) -> None:
@@ -89,9 +113,9 @@ class JoinedProgress(Progress):
             self._ended = True
             self._clean = False  # updates no longer reach the flusher
             self._state = state
-            self._finished_time = time.time()
+            self._outcome.finished_time = time.time()
             self._final = self._snapshot_locked()
-        _flusher.forget(self)
+        _flusher.forget(self._writer)
 
     def _end(self, state: str, error: str | None = None) -> None:
         """Leave the run: write this handle's part now; the owner's run goes on."""
@@ -108,18 +132,19 @@ class JoinedProgress(Progress):
     def _write_part(self, *, ending: bool) -> bool:
         if self._ended or os.getpid() != self._joined_pid:
             return False
-        with self._write_lock:
+        writer = self._writer
+        with writer.write_lock:
             if self._ended:
                 return False
             self._clean = True
-            self._last_write = time.monotonic()
+            writer.last_write = time.monotonic()
             part = self._part(self.snapshot(), ending)
             try:
                 landed = self.store.write_part(self.key, part)
             except Exception as exc:  # noqa: BLE001 - instrumentation never kills the task
-                self._saved(exc)
+                writer.saved(exc)
                 return False
-            self._saved(None)
+            writer.saved(None)
         if not landed:
             self._stop(self._ended_as())
         return landed
@@ -135,8 +160,8 @@ class JoinedProgress(Progress):
             time=time.time(),
             rate=state.rate,
             ended=ending,
-            asked=self._cancel_requested,
-            stopped=self._delivered,
+            asked=self._cancel.requested,
+            stopped=self._cancel.delivered,
         )
 
     def _deliver(self) -> Cancelled:
@@ -154,15 +179,6 @@ class JoinedProgress(Progress):
         except StoreError:
             return "finished"
         return state.state if state is not None and not state.in_progress else "finished"
-
-    def _begin_write(self) -> None:
-        """The flusher's turn: write the part here (parts are not batched)."""
-        if not self._clean:
-            self.flush()
-        return None
-
-    def _owned(self) -> bool:
-        return False  # a joined handle never writes the owner's record
 
     def __del__(self) -> None:
         try:

@@ -673,27 +673,33 @@ def merge_parts(state: State, parts: Sequence[SharedPart], now: float | None = N
     ``PART_RATE_FRESHNESS`` seconds (so a killed worker's stops counting)."""
     if not parts:
         return state
-    now = time.time() if now is None else now
+    ordered = sorted(parts, key=lambda part: (part.time, part.worker))
+    return dataclasses.replace(
+        state,
+        count=state.count + sum(max(0, part.count) for part in ordered),
+        message_count=state.message_count + sum(max(0, p.message_count) for p in ordered),
+        messages=_merged_messages(state.messages, ordered),
+        rate=_merged_rate(state.rate, ordered, time.time() if now is None else now),
+    )
+
+
+def _merged_rate(rate: float | None, parts: Sequence[SharedPart], now: float) -> float | None:
+    """The owner's rate plus that of each open worker that wrote lately (``merge_parts``)."""
     rates = [
         part.rate
         for part in parts
         if part.rate is not None and not part.ended and now - part.time <= PART_RATE_FRESHNESS
     ]
-    rate = state.rate
-    if rates:
-        rate = round((rate or 0.0) + sum(rates), 3)
-    ordered = sorted(parts, key=lambda part: (part.time, part.worker))
+    return round((rate or 0.0) + sum(rates), 3) if rates else rate
+
+
+def _merged_messages(owned: tuple[str, ...], ordered: Sequence[SharedPart]) -> tuple[str, ...]:
+    """The owner's messages then the workers', in ``ordered``; the newest ``keep``."""
     keep = max(part.keep for part in ordered)
-    messages = state.messages + tuple(m for part in ordered for m in part.messages)
+    messages = owned + tuple(m for part in ordered for m in part.messages)
     if len(messages) > keep:
         messages = messages[len(messages) - keep :] if keep else ()
-    return dataclasses.replace(
-        state,
-        count=state.count + sum(max(0, part.count) for part in ordered),
-        message_count=state.message_count + sum(max(0, p.message_count) for p in ordered),
-        messages=messages,
-        rate=rate,
-    )
+    return messages
 
 
 def swappable(record: Record | None, run: str, was: frozenset[str]) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["clean_message", "clean_text"]
+__all__ = ["clean_message", "clean_text", "describe_error"]
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
@@ -26,3 +26,9 @@ def clean_message(text: str) -> str:
     if text.endswith("\n"):
         text = text[:-2] if text.endswith("\r\n") else text[:-1]
     return clean_text(text)
+
+
+def describe_error(error: BaseException) -> str:
+    """An exception as one line for records and logs: ``Type: message`` (or ``Type``)."""
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -139,24 +139,26 @@ class ShareToken(str):
 def _check_fields(fields: dict[str, Any]) -> None:
     """``InvalidValue`` unless every field of a decoded token has its type and form."""
     name, progress_id, interval, keep = fields["n"], fields["p"], fields["i"], fields["m"]
-    if not isinstance(fields["s"], str) or not _STORE_ID.fullmatch(fields["s"]):
-        raise InvalidValue("not a share token: malformed store fingerprint")
-    if not isinstance(fields["r"], str) or not _RUN.fullmatch(fields["r"]):
-        raise InvalidValue("not a share token: malformed run id")
+    for field, form, what in (("s", _STORE_ID, "store fingerprint"), ("r", _RUN, "run id")):
+        if not isinstance(fields[field], str) or not form.fullmatch(fields[field]):
+            raise InvalidValue(f"not a share token: malformed {what}")
     if not all(v is None or isinstance(v, str) for v in (name, progress_id)):
         raise InvalidValue("not a share token: malformed name or progress_id")
-    if (
-        isinstance(interval, bool)
-        or not isinstance(interval, (int, float))
-        or not (0 <= interval < math.inf)
-    ):
+    if not _number_in(interval, (int, float), math.inf):
         raise InvalidValue("not a share token: malformed min_interval")
-    if isinstance(keep, bool) or not isinstance(keep, int) or not 0 <= keep <= 1 << 31:
+    if not _number_in(keep, (int,), (1 << 31) + 1):
         raise InvalidValue("not a share token: malformed max_messages")
     try:
         make_key(name, progress_id)
     except TrackedError as exc:
         raise InvalidValue(f"not a share token: {exc}") from None
+
+
+def _number_in(value: object, kinds: tuple[type, ...], below: float) -> bool:
+    """Whether ``value`` is a number of one of ``kinds`` (not a bool), 0 <= value < below."""
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        return False
+    return 0 <= value < below  # type: ignore[operator]
 
 
 def share_token(progress: Shareable, run: str) -> ShareToken:

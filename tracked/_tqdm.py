@@ -313,25 +313,7 @@ class _Bridge:
     def _send(self, bar: std_tqdm[Any], progress: Progress) -> None:
         """One sync's changes, under the lock."""
         if self.drives:
-            total = _whole(bar.total)
-            if total != self.total:
-                self.total = total
-                if total is not None:
-                    progress.total = self.base + total
-                elif self.owned:
-                    progress.total = None
-            n = _whole(bar.n) or 0
-            if n != self.n:
-                # Add the difference rather than set the count: counts added
-                # to the progress by others (a handle shared with threads)
-                # stay, and it needs nothing but increment() of the handle.
-                progress.increment(n - self.n)
-                self.n = n
-            desc = _name_from(bar.desc)
-            if desc != self.desc:
-                self.desc = desc
-                if desc:
-                    progress.status = self.shown_status = desc
+            self._send_counts(bar, progress)
         else:
             text = _meter(bar)
             if text != self.shown_status:
@@ -340,6 +322,28 @@ class _Bridge:
         if postfix and postfix != self.postfix:
             self.postfix = postfix
             progress.add_message(str(postfix))
+
+    def _send_counts(self, bar: std_tqdm[Any], progress: Progress) -> None:
+        """A driving bar's total, count and description, as far as they changed."""
+        total = _whole(bar.total)
+        if total != self.total:
+            self.total = total
+            if total is not None:
+                progress.total = self.base + total
+            elif self.owned:
+                progress.total = None
+        n = _whole(bar.n) or 0
+        if n != self.n:
+            # Add the difference rather than set the count: counts added
+            # to the progress by others (a handle shared with threads)
+            # stay, and it needs nothing but increment() of the handle.
+            progress.increment(n - self.n)
+            self.n = n
+        desc = _name_from(bar.desc)
+        if desc != self.desc:
+            self.desc = desc
+            if desc:
+                progress.status = self.shown_status = desc
 
     def end(self, bar: std_tqdm[Any]) -> None:
         """The bar closed: a last sync, then end the progress or hand it back."""
@@ -350,14 +354,7 @@ class _Bridge:
             remove_cancel_hook(progress, self.hook)
             self.hook = None
         if self.owned:
-            restore_current(self.token)
-            if self.shown_status is not None and progress.status == self.shown_status:
-                with contextlib.suppress(Exception):
-                    progress.status = None  # the desc said what it did; the end says how
-            if self.outcome is None and self.dropped and _short(bar):
-                progress.fail(f"the tqdm bar was collected unclosed at {_short(bar)}")
-            else:
-                end_by(progress, self.outcome)
+            self._end_owned(bar, progress)
         elif self.shown_status is not None and progress.in_progress:
             with contextlib.suppress(Exception):
                 if progress.status == self.shown_status:
@@ -365,6 +362,17 @@ class _Bridge:
                     # finished progress still says "finished".
                     before = None if self.status_before == DEFAULT_STATUS else self.status_before
                     progress.status = before
+
+    def _end_owned(self, bar: std_tqdm[Any], progress: Progress) -> None:
+        """End the progress this bar started, the way its block ended."""
+        restore_current(self.token)
+        if self.shown_status is not None and progress.status == self.shown_status:
+            with contextlib.suppress(Exception):
+                progress.status = None  # the desc said what it did; the end says how
+        if self.outcome is None and self.dropped and _short(bar):
+            progress.fail(f"the tqdm bar was collected unclosed at {_short(bar)}")
+        else:
+            end_by(progress, self.outcome)
 
 
 _UNSET = object()

@@ -484,19 +484,24 @@ class LoopRedisWatcher(Watcher):
             try:
                 await getattr(self._pubsub, command)(*channels)
             except Exception as exc:  # noqa: BLE001 - streams then re-read on their own clock
-                # A lost connection forgets its subscriptions anyway: unsubscribing is no news.
-                log = logger.debug if command == "unsubscribe" else logger.warning
-                log("cannot %s %s: %s", command, ", ".join(channels), exc)
-                with self._lock:
-                    waiting = [self._confirmed.get(channel) for channel in channels]
-                for confirmed in waiting:
-                    if confirmed is not None:
-                        confirmed.set()  # nobody waits the full timeout for a failed command
+                self._failed(command, channels, exc)
                 return False
             if self._read_from is not self._pubsub:
                 self._read_from = self._pubsub
                 self.loop.create_task(self._read(self._pubsub))
             return True
+
+    def _failed(self, command: str, channels: tuple[str, ...], exc: Exception) -> None:
+        """A (un)subscribe failed: say so, and wake whoever waits for its confirmation
+        (nobody waits the full timeout for a failed command)."""
+        # A lost connection forgets its subscriptions anyway: unsubscribing is no news.
+        log = logger.debug if command == "unsubscribe" else logger.warning
+        log("cannot %s %s: %s", command, ", ".join(channels), exc)
+        with self._lock:
+            waiting = [self._confirmed.get(channel) for channel in channels]
+        for confirmed in waiting:
+            if confirmed is not None:
+                confirmed.set()
 
     async def _read(self, pubsub: Any) -> None:
         try:
@@ -589,17 +594,21 @@ def watcher(store: tracked.Store, loop: asyncio.AbstractEventLoop | None = None)
         found = _watchers.get(id(store))
         if found is not None and found.store is store:
             return found
-        made: Watcher
-        if isinstance(store, tracked.FileStore):
-            made = FileWatcher(store)
-        elif isinstance(store, tracked.MemoryStore) and hasattr(store, "_watchers"):
-            made = MemoryWatcher(store)
-        elif type(store).__name__ == "RedisStore" and hasattr(store, "channel"):
-            made = RedisWatcher(store)
-        else:
-            made = Watcher(store)
+        made = _new_watcher(store)
         _watchers[id(store)] = made
         return made
+
+
+def _new_watcher(store: tracked.Store) -> Watcher:
+    """A watcher for ``store``'s kind: stat polling, in-process wake, Redis pub/sub, or
+    (any other store) re-reading on the streams' own clock."""
+    if isinstance(store, tracked.FileStore):
+        return FileWatcher(store)
+    if isinstance(store, tracked.MemoryStore) and hasattr(store, "_watchers"):
+        return MemoryWatcher(store)
+    if type(store).__name__ == "RedisStore" and hasattr(store, "channel"):
+        return RedisWatcher(store)
+    return Watcher(store)
 
 
 def _loop_watcher(store: Any, loop: asyncio.AbstractEventLoop) -> LoopRedisWatcher | None:

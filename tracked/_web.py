@@ -157,20 +157,7 @@ class StatusService:
         show_errors: bool = True,
         cache_bytes: int = CACHE_BYTES,
     ) -> None:
-        if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0:
-            raise tracked.InvalidValue(f"cache_bytes must be an int >= 0, got {cache_bytes!r}")
-        if authorize is not None and not callable(authorize):
-            raise tracked.InvalidValue(f"authorize must be callable, got {authorize!r}")
-        if not isinstance(cancel, bool) and not callable(cancel):
-            raise tracked.InvalidValue(f"cancel must be a bool or a callable, got {cancel!r}")
-        for what, value in (("max_stream_seconds", max_stream_seconds),
-                            ("heartbeat_seconds", heartbeat_seconds)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise tracked.InvalidValue(
-                    f"{what} must be a number of seconds >= 0, got {value!r}"
-                )
-        if not heartbeat_seconds:
-            raise tracked.InvalidValue("heartbeat_seconds must be > 0")
+        _check_options(cache_bytes, authorize, cancel, max_stream_seconds, heartbeat_seconds)
         self.store = None if store is None else tracked.open_store(store)
         self.authorize = authorize
         self.max_stream_seconds = float(max_stream_seconds)
@@ -412,10 +399,9 @@ class StatusService:
             key, _ = self._key_and_since(request)
         except tracked.TrackedError as exc:
             return error(400, str(exc))
-        if self.authorize is not None and not self.authorize(request.native, key):
-            return error(403, "not allowed to read this progress")
-        if callable(self.cancel) and not self.cancel(request.native, key):
-            return error(403, "not allowed to cancel this progress")
+        refused = self._cancel_refused(request, key)
+        if refused is not None:
+            return refused
         shown = key.replace("\0", "?progress_id=")
         store = self.store or tracked.default_store()
         try:
@@ -433,12 +419,53 @@ class StatusService:
         if not asked:
             return error(409, f"progress {shown!r} is not running (it ended {state.state})")
         if state.state == "queued":  # it ended at once: answer with its final state
-            try:
-                state = store.load(key) or state
-            except Exception:  # the state read before is still true enough
-                logger.debug("cannot read %r after its cancel", key, exc_info=True)
+            state = _reread(store, key, state)
         body = render(self._shown(state)).body
         return Response(202, (("Content-Type", JSON_TYPE), NO_STORE), body)
+
+    def _cancel_refused(self, request: StatusRequest, key: str) -> Response | None:
+        """The 403 of a DELETE that ``authorize`` or the ``cancel`` callable refuses."""
+        if self.authorize is not None and not self.authorize(request.native, key):
+            return error(403, "not allowed to read this progress")
+        if callable(self.cancel) and not self.cancel(request.native, key):
+            return error(403, "not allowed to cancel this progress")
+        return None
+
+
+def _check_options(
+    cache_bytes: object,
+    authorize: object,
+    cancel: object,
+    max_stream_seconds: object,
+    heartbeat_seconds: object,
+) -> None:
+    """``InvalidValue`` for the first ``StatusService`` option that is not one."""
+    if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0:
+        raise tracked.InvalidValue(f"cache_bytes must be an int >= 0, got {cache_bytes!r}")
+    if authorize is not None and not callable(authorize):
+        raise tracked.InvalidValue(f"authorize must be callable, got {authorize!r}")
+    if not isinstance(cancel, bool) and not callable(cancel):
+        raise tracked.InvalidValue(f"cancel must be a bool or a callable, got {cancel!r}")
+    _check_seconds("max_stream_seconds", max_stream_seconds)
+    _check_seconds("heartbeat_seconds", heartbeat_seconds)
+    if not heartbeat_seconds:
+        raise tracked.InvalidValue("heartbeat_seconds must be > 0")
+
+
+def _check_seconds(what: str, value: object) -> None:
+    """``InvalidValue`` unless ``value`` is a number of seconds >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise tracked.InvalidValue(f"{what} must be a number of seconds >= 0, got {value!r}")
+
+
+def _reread(store: tracked.Store, key: str, state: tracked.State) -> tracked.State:
+    """``key``'s state read again (a queued run's cancel ended it at once); ``state``
+    if there is none or it cannot be read (what was read before is still true enough)."""
+    try:
+        return store.load(key) or state
+    except Exception:
+        logger.debug("cannot read %r after its cancel", key, exc_info=True)
+        return state
 
 
 # ----------------------------------------------------------------------------- events

@@ -99,17 +99,12 @@ def _published(
     if isinstance(body, (list, tuple)) and len(body) >= 2:
         args, kwargs = body[0], body[1]
     plan = describe_call(run, tuple(args), dict(kwargs))
-    expires = headers.get("expires")
-    timeout = None
-    if isinstance(expires, str):
-        try:
-            from datetime import datetime
-
-            timeout = max(1.0, datetime.fromisoformat(expires).timestamp() - time.time()) + 60.0
-        except ValueError:
-            timeout = None
     state, owner, ticket = prepare(
-        plan.name, str(headers["id"]), plan.function, total=plan.total, timeout=timeout,
+        plan.name,
+        str(headers["id"]),
+        plan.function,
+        total=plan.total,
+        timeout=_queued_timeout(headers.get("expires")),
         group=plan.group,
     )
     # Carried even if the claim fails (a duplicate task id, the store down): Celery
@@ -119,6 +114,19 @@ def _published(
     headers[HEADER] = ticket.to_dict()
     (store or plan.store).claim(state, owner)
     report_move(store or plan.store, state)  # a group's child is counted from now
+
+
+def _queued_timeout(expires: object) -> float | None:
+    """How long a queued record lives: until the message's ``expires`` (an ISO time,
+    at least a second from now) and a minute; no limit without one."""
+    if not isinstance(expires, str):
+        return None
+    try:
+        from datetime import datetime
+
+        return max(1.0, datetime.fromisoformat(expires).timestamp() - time.time()) + 60.0
+    except ValueError:
+        return None
 
 
 def _prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:

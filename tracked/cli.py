@@ -272,6 +272,16 @@ def _store(args: argparse.Namespace) -> Store:
         spec, origin = os.environ.get("TRACKED_STORE") or None, "$TRACKED_STORE"
     if spec is None:
         return default_store()
+    _check_store_spec(spec, origin)
+    try:
+        return open_store(spec)
+    except ImportError as exc:  # a Redis URL without redis-py: the message names the extra
+        raise UsageError(f"{origin}: {exc}") from None
+
+
+def _check_store_spec(spec: str, origin: str) -> None:
+    """``UsageError`` for a named store this command cannot see: empty, a process's own
+    memory, or a directory that does not exist."""
     if not spec.strip():
         raise UsageError(f"{origin} is empty: give a directory or a store URL")
     scheme, sep, rest = spec.partition("://")
@@ -282,10 +292,6 @@ def _store(args: argparse.Namespace) -> Store:
         )
     if not sep or scheme.lower() == "file":
         _check_directory(rest if sep else spec, origin)
-    try:
-        return open_store(spec)
-    except ImportError as exc:  # a Redis URL without redis-py: the message names the extra
-        raise UsageError(f"{origin}: {exc}") from None
 
 
 def _check_directory(text: str, origin: str) -> None:
@@ -477,6 +483,12 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
     print(printable(f"asked progress {_shown(key)} to stop"), flush=True)
     if wait is None:
         return EXIT_OK
+    return _wait_cancelled(store, key, asked, wait)
+
+
+def _wait_cancelled(store: Store, key: str, asked: State | None, wait: float) -> int:
+    """``tracked cancel --wait``: wait up to ``wait`` seconds for the run asked to stop
+    to end; say how it ended (exit 0 only if ``cancelled``)."""
     deadline = time.monotonic() + wait
     while True:
         latest = store.load(key)
@@ -492,6 +504,12 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return EXIT_ENDED_BADLY
         time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+    return _cancel_outcome(key, latest)
+
+
+def _cancel_outcome(key: str, latest: State | None) -> int:
+    """Say how the run asked to stop ended (``latest``: None if deleted); exit 0 only
+    if it ended ``cancelled``."""
     if latest is not None and latest.state == "cancelled":
         print(printable(f"progress {_shown(key)} ended cancelled"))
         return EXIT_OK

@@ -38,7 +38,6 @@ Scripts are called by their SHA1 (``EVALSHA``) and loaded when a server answers
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -56,13 +55,18 @@ from redis.exceptions import AskError, NoScriptError, RedisClusterException
 from ._ledger import GroupBook, child_line, parse_token, units_of
 from ._redis_codec import (
     Written,
+    check_prefix,
+    check_seconds,
     clean_text,
     decode_parts,
     decode_reply,
     encode_state,
+    glob_escape,
     hash_tag,
     key_text,
+    major_version,
     messages_since,
+    ms,
     owner_args,
 )
 from ._redis_connect import CLUSTER_SCHEMES as CLUSTER_SCHEMES
@@ -92,6 +96,7 @@ from ._redis_scripts import (
 )
 from ._state import State
 from ._store import Owner, Record, SharedPart, Store
+from ._text import describe_error
 from .errors import AlreadyRunning, InvalidValue, RunSuperseded, StoreError
 
 __all__ = ["RedisStore"]
@@ -125,9 +130,9 @@ class RedisStore(Store):
         finished_ttl: float | None = 86400,
         lease: float = 10.0,
     ) -> None:
-        self.prefix = _check_prefix(prefix)
-        self.finished_ttl = _check_seconds(finished_ttl, "finished_ttl", optional=True)
-        self.lease = self._lease = float(_check_seconds(lease, "lease"))
+        self.prefix = check_prefix(prefix)
+        self.finished_ttl = check_seconds(finished_ttl, "finished_ttl", optional=True)
+        self.lease = self._lease = float(check_seconds(lease, "lease"))
         self._owns_client = isinstance(url_or_client, str)
         self.address = address_of(url_or_client)
         self._connect = connector(url_or_client, self.address)
@@ -241,7 +246,7 @@ class RedisStore(Store):
             return None
         versions = info.values() if "redis_version" not in info else [info]
         found = [str(v.get("redis_version", "0")) for v in versions if isinstance(v, dict)]
-        return bool(found) and all(_major(version) >= 7 for version in found)
+        return bool(found) and all(major_version(version) >= 7 for version in found)
 
     def _publisher(self) -> Script:
         """The write script: with ``SPUBLISH`` on a cluster that has it."""
@@ -393,7 +398,7 @@ class RedisStore(Store):
         running = state.in_progress
         lease = self._lease_of(owner)
         numbers = (
-            f"{1 if running else 0} {state.message_count} {_ms(lease)} "
+            f"{1 if running else 0} {state.message_count} {ms(lease)} "
             f"{self._expire_ms(running, lease)} {len(state.messages)}"
         )
         new_run, owner_json = owner_args(owner)
@@ -472,7 +477,7 @@ class RedisStore(Store):
             self.channel(key),
             line[1],
             line[2],
-            _ms(line[3]),
+            ms(line[3]),
         ]
         return self._place.command(keys, args)
 
@@ -517,7 +522,7 @@ class RedisStore(Store):
         running = state.in_progress
         lease = self._lease_of(owner)
         numbers = (
-            f"{mode} {1 if running else 0} {state.message_count} {_ms(lease)} "
+            f"{mode} {1 if running else 0} {state.message_count} {ms(lease)} "
             f"{self._expire_ms(running, lease)} {base} {len(state.messages)}"
         )
         run, owner_json = owner_args(owner)
@@ -537,7 +542,7 @@ class RedisStore(Store):
         if self.finished_ttl is None:
             return 0
         extra = (self._lease if lease is None else lease) if running else 0.0
-        return _ms(self.finished_ttl + extra)
+        return ms(self.finished_ttl + extra)
 
     def _remember(self, key: str, state: State, run: str) -> None:
         if state.in_progress:
@@ -699,7 +704,7 @@ class RedisStore(Store):
     def request_cancel(self, key: str) -> bool:
         """One script call: mark ``key``'s live run asked to stop; False if none runs."""
         keys = [self.record_key(key), self.lease_key(key), self.cancel_key(key)]
-        return bool(self._call(self._run, self._request_cancel, keys, [_ms(self._lease)]))
+        return bool(self._call(self._run, self._request_cancel, keys, [ms(self._lease)]))
 
     def cancels_requested(self, runs: Sequence[tuple[str, Owner]]) -> list[bool]:
         """One round trip for all of this process's live runs on this store."""
@@ -779,7 +784,7 @@ class RedisStore(Store):
         """Every readable record: SCAN (on a cluster: every master), then the
         records read a batch per pipeline."""
         start = len(self.prefix + "rec:")
-        pattern = _glob_escape(self.prefix + "rec:{") + "*"
+        pattern = glob_escape(self.prefix + "rec:{") + "*"
         tags = [key[start:] for key in map(key_text, self._call(self._scan, pattern)) if key]
         for offset in range(0, len(tags), SCAN_BATCH):
             calls = [(self._all_keys(tag), ()) for tag in tags[offset : offset + SCAN_BATCH]]
@@ -843,7 +848,7 @@ class RedisStore(Store):
         return list(pipe.execute(raise_on_error=False))
 
     def _failure(self, exc: BaseException) -> StoreError:
-        text = _describe(exc)
+        text = describe_error(exc)
         if isinstance(exc, AskError) and not isinstance(self._client, RedisCluster):  # or MOVED
             text += " (this server is part of a Redis Cluster: use a redis+cluster:// URL)"
         return StoreError(f"Redis at {self.address} failed: {text}")
@@ -873,46 +878,3 @@ def _reopen(
     return store
 
 
-def _check_prefix(prefix: object) -> str:
-    """The prefix, unless it would split a record's keys across cluster slots.
-
-    A ``{`` in the prefix starts the hash tag there, so it must be closed in the
-    prefix around at least one character (then every record lives in that one
-    slot); otherwise a record's keys would hash apart.
-    """
-    if not isinstance(prefix, str):
-        raise InvalidValue(f"prefix must be a str, not {type(prefix).__name__}")
-    opening = prefix.find("{")
-    if opening >= 0 and prefix.find("}", opening) <= opening + 1:
-        raise InvalidValue(
-            f"prefix {prefix!r} opens a Redis hash tag with '{{' that it does not close "
-            "around at least one character"
-        )
-    return prefix
-
-
-def _check_seconds(value: object, what: str, *, optional: bool = False) -> Any:
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise InvalidValue(f"{what} must be a number of seconds > 0, got {value!r}")
-    return float(value)
-
-
-def _ms(seconds: float) -> int:
-    return max(1, math.ceil(seconds * 1000))
-
-
-def _major(version: str) -> int:
-    """The major number of a Redis version such as ``7.0.15`` (0 if unreadable)."""
-    head = version.partition(".")[0]
-    return int(head) if head.isdigit() else 0
-
-
-def _glob_escape(text: str) -> str:
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
-
-
-def _describe(error: BaseException) -> str:
-    text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__

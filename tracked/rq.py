@@ -42,7 +42,7 @@ from ._queued import (
 )
 from ._scope import resolve_store
 from ._state import State
-from ._store import Store, report_move
+from ._store import Owner, Store, report_move
 from .errors import AlreadyRunning, Cancelled, InvalidValue
 from .redis import RedisStore
 
@@ -98,51 +98,26 @@ def enqueue(queue: rq.Queue, func: Callable[..., Any], *args: Any, **kwargs: Any
     # A job that waits for others (depends_on) is not in line yet: its place is null.
     in_line = not parsed.depends_on
     store = plan.store
-    together = (
-        isinstance(store, RedisStore)
-        and parsed.pipeline is None
-        and parsed.job_id is None  # a new id: no other run can hold the key
-        and in_line  # RQ WATCHes a job's dependencies before its transaction
-        and store.same_server(connection)
-    )
-    position = None if not in_line else 1 if parsed.at_front else None
-    if in_line and position is None and not together:
-        position = queue.count + 1
+    together = _together(store, parsed, connection, in_line)
     state, owner, ticket = prepare(
         plan.name,
         job_id,
         plan.function,
         total=plan.total,
-        position=position,
-        timeout=None if parsed.ttl is None or parsed.ttl < 0 else float(parsed.ttl) + 60.0,
+        position=_first_position(queue, parsed, in_line, together),
+        timeout=_queued_timeout(parsed.ttl),
         group=token,
     )
-    claim = None
-    if together and isinstance(store, RedisStore):
-        claim = store.claim_command(state, owner)
-    if claim is None:
-        store.claim(state, owner)
+    claim = _claim(store, state, owner, together)
     options = _options(kwargs, parsed, job_id, ticket)
-    pipe = connection.pipeline() if parsed.pipeline is None else parsed.pipeline
+    own = parsed.pipeline is None
+    pipe = connection.pipeline() if own else parsed.pipeline
     try:
-        if claim is not None:
-            pipe.multi()  # RQ adds its commands to this transaction, after the record's
-            pipe.execute_command(*claim)
-        if parsed.pipeline is None:
-            job = queue.enqueue(func, *args, pipeline=pipe, **options)
-        else:  # the caller's pipeline: the job is pushed when the caller executes it
-            job = queue.enqueue(func, *args, **options)
-        line = (line_key(queue.name), job_id, f"{ticket.run}:{ticket.key}", LINE_TTL)
-        place = None
-        if in_line and not parsed.at_front and isinstance(store, RedisStore):
-            if store.same_server(connection):
-                place = store.place_command(ticket.key, ticket.run, queue.key, line)
-        if place is not None:
-            pipe.execute_command(*place)
-        else:
-            pipe.hset(line[0], job_id, line[2])
-            pipe.expire(line[0], LINE_TTL)
-        if parsed.pipeline is None:
+        _open_transaction(pipe, claim)
+        # In the caller's pipeline, the job is pushed when the caller executes it.
+        job = queue.enqueue(func, *args, **options, **({"pipeline": pipe} if own else {}))
+        place = _line_up(pipe, queue, store, ticket, job_id, in_line and not parsed.at_front)
+        if own:
             _check_replies(pipe.execute(raise_on_error=False), claim, place, state, owner, store)
     except AlreadyRunning:
         if claim is not None:  # a new job id held by another run: drop the job again
@@ -166,6 +141,70 @@ def _count_in_group(store: Store, state: State, ticket: Ticket) -> None:
         why = "its group is closed or not running"
         end_queued(store, ticket, "failed", error=why)
         raise InvalidValue(f"cannot enqueue {state.key!r}: {why}")
+
+
+def _open_transaction(pipe: Any, claim: tuple[Any, ...] | None) -> None:
+    """With a claim command, make ``pipe`` a transaction that starts with it: RQ adds
+    its commands to this transaction, after the record's."""
+    if claim is not None:
+        pipe.multi()
+        pipe.execute_command(*claim)
+
+
+def _queued_timeout(ttl: int | None) -> float | None:
+    """How long the queued record lives: the job's TTL and a minute, or no limit."""
+    return None if ttl is None or ttl < 0 else float(ttl) + 60.0
+
+
+def _claim(store: Store, state: State, owner: Owner, together: bool) -> tuple[Any, ...] | None:
+    """Claim the record now; or, to go in one transaction with the job, the command
+    that claims it."""
+    if together and isinstance(store, RedisStore):
+        claim = store.claim_command(state, owner)
+        if claim is not None:
+            return claim
+    store.claim(state, owner)
+    return None
+
+
+def _together(store: Store, parsed: Any, connection: Any, in_line: bool) -> bool:
+    """Whether the record, its place in line and the job can go in one transaction."""
+    return (
+        isinstance(store, RedisStore)
+        and parsed.pipeline is None
+        and parsed.job_id is None  # a new id: no other run can hold the key
+        and in_line  # RQ WATCHes a job's dependencies before its transaction
+        and store.same_server(connection)
+    )
+
+
+def _first_position(queue: rq.Queue, parsed: Any, in_line: bool, together: bool) -> int | None:
+    """The place in line the record is published with: none for a job that waits for
+    others, 1 at the front, else the queue's length + 1 (or, in one transaction with
+    the job, the place the line script computes)."""
+    if not in_line:
+        return None
+    if parsed.at_front:
+        return 1
+    return None if together else queue.count + 1
+
+
+def _line_up(
+    pipe: Any, queue: rq.Queue, store: Store, ticket: Ticket, job_id: str, placed: bool
+) -> tuple[Any, ...] | None:
+    """Add the job to the queue's line in ``pipe``: by the store's line script when it
+    places the record (``placed``: in line, not at the front) on the queue's server
+    (returned, for its reply), else by a plain ``HSET``."""
+    line = (line_key(queue.name), job_id, f"{ticket.run}:{ticket.key}", LINE_TTL)
+    place = None
+    if placed and isinstance(store, RedisStore) and store.same_server(queue.connection):
+        place = store.place_command(ticket.key, ticket.run, queue.key, line)
+    if place is not None:
+        pipe.execute_command(*place)
+    else:
+        pipe.hset(line[0], job_id, line[2])
+        pipe.expire(line[0], LINE_TTL)
+    return place
 
 
 def _options(kwargs: dict[str, Any], parsed: Any, job_id: str, ticket: Ticket) -> dict[str, Any]:
