@@ -14,6 +14,7 @@ never cut in two by a signal).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -26,7 +27,7 @@ from ._filelock import O_CLOEXEC, O_NOFOLLOW, Locked, read_regular
 from ._ledger import GroupBook, Ledger
 from .errors import StoreError
 
-__all__ = ["CHILDREN_SUFFIX", "LEDGER_SUFFIX", "GroupFiles"]
+__all__ = ["CHILDREN_SUFFIX", "LEDGER_SUFFIX", "FileGroupLedgers", "GroupFiles"]
 
 LEDGER_SUFFIX = ".group"
 CHILDREN_SUFFIX = ".children"
@@ -147,6 +148,72 @@ class GroupFiles:
             os.replace(tmp, locked.path)
         except OSError as exc:
             raise StoreError(f"cannot write {str(locked.path)!r}: {exc}") from exc
+
+
+class FileGroupLedgers:
+    """``FileStore``'s part of the group contract (see ``tracked._groupstore``): each
+    call one change of a ledger file under its lock. ``group_files`` and ``path_for``
+    are the store's."""
+
+    group_files: GroupFiles
+
+    def path_for(self, key: str) -> Path:
+        """The record file of ``key`` (the store's)."""
+        raise NotImplementedError
+
+    def move_child(
+        self, key: str, run: str, child: str, state: str, units: int, line: str | None
+    ) -> GroupBook | None:
+        """Count a child's change under the ledger's flock; the group's record file's
+        mtime moves on, so event streams and the render cache see it."""
+        book = self.group_files.move(key, run, child, state, units, line)
+        if book is not None:
+            touch(self.path_for(key))
+        return book
+
+    def close_group(self, key: str, run: str) -> GroupBook | None:
+        """Close group ``key`` (see ``Store.close_group``)."""
+        book = self.group_files.change(key, run, lambda book: Ledger(book).close(time.time()))
+        touch(self.path_for(key))
+        return book
+
+    def cancel_group(self, key: str, run: str) -> GroupBook | None:
+        """Mark group ``key`` cancelled (see ``Store.cancel_group``)."""
+        return self.group_files.change(
+            key, run, lambda book: dataclasses.replace(book, cancelled=True)
+        )
+
+    def read_group(self, key: str) -> GroupBook | None:
+        """Group ``key``'s ledger: one file read."""
+        return self.group_files.read(key)
+
+    def group_children(self, key: str) -> list[tuple[str, str]]:
+        """Group ``key``'s children as counted (256 bucket files)."""
+        return self.group_files.children(key)
+
+    def sweep_turn(self, key: str, run: str, window: float) -> bool:
+        """The first caller in ``window`` seconds moves ``swept_at`` on, under the lock."""
+        now, won = time.time(), []
+
+        def take(book: GroupBook) -> GroupBook:
+            if now - book.swept_at < window:
+                return book
+            won.append(True)
+            return dataclasses.replace(book, swept_at=now)
+
+        self.group_files.change(key, run, take)
+        return bool(won)
+
+
+def touch(path: Path) -> None:
+    """Move ``path``'s mtime on by at least 1 ns, so that a ``stat`` taken before
+    differs; never raises (a pruned record: nothing to tell)."""
+    try:
+        before = os.stat(path).st_mtime_ns
+        now = max(time.time_ns(), before + 1)
+        os.utime(path, ns=(now, now))
+    except OSError:
+        pass
 
 
 def _decode(raw: bytes, where: str) -> GroupBook:

@@ -12,7 +12,6 @@ so no name can reach outside the directory. Reading needs no write access.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import hashlib
 import itertools
@@ -22,11 +21,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from ._filegroups import LEDGER_SUFFIX, GroupFiles
+from ._filegroups import LEDGER_SUFFIX, FileGroupLedgers, GroupFiles
 from ._filelock import LOCK_TIMEOUT as LOCK_TIMEOUT
 from ._filelock import O_CLOEXEC, O_NOFOLLOW, Locked, read_regular
 from ._filelock import READ_LOCK_TIMEOUT as READ_LOCK_TIMEOUT
-from ._ledger import GroupBook, Ledger
 from ._state import State
 from ._store import (
     Owner,
@@ -58,7 +56,7 @@ STALE_TEMP_AGE = 60.0
 _RUN = re.compile(rb'"run":"([^"\\]*)"')
 
 
-class FileStore(Store):
+class FileStore(FileGroupLedgers, Store):
     """Progress records as JSON files in ``directory``.
 
     Opening and reading never create or change anything: the directory (with its
@@ -71,7 +69,8 @@ class FileStore(Store):
             raise StoreError(
                 f"cannot use {str(self.directory)!r} as a progress store: not a directory"
             )
-        self._groups = GroupFiles(self.directory, _file_name)
+        #: The group ledgers in this directory (``tracked._filegroups``).
+        self.group_files = GroupFiles(self.directory, _file_name)
 
     def __repr__(self) -> str:
         return f"FileStore({str(self.directory)!r})"
@@ -177,7 +176,7 @@ class FileStore(Store):
         """Remove ``key``'s file and its parts folder; True if the file was there."""
         path = self.path_for(key)
         self._remove_parts(self.parts_dir(key))
-        self._groups.delete(key)
+        self.group_files.delete(key)
         try:
             locked = Locked(path, create=False).acquire()
         except FileNotFoundError:
@@ -210,7 +209,7 @@ class FileStore(Store):
         """Remove group ledgers whose record is gone (pruned, deleted)."""
         for path in self._names(lambda n: n.endswith(LEDGER_SUFFIX) and not n.startswith(".")):
             if not path.with_suffix(SUFFIX).exists():
-                self._groups.delete_files(path)
+                self.group_files.delete_files(path)
 
     def _prune_one(self, path: Path, cutoff: float) -> bool:
         """Delete the record at ``path`` if, under its lock, it is still prunable (a new
@@ -365,48 +364,7 @@ class FileStore(Store):
     def open_group(self, key: str, run: str) -> None:
         """Start group ``key``'s ledger file (see ``tracked._filegroups``)."""
         self._make_writable()
-        self._groups.open(key, run)
-
-    def move_child(
-        self, key: str, run: str, child: str, state: str, units: int, line: str | None
-    ) -> GroupBook | None:
-        """Count a child's change under the ledger's flock; the group's record file's
-        mtime moves on, so event streams and the render cache see it."""
-        book = self._groups.move(key, run, child, state, units, line)
-        if book is not None:
-            _touch(self.path_for(key))
-        return book
-
-    def close_group(self, key: str, run: str) -> GroupBook | None:
-        """Close group ``key`` (see ``Store.close_group``)."""
-        book = self._groups.change(key, run, lambda book: Ledger(book).close(time.time()))
-        _touch(self.path_for(key))
-        return book
-
-    def cancel_group(self, key: str, run: str) -> GroupBook | None:
-        """Mark group ``key`` cancelled (see ``Store.cancel_group``)."""
-        return self._groups.change(key, run, lambda book: dataclasses.replace(book, cancelled=True))
-
-    def read_group(self, key: str) -> GroupBook | None:
-        """Group ``key``'s ledger: one file read."""
-        return self._groups.read(key)
-
-    def group_children(self, key: str) -> list[tuple[str, str]]:
-        """Group ``key``'s children as counted (one file each)."""
-        return self._groups.children(key)
-
-    def sweep_turn(self, key: str, run: str, window: float) -> bool:
-        """The first caller in ``window`` seconds moves ``swept_at`` on, under the lock."""
-        now, won = time.time(), []
-
-        def take(book: GroupBook) -> GroupBook:
-            if now - book.swept_at < window:
-                return book
-            won.append(True)
-            return dataclasses.replace(book, swept_at=now)
-
-        self._groups.change(key, run, take)
-        return bool(won)
+        self.group_files.open(key, run)
 
     # ------------------------------------------------------------------ shared runs
 

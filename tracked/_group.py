@@ -16,12 +16,13 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
+from ._groupstore import finish_group, report_move
 from ._ledger import make_token, parse_token
 from ._progress import Progress
 from ._queued import cancel as cancel_key
 from ._scope import StoreSpec, request_scope, resolve_store
 from ._state import State, make_key
-from ._store import Owner, Store, finish_group, report_move
+from ._store import Owner, Store
 from .errors import InvalidValue, StoreError
 
 __all__ = ["Group", "cancel_group", "group", "token_of"]

@@ -174,18 +174,11 @@ class Progress:
         snapshot = self.snapshot()
         self._writer.take_over(snapshot, Owner.for_this_process(), None)
         self._watched()
-        if self._group is not None:
-            self._join_group(snapshot)
+        refused = None if self._group is None else self._writer.join_group(snapshot)
+        if refused is not None:  # closed, or gone: the run ends failed, never running
+            self.fail(refused)
+            raise InvalidValue(f"cannot start {self.key!r}: {refused}")
         return self
-
-    def _join_group(self, snapshot: State) -> None:
-        """Count this new run in its group; a group that refuses it (closed, gone) ends
-        it ``failed`` and raises ``InvalidValue``."""
-        book = self._writer.report_group(snapshot)
-        if book is None or not book.accepted:
-            why = "is closed to new runs" if book is not None else "is not running"
-            self.fail(f"its group {why}")
-            raise InvalidValue(f"cannot start {self.key!r} in its group: the group {why}")
 
     def _take_over(
         self,

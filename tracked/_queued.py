@@ -23,10 +23,11 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ._groupstore import report_move
 from ._progress import Progress, current_progress, requeue_retrying, take_over_run
 from ._scope import MAX_QUEUED_TIMEOUT, check_timeout, queued_timeout, resolve_store
 from ._state import State, make_key, validate_progress_id
-from ._store import QUEUE_HOST, Owner, Record, Store, judge, owner_gone_here, report_move
+from ._store import QUEUE_HOST, Owner, Record, Store, judge, owner_gone_here
 from .errors import AlreadyRunning, InvalidName
 
 __all__ = [

@@ -17,13 +17,22 @@ Reading a group is one more script call: the hash and the lines together.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ._ledger import CHILD_STATES, KEEP_LINES, GroupBook
-from ._redis_scripts import Script
+from redis.cluster import RedisCluster
+from redis.exceptions import NoScriptError
 
-__all__ = ["RedisGroups", "book_of"]
+from ._ledger import CHILD_STATES, KEEP_LINES, GroupBook, child_line, parse_token, units_of
+from ._redis_codec import clean_text
+from ._redis_scripts import Call, Script
+from .errors import InvalidValue, StoreError
+
+if TYPE_CHECKING:
+    from ._state import State
+
+__all__ = ["RedisGroupLedgers", "RedisGroups", "book_of"]
 
 _FINISH = """
 local function finish(grp, now)
@@ -124,24 +133,42 @@ READ = """
 return {redis.call('HGETALL', KEYS[1]), redis.call('LRANGE', KEYS[3], 0, -1)}
 """
 
-Runner = Callable[[Script, Sequence[str], Sequence[str | bytes | int]], Any]
+Runner = Callable[[Script, Sequence[str | bytes], Sequence[str | bytes | int]], Any]
+
+
+class Host(Protocol):
+    """What the ledgers need of their ``RedisStore``."""
+
+    prefix: str
+
+    @property
+    def client(self) -> Any:
+        """The redis-py client (a cluster client on a cluster)."""
+    def expire_ms(self) -> int:
+        """Milliseconds an ended group's ledger lives (0: for ever)."""
+    def call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``function(*args, **kwargs)``, a Redis failure raised as ``StoreError``."""
+    def failure(self, exc: BaseException) -> StoreError:
+        """An error reply as ``StoreError``."""
 
 
 class RedisGroups:
     """The group ledgers of one ``RedisStore`` (it delegates here): ``run`` sends one
     script call, ``tag`` gives a key's hash tag."""
 
-    def __init__(self, prefix: str, tag: Callable[[str], str], run: Runner,
-                 expire_ms: Callable[[], int]) -> None:
-        self._prefix = prefix
+    def __init__(self, host: Host, tag: Callable[[str], str], run: Runner) -> None:
+        self._host = host
+        self._prefix = host.prefix
         self._tag = tag
         self._run = run
-        self._expire_ms = expire_ms
         self._move = Script(MOVE)
-        self.undo_script = Script(UNDO)
+        self._undo = Script(UNDO)
         self._change = Script(CHANGE)
         self._open = Script(OPEN)
         self._read = Script(READ)
+        #: The move last sent with each child's own write: (state, units, book), for
+        #: the ``move`` that follows it (see ``write_and_move``).
+        self._sent: dict[str, tuple[str, int, GroupBook | None]] = {}
 
     def keys(self, key: str) -> list[str]:
         """The ledger's three keys, in the group's slot."""
@@ -153,32 +180,61 @@ class RedisGroups:
         self._run(self._open, self.keys(key), [run])
 
     def move(
-        self, key: str, run: str, child: str, state: str, units: int, line: str | None,
-        now: float,
+        self, key: str, run: str, child: str, state: str, units: int, line: str | None
     ) -> GroupBook | None:
-        """Count a child's change (see ``Store.move_child``): one script call."""
-        return _book(self._run(self._move, *self.move_call(key, run, child, state, units, line,
-                                                           now)))
+        """Count a child's change (see ``Store.move_child``): one script call, none when
+        it went with the child's own write (``write_and_move``)."""
+        child = clean_text(child)
+        sent = self._sent.pop(child, None)
+        if sent is not None and sent[:2] == (state, units):
+            return sent[2]
+        return _book(self._run(self._move, *self._move_call(key, run, child, state, units, line)))
 
-    def move_call(
-        self, key: str, run: str, child: str, state: str, units: int, line: str | None,
-        now: float,
+    def write_and_move(self, script: Script, call: Call, state: State, *, claim: bool) -> Any:
+        """Send a child's write (``script`` with ``call``) and its group's ``MOVE`` in one
+        pipeline (on a cluster, to their two masters at once): the write's reply. The
+        book is kept for the ``move`` that follows; a refused claim's new entry is
+        taken back out of the ledger."""
+        try:
+            key, run = parse_token(state.group)
+        except InvalidValue:
+            return self._run(script, *call)
+        units, child = units_of(state), clean_text(state.key)
+        move = self._move_call(key, run, child, state.state, units, child_line(state))
+        pairs = [(script, call), (self._move, move)]
+        replies = self._host.call(_pipeline, self._host.client, pairs)
+        for i, reply in enumerate(replies):  # a server that lost a script: that call again
+            if isinstance(reply, NoScriptError):
+                replies[i] = self._run(pairs[i][0], *pairs[i][1])
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise self._host.failure(reply)
+        written, moved = replies
+        book, created = book_of(moved)
+        if claim and written < 0:
+            if created:
+                self._run(self._undo, move[0], [child, state.state, units])
+        else:
+            if len(self._sent) >= 1024:  # left by writes whose move nobody asked for
+                self._sent.clear()
+            self._sent[child] = (state.state, units, book)
+        return written
+
+    def _move_call(
+        self, key: str, run: str, child: str, state: str, units: int, line: str | None
     ) -> tuple[list[str], list[str | bytes | int]]:
         """The keys and arguments of the ``MOVE`` script for one change."""
         args: list[str | bytes | int] = [
-            run, child, state, units, line or "", repr(now), KEEP_LINES, self._expire_ms()
+            run, child, state, units, "" if line is None else clean_text(line),
+            repr(time.time()), KEEP_LINES, self._host.expire_ms(),
         ]
         return self.keys(key), args
 
-    @property
-    def move_script(self) -> Script:
-        """The ``MOVE`` script, for a caller that pipelines it with a child's write."""
-        return self._move
-
-    def change(self, key: str, run: str, what: str, now: float, window: float = 0.0
-               ) -> GroupBook | None:
+    def change(self, key: str, run: str, what: str, window: float = 0.0) -> GroupBook | None:
         """Close, cancel or take the sweep turn of group ``key`` (see ``CHANGE``)."""
-        args: list[str | bytes | int] = [run, what, repr(now), self._expire_ms(), repr(window)]
+        args: list[str | bytes | int] = [
+            run, what, repr(time.time()), self._host.expire_ms(), repr(window)
+        ]
         return _book(self._run(self._change, self.keys(key), args))
 
     def read(self, key: str) -> GroupBook | None:
@@ -186,10 +242,62 @@ class RedisGroups:
         fields, lines = self._run(self._read, self.keys(key), [])
         return _decode(fields, lines) if fields else None
 
-    def children(self, client: Any, key: str) -> list[tuple[str, str]]:
+    def children(self, key: str) -> list[tuple[str, str]]:
         """Every child with the state it is counted in (``HGETALL``: one round trip)."""
-        entries = client.hgetall(self.keys(key)[1])
+        client = self._host.client
+        entries = self._host.call(client.hgetall, self.keys(key)[1])
         return [(_text(child), _text(value).split(" ")[0]) for child, value in entries.items()]
+
+
+class RedisGroupLedgers:
+    """``RedisStore``'s part of the group contract (see ``tracked._groupstore``): each
+    call one script in the group's slot. ``groups`` is the store's ``RedisGroups``."""
+
+    groups: RedisGroups
+
+    def open_group(self, key: str, run: str) -> None:
+        """One script call: a new ledger for run ``run`` of group ``key``."""
+        self.groups.open(key, run)
+
+    def move_child(
+        self, key: str, run: str, child: str, state: str, units: int, line: str | None
+    ) -> GroupBook | None:
+        """One script call in the group's slot (none after ``write_and_move``)."""
+        return self.groups.move(key, run, child, state, units, line)
+
+    def close_group(self, key: str, run: str) -> GroupBook | None:
+        """One script call: close group ``key``."""
+        return self.groups.change(key, run, "close")
+
+    def cancel_group(self, key: str, run: str) -> GroupBook | None:
+        """One script call: mark group ``key`` cancelled."""
+        return self.groups.change(key, run, "cancel")
+
+    def read_group(self, key: str) -> GroupBook | None:
+        """One script call: the ledger's counts and lines."""
+        return self.groups.read(key)
+
+    def group_children(self, key: str) -> list[tuple[str, str]]:
+        """One ``HGETALL`` of the children's hash."""
+        return self.groups.children(key)
+
+    def sweep_turn(self, key: str, run: str, window: float) -> bool:
+        """One script call: the first caller in ``window`` seconds wins."""
+        book = self.groups.change(key, run, "sweep", window)
+        return book is not None and book.just_ended
+
+
+def _pipeline(client: Any, calls: Sequence[tuple[Script, Call]]) -> list[Any]:
+    """Each script call's reply (or error), sent in one pipeline (on a cluster, each
+    call to its key's master)."""
+    pipe = client.pipeline(transaction=False)
+    for script, (keys, args) in calls:
+        if isinstance(client, RedisCluster):
+            node = client.get_node_from_key(keys[0])
+            pipe.execute_command(*script.command(keys, args), target_nodes=node)
+        else:
+            pipe.execute_command(*script.command(keys, args))
+    return list(pipe.execute(raise_on_error=False))
 
 
 def book_of(reply: Any) -> tuple[GroupBook | None, bool]:

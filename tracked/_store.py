@@ -19,8 +19,8 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from ._ledger import GroupBook, child_line, overlay, parse_token, units_of
-from ._state import ENDED_STATES, State
+from ._groupstore import GroupLedgers, group_view
+from ._state import State
 from .errors import AlreadyRunning, StoreError
 
 __all__ = [
@@ -32,7 +32,6 @@ __all__ = [
     "encode_record",
     "merge_parts",
     "owner_gone_here",
-    "report_move",
     "swappable",
 ]
 
@@ -285,7 +284,7 @@ def blocks_claim(record: Record | None) -> bool:
 # ----------------------------------------------------------------------------- the contract
 
 
-class Store(abc.ABC):
+class Store(GroupLedgers, abc.ABC):
     """Where snapshots live. Subclasses implement the storage mechanics only.
 
     ``claim`` must be atomic across every process that shares the store: of
@@ -377,10 +376,10 @@ class Store(abc.ABC):
         of this process's live runs. Backends with round trips send them together."""
         return [False] * len(runs)
 
-    def clear_cancel(self, key: str, owner: Owner) -> None:  # noqa: B027 - optional hook
+    def clear_cancel(self, key: str, owner: Owner) -> None:
         """For the owner, once its run has ended: remove the run's cancel request."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release connections or handles the store holds."""
 
     def load(self, key: str) -> State | None:
@@ -426,55 +425,7 @@ class Store(abc.ABC):
         book = self.read_group(record.state.key)
         if book is None or record.owner is None or book.run != record.owner.run:
             return judge(record)
-        if book.ended_at is None and time.time() - book.swept_at >= self.sweep_window:
-            book = sweep_group(self, record.state.key, book) or book
-        if book.ended_at is not None and record.state.in_progress:
-            finish_group(self, record, book)
-        return overlay(record.state, book)
-
-    #: Seconds between two sweeps of a running group for children whose process died
-    #: (see ``with_group``); None: the store's liveness window (its lease, else 2 s).
-    group_sweep_window: float | None = None
-
-    @property
-    def sweep_window(self) -> float:
-        """Seconds between two sweeps of one running group (see ``with_group``)."""
-        if self.group_sweep_window is not None:
-            return self.group_sweep_window
-        return self.lease if self.lease is not None else 2.0
-
-    def open_group(self, key: str, run: str) -> None:
-        """Start the ledger of group ``key`` (run ``run``), replacing an older one."""
-        raise StoreError(f"{self!r} cannot hold groups")
-
-    def move_child(
-        self, key: str, run: str, child: str, state: str, units: int, line: str | None
-    ) -> GroupBook | None:
-        """Count child ``child`` of group ``key`` as ``state`` with ``units`` thousandths
-        done, atomically and once per change (see ``_ledger.Ledger.move``); ``line`` is
-        kept when it failed or was abandoned. None when group ``key`` has no ledger of
-        run ``run``; a book with ``accepted`` False when a closed group refused it."""
-        raise StoreError(f"{self!r} cannot hold groups")
-
-    def close_group(self, key: str, run: str) -> GroupBook | None:
-        """Close group ``key`` to new children; None if it has no ledger of run ``run``."""
-        raise StoreError(f"{self!r} cannot hold groups")
-
-    def cancel_group(self, key: str, run: str) -> GroupBook | None:
-        """Mark group ``key`` cancelled (its children are asked by the caller)."""
-        raise StoreError(f"{self!r} cannot hold groups")
-
-    def read_group(self, key: str) -> GroupBook | None:
-        """The ledger of group ``key``, or None: one read, whatever its size."""
-        return None
-
-    def group_children(self, key: str) -> Sequence[tuple[str, str]]:
-        """Every child of group ``key`` with the state it is counted in."""
-        return ()
-
-    def sweep_turn(self, key: str, run: str, window: float) -> bool:
-        """Take the turn to sweep group ``key``: True for one caller per ``window``."""
-        return False
+        return group_view(self, record, book)
 
     # ---------------------------------------------------------- shared runs (tracked.join)
 
@@ -509,7 +460,7 @@ class Store(abc.ABC):
         """The joined workers' parts of run ``run`` of ``key`` (none by default)."""
         return []
 
-    def delete_parts(self, key: str, run: str) -> None:  # noqa: B027 - optional hook
+    def delete_parts(self, key: str, run: str) -> None:
         """Remove the parts of run ``run`` of ``key`` (its owner folded them into its
         final snapshot)."""
 
@@ -517,77 +468,6 @@ class Store(abc.ABC):
         state = judge(record)
         ended_at = state.finished_time if state.finished_time is not None else state.current_time
         return not state.in_progress and ended_at < cutoff
-
-
-# ----------------------------------------------------------------------------- groups
-
-
-def report_move(store: Store, state: State) -> GroupBook | None:
-    """Count the new state of a group's child (``state.group``) in its group's ledger;
-    the change that ends the group also writes the group's final record. Never raises:
-    instrumentation must not kill the task (a lost count is mended by the next sweep)."""
-    if state.group is None:
-        return None
-    try:
-        key, run = parse_token(state.group)
-        book = store.move_child(key, run, state.key, state.state, units_of(state),
-                                child_line(state))
-        if book is not None and book.just_ended:
-            record = store.read(key)
-            if record is not None:
-                finish_group(store, record, book)
-        return book
-    except Exception as exc:  # noqa: BLE001 - see above
-        logger.warning("cannot count %r in its group: %s", state.key, exc)
-        return None
-
-
-def finish_group(store: Store, record: Record, book: GroupBook) -> None:
-    """Write the end the ledger ``book`` gives into group ``record`` (a running record
-    blocks new claims of its name): at most once, by the run check of ``Store.swap``."""
-    owner = record.owner
-    if owner is None or owner.run != book.run or not record.state.in_progress:
-        return
-    final = overlay(record.state, book)
-    own = dataclasses.replace(
-        final, children={}, total=record.state.total, count=record.state.count,
-        messages=record.state.messages, message_count=record.state.message_count,
-    )
-    try:
-        ended = store.swap(own, dataclasses.replace(owner, lease_expires=None), run=owner.run,
-                           was=frozenset({"running", "abandoned"}))
-    except Exception as exc:  # noqa: BLE001 - readers see the end from the ledger anyway
-        logger.warning("cannot write the end of group %r: %s", record.state.key, exc)
-        return
-    if ended and own.group is not None:  # a nested group ended: count it in its parent
-        report_move(store, final)
-
-
-def sweep_group(store: Store, key: str, book: GroupBook) -> GroupBook | None:
-    """Count as abandoned (or as they ended) the children of group ``key`` that its
-    ledger holds as queued or running but whose records say otherwise: work in
-    proportion to the children, done once per ``sweep_window`` by one process."""
-    if not store.sweep_turn(key, book.run, store.sweep_window):
-        return None
-    latest = None
-    for child, counted in store.group_children(key):
-        if counted in ENDED_STATES:
-            continue
-        try:
-            record = store.read(child)
-        except StoreError:
-            continue
-        if record is None:
-            state = None
-        else:
-            state = judge(record)
-        if state is None or state.state == counted:
-            continue
-        moved = store.move_child(key, book.run, child, state.state, units_of(state),
-                                 f"{child.replace(chr(0), '/')} {state.state}: "
-                                 f"{state.error or state.status}")
-        latest = moved or latest
-    return latest if latest is not None else store.read_group(key)
 
 
 def cancellable(record: Record | None) -> Owner | None:

@@ -9,10 +9,11 @@ import json
 import os
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
 from . import State
+from ._ledger import CHILD_STATES
 from ._state import DEFAULT_STATUS
 
 __all__ = [
@@ -123,6 +124,25 @@ def children_text(state: State) -> str:
     counts = [f"{n} {word}" for word, n in state.children.items() if word != "total" and n]
     total = state.children.get("total", 0)
     return f"group of {total}" + (": " + ", ".join(counts) if counts else "")
+
+
+def children_lines(
+    state: State, children: Iterable[tuple[str, str]], *, as_json: bool
+) -> list[str]:
+    """``show --children``: the counts, then each state's children sorted by key; or,
+    ``as_json``, one ``{"key", "state"}`` object a line."""
+    by_state: dict[str, list[str]] = {}
+    for child, counted in children:
+        by_state.setdefault(counted, []).append(child)
+    lines = [] if as_json else [children_text(state)]
+    for word in CHILD_STATES:
+        keys = sorted(by_state.get(word, ()))
+        if as_json:
+            lines.extend(json_text({"key": key, "state": word}) for key in keys)
+        elif keys:
+            lines.append(f"{word} ({len(keys)}):")
+            lines.extend(f"  {display_key(key)}" for key in keys)
+    return lines
 
 
 def rate(state: State) -> str:

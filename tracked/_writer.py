@@ -21,8 +21,9 @@ import weakref
 from typing import TYPE_CHECKING, Protocol
 
 from . import _flusher
+from ._groupstore import report_move
 from ._ledger import GroupBook, units_of
-from ._store import Owner, Store, register_live_run, report_move, unregister_live_run
+from ._store import Owner, Store, register_live_run, unregister_live_run
 from ._text import describe_error
 from .errors import RunSuperseded, StoreError
 
@@ -221,6 +222,13 @@ class RunWriter:
         if state.group is not None:
             self.report_group(state)
         return True
+
+    def join_group(self, state: State) -> str | None:
+        """Count a new run in its group: None, or why the group refused it."""
+        book = self.report_group(state)
+        if book is None:
+            return "its group is not running"
+        return None if book.accepted else "its group is closed to new runs"
 
     def report_group(self, state: State) -> GroupBook | None:
         """Count a child's new state, or its progress, in its group's ledger (off the

@@ -26,6 +26,7 @@ except ImportError as exc:  # pragma: no cover - celery is in the test extra
     raise ImportError("tracked.celery needs Celery: pip install 'tracked[celery]'") from exc
 
 from ._decorator import describe_call, tracked_function, tracked_store
+from ._groupstore import report_move
 from ._queued import (
     TakeOver,
     Ticket,
@@ -37,7 +38,7 @@ from ._queued import (
 )
 from ._scope import StoreSpec, resolve_store
 from ._state import State, validate_progress_id
-from ._store import Store, report_move
+from ._store import Store
 from .errors import InvalidName
 
 __all__ = ["HEADER", "install"]

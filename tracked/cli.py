@@ -25,17 +25,16 @@ from typing import Any, NoReturn, TextIO
 from wsgiref.simple_server import WSGIServer, make_server
 
 from . import State, Store, TrackedError, cancel, default_store, open_store
-from ._ledger import CHILD_STATES
 from ._serve import QuietHandler, ThreadingServer, build_app
 from ._state import make_key, split_key
 from ._views import (
     LABEL_SEPARATOR,
+    children_lines,
     children_text,
     display_key,
     ended_how,
     fraction,
     json_line,
-    json_text,
     label,
     make_view,
     never_started,
@@ -413,21 +412,8 @@ def _print_children(store: Store, key: str, state: State, *, as_json: bool) -> i
     """``tracked show GROUP --children``: each child under the state it is counted in."""
     if state.children is None:
         raise UsageError(f"{_shown(key)} is not a group (it has no children)")
-    by_state: dict[str, list[str]] = {}
-    for child, counted in store.group_children(key):
-        by_state.setdefault(counted, []).append(child)
-    if as_json:
-        for word in CHILD_STATES:
-            for child in sorted(by_state.get(word, ())):
-                print(json_text({"key": child, "state": word}))
-        return EXIT_OK
-    print(children_text(state))
-    for word in CHILD_STATES:
-        children = sorted(by_state.get(word, ()))
-        if children:
-            print(f"{word} ({len(children)}):")
-            for child in children:
-                print(f"  {display_key(child)}")
+    for line in children_lines(state, store.group_children(key), as_json=as_json):
+        print(line)
     return EXIT_OK
 
 

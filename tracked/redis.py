@@ -52,7 +52,6 @@ except ImportError as exc:  # pragma: no cover - redis is in the test extra
 from redis.cluster import RedisCluster
 from redis.exceptions import AskError, NoScriptError, RedisClusterException
 
-from ._ledger import GroupBook, child_line, parse_token, units_of
 from ._redis_codec import (
     Written,
     check_prefix,
@@ -75,7 +74,7 @@ from ._redis_connect import MAX_CONNECTIONS as MAX_CONNECTIONS
 from ._redis_connect import POOL_TIMEOUT as POOL_TIMEOUT
 from ._redis_connect import SOCKET_TIMEOUT as SOCKET_TIMEOUT
 from ._redis_connect import Client, address_of, async_twin, connector
-from ._redis_groups import RedisGroups, book_of
+from ._redis_groups import RedisGroupLedgers, RedisGroups
 from ._redis_scripts import (
     CLEAR_CANCEL,
     DELETE,
@@ -97,7 +96,7 @@ from ._redis_scripts import (
 from ._state import State
 from ._store import Owner, Record, SharedPart, Store
 from ._text import describe_error
-from .errors import AlreadyRunning, InvalidValue, RunSuperseded, StoreError
+from .errors import AlreadyRunning, RunSuperseded, StoreError
 
 __all__ = ["RedisStore"]
 
@@ -109,7 +108,7 @@ CANCEL_CHUNK = 1000
 NAME_CACHE_SIZE = 10_000
 
 
-class RedisStore(Store):
+class RedisStore(RedisGroupLedgers, Store):
     """Progress records in Redis, shared by every process and machine using it.
 
     ``url_or_client`` is a ``redis://``, ``rediss://`` or ``unix://`` URL, a
@@ -161,11 +160,8 @@ class RedisStore(Store):
         self._write_part = Script(WRITE_PART)
         self._read_parts = Script(READ_PARTS)
         self._delete_parts = Script(DELETE_PARTS)
-        #: The group move last sent with each child's own write: (state, units, book).
-        self._moved: dict[str, tuple[str, int, GroupBook | None]] = {}
-        self._groups = RedisGroups(
-            self.prefix, hash_tag, self._call_script, lambda: self._expire_ms(False)
-        )
+        #: The group ledgers of this store (``tracked._redis_groups``).
+        self.groups = RedisGroups(self, hash_tag, self._call_script)
         self._name_cache: dict[str, tuple[list[bytes], bytes]] = {}
         #: The URL this store was made from (None: a client), which a pickle carries.
         self._url = url_or_client if isinstance(url_or_client, str) else None
@@ -304,7 +300,7 @@ class RedisStore(Store):
         self._written.pop(key, None)
         call = self._write_call("claim", state, owner, None)
         if state.group is not None:  # a group's child: counted in the same round trip
-            reply = self._write_and_move(call, state, claim=True)
+            reply = self.groups.write_and_move(self._publisher(), call, state, claim=True)
         else:
             reply = self._call(self._run, self._publisher(), *call)
         if reply < 0:
@@ -321,7 +317,7 @@ class RedisStore(Store):
             previous = self._written[state.key]
             if previous.run == owner.run:  # a group's child: counted in the same round trip
                 call = self._write_call("save", state, owner, previous)
-                reply = self._write_and_move(call, state, claim=False)
+                reply = self.groups.write_and_move(self._publisher(), call, state, claim=False)
                 if reply == 1:
                     self._remember(state.key, state, owner.run)
                     return
@@ -553,7 +549,7 @@ class RedisStore(Store):
     def delete(self, key: str) -> bool:
         """One script call: remove the record and its side keys; True if it was there."""
         self._written.pop(key, None)
-        self._call(self.client.delete, *self._groups.keys(key))
+        self._call(self.client.delete, *self.groups.keys(key))
         return bool(self._call(self._run, self._delete, self._read_keys(key), ()))
 
     def prune(self, older_than: float) -> int:
@@ -608,96 +604,22 @@ class RedisStore(Store):
         """One script call: remove run ``run``'s fields of ``key``'s parts hash."""
         self._call(self._run, self._delete_parts, [self.parts_key(key)], [clean_text(run)])
 
-    # ------------------------------------------------------------------ groups
-
-    def open_group(self, key: str, run: str) -> None:
-        """One script call: group ``key``'s ledger (see ``tracked._redis_groups``)."""
-        self._groups.open(key, run)
-
-    def move_child(
-        self, key: str, run: str, child: str, state: str, units: int, line: str | None
-    ) -> GroupBook | None:
-        """One script call in the group's slot (see ``Store.move_child``)."""
-        child = clean_text(child)
-        sent = self._moved.pop(child, None)
-        if sent is not None and sent[:2] == (state, units):
-            return sent[2]  # sent with the child's own write: counted already
-        line = None if line is None else clean_text(line)
-        return self._groups.move(key, run, child, state, units, line, time.time())
-
-    def close_group(self, key: str, run: str) -> GroupBook | None:
-        """One script call: close group ``key``."""
-        return self._groups.change(key, run, "close", time.time())
-
-    def cancel_group(self, key: str, run: str) -> GroupBook | None:
-        """One script call: mark group ``key`` cancelled."""
-        return self._groups.change(key, run, "cancel", time.time())
-
-    def read_group(self, key: str) -> GroupBook | None:
-        """One script call: the ledger's counts and lines."""
-        return self._groups.read(key)
-
-    def group_children(self, key: str) -> list[tuple[str, str]]:
-        """One ``HGETALL`` of the children's hash."""
-        return self._call(self._groups.children, self.client, key)  # type: ignore[no-any-return]
-
-    def sweep_turn(self, key: str, run: str, window: float) -> bool:
-        """One script call: the first caller in ``window`` seconds wins."""
-        book = self._groups.change(key, run, "sweep", time.time(), window)
-        return book is not None and book.just_ended
-
-    def _write_and_move(self, call: Call, state: State, *, claim: bool) -> Any:
-        """Send a child's write and its group's ``MOVE`` in one pipeline (on a cluster,
-        to their two masters at once): the write's reply. The book is kept for the
-        ``move_child`` that follows (no second round trip); a refused claim's new
-        entry is taken back out of the ledger."""
-        try:
-            key, run = parse_token(state.group)
-        except InvalidValue:
-            return self._call(self._run, self._publisher(), *call)
-        units, child = units_of(state), clean_text(state.key)
-        line = child_line(state)
-        move = self._groups.move_call(
-            key, run, child, state.state, units, None if line is None else clean_text(line),
-            time.time(),
-        )
-        pairs = [(self._publisher(), call), (self._groups.move_script, move)]
-        replies = self._call(self._pipeline_mixed, pairs)
-        for i, reply in enumerate(replies):  # a server that lost a script: that call again
-            if isinstance(reply, NoScriptError):
-                script, (keys, args) = pairs[i]
-                replies[i] = self._call(self._run, script, keys, args)
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise self._failure(reply)
-        written, moved = replies
-        book, created = book_of(moved)
-        if claim and written < 0:
-            if created:
-                self._call(self._run, self._groups.undo_script, move[0],
-                           [child, state.state, units])
-        else:
-            if len(self._moved) >= 1024:  # left by writes whose move nobody asked for
-                self._moved.clear()
-            self._moved[child] = (state.state, units, book)
-        return written
-
-    def _pipeline_mixed(self, calls: Sequence[tuple[Script, Call]]) -> list[Any]:
-        """Each script call's reply (or error), sent in one pipeline."""
-        client = self.client
-        pipe = client.pipeline(transaction=False)
-        for script, (keys, args) in calls:
-            if isinstance(client, RedisCluster):
-                node = client.get_node_from_key(keys[0])
-                pipe.execute_command(*script.command(keys, args), target_nodes=node)
-            else:
-                pipe.execute_command(*script.command(keys, args))
-        return list(pipe.execute(raise_on_error=False))
-
     def _call_script(
         self, script: Script, keys: Sequence[str | bytes], args: Sequence[str | bytes | int]
     ) -> Any:
         return self._call(self._run, script, keys, args)
+
+    def expire_ms(self) -> int:
+        """Milliseconds an ended record (and an ended group's ledger) lives; 0: for ever."""
+        return self._expire_ms(False)
+
+    def call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a Redis operation, any Redis failure raised as ``StoreError``."""
+        return self._call(function, *args, **kwargs)
+
+    def failure(self, exc: BaseException) -> StoreError:
+        """A Redis error reply as ``StoreError``, naming this store."""
+        return self._failure(exc)
 
     # ------------------------------------------------------------------ cancel requests
 

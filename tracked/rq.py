@@ -31,6 +31,7 @@ except ImportError as exc:  # pragma: no cover - rq is in the test extra
 
 from ._api import group_token
 from ._decorator import describe_call, tracked_store
+from ._groupstore import report_move
 from ._queued import (
     TakeOver,
     Ticket,
@@ -42,7 +43,7 @@ from ._queued import (
 )
 from ._scope import resolve_store
 from ._state import State
-from ._store import Owner, Store, report_move
+from ._store import Owner, Store
 from .errors import AlreadyRunning, Cancelled, InvalidValue
 from .redis import RedisStore
 
