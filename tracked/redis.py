@@ -372,19 +372,34 @@ class RedisStore(RedisGroupLedgers, Store):
                 error = results[i] = StoreError(str(exc))
                 error.__cause__ = exc.__cause__
             return []
-        again = []
-        for i, reply in zip(sent, replies, strict=True):
-            state, owner = writes[i]
-            if isinstance(reply, Exception):
-                results[i] = self._failure(reply)
-            elif reply == 1:
-                self._remember(state.key, state, owner.run)
-            elif reply == 0 and not resend:
-                again.append(i)
-            else:
-                self._written.pop(state.key, None)
-                results[i] = self._refusal(state.key, reply)
-        return again
+        return [
+            i
+            for i, reply in zip(sent, replies, strict=True)
+            if self._replied(writes[i], reply, results, i, resend=resend)
+        ]
+
+    def _replied(
+        self,
+        write: tuple[State, Owner],
+        reply: Any,
+        results: list[Exception | None],
+        i: int,
+        *,
+        resend: bool,
+    ) -> bool:
+        """Note the reply to write ``i`` of a batch in ``results``; True when the script
+        asks for the write again with all its messages (first time only)."""
+        state, owner = write
+        if isinstance(reply, Exception):
+            results[i] = self._failure(reply)
+        elif reply == 1:
+            self._remember(state.key, state, owner.run)
+        elif reply == 0 and not resend:
+            return True
+        else:
+            self._written.pop(state.key, None)
+            results[i] = self._refusal(state.key, reply)
+        return False
 
     def swap(self, state: State, owner: Owner, *, run: str, was: frozenset[str]) -> bool:
         """One script call: the check and the write are atomic on the server."""
