@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError
@@ -133,34 +133,29 @@ READ = """
 return {redis.call('HGETALL', KEYS[1]), redis.call('LRANGE', KEYS[3], 0, -1)}
 """
 
-Runner = Callable[[Script, Sequence[str | bytes], Sequence[str | bytes | int]], Any]
 
 
-class Host(Protocol):
-    """What the ledgers need of their ``RedisStore``."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class Host:
+    """What the ledgers need of their ``RedisStore``: its key prefix, its client, how
+    long an ended ledger lives (ms, 0: for ever), how to run a Redis call with its
+    failures as ``StoreError`` (``call``), and an error reply as one (``failure``)."""
 
     prefix: str
-
-    @property
-    def client(self) -> Any:
-        """The redis-py client (a cluster client on a cluster)."""
-    def expire_ms(self) -> int:
-        """Milliseconds an ended group's ledger lives (0: for ever)."""
-    def call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """``function(*args, **kwargs)``, a Redis failure raised as ``StoreError``."""
-    def failure(self, exc: BaseException) -> StoreError:
-        """An error reply as ``StoreError``."""
+    client: Callable[[], Any]
+    expire_ms: Callable[[], int]
+    call: Callable[..., Any]
+    failure: Callable[[BaseException], StoreError]
 
 
 class RedisGroups:
     """The group ledgers of one ``RedisStore`` (it delegates here): ``run`` sends one
     script call, ``tag`` gives a key's hash tag."""
 
-    def __init__(self, host: Host, tag: Callable[[str], str], run: Runner) -> None:
+    def __init__(self, host: Host, tag: Callable[[str], str]) -> None:
         self._host = host
         self._prefix = host.prefix
         self._tag = tag
-        self._run = run
         self._move = Script(MOVE)
         self._undo = Script(UNDO)
         self._change = Script(CHANGE)
@@ -202,7 +197,7 @@ class RedisGroups:
         units, child = units_of(state), clean_text(state.key)
         move = self._move_call(key, run, child, state.state, units, child_line(state))
         pairs = [(script, call), (self._move, move)]
-        replies = self._host.call(_pipeline, self._host.client, pairs)
+        replies = self._host.call(_pipeline, self._host.client(), pairs)
         for i, reply in enumerate(replies):  # a server that lost a script: that call again
             if isinstance(reply, NoScriptError):
                 replies[i] = self._run(pairs[i][0], *pairs[i][1])
@@ -219,6 +214,12 @@ class RedisGroups:
                 self._sent.clear()
             self._sent[child] = (state.state, units, book)
         return written
+
+    def _run(
+        self, script: Script, keys: Sequence[str | bytes], args: Sequence[str | bytes | int]
+    ) -> Any:
+        """One script call, its failure as ``StoreError``."""
+        return self._host.call(script, self._host.client(), keys, args)
 
     def _move_call(
         self, key: str, run: str, child: str, state: str, units: int, line: str | None
@@ -244,8 +245,7 @@ class RedisGroups:
 
     def children(self, key: str) -> list[tuple[str, str]]:
         """Every child with the state it is counted in (``HGETALL``: one round trip)."""
-        client = self._host.client
-        entries = self._host.call(client.hgetall, self.keys(key)[1])
+        entries = self._host.call(self._host.client().hgetall, self.keys(key)[1])
         return [(_text(child), _text(value).split(" ")[0]) for child, value in entries.items()]
 
 

@@ -74,7 +74,7 @@ from ._redis_connect import MAX_CONNECTIONS as MAX_CONNECTIONS
 from ._redis_connect import POOL_TIMEOUT as POOL_TIMEOUT
 from ._redis_connect import SOCKET_TIMEOUT as SOCKET_TIMEOUT
 from ._redis_connect import Client, address_of, async_twin, connector
-from ._redis_groups import RedisGroupLedgers, RedisGroups
+from ._redis_groups import Host, RedisGroupLedgers, RedisGroups
 from ._redis_scripts import (
     CLEAR_CANCEL,
     DELETE,
@@ -161,7 +161,11 @@ class RedisStore(RedisGroupLedgers, Store):
         self._read_parts = Script(READ_PARTS)
         self._delete_parts = Script(DELETE_PARTS)
         #: The group ledgers of this store (``tracked._redis_groups``).
-        self.groups = RedisGroups(self, hash_tag, self._call_script)
+        self.groups = RedisGroups(
+            Host(self.prefix, lambda: self.client, lambda: self._expire_ms(False), self._call,
+                 self._failure),
+            hash_tag,
+        )
         self._name_cache: dict[str, tuple[list[bytes], bytes]] = {}
         #: The URL this store was made from (None: a client), which a pickle carries.
         self._url = url_or_client if isinstance(url_or_client, str) else None
@@ -313,17 +317,16 @@ class RedisStore(RedisGroupLedgers, Store):
         A stalled owner whose lease lapsed and whose name was started again gets
         ``RunSuperseded`` and never overwrites the new run.
         """
-        if state.group is not None and self._written.get(state.key) is not None:
-            previous = self._written[state.key]
-            if previous.run == owner.run:  # a group's child: counted in the same round trip
-                call = self._write_call("save", state, owner, previous)
-                reply = self.groups.write_and_move(self._publisher(), call, state, claim=False)
-                if reply == 1:
-                    self._remember(state.key, state, owner.run)
-                    return
-                self._written.pop(state.key, None)
-                if reply != 0:
-                    raise self._refusal(state.key, reply)
+        previous = self._written.get(state.key)
+        if state.group is not None and previous is not None and previous.run == owner.run:
+            # A group's child: its count goes in the same round trip (0: resend below).
+            call = self._write_call("save", state, owner, previous)
+            reply = self.groups.write_and_move(self._publisher(), call, state, claim=False)
+            if reply == 1:
+                return self._remember(state.key, state, owner.run)
+            self._written.pop(state.key, None)
+            if reply != 0:
+                raise self._refusal(state.key, reply)
         [error] = self.save_many([(state, owner)])
         if error is not None:
             raise error
@@ -619,22 +622,6 @@ class RedisStore(RedisGroupLedgers, Store):
         """One script call: remove run ``run``'s fields of ``key``'s parts hash."""
         self._call(self._run, self._delete_parts, [self.parts_key(key)], [clean_text(run)])
 
-    def _call_script(
-        self, script: Script, keys: Sequence[str | bytes], args: Sequence[str | bytes | int]
-    ) -> Any:
-        return self._call(self._run, script, keys, args)
-
-    def expire_ms(self) -> int:
-        """Milliseconds an ended record (and an ended group's ledger) lives; 0: for ever."""
-        return self._expire_ms(False)
-
-    def call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run a Redis operation, any Redis failure raised as ``StoreError``."""
-        return self._call(function, *args, **kwargs)
-
-    def failure(self, exc: BaseException) -> StoreError:
-        """A Redis error reply as ``StoreError``, naming this store."""
-        return self._failure(exc)
 
     # ------------------------------------------------------------------ cancel requests
 
