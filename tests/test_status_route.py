@@ -790,3 +790,6 @@ def test_a_groups_children_are_listed_by_state_in_pages(
     assert "one of" in assert_json_error(status(client, "batch", 400, children="bogus"), 400)
     assert "not a group" in assert_json_error(status(client, "plain", 400, children="all"), 400)
     assert_json_error(status(client, "nothing", 404, children="all"), 404)
+    finished(group_store, "children-report")  # the word in a query is not the field
+    named = client.get(f"{PREFIX}/", params={"name": "children-report"}, status=200).json
+    assert named["name"] == "children-report" and "children" not in named

@@ -193,7 +193,9 @@ class StatusService:
         if self.authorize is not None and not self.authorize(request.native, key):
             return error(403, "not allowed to read this progress")
         if request.query and "children" in request.query:
-            return self._children(key, request.query)
+            listed = self._children(key, request.query)
+            if listed is not None:  # else the word was only part of a name, say
+                return listed
         try:
             rendered = self._rendered(key, since)
         except Exception as exc:  # noqa: BLE001 - a store or record problem, never HTML
@@ -341,7 +343,7 @@ class StatusService:
         cache.put(key, since, signature, rendered, state.in_progress, now)
         return rendered
 
-    def _children(self, key: str, query: str) -> Response:
+    def _children(self, key: str, query: str) -> Response | None:
         """``?children=STATE&offset=N&limit=M``: one page of a group's children counted
         in ``STATE`` (or ``all``), sorted by key, as JSON; 400 for a bad query or a run
         that is no group, 404 for none."""
@@ -350,7 +352,7 @@ class StatusService:
         except tracked.TrackedError as exc:
             return error(400, str(exc))
         if asked is None:
-            return error(400, "children must name a state, or all")
+            return None
         wanted, offset, limit = asked
         store = self.store or tracked.default_store()
         try:
