@@ -305,3 +305,35 @@ def test_a_task_asked_to_stop_is_not_run_again_by_its_retry(
     assert not (side / "c-stubborn.attempt2").exists()
     assert store.load(key) == state
     assert (state.state, state.cancel_requested, state.count) == ("failed", True, 1)
+
+
+def test_a_celery_group_of_50_tracked_tasks_is_one_tracked_group(
+    jobs: ModuleType, store: RedisStore, env: dict[str, str], tmp_path: Path
+) -> None:
+    import celery
+
+    with tracked.group("celery-batch", store=store) as batch:
+        sent = celery.group(jobs.part.s(i, batch.token) for i in range(50)).apply_async(
+            queue="groups"
+        )
+    state = store.load("celery-batch")
+    assert state is not None and state.children == {  # counted before any worker runs
+        "total": 50, "queued": 50, "running": 0, "finished": 0, "failed": 0,
+        "cancelled": 0, "abandoned": 0,
+    }
+    command = [sys.executable, "-m", "celery", "-A", "tests.tracked_celery_jobs", "worker",
+               "--pool=solo", "-Q", "groups", "--without-heartbeat", "--without-gossip",
+               "--without-mingle"]
+    with (tmp_path / "worker.log").open("ab") as out:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        state = until(lambda: store.load("celery-batch"), lambda s: not s.in_progress, DEADLINE)
+    finally:
+        stop(process)
+    assert state.children == {
+        "total": 50, "queued": 0, "running": 0, "finished": 49, "failed": 1,
+        "cancelled": 0, "abandoned": 0,
+    }
+    assert state.state == "failed" and "part-7" in (state.error or "")
+    assert sent.completed_count() == 49

@@ -1125,3 +1125,24 @@ def test_list_prune_and_serve_skip_every_bad_entry_with_one_line_each(tmp_path: 
     assert len(skipped) == len(bad), log.read_text()
     for path in bad.values():
         assert sum(str(path) in line for line in skipped) == 1, (path, skipped)
+
+
+def test_list_shows_a_group_with_its_counts_and_show_lists_its_children(tmp_path: Path) -> None:
+    store = tracked.FileStore(tmp_path / "store")
+    with tracked.group("batch", store=store) as group:
+        with tracked.start("good", store=store, group=group):
+            pass
+        with tracked.start("bad", store=store, group=group) as bad:
+            bad.fail("no email")
+    where = str(tmp_path / "store")
+    listed = run_cli("list", store=where)
+    row = next(line for line in listed.stdout.splitlines() if line.startswith("batch"))
+    assert "group of 2: 1 finished, 1 failed" in row and "2/2" in row
+    shown = run_cli("show", "batch", "--children", store=where)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines() == [
+        "group of 2: 1 finished, 1 failed", "finished (1):", "  good", "failed (1):", "  bad",
+    ]
+    as_json = json_lines(run_cli("show", "batch", "--children", "--json", store=where).stdout)
+    assert as_json == [{"key": "good", "state": "finished"}, {"key": "bad", "state": "failed"}]
+    assert_one_line_error(run_cli("show", "good", "--children", store=where), "not a group")

@@ -414,3 +414,33 @@ def test_a_job_asked_to_stop_is_not_run_again_by_its_retry(
     assert final == state
     assert (final.state, final.cancel_requested, final.count) == ("failed", True, 1)
     assert "the first attempt fails" in (final.error or "")
+
+
+def test_a_group_of_50_enqueued_jobs_reads_queued_then_ends_exactly(
+    jobs: ModuleType, store: RedisStore, env: dict[str, str], connection: redis.Redis,  # type: ignore[type-arg]
+    tmp_path: Path,
+) -> None:
+    queue = rq.Queue("groups", connection=connection)
+    with tracked.group("rq-batch", store=store) as batch:
+        enqueued = [
+            tracked.rq.enqueue(queue, jobs.import_rows, 2, 0.0, group=batch) for _ in range(50)
+        ]
+    state = store.load("rq-batch")
+    assert state is not None and state.children == {  # counted before any worker runs
+        "total": 50, "queued": 50, "running": 0, "finished": 0, "failed": 0,
+        "cancelled": 0, "abandoned": 0,
+    }
+    assert "group" not in enqueued[0].kwargs  # ours, never handed to the function
+    process = worker(env, "groups", burst=True, log=tmp_path / "worker.log")
+    try:
+        assert process.wait(DEADLINE * 2) == 0
+    finally:
+        stop(process)
+    state = until(lambda: store.load("rq-batch"), lambda s: not s.in_progress, DEADLINE)
+    assert state.children == {
+        "total": 50, "queued": 0, "running": 0, "finished": 50, "failed": 0,
+        "cancelled": 0, "abandoned": 0,
+    }
+    assert (state.state, state.count, state.percent) == ("finished", 50, 100.0)
+    with pytest.raises(tracked.InvalidValue, match="closed"):  # closed: no new child
+        tracked.rq.enqueue(queue, jobs.import_rows, 2, 0.0, group=batch)

@@ -749,3 +749,48 @@ def test_asgi_cached_answers_send_headers_a_middleware_outside_may_extend(
         start = asgi_answer(tracing, "GET", "/job")[0]
         assert start["status"] == 200
         assert start["headers"].count((b"traceparent", b"00-1-2-01")) == 1
+
+
+# ----------------------------------------------------------------------------- groups
+
+
+@pytest.fixture(scope="module")
+def group_store(tmp_path_factory: pytest.TempPathFactory) -> tracked.FileStore:
+    """A group of 103 finished and 2 failed children, made once for every adapter."""
+    opened = tracked.FileStore(tmp_path_factory.mktemp("group-store"))
+    with tracked.group("batch", store=opened) as group:
+        for i in range(105):
+            with tracked.start(f"row-{i:03}", store=opened, group=group) as child:
+                if i in (7, 70):
+                    child.fail("no email")
+    finished(opened, "plain")
+    return opened
+
+
+def test_a_groups_children_are_listed_by_state_in_pages(
+    build: Build, group_store: tracked.FileStore
+) -> None:
+    client = build(group_store)
+    whole = status(client, "batch").json
+    assert whole["children"]["finished"] == 103 and whole["children"]["failed"] == 2
+    failed = status(client, "batch", children="failed").json
+    assert [c["name"] for c in failed["children"]] == ["row-007", "row-070"]
+    assert (failed["total"], failed["next_offset"]) == (2, None)
+    first = status(client, "batch", children="finished").json
+    assert (len(first["children"]), first["total"], first["next_offset"]) == (100, 103, 100)
+    rest = status(client, "batch", children="finished", offset="100").json
+    assert [c["name"] for c in rest["children"]] == ["row-102", "row-103", "row-104"]
+    one = status(client, "batch", children="all", limit="1").json
+    assert (one["children"], one["next_offset"]) == (
+        [{"name": "row-000", "progress_id": None, "state": "finished"}], 1,
+    )
+    assert len(status(client, "batch", children="all", limit="1000").json["children"]) == 105
+    assert status(client, "batch", children="queued").json["children"] == []
+    for bad in ({"limit": "1001"}, {"limit": "0"}, {"offset": "-1"}, {"limit": "x"}):
+        assert_json_error(status(client, "batch", 400, children="all", **bad), 400)
+    assert "one of" in assert_json_error(status(client, "batch", 400, children="bogus"), 400)
+    assert "not a group" in assert_json_error(status(client, "plain", 400, children="all"), 400)
+    assert_json_error(status(client, "nothing", 404, children="all"), 404)
+    finished(group_store, "children-report")  # the word in a query is not the field
+    named = client.get(f"{PREFIX}/", params={"name": "children-report"}, status=200).json
+    assert named["name"] == "children-report" and "children" not in named

@@ -94,3 +94,14 @@ class FailsBeforeStart(app.Task):  # type: ignore[name-defined,misc]
 @tracked.tracked("celery-setup", total=1)
 def never_starts(mark: str) -> None:
     (SIDE / f"{mark}.started").write_text("")
+
+
+@app.task(name="tracked_celery_jobs.part")
+@tracked.tracked("part-{i}", total=2, group=lambda i, group: group)
+def part(i: int, group: str) -> int:
+    """One child of a ``tracked.group``: its token travels as an argument (docs/groups.md)."""
+    progress = tracked.current()
+    progress += 2
+    if i == 7:
+        raise ValueError("part 7 is bad")
+    return i

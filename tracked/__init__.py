@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ._api import cancel, current, is_running, load, start
 from ._decorator import tracked
 from ._filestore import FileStore
+from ._group import Group, group
 from ._jobs import submit
 from ._loghandler import LogHandler
 from ._memorystore import MemoryStore
@@ -48,6 +49,7 @@ __all__ = [
     "AlreadyRunning",
     "Cancelled",
     "FileStore",
+    "Group",
     "InvalidName",
     "InvalidValue",
     "LogHandler",
@@ -66,6 +68,7 @@ __all__ = [
     "configure",
     "current",
     "default_store",
+    "group",
     "is_running",
     "join",
     "load",

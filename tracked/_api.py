@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from ._group import cancel_group
+from ._ledger import parse_token
 from ._progress import Progress, claim, current_progress
 from ._queued import cancel as cancel_key
 from ._scope import StoreSpec, request_scope, resolve_store
@@ -24,6 +26,7 @@ def start(
     store: StoreSpec | None = None,
     min_interval: float = 0.1,
     max_messages: int = 1000,
+    group: object = None,
 ) -> Progress:
     """Claim ``name`` and return its live handle; use it as a context manager.
 
@@ -33,9 +36,11 @@ def start(
     was), ``InvalidName`` or ``InvalidValue`` for bad arguments, and
     ``StoreError`` when the store cannot be used. Inside a web request the
     client's ``progress_id`` is combined with ``name`` unless one is given.
+    ``group`` (a ``tracked.Group`` or its token) makes the run a child of that group:
+    ``InvalidValue`` if the group is closed or not running (the run ends failed).
     """
     return _claim(name, total, count, messages, status, progress_id, store, min_interval,
-                  max_messages)
+                  max_messages, group=group)
 
 
 def start_queued(
@@ -47,11 +52,12 @@ def start_queued(
     store: StoreSpec | None,
     min_interval: float,
     max_messages: int,
+    group: object = None,
 ) -> Progress:
     """Claim a run that waits in this process's queue (``tracked.submit``'s pool): its
     records read ``queued`` at ``position`` (1 = next) until it is taken up."""
     return _claim(name, total, 0, (), None, progress_id, store, min_interval, max_messages,
-                  position)
+                  position, group)
 
 
 def _claim(
@@ -65,6 +71,7 @@ def _claim(
     min_interval: float,
     max_messages: int,
     position: int | None = None,
+    group: object = None,
 ) -> Progress:
     if progress_id is None:
         scope = request_scope.get()
@@ -80,8 +87,16 @@ def _claim(
         min_interval=min_interval,
         max_messages=max_messages,
         position=position,
+        group=None if group is None else group_token(group),
     )
     return claim(progress)
+
+
+def group_token(group: object) -> str:
+    """The token of ``group``: a ``tracked.Group`` (its ``token``) or a token ``str``."""
+    token = getattr(group, "token", group)
+    parse_token(token)  # InvalidValue for anything else (a str then)
+    return str(token)
 
 
 def current() -> Progress:
@@ -133,4 +148,6 @@ def cancel(
     ``cancel_requested: true`` at once. The run ends ``cancelled`` only if it stopped
     on the request; a task that never checks reads its own end (``finished``...).
     """
-    return cancel_key(resolve_store(store), make_key(name, progress_id))
+    resolved, key = resolve_store(store), make_key(name, progress_id)
+    cancelled = cancel_group(resolved, key)  # a group: it and each child not yet ended
+    return cancel_key(resolved, key) if cancelled is None else cancelled

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import wrapt
 
-from ._api import start, start_queued
+from ._api import group_token, start, start_queued
 from ._checks import check_interval, check_max_messages
 from ._loops import SizedGenerator, awaiting, drive, drive_async, returned
 from ._progress import (
@@ -44,6 +44,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 NameSpec = str | Callable[..., str] | None
 TotalSpec = int | Callable[..., int | None] | None
 ProgressIdSpec = str | Callable[..., str] | None
+#: A group: a ``tracked.Group``, its token, or a callable giving one (or None) per call.
+GroupSpec = object | Callable[..., object] | None
 
 
 class _DefaultTotal(int):
@@ -64,6 +66,7 @@ def tracked(
     min_interval: float = 0.1,
     max_messages: int = 1000,
     progress_id: ProgressIdSpec = None,
+    group: GroupSpec = None,
 ) -> Callable[[F], F]:
     """Make every call of the decorated function or generator function a progress.
 
@@ -76,6 +79,8 @@ def tracked(
     so a conflict raises ``AlreadyRunning`` there, also for coroutine functions.
     ``progress_id`` is a text or a callable taking the call's arguments (a queue
     worker names a run by its job id this way); None means the request's.
+    ``group`` (a ``tracked.Group``, its token, or a callable taking the call's
+    arguments and returning one or None) makes each call a child of that group.
     The function's return value (a generator's ``return`` value), unless None,
     becomes the progress's ``result``.
 
@@ -86,7 +91,7 @@ def tracked(
     itself, at no cost per item. With the default total (100, a percentage) or
     None it is the plain generator, which has no length.
     """
-    spec = Spec(name, total, store, min_interval, max_messages, progress_id)
+    spec = Spec(name, total, store, min_interval, max_messages, progress_id, group)
 
     def decorate(func: F) -> F:
         target = inspect.unwrap(getattr(func, "__func__", func))
@@ -121,6 +126,8 @@ class CallPlan:
     #: ``module.qualname`` of the decorated function: the worker that runs it takes
     #: the queued run over.
     function: str
+    #: The token of the group the call is a child of (``@tracked(group=...)``), or None.
+    group: str | None = None
 
 
 def tracked_function(func: object) -> Callable[..., Any] | None:
@@ -158,7 +165,9 @@ def describe_call(
     context = contextvars.Context()  # no request scope: the worker will have none either
     name = context.run(spec.resolve_name, wrapped, instance, args, kwargs)
     store = spec.store if spec.store is not None else context.run(resolve_store, None)
-    return CallPlan(name, total, store, f"{wrapped.__module__}.{wrapped.__qualname__}")
+    group = spec.group(*args, **kwargs) if callable(spec.group) else spec.group
+    return CallPlan(name, total, store, f"{wrapped.__module__}.{wrapped.__qualname__}",
+                    None if group is None else group_token(group))
 
 
 class Spec:
@@ -172,6 +181,7 @@ class Spec:
         min_interval: float,
         max_messages: int,
         progress_id: ProgressIdSpec = None,
+        group: GroupSpec = None,
     ) -> None:
         if not (name is None or isinstance(name, str) or callable(name)):
             raise InvalidName(f"name must be a str, a callable or None, not {type(name).__name__}")
@@ -185,6 +195,7 @@ class Spec:
         self.min_interval = check_interval(min_interval)
         self.max_messages = check_max_messages(max_messages)
         self.progress_id = _check_progress_id(progress_id)
+        self.group = group if group is None or callable(group) else group_token(group)
 
     def check_template(self, target: Callable[..., Any]) -> None:
         """Refuse, at decoration, a template naming an argument the function lacks."""
@@ -209,8 +220,10 @@ class Spec:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         position: int | None = None,
+        group: str | None = None,
     ) -> Progress:
-        """Claim the run of this call (``queued`` at ``position`` when one is given)."""
+        """Claim the run of this call (``queued`` at ``position`` when one is given), in
+        ``group`` (a token) or the decorator's group."""
         total = self.total
         if callable(total):
             total = _check_total_result(total(*args, **kwargs))
@@ -227,6 +240,8 @@ class Spec:
         if callable(progress_id):
             progress_id = validate_progress_id(progress_id(*args, **kwargs))
         name = self.resolve_name(wrapped, instance, args, kwargs)
+        if group is None and self.group is not None:
+            group = self.group(*args, **kwargs) if callable(self.group) else self.group
         if position is not None:
             return start_queued(
                 position,
@@ -236,6 +251,7 @@ class Spec:
                 store=self.store,
                 min_interval=self.min_interval,
                 max_messages=self.max_messages,
+                group=group,
             )
         return start(
             name,
@@ -244,6 +260,7 @@ class Spec:
             store=self.store,
             min_interval=self.min_interval,
             max_messages=self.max_messages,
+            group=group,
         )
 
     def resolve_name(
@@ -342,11 +359,12 @@ class Spec:
         instance: Any,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        group: str | None = None,
     ) -> Progress:
         """Claim the progress of a call that made a generator or coroutine: it ends
         ``cancelled`` if dropped unfinished; ``close`` it, unrun, if the claim fails."""
         try:
-            progress = self.start(wrapped, instance, args, kwargs)
+            progress = self.start(wrapped, instance, args, kwargs, group=group)
         except BaseException:
             close()
             raise

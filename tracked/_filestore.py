@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from ._filegroups import LEDGER_SUFFIX, FileGroupLedgers, GroupFiles
 from ._filelock import LOCK_TIMEOUT as LOCK_TIMEOUT
 from ._filelock import O_CLOEXEC, O_NOFOLLOW, Locked, read_regular
 from ._filelock import READ_LOCK_TIMEOUT as READ_LOCK_TIMEOUT
@@ -55,7 +56,7 @@ STALE_TEMP_AGE = 60.0
 _RUN = re.compile(rb'"run":"([^"\\]*)"')
 
 
-class FileStore(Store):
+class FileStore(FileGroupLedgers, Store):
     """Progress records as JSON files in ``directory``.
 
     Opening and reading never create or change anything: the directory (with its
@@ -68,6 +69,8 @@ class FileStore(Store):
             raise StoreError(
                 f"cannot use {str(self.directory)!r} as a progress store: not a directory"
             )
+        #: The group ledgers in this directory (``tracked._filegroups``).
+        self.group_files = GroupFiles(self.directory, _file_name)
 
     def __repr__(self) -> str:
         return f"FileStore({str(self.directory)!r})"
@@ -173,6 +176,7 @@ class FileStore(Store):
         """Remove ``key``'s file and its parts folder; True if the file was there."""
         path = self.path_for(key)
         self._remove_parts(self.parts_dir(key))
+        self.group_files.delete(key)
         try:
             locked = Locked(path, create=False).acquire()
         except FileNotFoundError:
@@ -198,7 +202,14 @@ class FileStore(Store):
         self._remove_stale_temporaries(time.time() - STALE_TEMP_AGE)
         self._prune_parts()
         self._remove_stale_cancels()
+        self._prune_groups()
         return deleted
+
+    def _prune_groups(self) -> None:
+        """Remove group ledgers whose record is gone (pruned, deleted)."""
+        for path in self._names(lambda n: n.endswith(LEDGER_SUFFIX) and not n.startswith(".")):
+            if not path.with_suffix(SUFFIX).exists():
+                self.group_files.delete_files(path)
 
     def _prune_one(self, path: Path, cutoff: float) -> bool:
         """Delete the record at ``path`` if, under its lock, it is still prunable (a new
@@ -347,6 +358,13 @@ class FileStore(Store):
             raise StoreError(f"cannot delete {str(path)!r}: {exc}") from exc
         return True
 
+
+    # ------------------------------------------------------------------ groups
+
+    def open_group(self, key: str, run: str) -> None:
+        """Start group ``key``'s ledger file (see ``tracked._filegroups``)."""
+        self._make_writable()
+        self.group_files.open(key, run)
 
     # ------------------------------------------------------------------ shared runs
 

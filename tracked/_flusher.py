@@ -78,6 +78,9 @@ class Flushable(Protocol):
     def ended(self) -> bool:
         """Whether the run ended: nothing more to schedule."""
     @property
+    def queued(self) -> bool:
+        """Whether the run still waits in this process's queue (``tracked.submit``)."""
+    @property
     def clean(self) -> bool:
         """Whether nothing changed since the last write was taken."""
     def flush(self) -> bool:
@@ -325,9 +328,13 @@ class _Flusher:
             asked = store.cancels_requested(runs)
         except Exception:  # noqa: BLE001 - a broken store never kills the thread
             return
-        for progress, yes in zip(handles, asked, strict=True):
-            if yes:
-                progress.cancel_seen()
+        seen = [p for p, yes in zip(handles, asked, strict=True) if yes]
+        # Queued runs first: a running one that stops frees a pool thread, which must
+        # not take a queued job whose stop is in this very batch (a group's cancel
+        # asks both at once) while the running one's stop is being written.
+        seen.sort(key=lambda p: not p.queued)
+        for progress in seen:
+            progress.cancel_seen()
 
     def retry_finals(self) -> None:
         with self.cond:

@@ -48,7 +48,7 @@ from ._scope import jobs as settings
 if TYPE_CHECKING:
     import asyncio
 
-__all__ = ["submit"]
+__all__ = ["submit", "submit_child"]
 
 logger = logging.getLogger("tracked")
 
@@ -67,12 +67,23 @@ def submit(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Progress:
     ``key``, ``name``, ``progress_id``, ``snapshot()``; ``wait(timeout)`` returns
     the call's return value or raises its exception.
     """
+    return _submit(None, func, args, kwargs)
+
+
+def submit_child(group: str, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Progress:
+    """``submit`` as a child of the group whose token is ``group`` (``Group.submit``)."""
+    return _submit(group, func, args, kwargs)
+
+
+def _submit(
+    group: str | None, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Progress:
     spec, wrapped, instance, kind = _target(func)
     _held.end_orphans()
     if kind in ("coroutine", "async generator"):
         loop = _running_loop()
         if loop is not None:
-            return _submit_to_loop(loop, spec, wrapped, instance, kind, args, kwargs)
+            return _submit_to_loop(loop, spec, wrapped, instance, kind, args, kwargs, group)
     pool = _current_pool()
     if pool.closed:
         raise RuntimeError(
@@ -83,12 +94,12 @@ def submit(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Progress:
     call: Callable[[], Any]
     discard: Callable[[], object] = _ran
     if kind == "function":
-        progress = spec.start(wrapped, instance, args, kwargs, position=position)
+        progress = spec.start(wrapped, instance, args, kwargs, position=position, group=group)
         call = functools.partial(_call, progress, wrapped, args, kwargs)
     else:
         made = wrapped(*args, **kwargs)  # runs none of its body yet
         try:
-            progress = spec.start(wrapped, instance, args, kwargs, position=position)
+            progress = spec.start(wrapped, instance, args, kwargs, position=position, group=group)
         except BaseException:
             if kind != "async generator":
                 made.close()
@@ -204,11 +215,12 @@ def _submit_to_loop(
     kind: str,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
+    group: str | None = None,
 ) -> Progress:
     """Run a coroutine (or async generator) function as a task on the caller's loop."""
     made = wrapped(*args, **kwargs)  # runs none of its body yet
     close = made.close if kind == "coroutine" else _ran
-    progress = spec.start_for(close, wrapped, instance, args, kwargs)
+    progress = spec.start_for(close, wrapped, instance, args, kwargs, group)
     runner = awaiting(made, progress) if kind == "coroutine" else _exhaust_async(
         drive_async(made, progress)
     )

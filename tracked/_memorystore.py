@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -9,6 +10,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn
 
+from ._ledger import GroupBook, Ledger
 from ._state import State
 from ._store import (
     Owner,
@@ -36,6 +38,8 @@ class MemoryStore(Store):
         #: Called with a key after each write of it (``tracked._watch`` wakes streams).
         self._watchers: list[Callable[[str, State | None], None]] = []
         self._cancels: set[tuple[str, str]] = set()  # (key, run) asked to stop
+        self._books: dict[str, GroupBook] = {}  # a group's ledger, by the group's key
+        self._kids: dict[str, dict[str, tuple[str, int]]] = {}  # its children as counted
         _stores.add(self)
 
     def __repr__(self) -> str:
@@ -70,6 +74,69 @@ class MemoryStore(Store):
             self._records[key] = Record(state, owner)
         self._changed(key, state)
         return True
+
+    # ------------------------------------------------------------------ groups
+
+    def open_group(self, key: str, run: str) -> None:
+        """Start group ``key``'s ledger (see ``Store.open_group``)."""
+        with self._lock:
+            self._books[key] = Ledger.new(run)
+            self._kids[key] = {}
+
+    def move_child(
+        self, key: str, run: str, child: str, state: str, units: int, line: str | None
+    ) -> GroupBook | None:
+        """Count a child's change under this store's lock (see ``Store.move_child``)."""
+        with self._lock:
+            book = self._books.get(key)
+            if book is None or not book.run.startswith(run):
+                return None
+            kids = self._kids[key]
+            book, changed = Ledger(book).move(kids.get(child), state, units, line, time.time())
+            if changed:
+                kids[child] = (state, units)
+                self._books[key] = book
+        if changed:
+            self._changed(key, None)
+        return book
+
+    def close_group(self, key: str, run: str) -> GroupBook | None:
+        """Close group ``key`` (see ``Store.close_group``)."""
+        return self._change_book(key, run, lambda book: Ledger(book).close(time.time()))
+
+    def cancel_group(self, key: str, run: str) -> GroupBook | None:
+        """Mark group ``key`` cancelled (see ``Store.cancel_group``)."""
+        return self._change_book(key, run, lambda book: dataclasses.replace(book, cancelled=True))
+
+    def sweep_turn(self, key: str, run: str, window: float) -> bool:
+        """One caller per ``window`` sweeps group ``key``."""
+        now = time.time()
+        with self._lock:
+            book = self._books.get(key)
+            if book is None or not book.run.startswith(run) or now - book.swept_at < window:
+                return False
+            self._books[key] = dataclasses.replace(book, swept_at=now)
+            return True
+
+    def read_group(self, key: str) -> GroupBook | None:
+        """Group ``key``'s ledger, or None."""
+        return self._books.get(key)
+
+    def group_children(self, key: str) -> list[tuple[str, str]]:
+        """Group ``key``'s children with the states they are counted in."""
+        with self._lock:
+            return [(child, entry[0]) for child, entry in self._kids.get(key, {}).items()]
+
+    def _change_book(
+        self, key: str, run: str, change: Callable[[GroupBook], GroupBook]
+    ) -> GroupBook | None:
+        with self._lock:
+            book = self._books.get(key)
+            if book is None or not book.run.startswith(run):
+                return None
+            book = self._books[key] = change(book)
+        self._changed(key, None)
+        return book
 
     # ------------------------------------------------------------------ shared runs
     # Joined handles in this same process (threads) work; other processes cannot see

@@ -38,7 +38,7 @@ from ._store import Owner, Store, merge_parts, unregister_live_run
 from ._text import clean_text, describe_error
 from ._token import ShareToken, share_token
 from ._writer import RunWriter
-from .errors import Cancelled, TrackedError
+from .errors import Cancelled, InvalidValue, TrackedError
 
 __all__ = [
     "Progress",
@@ -95,6 +95,7 @@ class Progress:
         "_context_tokens",
         "_ended",
         "_final",  # the frozen final snapshot, once ended
+        "_group",  # the token of the group this run is a child of (tracked.group), or None
         "_line",  # Line: a queued run's place, attempt, job and retry
         "_lock",  # readers and the rare slow updates, never `+= 1`
         "_messages",  # Messages: the message buffer
@@ -131,6 +132,7 @@ class Progress:
         min_interval: float = 0.1,
         max_messages: int = 1000,
         position: int | None = None,
+        group: str | None = None,
     ) -> None:
         self.key = make_key(name, progress_id)
         self.name = name
@@ -158,6 +160,7 @@ class Progress:
         self._rate = Rate(self._base)
         self._cancel = CancelState()
         self._line = Line(position)
+        self._group = group
         _handles.add(self)
 
     def __repr__(self) -> str:
@@ -168,8 +171,13 @@ class Progress:
 
     def _claim(self) -> Progress:
         """Write the first snapshot, claiming the key; raise ``AlreadyRunning`` if held."""
-        self._writer.take_over(self.snapshot(), Owner.for_this_process(), None)
+        snapshot = self.snapshot()
+        self._writer.take_over(snapshot, Owner.for_this_process(), None)
         self._watched()
+        refused = None if self._group is None else self._writer.join_group(snapshot)
+        if refused is not None:  # closed, or gone: the run ends failed, never running
+            self.fail(refused)
+            raise InvalidValue(f"cannot start {self.key!r}: {refused}")
         return self
 
     def _take_over(
@@ -189,10 +197,13 @@ class Progress:
             self._messages.carry(queued.messages, queued.message_count)
             self._line.attempt = queued.attempt
             self.start_time = queued.start_time
+            self._group = queued.group
         owner = Owner.for_this_process(run)
-        if not self._writer.take_over(self.snapshot(), owner, None if queued is None else was):
+        snapshot = self.snapshot()
+        if not self._writer.take_over(snapshot, owner, None if queued is None else was):
             return False
         self._watched()
+        self._writer.report_group(snapshot)  # a group's child: counted running
         self._line.retry = retry
         return True
 
@@ -228,6 +239,7 @@ class Progress:
                 self._clean = False
                 self._state = "queued"
                 self._final = state
+        writer.report_group(state)  # a group's child: counted queued again
         _flusher.forget(writer)
         unregister_live_run(run)
         return True
@@ -635,6 +647,7 @@ class Progress:
             rate=self._rate.update(count, running=not self._ended),
             result=outcome.result if self._ended else None,
             attempt=self._line.attempt,
+            group=self._group,
         )
 
     # ------------------------------------------------------------------ writing

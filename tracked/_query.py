@@ -24,6 +24,7 @@ __all__ = [
     "mount_prefix",
     "query_values",
     "request_key",
+    "requested_children",
     "requested_html",
     "requested_name",
     "requested_progress_id",
@@ -200,6 +201,42 @@ def storage_key(name: str | None, progress_id: str | None) -> str:
 #: key is validated once, then cached, as pollers repeat theirs. A rejected one is
 #: not cached (it raises every time). Names are at most 512 characters: bounded.
 request_key = functools.lru_cache(maxsize=4096)(storage_key)
+
+
+#: What ``?children=`` may name: every child, or those counted in one state.
+CHILD_FILTERS = ("all", "queued", "running", "finished", "failed", "cancelled", "abandoned")
+#: The most children one page of ``?children=`` lists (``limit``), and the default.
+MAX_CHILDREN_PAGE, CHILDREN_PAGE = 1000, 100
+
+
+def requested_children(query: str) -> tuple[str, int, int] | None:
+    """``?children=STATE[&offset=N][&limit=M]``: which children of a group to list,
+    from where and how many; None when the query asks for none. ``InvalidValue``
+    for a state not in ``CHILD_FILTERS``, a negative offset or a limit out of 1-1000."""
+    values = query_values(query, "children")
+    if not values:
+        return None
+    wanted = values[-1]
+    if wanted not in CHILD_FILTERS:
+        raise tracked.InvalidValue(
+            f"children must be one of {', '.join(CHILD_FILTERS)}, got {wanted!r}"
+        )
+    offset = _count_field(query, "offset", 0, None)
+    limit = _count_field(query, "limit", CHILDREN_PAGE, MAX_CHILDREN_PAGE)
+    if limit < 1:
+        raise tracked.InvalidValue(f"limit must be 1 to {MAX_CHILDREN_PAGE}, got {limit}")
+    return wanted, offset, limit
+
+
+def _count_field(query: str, field: str, default: int, most: int | None) -> int:
+    values = query_values(query, field)
+    if not values:
+        return default
+    value = values[-1]
+    if not value.isascii() or not value.isdigit() or (most is not None and int(value) > most):
+        bound = "" if most is None else f" up to {most}"
+        raise tracked.InvalidValue(f"{field} must be an integer >= 0{bound}, got {value!r}")
+    return int(value)
 
 
 def requested_since(query: str) -> int:

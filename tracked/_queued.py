@@ -23,6 +23,7 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ._groupstore import report_move
 from ._progress import Progress, current_progress, requeue_retrying, take_over_run
 from ._scope import MAX_QUEUED_TIMEOUT, check_timeout, queued_timeout, resolve_store
 from ._state import State, make_key, validate_progress_id
@@ -110,6 +111,7 @@ def prepare(
     total: int | None,
     position: int | None = None,
     timeout: float | None = None,
+    group: str | None = None,
 ) -> tuple[State, Owner, Ticket]:
     """The ``queued`` record of a new run (in progress, count 0, ``position`` in line),
     its owner (no process: a lease of the queued timeout) and the ticket its job
@@ -128,6 +130,7 @@ def prepare(
         status="queued",
         start_time=now,
         current_time=now,
+        group=group,
     )
     return state, Owner.waiting(ticket.run, now + seconds), ticket
 
@@ -192,7 +195,10 @@ def end_queued(
         ),
     )
     was = TAKEABLE | {"running", "failed"} if started else TAKEABLE
-    return store.swap(ended, _ended_owner(record.owner), run=ticket.run, was=was)
+    if not store.swap(ended, _ended_owner(record.owner), run=ticket.run, was=was):
+        return False
+    report_move(store, ended)  # a group's child: counted as it ended
+    return True
 
 
 def _endable(state: State, *, started: bool) -> bool:
@@ -257,6 +263,7 @@ def cancel(store: Store, key: str) -> bool:
             status="cancelled before it started",
         )
         if store.swap(ended, _ended_owner(record.owner), run=record.owner.run, was=QUEUED):
+            report_move(store, ended)
             for hook in list(cancel_hooks):
                 try:
                     hook(ended)

@@ -18,6 +18,7 @@ __all__ = [
     "Response",
     "error",
     "if_match_allows",
+    "json_response",
     "render",
     "rendered",
     "respond",
@@ -106,6 +107,12 @@ def _etag_matches(header: str, etag: str) -> bool:
         if candidate == "*" or candidate.removeprefix("W/") == etag:
             return True
     return False
+
+
+def json_response(data: object) -> Response:
+    """A 200 with ``data`` as JSON, never stored by caches (a page of a group's children)."""
+    body = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+    return Response(200, (("Content-Type", JSON_TYPE), NO_STORE), body)
 
 
 def error(status: int, message: str, *headers: tuple[str, str]) -> Response:

@@ -146,6 +146,11 @@ class State:
     finished_time: float | None = None
     rate: float | None = None
     result: Any = dataclasses.field(default=None, hash=False)
+    #: The token of the group this run is a child of (``tracked.group``), or None.
+    group: str | None = None
+    #: A group's counts of its children by state (``{}`` in a group's stored record,
+    #: filled from its ledger for readers); None for any other run.
+    children: Mapping[str, int] | None = dataclasses.field(default=None, hash=False)
 
     @property
     def key(self) -> str:
@@ -232,6 +237,8 @@ class State:
             "rate": self.rate,
             "eta": self.eta,
             "result": self.result,
+            **({} if self.group is None else {"group": self.group}),
+            **({} if self.children is None else {"children": dict(self.children)}),
         }
 
     @classmethod
@@ -280,7 +287,18 @@ def _parse_state(cls: type[State], data: Mapping[str, Any]) -> State:
         finished_time=None if finished_time is None else float(finished_time),
         rate=None if rate is None else float(rate),
         result=data.get("result"),
+        group=_optional(data.get("group"), str, "group"),
+        children=_children(data.get("children")),
     )
+
+
+def _children(value: object) -> dict[str, int] | None:
+    """A group's counts by state, or None (any other run)."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise TypeError(f"children must be an object, got {value!r}")
+    return {str(k): check_count(v) for k, v in value.items()}
 
 
 def _position(value: object) -> int | None:

@@ -11,6 +11,7 @@ import abc
 import dataclasses
 import functools
 import json
+import logging
 import os
 import socket
 import time
@@ -18,6 +19,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from ._groupstore import GroupLedgers, group_view
 from ._state import State
 from .errors import AlreadyRunning, StoreError
 
@@ -32,6 +34,8 @@ __all__ = [
     "owner_gone_here",
     "swappable",
 ]
+
+logger = logging.getLogger("tracked")
 
 RECORD_VERSION = 1
 #: The host of a queued record's owner: a queue holds the run, no process does.
@@ -280,7 +284,7 @@ def blocks_claim(record: Record | None) -> bool:
 # ----------------------------------------------------------------------------- the contract
 
 
-class Store(abc.ABC):
+class Store(GroupLedgers, abc.ABC):
     """Where snapshots live. Subclasses implement the storage mechanics only.
 
     ``claim`` must be atomic across every process that shares the store: of
@@ -372,10 +376,10 @@ class Store(abc.ABC):
         of this process's live runs. Backends with round trips send them together."""
         return [False] * len(runs)
 
-    def clear_cancel(self, key: str, owner: Owner) -> None:  # noqa: B027 - optional hook
+    def clear_cancel(self, key: str, owner: Owner) -> None:
         """For the owner, once its run has ended: remove the run's cancel request."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release connections or handles the store holds."""
 
     def load(self, key: str) -> State | None:
@@ -384,6 +388,8 @@ class Store(abc.ABC):
         record = self.read(key)
         if record is None:
             return None
+        if record.state.children is not None:
+            return self.with_group(record)
         state = self.with_parts(record)
         if state.state == "abandoned" and record.state.in_progress:
             # The owner may have written its final state and let go of the run between
@@ -399,11 +405,27 @@ class Store(abc.ABC):
         states = []
         for record in self.records():
             try:
+                if record.state.children is not None:
+                    states.append(self.with_group(record))
+                    continue
                 states.append(self.with_parts(record))
             except StoreError:  # its joined workers' parts cannot be read: the rest can
                 states.append(judge(record))
         states.sort(key=lambda s: (not s.in_progress, -s.start_time))
         return states
+
+    # ---------------------------------------------------------- groups (tracked.group)
+
+    def with_group(self, record: Record) -> State:
+        """What readers see of a group's ``record``: its own state with its ledger's
+        counts (one more read, whatever the number of children). A running group whose
+        last sweep is older than ``sweep_window`` is swept by the one reader that wins
+        the turn (see ``sweep_group``); an ended ledger under a running record is
+        written into the record (by ``finish_group``)."""
+        book = self.read_group(record.state.key)
+        if book is None or record.owner is None or book.run != record.owner.run:
+            return judge(record)
+        return group_view(self, record, book)
 
     # ---------------------------------------------------------- shared runs (tracked.join)
 
@@ -438,7 +460,7 @@ class Store(abc.ABC):
         """The joined workers' parts of run ``run`` of ``key`` (none by default)."""
         return []
 
-    def delete_parts(self, key: str, run: str) -> None:  # noqa: B027 - optional hook
+    def delete_parts(self, key: str, run: str) -> None:
         """Remove the parts of run ``run`` of ``key`` (its owner folded them into its
         final snapshot)."""
 

@@ -9,10 +9,11 @@ import json
 import os
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
 from . import State
+from ._ledger import CHILD_STATES
 from ._state import DEFAULT_STATUS
 from ._words import NEVER_STARTED, never_started, span, state_text
 
@@ -101,6 +102,35 @@ def fraction(state: State) -> str:
     total = "?" if state.total is None else str(state.total)
     percent = "" if state.percent is None else f" ({state.percent:.1f}%)"
     return f"{state.count}/{total}{percent}"
+
+
+def children_text(state: State) -> str:
+    """A group's children by state, as ``group of 500: 85 queued, 100 running, 312
+    finished, 3 failed`` (states with none left out); ``-`` for any other run."""
+    if state.children is None:
+        return "-"
+    counts = [f"{n} {word}" for word, n in state.children.items() if word != "total" and n]
+    total = state.children.get("total", 0)
+    return f"group of {total}" + (": " + ", ".join(counts) if counts else "")
+
+
+def children_lines(
+    state: State, children: Iterable[tuple[str, str]], *, as_json: bool
+) -> list[str]:
+    """``show --children``: the counts, then each state's children sorted by key; or,
+    ``as_json``, one ``{"key", "state"}`` object a line."""
+    by_state: dict[str, list[str]] = {}
+    for child, counted in children:
+        by_state.setdefault(counted, []).append(child)
+    lines = [] if as_json else [children_text(state)]
+    for word in CHILD_STATES:
+        keys = sorted(by_state.get(word, ()))
+        if as_json:
+            lines.extend(json_text({"key": key, "state": word}) for key in keys)
+        elif keys:
+            lines.append(f"{word} ({len(keys)}):")
+            lines.extend(f"  {display_key(key)}" for key in keys)
+    return lines
 
 
 def rate(state: State) -> str:

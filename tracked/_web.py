@@ -53,6 +53,7 @@ from ._query import (
     missing_name,
     query_values,
     request_key,
+    requested_children,
     requested_html,
     requested_name,
     requested_progress_id,
@@ -67,6 +68,7 @@ from ._response import (
     Response,
     error,
     if_match_allows,
+    json_response,
     render,
     rendered,
     respond,
@@ -206,6 +208,10 @@ class StatusService:
             return _error(html, 400, str(exc))
         if self.authorize is not None and not self.authorize(request.native, key):
             return _error(html, 403, "not allowed to read this progress")
+        if request.query and "children" in request.query:
+            listed = self._children(key, request.query)
+            if listed is not None:  # else the word was only part of a name, say
+                return listed
         try:
             found = self._rendered(key, since, html)
         except Exception as exc:  # noqa: BLE001 - a store or record problem, never HTML
@@ -233,6 +239,8 @@ class StatusService:
             html = requested_html(request.query, request.accept, request.hx_request)
         except tracked.TrackedError:
             return None
+        if request.query and "children" in request.query:
+            return None  # a page of a group's children: never a cached state
         if html and _htmx(request):
             return None  # its end is a 286, decided by handle
         return self._cached_answer(key, -1 - since if html else since, request.if_none_match)
@@ -366,6 +374,46 @@ class StatusService:
             found = render(shown, self._advert)
         cache.put(key, slot, signature, found, state.in_progress, now)
         return found
+
+    def _children(self, key: str, query: str) -> Response | None:
+        """``?children=STATE&offset=N&limit=M``: one page of a group's children counted
+        in ``STATE`` (or ``all``), sorted by key, as JSON; 400 for a bad query or a run
+        that is no group, 404 for none."""
+        try:
+            asked = requested_children(query)
+        except tracked.TrackedError as exc:
+            return error(400, str(exc))
+        if asked is None:
+            return None
+        wanted, offset, limit = asked
+        store = self.store or tracked.default_store()
+        try:
+            state = store.load(key)
+            if state is None:
+                return error(404, f"no progress {key.replace(chr(0), '?progress_id=')!r}")
+            if state.children is None:
+                return error(400, "this progress is not a group: it has no children")
+            found = sorted(
+                (child, counted) for child, counted in store.group_children(key)
+                if wanted in ("all", counted)
+            )
+        except Exception as exc:  # noqa: BLE001 - a store problem, never HTML
+            logger.warning("status route cannot read the children of %r: %s", key, exc)
+            return error(500, "the progress store cannot be read")
+        page = found[offset : offset + limit]
+        body = {
+            "children": [
+                {"name": name, "progress_id": progress_id, "state": counted}
+                for (name, progress_id), counted in
+                ((split_key(child), counted) for child, counted in page)
+            ],
+            "state": wanted,
+            "total": len(found),
+            "offset": offset,
+            "limit": limit,
+            "next_offset": offset + limit if offset + limit < len(found) else None,
+        }
+        return json_response(body)
 
     def _shown(self, state: tracked.State) -> tracked.State:
         """``state`` as readers of the route see it: with ``show_errors=False`` a failed

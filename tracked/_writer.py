@@ -21,6 +21,8 @@ import weakref
 from typing import TYPE_CHECKING, Protocol
 
 from . import _flusher
+from ._groupstore import report_move
+from ._ledger import GroupBook, units_of
 from ._store import Owner, Store, register_live_run, unregister_live_run
 from ._text import describe_error
 from .errors import RunSuperseded, StoreError
@@ -42,6 +44,9 @@ class Handle(Protocol):
     @property
     def in_progress(self) -> bool:
         """True until the run ends."""
+    @property
+    def state(self) -> str:
+        """The run's state word (``queued`` while it waits in this process's queue)."""
     def snapshot(self) -> State:
         """The state readers see once written."""
     def flush(self) -> bool:
@@ -60,6 +65,8 @@ class RunWriter:
     __slots__ = (
         "__weakref__",
         "final",
+        "group_seen",
+        "group_state",
         "handle",
         "key",
         "last_write",
@@ -92,6 +99,10 @@ class RunWriter:
         self.final: State | None = None
         self.shared = False
         self.ref: weakref.ref[Flushable] = weakref.ref(self)
+        #: A group's child: the (state, units) last counted in its group, and the
+        #: snapshot a batched write took (counted once the write landed).
+        self.group_seen: tuple[str, int] | None = None
+        self.group_state: State | None = None
 
     # ------------------------------------------------------------------ read by the flusher
 
@@ -100,6 +111,12 @@ class RunWriter:
         """Whether the run ended (or its handle is gone, which ends it)."""
         handle = self.handle()
         return handle is None or not handle.in_progress
+
+    @property
+    def queued(self) -> bool:
+        """Whether the run still waits in this process's queue (``tracked.submit``)."""
+        handle = self.handle()
+        return handle is not None and handle.state == "queued"
 
     @property
     def clean(self) -> bool:
@@ -181,12 +198,16 @@ class RunWriter:
             return None
         handle._clean = True
         self.last_write = time.monotonic()
-        return handle.snapshot(), self.owner
+        state = handle.snapshot()
+        self.group_state = state if state.group is not None else None
+        return state, self.owner
 
     def end_write(self, error: Exception | None) -> None:
         """The outcome of a batched write that ``begin_write`` started."""
         try:
             self.saved(error)
+            if error is None and self.group_state is not None:
+                self.report_group(self.group_state)
         finally:
             self.write_lock.release()
 
@@ -198,7 +219,27 @@ class RunWriter:
             self.saved(exc)
             return False
         self.saved(None)
+        if state.group is not None:
+            self.report_group(state)
         return True
+
+    def join_group(self, state: State) -> str | None:
+        """Count a new run in its group: None, or why the group refused it."""
+        book = self.report_group(state)
+        if book is None:
+            return "its group is not running"
+        return None if book.accepted else "its group is closed to new runs"
+
+    def report_group(self, state: State) -> GroupBook | None:
+        """Count a child's new state, or its progress, in its group's ledger (off the
+        per-item path: after a write landed, once per change of state or units)."""
+        if state.group is None:
+            return None
+        seen = (state.state, units_of(state))
+        if seen == self.group_seen:
+            return None
+        self.group_seen = seen
+        return report_move(self.store, state)
 
     def saved(self, error: Exception | None) -> None:
         """Note how a write went: resumed, superseded, or failed (then retried)."""

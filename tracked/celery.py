@@ -26,6 +26,7 @@ except ImportError as exc:  # pragma: no cover - celery is in the test extra
     raise ImportError("tracked.celery needs Celery: pip install 'tracked[celery]'") from exc
 
 from ._decorator import describe_call, tracked_function, tracked_store
+from ._groupstore import report_move
 from ._queued import (
     TakeOver,
     Ticket,
@@ -105,6 +106,7 @@ def _published(
         plan.function,
         total=plan.total,
         timeout=_queued_timeout(headers.get("expires")),
+        group=plan.group,
     )
     # Carried even if the claim fails (a duplicate task id, the store down): Celery
     # logs a handler's error and sends the message anyway, and its worker must run it
@@ -112,6 +114,7 @@ def _published(
     # holds it), never as a run of the bare name that no reader looks for.
     headers[HEADER] = ticket.to_dict()
     (store or plan.store).claim(state, owner)
+    report_move(store or plan.store, state)  # a group's child is counted from now
 
 
 def _queued_timeout(expires: object) -> float | None:

@@ -29,6 +29,8 @@ from ._serve import QuietHandler, ThreadingServer, build_app
 from ._state import make_key, split_key
 from ._views import (
     LABEL_SEPARATOR,
+    children_lines,
+    children_text,
     display_key,
     ended_how,
     fraction,
@@ -163,6 +165,9 @@ def _build_parser() -> argparse.ArgumentParser:
     show = command("show", _cmd_show, "Show one progress and its last messages.")
     _add_name(show)
     show.add_argument("--json", action="store_true", help="print the wire JSON")
+    show.add_argument(
+        "--children", action="store_true", help="a group's children, by state (JSON: one a line)"
+    )
 
     watch = command(
         "watch",
@@ -359,7 +364,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
     now = time.time()
     for s in states:
         started = "never" if never_started(s) else span(now - s.start_time) + " ago"
-        rows.append((label(s), state_text(s), fraction(s), rate(s), started, s.status))
+        status = s.status if s.children is None else children_text(s)
+        rows.append((label(s), state_text(s), fraction(s), rate(s), started, status))
     _print_table(rows, sys.stdout)
     print(f"\n{_list_footer(store, len(states), len(everything) - len(states))}")
     return EXIT_OK
@@ -388,6 +394,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
     key, state = _load_any(store, keys)
     if state is None:
         raise UsageError(_not_found(args, key, store))
+    if args.children:
+        return _print_children(store, key, state, as_json=args.json)
     if args.json:
         print(json_line(state))
         return EXIT_OK
@@ -397,6 +405,15 @@ def _cmd_show(args: argparse.Namespace) -> int:
     print(f"messages:     {len(messages)} shown of {state.message_count}")
     for message in messages:
         print(f"  {printable(message)}")
+    return EXIT_OK
+
+
+def _print_children(store: Store, key: str, state: State, *, as_json: bool) -> int:
+    """``tracked show GROUP --children``: each child under the state it is counted in."""
+    if state.children is None:
+        raise UsageError(f"{_shown(key)} is not a group (it has no children)")
+    for line in children_lines(state, store.group_children(key), as_json=as_json):
+        print(line)
     return EXIT_OK
 
 
@@ -412,6 +429,7 @@ def _details(state: State) -> list[tuple[str, str]]:
         ("elapsed", "-" if never_started(state) else span(state.elapsed)),
         ("started", _started(state)),
         ("error", state.error or "-"),
+        *([] if state.children is None else [("children", children_text(state))]),
         ("result", "-" if state.result is None else json.dumps(state.result, ensure_ascii=False)),
     ]
 

@@ -74,6 +74,7 @@ from ._redis_connect import MAX_CONNECTIONS as MAX_CONNECTIONS
 from ._redis_connect import POOL_TIMEOUT as POOL_TIMEOUT
 from ._redis_connect import SOCKET_TIMEOUT as SOCKET_TIMEOUT
 from ._redis_connect import Client, address_of, async_twin, connector
+from ._redis_groups import Host, RedisGroupLedgers, RedisGroups
 from ._redis_scripts import (
     CLEAR_CANCEL,
     DELETE,
@@ -107,7 +108,7 @@ CANCEL_CHUNK = 1000
 NAME_CACHE_SIZE = 10_000
 
 
-class RedisStore(Store):
+class RedisStore(RedisGroupLedgers, Store):
     """Progress records in Redis, shared by every process and machine using it.
 
     ``url_or_client`` is a ``redis://``, ``rediss://`` or ``unix://`` URL, a
@@ -159,6 +160,12 @@ class RedisStore(Store):
         self._write_part = Script(WRITE_PART)
         self._read_parts = Script(READ_PARTS)
         self._delete_parts = Script(DELETE_PARTS)
+        #: The group ledgers of this store (``tracked._redis_groups``).
+        self.groups = RedisGroups(
+            Host(self.prefix, lambda: self.client, lambda: self._expire_ms(False), self._call,
+                 self._failure),
+            hash_tag,
+        )
         self._name_cache: dict[str, tuple[list[bytes], bytes]] = {}
         #: The URL this store was made from (None: a client), which a pickle carries.
         self._url = url_or_client if isinstance(url_or_client, str) else None
@@ -296,7 +303,11 @@ class RedisStore(Store):
         key = state.key
         self._written.pop(key, None)
         call = self._write_call("claim", state, owner, None)
-        if self._call(self._run, self._publisher(), *call) < 0:
+        if state.group is not None:  # a group's child: counted in the same round trip
+            reply = self.groups.write_and_move(self._publisher(), call, state, claim=True)
+        else:
+            reply = self._call(self._run, self._publisher(), *call)
+        if reply < 0:
             raise AlreadyRunning(key)
         self._remember(key, state, owner.run)
 
@@ -306,6 +317,16 @@ class RedisStore(Store):
         A stalled owner whose lease lapsed and whose name was started again gets
         ``RunSuperseded`` and never overwrites the new run.
         """
+        previous = self._written.get(state.key)
+        if state.group is not None and previous is not None and previous.run == owner.run:
+            # A group's child: its count goes in the same round trip (0: resend below).
+            call = self._write_call("save", state, owner, previous)
+            reply = self.groups.write_and_move(self._publisher(), call, state, claim=False)
+            if reply == 1:
+                return self._remember(state.key, state, owner.run)
+            self._written.pop(state.key, None)
+            if reply != 0:
+                raise self._refusal(state.key, reply)
         [error] = self.save_many([(state, owner)])
         if error is not None:
             raise error
@@ -546,6 +567,7 @@ class RedisStore(Store):
     def delete(self, key: str) -> bool:
         """One script call: remove the record and its side keys; True if it was there."""
         self._written.pop(key, None)
+        self._call(self.client.delete, *self.groups.keys(key))
         return bool(self._call(self._run, self._delete, self._read_keys(key), ()))
 
     def prune(self, older_than: float) -> int:
@@ -599,6 +621,7 @@ class RedisStore(Store):
     def delete_parts(self, key: str, run: str) -> None:
         """One script call: remove run ``run``'s fields of ``key``'s parts hash."""
         self._call(self._run, self._delete_parts, [self.parts_key(key)], [clean_text(run)])
+
 
     # ------------------------------------------------------------------ cancel requests
 

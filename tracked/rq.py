@@ -29,7 +29,9 @@ try:
 except ImportError as exc:  # pragma: no cover - rq is in the test extra
     raise ImportError("tracked.rq needs RQ: pip install 'tracked[rq]'") from exc
 
+from ._api import group_token
 from ._decorator import describe_call, tracked_store
+from ._groupstore import report_move
 from ._queued import (
     TakeOver,
     Ticket,
@@ -42,7 +44,7 @@ from ._queued import (
 from ._scope import resolve_store
 from ._state import State
 from ._store import Owner, Store
-from .errors import AlreadyRunning, Cancelled
+from .errors import AlreadyRunning, Cancelled, InvalidValue
 from .redis import RedisStore
 
 __all__ = [
@@ -88,8 +90,10 @@ def enqueue(queue: rq.Queue, func: Callable[..., Any], *args: Any, **kwargs: Any
     place in line and the job go in one transaction (one round trip); otherwise the
     record is claimed first, then the job is enqueued.
     """
+    group = kwargs.pop("group", None)  # ours, not RQ's nor the function's
     parsed = queue.parse_args(func, *args, **dict(kwargs))
     plan = describe_call(func, tuple(parsed.args or ()), dict(parsed.kwargs or {}))
+    token = plan.group if group is None else group_token(group)
     job_id = parsed.job_id or uuid.uuid4().hex
     connection = queue.connection
     # A job that waits for others (depends_on) is not in line yet: its place is null.
@@ -103,6 +107,7 @@ def enqueue(queue: rq.Queue, func: Callable[..., Any], *args: Any, **kwargs: Any
         total=plan.total,
         position=_first_position(queue, parsed, in_line, together),
         timeout=_queued_timeout(parsed.ttl),
+        group=token,
     )
     claim = _claim(store, state, owner, together)
     options = _options(kwargs, parsed, job_id, ticket)
@@ -124,7 +129,19 @@ def enqueue(queue: rq.Queue, func: Callable[..., Any], *args: Any, **kwargs: Any
             withdraw(store, ticket, exc)
         raise
     _connections.add(connection)
+    if token is not None:  # counted queued in its group (a caller's pipeline: now too)
+        _count_in_group(store, state, ticket)
     return job
+
+
+def _count_in_group(store: Store, state: State, ticket: Ticket) -> None:
+    """Count the queued run in its group; a group that refused it ends it ``failed``
+    (its worker then skips it) and ``InvalidValue`` says so."""
+    book = report_move(store, state)
+    if book is None or not book.accepted:
+        why = "its group is closed or not running"
+        end_queued(store, ticket, "failed", error=why)
+        raise InvalidValue(f"cannot enqueue {state.key!r}: {why}")
 
 
 def _open_transaction(pipe: Any, claim: tuple[Any, ...] | None) -> None:

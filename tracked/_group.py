@@ -1,0 +1,168 @@
+"""``tracked.group``: one progress over many runs, read in constant time.
+
+A group is a run whose record belongs to no process: its children (runs started
+with ``group=token``, ``Group.submit``, ``tracked.rq.enqueue(..., group=g)``) count
+themselves into its ledger (``tracked._ledger``) at each state change, so reading
+it costs the same for 10 children as for 10,000. It ends when it is closed (the
+``with`` block left) and every child has ended, written by the change that ends it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from ._groupstore import finish_group, report_move
+from ._ledger import make_token, parse_token
+from ._progress import Progress
+from ._queued import cancel as cancel_key
+from ._scope import StoreSpec, request_scope, resolve_store
+from ._state import State, make_key
+from ._store import Owner, Store
+from .errors import InvalidValue, StoreError
+
+__all__ = ["Group", "cancel_group", "group", "token_of"]
+
+#: The host of a group's owner: its children move it, no process holds it.
+GROUP_HOST = "(group)"
+#: How long a group's record stays live without an end (children that never end and
+#: were never swept): a week.
+GROUP_LEASE = 7 * 86400.0
+
+
+class Group:
+    """A run made of other runs: ``submit`` children or hand out ``token``.
+
+    Use it as a context manager: leaving the block closes it to new children and
+    does not wait for them; it ends when every child has ended.
+    """
+
+    def __init__(self, key: str, state: State, owner: Owner, store: Store) -> None:
+        self.key = key
+        self.name = state.name
+        self.progress_id = state.progress_id
+        self.store = store
+        self._owner = owner
+        #: The token that makes a run a child: ``tracked.start(..., group=token)``.
+        self.token = make_token(key, owner.run)
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<Group {self.key!r}>"
+
+    def submit(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Progress:
+        """Run ``func(*args, **kwargs)`` (a ``@tracked`` function) as a child on the
+        ``tracked.submit`` pool; counted ``queued`` from now on."""
+        from ._jobs import submit_child  # _jobs imports the API this module is part of
+
+        return submit_child(self.token, func, *args, **kwargs)
+
+    def add_message(self, message: str, /) -> None:
+        """Add one of the group's own messages (written at once: they are rare)."""
+        record = self.store.read(self.key)
+        if record is None or record.owner is None or record.owner.run != self._owner.run:
+            return
+        own = record.state
+        state = dataclasses.replace(
+            own, messages=(*own.messages, message)[-1000:],
+            message_count=own.message_count + 1, current_time=time.time(),
+        )
+        self.store.swap(state, record.owner, run=self._owner.run, was=frozenset({"running"}))
+
+    def snapshot(self) -> State:
+        """What readers see of the group now (one read of its record and ledger)."""
+        state = self.store.load(self.key)
+        if state is None:
+            raise StoreError(f"group {self.key!r} is gone from {self.store!r}")
+        return state
+
+    def close(self) -> None:
+        """Take no more children; the group ends once those it has end."""
+        if self._closed:
+            return
+        self._closed = True
+        book = self.store.close_group(self.key, self._owner.run)
+        if book is not None and book.just_ended:
+            record = self.store.read(self.key)
+            if record is not None:
+                finish_group(self.store, record, book)
+
+    def __enter__(self) -> Group:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is not None:
+            self.add_message(f"the group's block raised {type(exc).__name__}: {exc}")
+        self.close()
+
+
+def group(
+    name: str | None,
+    *,
+    store: StoreSpec | None = None,
+    progress_id: str | None = None,
+    description: str | None = None,
+    group: object = None,
+) -> Group:
+    """Claim ``name`` as a group (``AlreadyRunning`` if a live run holds it) and return
+    it; use it as a context manager. Its children are the runs given its ``token``.
+    ``group`` (a ``Group`` or a token) makes this group a child of that one."""
+    if progress_id is None:
+        scope = request_scope.get()
+        progress_id = scope.progress_id if scope is not None else None
+    key = make_key(name, progress_id)
+    resolved = resolve_store(store)
+    now = time.time()
+    state = State(
+        name=name, progress_id=progress_id, total=0, status=description or "in progress",
+        start_time=now, current_time=now, children={},
+        group=None if group is None else token_of(group),
+    )
+    owner = Owner(host=GROUP_HOST, pid=0, token="", run=uuid.uuid4().hex,
+                  lease_expires=now + GROUP_LEASE)
+    resolved.claim(state, owner)
+    try:
+        resolved.open_group(key, owner.run)
+    except BaseException:
+        resolved.delete(key)
+        raise
+    if state.group is not None:  # a child of another group: counted running from now
+        book = report_move(resolved, state)
+        if book is None or not book.accepted:
+            resolved.delete(key)
+            raise InvalidValue(f"cannot start group {key!r} in its group: it is not open")
+    return Group(key, state, owner, resolved)
+
+
+def token_of(group: object) -> str:
+    """The token of ``group`` (a ``Group`` or a token str), checked."""
+    if isinstance(group, Group):
+        return group.token
+    parse_token(group)
+    return group  # type: ignore[return-value]
+
+
+def cancel_group(store: Store, key: str) -> bool | None:
+    """Cancel group ``key`` and every child not yet ended (queued ones never start,
+    running ones are asked to stop); None if ``key`` is not a running group."""
+    record = store.read(key)
+    if record is None or record.state.children is None or record.owner is None:
+        return None
+    book = store.cancel_group(key, record.owner.run)
+    if book is None or book.ended_at is not None:
+        return False
+    children = store.group_children(key)
+    for wanted in ("queued", "running"):  # the waiting first: none starts as others stop
+        for child, counted in children:
+            if counted == wanted and cancel_group(store, child) is None:
+                cancel_key(store, child)
+    return True

@@ -1,0 +1,152 @@
+"""What a store does with its groups beyond keeping their ledgers: count a child's
+change (``report_move``), write a group's end into its record (``finish_group``),
+sweep for children whose process died (``sweep_group``), and what readers see of
+a group (``group_view``). Plain functions over the ``Store`` contract.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from ._ledger import GroupBook, child_line, overlay, parse_token, units_of
+from ._state import ENDED_STATES, State
+from .errors import StoreError
+
+if TYPE_CHECKING:
+    from ._store import Record, Store
+
+__all__ = ["GroupLedgers", "finish_group", "group_view", "report_move", "sweep_group"]
+
+logger = logging.getLogger("tracked")
+
+
+class GroupLedgers:
+    """The group part of the ``Store`` contract: a backend that holds groups keeps
+    one ledger per group (see ``tracked._ledger``) and overrides these."""
+
+    lease: float | None = None
+
+    #: Seconds between two sweeps of a running group for children whose process died
+    #: (see ``with_group``); None: the store's liveness window (its lease, else 2 s).
+    group_sweep_window: float | None = None
+
+    @property
+    def sweep_window(self) -> float:
+        """Seconds between two sweeps of one running group (see ``with_group``)."""
+        if self.group_sweep_window is not None:
+            return self.group_sweep_window
+        return self.lease if self.lease is not None else 2.0
+
+    def open_group(self, key: str, run: str) -> None:
+        """Start the ledger of group ``key`` (run ``run``), replacing an older one."""
+        raise StoreError(f"{self!r} cannot hold groups")
+
+    def move_child(
+        self, key: str, run: str, child: str, state: str, units: int, line: str | None
+    ) -> GroupBook | None:
+        """Count child ``child`` of group ``key`` as ``state`` with ``units`` thousandths
+        done, atomically and once per change (see ``_ledger.Ledger.move``); ``line`` is
+        kept when it failed or was abandoned. None when group ``key`` has no ledger of
+        run ``run``; a book with ``accepted`` False when a closed group refused it."""
+        raise StoreError(f"{self!r} cannot hold groups")
+
+    def close_group(self, key: str, run: str) -> GroupBook | None:
+        """Close group ``key`` to new children; None if it has no ledger of run ``run``."""
+        raise StoreError(f"{self!r} cannot hold groups")
+
+    def cancel_group(self, key: str, run: str) -> GroupBook | None:
+        """Mark group ``key`` cancelled (its children are asked by the caller)."""
+        raise StoreError(f"{self!r} cannot hold groups")
+
+    def read_group(self, key: str) -> GroupBook | None:
+        """The ledger of group ``key``, or None: one read, whatever its size."""
+        return None
+
+    def group_children(self, key: str) -> Sequence[tuple[str, str]]:
+        """Every child of group ``key`` with the state it is counted in."""
+        return ()
+
+    def sweep_turn(self, key: str, run: str, window: float) -> bool:
+        """Take the turn to sweep group ``key``: True for one caller per ``window``."""
+        return False
+
+
+def group_view(store: Store, record: Record, book: GroupBook) -> State:
+    """What readers see of group ``record`` with its ledger ``book``. A running group
+    whose last sweep is older than the store's ``sweep_window`` is swept by the one
+    reader that wins the turn; an ended ledger under a running record is written
+    into the record (a running record blocks new claims of its name)."""
+    if book.ended_at is None and time.time() - book.swept_at >= store.sweep_window:
+        book = sweep_group(store, record.state.key, book) or book
+    if book.ended_at is not None and record.state.in_progress:
+        finish_group(store, record, book)
+    return overlay(record.state, book)
+
+
+def report_move(store: Store, state: State) -> GroupBook | None:
+    """Count the new state of a group's child (``state.group``) in its group's ledger;
+    the change that ends the group also writes the group's final record. Never raises:
+    instrumentation must not kill the task (a lost count is mended by the next sweep)."""
+    if state.group is None:
+        return None
+    try:
+        key, run = parse_token(state.group)
+        book = store.move_child(key, run, state.key, state.state, units_of(state),
+                                child_line(state))
+        if book is not None and book.just_ended:
+            record = store.read(key)
+            if record is not None:
+                finish_group(store, record, book)
+        return book
+    except Exception as exc:  # noqa: BLE001 - see above
+        logger.warning("cannot count %r in its group: %s", state.key, exc)
+        return None
+
+
+def finish_group(store: Store, record: Record, book: GroupBook) -> None:
+    """Write the end the ledger ``book`` gives into group ``record`` (a running record
+    blocks new claims of its name): at most once, by the run check of ``Store.swap``."""
+    owner = record.owner
+    if owner is None or owner.run != book.run or not record.state.in_progress:
+        return
+    final = overlay(record.state, book)
+    own = dataclasses.replace(
+        final, children={}, total=record.state.total, count=record.state.count,
+        messages=record.state.messages, message_count=record.state.message_count,
+    )
+    try:
+        ended = store.swap(own, dataclasses.replace(owner, lease_expires=None), run=owner.run,
+                           was=frozenset({"running", "abandoned"}))
+    except Exception as exc:  # noqa: BLE001 - readers see the end from the ledger anyway
+        logger.warning("cannot write the end of group %r: %s", record.state.key, exc)
+        return
+    if ended and own.group is not None:  # a nested group ended: count it in its parent
+        report_move(store, final)
+
+
+def sweep_group(store: Store, key: str, book: GroupBook) -> GroupBook | None:
+    """Count as abandoned (or as they ended) the children of group ``key`` that its
+    ledger holds as queued or running but whose records say otherwise: work in
+    proportion to the children, done once per ``sweep_window`` by one process."""
+    if not store.sweep_turn(key, book.run, store.sweep_window):
+        return None
+    latest = None
+    for child, counted in store.group_children(key):
+        if counted in ENDED_STATES:
+            continue
+        try:
+            state = store.load(child)  # judged: a dead owner's run reads abandoned
+        except StoreError:
+            continue
+        if state is None or state.state == counted:
+            continue
+        line = child_line(state) or f"{child.replace(chr(0), '/')} {state.state}"
+        moved = store.move_child(key, book.run, child, state.state, units_of(state), line)
+        latest = moved or latest
+    return latest if latest is not None else store.read_group(key)
+
+
