@@ -6,6 +6,7 @@ In CI (``$CI`` set) a missing redis-server or chromium is a failure, never a ski
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -37,11 +38,48 @@ def require_binary(name: str, package: str | None = None) -> str:
     return path
 
 
+#: Where servers' ports come from: below Linux's ephemeral range (32768-60999), so no
+#: outgoing connection can take a port between its pick and the server's bind; one
+#: block per xdist worker (gw0: 11000-11999, gw1: 12000-12999, ...), so two workers
+#: never pick the same port. Above 10080, the last port browsers refuse to load
+#: (ERR_UNSAFE_PORT); below 21000, so cluster bus ports (+10000) stay below the
+#: ephemeral range and apart from every block.
+PORT_BASE = 11000
+PORT_BLOCK = 1000
+PORT_BLOCKS = 10
+
+
+def worker_index() -> int:
+    """This xdist worker's number (``gw3`` -> 3); 0 without xdist."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return int(name[2:]) if name[2:].isdigit() else 0
+
+
+def _port_candidates() -> Iterator[int]:
+    """This worker's block, round and round from a random start: a port handed out is
+    not handed out again before the other 999 (a stopped server's clients may linger),
+    and two runs on one machine rarely start at the same place."""
+    first = PORT_BASE + (worker_index() % PORT_BLOCKS) * PORT_BLOCK
+    offset = random.SystemRandom().randrange(PORT_BLOCK)
+    while True:
+        yield first + offset
+        offset = (offset + 1) % PORT_BLOCK
+
+
+_PORTS = _port_candidates()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on right now, this xdist worker's own."""
+    for _ in range(PORT_BLOCK):
+        port = next(_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use (another run on this machine, or a closing socket)
+            return port
+    raise RuntimeError(f"no free port in this worker's block of {PORT_BLOCK}")
 
 
 def wait_for_port(port: int, timeout: float = 15.0) -> None:
