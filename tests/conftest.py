@@ -94,6 +94,32 @@ def wait_for_port(port: int, timeout: float = 15.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
+#: Seconds each slow file took alone (``--durations=0``, summed by file, -n 0). xdist
+#: workers take whole files in the order collected: slowest first, so no worker starts
+#: a long file while the others run out of work. A file not named here (a new one)
+#: counts ``UNTIMED_FILE_SECONDS``; the figures steer the order only, never a result.
+FILE_SECONDS = {
+    "test_events.py": 83, "test_frameworks.py": 80, "test_cli.py": 56,
+    "test_redis_store.py": 45, "test_docs.py": 32, "test_share.py": 30,
+    "test_jobs_web.py": 28, "test_processes.py": 22, "test_celery.py": 19,
+    "test_web_hardening.py": 19, "test_browser.py": 18, "test_demo_e2e.py": 17,
+    "test_browser_jobs.py": 15, "test_rq.py": 13, "test_flusher.py": 11,
+    "test_exit_fork_and_races.py": 10, "test_serve_pages.py": 10, "test_lifecycle.py": 9,
+    "test_packaging.py": 8, "test_status_route.py": 7, "test_queues.py": 7,
+    "test_file_store.py": 7, "test_progress.py": 6, "test_cancel_web.py": 5,
+}
+UNTIMED_FILE_SECONDS = 10
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slowest files first (``FILE_SECONDS``), each file's tests in their own order;
+    ``--no-loadscope-reorder`` (pyproject.toml) keeps xdist to this order."""
+    order = {item: index for index, item in enumerate(items)}
+    items.sort(key=lambda item: (
+        -FILE_SECONDS.get(item.path.name, UNTIMED_FILE_SECONDS), str(item.path), order[item]
+    ))
+
+
 class RedisServer:
     """A real redis-server on a free port, without persistence; stop/start for fault tests."""
 
