@@ -6,6 +6,7 @@ In CI (``$CI`` set) a missing redis-server or chromium is a failure, never a ski
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -37,11 +38,48 @@ def require_binary(name: str, package: str | None = None) -> str:
     return path
 
 
+#: Where servers' ports come from: below Linux's ephemeral range (32768-60999), so no
+#: outgoing connection can take a port between its pick and the server's bind; one
+#: block per xdist worker (gw0: 11000-11999, gw1: 12000-12999, ...), so two workers
+#: never pick the same port. Above 10080, the last port browsers refuse to load
+#: (ERR_UNSAFE_PORT); below 21000, so cluster bus ports (+10000) stay below the
+#: ephemeral range and apart from every block.
+PORT_BASE = 11000
+PORT_BLOCK = 1000
+PORT_BLOCKS = 10
+
+
+def worker_index() -> int:
+    """This xdist worker's number (``gw3`` -> 3); 0 without xdist."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return int(name[2:]) if name[2:].isdigit() else 0
+
+
+def _port_candidates() -> Iterator[int]:
+    """This worker's block, round and round from a random start: a port handed out is
+    not handed out again before the other 999 (a stopped server's clients may linger),
+    and two runs on one machine rarely start at the same place."""
+    first = PORT_BASE + (worker_index() % PORT_BLOCKS) * PORT_BLOCK
+    offset = random.SystemRandom().randrange(PORT_BLOCK)
+    while True:
+        yield first + offset
+        offset = (offset + 1) % PORT_BLOCK
+
+
+_PORTS = _port_candidates()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on right now, this xdist worker's own."""
+    for _ in range(PORT_BLOCK):
+        port = next(_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use (another run on this machine, or a closing socket)
+            return port
+    raise RuntimeError(f"no free port in this worker's block of {PORT_BLOCK}")
 
 
 def wait_for_port(port: int, timeout: float = 15.0) -> None:
@@ -54,6 +92,32 @@ def wait_for_port(port: int, timeout: float = 15.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+#: Seconds each slow file took alone (``--durations=0``, summed by file, -n 0). xdist
+#: workers take whole files in the order collected: slowest first, so no worker starts
+#: a long file while the others run out of work. A file not named here (a new one)
+#: counts ``UNTIMED_FILE_SECONDS``; the figures steer the order only, never a result.
+FILE_SECONDS = {
+    "test_events.py": 83, "test_frameworks.py": 80, "test_cli.py": 56,
+    "test_redis_store.py": 45, "test_docs.py": 32, "test_share.py": 30,
+    "test_jobs_web.py": 28, "test_processes.py": 22, "test_celery.py": 19,
+    "test_web_hardening.py": 19, "test_browser.py": 18, "test_demo_e2e.py": 17,
+    "test_browser_jobs.py": 15, "test_rq.py": 13, "test_flusher.py": 11,
+    "test_exit_fork_and_races.py": 10, "test_serve_pages.py": 10, "test_lifecycle.py": 9,
+    "test_packaging.py": 8, "test_status_route.py": 7, "test_queues.py": 7,
+    "test_file_store.py": 7, "test_progress.py": 6, "test_cancel_web.py": 5,
+}
+UNTIMED_FILE_SECONDS = 10
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slowest files first (``FILE_SECONDS``), each file's tests in their own order;
+    ``--no-loadscope-reorder`` (pyproject.toml) keeps xdist to this order."""
+    order = {item: index for index, item in enumerate(items)}
+    items.sort(key=lambda item: (
+        -FILE_SECONDS.get(item.path.name, UNTIMED_FILE_SECONDS), str(item.path), order[item]
+    ))
 
 
 class RedisServer:
