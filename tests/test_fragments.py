@@ -187,6 +187,18 @@ def test_html_events_of_a_run_that_did_not_fail_carry_no_error():
             assert alerts == ([error] if error else []), (state.state, show_errors)
 
 
+def test_html_events_list_the_newest_messages_not_only_the_new_ones():
+    """htmx swaps each event's fragment in whole: one that listed only the messages new
+    since the last event showed one line at a time, where polling showed the newest five."""
+    state = tracked.State(name="job", total=9, count=3, state="running",
+                          messages=("m1", "m2", "m3"), message_count=3)
+    for cursor in (0, 1, 2, 3):
+        event = next(event_schedule(state, cursor, html=True)).decode()
+        assert re.findall(r"<li>(m\d)</li>", event) == ["m1", "m2", "m3"], cursor
+    json_event = next(event_schedule(state, 2)).decode()  # JSON events stay deltas
+    assert json.loads(json_event.split("data: ")[1])["messages"] == ["m3"]
+
+
 def test_an_event_stream_with_format_html_sends_fragments(tmp_path):
     """Over a real server: the WSGI app under wsgiref's threads."""
     import urllib.request

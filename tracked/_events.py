@@ -227,7 +227,8 @@ def _event(
         cached = events.get(key, hide, state, slot)
         if cached is not None:
             return cached
-    shown = state.messages_since(cursor) if cursor else state
+    # A fragment replaces the last one whole: it lists the newest messages, not the new ones.
+    shown = state.messages_since(cursor) if cursor and not html else state
     if hide_error:
         shown = dataclasses.replace(shown, error="failed")
     if html:
