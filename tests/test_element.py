@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,6 +126,25 @@ def test_stop_ends_the_run_cancelled(page: Page):
     assert page.evaluate("window.seen.ends") == ["cancelled"]
     assert part(page, "stop").is_hidden()
     assert int(part(page, "track").get_attribute("aria-valuenow") or 0) < 100
+
+
+def test_a_stop_after_the_run_ended_shows_its_end_and_no_error(page: Page, server, watched):
+    """Regression: a Stop that reached the server after the run had finished (a sync
+    worker held by the stream) showed "is not running (it ended finished)" under the
+    finished bar, and a poller waited its whole interval before showing the end."""
+    progress_id = start_job(page, "steps", cancel="", transport="poll", interval="60000")
+    page.wait_for_selector("tracked-progress[state=running], tracked-progress[state=queued]")
+    store = tracked.FileStore(server.store_directory)
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while tracked.load("steps", progress_id=progress_id, store=store).in_progress:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    part(page, "stop").click()  # the element has not seen the end: its next poll is a minute away
+    page.wait_for_selector("tracked-progress[state=finished]", timeout=5_000)
+    assert part(page, "error").is_hidden() and not part(page, "error").text_content()
+    # Chromium logs the DELETE's 409 itself; nothing else may be logged.
+    assert [p for p in watched.problems if "409" not in p] == []
+    watched.problems.clear()
 
 
 def test_hostile_names_messages_status_errors_and_results_stay_text(page: Page, server):

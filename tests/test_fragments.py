@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import threading
 from html.parser import HTMLParser
 from typing import Any
@@ -167,6 +169,34 @@ def test_html_events_carry_the_fragment_on_data_lines():
     assert data.startswith('<div class="tracked-progress" data-state="finished"')
     assert "line one\nline two" in data
     assert all(line.startswith(("retry: ", "id: ", "data: ")) or line == "" for line in lines)
+
+
+def test_html_events_of_a_run_that_did_not_fail_carry_no_error():
+    """Regression: every ``?format=html`` event read ``failed`` in a ``role="alert"``
+    (the HTML flag of the events' cache key was taken for "hide the error")."""
+    running = tracked.State(name="job", total=4, count=1, state="running",
+                            messages=("m",), message_count=1)
+    done = dataclasses.replace(running, count=4, in_progress=False, state="finished")
+    failed = dataclasses.replace(done, state="failed", error="disk full")
+    for state, shown in ((running, None), (done, None), (failed, "disk full")):
+        for show_errors, error in ((True, shown), (False, shown and "failed")):
+            event = next(event_schedule(state, 0, html=True, show_errors=show_errors))
+            data = "\n".join(line[6:] for line in event.decode().split("\n")
+                              if line.startswith("data: "))
+            alerts = re.findall(r'<p class="tracked-error" role="alert">([^<]*)</p>', data)
+            assert alerts == ([error] if error else []), (state.state, show_errors)
+
+
+def test_html_events_list_the_newest_messages_not_only_the_new_ones():
+    """htmx swaps each event's fragment in whole: one that listed only the messages new
+    since the last event showed one line at a time, where polling showed the newest five."""
+    state = tracked.State(name="job", total=9, count=3, state="running",
+                          messages=("m1", "m2", "m3"), message_count=3)
+    for cursor in (0, 1, 2, 3):
+        event = next(event_schedule(state, cursor, html=True)).decode()
+        assert re.findall(r"<li>(m\d)</li>", event) == ["m1", "m2", "m3"], cursor
+    json_event = next(event_schedule(state, 2)).decode()  # JSON events stay deltas
+    assert json.loads(json_event.split("data: ")[1])["messages"] == ["m3"]
 
 
 def test_an_event_stream_with_format_html_sends_fragments(tmp_path):

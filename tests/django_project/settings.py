@@ -11,7 +11,8 @@ DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
 ROOT_URLCONF = "tests.django_project.urls"
 INSTALLED_APPS = ["django.contrib.contenttypes", "tracked.django"]
-MIDDLEWARE = ["tracked.django.TrackedMiddleware"]
+#: As in every startproject: CSRF checks on, so the element's Stop (a DELETE) meets them.
+MIDDLEWARE = ["django.middleware.csrf.CsrfViewMiddleware", "tracked.django.TrackedMiddleware"]
 TEMPLATES = [{
     "BACKEND": "django.template.backends.django.DjangoTemplates",
     "DIRS": [Path(__file__).resolve().parent / "templates"],

@@ -169,8 +169,10 @@
     });
     const body = (await readJson(response)) || {error: response.statusText, status: 'error'};
     body.httpStatus = response.status;
-    if (response.status === 202 && !this.stopped && this.timer !== null) {
-      clearTimeout(this.timer); // look again soon: the run stops within about a tick
+    // Look again soon: a run asked (202) stops within about a tick; one that had
+    // already ended (409) has its final state there to read.
+    if ((response.status === 202 || response.status === 409) && !this.stopped && this.timer !== null) {
+      clearTimeout(this.timer);
       this.schedule(Math.min(this.opts.interval, 200));
     }
     return body;
@@ -788,7 +790,8 @@
         this.asked = true;
         this.stopButton.disabled = true;
         return this.watcher.cancel().then(function (answer) {
-          if (answer.httpStatus !== 202) {
+          // 409: the run had already ended on its own; its final state follows, not an error.
+          if (answer.httpStatus !== 202 && answer.httpStatus !== 409) {
             self.asked = false;
             self.stopButton.disabled = false;
             self.showError(new Error(String(answer.error || 'the run could not be stopped')));
