@@ -39,8 +39,7 @@ class PubSubWatcher(Watcher):
         self, message: dict[str, Any]
     ) -> list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]:
         """Confirm a subscription, or mark the subscriptions a published write wakes."""
-        raw = message.get("channel")
-        channel = raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else str(raw)
+        channel = _channel(message)
         with self._lock:
             key = self._channels.get(channel)
             confirmed = self._confirmed.get(channel)
@@ -168,6 +167,12 @@ class RedisWatcher(PubSubWatcher):
             for message in batch:
                 waiters.extend(self._handle(message))
             wake_loops(waiters)
+
+
+def _channel(message: dict[str, Any]) -> str:
+    """The channel a pub/sub message came on, as text."""
+    raw = message.get("channel")
+    return raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else str(raw)
 
 
 def _state(payload: Any) -> tracked.State | None:
