@@ -268,24 +268,6 @@ class Progress(RunControl):
         if self._cancel.requested:
             raise self.deliver()
 
-    def _cancel_seen(self) -> None:
-        """The flusher found a cancel request for this run: raise the flag, run the
-        hooks (a coroutine's task is cancelled, a queued job dropped, a bar primed to
-        stop), write it at once (readers say "stopping…" even if the task never updates
-        again), and so make the next update (a yield, a loop's item) look at it."""
-        cancel = self._cancel
-        if cancel.requested or self._ended:
-            return
-        cancel.requested = True
-        for hook in list(cancel.hooks):
-            try:
-                hook()
-            except Exception:
-                logger.exception("a cancel hook of %r failed", self.key)
-        # Written on the flusher's thread (a failure is retried like any write); the
-        # write leaves `_clean` true, and the loops test the flag on their `_clean` path.
-        self.flush()
-
     def __enter__(self) -> Progress:
         self._context_tokens.append(current_progress.set(self))
         return self
@@ -578,7 +560,3 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-
-

@@ -203,6 +203,24 @@ class RunControl:
         self._cancel.delivered = True
         return Cancelled(self.key)
 
+    def _cancel_seen(self) -> None:
+        """The flusher found a cancel request for this run: raise the flag, run the
+        hooks (a coroutine's task is cancelled, a queued job dropped, a bar primed to
+        stop), write it at once (readers say "stopping…" even if the task never updates
+        again), and so make the next update (a yield, a loop's item) look at it."""
+        cancel = self._cancel
+        if cancel.requested or self._ended:
+            return
+        cancel.requested = True
+        for hook in list(cancel.hooks):
+            try:
+                hook()
+            except Exception:
+                logger.exception("a cancel hook of %r failed", self.key)
+        # Written on the flusher's thread (a failure is retried like any write); the
+        # write leaves `_clean` true, and the loops test the flag on their `_clean` path.
+        self.flush()
+
     def add_cancel_hook(self, hook: Callable[[], object]) -> None:
         """Run ``hook`` (on the flusher's thread) when this run sees a cancel request;
         at once if it already has. A hook must be quick and must not raise."""
