@@ -1,7 +1,7 @@
 """The per-item loops of ``@tracked``: ``drive`` (a generator) and its twin
 ``drive_async`` count every yield, with no call on that path but after a write;
 ``awaiting`` a coroutine; ``SizedGenerator`` gives a generator with a known total
-its length. They act on a handle through ``_progress``'s named functions, and read
+its length. They act on a handle through its ``RunControl`` methods, and read
 and set its ``_clean`` and ``_yields`` directly: those two are the per-yield path.
 """
 
