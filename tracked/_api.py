@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from ._group import cancel_group
 from ._ledger import parse_token
-from ._progress import Progress, claim, current_progress
+from ._progress import Progress, current_progress
 from ._queued import cancel as cancel_key
 from ._scope import StoreSpec, request_scope, resolve_store
 from ._state import State, make_key
@@ -89,7 +89,7 @@ def _claim(
         position=position,
         group=None if group is None else group_token(group),
     )
-    return claim(progress)
+    return progress.claim()
 
 
 def group_token(group: object) -> str:

@@ -62,6 +62,12 @@ class RenderCache:
         self._lock = threading.Lock()
 
     @property
+    def stat_checked(self) -> bool:
+        """True for a FileStore's cache: a ``stat`` alone tells whether an entry is
+        current (no store read, no user code)."""
+        return self._files is not None
+
+    @property
     def size(self) -> int:
         """Bytes held now (bodies and their overhead): at most ``max_bytes``."""
         return self._bytes
@@ -120,13 +126,8 @@ class RenderCache:
         taking ``signature``."""
         if signature is None:
             return
-        if isinstance(signature, str):  # a version token: current while it is the same
-            expires = float("inf")  # (counted in the budget like any other body)
-        elif time.time_ns() - signature[1] > self.SETTLE_NS:
-            expires = now + self.RECHECK_S if running else float("inf")
-        elif running:
-            expires = now + self.SETTLE_NS / 1e9
-        else:
+        expires = self._expires(signature, running, now)
+        if expires is None:
             return
         size = len(rendered.body) + self.OVERHEAD
         if size > self.max_bytes // 4:
@@ -144,6 +145,17 @@ class RenderCache:
             entries[(key, since)] = (signature, rendered, expires)
             self._bytes += size
 
+
+    def _expires(self, signature: Signature | str, running: bool, now: float) -> float | None:
+        """Until when a body taken under ``signature`` may be reused; None: not cached
+        (an ended record's file too young to tell a later replacement apart)."""
+        if isinstance(signature, str):  # a version token: current while it is the same
+            return float("inf")  # (counted in the budget like any other body)
+        if time.time_ns() - signature[1] > self.SETTLE_NS:
+            return now + self.RECHECK_S if running else float("inf")
+        if running:
+            return now + self.SETTLE_NS / 1e9
+        return None
 
 def _bounded_put(table: dict[Any, Any], key: Any, value: Any, limit: int) -> None:
     """Insert into ``table``, dropping the oldest entry once it holds ``limit``."""

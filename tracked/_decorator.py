@@ -21,7 +21,6 @@ from ._checks import check_interval, check_max_messages
 from ._loops import SizedGenerator, awaiting, drive, drive_async, returned
 from ._progress import (
     Progress,
-    cancel_on_collect,
     current_progress,
 )
 from ._queued import NotStarted, find_takeover, stop_signal, take_over
@@ -368,7 +367,7 @@ class Spec:
         except BaseException:
             close()
             raise
-        cancel_on_collect(progress)
+        progress.cancel_on_collect()
         return progress
 
 

@@ -36,12 +36,7 @@ from ._decorator import Spec
 from ._loops import awaiting, drive, drive_async, returned
 from ._progress import (
     Progress,
-    add_cancel_hook,
-    attach_job,
-    cancel_on_collect,
     current_progress,
-    move_in_line,
-    take_up,
 )
 from ._scope import jobs as settings
 
@@ -104,7 +99,7 @@ def _submit(
             if kind != "async generator":
                 made.close()
             raise
-        cancel_on_collect(progress)
+        progress.cancel_on_collect()
         if kind == "generator":
             steps = context.copy()
             steps.run(current_progress.set, progress)
@@ -118,8 +113,8 @@ def _submit(
             call = functools.partial(_run_in_own_loop, progress, runner)
             discard = runner.close
     job = _Job(progress, call, context, discard)
-    attach_job(progress, job)
-    add_cancel_hook(progress, functools.partial(pool.drop, job))
+    progress.attach_job(job)
+    progress.add_cancel_hook(functools.partial(pool.drop, job))
     pool.put(job)
     return progress
 
@@ -160,14 +155,14 @@ _KINDS = {
 def _call(
     progress: Progress, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
-    take_up(progress)
+    progress.take_up()
     with progress:
         return returned(progress, wrapped(*args, **kwargs))
 
 
 def _exhaust(progress: Progress, steps: Generator[Any, Any, Any]) -> Any:
     """Run a ``@tracked`` generator to its end; return its ``return`` value."""
-    take_up(progress)
+    progress.take_up()
     while True:
         try:
             next(steps)
@@ -185,7 +180,7 @@ def _run_in_own_loop(progress: Progress, runner: Coroutine[Any, Any, Any]) -> An
     """On a pool thread: run a coroutine job in an event loop of its own."""
     import asyncio
 
-    take_up(progress)
+    progress.take_up()
     return asyncio.run(runner)
 
 
@@ -226,7 +221,7 @@ def _submit_to_loop(
     )
     task = loop.create_task(runner)  # in a copy of this context: the request scope
     job = _LoopJob(progress, task, loop)
-    attach_job(progress, job)
+    progress.attach_job(job)
     _held.hold(job)
     return progress
 
@@ -421,7 +416,7 @@ class _Pool:
                 return  # a newer line was already given out
             self.line_applied = number
             for place, job in enumerate(jobs, 1):
-                move_in_line(job.progress, place)
+                job.progress.move_in_line(place)
 
     def put(self, job: _Job) -> None:
         with self.cond:

@@ -1,7 +1,7 @@
 """The per-item loops of ``@tracked``: ``drive`` (a generator) and its twin
 ``drive_async`` count every yield, with no call on that path but after a write;
 ``awaiting`` a coroutine; ``SizedGenerator`` gives a generator with a known total
-its length. They act on a handle through ``_progress``'s named functions, and read
+its length. They act on a handle through its ``RunControl`` methods, and read
 and set its ``_clean`` and ``_yields`` directly: those two are the per-yield path.
 """
 
@@ -15,14 +15,7 @@ from typing import Any
 
 from ._progress import (
     Progress,
-    add_cancel_hook,
     current_progress,
-    deliver,
-    end_by,
-    feeder,
-    undeliver,
-    written,
-    yielded,
 )
 
 __all__ = ["SizedGenerator", "awaiting", "drive", "drive_async", "returned"]
@@ -41,7 +34,7 @@ def drive(
     """
     run = context.run
     send, throw = generator.send, generator.throw
-    push, none, text = feeder(progress), _NoneType, str
+    push, none, text = progress.feeder(), _NoneType, str
     step: Callable[[Any], Any] = send
     argument: Any = None
     count = 0
@@ -52,7 +45,7 @@ def drive(
         except StopIteration as stop:
             return _finished(progress, stop.value)
         except BaseException as exc:
-            end_by(progress, exc)
+            progress.end_by(exc)
             raise
         count += 1
         progress._yields = count
@@ -61,10 +54,10 @@ def drive(
             push(item)
         elif kind is not none and isinstance(item, text):
             push(text.__str__(item))  # a str subclass: kept as a plain copy
-        if progress._clean and written(progress) and not stopping:
+        if progress._clean and progress.written() and not stopping:
             # Asked to stop: thrown in at this yield instead of handing the item on.
             stopping = True
-            step, argument = _refused(throw, progress), deliver(progress)
+            step, argument = _refused(throw, progress), progress.deliver()
             continue
         try:
             argument = yield item
@@ -85,7 +78,7 @@ async def drive_async(
     for the step only.
     """
     asend, athrow = generator.asend, generator.athrow
-    push, none, text = feeder(progress), _NoneType, str
+    push, none, text = progress.feeder(), _NoneType, str
     step: Callable[[Any], Awaitable[Any]] = asend
     argument: Any = None
     count = 0
@@ -98,7 +91,7 @@ async def drive_async(
             _finished(progress, None)
             return
         except BaseException as exc:
-            end_by(progress, exc)
+            progress.end_by(exc)
             raise
         finally:
             current_progress.reset(token)
@@ -109,9 +102,9 @@ async def drive_async(
             push(item)
         elif kind is not none and isinstance(item, text):
             push(text.__str__(item))  # a str subclass: kept as a plain copy
-        if progress._clean and written(progress) and not stopping:
+        if progress._clean and progress.written() and not stopping:
             stopping = True
-            step, argument = _refused_async(athrow, progress), deliver(progress)
+            step, argument = _refused_async(athrow, progress), progress.deliver()
             continue
         try:
             argument = yield item
@@ -137,7 +130,7 @@ def _close(
     try:
         run(generator.close)
     except BaseException as exc:
-        end_by(progress, exc)
+        progress.end_by(exc)
         raise
     progress.cancel()
 
@@ -147,7 +140,7 @@ async def _close_async(generator: AsyncGenerator[Any, Any], progress: Progress) 
     try:
         await generator.aclose()
     except BaseException as exc:
-        end_by(progress, exc)
+        progress.end_by(exc)
         raise
     progress.cancel()
 
@@ -159,7 +152,7 @@ def _refused(throw: Callable[[BaseException], Any], progress: Progress) -> Calla
 
     def step(cancelled: BaseException) -> Any:
         item = throw(cancelled)
-        undeliver(progress)
+        progress.undeliver()
         return item
 
     return step
@@ -172,7 +165,7 @@ def _refused_async(
 
     async def step(cancelled: BaseException) -> Any:
         item = await athrow(cancelled)
-        undeliver(progress)
+        progress.undeliver()
         return item
 
     return step
@@ -217,7 +210,7 @@ class SizedGenerator(collections.abc.Generator):  # type: ignore[type-arg]
             raise TypeError("this tracked generator's total is unknown now: it has no len()")
         if not progress.in_progress:
             return 0
-        return max(0, total - yielded(progress))
+        return max(0, total - progress.yielded())
 
     def __length_hint__(self) -> int:
         try:
@@ -244,7 +237,7 @@ async def awaiting(coroutine: Coroutine[Any, Any, Any], progress: Progress) -> A
     try:
         result = await coroutine
     except BaseException as exc:
-        end_by(progress, exc)
+        progress.end_by(exc)
         raise
     finally:
         try:
@@ -272,10 +265,10 @@ def _cancel_task_on_request(progress: Progress) -> None:
 
     def cancel_task() -> None:  # on the loop's thread: the coroutine may have ended since
         if progress.in_progress:
-            deliver(progress)  # its CancelledError is the request's: the run ends cancelled
+            progress.deliver()  # its CancelledError is the request's: the run ends cancelled
             task.cancel()
 
-    add_cancel_hook(progress, lambda: loop.call_soon_threadsafe(cancel_task))
+    progress.add_cancel_hook(lambda: loop.call_soon_threadsafe(cancel_task))
 
 
 def returned(progress: Progress, value: Any) -> Any:

@@ -9,7 +9,6 @@ the thread that starts or ends the run; ``min_interval=0`` writes every update.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import dataclasses
 import itertools
@@ -18,9 +17,9 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 from . import _flusher
 from ._checks import (
@@ -32,34 +31,16 @@ from ._checks import (
 )
 from ._messages import Messages, check_messages
 from ._rate import Rate
-from ._runstate import CancelState, Line, Outcome, is_cancellation
+from ._runcontrol import RunControl
+from ._runstate import CancelState, Line, Outcome
 from ._state import DEFAULT_STATUS, State, as_int, encode_result, make_key
-from ._store import Owner, Store, merge_parts, unregister_live_run
+from ._store import Owner, Store, merge_parts
 from ._text import clean_text, describe_error
 from ._token import ShareToken, share_token
 from ._writer import RunWriter
-from .errors import Cancelled, InvalidValue, TrackedError
+from .errors import TrackedError
 
-__all__ = [
-    "Progress",
-    "add_cancel_hook",
-    "attach_job",
-    "cancel_on_collect",
-    "claim",
-    "counted",
-    "current_progress",
-    "deliver",
-    "end_by",
-    "feeder",
-    "move_in_line",
-    "remove_cancel_hook",
-    "requeue_retrying",
-    "take_over_run",
-    "take_up",
-    "undeliver",
-    "written",
-    "yielded",
-]
+__all__ = ["Progress", "current_progress"]
 
 logger = logging.getLogger("tracked")
 
@@ -75,7 +56,7 @@ _ONE = 1
 _handles: weakref.WeakSet[Progress] = weakref.WeakSet()
 
 
-class Progress:
+class Progress(RunControl):
     """A running progress: change it from the task; readers see its snapshots.
 
     Thread-safe: ``increment``, ``add_message`` and the setters may be called
@@ -168,81 +149,6 @@ class Progress:
         return f"<Progress {self.key!r} {self.count}/{total} {self._state}>"
 
     # ------------------------------------------------------------------ lifecycle
-
-    def _claim(self) -> Progress:
-        """Write the first snapshot, claiming the key; raise ``AlreadyRunning`` if held."""
-        snapshot = self.snapshot()
-        self._writer.take_over(snapshot, Owner.for_this_process(), None)
-        self._watched()
-        refused = None if self._group is None else self._writer.join_group(snapshot)
-        if refused is not None:  # closed, or gone: the run ends failed, never running
-            self.fail(refused)
-            raise InvalidValue(f"cannot start {self.key!r}: {refused}")
-        return self
-
-    def _take_over(
-        self,
-        queued: State | None,
-        run: str,
-        was: frozenset[str],
-        retry: Callable[[BaseException], Owner | None],
-    ) -> bool:
-        """Become the owner of queued run ``run`` (``tracked._queued``): the run keeps the
-        count, messages, attempt and start time of ``queued``, the record read (None:
-        there is none, claim it afresh under the same run). False if the record is no
-        longer that run in one of the states ``was``. ``retry``, given the exception
-        the run ends by, names the queued owner to go back in line as (or None)."""
-        if queued is not None:
-            self._base = queued.count
-            self._messages.carry(queued.messages, queued.message_count)
-            self._line.attempt = queued.attempt
-            self.start_time = queued.start_time
-            self._group = queued.group
-        owner = Owner.for_this_process(run)
-        snapshot = self.snapshot()
-        if not self._writer.take_over(snapshot, owner, None if queued is None else was):
-            return False
-        self._watched()
-        self._writer.report_group(snapshot)  # a group's child: counted running
-        self._line.retry = retry
-        return True
-
-    def _watched(self) -> None:
-        """The run's record is written and owned here: the flusher takes it on."""
-        self._clean = True
-        _flusher.watch(self._writer)
-
-    def _requeue(self, owner: Owner, status: str) -> bool:
-        """Put this run back in line for another attempt (the queue retries its job):
-        the record reads ``queued`` with the next attempt, its count and messages kept,
-        owned by ``owner`` (a queued owner of the same run). False, changing nothing,
-        when that cannot be written: the run then ends as it would have."""
-        writer = self._writer
-        if writer.owner is None or not writer.owned() or self._cancel.requested:
-            return False
-        run = writer.owner.run
-        with writer.write_lock:
-            if self._ended:
-                return False
-            state = dataclasses.replace(
-                self.snapshot(), state="queued", status=status, attempt=self._line.attempt + 1
-            )
-            try:
-                swapped = self.store.swap(state, owner, run=run, was=frozenset({"running"}))
-            except Exception as exc:  # noqa: BLE001 - the run then ends as a failure
-                logger.warning("cannot put %r back in line: %s", self.key, exc)
-                return False
-            if not swapped:
-                return False
-            with self._lock:
-                self._ended = True
-                self._clean = False
-                self._state = "queued"
-                self._final = state
-        writer.report_group(state)  # a group's child: counted queued again
-        _flusher.forget(writer)
-        unregister_live_run(run)
-        return True
 
     def finish(self) -> None:
         """End as ``finished``; the final snapshot is written at once."""
@@ -360,31 +266,7 @@ class Progress:
 
         Call it where the task can stop cleanly; it only reads a flag."""
         if self._cancel.requested:
-            raise self._deliver()
-
-    def _deliver(self) -> Cancelled:
-        """The ``Cancelled`` to hand the task now: from here on the run ends
-        ``cancelled`` (even if the task catches it and returns)."""
-        self._cancel.delivered = True
-        return Cancelled(self.key)
-
-    def _cancel_seen(self) -> None:
-        """The flusher found a cancel request for this run: raise the flag, run the
-        hooks (a coroutine's task is cancelled, a queued job dropped, a bar primed to
-        stop), write it at once (readers say "stopping…" even if the task never updates
-        again), and so make the next update (a yield, a loop's item) look at it."""
-        cancel = self._cancel
-        if cancel.requested or self._ended:
-            return
-        cancel.requested = True
-        for hook in list(cancel.hooks):
-            try:
-                hook()
-            except Exception:
-                logger.exception("a cancel hook of %r failed", self.key)
-        # Written on the flusher's thread (a failure is retried like any write); the
-        # write leaves `_clean` true, and the loops test the flag on their `_clean` path.
-        self.flush()
+            raise self.deliver()
 
     def __enter__(self) -> Progress:
         self._context_tokens.append(current_progress.set(self))
@@ -398,23 +280,7 @@ class Progress:
     ) -> None:
         if self._context_tokens:
             current_progress.reset(self._context_tokens.pop())
-        self._end_by(exc)
-
-    def _end_by(self, exc: BaseException | None) -> None:
-        """End the way an exiting block says: no exception finishes, an interrupt,
-        ``GeneratorExit`` or a task's cancellation cancels, any other exception fails
-        (or, for a queued run its queue will retry, puts it back in line)."""
-        retry = self._line.retry
-        if exc is not None and retry is not None:
-            owner = retry(exc)
-            if owner is not None and self._requeue(owner, f"retrying after {describe_error(exc)}"):
-                return
-        if exc is None:
-            self.finish()
-        elif is_cancellation(exc):
-            self.cancel()
-        else:
-            self.fail(exc)
+        self.end_by(exc)
 
     def __del__(self) -> None:
         try:
@@ -680,190 +546,11 @@ class Progress:
 
     # ------------------------------------------------------------------ loops and queues
 
-    def _counted(self, iterable: Iterable[T], messages: bool) -> Iterator[T]:
-        """Yield the items of ``iterable``, counting each once the consumer comes back
-        for the next; ``str`` items are also messages if asked.
-
-        Once the run's cancel request is seen, the iterable is not asked for its next
-        item (a generator's work for it never runs): it raises ``tracked.Cancelled``
-        instead, unless a sized iterable's last item was done (the loop then runs to
-        its end). The flag is read only on the path an update takes after a write (the
-        flusher writes a request as soon as it sees it), so a count costs one tick.
-        """
-        size = _size(iterable)
-        first = self.count
-        if self._cancel.requested and not self._ended:
-            raise self._deliver()
-        tick = self._tick
-        if messages:
-            push = self.add_message
-            for item in iterable:
-                if isinstance(item, str):
-                    push(item)
-                yield item
-                tick()
-                if self._clean:
-                    self._count_written(first, size)
-        else:
-            for item in iterable:
-                yield item
-                tick()
-                if self._clean:
-                    self._count_written(first, size)
-        if self._clean:
-            self._touched()
-
-    def _count_written(self, first: int, size: int | None) -> None:
-        """A ``_counted`` loop's first item since a write: wake the flusher, and stop
-        the loop before its next item if a cancel request was seen (not after its last)."""
-        self._touched()
-        if self._cancel.requested and not self._ended:
-            if size is None or self.count - first < size:
-                raise self._deliver()
-
-    def _take_up(self) -> None:
-        """A queued run starts: it reads ``running``, with no place in line."""
-        with self._lock:
-            if self._ended or self._state != "queued":
-                return
-            self._state, self._line.position = "running", None
-        self.flush()  # written at once, as a run's first snapshot is: readers see it start
-
-    def _move_in_line(self, position: int) -> None:
-        """A queued run's place in line changed (runs ahead of it started or were
-        dropped); the flusher writes it with the run's next due write."""
-        with self._lock:  # not after take_up(): a running run has no place in line
-            if self._ended or self._state != "queued" or self._line.position == position:
-                return
-            self._line.position = position
-        if self._clean:
-            # Always through the flusher (batched), even with min_interval=0: a place in
-            # line is the queue's news, and one take-up moves every waiting run.
-            self._clean = False
-            if not self._writer.scheduled:
-                _flusher.wake(self._writer.ref)
-
-    def _add_cancel_hook(self, hook: Callable[[], object]) -> None:
-        """See ``add_cancel_hook``."""
-        self._cancel.hooks.append(hook)
-        if self._cancel.requested and not self._ended:
-            hook()
-
     def _after_fork(self) -> None:
         """In a forked child: fresh locks (the parent's may have been held at the fork)."""
         self._lock = threading.Lock()
         self._writer.after_fork()
         self._clean = False  # updates stay in the child's memory and wake nothing
-
-
-T = TypeVar("T")
-
-
-def counted(iterable: Iterable[T], progress: Progress, messages: bool = False) -> Iterator[T]:
-    """Yield the items of ``iterable``, counting each (``tracked.track``'s loop); see
-    ``Progress._counted``."""
-    return progress._counted(iterable, messages)
-
-
-def take_up(progress: Progress) -> None:
-    """A queued run starts: it reads ``running``, with no place in line."""
-    progress._take_up()
-
-
-def move_in_line(progress: Progress, position: int) -> None:
-    """A queued run's place in line changed; see ``Progress._move_in_line``."""
-    progress._move_in_line(position)
-
-
-def add_cancel_hook(progress: Progress, hook: Callable[[], object]) -> None:
-    """Run ``hook`` (on the flusher's thread) when ``progress`` sees a cancel request;
-    at once if it already has. A hook must be quick and must not raise."""
-    progress._add_cancel_hook(hook)
-
-
-def remove_cancel_hook(progress: Progress, hook: Callable[[], object]) -> None:
-    """Undo ``add_cancel_hook`` (a bar that closed): a long run keeps no dead hooks."""
-    with contextlib.suppress(ValueError):
-        progress._cancel.hooks.remove(hook)
-
-
-# ------------------------------------------------------------------ for the package's loops
-# What @tracked's loops, tracked.submit and a queue's take-over do to a handle, named
-# here so that no other module reaches into one.
-
-
-def claim(progress: Progress) -> Progress:
-    """Write the first snapshot, claiming the key; ``AlreadyRunning`` if it is held."""
-    return progress._claim()
-
-
-def take_over_run(
-    progress: Progress,
-    queued: State | None,
-    run: str,
-    was: frozenset[str],
-    retry: Callable[[BaseException], Owner | None],
-) -> bool:
-    """Make ``progress`` the owner of queued run ``run`` (see ``Progress._take_over``)."""
-    return progress._take_over(queued, run, was, retry)
-
-
-def requeue_retrying(progress: Progress, owner: Owner) -> None:
-    """A run taken over from a queue is sent again by it (a retry from inside the
-    task): put it back in line now, as ``owner``, with its next attempt."""
-    if progress._line.retry is not None:
-        progress._requeue(owner, f"retrying (attempt {progress._line.attempt + 1})")
-
-
-def end_by(progress: Progress, exc: BaseException | None) -> None:
-    """End the run the way an exiting block says (see ``Progress._end_by``)."""
-    progress._end_by(exc)
-
-
-def deliver(progress: Progress) -> Cancelled:
-    """The ``Cancelled`` to hand the task now: the run then ends ``cancelled``."""
-    return progress._deliver()
-
-
-def undeliver(progress: Progress) -> None:
-    """The task caught the ``Cancelled`` it was handed and went on working: the run
-    no longer stopped on request (it reads its own end, ``cancel_requested`` true)."""
-    progress._cancel.delivered = False
-
-
-def written(progress: Progress) -> bool:
-    """A loop's first item since a write: wake the flusher; True if the run was asked
-    to stop (the flusher writes a request at once, so a loop looks only here)."""
-    progress._touched()
-    return progress._cancel.requested
-
-
-def feeder(progress: Progress) -> Callable[[str], None]:
-    """What a loop appends one plain ``str`` message with: no check, no lock."""
-    return progress._push
-
-
-def yielded(progress: Progress) -> int:
-    """How many items the ``@tracked`` generator loop has yielded."""
-    return progress._yields
-
-
-def cancel_on_collect(progress: Progress) -> None:
-    """A generator or coroutine was made for this run: dropped unfinished (the
-    handle collected while running), the run ends ``cancelled``."""
-    progress._outcome.on_collect = "cancelled"
-
-
-def attach_job(progress: Progress, job: Any) -> None:
-    """``tracked.submit`` runs this run as ``job``: what ``wait()`` waits for."""
-    progress._line.job = job
-
-
-def _size(iterable: Iterable[object]) -> int | None:
-    try:
-        return len(iterable)  # type: ignore[arg-type]
-    except TypeError:
-        return None
 
 
 def _after_fork_in_child() -> None:
@@ -873,7 +560,3 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-
-

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ._groupstore import report_move
-from ._progress import Progress, current_progress, requeue_retrying, take_over_run
+from ._progress import Progress, current_progress
 from ._scope import MAX_QUEUED_TIMEOUT, check_timeout, queued_timeout, resolve_store
 from ._state import State, make_key, validate_progress_id
 from ._store import QUEUE_HOST, Owner, Record, Store, judge, owner_gone_here
@@ -379,7 +379,7 @@ def take_over(
             time.sleep(0.05)
             continue
         carried, was = taking
-        if take_over_run(progress, carried, ticket.run, was, _retrier(found, ticket.run, timeout)):
+        if progress.take_over(carried, ticket.run, was, _retrier(found, ticket.run, timeout)):
             _taken_over(progress, found, chosen)
             return progress
         if time.monotonic() >= deadline:
@@ -471,7 +471,7 @@ def requeue_current(progress_id: str) -> Ticket | None:
     if progress.key != found.ticket.key:
         return None
     timeout = queued_timeout() if found.timeout is None else found.timeout
-    requeue_retrying(progress, Owner.waiting(found.ticket.run, time.time() + timeout))
+    progress.requeue_retrying(Owner.waiting(found.ticket.run, time.time() + timeout))
     return found.ticket
 
 

@@ -11,13 +11,23 @@ import sys
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from . import State, Store, TrackedError
 from ._state import make_key
 from ._views import display_key, printable, recent
 
-__all__ = ["STATIC", "STATUS_PREFIX", "QuietHandler", "ThreadingServer", "build_app"]
+__all__ = [
+    "STATIC",
+    "STATUS_PREFIX",
+    "ListenError",
+    "QuietHandler",
+    "ThreadingServer",
+    "address_family",
+    "build_app",
+    "host_port",
+    "listen",
+]
 
 #: Where ``serve`` mounts the plugin's status route, as the Bottle plugin does by default.
 STATUS_PREFIX = "/_progress_status"
@@ -133,3 +143,38 @@ class QuietHandler(WSGIRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+
+class ListenError(Exception):
+    """``tracked serve`` cannot listen where it was asked to (reported as one line)."""
+
+
+def listen(host: str, port: int, app: Any, family: socket.AddressFamily) -> WSGIServer:
+    """The threaded server of ``app``, bound to ``host:port`` in ``family``."""
+    server_class = type("_Server", (ThreadingServer,), {"address_family": family})
+    try:
+        return make_server(host, port, app, server_class=server_class, handler_class=QuietHandler)
+    except OSError as exc:
+        raise ListenError(f"cannot listen on {host_port(host, port)}: {exc.strerror}") from exc
+
+
+def address_family(host: str, port: int) -> socket.AddressFamily:
+    """The address family to listen on ``host`` with: IPv4 when the name has an IPv4
+    address (``localhost`` stays 127.0.0.1), else IPv6 (``::1``).
+
+    An empty host is refused rather than read as "every interface": say ``0.0.0.0``
+    or ``::`` for that, so nobody exposes the server by leaving a variable unset."""
+    if not host.strip():
+        raise ListenError("--host is empty: give an address (0.0.0.0 or :: for every interface)")
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as exc:  # an unknown name; a label IDNA cannot encode
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ListenError(f"cannot listen on {host_port(host, port)}: {reason}") from exc
+    families = [family for family, *_rest in found]
+    return socket.AF_INET if socket.AF_INET in families else socket.AddressFamily(families[0])
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 address in brackets as URLs write it."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -164,10 +164,10 @@ class JoinedProgress(Progress):
             stopped=self._cancel.delivered,
         )
 
-    def _deliver(self) -> Cancelled:
+    def deliver(self) -> Cancelled:
         """As on any handle, and the part says so at its next write: the owner's end
         then reads ``cancelled`` (the work stopped on the request)."""
-        cancelled = super()._deliver()
+        cancelled = super().deliver()
         if self._clean:
             self._touched()
         return cancelled

@@ -33,14 +33,13 @@ from ._adopt import (
     caller_frame,
     caller_name,
     claim_driver,
-    end_by,
     live_progress,
     make_current,
     release_driver,
     restore_current,
 )
 from ._api import start
-from ._progress import Progress, add_cancel_hook, remove_cancel_hook
+from ._progress import Progress
 from ._scope import StoreSpec
 from ._state import DEFAULT_STATUS, validate_name
 from .errors import InvalidName
@@ -297,7 +296,7 @@ class _Bridge:
                 stop_bar(bar, self.progress)
 
         self.hook = hook
-        add_cancel_hook(self.progress, hook)
+        self.progress.add_cancel_hook(hook)
 
     def sync(self, bar: std_tqdm[Any]) -> None:
         """Send what changed since the last redraw. Never raises into the bar."""
@@ -351,7 +350,7 @@ class _Bridge:
         progress = self.progress
         release_driver(progress, self)
         if self.hook is not None:
-            remove_cancel_hook(progress, self.hook)
+            progress.remove_cancel_hook(self.hook)
             self.hook = None
         if self.owned:
             self._end_owned(bar, progress)
@@ -372,7 +371,7 @@ class _Bridge:
         if self.outcome is None and self.dropped and _short(bar):
             progress.fail(f"the tqdm bar was collected unclosed at {_short(bar)}")
         else:
-            end_by(progress, self.outcome)
+            progress.end_by(self.outcome)
 
 
 _UNSET = object()

@@ -9,14 +9,13 @@ from ._adopt import (
     caller_frame,
     caller_name,
     claim_driver,
-    end_by,
     live_progress,
     make_current,
     release_driver,
     restore_current,
 )
 from ._api import start
-from ._progress import Progress, counted
+from ._progress import Progress
 from ._scope import StoreSpec, request_scope, resolve_store
 from ._state import check_total, make_key
 
@@ -96,14 +95,14 @@ def _own(iterable: Iterable[T], begin: Callable[[], Progress], messages: bool) -
     claim_driver(progress, driver)
     outcome: BaseException | None = None
     try:
-        yield from counted(iterable, progress, messages)
+        yield from progress.counted(iterable, messages)
     except BaseException as exc:
         outcome = exc
         raise
     finally:
         release_driver(progress, driver)
         restore_current(token)
-        end_by(progress, outcome)
+        progress.end_by(outcome)
 
 
 def _drive(
@@ -128,7 +127,7 @@ def _drive(
     try:
         if total is not None:
             progress.total = progress.count + total
-        yield from counted(iterable, progress, messages)
+        yield from progress.counted(iterable, messages)
     finally:
         release_driver(progress, driver)
 

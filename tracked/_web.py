@@ -198,6 +198,10 @@ class StatusService:
             return self._cancel(request) if method == "DELETE" else _OPTIONS_WITH_DELETE
         if method != "GET" and method != "HEAD":
             return _not_allowed(method)
+        return self._read(request)
+
+    def _read(self, request: StatusRequest) -> Response:
+        """``handle`` for a GET or HEAD: parse, authorize, then answer."""
         try:
             html = requested_html(request.query, request.accept, request.hx_request)
         except tracked.TrackedError as exc:
@@ -212,6 +216,11 @@ class StatusService:
             listed = self._children(key, request.query)
             if listed is not None:  # else the word was only part of a name, say
                 return listed
+        return self._answer(request, key, since, html)
+
+    def _answer(self, request: StatusRequest, key: str, since: int, html: bool) -> Response:
+        """The record of ``key`` as asked (JSON or HTML, since ``since``), a 304, or a
+        404/500 error."""
         try:
             found = self._rendered(key, since, html)
         except Exception as exc:  # noqa: BLE001 - a store or record problem, never HTML
@@ -228,11 +237,7 @@ class StatusService:
         FileStore record whose rendered body is cached and whose file is unchanged
         (one ``stat``), without ``authorize``; else None (ask ``open``). Lets an event
         loop answer the common poll without a thread hop."""
-        method = request.method
-        if (method != "GET" and method != "HEAD") or (
-            method == "GET" and request.accept is not None and self.max_stream_seconds
-            and wants_events(request.accept)
-        ):
+        if not self._may_be_cached(request):
             return None
         try:
             key, since = self._key_and_since(request)
@@ -244,6 +249,16 @@ class StatusService:
         if html and _htmx(request):
             return None  # its end is a 286, decided by handle
         return self._cached_answer(key, -1 - since if html else since, request.if_none_match)
+
+    def _may_be_cached(self, request: StatusRequest) -> bool:
+        """A HEAD, or a GET not asking for an event stream: ``cached`` may answer it."""
+        method = request.method
+        if method == "HEAD":
+            return True
+        return method == "GET" and not (
+            request.accept is not None and self.max_stream_seconds
+            and wants_events(request.accept)
+        )
 
     def cached_poll(self, name: str, if_none_match: str | None = None) -> Response | None:
         """``cached`` for the commonest request, a poll: a GET or HEAD naming ``name``
@@ -262,7 +277,7 @@ class StatusService:
         if current and nothing else (``authorize``, another store) must be asked."""
         cache = self._cache
         if (
-            self.authorize is not None or cache is None or cache._files is None
+            self.authorize is not None or cache is None or not cache.stat_checked
             or cache.store is not (self.store or tracked.default_store())
         ):
             return None

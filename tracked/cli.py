@@ -16,16 +16,14 @@ import argparse
 import json
 import os
 import re
-import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
-from wsgiref.simple_server import WSGIServer, make_server
 
 from . import State, Store, TrackedError, cancel, default_store, open_store
-from ._serve import QuietHandler, ThreadingServer, build_app
+from ._serve import ListenError, address_family, build_app, host_port, listen
 from ._state import make_key, split_key
 from ._views import (
     LABEL_SEPARATOR,
@@ -83,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader went away (``tracked list | head``): stop quietly, as Unix tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_ENDED_BADLY
-    except (UsageError, TrackedError, OSError) as exc:
+    except (UsageError, ListenError, TrackedError, OSError) as exc:
         _fail(f"tracked {args.command}: {exc}")
     except ModuleNotFoundError as exc:
         _fail(f"tracked {args.command}: {exc.name} is not installed ({_extra_for(exc.name)})")
@@ -463,8 +461,10 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
     if not cancel(name, progress_id=progress_id, store=store):
         state = store.load(key)
         why = "is not in" if state is None else f"already ended {state.state} in"
-        print(printable(f"tracked cancel: progress {_shown(key)} {why} {_where(store)}"),
-              file=sys.stderr)
+        print(
+            printable(f"tracked cancel: progress {_shown(key)} {why} {_where(store)}"),
+            file=sys.stderr,
+        )
         return EXIT_ENDED_BADLY
     print(printable(f"asked progress {_shown(key)} to stop"), flush=True)
     if wait is None:
@@ -480,14 +480,21 @@ def _wait_cancelled(store: Store, key: str, asked: State | None, wait: float) ->
         latest = store.load(key)
         if latest is not None and asked is not None and latest.start_time != asked.start_time:
             # Another run of the key started since (the one asked ended in between).
-            print(printable(f"tracked cancel: progress {_shown(key)} ended and a new run of it"
-                            " started before its end could be read"), file=sys.stderr)
+            print(
+                printable(
+                    f"tracked cancel: progress {_shown(key)} ended and a new run of it"
+                    " started before its end could be read"
+                ),
+                file=sys.stderr,
+            )
             return EXIT_ENDED_BADLY
         if latest is None or not latest.in_progress:
             break
         if time.monotonic() >= deadline:
-            print(printable(f"tracked cancel: progress {_shown(key)} still runs after {wait:g}s"),
-                  file=sys.stderr)
+            print(
+                printable(f"tracked cancel: progress {_shown(key)} still runs after {wait:g}s"),
+                file=sys.stderr,
+            )
             return EXIT_ENDED_BADLY
         time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
     return _cancel_outcome(key, latest)
@@ -570,46 +577,15 @@ def _wait_for(
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    family = _address_family(args.host, args.port)
+    family = address_family(args.host, args.port)
     store = _store(args)
     app = build_app(store, allow_cancel=args.allow_cancel)
-    server_class = type("_Server", (ThreadingServer,), {"address_family": family})
-    try:
-        server: WSGIServer = make_server(
-            args.host, args.port, app, server_class=server_class, handler_class=QuietHandler
-        )
-    except OSError as exc:
-        where = _host_port(args.host, args.port)
-        raise UsageError(f"cannot listen on {where}: {exc.strerror}") from exc
+    server = listen(args.host, args.port, app, family)
     host, port = str(server.server_address[0]), int(server.server_address[1])
-    url = f"http://{_host_port(host, port)}/"
+    url = f"http://{host_port(host, port)}/"
     print(f"tracked: serving {url} (store: {_where(store)}); Ctrl-C stops", flush=True)
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
         server.server_close()
     return EXIT_OK
-
-
-def _address_family(host: str, port: int) -> socket.AddressFamily:
-    """The address family to listen on ``host`` with: IPv4 when the name has an IPv4
-    address (``localhost`` stays 127.0.0.1), else IPv6 (``::1``).
-
-    An empty host is refused rather than read as "every interface": say ``0.0.0.0``
-    or ``::`` for that, so nobody exposes the server by leaving a variable unset."""
-    if not host.strip():
-        raise UsageError("--host is empty: give an address (0.0.0.0 or :: for every interface)")
-    try:
-        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except (OSError, UnicodeError) as exc:  # an unknown name; a label IDNA cannot encode
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise UsageError(f"cannot listen on {_host_port(host, port)}: {reason}") from exc
-    families = [family for family, *_rest in found]
-    return socket.AF_INET if socket.AF_INET in families else socket.AddressFamily(families[0])
-
-
-def _host_port(host: str, port: int) -> str:
-    """``host:port``, with an IPv6 address in brackets as URLs write it."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-

@@ -30,7 +30,7 @@ except ImportError as exc:  # pragma: no cover - rq is in the test extra
     raise ImportError("tracked.rq needs RQ: pip install 'tracked[rq]'") from exc
 
 from ._api import group_token
-from ._decorator import describe_call, tracked_store
+from ._decorator import CallPlan, describe_call, tracked_store
 from ._groupstore import report_move
 from ._queued import (
     TakeOver,
@@ -91,10 +91,8 @@ def enqueue(queue: rq.Queue, func: Callable[..., Any], *args: Any, **kwargs: Any
     record is claimed first, then the job is enqueued.
     """
     group = kwargs.pop("group", None)  # ours, not RQ's nor the function's
-    parsed = queue.parse_args(func, *args, **dict(kwargs))
-    plan = describe_call(func, tuple(parsed.args or ()), dict(parsed.kwargs or {}))
+    parsed, plan, job_id = _parse(queue, func, args, kwargs)
     token = plan.group if group is None else group_token(group)
-    job_id = parsed.job_id or uuid.uuid4().hex
     connection = queue.connection
     # A job that waits for others (depends_on) is not in line yet: its place is null.
     in_line = not parsed.depends_on
@@ -111,8 +109,7 @@ def enqueue(queue: rq.Queue, func: Callable[..., Any], *args: Any, **kwargs: Any
     )
     claim = _claim(store, state, owner, together)
     options = _options(kwargs, parsed, job_id, ticket)
-    own = parsed.pipeline is None
-    pipe = connection.pipeline() if own else parsed.pipeline
+    pipe, own = _pipeline(parsed, connection)
     try:
         _open_transaction(pipe, claim)
         # In the caller's pipeline, the job is pushed when the caller executes it.
@@ -132,6 +129,24 @@ def enqueue(queue: rq.Queue, func: Callable[..., Any], *args: Any, **kwargs: Any
     if token is not None:  # counted queued in its group (a caller's pipeline: now too)
         _count_in_group(store, state, ticket)
     return job
+
+
+def _parse(
+    queue: rq.Queue, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Any, CallPlan, str]:
+    """RQ's reading of the call's options, the run's plan (name, total, store, group)
+    and the job's id (``job_id=`` if given, else a new one)."""
+    parsed = queue.parse_args(func, *args, **dict(kwargs))
+    plan = describe_call(func, tuple(parsed.args or ()), dict(parsed.kwargs or {}))
+    return parsed, plan, parsed.job_id or uuid.uuid4().hex
+
+
+def _pipeline(parsed: Any, connection: Any) -> tuple[Any, bool]:
+    """The pipeline the job goes in: the caller's (``pipeline=``), else one of our own
+    (True: executed here)."""
+    if parsed.pipeline is None:
+        return connection.pipeline(), True
+    return parsed.pipeline, False
 
 
 def _count_in_group(store: Store, state: State, ticket: Ticket) -> None:
