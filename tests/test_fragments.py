@@ -169,6 +169,19 @@ def test_html_events_carry_the_fragment_on_data_lines():
     assert all(line.startswith(("retry: ", "id: ", "data: ")) or line == "" for line in lines)
 
 
+@pytest.mark.parametrize("show_errors", [True, False])
+def test_html_events_show_an_error_only_when_the_run_has_one(show_errors: bool):
+    """An HTML event once said "failed" (role=alert) on every running or finished run."""
+    running = tracked.State(name="job", total=4, count=1)
+    done = tracked.State(name="job", total=4, count=4, in_progress=False, state="finished")
+    failed = tracked.State(name="job", in_progress=False, state="failed", error="disk full")
+    for state in (running, done, failed):
+        first = next(event_schedule(state, 0, html=True, show_errors=show_errors)).decode()
+        assert ('role="alert"' in first) == (state is failed)
+    text = next(event_schedule(failed, 0, html=True, show_errors=show_errors)).decode()
+    assert ("disk full" in text) == show_errors
+
+
 def test_an_event_stream_with_format_html_sends_fragments(tmp_path):
     """Over a real server: the WSGI app under wsgiref's threads."""
     import urllib.request

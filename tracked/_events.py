@@ -220,14 +220,15 @@ def _event(
     event, a stream's first one too, is rendered once for all of them. ``html``: the
     data is the state's HTML fragment (``?format=html``, for htmx's SSE extension).
     """
-    hide = (not show_errors and state.error is not None) + 2 * html
+    hide_error = not show_errors and state.error is not None
+    hide = hide_error + 2 * html  # the cache's kind of rendering: error text, JSON or HTML
     slot = -1 - cursor if retry else cursor  # a first event (with retry:) is another
     if events is not None:
         cached = events.get(key, hide, state, slot)
         if cached is not None:
             return cached
     shown = state.messages_since(cursor) if cursor else state
-    if hide:
+    if hide_error:
         shown = dataclasses.replace(shown, error="failed")
     if html:
         text = fragment(shown).replace("\r\n", "\n").replace("\r", "\n")
