@@ -59,6 +59,14 @@ def server(request: pytest.FixtureRequest,
     started.stop()
 
 
+def csrf_headers(http: httpx.Client) -> dict[str, str]:
+    """The header a DELETE needs past CsrfViewMiddleware: the page's element carries the
+    token (and the page sets the cookie ``http`` keeps)."""
+    page = http.get("/").text
+    token = page.split('csrf-token="', 1)[1].split('"', 1)[0]
+    return {"X-CSRFToken": token}
+
+
 def wait_for(http: httpx.Client, url: str, state: str, deadline: float = 30) -> dict[str, Any]:
     end = time.monotonic() + deadline
     while time.monotonic() < end:
@@ -90,7 +98,7 @@ def test_a_second_start_of_a_running_id_is_a_json_409_and_a_bad_id_a_json_400(se
         assert second.json()["status"] == "error" and "running" in second.json()["error"]
         bad = http.post("/jobs/background?progress_id=bad%20id!")
         assert bad.status_code == 400 and bad.json()["status"] == "error"
-        stop = http.delete(first.headers["Location"])
+        stop = http.delete(first.headers["Location"], headers=csrf_headers(http))
         assert stop.status_code == 202
         wait_for(http, first.headers["Location"], "cancelled")
 
@@ -118,7 +126,8 @@ def test_the_template_tag_renders_the_element_with_escaped_attributes(server):
     assert '<script src="/_progress_status/?tracked.js" defer></script>' in page
     assert "<img" not in page
     assert ('<tracked-progress src="/_progress_status/%3Cimg%20src%3Dx%20onerror%3D%22window.'
-            'pwned%3D1%22%3E" progress-id="abc" cancel="" label="Django job">') in page
+            'pwned%3D1%22%3E" progress-id="abc" cancel="" label="Django job" csrf-token="') in page
+    assert 'csrf-header="X-CSRFTOKEN"></tracked-progress>' in page
 
 
 def test_an_event_stream_follows_a_run_to_its_end(server):
@@ -135,7 +144,8 @@ def test_an_event_stream_follows_a_run_to_its_end(server):
                     if data[-1] == {}:  # the end event's
                         break
                     if len(data) == 3:
-                        assert http.delete(url).status_code == 202
+                        assert http.delete(url).status_code == 403  # Django's CSRF check
+                        assert http.delete(url, headers=csrf_headers(http)).status_code == 202
     assert data[-2]["state"] == "cancelled"
     assert len(data) >= 4
 

@@ -11,7 +11,8 @@ DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
 ROOT_URLCONF = "tests.django_project.urls"
 INSTALLED_APPS = ["django.contrib.contenttypes", "tracked.django"]
-MIDDLEWARE = ["tracked.django.TrackedMiddleware"]
+# CSRF as in every project startproject makes: the Stop button's DELETE must pass it.
+MIDDLEWARE = ["django.middleware.csrf.CsrfViewMiddleware", "tracked.django.TrackedMiddleware"]
 TEMPLATES = [{
     "BACKEND": "django.template.backends.django.DjangoTemplates",
     "DIRS": [Path(__file__).resolve().parent / "templates"],

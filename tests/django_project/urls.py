@@ -8,6 +8,7 @@ import time
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.urls import include, path
+from django.views.decorators.csrf import csrf_exempt
 
 import tracked
 
@@ -15,6 +16,7 @@ STEPS = 10
 PAUSE = float(os.environ.get("TRACKED_DEMO_PAUSE", "0.05"))
 
 
+@csrf_exempt  # called by the tests' HTTP client, as an API
 @tracked.tracked("django-job", total=STEPS)
 def job(request: HttpRequest) -> JsonResponse:
     """Runs in the request; its JsonResponse is the answer, not the run's result."""
@@ -33,6 +35,7 @@ def background() -> dict[str, int]:
     return {"done": STEPS * 10}
 
 
+@csrf_exempt
 def start_background(request: HttpRequest) -> HttpResponse:
     progress = tracked.submit(background)
     response = JsonResponse({"status_url": tracked.status_url(progress)}, status=202)

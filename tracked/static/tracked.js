@@ -102,8 +102,8 @@
       get transport() {
         return tracker.source ? 'sse' : 'poll';
       },
-      cancel: function () {
-        return tracker.cancel();
+      cancel: function (headers) {
+        return tracker.cancel(headers);
       },
     };
   }
@@ -150,20 +150,21 @@
    * again soon), so the final state arrives by the usual callbacks. Once a state
    * was seen, the DELETE carries `If-Match` naming its run (its start time in whole
    * microseconds, the first part of the route's ETags): when the name has been
-   * started again since, the answer is 412 and the new run goes on.
+   * started again since, the answer is 412 and the new run goes on. `headers`: more
+   * request headers, such as a CSRF token (Django's `X-CSRFToken`).
    */
-  Tracker.prototype.cancel = async function () {
+  Tracker.prototype.cancel = async function (headers) {
     let url = this.url;
     if (this.opts.progressId) {
       url += (url.indexOf('?') === -1 ? '?' : '&') + 'progress_id=' + encodeURIComponent(this.opts.progressId);
     }
-    const headers = {Accept: 'application/json'};
+    const sent = Object.assign({}, headers || {}, {Accept: 'application/json'});
     if (typeof this.runStart === 'number') {
-      headers['If-Match'] = '"' + String(Math.floor(this.runStart * 1e6)) + '"';
+      sent['If-Match'] = '"' + String(Math.floor(this.runStart * 1e6)) + '"';
     }
     const response = await fetch(url, {
       method: 'DELETE',
-      headers: headers,
+      headers: sent,
       cache: 'no-store',
       credentials: 'same-origin',
     });
@@ -640,7 +641,8 @@
    * run's name by default), `transport` ('auto', 'sse', 'poll'), `interval` and
    * `start-timeout` (ms, as the options of trackProgress),
    * `messages` (how many of the newest messages to show, default 3; 0 hides them),
-   * `cancel` (show a Stop button sending DELETE). It sets `state` to the run's state
+   * `cancel` (show a Stop button sending DELETE), `csrf-token` (sent with that DELETE
+   * as the `csrf-header` header, default `X-CSRFToken`: Django's). It sets `state` to the run's state
    * and dispatches `tracked-update` (every state) and `tracked-end` (the final one),
    * with the wire JSON as `detail`, and `tracked-error` when it gives up.
    * Everything from the server is set as text, never as HTML.
@@ -787,7 +789,10 @@
         const self = this;
         this.asked = true;
         this.stopButton.disabled = true;
-        return this.watcher.cancel().then(function (answer) {
+        const token = this.getAttribute('csrf-token');
+        const headers = {};
+        if (token) headers[this.getAttribute('csrf-header') || 'X-CSRFToken'] = token;
+        return this.watcher.cancel(headers).then(function (answer) {
           if (answer.httpStatus !== 202) {
             self.asked = false;
             self.stopButton.disabled = false;
