@@ -69,6 +69,34 @@ def test_json_stays_the_default_and_format_json_wins_over_headers(build: Build, 
     assert forced.json["state"] == "finished"
 
 
+@pytest.mark.parametrize(("accept", "html"), [
+    ("text/html;q=0, application/json", False),  # q=0: "not acceptable"
+    ("text/html;q=0", False),
+    ("text/htmlx", False),
+    ("application/json;q=0.5, text/html", True),  # the higher q wins, not the first
+    ("application/json, text/html;q=0.9", False),
+])
+def test_accept_is_read_with_its_q_values(build: Build, store, accept: str, html: bool):
+    finished(store, "job")
+    response = build(store).get(f"{PREFIX}/job", headers={"Accept": accept})
+    assert response.headers["Content-Type"].startswith("text/html" if html else "application/json")
+
+
+def test_every_answer_says_it_varies_with_accept_and_hx_request(build: Build, store):
+    """JSON and fragment share a URL: a cache keyed on the URL alone would mix them."""
+    finished(store, "job")
+    client = build(store)
+    json_answer = client.get(f"{PREFIX}/job")
+    answers = [
+        json_answer, client.get(f"{PREFIX}/job", headers={"HX-Request": "true"}, status=286),
+        client.get(f"{PREFIX}/job", headers={"If-None-Match": json_answer.headers["ETag"]},
+                   status=304),
+        client.get(f"{PREFIX}/none", status=404),
+        client.get(f"{PREFIX}/none", params={"format": "html"}, status=404),
+    ]
+    assert [a.headers.get("Vary") for a in answers] == ["Accept, HX-Request"] * len(answers)
+
+
 @pytest.mark.parametrize("bad", ["xml", "HTML", "", "html&format=json"])
 def test_a_bad_format_is_a_json_400(build: Build, store, bad: str):
     finished(store, "job")
