@@ -30,9 +30,12 @@ class DjangoServer:
         self.log = directory / "server.log"
         env = {**os.environ, "TRACKED_STORE": str(directory / "store"), "PYTHONPATH": str(ROOT),
                "DJANGO_SETTINGS_MODULE": "tests.django_project.settings"}
+        gunicorn = str(Path(sys.executable).with_name("gunicorn"))
         if kind == "wsgi":
-            command = [str(Path(sys.executable).with_name("gunicorn")), "-k", "gthread",
-                       "--threads", "8", "-w", "2", "-b", f"127.0.0.1:{self.port}",
+            command = [gunicorn, "-k", "gthread", "--threads", "8", "-w", "2",
+                       "-b", f"127.0.0.1:{self.port}", "tests.django_project.wsgi:application"]
+        elif kind == "sync":  # gunicorn's default worker: one request at a time
+            command = [gunicorn, "-w", "1", "--timeout", "30", "-b", f"127.0.0.1:{self.port}",
                        "tests.django_project.wsgi:application"]
         else:
             command = [sys.executable, "-m", "uvicorn", "tests.django_project.asgi:application",
@@ -169,3 +172,20 @@ def test_the_element_on_a_django_page_ends_cancelled_after_stop(server, chromium
     finally:
         context.close()
     assert problems == []
+
+
+def test_a_wsgi_server_without_threads_never_streams(tmp_path):
+    """Under gunicorn's sync worker a stream held the only worker (the site hung, and
+    the element asked for one): the route answers JSON there and says it streams not."""
+    server = DjangoServer("sync", tmp_path)
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            progress_id = uuid.uuid4().hex
+            assert http.post(f"/jobs/main?progress_id={progress_id}").status_code == 200
+            url = f"/_progress_status/django-job?progress_id={progress_id}"
+            assert http.get(url).headers["X-Tracked-Events"] == "0"
+            asked = http.get(url, headers={"Accept": "text/event-stream"})
+            assert asked.headers["Content-Type"].startswith("application/json")
+            assert asked.json()["state"] == "finished"
+    finally:
+        server.stop()

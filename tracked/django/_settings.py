@@ -34,13 +34,14 @@ def settings() -> dict[str, Any]:
     return {**DEFAULTS, **given}
 
 
-@functools.lru_cache(maxsize=1)
-def service() -> StatusService:
-    """The status service of this process, made from the settings once."""
+@functools.lru_cache(maxsize=2)
+def service(streams: bool = True) -> StatusService:
+    """The status service of this process, made from the settings once; with
+    ``streams=False`` one that never streams (for a WSGI server without threads)."""
     chosen = settings()
     return StatusService(
         chosen["STORE"], cancel=bool(chosen["CANCEL"]), show_errors=bool(chosen["SHOW_ERRORS"]),
-        max_stream_seconds=float(chosen["MAX_STREAM_SECONDS"]),
+        max_stream_seconds=float(chosen["MAX_STREAM_SECONDS"]) if streams else 0.0,
     )
 
 

@@ -1,7 +1,8 @@
 """The status route as a Django view: the request translated for the status service
 (``tracked._web``), its answer sent back. Under ASGI an event stream waits on the
 event loop (no thread per stream); under WSGI it holds the worker's thread, as
-every WSGI stream does (use threaded workers, or ``MAX_STREAM_SECONDS: 0``)."""
+every WSGI stream does: threaded workers stream, a server without threads
+(``wsgi.multithread`` false: gunicorn's sync worker) never does (clients poll)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,10 @@ async def status(request: HttpRequest, name: str = "") -> HttpResponseBase:
     )
     asgi = "asgi.version" in meta or hasattr(request, "scope")
     loop = asyncio.get_running_loop() if asgi else None
-    answer = await asyncio.to_thread(service().open, described, loop)
+    # A WSGI server without threads (gunicorn's default sync worker) would give a
+    # stream its only worker for minutes: there the route answers JSON and says so.
+    streams = asgi or bool(meta.get("wsgi.multithread", True))
+    answer = await asyncio.to_thread(service(streams).open, described, loop)
     if isinstance(answer, EventStream):
         body: Any = _events(answer) if asgi else SyncEvents(answer)
         streamed = StreamingHttpResponse(body)
