@@ -127,6 +127,33 @@ def test_stop_ends_the_run_cancelled(page: Page):
     assert int(part(page, "track").get_attribute("aria-valuenow") or 0) < 100
 
 
+def test_many_bars_leave_the_page_connections_for_its_other_requests(page: Page, server):
+    """Eight bars once held eight streams: past Chromium's 6 connections per host every
+    other request of the page (a poll, a Stop's DELETE, the page's own fetch) hung."""
+    ids = [uuid.uuid4().hex for _ in range(8)]
+    try:
+        for progress_id in ids:
+            page.evaluate("(id) => fetch('/jobs/forever?progress_id=' + id, {method: 'POST'})",
+                          progress_id)
+        page.evaluate("""(ids) => { for (const id of ids) {
+          const bar = document.createElement('tracked-progress');
+          bar.setAttribute('src', '/_progress_status/forever');
+          bar.setAttribute('progress-id', id);
+          document.getElementById('slot').append(bar); } }""", ids)
+        page.wait_for_function("() => [...document.querySelectorAll('tracked-progress')]"
+                               ".every((bar) => bar.state && bar.state.in_progress)")
+        status = page.evaluate("""async () => {
+          const abort = new AbortController();
+          setTimeout(() => abort.abort(), 5000);
+          try { return (await fetch('/', {signal: abort.signal})).status; }
+          catch (err) { return String(err); } }""")
+        assert status == 200
+    finally:
+        store = tracked.FileStore(server.store_directory)
+        for progress_id in ids:
+            tracked.cancel("forever", progress_id=progress_id, store=store)
+
+
 def test_hostile_names_messages_status_errors_and_results_stay_text(page: Page, server):
     store = tracked.FileStore(Path(server.store_directory))
     failing = tracked.start(HOSTILE, total=4, status=HOSTILE, store=store)

@@ -32,6 +32,11 @@
  *   'sse': streams only; each failed stream counts as a failed poll (backoff,
  *     then `gave_up` after maxRetries).
  *   'poll': polls every `interval` ms.
+ * A page holds at most `maxStreams` (4) streams at once, across all its trackers
+ * and elements: browsers open 6 HTTP/1.1 connections per host, and streams
+ * holding all of them would stall every other request of the page (polls, a
+ * Stop's DELETE, the page's own fetches). Trackers beyond it poll, and take a
+ * stream when one frees.
  * `watcher.transport` says which one is running now ('poll' or 'sse').
  *
  * `tracked.stateText(state)` says a state as people read it: 'running,
@@ -71,6 +76,7 @@
     requestTimeout: 15000, // ms before one poll is abandoned as a network error
     maxRetries: 8, // consecutive failed polls (network, timeout, 5xx) before giving up
     maxBackoff: 10000, // ms, the longest wait between two failed polls
+    maxStreams: 4, // event streams open at once in this page, across trackers
     onProgress: null, // (state) after every changed state
     onMessage: null, // (text, index) once per message, in order
     onGap: null, // (count, firstIndex) when the server dropped messages never received
@@ -108,6 +114,9 @@
     };
   }
 
+  /** Event streams open now in this page (see `maxStreams`). */
+  let openStreams = 0;
+
   function Tracker(url, opts) {
     this.url = url;
     this.opts = opts;
@@ -120,7 +129,7 @@
     this.stopped = false;
     this.timer = null;
     this.controller = null;
-    this.source = null; // the open EventSource, if any
+    this.source = null; // the open EventSource, if any (it counts in openStreams)
     this.streamOpened = false; // the current stream said 200 since its last error
     this.streamFailures = 0; // streams in a row that failed before delivering a state
     this.streaming = opts.transport !== 'poll' && typeof EventSource === 'function';
@@ -299,7 +308,7 @@
       return;
     }
     if (fromStream) return;
-    if (this.streaming) {
+    if (this.streaming && openStreams < this.opts.maxStreams) {
       this.openStream();
     } else {
       this.schedule(this.opts.interval);
@@ -310,8 +319,10 @@
   Tracker.prototype.openStream = function () {
     if (this.stopped) return;
     const self = this;
+    this.closeStream(); // never two of its own, nor a slot counted twice
     const source = new EventSource(this.pollUrl());
     this.source = source;
+    openStreams += 1;
     this.streamOpened = false;
     source.onopen = function () {
       if (self.source === source) self.streamOpened = true;
@@ -359,6 +370,7 @@
     if (this.source) {
       this.source.close();
       this.source = null;
+      openStreams -= 1;
     }
   };
 
