@@ -123,6 +123,19 @@ def test_the_include_answers_json_fragments_304_and_errors(server):
         assert "customElements.define('tracked-progress'" in script.text
 
 
+def test_authorize_refuses_json_fragments_streams_and_delete_alike(server):
+    """The include had no AUTHORIZE: every run was readable (and, with CANCEL, stoppable)."""
+    url = "/_progress_status/private-report"
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        answers = [http.get(url), http.get(url, headers={"HX-Request": "true"}),
+                   http.get(url, headers={"Accept": "text/event-stream"}),
+                   http.get(url + "?format=html", headers={"Accept": "text/event-stream"}),
+                   http.delete(url, headers=csrf_headers(http))]
+    assert [a.status_code for a in answers] == [403] * 5
+    assert answers[1].headers["Content-Type"].startswith("text/html")
+    assert answers[2].json()["status"] == "error"
+
+
 def test_the_template_tag_renders_the_element_with_escaped_attributes(server):
     with httpx.Client(base_url=server.url, timeout=30) as http:
         page = http.get("/", params={"name": HOSTILE, "progress_id": "abc"}).text

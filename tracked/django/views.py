@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from importlib.resources import files
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
 
 from tracked._web import EventStream, Response, StatusRequest, SyncEvents, Wait
@@ -42,7 +43,8 @@ async def status(request: HttpRequest, name: str = "") -> HttpResponseBase:
     # A WSGI server without threads (gunicorn's default sync worker) would give a
     # stream its only worker for minutes: there the route answers JSON and says so.
     streams = asgi or bool(meta.get("wsgi.multithread", True))
-    answer = await asyncio.to_thread(service(streams).open, described, loop)
+    # Thread-sensitive: AUTHORIZE and CANCEL callables may use the ORM (request.user).
+    answer = await sync_to_async(service(streams).open)(described, loop)
     if isinstance(answer, EventStream):
         body: Any = _events(answer) if asgi else SyncEvents(answer)
         streamed = StreamingHttpResponse(body)
