@@ -88,10 +88,9 @@ def _summary(state: State) -> dict[str, Any]:
 def _progress_page(key: str, allow_cancel: bool = False) -> str:
     """The live page for ``key``; its name and status URL are HTML-escaped attributes."""
     import html
+    import re
 
     from ._web import status_url as build_status_url
-
-    import re
 
     values = {
         "status_url": html.escape(build_status_url(STATUS_PREFIX, key), quote=True),
