@@ -30,9 +30,12 @@ class DjangoServer:
         self.log = directory / "server.log"
         env = {**os.environ, "TRACKED_STORE": str(directory / "store"), "PYTHONPATH": str(ROOT),
                "DJANGO_SETTINGS_MODULE": "tests.django_project.settings"}
+        gunicorn = str(Path(sys.executable).with_name("gunicorn"))
         if kind == "wsgi":
-            command = [str(Path(sys.executable).with_name("gunicorn")), "-k", "gthread",
-                       "--threads", "8", "-w", "2", "-b", f"127.0.0.1:{self.port}",
+            command = [gunicorn, "-k", "gthread", "--threads", "8", "-w", "2",
+                       "-b", f"127.0.0.1:{self.port}", "tests.django_project.wsgi:application"]
+        elif kind == "sync":  # gunicorn's default worker: one request at a time
+            command = [gunicorn, "-w", "1", "--timeout", "30", "-b", f"127.0.0.1:{self.port}",
                        "tests.django_project.wsgi:application"]
         else:
             command = [sys.executable, "-m", "uvicorn", "tests.django_project.asgi:application",
@@ -57,6 +60,14 @@ def server(request: pytest.FixtureRequest,
     started = DjangoServer(request.param, tmp_path_factory.mktemp(f"django-{request.param}"))
     yield started
     started.stop()
+
+
+def csrf_headers(http: httpx.Client) -> dict[str, str]:
+    """The header a DELETE needs past CsrfViewMiddleware: the page's element carries the
+    token (and the page sets the cookie ``http`` keeps)."""
+    page = http.get("/").text
+    token = page.split('csrf-token="', 1)[1].split('"', 1)[0]
+    return {"X-CSRFToken": token}
 
 
 def wait_for(http: httpx.Client, url: str, state: str, deadline: float = 30) -> dict[str, Any]:
@@ -90,7 +101,7 @@ def test_a_second_start_of_a_running_id_is_a_json_409_and_a_bad_id_a_json_400(se
         assert second.json()["status"] == "error" and "running" in second.json()["error"]
         bad = http.post("/jobs/background?progress_id=bad%20id!")
         assert bad.status_code == 400 and bad.json()["status"] == "error"
-        stop = http.delete(first.headers["Location"])
+        stop = http.delete(first.headers["Location"], headers=csrf_headers(http))
         assert stop.status_code == 202
         wait_for(http, first.headers["Location"], "cancelled")
 
@@ -112,13 +123,27 @@ def test_the_include_answers_json_fragments_304_and_errors(server):
         assert "customElements.define('tracked-progress'" in script.text
 
 
+def test_authorize_refuses_json_fragments_streams_and_delete_alike(server):
+    """The include had no AUTHORIZE: every run was readable (and, with CANCEL, stoppable)."""
+    url = "/_progress_status/private-report"
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        answers = [http.get(url), http.get(url, headers={"HX-Request": "true"}),
+                   http.get(url, headers={"Accept": "text/event-stream"}),
+                   http.get(url + "?format=html", headers={"Accept": "text/event-stream"}),
+                   http.delete(url, headers=csrf_headers(http))]
+    assert [a.status_code for a in answers] == [403] * 5
+    assert answers[1].headers["Content-Type"].startswith("text/html")
+    assert answers[2].json()["status"] == "error"
+
+
 def test_the_template_tag_renders_the_element_with_escaped_attributes(server):
     with httpx.Client(base_url=server.url, timeout=30) as http:
         page = http.get("/", params={"name": HOSTILE, "progress_id": "abc"}).text
     assert '<script src="/_progress_status/?tracked.js" defer></script>' in page
     assert "<img" not in page
     assert ('<tracked-progress src="/_progress_status/%3Cimg%20src%3Dx%20onerror%3D%22window.'
-            'pwned%3D1%22%3E" progress-id="abc" cancel="" label="Django job">') in page
+            'pwned%3D1%22%3E" progress-id="abc" cancel="" label="Django job" csrf-token="') in page
+    assert 'csrf-header="X-CSRFTOKEN"></tracked-progress>' in page
 
 
 def test_an_event_stream_follows_a_run_to_its_end(server):
@@ -135,7 +160,8 @@ def test_an_event_stream_follows_a_run_to_its_end(server):
                     if data[-1] == {}:  # the end event's
                         break
                     if len(data) == 3:
-                        assert http.delete(url).status_code == 202
+                        assert http.delete(url).status_code == 403  # Django's CSRF check
+                        assert http.delete(url, headers=csrf_headers(http)).status_code == 202
     assert data[-2]["state"] == "cancelled"
     assert len(data) >= 4
 
@@ -159,3 +185,20 @@ def test_the_element_on_a_django_page_ends_cancelled_after_stop(server, chromium
     finally:
         context.close()
     assert problems == []
+
+
+def test_a_wsgi_server_without_threads_never_streams(tmp_path):
+    """Under gunicorn's sync worker a stream held the only worker (the site hung, and
+    the element asked for one): the route answers JSON there and says it streams not."""
+    server = DjangoServer("sync", tmp_path)
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            progress_id = uuid.uuid4().hex
+            assert http.post(f"/jobs/main?progress_id={progress_id}").status_code == 200
+            url = f"/_progress_status/django-job?progress_id={progress_id}"
+            assert http.get(url).headers["X-Tracked-Events"] == "0"
+            asked = http.get(url, headers={"Accept": "text/event-stream"})
+            assert asked.headers["Content-Type"].startswith("application/json")
+            assert asked.json()["state"] == "finished"
+    finally:
+        server.stop()

@@ -145,6 +145,31 @@ def test_a_stop_after_the_run_ended_shows_its_end_and_no_error(page: Page, serve
     # Chromium logs the DELETE's 409 itself; nothing else may be logged.
     assert [p for p in watched.problems if "409" not in p] == []
     watched.problems.clear()
+def test_many_bars_leave_the_page_connections_for_its_other_requests(page: Page, server):
+    """Eight bars once held eight streams: past Chromium's 6 connections per host every
+    other request of the page (a poll, a Stop's DELETE, the page's own fetch) hung."""
+    ids = [uuid.uuid4().hex for _ in range(8)]
+    try:
+        for progress_id in ids:
+            page.evaluate("(id) => fetch('/jobs/forever?progress_id=' + id, {method: 'POST'})",
+                          progress_id)
+        page.evaluate("""(ids) => { for (const id of ids) {
+          const bar = document.createElement('tracked-progress');
+          bar.setAttribute('src', '/_progress_status/forever');
+          bar.setAttribute('progress-id', id);
+          document.getElementById('slot').append(bar); } }""", ids)
+        page.wait_for_function("() => [...document.querySelectorAll('tracked-progress')]"
+                               ".every((bar) => bar.state && bar.state.in_progress)")
+        status = page.evaluate("""async () => {
+          const abort = new AbortController();
+          setTimeout(() => abort.abort(), 5000);
+          try { return (await fetch('/', {signal: abort.signal})).status; }
+          catch (err) { return String(err); } }""")
+        assert status == 200
+    finally:
+        store = tracked.FileStore(server.store_directory)
+        for progress_id in ids:
+            tracked.cancel("forever", progress_id=progress_id, store=store)
 
 
 def test_hostile_names_messages_status_errors_and_results_stay_text(page: Page, server):

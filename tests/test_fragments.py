@@ -71,6 +71,34 @@ def test_json_stays_the_default_and_format_json_wins_over_headers(build: Build, 
     assert forced.json["state"] == "finished"
 
 
+@pytest.mark.parametrize(("accept", "html"), [
+    ("text/html;q=0, application/json", False),  # q=0: "not acceptable"
+    ("text/html;q=0", False),
+    ("text/htmlx", False),
+    ("application/json;q=0.5, text/html", True),  # the higher q wins, not the first
+    ("application/json, text/html;q=0.9", False),
+])
+def test_accept_is_read_with_its_q_values(build: Build, store, accept: str, html: bool):
+    finished(store, "job")
+    response = build(store).get(f"{PREFIX}/job", headers={"Accept": accept})
+    assert response.headers["Content-Type"].startswith("text/html" if html else "application/json")
+
+
+def test_every_answer_says_it_varies_with_accept_and_hx_request(build: Build, store):
+    """JSON and fragment share a URL: a cache keyed on the URL alone would mix them."""
+    finished(store, "job")
+    client = build(store)
+    json_answer = client.get(f"{PREFIX}/job")
+    answers = [
+        json_answer, client.get(f"{PREFIX}/job", headers={"HX-Request": "true"}, status=286),
+        client.get(f"{PREFIX}/job", headers={"If-None-Match": json_answer.headers["ETag"]},
+                   status=304),
+        client.get(f"{PREFIX}/none", status=404),
+        client.get(f"{PREFIX}/none", params={"format": "html"}, status=404),
+    ]
+    assert [a.headers.get("Vary") for a in answers] == ["Accept, HX-Request"] * len(answers)
+
+
 @pytest.mark.parametrize("bad", ["xml", "HTML", "", "html&format=json"])
 def test_a_bad_format_is_a_json_400(build: Build, store, bad: str):
     finished(store, "job")
@@ -197,6 +225,17 @@ def test_html_events_list_the_newest_messages_not_only_the_new_ones():
         assert re.findall(r"<li>(m\d)</li>", event) == ["m1", "m2", "m3"], cursor
     json_event = next(event_schedule(state, 2)).decode()  # JSON events stay deltas
     assert json.loads(json_event.split("data: ")[1])["messages"] == ["m3"]
+@pytest.mark.parametrize("show_errors", [True, False])
+def test_html_events_show_an_error_only_when_the_run_has_one(show_errors: bool):
+    """An HTML event once said "failed" (role=alert) on every running or finished run."""
+    running = tracked.State(name="job", total=4, count=1)
+    done = tracked.State(name="job", total=4, count=4, in_progress=False, state="finished")
+    failed = tracked.State(name="job", in_progress=False, state="failed", error="disk full")
+    for state in (running, done, failed):
+        first = next(event_schedule(state, 0, html=True, show_errors=show_errors)).decode()
+        assert ('role="alert"' in first) == (state is failed)
+    text = next(event_schedule(failed, 0, html=True, show_errors=show_errors)).decode()
+    assert ("disk full" in text) == show_errors
 
 
 def test_an_event_stream_with_format_html_sends_fragments(tmp_path):

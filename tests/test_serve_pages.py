@@ -174,3 +174,14 @@ def test_axe_finds_no_violation_on_the_list_and_progress_pages(served, page, npm
             "async () => (await axe.run(document)).violations.map("
             "v => v.id + ': ' + v.nodes.map(n => n.target.join(' ')).join(', '))")
         assert violations == [], (scheme, path, violations)
+
+
+@pytest.mark.parametrize("allow_cancel", [True, False])
+def test_a_name_holding_template_fields_is_shown_as_it_is(allow_cancel: bool):
+    """The page was filled field after field: a name's "{{cancel}}" became "cancel"."""
+    from tracked._serve import _progress_page
+
+    name = "a {{cancel}} {{label}} {{status_url}}"
+    page = _progress_page(name, allow_cancel)
+    assert f'<h1 id="title" data-label="{name}">{name}</h1>' in page
+    assert (" cancel></tracked-progress>" in page) == allow_cancel

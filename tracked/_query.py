@@ -268,14 +268,37 @@ def requested_html(query: str, accept: str | None, hx_request: str | None) -> bo
 
 
 def wants_html(accept: str) -> bool:
-    """Whether an ``Accept`` header names ``text/html`` before any JSON type (a browser
-    navigating does; ``fetch``'s ``*/*`` and tracked.js's ``application/json`` do not)."""
+    """Whether an ``Accept`` header prefers ``text/html`` to every JSON type (a browser
+    navigating does; ``fetch``'s ``*/*`` and tracked.js's ``application/json`` do not):
+    a higher ``q`` wins, an equal one the type listed first; ``q=0`` refuses it."""
     lowered = accept.lower()
-    at = lowered.find("text/html")
-    if at < 0:
+    if "text/html" not in lowered:
         return False
-    json_at = lowered.find("json")
-    return json_at < 0 or at < json_at
+    html: tuple[float, int] | None = None
+    json_type: tuple[float, int] | None = None
+    for at, media_range in enumerate(lowered.split(",")):
+        kind, _, params = media_range.partition(";")
+        kind = kind.strip()
+        if kind == "text/html" and html is None:
+            html = (_quality(params), -at)
+        elif kind.endswith("json") and json_type is None:
+            json_type = (_quality(params), -at)
+    if html is None or html[0] <= 0:
+        return False
+    return json_type is None or html > json_type
+
+
+def _quality(params: str) -> float:
+    """The ``q`` of a media range's parameters: 1 when absent, 0 when not a number."""
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip() == "q":
+            try:
+                quality = float(value)
+            except ValueError:
+                return 0.0
+            return quality if 0 <= quality <= 1 else 0.0
+    return 1.0
 
 
 def missing_name(prefix: str) -> tracked.InvalidName:

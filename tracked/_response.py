@@ -14,6 +14,7 @@ import tracked
 __all__ = [
     "JSON_TYPE",
     "NO_STORE",
+    "VARY",
     "Rendered",
     "Response",
     "error",
@@ -27,6 +28,8 @@ __all__ = [
 
 JSON_TYPE = "application/json; charset=utf-8"
 NO_STORE = ("Cache-Control", "no-store")
+#: The request headers that choose between the JSON and the HTML fragment.
+VARY = ("Vary", "Accept, HX-Request")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -62,8 +65,10 @@ def rendered(
 ) -> Rendered:
     """``body`` (a rendering of ``state``) with its ETag and its 200 and 304 answers."""
     etag = f'"{run_tag(state)}.{hashlib.blake2b(body, digest_size=12).hexdigest()}"'
-    ok = Response(200, (("Content-Type", content_type), ("ETag", etag), NO_STORE, *headers), body)
-    return Rendered(body, etag, ok, Response(304, (("ETag", etag), NO_STORE)))
+    ok = Response(
+        200, (("Content-Type", content_type), ("ETag", etag), NO_STORE, VARY, *headers), body
+    )
+    return Rendered(body, etag, ok, Response(304, (("ETag", etag), NO_STORE, VARY)))
 
 
 def run_tag(state: tracked.State) -> str:
@@ -118,4 +123,4 @@ def json_response(data: object) -> Response:
 def error(status: int, message: str, *headers: tuple[str, str]) -> Response:
     """The JSON error every failure answers with: ``{"error": ..., "status": "error"}``."""
     body = json.dumps({"error": message, "status": "error"}, ensure_ascii=False).encode()
-    return Response(status, (("Content-Type", JSON_TYPE), NO_STORE, *headers), body)
+    return Response(status, (("Content-Type", JSON_TYPE), NO_STORE, VARY, *headers), body)

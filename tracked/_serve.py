@@ -98,16 +98,18 @@ def _summary(state: State) -> dict[str, Any]:
 def _progress_page(key: str, allow_cancel: bool = False) -> str:
     """The live page for ``key``; its name and status URL are HTML-escaped attributes."""
     import html
+    import re
 
     from ._web import status_url as build_status_url
 
-    status_url = build_status_url(STATUS_PREFIX, key)
+    values = {
+        "status_url": html.escape(build_status_url(STATUS_PREFIX, key), quote=True),
+        "label": html.escape(display_key(key), quote=True),
+        "cancel": "cancel" if allow_cancel else "",
+    }
     template = (STATIC / "serve-progress.html").read_text(encoding="utf-8")
-    return (
-        template.replace("{{status_url}}", html.escape(status_url, quote=True))
-        .replace("{{label}}", html.escape(display_key(key), quote=True))
-        .replace("{{cancel}}", "cancel" if allow_cancel else "")
-    )
+    # One pass: a name holding "{{cancel}}" is shown as it is, never filled in again.
+    return re.sub(r"\{\{(status_url|label|cancel)\}\}", lambda m: values[m[1]], template)
 
 
 def _json(status: int, data: dict[str, Any]) -> Any:

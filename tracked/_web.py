@@ -64,6 +64,7 @@ from ._query import (
 from ._response import (
     JSON_TYPE,
     NO_STORE,
+    VARY,
     Rendered,
     Response,
     error,
@@ -529,7 +530,7 @@ def _error(html: bool, status: int, message: str) -> Response:
     if not html:
         return error(status, message)
     body = error_fragment(message).encode()
-    return Response(status, (("Content-Type", HTML_TYPE), NO_STORE), body)
+    return Response(status, (("Content-Type", HTML_TYPE), NO_STORE, VARY), body)
 
 
 def _htmx(request: StatusRequest) -> bool:

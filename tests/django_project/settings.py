@@ -20,5 +20,6 @@ TEMPLATES = [{
 }]
 DATABASES: dict[str, object] = {}
 USE_TZ = True
-TRACKED = {"STORE": os.environ.get("TRACKED_STORE"), "CANCEL": True}
+TRACKED = {"STORE": os.environ.get("TRACKED_STORE"), "CANCEL": True,
+           "AUTHORIZE": "tests.django_project.urls.authorize"}
 WSGI_APPLICATION = "tests.django_project.wsgi.application"

@@ -41,6 +41,11 @@ def start_background(request: HttpRequest) -> HttpResponse:
     return response
 
 
+def authorize(request: HttpRequest, key: str) -> bool:
+    """TRACKED["AUTHORIZE"]: names starting with "private" are for no one."""
+    return not key.startswith("private")
+
+
 def page(request: HttpRequest) -> HttpResponse:
     return render(request, "page.html", {"name": request.GET.get("name", "django-job"),
                                          "progress_id": request.GET.get("progress_id")})

@@ -1,7 +1,9 @@
 """The one ``TRACKED`` setting (a dict), read once per process and merged over the
 defaults: ``STORE`` (a directory or store URL; None: the process default),
-``CANCEL`` (allow DELETE on the status route), ``SHOW_ERRORS`` and
-``MAX_STREAM_SECONDS`` (0: no event streams, as under sync workers)."""
+``AUTHORIZE`` (who may read a run), ``CANCEL`` (allow DELETE on the status route),
+``SHOW_ERRORS`` and ``MAX_STREAM_SECONDS`` (0: no event streams, as under sync
+workers). ``AUTHORIZE`` and a ``CANCEL`` that is not a bool are callables
+``(request, key) -> bool`` or their dotted paths."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ __all__ = ["DEFAULTS", "service", "settings", "store"]
 
 DEFAULTS: dict[str, Any] = {
     "STORE": None,
+    "AUTHORIZE": None,
     "CANCEL": False,
     "SHOW_ERRORS": True,
     "MAX_STREAM_SECONDS": 60.0,
@@ -34,14 +37,27 @@ def settings() -> dict[str, Any]:
     return {**DEFAULTS, **given}
 
 
-@functools.lru_cache(maxsize=1)
-def service() -> StatusService:
-    """The status service of this process, made from the settings once."""
+@functools.lru_cache(maxsize=2)
+def service(streams: bool = True) -> StatusService:
+    """The status service of this process, made from the settings once; with
+    ``streams=False`` one that never streams (for a WSGI server without threads)."""
     chosen = settings()
+    cancel = chosen["CANCEL"]
     return StatusService(
-        chosen["STORE"], cancel=bool(chosen["CANCEL"]), show_errors=bool(chosen["SHOW_ERRORS"]),
-        max_stream_seconds=float(chosen["MAX_STREAM_SECONDS"]),
+        chosen["STORE"], authorize=_callable(chosen["AUTHORIZE"]),
+        cancel=cancel if isinstance(cancel, bool) else _callable(cancel),
+        show_errors=bool(chosen["SHOW_ERRORS"]),
+        max_stream_seconds=float(chosen["MAX_STREAM_SECONDS"]) if streams else 0.0,
     )
+
+
+def _callable(value: Any) -> Any:
+    """A setting naming a callable: the callable itself, or its dotted path imported."""
+    if isinstance(value, str):
+        from django.utils.module_loading import import_string
+
+        return import_string(value)
+    return value
 
 
 def store() -> tracked.Store | None:

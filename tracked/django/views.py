@@ -1,7 +1,8 @@
 """The status route as a Django view: the request translated for the status service
 (``tracked._web``), its answer sent back. Under ASGI an event stream waits on the
 event loop (no thread per stream); under WSGI it holds the worker's thread, as
-every WSGI stream does (use threaded workers, or ``MAX_STREAM_SECONDS: 0``)."""
+every WSGI stream does: threaded workers stream, a server without threads
+(``wsgi.multithread`` false: gunicorn's sync worker) never does (clients poll)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import AsyncIterator
 from importlib.resources import files
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
 
 from tracked._web import EventStream, Response, StatusRequest, SyncEvents, Wait
@@ -38,7 +40,11 @@ async def status(request: HttpRequest, name: str = "") -> HttpResponseBase:
     )
     asgi = "asgi.version" in meta or hasattr(request, "scope")
     loop = asyncio.get_running_loop() if asgi else None
-    answer = await asyncio.to_thread(service().open, described, loop)
+    # A WSGI server without threads (gunicorn's default sync worker) would give a
+    # stream its only worker for minutes: there the route answers JSON and says so.
+    streams = asgi or bool(meta.get("wsgi.multithread", True))
+    # Thread-sensitive: AUTHORIZE and CANCEL callables may use the ORM (request.user).
+    answer = await sync_to_async(service(streams).open)(described, loop)
     if isinstance(answer, EventStream):
         body: Any = _events(answer) if asgi else SyncEvents(answer)
         streamed = StreamingHttpResponse(body)
@@ -46,13 +52,6 @@ async def status(request: HttpRequest, name: str = "") -> HttpResponseBase:
             streamed[header] = value
         return streamed
     return _response(answer, request.method == "HEAD")
-
-
-# Django's CSRF check (on in every startproject) refused the element's Stop: its DELETE
-# carries no token. A DELETE cannot come from another site's form, and a cross-origin
-# fetch of it needs a CORS preflight; who may stop a run is CANCEL's to say. The
-# attribute (not the decorator) is what CsrfViewMiddleware reads, on 4.2 and on async views.
-status.csrf_exempt = True  # type: ignore[attr-defined]
 
 
 def _response(answer: Response, head: bool) -> HttpResponse:

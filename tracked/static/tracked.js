@@ -32,6 +32,11 @@
  *   'sse': streams only; each failed stream counts as a failed poll (backoff,
  *     then `gave_up` after maxRetries).
  *   'poll': polls every `interval` ms.
+ * A page holds at most `maxStreams` (4) streams at once, across all its trackers
+ * and elements: browsers open 6 HTTP/1.1 connections per host, and streams
+ * holding all of them would stall every other request of the page (polls, a
+ * Stop's DELETE, the page's own fetches). Trackers beyond it poll, and take a
+ * stream when one frees.
  * `watcher.transport` says which one is running now ('poll' or 'sse').
  *
  * `tracked.stateText(state)` says a state as people read it: 'running,
@@ -71,6 +76,7 @@
     requestTimeout: 15000, // ms before one poll is abandoned as a network error
     maxRetries: 8, // consecutive failed polls (network, timeout, 5xx) before giving up
     maxBackoff: 10000, // ms, the longest wait between two failed polls
+    maxStreams: 4, // event streams open at once in this page, across trackers
     onProgress: null, // (state) after every changed state
     onMessage: null, // (text, index) once per message, in order
     onGap: null, // (count, firstIndex) when the server dropped messages never received
@@ -102,11 +108,14 @@
       get transport() {
         return tracker.source ? 'sse' : 'poll';
       },
-      cancel: function () {
-        return tracker.cancel();
+      cancel: function (headers) {
+        return tracker.cancel(headers);
       },
     };
   }
+
+  /** Event streams open now in this page (see `maxStreams`). */
+  let openStreams = 0;
 
   function Tracker(url, opts) {
     this.url = url;
@@ -120,7 +129,7 @@
     this.stopped = false;
     this.timer = null;
     this.controller = null;
-    this.source = null; // the open EventSource, if any
+    this.source = null; // the open EventSource, if any (it counts in openStreams)
     this.streamOpened = false; // the current stream said 200 since its last error
     this.streamFailures = 0; // streams in a row that failed before delivering a state
     this.streaming = opts.transport !== 'poll' && typeof EventSource === 'function';
@@ -150,20 +159,21 @@
    * again soon), so the final state arrives by the usual callbacks. Once a state
    * was seen, the DELETE carries `If-Match` naming its run (its start time in whole
    * microseconds, the first part of the route's ETags): when the name has been
-   * started again since, the answer is 412 and the new run goes on.
+   * started again since, the answer is 412 and the new run goes on. `headers`: more
+   * request headers, such as a CSRF token (Django's `X-CSRFToken`).
    */
-  Tracker.prototype.cancel = async function () {
+  Tracker.prototype.cancel = async function (headers) {
     let url = this.url;
     if (this.opts.progressId) {
       url += (url.indexOf('?') === -1 ? '?' : '&') + 'progress_id=' + encodeURIComponent(this.opts.progressId);
     }
-    const headers = {Accept: 'application/json'};
+    const sent = Object.assign({}, headers || {}, {Accept: 'application/json'});
     if (typeof this.runStart === 'number') {
-      headers['If-Match'] = '"' + String(Math.floor(this.runStart * 1e6)) + '"';
+      sent['If-Match'] = '"' + String(Math.floor(this.runStart * 1e6)) + '"';
     }
     const response = await fetch(url, {
       method: 'DELETE',
-      headers: headers,
+      headers: sent,
       cache: 'no-store',
       credentials: 'same-origin',
     });
@@ -300,7 +310,7 @@
       return;
     }
     if (fromStream) return;
-    if (this.streaming) {
+    if (this.streaming && openStreams < this.opts.maxStreams) {
       this.openStream();
     } else {
       this.schedule(this.opts.interval);
@@ -311,8 +321,10 @@
   Tracker.prototype.openStream = function () {
     if (this.stopped) return;
     const self = this;
+    this.closeStream(); // never two of its own, nor a slot counted twice
     const source = new EventSource(this.pollUrl());
     this.source = source;
+    openStreams += 1;
     this.streamOpened = false;
     source.onopen = function () {
       if (self.source === source) self.streamOpened = true;
@@ -360,6 +372,7 @@
     if (this.source) {
       this.source.close();
       this.source = null;
+      openStreams -= 1;
     }
   };
 
@@ -642,7 +655,8 @@
    * run's name by default), `transport` ('auto', 'sse', 'poll'), `interval` and
    * `start-timeout` (ms, as the options of trackProgress),
    * `messages` (how many of the newest messages to show, default 3; 0 hides them),
-   * `cancel` (show a Stop button sending DELETE). It sets `state` to the run's state
+   * `cancel` (show a Stop button sending DELETE), `csrf-token` (sent with that DELETE
+   * as the `csrf-header` header, default `X-CSRFToken`: Django's). It sets `state` to the run's state
    * and dispatches `tracked-update` (every state) and `tracked-end` (the final one),
    * with the wire JSON as `detail`, and `tracked-error` when it gives up.
    * Everything from the server is set as text, never as HTML.
@@ -789,7 +803,10 @@
         const self = this;
         this.asked = true;
         this.stopButton.disabled = true;
-        return this.watcher.cancel().then(function (answer) {
+        const token = this.getAttribute('csrf-token');
+        const headers = {};
+        if (token) headers[this.getAttribute('csrf-header') || 'X-CSRFToken'] = token;
+        return this.watcher.cancel(headers).then(function (answer) {
           // 409: the run had already ended on its own; its final state follows, not an error.
           if (answer.httpStatus !== 202 && answer.httpStatus !== 409) {
             self.asked = false;

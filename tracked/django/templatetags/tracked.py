@@ -33,10 +33,14 @@ def tracked_script(context: dict[str, Any]) -> SafeString:
     return format_html('<script src="{}" defer></script>', url)
 
 
-@register.simple_tag
-def tracked_progress(name: str | None, progress_id: str | None = None, **attrs: Any) -> SafeString:
+@register.simple_tag(takes_context=True)
+def tracked_progress(
+    context: dict[str, Any], name: str | None, progress_id: str | None = None, **attrs: Any
+) -> SafeString:
     """``<tracked-progress src="{status URL of name}" progress-id="…">``; ``cancel=True``
-    shows the Stop button, other keywords become attributes (``ATTRIBUTES``)."""
+    shows the Stop button (with the request's CSRF token, which Django's
+    ``CsrfViewMiddleware`` asks of its DELETE), other keywords become attributes
+    (``ATTRIBUTES``)."""
     root = reverse("tracked:status", kwargs={"name": ""}).rstrip("/")
     src = tracked.status_url(name, prefix=root) if name is not None else root + "/"
     pairs: list[tuple[str, str]] = [("src", src)]
@@ -52,5 +56,19 @@ def tracked_progress(name: str | None, progress_id: str | None = None, **attrs: 
             pairs.append((attribute, ""))
         elif value not in (None, False):
             pairs.append((attribute, str(value)))
+    if attrs.get("cancel") not in (None, False):
+        pairs.extend(_csrf(context.get("request")))
     attributes = format_html_join(" ", '{}="{}"', pairs)
     return format_html("<tracked-progress {}></tracked-progress>", attributes)
+
+
+def _csrf(request: Any) -> list[tuple[str, str]]:
+    """The ``csrf-token`` and ``csrf-header`` attributes the Stop button's DELETE needs
+    to pass ``CsrfViewMiddleware`` (none without a request to take the token from)."""
+    if request is None or not hasattr(request, "META"):
+        return []
+    from django.conf import settings
+    from django.middleware.csrf import get_token
+
+    header = settings.CSRF_HEADER_NAME.removeprefix("HTTP_").replace("_", "-")
+    return [("csrf-token", get_token(request)), ("csrf-header", header)]
