@@ -260,3 +260,48 @@ def test_pruning_an_ended_group_removes_its_ledger(tmp_path: Path) -> None:
     time.sleep(0.05)
     assert store.prune(0.01) == 2
     assert list((tmp_path / "store").iterdir()) == []
+
+
+def test_a_group_whose_child_was_cancelled_on_its_own_does_not_read_finished(
+    store: tracked.Store,
+) -> None:
+    """Honest ends: ``finished`` only if every child finished. A child cancelled by
+    itself (the group never was) stopped on request: the group reads ``cancelled``."""
+    with tracked.group("partly", store=store) as group:
+        stopper = tracked.start("stopped", store=store, group=group)
+        assert tracked.cancel("stopped", store=store)
+        until_state(lambda: store.load("stopped"), lambda s: s.cancel_requested)
+        with pytest.raises(tracked.Cancelled), stopper:
+            stopper.check()
+        with tracked.start("done", store=store, group=group):
+            pass
+    state = ended("partly", store, within=10)
+    assert state.children["cancelled"] == 1 and state.children["finished"] == 1  # type: ignore[index]
+    assert (state.state, state.cancel_requested) == ("cancelled", False)
+
+
+def test_a_cancelled_group_takes_no_new_child_and_an_ended_child_no_new_run(
+    store: tracked.Store,
+) -> None:
+    """A child joining after the cancel would run to its end under a cancelled group;
+    a new run of an ended child's name would run uncounted, the group ending (and
+    reading ended) under it. Both are refused; their records end failed."""
+    with tracked.group("rerun", store=store) as group:
+        with tracked.start("once", store=store, group=group):
+            pass
+        with pytest.raises(tracked.InvalidValue, match="already ended in its group"):
+            tracked.start("once", store=store, group=group)
+        assert store.load("once").state == "failed"  # type: ignore[union-attr]
+        assert store.load("rerun").children["total"] == 1  # type: ignore[union-attr]
+        open_child = tracked.start("open", store=store, group=group)
+    open_child.finish()
+    assert ended("rerun", store, within=10).state == "finished"
+    with tracked.group("halted", store=store) as group:
+        assert tracked.cancel("halted", store=store)
+        with pytest.raises(tracked.InvalidValue, match="cancelled"):
+            tracked.start("late", store=store, group=group)
+        with pytest.raises(tracked.InvalidValue, match="cancelled"):
+            group.submit(child, 1).wait(10)
+    assert store.load("late").state == "failed"  # type: ignore[union-attr]
+    state = ended("halted", store, within=10)
+    assert (state.children["total"], state.state, state.cancel_requested) == (0, "finished", True)

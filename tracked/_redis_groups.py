@@ -60,14 +60,18 @@ local child, new, units, line = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local accepted, changed, old_units, created = 1, false, 0, 0
 local prev = redis.call('HGET', kids, child)
 if not prev then
-  if redis.call('HGET', grp, 'closed') == '1' then accepted = 0 else
+  if redis.call('HGET', grp, 'closed') == '1' or redis.call('HGET', grp, 'stop') == '1' then
+    accepted = 0
+  else
     redis.call('HINCRBY', grp, 'total', 1)
     changed, created = true, 1
   end
 else
   local pstate, punits = string.match(prev, '^(%a+) (%d+)$')
   punits = tonumber(punits)
-  if not ended[pstate] and (pstate ~= new or punits ~= units) then
+  if ended[pstate] and not ended[new] then
+    accepted = 0
+  elseif not ended[pstate] and (pstate ~= new or punits ~= units) then
     redis.call('HINCRBY', grp, pstate, -1)
     old_units, changed = punits, true
   end
