@@ -255,7 +255,7 @@ def test_pruning_an_ended_group_removes_its_ledger(tmp_path: Path) -> None:
         with tracked.start("kid", store=store, group=group):
             pass
     assert sorted(p.suffix for p in (tmp_path / "store").iterdir()) == [
-        ".children", ".group", ".json", ".json",
+        ".children", ".json", ".json",
     ]
     time.sleep(0.05)
     assert store.prune(0.01) == 2

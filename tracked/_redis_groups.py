@@ -11,7 +11,8 @@ For group key ``K`` (``{T}`` its hash tag, as for its record):
 A child's change is one ``EVALSHA`` on these keys (old state -1, new state +1, in
 the group's slot, so it works on a Redis Cluster whatever slot the child is in):
 it is sent right after the child's own write, and a repeated one counts once.
-Reading a group is one more script call: the hash and the lines together.
+Reading a group is one script call: the record's read also returns the hash and
+the lines (same slot), so counts and record come from one atomic step.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from .errors import InvalidValue, StoreError
 if TYPE_CHECKING:
     from ._state import State
 
-__all__ = ["RedisGroupLedgers", "RedisGroups", "book_of"]
+__all__ = ["RedisGroupLedgers", "RedisGroups", "book_of", "decode_book"]
 
 _FINISH = """
 local function finish(grp, now)
@@ -316,6 +317,11 @@ def _book(reply: Any) -> GroupBook | None:
     accepted, flag, fields, lines = reply[:4]
     book = _decode(fields, lines)
     return dataclasses.replace(book, accepted=bool(accepted), just_ended=bool(flag))
+
+
+def decode_book(fields: Sequence[Any], lines: Sequence[Any]) -> GroupBook:
+    """A book from the ledger's hash and lines as the record's read returns them."""
+    return _decode(fields, lines)
 
 
 def _decode(fields: Sequence[Any], lines: Sequence[Any]) -> GroupBook:
