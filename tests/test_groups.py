@@ -305,3 +305,17 @@ def test_a_cancelled_group_takes_no_new_child_and_an_ended_child_no_new_run(
     assert store.load("late").state == "failed"  # type: ignore[union-attr]
     state = ended("halted", store, within=10)
     assert (state.children["total"], state.state, state.cancel_requested) == (0, "finished", True)
+
+
+def test_a_full_disk_never_leaves_counts_the_sweep_cannot_mend(tmp_path: Path) -> None:
+    """A FileStore child's count wrote its bucket, then the ledger's write failed (disk
+    full): the bucket said failed, the ledger running, and the sweep (which trusts the
+    bucket) never mended it: the group ran for ever. The bucket is now put back, the
+    block's exit does not raise, a reader of the group is not failed by its sweep."""
+    store = tracked.FileStore(tmp_path / "store")
+    worker = spawn("full", str(tmp_path / "store"), "40")
+    out, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0 and out == "closed\n", err
+    state = ended("full", store, within=30)
+    assert state.children["failed"] == 40 and state.children["total"] == 40  # type: ignore[index]
+    assert sorted(counted for _, counted in store.group_children("full")) == ["failed"] * 40

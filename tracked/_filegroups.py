@@ -15,6 +15,7 @@ processes (the kernel drops the lock when a holder dies).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -91,10 +92,15 @@ class GroupFiles:
                     previous = None if found is None else (found[0], found[1])
                     book, changed = Ledger(book).move(previous, state, units, line, time.time())
                     if changed:
+                        old = dict(bucket.entries)
                         bucket.entries[child] = (state, units)
                         bucket.write()
-                if changed:
-                    _write(locked, record, book)
+                        try:
+                            _write(locked, record, book)
+                        except BaseException:  # a full disk: the bucket must not count
+                            bucket.entries = old  # what the ledger does not (the sweep
+                            bucket.write()  # mends both from the child's record)
+                            raise
                 return book
         except FileNotFoundError:
             return None
@@ -172,6 +178,8 @@ def _write(locked: Locked, record: bytes, book: GroupBook) -> None:
         tmp.write_bytes(data)
         os.replace(tmp, locked.path)
     except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # a full disk: the partial copy holds space nobody frees
         raise StoreError(f"cannot write {str(locked.path)!r}: {exc}") from exc
 
 
@@ -252,6 +260,7 @@ class _Bucket:
         self.path = path
         self.fd = -1
         self.size = 0
+        self.raw = b""
         self.entries: dict[str, tuple[str, int]] = {}
 
     def __enter__(self) -> _Bucket:
@@ -269,6 +278,7 @@ class _Bucket:
                 chunks.append(os.read(self.fd, _CHUNK))
             raw = b"".join(chunks)
             self.size = len(raw)
+            self.raw = raw
             self.entries = _entries(raw, self.path)
         except BaseException:
             os.close(self.fd)
@@ -281,10 +291,19 @@ class _Bucket:
             {k: [v[0], v[1]] for k, v in self.entries.items()},
             ensure_ascii=False, separators=(",", ":"),
         ).encode("utf-8", "surrogatepass")
+        data += b" " * (self.size - len(data))
+        error: OSError | None = None
         try:
-            os.pwrite(self.fd, data + b" " * (self.size - len(data)), 0)
+            written = os.pwrite(self.fd, data, 0)
         except OSError as exc:
-            raise StoreError(f"cannot write {str(self.path)!r}: {exc}") from exc
+            written, error = 0, exc
+        if written < len(data):  # a full disk cut it short: put back the bytes it
+            self.size = max(self.size, written)  # replaced, over space already held
+            with contextlib.suppress(OSError):
+                os.pwrite(self.fd, self.raw + b" " * (self.size - len(self.raw)), 0)
+            raise StoreError(f"cannot write {str(self.path)!r}: {error or 'disk full'}")
+        self.size = len(data)
+        self.raw = data
 
     def __exit__(self, *exc: object) -> None:
         os.close(self.fd)

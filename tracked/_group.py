@@ -10,6 +10,7 @@ it costs the same for 10 children as for 10,000. It ends when it is closed (the
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -26,6 +27,8 @@ from ._store import Owner, Store
 from .errors import InvalidValue, StoreError
 
 __all__ = ["Group", "cancel_group", "group", "token_of"]
+
+logger = logging.getLogger("tracked")
 
 #: The host of a group's owner: its children move it, no process holds it.
 GROUP_HOST = "(group)"
@@ -100,9 +103,16 @@ class Group:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc is not None:
-            self.add_message(f"the group's block raised {type(exc).__name__}: {exc}")
-        self.close()
+        try:
+            if exc is not None:
+                self.add_message(f"the group's block raised {type(exc).__name__}: {exc}")
+        except Exception as error:  # noqa: BLE001 - never hide the block's own exception
+            logger.warning("cannot add a message to group %r: %s", self.key, error)
+        try:
+            self.close()
+        except Exception as error:  # noqa: BLE001 - instrumentation never kills the task
+            self._closed = False  # close() may be called again
+            logger.warning("cannot close group %r: %s", self.key, error)
 
 
 def group(

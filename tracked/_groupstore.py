@@ -81,7 +81,10 @@ def group_view(store: Store, record: Record, book: GroupBook) -> State:
     reader that wins the turn; an ended ledger under a running record is written
     into the record (a running record blocks new claims of its name)."""
     if book.ended_at is None and time.time() - book.swept_at >= store.sweep_window:
-        book = sweep_group(store, record.state.key, book) or book
+        try:
+            book = sweep_group(store, record.state.key, book) or book
+        except StoreError as exc:  # a full disk, say: the read still answers
+            logger.warning("cannot sweep group %r: %s", record.state.key, exc)
     if book.ended_at is not None and record.state.in_progress:
         finish_group(store, record, book)
     return overlay(record.state, book)
