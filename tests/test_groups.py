@@ -319,3 +319,27 @@ def test_a_full_disk_never_leaves_counts_the_sweep_cannot_mend(tmp_path: Path) -
     state = ended("full", store, within=30)
     assert state.children["failed"] == 40 and state.children["total"] == 40  # type: ignore[index]
     assert sorted(counted for _, counted in store.group_children("full")) == ["failed"] * 40
+
+
+def test_a_forked_child_leaving_the_block_does_not_close_the_group(
+    shared: tuple[str, tracked.Store],
+) -> None:
+    """A process forked inside the ``with`` block that runs out of it (a pre-forking
+    server, a script) closed the group on its parent, whose next children were then
+    refused. Only the process that made the group closes it."""
+    _, store = shared
+    with tracked.group("forked", store=store) as group:
+        pid = os.fork()
+        if pid == 0:  # the child leaves the block like the parent will, then exits
+            try:
+                with tracked.start("from-fork", store=store, group=group):
+                    pass
+                group.__exit__(None, None, None)
+            finally:
+                os._exit(0)
+        assert os.waitpid(pid, 0)[1] == 0
+        with tracked.start("after-fork", store=store, group=group):
+            pass
+        assert store.load("forked").in_progress  # type: ignore[union-attr]
+    state = ended("forked", store, within=10)
+    assert (state.state, state.children["finished"]) == ("finished", 2)  # type: ignore[index]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -53,6 +54,9 @@ class Group:
         #: The token that makes a run a child: ``tracked.start(..., group=token)``.
         self.token = make_token(key, owner.run)
         self._closed = False
+        #: The process that made it: only it closes it (a forked child that leaves
+        #: the inherited ``with`` block must not shut the group on its parent).
+        self._pid = os.getpid()
 
     def __repr__(self) -> str:
         return f"<Group {self.key!r}>"
@@ -84,8 +88,9 @@ class Group:
         return state
 
     def close(self) -> None:
-        """Take no more children; the group ends once those it has end."""
-        if self._closed:
+        """Take no more children; the group ends once those it has end. Does nothing in
+        a process forked from the one that made the group (that one closes it)."""
+        if self._closed or self._pid != os.getpid():
             return
         self._closed = True
         book = self.store.close_group(self.key, self._owner.run)
