@@ -343,3 +343,22 @@ def test_a_forked_child_leaving_the_block_does_not_close_the_group(
         assert store.load("forked").in_progress  # type: ignore[union-attr]
     state = ended("forked", store, within=10)
     assert (state.state, state.children["finished"]) == ("finished", 2)  # type: ignore[index]
+
+
+def test_cancelling_an_ended_group_changes_nothing_it_reads(store: tracked.Store) -> None:
+    """The ledger took the cancel mark after the end, and readers judge the end from
+    the ledger: a ``failed`` group turned ``cancelled`` (and ``cancel_requested``)
+    after the fact. A cancel of an ended group now changes nothing."""
+    with tracked.group("over", store=store) as group:
+        own = tracked.start("own", store=store, group=group)
+        with pytest.raises(tracked.Cancelled), own:
+            assert tracked.cancel("own", store=store)
+            until_state(lambda: store.load("own"), lambda s: s.cancel_requested)
+            own.check()
+        tracked.start("bad", store=store, group=group).fail("broken")
+    before = ended("over", store, within=10)
+    assert (before.state, before.cancel_requested) == ("failed", False)
+    assert tracked.cancel("over", store=store) is False
+    after = store.load("over")
+    assert after is not None
+    assert (after.state, after.cancel_requested, after.error) == ("failed", False, before.error)

@@ -208,7 +208,7 @@ class FileGroupLedgers:
     def cancel_group(self, key: str, run: str) -> GroupBook | None:
         """Mark group ``key`` cancelled (see ``Store.cancel_group``)."""
         return self.group_files.change(
-            key, run, lambda book: dataclasses.replace(book, cancelled=True)
+            key, run, lambda book: Ledger(book).cancel()
         )
 
     def read_group(self, key: str) -> GroupBook | None:

@@ -174,6 +174,12 @@ class Ledger:
         """No new child from now on; the group ends at once if none is left running."""
         return self._ended(dataclasses.replace(self.book, closed=True), now)
 
+    def cancel(self) -> GroupBook:
+        """Mark the group cancelled, unless it has ended: an end never changes after."""
+        if self.book.ended_at is not None:
+            return self.book
+        return dataclasses.replace(self.book, cancelled=True)
+
     def _ended(self, book: GroupBook, now: float) -> GroupBook:
         if book.closed and book.ended_at is None and book.unended == 0:
             return dataclasses.replace(book, ended_at=now, just_ended=True)

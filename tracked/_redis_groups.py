@@ -118,7 +118,7 @@ if what == 'close' then
   flag = finish(grp, now)
   if flag == 1 then expire(tonumber(ARGV[4])) end
 elseif what == 'cancel' then
-  redis.call('HSET', grp, 'stop', '1')
+  if not redis.call('HGET', grp, 'ended_at') then redis.call('HSET', grp, 'stop', '1') end
 elseif now - tonumber(redis.call('HGET', grp, 'swept_at') or '0') >= tonumber(ARGV[5]) then
   redis.call('HSET', grp, 'swept_at', now)
   flag = 1
