@@ -362,3 +362,27 @@ def test_cancelling_an_ended_group_changes_nothing_it_reads(store: tracked.Store
     after = store.load("over")
     assert after is not None
     assert (after.state, after.cancel_requested, after.error) == ("failed", False, before.error)
+
+
+def test_a_child_whose_record_is_gone_or_taken_is_counted_abandoned(
+    store: tracked.Store,
+) -> None:
+    """A running child whose record was deleted (or lost by a Redis restart) never
+    reports its end, and one whose name a run outside the group took over reports
+    another run's: the group waited for them for ever (a week). The sweep counts
+    both abandoned."""
+    store.group_sweep_window = 0.05  # type: ignore[misc]
+    with tracked.group("lost", store=store) as group:
+        gone = tracked.start("gone", store=store, group=group)
+        taken = tracked.start("taken", store=store, group=group)
+        assert store.delete("gone") and store.delete("taken")
+        stranger = tracked.start("taken", store=store)  # no group
+    state = ended("lost", store, within=10)
+    assert state.children["abandoned"] == 2 and state.state == "failed"  # type: ignore[index]
+    assert sorted(state.messages) == [
+        "gone abandoned: its record is gone", "taken abandoned: its name holds another run",
+    ]
+    gone.finish()
+    taken.finish()
+    stranger.finish()
+    assert store.load("lost").children["abandoned"] == 2  # type: ignore[union-attr]

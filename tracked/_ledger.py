@@ -20,6 +20,7 @@ from .errors import InvalidValue
 
 __all__ = [
     "CHILD_STATES",
+    "FULL",
     "GroupBook",
     "Ledger",
     "child_line",
