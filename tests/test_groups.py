@@ -386,3 +386,71 @@ def test_a_child_whose_record_is_gone_or_taken_is_counted_abandoned(
     taken.finish()
     stranger.finish()
     assert store.load("lost").children["abandoned"] == 2  # type: ignore[union-attr]
+
+
+_OPENS: list[str] = []
+_COUNTING: list[int] = []  # the thread whose opens are counted (none: not counting)
+
+
+def _count_opens(event: str, args: tuple[object, ...]) -> None:
+    if event == "open" and _COUNTING and threading.get_ident() == _COUNTING[0]:
+        _OPENS.append(str(args[0]))
+
+
+sys.addaudithook(_count_opens)
+
+
+def _operations(store: tracked.Store, url: str, name: str) -> int:
+    """What one ``load(name)`` costs: files opened (FileStore), or script calls the
+    real redis-server ran (fewest of five tries: other threads only add)."""
+    if not url.startswith("redis"):
+        _OPENS.clear()
+        _COUNTING.append(threading.get_ident())
+        try:
+            assert store.load(name) is not None
+        finally:
+            _COUNTING.clear()
+        return len(_OPENS)
+    import redis
+
+    server = redis.Redis.from_url(url)
+
+    def calls() -> int:  # script calls: a store's every read is one
+        stats = server.info("commandstats")
+        return sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("evalsha", "eval"))
+
+    tries = []
+    for _ in range(5):
+        before = calls()
+        assert store.load(name) is not None
+        tries.append(calls() - before)
+    server.close()
+    return min(tries)
+
+
+@pytest.mark.parametrize("kind", ["file", "redis"])
+def test_reading_a_group_is_one_store_operation_whatever_its_children(
+    kind: str, make_store_url: Callable[[str], str],
+) -> None:
+    """Issue 21: FileStore one file read, Redis one round trip, with 0, 1 and 30
+    children running or ended (fails on the first implementation: two each)."""
+    url = make_store_url(kind)
+    store = tracked.open_store(url)
+    with tracked.start("plain", store=store):
+        plain = _operations(store, url, "plain")
+    assert plain == 1
+    with tracked.group("few", store=store) as group:
+        store.load("few")  # its first sweep, and Redis loads the script
+        assert _operations(store, url, "few") == 1  # no child
+        running = [tracked.start(f"kid-{i}", store=store, group=group) for i in range(30)]
+        assert _operations(store, url, "few") == 1
+        for handle in running[:20]:
+            handle.finish()
+        state = store.load("few")
+        assert state is not None and state.children["running"] == 10  # type: ignore[index]
+        assert _operations(store, url, "few") == 1
+        for handle in running[20:]:
+            handle.finish()
+    ended("few", store, within=10)
+    assert _operations(store, url, "few") == 1
+    store.close()
