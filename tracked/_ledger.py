@@ -69,6 +69,16 @@ class GroupBook:
         """Children still queued or running."""
         return self.counts.get("queued", 0) + self.counts.get("running", 0)
 
+    def refusal(self) -> str | None:
+        """Why this book's change refused a new run as a child, or None if it took it."""
+        if self.accepted:
+            return None
+        if self.cancelled:
+            return "its group was cancelled"
+        if self.closed:
+            return "its group is closed to new runs"
+        return "a run of this name already ended in its group"
+
     def children(self) -> dict[str, int]:
         """The wire object ``children``: total, then one count per state."""
         wire = {"total": self.total}

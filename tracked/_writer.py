@@ -228,13 +228,7 @@ class RunWriter:
         book = self.report_group(state)
         if book is None:
             return "its group is not running"
-        if book.accepted:
-            return None
-        if book.cancelled:
-            return "its group was cancelled"
-        if book.closed:
-            return "its group is closed to new runs"
-        return "a run of this name already ended in its group"
+        return book.refusal()
 
     def report_group(self, state: State) -> GroupBook | None:
         """Count a child's new state, or its progress, in its group's ledger (off the
