@@ -135,8 +135,9 @@ def sweep_group(store: Store, key: str, book: GroupBook) -> GroupBook | None:
     """Count as abandoned (or as they ended) the children of group ``key`` that its
     ledger holds as queued or running but whose records say otherwise: work in
     proportion to the children, done once per ``sweep_window`` by one process. A
-    child whose record is gone (deleted, lost by a Redis restart) or now holds a run
-    of another group will never report its end here: it is counted abandoned."""
+    running child whose record is gone (deleted, lost by a Redis restart) or now
+    holds a run of another group will never report its end here: it is counted
+    abandoned."""
     if not store.sweep_turn(key, book.run, store.sweep_window):
         return None
     latest, vanished = None, []
@@ -148,7 +149,8 @@ def sweep_group(store: Store, key: str, book: GroupBook) -> GroupBook | None:
         except StoreError:
             continue
         if state is None or not _of_group(state, key, book.run):
-            vanished.append(child)
+            if counted == "running":  # a queued one's record may be in a caller's
+                vanished.append(child)  # RQ pipeline, written when it executes
         elif state.state != counted:
             line = child_line(state) or f"{child.replace(chr(0), '/')} {state.state}"
             moved = store.move_child(key, book.run, child, state.state, units_of(state), line)
