@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import signal
 import sys
 import time
 from pathlib import Path
@@ -59,5 +61,21 @@ def read(url: str, name: str, out: str) -> None:
     print("ended", flush=True)
 
 
+def full(url: str, count: str) -> None:
+    """Fail ``count`` children of group ``full`` while no file may grow past 2 KiB (a
+    full disk, without root: ``RLIMIT_FSIZE``), close it, then lift the limit."""
+    store = opened(url)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit: EFBIG
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    with tracked.group("full", store=store) as group:
+        rows = [tracked.start(f"row-{i:02}", store=store, group=group) for i in range(int(count))]
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2048, hard))
+        for row in rows:
+            row.fail("a bad row, whose line makes the group's record grow")
+    print("closed" if tracked.load("full", store=store) else "gone", flush=True)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    group.close()  # the block's close could not be written: again, with room
+
+
 if __name__ == "__main__":
-    {"join": join, "hang": hang, "read": read}[sys.argv[1]](*sys.argv[2:])
+    {"join": join, "hang": hang, "read": read, "full": full}[sys.argv[1]](*sys.argv[2:])

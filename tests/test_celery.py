@@ -322,6 +322,11 @@ def test_a_celery_group_of_50_tracked_tasks_is_one_tracked_group(
         sent = celery.group(jobs.part.s(i, batch.token) for i in range(50)).apply_async(
             queue="groups"
         )
+    late = jobs.part.apply_async((50, batch.token), queue="groups")  # the group is closed
+    refused = store.load(f"part-50\0{late.id}")  # ended at once: the worker skips it
+    assert refused is not None and (refused.state, refused.error) == (
+        "cancelled", "its group is closed to new runs",
+    )
     state = store.load("celery-batch")
     assert state is not None and state.children == {  # counted before any worker runs
         "total": 50, "queued": 50, "running": 0, "finished": 0, "failed": 0,
@@ -343,3 +348,5 @@ def test_a_celery_group_of_50_tracked_tasks_is_one_tracked_group(
     }
     assert state.state == "failed" and "part-7" in (state.error or "")
     assert sent.completed_count() == 49
+    after = store.load(f"part-50\0{late.id}")
+    assert after == refused, after  # never run, never counted

@@ -193,6 +193,32 @@ def test_hostile_names_messages_status_errors_and_results_stay_text(page: Page, 
     assert page.evaluate("window.pwned") is None
 
 
+def test_a_real_groups_counts_are_shown_as_its_children_end(page: Page, server):
+    """A group in the server's FileStore, read through the status route: the element
+    lists its children by state while one runs, then the final counts."""
+    store = tracked.FileStore(Path(server.store_directory))
+    counts = "tracked-progress [part~=child-count]"
+    with tracked.group("nightly-real", store=store) as group:
+        for i in range(3):
+            with tracked.start(f"nightly-{i}", store=store, group=group) as child:
+                if i == 2:
+                    child.fail("no rows")
+        running = tracked.start("nightly-3", total=4, store=store, group=group)
+        running.increment(2)
+        src = page.evaluate("(name) => tracked.statusUrl(name)", "nightly-real")
+        page.evaluate(ADD, [src, {"interval": "100"}])
+        page.wait_for_function(
+            "document.querySelector('tracked-progress').shadowRoot"
+            ".querySelector('[part~=child-count][data-state=running]') !== null")
+        assert page.locator(counts).all_text_contents() == [
+            "4 runs", "1 running", "2 finished", "1 failed"]
+        running.finish()
+    page.wait_for_selector("tracked-progress[state=failed]")
+    assert page.locator(counts).all_text_contents() == ["4 runs", "3 finished", "1 failed"]
+    assert part(page, "track").get_attribute("aria-valuenow") == "100"
+    assert "1 of 4 children failed" in (part(page, "error").text_content() or "")
+
+
 # ----------------------------------------------------------------------------- every state
 
 BASE: dict[str, Any] = {

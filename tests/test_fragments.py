@@ -269,3 +269,25 @@ def test_an_event_stream_with_format_html_sends_fragments(tmp_path):
     assert data[0].startswith('<div class="tracked-progress" data-state="finished"')
     assert "event: end" in body
     assert json.loads(data[-1]) == {}
+
+
+def test_a_groups_fragment_lists_its_children_counts_escaped(build: Build, store):
+    with tracked.group(HOSTILE, store=store) as group:
+        with tracked.start("ok", store=store, group=group):
+            pass
+        with tracked.start("bad", store=store, group=group) as child:
+            child.fail("no email")
+    body = build(store).get(f"{PREFIX}/{HOSTILE}", params={"format": "html"}).text
+    assert "<img" not in body
+    tags = Tags(body)
+    listing = tags.first("dl")
+    assert listing == {"class": "tracked-children", "aria-label": f"Children of {HOSTILE}"}
+    counts = {attrs["data-state"]: None for name, attrs in tags.tags if name == "dd"}
+    assert list(counts) == ["total", "queued", "running", "finished", "failed", "cancelled",
+                            "abandoned"]
+    inside = Tags(body[body.index("<dl"):body.index("</dl>")])
+    assert inside.text == ["total", "2", "queued", "0", "running", "0", "finished", "1", "failed",
+                     "1", "cancelled", "0", "abandoned", "0"]
+    assert tags.first("div")["data-state"] == "failed"
+    plain = Tags(build(store).get(f"{PREFIX}/ok", params={"format": "html"}).text)
+    assert "dl" not in {name for name, _ in plain.tags}  # a run that is no group: no list

@@ -444,3 +444,4 @@ def test_a_group_of_50_enqueued_jobs_reads_queued_then_ends_exactly(
     assert (state.state, state.count, state.percent) == ("finished", 50, 100.0)
     with pytest.raises(tracked.InvalidValue, match="closed"):  # closed: no new child
         tracked.rq.enqueue(queue, jobs.import_rows, 2, 0.0, group=batch)
+    assert queue.count == 0  # the refused job left in the queue ran later, uncounted

@@ -195,13 +195,18 @@ class Locked:
             return False  # a reader is in the file (or stopped in it): replace, never wait
         if self.size > len(data):
             data += b" " * (self.size - len(data))
+        # Only a write that grows the file can be cut short (a full disk, a file size
+        # limit): keep the old bytes to put back then, never a record half new.
+        old = os.pread(self.fd, self.size, 0) if len(data) > self.size else b""
         try:
             written = os.pwrite(self.fd, data, 0)
+            if 0 < written < len(data):
+                os.pwrite(self.fd, (old + b" " * written)[:written], 0)  # what it hit
         except OSError as exc:
             raise StoreError(f"cannot write {str(self.path)!r}: {exc}") from exc
         finally:
             _range_lock(self.fd, _F_UNLCK)
-        if written != len(data):  # never seen within one page; replace it whole then
+        if written != len(data):  # the old record is back: replace it whole instead
             return False
         self.size = len(data)
         self._touch()

@@ -17,11 +17,12 @@ import hashlib
 import itertools
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from ._filegroups import LEDGER_SUFFIX, FileGroupLedgers, GroupFiles
+from ._filegroups import CHILDREN_SUFFIX, FileGroupLedgers, GroupFiles, join_ledger, split_ledger
 from ._filelock import LOCK_TIMEOUT as LOCK_TIMEOUT
 from ._filelock import O_CLOEXEC, O_NOFOLLOW, Locked, read_regular
 from ._filelock import READ_LOCK_TIMEOUT as READ_LOCK_TIMEOUT
@@ -123,6 +124,8 @@ class FileStore(FileGroupLedgers, Store):
                 pass  # the directory was made again just now: this run's write fills it
             elif stored != owner.run:
                 raise self._superseded(state.key, path, "belongs to another run now")
+            if state.children is not None:  # a group's: only its record reads the file
+                data = _keep_ledger(locked.read(), data)
             self._write_locked(locked, data)
 
     def swap(self, state: State, owner: Owner, *, run: str, was: frozenset[str]) -> bool:
@@ -135,15 +138,16 @@ class FileStore(FileGroupLedgers, Store):
         except FileNotFoundError:
             return False
         with locked:
+            raw = locked.read()
             try:
-                existing = self._decode(locked.read(), path)
+                existing = self._decode(raw, path)
             except StoreError:
                 return False
             if existing is None or existing.state.key != state.key:
                 return False
             if not swappable(existing, run, was):
                 return False
-            self._write_locked(locked, data)
+            self._write_locked(locked, data if state.children is None else _keep_ledger(raw, data))
         return True
 
     def _write_locked(self, locked: Locked, data: bytes) -> None:
@@ -206,10 +210,10 @@ class FileStore(FileGroupLedgers, Store):
         return deleted
 
     def _prune_groups(self) -> None:
-        """Remove group ledgers whose record is gone (pruned, deleted)."""
-        for path in self._names(lambda n: n.endswith(LEDGER_SUFFIX) and not n.startswith(".")):
+        """Remove groups' children folders whose record is gone (pruned, deleted)."""
+        for path in self._names(lambda n: n.endswith(CHILDREN_SUFFIX) and not n.startswith(".")):
             if not path.with_suffix(SUFFIX).exists():
-                self.group_files.delete_files(path)
+                shutil.rmtree(path, ignore_errors=True)
 
     def _prune_one(self, path: Path, cutoff: float) -> bool:
         """Delete the record at ``path`` if, under its lock, it is still prunable (a new
@@ -582,3 +586,8 @@ def _stored_run(locked: Locked) -> str | None:
     return None if record.owner is None else record.owner.run
 
 
+def _keep_ledger(raw: bytes, data: bytes) -> bytes:
+    """A group's new record ``data`` with the ledger its file holds (``raw``): the
+    ledger is changed by children under the same lock, never by the group's writer."""
+    ledger = split_ledger(raw)[1]
+    return data if ledger is None else join_ledger(data, ledger)

@@ -10,6 +10,8 @@ it costs the same for 10 children as for 10,000. It ends when it is closed (the
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -26,6 +28,8 @@ from ._store import Owner, Store
 from .errors import InvalidValue, StoreError
 
 __all__ = ["Group", "cancel_group", "group", "token_of"]
+
+logger = logging.getLogger("tracked")
 
 #: The host of a group's owner: its children move it, no process holds it.
 GROUP_HOST = "(group)"
@@ -50,6 +54,9 @@ class Group:
         #: The token that makes a run a child: ``tracked.start(..., group=token)``.
         self.token = make_token(key, owner.run)
         self._closed = False
+        #: The process that made it: only it closes it (a forked child that leaves
+        #: the inherited ``with`` block must not shut the group on its parent).
+        self._pid = os.getpid()
 
     def __repr__(self) -> str:
         return f"<Group {self.key!r}>"
@@ -81,8 +88,9 @@ class Group:
         return state
 
     def close(self) -> None:
-        """Take no more children; the group ends once those it has end."""
-        if self._closed:
+        """Take no more children; the group ends once those it has end. Does nothing in
+        a process forked from the one that made the group (that one closes it)."""
+        if self._closed or self._pid != os.getpid():
             return
         self._closed = True
         book = self.store.close_group(self.key, self._owner.run)
@@ -100,9 +108,16 @@ class Group:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc is not None:
-            self.add_message(f"the group's block raised {type(exc).__name__}: {exc}")
-        self.close()
+        try:
+            if exc is not None:
+                self.add_message(f"the group's block raised {type(exc).__name__}: {exc}")
+        except Exception as error:  # noqa: BLE001 - never hide the block's own exception
+            logger.warning("cannot add a message to group %r: %s", self.key, error)
+        try:
+            self.close()
+        except Exception as error:  # noqa: BLE001 - instrumentation never kills the task
+            self._closed = False  # close() may be called again
+            logger.warning("cannot close group %r: %s", self.key, error)
 
 
 def group(

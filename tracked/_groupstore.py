@@ -12,9 +12,9 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ._ledger import GroupBook, child_line, overlay, parse_token, units_of
+from ._ledger import FULL, GroupBook, child_line, overlay, parse_token, units_of
 from ._state import ENDED_STATES, State
-from .errors import StoreError
+from .errors import InvalidValue, StoreError
 
 if TYPE_CHECKING:
     from ._store import Record, Store
@@ -81,7 +81,10 @@ def group_view(store: Store, record: Record, book: GroupBook) -> State:
     reader that wins the turn; an ended ledger under a running record is written
     into the record (a running record blocks new claims of its name)."""
     if book.ended_at is None and time.time() - book.swept_at >= store.sweep_window:
-        book = sweep_group(store, record.state.key, book) or book
+        try:
+            book = sweep_group(store, record.state.key, book) or book
+        except StoreError as exc:  # a full disk, say: the read still answers
+            logger.warning("cannot sweep group %r: %s", record.state.key, exc)
     if book.ended_at is not None and record.state.in_progress:
         finish_group(store, record, book)
     return overlay(record.state, book)
@@ -131,10 +134,13 @@ def finish_group(store: Store, record: Record, book: GroupBook) -> None:
 def sweep_group(store: Store, key: str, book: GroupBook) -> GroupBook | None:
     """Count as abandoned (or as they ended) the children of group ``key`` that its
     ledger holds as queued or running but whose records say otherwise: work in
-    proportion to the children, done once per ``sweep_window`` by one process."""
+    proportion to the children, done once per ``sweep_window`` by one process. A
+    running child whose record is gone (deleted, lost by a Redis restart) or now
+    holds a run of another group will never report its end here: it is counted
+    abandoned."""
     if not store.sweep_turn(key, book.run, store.sweep_window):
         return None
-    latest = None
+    latest, vanished = None, []
     for child, counted in store.group_children(key):
         if counted in ENDED_STATES:
             continue
@@ -142,11 +148,37 @@ def sweep_group(store: Store, key: str, book: GroupBook) -> GroupBook | None:
             state = store.load(child)  # judged: a dead owner's run reads abandoned
         except StoreError:
             continue
-        if state is None or state.state == counted:
+        if state is None or not _of_group(state, key, book.run):
+            if counted == "running":  # a queued one's record may be in a caller's
+                vanished.append(child)  # RQ pipeline, written when it executes
+        elif state.state != counted:
+            line = child_line(state) or f"{child.replace(chr(0), '/')} {state.state}"
+            moved = store.move_child(key, book.run, child, state.state, units_of(state), line)
+            latest = moved or latest
+    if vanished:
+        time.sleep(_SETTLE)  # a child's write may land just after its count (a cluster)
+    for child in vanished:
+        try:
+            state = store.load(child)
+        except StoreError:
             continue
-        line = child_line(state) or f"{child.replace(chr(0), '/')} {state.state}"
-        moved = store.move_child(key, book.run, child, state.state, units_of(state), line)
-        latest = moved or latest
+        if state is None or not _of_group(state, key, book.run):
+            why = "its record is gone" if state is None else "its name holds another run"
+            line = f"{child.replace(chr(0), '/')} abandoned: {why}"
+            latest = store.move_child(key, book.run, child, "abandoned", FULL, line) or latest
     return latest if latest is not None else store.read_group(key)
 
 
+#: How long a sweep waits before it counts a child whose record it did not find.
+_SETTLE = 0.05
+
+
+def _of_group(state: State, key: str, run: str) -> bool:
+    """Whether ``state`` is a run of group ``key``'s run ``run`` (by its token)."""
+    if state.group is None:
+        return False
+    try:
+        group_key, group_run = parse_token(state.group)
+    except InvalidValue:
+        return False
+    return group_key == key and run.startswith(group_run)

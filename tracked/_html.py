@@ -6,6 +6,7 @@ accessible progressbar) whose ``aria-valuetext`` says it in words.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from html import escape
 from typing import Any
 
@@ -21,7 +22,8 @@ MESSAGES = 5
 
 def fragment(state: State) -> str:
     """``state`` as one ``<div class="tracked-progress">``: bar, state words, status,
-    the newest messages, and the error or result once it ended."""
+    a group's children counts, the newest messages, and the error or result once it
+    ended."""
     shown = escape(_shown_name(state))
     word = escape(state_text(state))
     parts = [
@@ -33,6 +35,8 @@ def fragment(state: State) -> str:
     ]
     if state.status:
         parts.append(f'<p class="tracked-status">{escape(state.status)}</p>')
+    if state.children:
+        parts.append(_children(state.children, shown))
     if state.messages:
         items = "".join(f"<li>{escape(m)}</li>" for m in state.messages[-MESSAGES:])
         parts.append(f'<ul class="tracked-messages" aria-label="Messages">{items}</ul>')
@@ -72,6 +76,16 @@ def _bar(state: State, shown: str) -> str:
         return f'<progress class="tracked-bar" max="100" {label}>{words}</progress>'
     value = f"{state.percent:.1f}".rstrip("0").rstrip(".")
     return f'<progress class="tracked-bar" max="100" value="{value}" {label}>{words}</progress>'
+
+
+def _children(children: Mapping[str, int], shown: str) -> str:
+    """A group's ``children`` counts as a description list (``total``, then each
+    state with its count, in the wire order): screen readers say each pair."""
+    pairs = "".join(
+        f'<dt>{escape(str(word))}</dt><dd data-state="{escape(str(word))}">{int(count)}</dd>'
+        for word, count in children.items()
+    )
+    return f'<dl class="tracked-children" aria-label="Children of {shown}">{pairs}</dl>'
 
 
 def _figures(state: State) -> str:

@@ -20,6 +20,7 @@ from .errors import InvalidValue
 
 __all__ = [
     "CHILD_STATES",
+    "FULL",
     "GroupBook",
     "Ledger",
     "child_line",
@@ -67,6 +68,16 @@ class GroupBook:
     def unended(self) -> int:
         """Children still queued or running."""
         return self.counts.get("queued", 0) + self.counts.get("running", 0)
+
+    def refusal(self) -> str | None:
+        """Why this book's change refused a new run as a child, or None if it took it."""
+        if self.accepted:
+            return None
+        if self.cancelled:
+            return "its group was cancelled"
+        if self.closed:
+            return "its group is closed to new runs"
+        return "a run of this name already ended in its group"
 
     def children(self) -> dict[str, int]:
         """The wire object ``children``: total, then one count per state."""
@@ -141,14 +152,19 @@ class Ledger:
     ) -> tuple[GroupBook, bool]:
         """Count a child's change from ``previous`` (its state and units as counted; None:
         a new child) to ``state``; returns the new book and whether the child's entry
-        changed. An ended child stays as counted; a closed group takes no new child."""
+        changed. An ended child stays as counted (a new run of it is refused: ``accepted``
+        False); a closed or cancelled group takes no new child."""
         book = self.book
         if previous is None:
-            if book.closed:
+            if book.closed or book.cancelled:
                 return dataclasses.replace(book, accepted=False), False
             self.counts["total"] = self.counts.get("total", 0) + 1
             old_units = 0
         else:
+            if previous[0] in ENDED_STATES and state not in ENDED_STATES:
+                # a new run of a child that already ended: its end stays counted, and
+                # the group must not end (or read ended) while this run goes on
+                return dataclasses.replace(book, accepted=False), False
             if previous[0] in ENDED_STATES or previous == (state, units):
                 return book, False
             self.counts[previous[0]] = self.counts.get(previous[0], 0) - 1
@@ -169,6 +185,12 @@ class Ledger:
         """No new child from now on; the group ends at once if none is left running."""
         return self._ended(dataclasses.replace(self.book, closed=True), now)
 
+    def cancel(self) -> GroupBook:
+        """Mark the group cancelled, unless it has ended: an end never changes after."""
+        if self.book.ended_at is not None:
+            return self.book
+        return dataclasses.replace(self.book, cancelled=True)
+
     def _ended(self, book: GroupBook, now: float) -> GroupBook:
         if book.closed and book.ended_at is None and book.unended == 0:
             return dataclasses.replace(book, ended_at=now, just_ended=True)
@@ -181,7 +203,8 @@ def overlay(state: State, book: GroupBook | None) -> State:
     counts 1, a running one its ``count / total``, rounded down) of the number of
     children; it ends when closed and every child has ended: ``cancelled`` if it was
     cancelled and a child stopped, ``failed`` if a child failed or was abandoned,
-    else ``finished``."""
+    ``cancelled`` if a child stopped on its own request, ``finished`` only if every
+    child finished."""
     if book is None:
         return state
     children = book.children()
@@ -204,6 +227,8 @@ def overlay(state: State, book: GroupBook | None) -> State:
         elif failed:
             end = "failed"
             error = f"{failed} of {total} children failed: first error: {book.first_error}"
+        elif children["cancelled"]:  # a child stopped on request: not all work was done
+            end = "cancelled"
         else:
             end = "finished"
         ended = state if not state.in_progress else state.ended(end, book.ended_at)

@@ -106,7 +106,7 @@ class MemoryStore(Store):
 
     def cancel_group(self, key: str, run: str) -> GroupBook | None:
         """Mark group ``key`` cancelled (see ``Store.cancel_group``)."""
-        return self._change_book(key, run, lambda book: dataclasses.replace(book, cancelled=True))
+        return self._change_book(key, run, lambda book: Ledger(book).cancel())
 
     def sweep_turn(self, key: str, run: str, window: float) -> bool:
         """One caller per ``window`` sweeps group ``key``."""

@@ -233,7 +233,7 @@ def _count_field(query: str, field: str, default: int, most: int | None) -> int:
     if not values:
         return default
     value = values[-1]
-    if not value.isascii() or not value.isdigit() or (most is not None and int(value) > most):
+    if not _SINCE.fullmatch(value) or (most is not None and int(value) > most):
         bound = "" if most is None else f" up to {most}"
         raise tracked.InvalidValue(f"{field} must be an integer >= 0{bound}, got {value!r}")
     return int(value)

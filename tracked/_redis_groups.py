@@ -11,7 +11,8 @@ For group key ``K`` (``{T}`` its hash tag, as for its record):
 A child's change is one ``EVALSHA`` on these keys (old state -1, new state +1, in
 the group's slot, so it works on a Redis Cluster whatever slot the child is in):
 it is sent right after the child's own write, and a repeated one counts once.
-Reading a group is one more script call: the hash and the lines together.
+Reading a group is one script call: the record's read also returns the hash and
+the lines (same slot), so counts and record come from one atomic step.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from .errors import InvalidValue, StoreError
 if TYPE_CHECKING:
     from ._state import State
 
-__all__ = ["RedisGroupLedgers", "RedisGroups", "book_of"]
+__all__ = ["RedisGroupLedgers", "RedisGroups", "book_of", "decode_book"]
 
 _FINISH = """
 local function finish(grp, now)
@@ -60,14 +61,18 @@ local child, new, units, line = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local accepted, changed, old_units, created = 1, false, 0, 0
 local prev = redis.call('HGET', kids, child)
 if not prev then
-  if redis.call('HGET', grp, 'closed') == '1' then accepted = 0 else
+  if redis.call('HGET', grp, 'closed') == '1' or redis.call('HGET', grp, 'stop') == '1' then
+    accepted = 0
+  else
     redis.call('HINCRBY', grp, 'total', 1)
     changed, created = true, 1
   end
 else
   local pstate, punits = string.match(prev, '^(%a+) (%d+)$')
   punits = tonumber(punits)
-  if not ended[pstate] and (pstate ~= new or punits ~= units) then
+  if ended[pstate] and not ended[new] then
+    accepted = 0
+  elseif not ended[pstate] and (pstate ~= new or punits ~= units) then
     redis.call('HINCRBY', grp, pstate, -1)
     old_units, changed = punits, true
   end
@@ -113,13 +118,39 @@ if what == 'close' then
   flag = finish(grp, now)
   if flag == 1 then expire(tonumber(ARGV[4])) end
 elseif what == 'cancel' then
-  redis.call('HSET', grp, 'stop', '1')
+  if not redis.call('HGET', grp, 'ended_at') then redis.call('HSET', grp, 'stop', '1') end
 elseif now - tonumber(redis.call('HGET', grp, 'swept_at') or '0') >= tonumber(ARGV[5]) then
   redis.call('HSET', grp, 'swept_at', now)
   flag = 1
 end
 return {1, flag, redis.call('HGETALL', grp), redis.call('LRANGE', lines, 0, -1)}
 """
+
+# KEYS: the child's write's three, then grp, grpc, grpm. ARGV: how many arguments the
+# write takes, the write's, then MOVE's -- the child's write and its count in one
+# atomic step, on a single Redis (where every key is on the one server): {written},
+# or {written, MOVE's reply} when the write was done and the group has a ledger.
+JOINED = """
+local nw = tonumber(ARGV[1])
+local wa, ma = {}, {}
+for i = 2, nw + 1 do wa[#wa + 1] = ARGV[i] end
+for i = nw + 2, #ARGV do ma[#ma + 1] = ARGV[i] end
+local written = write_({KEYS[1], KEYS[2], KEYS[3]}, wa)
+if written ~= 1 then return {written} end
+local moved = move_({KEYS[4], KEYS[5], KEYS[6]}, ma)
+if not moved then return {written} end
+return {written, moved}
+"""
+
+
+def joined(write: str) -> str:
+    """The write script ``write`` and ``MOVE`` as one (see ``JOINED``): each body a
+    function of its own ``KEYS`` and ``ARGV``."""
+    return (
+        f"local function write_(KEYS, ARGV)\n{write}\nend\n"
+        f"local function move_(KEYS, ARGV)\n{MOVE}\nend\n{JOINED}"
+    )
+
 
 # KEYS: grp, grpc, grpm. ARGV: run -- a new ledger in place of any older one.
 OPEN = """
@@ -164,6 +195,8 @@ class RedisGroups:
         #: The move last sent with each child's own write: (state, units, book), for
         #: the ``move`` that follows it (see ``write_and_move``).
         self._sent: dict[str, tuple[str, int, GroupBook | None]] = {}
+        #: Each write script joined with ``MOVE``, by the write script's SHA1.
+        self._joined: dict[bytes, Script] = {}
 
     def keys(self, key: str) -> list[str]:
         """The ledger's three keys, in the group's slot."""
@@ -186,16 +219,18 @@ class RedisGroups:
         return _book(self._run(self._move, *self._move_call(key, run, child, state, units, line)))
 
     def write_and_move(self, script: Script, call: Call, state: State, *, claim: bool) -> Any:
-        """Send a child's write (``script`` with ``call``) and its group's ``MOVE`` in one
-        pipeline (on a cluster, to their two masters at once): the write's reply. The
-        book is kept for the ``move`` that follows; a refused claim's new entry is
-        taken back out of the ledger."""
+        """Send a child's write (``script`` with ``call``) and its group's ``MOVE``: on a
+        single Redis as one script, one atomic step (``JOINED``); on a cluster, where
+        they are in two slots, in one pipeline to their two masters at once. The
+        write's reply; the book is kept for the ``move`` that follows."""
         try:
             key, run = parse_token(state.group)
         except InvalidValue:
             return self._run(script, *call)
         units, child = units_of(state), clean_text(state.key)
         move = self._move_call(key, run, child, state.state, units, child_line(state))
+        if not isinstance(self._host.client(), RedisCluster):
+            return self._joined_call(script, call, move, child, (state.state, units))
         pairs = [(script, call), (self._move, move)]
         replies = self._host.call(_pipeline, self._host.client(), pairs)
         for i, reply in enumerate(replies):  # a server that lost a script: that call again
@@ -210,10 +245,27 @@ class RedisGroups:
             if created:
                 self._run(self._undo, move[0], [child, state.state, units])
         else:
-            if len(self._sent) >= 1024:  # left by writes whose move nobody asked for
-                self._sent.clear()
-            self._sent[child] = (state.state, units, book)
+            self._keep(child, (state.state, units), book)
         return written
+
+    def _joined_call(
+        self, script: Script, call: Call, move: Call, child: str, counted: tuple[str, int]
+    ) -> Any:
+        """The write and its count as one script call (see ``JOINED``): the write's reply."""
+        together = self._joined.get(script.sha)
+        if together is None:
+            together = self._joined[script.sha] = Script(joined(script.source))
+        (keys, args), (move_keys, move_args) = call, move
+        reply = self._run(together, [*keys, *move_keys], [len(args), *args, *move_args])
+        if reply[0] == 1:
+            self._keep(child, counted, book_of(reply[1])[0] if len(reply) > 1 else None)
+        return reply[0]
+
+    def _keep(self, child: str, counted: tuple[str, int], book: GroupBook | None) -> None:
+        """Keep the book a write's count returned, for the ``move`` that follows it."""
+        if len(self._sent) >= 1024:  # left by writes whose move nobody asked for
+            self._sent.clear()
+        self._sent[child] = (*counted, book)
 
     def _run(
         self, script: Script, keys: Sequence[str | bytes], args: Sequence[str | bytes | int]
@@ -312,6 +364,11 @@ def _book(reply: Any) -> GroupBook | None:
     accepted, flag, fields, lines = reply[:4]
     book = _decode(fields, lines)
     return dataclasses.replace(book, accepted=bool(accepted), just_ended=bool(flag))
+
+
+def decode_book(fields: Sequence[Any], lines: Sequence[Any]) -> GroupBook:
+    """A book from the ledger's hash and lines as the record's read returns them."""
+    return _decode(fields, lines)
 
 
 def _decode(fields: Sequence[Any], lines: Sequence[Any]) -> GroupBook:

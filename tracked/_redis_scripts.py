@@ -214,10 +214,11 @@ redis.call('DEL', unpack(KEYS))
 return 1
 """
 
-# KEYS: record, messages, lease, [parts]. The state and owner fields, the kept
-# messages as one JSON array (one reply to parse, not one per message), the lease's
-# remaining milliseconds and, given the parts key, the joined workers' parts (every
-# run's: readers keep the record's run's).
+# KEYS: record, messages, lease, [parts, [group ledger hash, group lines]]. The state
+# and owner fields, the kept messages as one JSON array (one reply to parse, not one
+# per message), the lease's remaining milliseconds and, given the parts key, the
+# joined workers' parts (every run's: readers keep the record's run's); given a
+# group's ledger keys (same slot), its hash and kept lines: a group read in one call.
 READ = """
 local fields = redis.call('HMGET', KEYS[1], 'state', 'owner')
 if not fields[1] then return false end
@@ -225,6 +226,10 @@ local reply = {fields[1], fields[2], cjson.encode(redis.call('LRANGE', KEYS[2], 
   redis.call('PTTL', KEYS[3])}
 if KEYS[4] then
   reply[5] = redis.call('TYPE', KEYS[4]).ok == 'hash' and redis.call('HVALS', KEYS[4]) or {}
+end
+if KEYS[5] and redis.call('TYPE', KEYS[5]).ok == 'hash' then
+  reply[6] = redis.call('HGETALL', KEYS[5])
+  reply[7] = redis.call('LRANGE', KEYS[6], 0, -1)
 end
 return reply
 """

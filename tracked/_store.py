@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from ._groupstore import GroupLedgers, group_view
+from ._ledger import GroupBook
 from ._state import State
 from .errors import AlreadyRunning, StoreError
 
@@ -108,6 +109,9 @@ class Record:
     #: The joined workers' parts of a shared run, when the backend read them with the
     #: record (one round trip); None: not read, ``Store.with_parts`` asks for them.
     parts: tuple[SharedPart, ...] | None = None
+    #: A group's ledger, when the backend read it with the record (one round trip);
+    #: None: not read, ``Store.with_group`` asks for it.
+    book: GroupBook | None = None
 
 
 def encode_record(state: State, owner: Owner | None) -> bytes:
@@ -157,9 +161,11 @@ def decode_record(raw: bytes | str) -> Record:
     if not isinstance(document, dict) or document.get("version") != RECORD_VERSION:
         raise ValueError("not a tracked record (no matching 'version')")
     owner = document.get("owner")
+    ledger = document.get("ledger")  # a group's, in a FileStore (``tracked._filegroups``)
     return Record(
         state=State.from_dict(document.get("state")),  # type: ignore[arg-type]
         owner=None if owner is None else Owner.from_dict(owner),
+        book=None if ledger is None else GroupBook.from_dict(ledger),
     )
 
 
@@ -418,11 +424,12 @@ class Store(GroupLedgers, abc.ABC):
 
     def with_group(self, record: Record) -> State:
         """What readers see of a group's ``record``: its own state with its ledger's
-        counts (one more read, whatever the number of children). A running group whose
+        counts (read with the record where the backend can, else one more read,
+        whatever the number of children). A running group whose
         last sweep is older than ``sweep_window`` is swept by the one reader that wins
         the turn (see ``sweep_group``); an ended ledger under a running record is
         written into the record (by ``finish_group``)."""
-        book = self.read_group(record.state.key)
+        book = record.book if record.book is not None else self.read_group(record.state.key)
         if book is None or record.owner is None or book.run != record.owner.run:
             return judge(record)
         return group_view(self, record, book)

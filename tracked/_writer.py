@@ -228,7 +228,7 @@ class RunWriter:
         book = self.report_group(state)
         if book is None:
             return "its group is not running"
-        return None if book.accepted else "its group is closed to new runs"
+        return book.refusal()
 
     def report_group(self, state: State) -> GroupBook | None:
         """Count a child's new state, or its progress, in its group's ledger (off the

@@ -114,7 +114,13 @@ def _published(
     # holds it), never as a run of the bare name that no reader looks for.
     headers[HEADER] = ticket.to_dict()
     (store or plan.store).claim(state, owner)
-    report_move(store or plan.store, state)  # a group's child is counted from now
+    if state.group is not None:  # a group's child is counted from now
+        book = report_move(store or plan.store, state)
+        why = "its group is not running" if book is None else book.refusal()
+        if why is not None:  # dropped before it starts: a worker skips it, never
+            end_queued(store or plan.store, ticket, "cancelled", error=why)  # uncounted
+            logger.warning("task %s (%r) not counted in its group: %s", headers["id"],
+                           state.key, why)
 
 
 def _queued_timeout(expires: object) -> float | None:

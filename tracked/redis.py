@@ -38,6 +38,7 @@ Scripts are called by their SHA1 (``EVALSHA``) and loaded when a server answers
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -74,7 +75,7 @@ from ._redis_connect import MAX_CONNECTIONS as MAX_CONNECTIONS
 from ._redis_connect import POOL_TIMEOUT as POOL_TIMEOUT
 from ._redis_connect import SOCKET_TIMEOUT as SOCKET_TIMEOUT
 from ._redis_connect import Client, address_of, async_twin, connector
-from ._redis_groups import Host, RedisGroupLedgers, RedisGroups
+from ._redis_groups import Host, RedisGroupLedgers, RedisGroups, decode_book
 from ._redis_scripts import (
     CLEAR_CANCEL,
     DELETE,
@@ -291,6 +292,12 @@ class RedisStore(RedisGroupLedgers, Store):
         """A read's keys from the ``{T}`` part: the record's, then its joined workers'
         parts (one slot: they share the tag)."""
         return [f"{self.prefix}{kind}:{tagged}" for kind in ("rec", "msg", "lease", "parts")]
+
+    def _view_keys(self, tagged: str) -> list[str]:
+        """A reader's keys from the ``{T}`` part: the read's, then a group's ledger
+        hash and lines (one slot: the ledgers take the record's tag)."""
+        ledger = [f"{self.prefix}{kind}:{tagged}" for kind in ("grp", "grpm")]
+        return [*self._all_keys(tagged), *ledger]
 
     def _read_keys(self, key: str) -> list[str]:
         """A read's keys: the record's, then its joined workers' parts."""
@@ -663,11 +670,11 @@ class RedisStore(RedisGroupLedgers, Store):
 
     def read(self, key: str) -> Record | None:
         """The record of ``key`` and its lease in one script call, or None."""
-        reply = self._read_record(self._read, key, self._read_keys(key))
+        reply = self._read_record(self._read, key, self._view_keys(hash_tag(key)))
         if not reply:
             return None
         try:
-            record = decode_reply(reply, time.time())
+            record = _with_book(decode_reply(reply, time.time()), reply)
         except ValueError as exc:
             raise StoreError(f"corrupt progress record {key!r} in {self}: {exc}") from exc
         if record.state.key != key:
@@ -711,14 +718,14 @@ class RedisStore(RedisGroupLedgers, Store):
         pattern = glob_escape(self.prefix + "rec:{") + "*"
         tags = [key[start:] for key in map(key_text, self._call(self._scan, pattern)) if key]
         for offset in range(0, len(tags), SCAN_BATCH):
-            calls = [(self._all_keys(tag), ()) for tag in tags[offset : offset + SCAN_BATCH]]
+            calls = [(self._view_keys(tag), ()) for tag in tags[offset : offset + SCAN_BATCH]]
             replies = self._call(self._run_many, self._read, calls)
             now = time.time()
             for reply in replies:
                 if not reply or isinstance(reply, Exception):
                     continue  # gone since the scan, or a foreign value under our prefix
                 try:
-                    yield decode_reply(reply, now)
+                    yield _with_book(decode_reply(reply, now), reply)
                 except ValueError:
                     continue
 
@@ -802,3 +809,8 @@ def _reopen(
     return store
 
 
+def _with_book(record: Record, reply: Sequence[Any]) -> Record:
+    """``record`` with the group ledger its read returned (none for other runs)."""
+    if len(reply) < 7 or not reply[5]:
+        return record
+    return dataclasses.replace(record, book=decode_book(reply[5], reply[6]))

@@ -127,7 +127,7 @@ def enqueue(queue: rq.Queue, func: Callable[..., Any], *args: Any, **kwargs: Any
         raise
     _connections.add(connection)
     if token is not None:  # counted queued in its group (a caller's pipeline: now too)
-        _count_in_group(store, state, ticket)
+        _count_in_group(store, state, ticket, job if own else None)
     return job
 
 
@@ -149,13 +149,16 @@ def _pipeline(parsed: Any, connection: Any) -> tuple[Any, bool]:
     return parsed.pipeline, False
 
 
-def _count_in_group(store: Store, state: State, ticket: Ticket) -> None:
-    """Count the queued run in its group; a group that refused it ends it ``failed``
-    (its worker then skips it) and ``InvalidValue`` says so."""
+def _count_in_group(store: Store, state: State, ticket: Ticket, job: Job | None) -> None:
+    """Count the queued run in its group; a group that refused it drops it before it
+    starts (``cancelled``: a worker skips it; ``job``, pushed already, is cancelled),
+    never left to run uncounted, and ``InvalidValue`` says so."""
     book = report_move(store, state)
-    if book is None or not book.accepted:
-        why = "its group is closed or not running"
-        end_queued(store, ticket, "failed", error=why)
+    why = "its group is not running" if book is None else book.refusal()
+    if why is not None:
+        end_queued(store, ticket, "cancelled", error=why)
+        if job is not None:
+            job.cancel()
         raise InvalidValue(f"cannot enqueue {state.key!r}: {why}")
 
 
