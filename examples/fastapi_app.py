@@ -26,6 +26,8 @@ import tracked
 from tracked.asgi import TrackedMiddleware
 
 PAGE = Path(__file__).resolve().parent / "static" / "follow.html"
+#: The same job followed by ``<tracked-progress>``, with a Stop button.
+BAR_PAGE = Path(__file__).resolve().parent / "static" / "bar.html"
 
 
 def create_app(store: str | None = None) -> fastapi.FastAPI:
@@ -33,8 +35,12 @@ def create_app(store: str | None = None) -> fastapi.FastAPI:
     seconds = float(os.environ.get("TRACKED_DEMO_SECONDS", "10"))
     steps = int(os.environ.get("TRACKED_DEMO_STEPS", "50"))
     app = fastapi.FastAPI()
+    # cancel=True: DELETE on the status route stops a run; anyone who knows its
+    # unguessable progress_id may stop it (pass a callable to decide per request).
     app.add_middleware(
-        TrackedMiddleware, store=store or os.environ.get("TRACKED_STORE") or tracked.default_store()
+        TrackedMiddleware,
+        store=store or os.environ.get("TRACKED_STORE") or tracked.default_store(),
+        cancel=True,
     )
 
     @app.get("/")
@@ -45,6 +51,26 @@ def create_app(store: str | None = None) -> fastapi.FastAPI:
     def client() -> Response:
         script = files("tracked").joinpath("static/tracked.js").read_bytes()
         return Response(script, media_type="text/javascript")
+
+    @app.get("/bar")
+    def bar_page() -> HTMLResponse:
+        return HTMLResponse(BAR_PAGE.read_text())
+
+    @tracked.tracked("demo-job", total=steps)
+    def background_job() -> dict[str, Any]:
+        progress = tracked.current()
+        for step in range(1, steps + 1):
+            progress.check()  # tracked.Cancelled once a stop was asked
+            time.sleep(seconds / steps)
+            progress.increment(1, f"step {step} of {steps} done")
+        return {"result": "done", "steps": steps}
+
+    @app.post("/jobs/background", status_code=202)
+    def start_background_job(response: Response) -> dict[str, str]:
+        """Run the job on a thread of this process; 202 with its status URL at once."""
+        progress = tracked.submit(background_job)
+        response.headers["Location"] = tracked.status_url(progress)
+        return {"status_url": tracked.status_url(progress)}
 
     @app.post("/jobs/main")
     @tracked.tracked("demo-job", total=steps)

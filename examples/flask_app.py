@@ -26,6 +26,8 @@ import tracked
 from tracked.wsgi import TrackedMiddleware
 
 PAGE = Path(__file__).resolve().parent / "static" / "follow.html"
+#: The same job followed by ``<tracked-progress>``, with a Stop button.
+BAR_PAGE = Path(__file__).resolve().parent / "static" / "bar.html"
 
 
 def create_app(store: str | None = None) -> flask.Flask:
@@ -33,8 +35,11 @@ def create_app(store: str | None = None) -> flask.Flask:
     seconds = float(os.environ.get("TRACKED_DEMO_SECONDS", "10"))
     steps = int(os.environ.get("TRACKED_DEMO_STEPS", "50"))
     app = flask.Flask(__name__)
+    # cancel=True: DELETE on the status route stops a run; anyone who knows its
+    # unguessable progress_id may stop it (pass a callable to decide per request).
     app.wsgi_app = TrackedMiddleware(  # type: ignore[method-assign]
-        app.wsgi_app, store or os.environ.get("TRACKED_STORE") or tracked.default_store()
+        app.wsgi_app, store or os.environ.get("TRACKED_STORE") or tracked.default_store(),
+        cancel=True,
     )
 
     @app.get("/")
@@ -45,6 +50,26 @@ def create_app(store: str | None = None) -> flask.Flask:
     def client() -> Any:
         script = files("tracked").joinpath("static/tracked.js").read_bytes()
         return flask.Response(script, mimetype="text/javascript")
+
+    @app.get("/bar")
+    def bar_page() -> Any:
+        return flask.Response(BAR_PAGE.read_bytes(), mimetype="text/html")
+
+    @tracked.tracked("demo-job", total=steps)
+    def background_job() -> dict[str, Any]:
+        progress = tracked.current()
+        for step in range(1, steps + 1):
+            progress.check()  # tracked.Cancelled once a stop was asked
+            time.sleep(seconds / steps)
+            progress.increment(1, f"step {step} of {steps} done")
+        return {"result": "done", "steps": steps}
+
+    @app.post("/jobs/background")
+    def start_background_job() -> Any:
+        """Run the job on a thread of this worker; 202 with its status URL at once."""
+        progress = tracked.submit(background_job)
+        return {"status_url": tracked.status_url(progress)}, 202, {
+            "Location": tracked.status_url(progress)}
 
     @app.post("/jobs/main")
     @tracked.tracked("demo-job", total=steps)

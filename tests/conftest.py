@@ -443,3 +443,34 @@ def until_state(
             return state
         time.sleep(0.02)
     raise AssertionError(f"never held; last state: {read()}")
+
+
+# ----------------------------------------------------------------------------- npm
+
+#: Browser files from the npm registry for the page tests (axe-core, htmx): package
+#: spec -> the file inside it.
+NPM = {"axe-core@4": "axe.min.js", "htmx.org@2": "dist/htmx.min.js",
+       "htmx-ext-sse@2": "dist/sse.js"}
+
+
+@pytest.fixture(scope="session")
+def npm_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """axe-core and htmx (with its SSE extension) unpacked from the npm registry."""
+    import tarfile
+
+    npm = require_binary("npm")
+    cache = Path(os.environ.get("TRACKED_NPM_CACHE") or tmp_path_factory.mktemp("npm"))
+    cache.mkdir(parents=True, exist_ok=True)
+    found = {}
+    for spec, inside in NPM.items():
+        name = spec.rsplit("@", 1)[0]
+        target = cache / name / "package" / inside
+        if not target.exists():
+            packed = subprocess.run(
+                [npm, "pack", spec, "--silent", "--pack-destination", str(cache)],
+                check=True, capture_output=True, text=True, timeout=180,
+            ).stdout.strip().splitlines()[-1]
+            with tarfile.open(cache / packed) as archive:
+                archive.extractall(cache / name, filter="data")
+        found[name] = target
+    return found

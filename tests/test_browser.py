@@ -387,3 +387,23 @@ def test_new_progress_ids_are_valid_and_distinct(watched: PageWatch) -> None:
     ids = watched.page.evaluate("Array.from({length: 200}, () => tracked.newProgressId())")
     assert len(set(ids)) == 200
     assert all(re.fullmatch(r"[A-Za-z0-9._~-]{1,128}", i) for i in ids)
+
+
+def test_a_whole_demo_run_logs_no_console_error(watched: PageWatch) -> None:
+    """The demo's default server (sync workers) does not stream: the status answer says
+    so (``X-Tracked-Events: 0``) and tracked.js never opens an EventSource, whose
+    refusal Chromium would log as a MIME-type error."""
+    page = watched.page
+    console: list[str] = []
+    streams: list[str] = []
+    page.on("console", lambda m: console.append(m.text) if m.type in ("error", "warning") else None)
+    page.on("request", lambda r: streams.append(r.url)
+            if r.headers.get("accept") == "text/event-stream" else None)
+    page.click("#start")
+    expect(page.locator("#state")).to_have_text("finished", timeout=TIMEOUT_MS)
+    element = page.locator("#element")
+    expect(element).to_have_attribute("state", "finished")
+    expect(element.locator("[role=progressbar]")).to_have_attribute("aria-valuenow", "100")
+    assert console == []
+    assert streams == []
+    assert watched.errors == []

@@ -132,8 +132,8 @@ def test_serve_shows_no_stop_button_and_refuses_delete_unless_allowed(chromium, 
         assert code == 405
         page = chromium.new_page()
         page.goto(f"{url}/progress?name=remote")
-        expect(page.locator("#state")).to_have_text("running", timeout=TIMEOUT_MS)
-        expect(page.locator("#stop")).to_be_hidden()
+        expect(page.locator("#progress [part~=state]")).to_have_text("running", timeout=TIMEOUT_MS)
+        expect(page.locator("#progress [part~=stop]")).to_be_hidden()
         page.close()
     finally:
         server.terminate()
@@ -147,11 +147,12 @@ def test_serve_allow_cancel_shows_a_stop_button_that_stops_the_run(chromium, rem
     try:
         page = chromium.new_page()
         page.goto(f"{url}/progress?name=remote")
-        expect(page.locator("#stop")).to_be_visible(timeout=TIMEOUT_MS)
-        page.click("#stop")
-        expect(page.locator("#state")).to_have_text("cancelled", timeout=TIMEOUT_MS)
-        expect(page.locator("#stop")).to_be_hidden()
-        expect(page.locator("#messages li").last).to_have_text("cleanup ran")
+        expect(page.locator("#progress [part~=stop]")).to_be_visible(timeout=TIMEOUT_MS)
+        page.click("#progress [part~=stop]")
+        expect(page.locator("#progress [part~=state]")).to_have_text(
+            "cancelled", timeout=TIMEOUT_MS)
+        expect(page.locator("#progress [part~=stop]")).to_be_hidden()
+        expect(page.locator("#progress [part~=message]").last).to_have_text("cleanup ran")
         page.close()
     finally:
         server.terminate()

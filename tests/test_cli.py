@@ -818,7 +818,7 @@ def test_serve_never_puts_stored_text_into_html_unescaped(
     assert "<img" not in page and '"quoted' not in page
     assert "&lt;img src=x onerror=alert(1)&gt;&quot;quoted?progress_id=p-1" in page
     encoded = "%3Cimg%20src%3Dx%20onerror%3Dalert%281%29%3E%22quoted"
-    assert f'data-status-url="/_progress_status/{encoded}?progress_id=p-1"' in page
+    assert f'src="/_progress_status/{encoded}?progress_id=p-1"' in page
     wire = json.loads(fetch(base + listed["status_url"])[2])
     assert wire["name"] == name
 
@@ -912,12 +912,15 @@ def test_serve_pages_follow_a_batch_job_live_in_a_browser(
     expect(link).to_be_visible()
     link.click()
     expect(page.locator("#title")).to_have_text(name)
-    expect(page.locator("#state")).to_have_text("running")
-    expect(page.locator("#fraction")).to_have_text("10/20 (50.0%)")
+    expect(page.locator("#progress [part~=state]")).to_have_text("running")
+    expect(page.locator("#progress [part~=count]")).to_have_text("10 / 20")
+    expect(page.locator("#progress [role=progressbar]")).to_have_attribute("aria-valuenow", "50")
     job.release()
-    expect(page.locator("#fraction")).to_have_text("20/20 (100.0%)")
-    expect(page.locator("#state")).to_have_text("finished")
-    expect(page.locator("#messages li")).to_have_text([f"step {i}" for i in range(20)])
+    expect(page.locator("#progress [part~=count]")).to_have_text("20 / 20")
+    expect(page.locator("#progress [part~=state]")).to_have_text("finished")
+    expect(page.locator("#progress [part~=label]")).to_have_text(name)
+    expect(page.locator("#progress [part~=message]")).to_have_text(
+        [f"step {i}" for i in range(20)])
     assert job.wait() == 0
     assert dialogs == [] and errors == []
     page.close()

@@ -63,11 +63,11 @@ def test_serve_page_of_every_dot_segment_name_shows_that_progress(served, page):
 
     for name, count in COUNTS.items():
         page.goto(f"{served}/progress?{urlencode({'name': name})}")
-        expect(page.locator("#fraction")).to_have_text(f"{count}/100 ({count:.1f}%)")
-        expect(page.locator("#state")).to_have_text("finished")
+        expect(page.locator("#progress [part~=count]")).to_have_text(f"{count} / 100")
+        expect(page.locator("#progress [part~=state]")).to_have_text("finished")
         assert page.locator("#title").get_attribute("data-label") == printable(name)
     page.goto(f"{served}/progress?{urlencode({'name': '..', 'progress_id': 'p-1'})}")
-    expect(page.locator("#fraction")).to_have_text("11/100 (11.0%)")
+    expect(page.locator("#progress [part~=count]")).to_have_text("11 / 100")
 
 
 def test_list_page_links_open_the_progress_they_name(served, page):
@@ -77,7 +77,7 @@ def test_list_page_links_open_the_progress_they_name(served, page):
     link = page.get_by_role("link", name="x/../b", exact=True)
     expect(link).to_be_visible()
     link.click()
-    expect(page.locator("#fraction")).to_have_text("2/100 (2.0%)")
+    expect(page.locator("#progress [part~=count]")).to_have_text("2 / 100")
 
 
 def test_tracked_js_status_urls_reach_every_name_in_chromium(served, page):
@@ -156,3 +156,21 @@ def test_tracked_js_state_text_says_what_tracked_show_says(served, page):
     assert expected[1] == "running, stopping…"
     assert expected[2:6] == [f"queued ({n} in line)" for n in ("1st", "2nd", "11th", "23rd")]
     assert expected[6] == "finished (a stop was asked but the task did not stop)"
+
+
+def test_axe_finds_no_violation_on_the_list_and_progress_pages(served, page, npm_files):
+    from playwright.sync_api import expect
+
+    pages = ("/", f"/progress?{urlencode({'name': 'x/../b'})}")
+    for scheme, path in [(scheme, path) for scheme in ("light", "dark") for path in pages]:
+        page.emulate_media(color_scheme=scheme)
+        page.goto(served + path)
+        if path != "/":
+            expect(page.locator("#progress")).to_have_attribute("state", "finished")
+        else:
+            expect(page.get_by_role("link", name="x/../b", exact=True)).to_be_visible()
+        page.add_script_tag(path=str(npm_files["axe-core"]))
+        violations = page.evaluate(
+            "async () => (await axe.run(document)).violations.map("
+            "v => v.id + ': ' + v.nodes.map(n => n.target.join(' ')).join(', '))")
+        assert violations == [], (scheme, path, violations)

@@ -91,8 +91,9 @@ def asgi_driver(app: Callable[..., Any]) -> Callable[..., Any]:
         asyncio.run(app(scope, receive, send))
         start, body = sent[0], sent[1]
         assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
-        status = HTTPStatus(start["status"])
-        start_response(f"{status.value} {status.phrase}",
+        code = start["status"]
+        phrase = HTTPStatus(code).phrase if code in HTTPStatus._value2member_map_ else "Other"
+        start_response(f"{code} {phrase}",
                        [(k.decode("latin-1"), v.decode("latin-1")) for k, v in start["headers"]])
         return [body["body"]]
 

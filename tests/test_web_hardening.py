@@ -584,13 +584,12 @@ def test_serve_page_shows_a_run_named_after_its_status_once(served, chromium):
     page = chromium.new_page()
     try:
         page.goto(served + "/progress?name=Processing%20records")
-        page.wait_for_function("document.getElementById('state').textContent === 'finished'",
-                               timeout=30_000)
-        assert page.locator("#status").text_content() == ""
-        assert page.locator("body").inner_text().count("Processing records") == 1
+        page.wait_for_selector("#progress[state=finished]", timeout=30_000)
+        assert page.locator("#progress [part~=status]").text_content() == ""
+        assert page.locator("#progress [part~=label]").is_hidden()  # the h1 names it
+        assert page.locator("h1").text_content() == "Processing records"
         page.goto(served + "/progress?name=job-3")  # a status saying more is still shown
-        page.wait_for_function("document.getElementById('state').textContent === 'finished'",
-                               timeout=30_000)
+        page.wait_for_selector("#progress[state=finished]", timeout=30_000)
         assert page.locator("h1").text_content() == "job-3"
     finally:
         page.close()
@@ -602,7 +601,9 @@ def test_the_readme_describes_tracked_js_by_its_default_transport():
     readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
     sentence = next(s for s in readme.split(". ") if "`tracked.js`" in s)
     assert "polls it" not in sentence
-    assert "Server-Sent Events" in sentence and "polling where streams fail" in sentence
+    assert "Server-Sent Events" in sentence and "default transport (`auto`)" in sentence
+    assert "polling where streams are off or fail" in sentence
+    assert "when the answer says the server streams" in sentence  # X-Tracked-Events
 
 
 # ----------------------------------------------------------------------------- item 9: If-Match

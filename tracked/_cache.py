@@ -167,7 +167,7 @@ class EventCache:
         self._lock = threading.Lock()
         self._streams: dict[str, int] = {}
         # (key, errors hidden) -> (state, {cursor (negative: a first event): event}, bytes)
-        self._entries: dict[tuple[str, bool], tuple[tracked.State, dict[int, bytes], int]] = {}
+        self._entries: dict[tuple[str, int], tuple[tracked.State, dict[int, bytes], int]] = {}
         # key -> (file identity, valid until (monotonic), state, its bytes): FileStore reads
         self._loaded: dict[str, tuple[Signature, float, tracked.State, int]] = {}
         self._bytes = 0
@@ -225,19 +225,19 @@ class EventCache:
             loaded = self._loaded.pop(key, None)
             if loaded is not None:
                 self._bytes -= loaded[3]
-            for hide in (False, True):
+            for hide in range(4):  # JSON or HTML (+2), error shown or hidden (+1)
                 entry = self._entries.pop((key, hide), None)
                 if entry is not None:
                     self._bytes -= entry[2]
 
-    def get(self, key: str, hide: bool, state: tracked.State, cursor: int) -> bytes | None:
+    def get(self, key: str, hide: int, state: tracked.State, cursor: int) -> bytes | None:
         """The event already encoded for ``state`` from ``cursor`` on, or None."""
         entry = self._entries.get((key, hide))
         if entry is None or entry[0] is not state:
             return None
         return entry[1].get(cursor)
 
-    def put(self, key: str, hide: bool, state: tracked.State, cursor: int, event: bytes) -> None:
+    def put(self, key: str, hide: int, state: tracked.State, cursor: int, event: bytes) -> None:
         """Keep ``event`` (``state`` from ``cursor`` on) for the key's other streams."""
         with self._lock:
             if key not in self._streams:

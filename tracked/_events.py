@@ -22,6 +22,7 @@ import tracked
 
 from . import _watch
 from ._cache import EventCache
+from ._html import fragment
 from ._response import NO_STORE
 
 __all__ = [
@@ -207,7 +208,7 @@ def event_id(state: tracked.State) -> str:
 
 def _event(
     state: tracked.State, cursor: int, *, retry: bool = False, show_errors: bool = True,
-    events: EventCache | None = None, key: str = "",
+    events: EventCache | None = None, key: str = "", html: bool = False,
 ) -> bytes:
     """One event: the wire JSON of ``state`` with the messages from ``cursor`` on
     (with ``show_errors=False``, a failed run's error text reads ``"failed"``, as in
@@ -216,9 +217,10 @@ def _event(
     Streams that follow one key get the very same ``State`` object from their
     watcher (or a FileStore read shared by ``EventCache.load``), mostly at the same
     cursor: with ``events`` (the service's cache, ``key`` the storage key) each such
-    event, a stream's first one too, is rendered once for all of them.
+    event, a stream's first one too, is rendered once for all of them. ``html``: the
+    data is the state's HTML fragment (``?format=html``, for htmx's SSE extension).
     """
-    hide = not show_errors and state.error is not None
+    hide = (not show_errors and state.error is not None) + 2 * html
     slot = -1 - cursor if retry else cursor  # a first event (with retry:) is another
     if events is not None:
         cached = events.get(key, hide, state, slot)
@@ -227,7 +229,11 @@ def _event(
     shown = state.messages_since(cursor) if cursor else state
     if hide:
         shown = dataclasses.replace(shown, error="failed")
-    data = json.dumps(shown.to_dict(), ensure_ascii=False, separators=(",", ":"))
+    if html:
+        text = fragment(shown).replace("\r\n", "\n").replace("\r", "\n")
+        data = "\ndata: ".join(text.split("\n"))  # the client joins them with "\n" again
+    else:
+        data = json.dumps(shown.to_dict(), ensure_ascii=False, separators=(",", ":"))
     head = f"retry: {RETRY_MS}\n" if retry else ""
     event = f"{head}id: {event_id(state)}\ndata: {data}\n\n".encode()
     if events is not None:
@@ -250,6 +256,7 @@ def event_schedule(
     show_errors: bool = True,
     events: EventCache | None = None,
     key: str = "",
+    html: bool = False,
 ) -> Schedule:
     """The events of one stream, starting from ``state`` (just read) and ``cursor``
     (the messages the client has).
@@ -263,12 +270,15 @@ def event_schedule(
     the cursor on; else the record is read (``LOAD``), as after ``recheck`` seconds
     without either (an owner that died writes nothing: it then reads ``abandoned``).
     ``show_errors=False`` replaces a failed run's error text by ``"failed"``;
-    ``events`` and ``key``: the cache sharing encoded events between streams of ``key``.
+    ``events`` and ``key``: the cache sharing encoded events between streams of ``key``;
+    ``html``: events carry the HTML fragment instead of the JSON.
     """
     now = clock()
     deadline = now + max_seconds
     run = run_number(state)
-    yield _event(state, cursor, retry=True, show_errors=show_errors, events=events, key=key)
+    yield _event(
+        state, cursor, retry=True, show_errors=show_errors, events=events, key=key, html=html
+    )
     # What was sent, without its messages: a waiting stream holds no copy of the record
     # (messages only grow, so message_count tells a change of them).
     sent, cursor, last_emit, last_read = _slim(state), state.message_count, now, now
@@ -300,7 +310,9 @@ def event_schedule(
             continue
         if run_number(current) != run:  # the name was started again: all of the new run
             run, cursor = run_number(current), 0
-        event = _event(current, cursor, show_errors=show_errors, events=events, key=key)
+        event = _event(
+            current, cursor, show_errors=show_errors, events=events, key=key, html=html
+        )
         sent, cursor, current = slim, current.message_count, None
         yield event
         event, last_emit = b"", now

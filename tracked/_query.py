@@ -24,11 +24,13 @@ __all__ = [
     "mount_prefix",
     "query_values",
     "request_key",
+    "requested_html",
     "requested_name",
     "requested_progress_id",
     "requested_since",
     "status_url",
     "storage_key",
+    "wants_html",
 ]
 
 PROGRESS_ID_HEADER = "X-Progress-Id"
@@ -209,6 +211,34 @@ def requested_since(query: str) -> int:
     if not _SINCE.fullmatch(value):
         raise tracked.InvalidValue(f"since must be a non-negative integer, got {value!r}")
     return int(value)
+
+
+def requested_html(query: str, accept: str | None, hx_request: str | None) -> bool:
+    """Whether a request asks for the HTML fragment rather than the JSON: ``?format=html``
+    (``?format=json`` asks for JSON whatever the headers say), else ``HX-Request: true``
+    (htmx) or an ``Accept`` preferring ``text/html`` to JSON (a browser's address bar).
+    Another ``format`` is ``InvalidValue`` (a 400)."""
+    formats = query_values(query, "format") if query else []
+    if formats:
+        if len(set(formats)) > 1 or formats[0] not in ("html", "json"):
+            raise tracked.InvalidValue(
+                f"format must be 'html' or 'json', got {', '.join(map(repr, formats))}"
+            )
+        return formats[0] == "html"
+    if hx_request is not None and hx_request.strip().lower() == "true":
+        return True
+    return accept is not None and wants_html(accept)
+
+
+def wants_html(accept: str) -> bool:
+    """Whether an ``Accept`` header names ``text/html`` before any JSON type (a browser
+    navigating does; ``fetch``'s ``*/*`` and tracked.js's ``application/json`` do not)."""
+    lowered = accept.lower()
+    at = lowered.find("text/html")
+    if at < 0:
+        return False
+    json_at = lowered.find("json")
+    return json_at < 0 or at < json_at
 
 
 def missing_name(prefix: str) -> tracked.InvalidName:

@@ -19,6 +19,7 @@ __all__ = [
     "error",
     "if_match_allows",
     "render",
+    "rendered",
     "respond",
     "run_tag",
 ]
@@ -47,12 +48,20 @@ class Rendered:
     not_modified: Response
 
 
-def render(state: tracked.State) -> Rendered:
+def render(state: tracked.State, *headers: tuple[str, str]) -> Rendered:
     """The wire JSON of ``state`` and its ETag: ``"<run>.<hash of those very bytes>"``
-    (``run_tag``), so an ETag also says which run of the name it was taken from."""
+    (``run_tag``), so an ETag also says which run of the name it was taken from.
+    ``headers`` are added to the 200 (the service's ``X-Tracked-Events``)."""
     body = json.dumps(state.to_dict(), ensure_ascii=False, separators=(",", ":")).encode()
+    return rendered(body, JSON_TYPE, state, headers)
+
+
+def rendered(
+    body: bytes, content_type: str, state: tracked.State, headers: tuple[tuple[str, str], ...]
+) -> Rendered:
+    """``body`` (a rendering of ``state``) with its ETag and its 200 and 304 answers."""
     etag = f'"{run_tag(state)}.{hashlib.blake2b(body, digest_size=12).hexdigest()}"'
-    ok = Response(200, (("Content-Type", JSON_TYPE), ("ETag", etag), NO_STORE), body)
+    ok = Response(200, (("Content-Type", content_type), ("ETag", etag), NO_STORE, *headers), body)
     return Rendered(body, etag, ok, Response(304, (("ETag", etag), NO_STORE)))
 
 

@@ -96,7 +96,7 @@ def _progress_page(key: str, allow_cancel: bool = False) -> str:
     return (
         template.replace("{{status_url}}", html.escape(status_url, quote=True))
         .replace("{{label}}", html.escape(display_key(key), quote=True))
-        .replace("{{cancel}}", "1" if allow_cancel else "")
+        .replace("{{cancel}}", "cancel" if allow_cancel else "")
     )
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "DEFAULT_MAX_RESULT_BYTES",
     "DEFAULT_STATUS",
     "ENDED_STATES",
+    "NOT_RESULTS",
     "STATES",
     "State",
     "encode_result",
@@ -322,13 +323,19 @@ def set_max_result_bytes(limit: object) -> None:
     _max_result_bytes[0] = limit
 
 
+#: Types of a web framework's answers (``tracked.django`` adds Django's responses): a
+#: run returning one publishes no result, and nothing is logged about it.
+NOT_RESULTS: list[type] = []
+
+
 def encode_result(value: object) -> tuple[Any, str | None]:
     """``(what readers will see, None)`` for a publishable result, else ``(None, why not)``.
 
     What readers see is the value after a JSON round trip (tuples become lists),
-    copied, so changing the original object later changes nothing published.
+    copied, so changing the original object later changes nothing published. A
+    value of a ``NOT_RESULTS`` type is no result: ``(None, None)``.
     """
-    if value is None:
+    if value is None or (NOT_RESULTS and isinstance(value, tuple(NOT_RESULTS))):
         return None, None
     try:
         text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)

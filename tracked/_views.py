@@ -14,6 +14,7 @@ from typing import Any, TextIO
 
 from . import State
 from ._state import DEFAULT_STATUS
+from ._words import NEVER_STARTED, never_started, span, state_text
 
 __all__ = [
     "LABEL_SEPARATOR",
@@ -95,19 +96,6 @@ def label(state: State) -> str:
     return printable(f"{state.name}{LABEL_SEPARATOR}{state.progress_id}")
 
 
-def span(seconds: float | None) -> str:
-    """A compact duration: ``4.2s``, ``45s``, ``12m``, ``3h``, ``2d``; ``-`` when unknown."""
-    if seconds is None:
-        return "-"
-    seconds = max(0.0, seconds)
-    if seconds < 10:
-        return f"{seconds:.1f}s"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size:.0f}{unit}"
-    return f"{seconds:.0f}s"
-
-
 def fraction(state: State) -> str:
     """``count/total`` and the percentage, as ``20/100 (20.0%)``; ``?`` for an unknown total."""
     total = "?" if state.total is None else str(state.total)
@@ -145,36 +133,6 @@ def ended_how(state: State) -> str:
     if state.state in ("finished", "failed"):
         return f"{state.state} before it saw the request"
     return f"ended {state.state}"
-
-
-def state_text(state: State) -> str:
-    """The state word as people read it: "stopping…" while a requested run goes on,
-    "finished (a stop was asked but the task did not stop)" after, "queued (2nd in
-    line)" while it waits."""
-    if state.in_progress and state.cancel_requested:
-        return f"{state.state}, stopping…"
-    if never_started(state):
-        return NEVER_STARTED
-    if state.state == "queued" and state.position is not None:
-        return f"queued ({_ordinal(state.position)} in line)"
-    if state.state in ("finished", "failed") and state.cancel_requested:
-        return f"{state.state} (a stop was asked but the task did not stop)"
-    return state.state
-
-
-#: What a queued run cancelled before a worker or thread took it up says it is.
-NEVER_STARTED = "cancelled before it started"
-
-
-def never_started(state: State) -> bool:
-    """Whether ``state`` is a queued run cancelled before it ran: its times are those
-    it waited in line, not a run's, so the commands show no elapsed or start time."""
-    return state.state == "cancelled" and state.count == 0 and state.status == NEVER_STARTED
-
-
-def _ordinal(n: int) -> str:
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"
 
 
 class _PlainView:

@@ -47,11 +47,13 @@ from ._events import (
     run_number,
     wants_events,
 )
+from ._html import HTML_TYPE, error_fragment, fragment
 from ._query import (
     form_progress_ids,
     missing_name,
     query_values,
     request_key,
+    requested_html,
     requested_name,
     requested_progress_id,
     requested_since,
@@ -66,6 +68,7 @@ from ._response import (
     error,
     if_match_allows,
     render,
+    rendered,
     respond,
     run_tag,
 )
@@ -74,7 +77,9 @@ from ._state import split_key
 __all__ = [
     "ALLOW",
     "CACHE_BYTES",
+    "EVENTS_HEADER",
     "EVENT_STREAM_TYPE",
+    "HTMX_STOP",
     "JSON_TYPE",
     "LOAD",
     "Authorize",
@@ -111,6 +116,10 @@ CancelPolicy = bool | Callable[[Any, str], bool]
 
 #: The methods the status route answers; any other gets a JSON 405 naming them.
 ALLOW = "GET, HEAD, OPTIONS"
+#: The header of a JSON answer saying whether the same URL streams events ("1" or "0").
+EVENTS_HEADER = "X-Tracked-Events"
+#: The status htmx takes as "stop polling": an ended run's fragment to an htmx poll.
+HTMX_STOP = 286
 
 
 @dataclasses.dataclass(slots=True)
@@ -132,6 +141,7 @@ class StatusRequest:
     accept: str | None = None
     last_event_id: str | None = None
     if_match: str | None = None
+    hx_request: str | None = None
 
 
 class StatusService:
@@ -165,6 +175,8 @@ class StatusService:
         self.cache_bytes = cache_bytes
         self._cache: RenderCache | None = None
         self._events = EventCache(cache_bytes // 2)
+        #: Tells tracked.js from its first answer whether to open an event stream.
+        self._advert = (EVENTS_HEADER, "1" if self.max_stream_seconds else "0")
 
     def __repr__(self) -> str:
         return f"StatusService(store={self.store!r})"
@@ -185,20 +197,25 @@ class StatusService:
         if method != "GET" and method != "HEAD":
             return _not_allowed(method)
         try:
-            key, since = self._key_and_since(request)
+            html = requested_html(request.query, request.accept, request.hx_request)
         except tracked.TrackedError as exc:
             return error(400, str(exc))
-        if self.authorize is not None and not self.authorize(request.native, key):
-            return error(403, "not allowed to read this progress")
         try:
-            rendered = self._rendered(key, since)
+            key, since = self._key_and_since(request)
+        except tracked.TrackedError as exc:
+            return _error(html, 400, str(exc))
+        if self.authorize is not None and not self.authorize(request.native, key):
+            return _error(html, 403, "not allowed to read this progress")
+        try:
+            found = self._rendered(key, since, html)
         except Exception as exc:  # noqa: BLE001 - a store or record problem, never HTML
             logger.warning("status route cannot read %r: %s", key, exc)
-            return error(500, "the progress store cannot be read")
-        if rendered is None:
+            return _error(html, 500, "the progress store cannot be read")
+        if found is None:
             shown = key.replace("\0", "?progress_id=")
-            return error(404, f"no progress {shown!r}")
-        return respond(rendered, request.if_none_match)
+            return _error(html, 404, f"no progress {shown!r}")
+        answer = respond(found, request.if_none_match)
+        return _htmx_end(answer) if html and _ended(found) and _htmx(request) else answer
 
     def cached(self, request: StatusRequest) -> Response | None:
         """The answer when it needs no store read and no user code: a GET or HEAD of a
@@ -213,9 +230,12 @@ class StatusService:
             return None
         try:
             key, since = self._key_and_since(request)
+            html = requested_html(request.query, request.accept, request.hx_request)
         except tracked.TrackedError:
             return None
-        return self._cached_answer(key, since, request.if_none_match)
+        if html and _htmx(request):
+            return None  # its end is a 286, decided by handle
+        return self._cached_answer(key, -1 - since if html else since, request.if_none_match)
 
     def cached_poll(self, name: str, if_none_match: str | None = None) -> Response | None:
         """``cached`` for the commonest request, a poll: a GET or HEAD naming ``name``
@@ -230,8 +250,8 @@ class StatusService:
         return self._cached_answer(key, 0, if_none_match)
 
     def _cached_answer(self, key: str, since: int, if_none_match: str | None) -> Response | None:
-        """The cached answer for ``key`` and ``since`` if current and nothing else
-        (``authorize``, another store than the cache's) must be asked."""
+        """The cached answer for ``key`` and ``since`` (its cache slot: see ``_rendered``)
+        if current and nothing else (``authorize``, another store) must be asked."""
         cache = self._cache
         if (
             self.authorize is not None or cache is None or cache._files is None
@@ -254,26 +274,30 @@ class StatusService:
         ):
             return self.handle(request)
         try:
+            html = requested_html(request.query, None, None)
+        except tracked.TrackedError as exc:
+            return error(400, str(exc))
+        try:
             key, since = self._key_and_since(request)
             resume = resume_point(request.last_event_id)
         except tracked.TrackedError as exc:
-            return error(400, str(exc))
+            return _error(html, 400, str(exc))
         if self.authorize is not None and not self.authorize(request.native, key):
-            return error(403, "not allowed to read this progress")
+            return _error(html, 403, "not allowed to read this progress")
         if resume == END_ID:
             return Response(204, (NO_STORE,))
-        return self._follow(key, since, resume, loop)
+        return self._follow(key, since, resume, loop, html)
 
     def _follow(
         self, key: str, since: int, resume: tuple[int, int | None] | str | None,
-        loop: asyncio.AbstractEventLoop | None,
+        loop: asyncio.AbstractEventLoop | None, html: bool = False,
     ) -> Response | EventStream:
         """Subscribe to ``key``, then start its stream (subscribed before reading: no
         change falls between); an error answered instead closes what was opened."""
         store = self.store or tracked.default_store()
         subscription = _watch.subscribe(store, key, loop)
         self._events.opened(key)
-        answer = self._start(store, key, since, resume, subscription)
+        answer = self._start(store, key, since, resume, subscription, html)
         if isinstance(answer, Response):
             subscription.close()
             self._events.closed(key)
@@ -282,6 +306,7 @@ class StatusService:
     def _start(
         self, store: tracked.Store, key: str, since: int,
         resume: tuple[int, int | None] | str | None, subscription: _watch.Subscription,
+        html: bool = False,
     ) -> Response | EventStream:
         """The stream of ``key`` from its first state on (the cursor from ``since`` or
         ``Last-Event-ID``), or the error to answer when it cannot be read."""
@@ -290,17 +315,17 @@ class StatusService:
             state = events.load(store, key)
         except Exception as exc:  # noqa: BLE001 - a store or record problem, never HTML
             logger.warning("status route cannot read %r: %s", key, exc)
-            return error(500, "the progress store cannot be read")
+            return _error(html, 500, "the progress store cannot be read")
         if state is None:
             shown = key.replace("\0", "?progress_id=")
-            return error(404, f"no progress {shown!r}")
+            return _error(html, 404, f"no progress {shown!r}")
         cursor = since
         if isinstance(resume, tuple):
             count, run = resume
             cursor = count if run is None or run == run_number(state) else 0
         steps = event_schedule(
             state, cursor, heartbeat=self.heartbeat_seconds, max_seconds=self.max_stream_seconds,
-            show_errors=self.show_errors, events=events, key=key,
+            show_errors=self.show_errors, events=events, key=key, html=html,
         )
         return EventStream(EVENT_HEADERS, key, store, subscription, steps, events)
 
@@ -317,23 +342,30 @@ class StatusService:
             raise missing_name(request.prefix)
         return request_key(name, progress_id), requested_since(query)
 
-    def _rendered(self, key: str, since: int) -> Rendered | None:
-        """The response body for ``key``, from the cache or the store; None if unknown."""
+    def _rendered(self, key: str, since: int, html: bool = False) -> Rendered | None:
+        """The response body for ``key`` (the JSON, or with ``html`` the fragment), from
+        the cache or the store; None if unknown. The cache holds a fragment at the slot
+        ``-1 - since`` (a JSON answer's slot is ``since``, never negative)."""
         store = self.store or tracked.default_store()
         cache = self._cache
         if cache is None or cache.store is not store:
             cache = self._cache = RenderCache(store, self.cache_bytes // 2)
         signature = cache.signature(key)  # before reading: see RenderCache
         now = time.monotonic()
-        rendered = cache.get(key, since, signature, now)
-        if rendered is not None:
-            return rendered
+        slot = -1 - since if html else since
+        found = cache.get(key, slot, signature, now)
+        if found is not None:
+            return found
         state = store.load(key)
         if state is None:
             return None
-        rendered = render(self._shown(state.messages_since(since) if since else state))
-        cache.put(key, since, signature, rendered, state.in_progress, now)
-        return rendered
+        shown = self._shown(state.messages_since(since) if since else state)
+        if html:
+            found = rendered(fragment(shown).encode(), HTML_TYPE, shown, ())
+        else:
+            found = render(shown, self._advert)
+        cache.put(key, slot, signature, found, state.in_progress, now)
+        return found
 
     def _shown(self, state: tracked.State) -> tracked.State:
         """``state`` as readers of the route see it: with ``show_errors=False`` a failed
@@ -427,6 +459,30 @@ def _reread(store: tracked.Store, key: str, state: tracked.State) -> tracked.Sta
 
 #: OPTIONS while DELETE is allowed (``cancel=``).
 _OPTIONS_WITH_DELETE = Response(204, (("Allow", ALLOW + ", DELETE"), NO_STORE))
+
+
+def _error(html: bool, status: int, message: str) -> Response:
+    """The error answer, as a fragment when the client asked for HTML (same status)."""
+    if not html:
+        return error(status, message)
+    body = error_fragment(message).encode()
+    return Response(status, (("Content-Type", HTML_TYPE), NO_STORE), body)
+
+
+def _htmx(request: StatusRequest) -> bool:
+    hx = request.hx_request
+    return hx is not None and hx.strip().lower() == "true"
+
+
+def _ended(found: Rendered) -> bool:
+    return b'data-in-progress="false"' in found.body[:200]
+
+
+def _htmx_end(answer: Response) -> Response:
+    """An ended run's fragment to an htmx poll: 286, so ``hx-trigger="every …"`` stops."""
+    if answer.status != 200:
+        return answer
+    return Response(HTMX_STOP, answer.headers, answer.body)
 
 
 def _not_allowed(method: str) -> Response:

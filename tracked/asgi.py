@@ -40,6 +40,7 @@ from ._query import (
     form_progress_ids,
     mount_prefix,
     requested_progress_id,
+    wants_html,
 )
 from ._scope import RequestScope, request_scope
 from ._web import (
@@ -175,7 +176,9 @@ def _poll_answer(service: StatusService, scope: Scope, method: str, path: str) -
             if name == b"if-none-match" and if_none_match is None:
                 if_none_match = value.decode("latin-1")
             elif name != b"accept" or (method == "GET" and wants_events(value.decode("latin-1"))):
-                return None  # an id, a resume, a stream or a repeated header: in full
+                return None  # an id, a resume, a stream, htmx or a repeated header: in full
+            elif wants_html(value.decode("latin-1")):
+                return None  # the HTML fragment
     return service.cached_poll(path[1:] if path[:1] == "/" else path, if_none_match)
 
 
@@ -205,11 +208,13 @@ def _request(scope: Scope, root: str, path: str) -> StatusRequest:
         request.accept = found.get(b"accept")
         request.last_event_id = found.get(b"last-event-id")
         request.if_match = found.get(b"if-match")
+        request.hx_request = found.get(b"hx-request")
     return request
 
 
 _HEADERS = frozenset(
-    (b"if-none-match", b"x-progress-id", b"accept", b"last-event-id", b"if-match")
+    (b"if-none-match", b"x-progress-id", b"accept", b"last-event-id", b"if-match",
+     b"hx-request")
 )
 
 

@@ -176,6 +176,7 @@ class TrackedPlugin:
             environ.get("HTTP_ACCEPT"),
             environ.get("HTTP_LAST_EVENT_ID"),
             environ.get("HTTP_IF_MATCH"),
+            environ.get("HTTP_HX_REQUEST"),
         )
         answer = self.service.open(request)
         response = bottle.response

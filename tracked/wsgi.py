@@ -61,6 +61,7 @@ StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 _STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
+_STATUS_LINES[286] = "286 Stop Polling"  # htmx's: an ended run's fragment to a poll
 
 
 def status_app(
@@ -128,6 +129,7 @@ def _answer(service: StatusService, environ: dict[str, Any]) -> Response | Event
         environ.get("HTTP_ACCEPT"),
         environ.get("HTTP_LAST_EVENT_ID"),
         environ.get("HTTP_IF_MATCH"),
+        environ.get("HTTP_HX_REQUEST"),
     )
     return service.open(request)
 

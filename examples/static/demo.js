@@ -134,6 +134,18 @@
     };
     if (progressId) options.progressId = progressId;
     watcher = tracked.trackProgress(url, options);
+    showElement(url, progressId);
+  }
+
+  /** The same run in <tracked-progress>: it follows whatever its attributes name. */
+  function showElement(url, progressId) {
+    const element = el('element');
+    if (progressId) {
+      element.setAttribute('progress-id', progressId);
+    } else {
+      element.removeAttribute('progress-id');
+    }
+    element.setAttribute('src', url);
   }
 
   function start(kind) {

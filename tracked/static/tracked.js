@@ -23,10 +23,12 @@
  *
  * `transport` picks how states arrive; the callbacks are the same whichever runs:
  *   'auto' (default): the first state is polled (a 404 while the job starts is
- *     waited out as usual), then Server-Sent Events follow it (`EventSource`, same
- *     URL, `Accept: text/event-stream`). When a stream fails twice without
- *     delivering anything (the server refuses streams, a proxy breaks them), the
- *     tracker polls instead, with its backoff. No EventSource: it polls.
+ *     waited out as usual); when that answer says the server streams (header
+ *     `X-Tracked-Events: 1`), Server-Sent Events follow it (`EventSource`, same
+ *     URL, `Accept: text/event-stream`), else it keeps polling, so a server with
+ *     streams off never sees an EventSource (and the console shows no error).
+ *     When a stream fails twice without delivering anything (a proxy breaks
+ *     them), the tracker polls instead, with its backoff. No EventSource: it polls.
  *   'sse': streams only; each failed stream counts as a failed poll (backoff,
  *     then `gave_up` after maxRetries).
  *   'poll': polls every `interval` ms.
@@ -57,6 +59,9 @@
   }
 })(typeof globalThis !== 'undefined' ? globalThis : this, function () {
   'use strict';
+
+  /** The header a status answer carries to say whether the same URL streams events. */
+  const STREAM_HEADER = 'X-Tracked-Events';
 
   const DEFAULTS = {
     transport: 'auto', // 'auto', 'sse' or 'poll': see the file header
@@ -238,6 +243,11 @@
       if (this.stopped) return;
       this.etag = response.headers.get('ETag');
       this.failures = 0;
+      if (this.opts.transport === 'auto' && !this.seen) {
+        // The first answer says whether this server streams: no EventSource (and
+        // no console error) against one that does not.
+        this.streaming = this.streaming && response.headers.get(STREAM_HEADER) === '1';
+      }
       this.received(state);
       return;
     }
@@ -502,11 +512,428 @@
     return [hex.slice(0, 8), hex.slice(8, 12), hex.slice(12, 16), hex.slice(16, 20), hex.slice(20)].join('-');
   }
 
+  // --------------------------------------------------------------------------- <tracked-progress>
+
+  const ELEMENT_CSS = [
+    ':host{display:block;color-scheme:light dark;font:inherit;',
+    '--tracked-progress-height:.75rem;--tracked-progress-radius:.375rem;',
+    '--tracked-progress-track:#d0d7de;--tracked-progress-indicator:#0969da;',
+    '--tracked-progress-finished:#1a7f37;--tracked-progress-failed:#cf222e;',
+    '--tracked-progress-cancelled:#6e7781;--tracked-progress-background:#ffffff;',
+    '--tracked-progress-color:#1f2328;--tracked-progress-muted:#57606a;',
+    '--tracked-progress-transition:width .3s ease;',
+    'background:var(--tracked-progress-background);color:var(--tracked-progress-color)}',
+    '@media (prefers-color-scheme:dark){:host{--tracked-progress-track:#30363d;',
+    '--tracked-progress-indicator:#4493f8;--tracked-progress-finished:#3fb950;',
+    '--tracked-progress-failed:#f85149;--tracked-progress-cancelled:#8b949e;',
+    '--tracked-progress-background:#0d1117;--tracked-progress-color:#e6edf3;',
+    '--tracked-progress-muted:#9198a1}}',
+    ':host([hidden]){display:none}',
+    '[part~=base]{padding:.5rem .75rem}',
+    '[part~=header]{display:flex;flex-wrap:wrap;gap:.25rem .75rem;align-items:baseline;margin-bottom:.375rem}',
+    '[part~=label]{font-weight:600}',
+    '[part~=state]{color:var(--tracked-progress-muted)}',
+    '[part~=track]{position:relative;overflow:hidden;height:var(--tracked-progress-height);',
+    'border-radius:var(--tracked-progress-radius);background:var(--tracked-progress-track)}',
+    '[part~=indicator]{height:100%;width:0;border-radius:inherit;',
+    'background:var(--tracked-progress-indicator);transition:var(--tracked-progress-transition)}',
+    ':host([state=finished]) [part~=indicator]{background:var(--tracked-progress-finished)}',
+    ':host([state=failed]) [part~=indicator],:host([state=abandoned]) [part~=indicator]{background:var(--tracked-progress-failed)}',
+    ':host([state=cancelled]) [part~=indicator]{background:var(--tracked-progress-cancelled)}',
+    '.unknown [part~=indicator]{width:30%;animation:tracked-slide 1.5s ease-in-out infinite}',
+    '@keyframes tracked-slide{from{transform:translateX(-100%)}to{transform:translateX(340%)}}',
+    '@media (prefers-reduced-motion:reduce){[part~=indicator]{transition:none}',
+    '.unknown [part~=indicator]{animation:none;width:100%;opacity:.35}}',
+    '@media (forced-colors:active){[part~=track]{border:1px solid CanvasText}',
+    '[part~=indicator]{background:Highlight}}',
+    '[part~=details]{display:flex;flex-wrap:wrap;gap:.25rem .75rem;margin-top:.375rem;',
+    'font-variant-numeric:tabular-nums;color:var(--tracked-progress-muted)}',
+    '[part~=details] span:empty,[part~=status]:empty{display:none}',
+    '[part~=status]{margin:.375rem 0 0}',
+    '[part~=children]{display:flex;flex-wrap:wrap;gap:.25rem .75rem;margin:.375rem 0 0;padding:0;list-style:none}',
+    '[part~=messages]{margin:.375rem 0 0;padding-left:1.25rem}',
+    '[part~=messages]:empty{display:none}',
+    '[part~=result]{margin:.375rem 0 0;white-space:pre-wrap;overflow-wrap:anywhere;font-family:ui-monospace,monospace}',
+    '[part~=error]{margin:.375rem 0 0;color:var(--tracked-progress-failed);overflow-wrap:anywhere}',
+    '[part~=stop]{margin-top:.5rem;font:inherit;color:inherit;background:transparent;',
+    'border:1px solid currentColor;border-radius:.375rem;padding:.125rem .75rem;cursor:pointer}',
+    '[part~=stop]:disabled{cursor:default;opacity:.75}',
+    '[hidden]{display:none!important}',
+  ].join('');
+
+  const CHILD_STATES = ['queued', 'running', 'finished', 'failed', 'cancelled', 'abandoned'];
+
+  /** The language of `element`'s text: its nearest lang attribute, else the browser's. */
+  function languageOf(element) {
+    const owner = element.closest && element.closest('[lang]');
+    const lang = (owner && owner.getAttribute('lang')) || (typeof navigator !== 'undefined' && navigator.language) || 'en';
+    try {
+      return Intl.getCanonicalLocales(lang)[0] || 'en';
+    } catch (err) {
+      return 'en';
+    }
+  }
+
+  /** `seconds` as a short duration in `lang`: "6 sec", "2 min", "1 hr" (Intl units). */
+  function durationText(seconds, lang) {
+    const s = Math.max(0, seconds);
+    const pick = s < 90 ? ['second', Math.round(s)] : s < 5400 ? ['minute', Math.round(s / 60)] : ['hour', Math.round(s / 360) / 10];
+    try {
+      return new Intl.NumberFormat(lang, {style: 'unit', unit: pick[0], unitDisplay: 'short'}).format(pick[1]);
+    } catch (err) {
+      return pick[1] + ' ' + pick[0].charAt(0);
+    }
+  }
+
+  function percentText(percent, lang) {
+    try {
+      return new Intl.NumberFormat(lang, {style: 'percent', maximumFractionDigits: 0}).format(percent / 100);
+    } catch (err) {
+      return Math.floor(percent) + '%';
+    }
+  }
+
+  function numberText(n, lang) {
+    try {
+      return new Intl.NumberFormat(lang).format(n);
+    } catch (err) {
+      return String(n);
+    }
+  }
+
+  /**
+   * The bar in words, for `aria-valuetext`: "42% — about 6 sec left", "12 done",
+   * "queued (2nd in line)".
+   */
+  function valueText(state, lang) {
+    if (state.state === 'queued') return stateText(state);
+    if (typeof state.percent !== 'number') {
+      if (state.in_progress && !state.count) return stateText(state);
+      return numberText(state.count || 0, lang) + ' done';
+    }
+    let text = percentText(state.percent, lang);
+    if (state.in_progress && typeof state.eta === 'number') {
+      text += ' — about ' + durationText(state.eta, lang) + ' left';
+    }
+    return text;
+  }
+
+  function resultText(result) {
+    if (typeof result === 'string') return result;
+    try {
+      return JSON.stringify(result, null, 2);
+    } catch (err) {
+      return String(result);
+    }
+  }
+
+  function make(tag, part, parent) {
+    const node = document.createElement(tag);
+    if (part) node.setAttribute('part', part);
+    if (parent) parent.appendChild(node);
+    return node;
+  }
+
+  /**
+   * `<tracked-progress src="STATUS_URL">`: a progress bar following a status URL with
+   * `trackProgress`. Attributes: `src`, `progress-id`, `label` (the bar's name; the
+   * run's name by default), `transport` ('auto', 'sse', 'poll'), `interval` and
+   * `start-timeout` (ms, as the options of trackProgress),
+   * `messages` (how many of the newest messages to show, default 3; 0 hides them),
+   * `cancel` (show a Stop button sending DELETE). It sets `state` to the run's state
+   * and dispatches `tracked-update` (every state) and `tracked-end` (the final one),
+   * with the wire JSON as `detail`, and `tracked-error` when it gives up.
+   * Everything from the server is set as text, never as HTML.
+   */
+  function defineElement() {
+    if (typeof customElements === 'undefined' || typeof HTMLElement === 'undefined') return;
+    if (customElements.get('tracked-progress')) return;
+
+    class TrackedProgress extends HTMLElement {
+      static get observedAttributes() {
+        return ['src', 'progress-id', 'transport', 'interval', 'start-timeout', 'messages', 'cancel', 'label'];
+      }
+
+      constructor() {
+        super();
+        this.watcher = null;
+        this.latest = null;
+        this.asked = false;
+        this.restartTimer = null;
+        const shadow = this.attachShadow({mode: 'open'});
+        const style = make('style', null, shadow);
+        style.textContent = ELEMENT_CSS;
+        const base = make('div', 'base', shadow);
+        const header = make('div', 'header', base);
+        this.labelNode = make('span', 'label', header);
+        this.stateNode = make('span', 'state', header);
+        this.track = make('div', 'track', base);
+        this.track.setAttribute('role', 'progressbar');
+        this.track.setAttribute('aria-valuemin', '0');
+        this.track.setAttribute('aria-valuemax', '100');
+        this.indicator = make('div', 'indicator', this.track);
+        const details = make('div', 'details', base);
+        this.percentNode = make('span', 'percent', details);
+        this.countNode = make('span', 'count', details);
+        this.etaNode = make('span', 'eta', details);
+        this.statusNode = make('p', 'status', base);
+        this.childrenNode = make('ul', 'children', base);
+        this.childrenNode.hidden = true;
+        this.childrenNode.setAttribute('aria-label', 'Runs by state');
+        this.messagesNode = make('ul', 'messages', base);
+        this.messagesNode.setAttribute('aria-live', 'polite');
+        this.messagesNode.setAttribute('aria-label', 'Latest messages');
+        this.resultNode = make('pre', 'result', base);
+        this.resultNode.hidden = true;
+        this.errorNode = make('p', 'error', base);
+        this.errorNode.setAttribute('role', 'alert');
+        this.errorNode.hidden = true;
+        this.stopButton = make('button', 'stop', base);
+        this.stopButton.type = 'button';
+        this.stopButton.textContent = 'Stop';
+        this.stopButton.hidden = true;
+        const self = this;
+        this.stopButton.addEventListener('click', function () {
+          self.stop();
+        });
+        this.showLabel(null);
+      }
+
+      connectedCallback() {
+        if (!this.watcher) this.start();
+      }
+
+      disconnectedCallback() {
+        this.halt();
+      }
+
+      attributeChangedCallback(name, old, value) {
+        if (old === value) return;
+        if (name === 'messages') {
+          this.trimMessages();
+        } else if (name === 'cancel') {
+          this.showStop(this.latest);
+        } else if (name === 'label') {
+          this.showLabel(this.latest);
+        } else if (this.isConnected) {
+          // src, progress-id, transport, interval: follow anew, once per task
+          const self = this;
+          if (this.restartTimer === null) {
+            this.restartTimer = setTimeout(function () {
+              self.restartTimer = null;
+              self.start();
+            }, 0);
+          }
+        }
+      }
+
+      /** The wire JSON last received, or null. */
+      get state() {
+        return this.latest;
+      }
+
+      /** Follow `src` from the start (again). */
+      start() {
+        this.halt();
+        const src = this.getAttribute('src');
+        if (!src || !this.isConnected) return;
+        this.latest = null;
+        this.asked = false;
+        this.messagesNode.textContent = '';
+        this.errorNode.hidden = true;
+        this.resultNode.hidden = true;
+        this.showState({state: 'waiting', in_progress: true, count: 0, percent: null, messages: []}, true);
+        const self = this;
+        const interval = parseInt(this.getAttribute('interval') || '', 10);
+        const options = {
+          transport: this.getAttribute('transport') || 'auto',
+          progressId: this.getAttribute('progress-id') || null,
+          onMessage: function (text) {
+            self.addMessage(text);
+          },
+          onProgress: function (state) {
+            self.latest = state;
+            self.showState(state, false);
+            self.emit('tracked-update', state);
+          },
+          onDone: function (state) {
+            self.emit('tracked-end', state);
+          },
+          onError: function (err) {
+            self.showError(err);
+            self.emit('tracked-error', err);
+          },
+        };
+        if (interval > 0) options.interval = interval;
+        const startTimeout = parseInt(this.getAttribute('start-timeout') || '', 10);
+        if (startTimeout > 0) options.startTimeout = startTimeout;
+        try {
+          this.watcher = trackProgress(src, options);
+        } catch (err) {
+          this.showError(err);
+        }
+      }
+
+      halt() {
+        if (this.watcher) {
+          this.watcher.stop();
+          this.watcher = null;
+        }
+      }
+
+      /** Ask the run to stop (DELETE on its status URL); the final state follows. */
+      stop() {
+        if (!this.watcher) return Promise.resolve(null);
+        const self = this;
+        this.asked = true;
+        this.stopButton.disabled = true;
+        return this.watcher.cancel().then(function (answer) {
+          if (answer.httpStatus !== 202) {
+            self.asked = false;
+            self.stopButton.disabled = false;
+            self.showError(new Error(String(answer.error || 'the run could not be stopped')));
+          }
+          return answer;
+        }, function (err) {
+          self.asked = false;
+          self.stopButton.disabled = false;
+          self.showError(err);
+          return null;
+        });
+      }
+
+      emit(type, detail) {
+        this.dispatchEvent(new CustomEvent(type, {detail: detail, bubbles: true, composed: true}));
+      }
+
+      showLabel(state) {
+        const own = this.getAttribute('label');
+        let text = own;
+        if (!text) {
+          text = state && (state.name || state.progress_id) ? String(state.name || state.progress_id) : 'Progress';
+        }
+        this.labelNode.textContent = text;
+        this.track.setAttribute('aria-label', text);
+      }
+
+      showState(state, placeholder) {
+        const lang = languageOf(this);
+        const word = String(state.state);
+        if (!placeholder) this.setAttribute('state', word);
+        this.showLabel(placeholder ? null : state);
+        this.stateNode.textContent = placeholder ? 'waiting…' : stateText(state);
+        const known = typeof state.percent === 'number' && isFinite(state.percent);
+        const track = this.track;
+        track.classList.toggle('unknown', !known && state.in_progress === true && word === 'running');
+        if (known) {
+          const percent = Math.max(0, Math.min(100, state.percent));
+          track.setAttribute('aria-valuenow', String(Math.floor(percent)));
+          this.indicator.style.width = percent + '%';
+          this.percentNode.textContent = word === 'queued' ? '' : percentText(percent, lang);
+        } else {
+          track.removeAttribute('aria-valuenow');
+          this.indicator.style.width = state.in_progress === false && word === 'finished' ? '100%' : '';
+          this.percentNode.textContent = '';
+        }
+        track.setAttribute('aria-valuetext', placeholder ? 'waiting' : valueText(state, lang));
+        if (typeof state.total === 'number') {
+          this.countNode.textContent = numberText(state.count, lang) + ' / ' + numberText(state.total, lang);
+        } else {
+          this.countNode.textContent = state.count ? numberText(state.count, lang) : '';
+        }
+        this.etaNode.textContent = state.in_progress && typeof state.eta === 'number'
+          ? 'about ' + durationText(state.eta, lang) + ' left' : '';
+        this.statusNode.textContent = this.statusSaysMore(state) ? String(state.status) : '';
+        this.showChildren(state.children, lang);
+        if (state.in_progress === false) {
+          if (typeof state.error === 'string' && state.error) {
+            this.errorNode.textContent = state.error;
+            this.errorNode.hidden = false;
+          }
+          if (word === 'finished' && state.result !== null && state.result !== undefined) {
+            this.resultNode.textContent = resultText(state.result);
+            this.resultNode.hidden = false;
+          }
+        }
+        this.showStop(placeholder ? null : state);
+      }
+
+      /** Whether the status text says more than the state word and the name shown. */
+      statusSaysMore(state) {
+        const status = state.status;
+        if (!status) return false;
+        const same = [state.state, 'in progress', 'queued', state.name, this.getAttribute('label')];
+        return same.indexOf(status) === -1;
+      }
+
+      showChildren(children, lang) {
+        const node = this.childrenNode;
+        if (!children || typeof children !== 'object') {
+          node.hidden = true;
+          node.textContent = '';
+          return;
+        }
+        node.textContent = '';
+        const total = typeof children.total === 'number' ? children.total : null;
+        if (total !== null) {
+          make('li', 'child-count', node).textContent = numberText(total, lang) + ' runs';
+        }
+        for (const word of CHILD_STATES) {
+          const n = children[word];
+          if (typeof n === 'number' && n > 0) {
+            const item = make('li', 'child-count', node);
+            item.textContent = numberText(n, lang) + ' ' + word;
+            item.dataset.state = word;
+          }
+        }
+        node.hidden = false;
+      }
+
+      showStop(state) {
+        const wanted = this.hasAttribute('cancel') && state !== null && state.in_progress === true;
+        this.stopButton.hidden = !wanted;
+        if (!wanted) return;
+        const stopping = state.cancel_requested === true;
+        this.stopButton.textContent = stopping ? 'Stopping…' : 'Stop';
+        this.stopButton.disabled = stopping || this.asked;
+      }
+
+      addMessage(text) {
+        const keep = this.messageLimit();
+        if (keep === 0) return;
+        make('li', 'message', this.messagesNode).textContent = text;
+        this.trimMessages();
+      }
+
+      messageLimit() {
+        const value = parseInt(this.getAttribute('messages') || '', 10);
+        return isNaN(value) || value < 0 ? 3 : value;
+      }
+
+      trimMessages() {
+        const keep = this.messageLimit();
+        const list = this.messagesNode;
+        while (list.childElementCount > keep) list.removeChild(list.firstElementChild);
+      }
+
+      showError(err) {
+        this.errorNode.textContent = String(err && err.message ? err.message : err);
+        this.errorNode.hidden = false;
+        if (!this.latest) this.setAttribute('state', 'error');
+      }
+    }
+
+    customElements.define('tracked-progress', TrackedProgress);
+  }
+
+  defineElement();
+
   return {
     trackProgress: trackProgress,
     statusUrl: statusUrl,
     stateText: stateText,
     newProgressId: newProgressId,
+    valueText: valueText,
     defaults: DEFAULTS,
   };
 });
