@@ -80,6 +80,13 @@ def redis_server() -> Iterator[str]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def python_path() -> str:
+    """The servers' ``PYTHONPATH``: this checkout, after ``$PYTHONPATH`` (so that a
+    ``PYTHONPATH=/tmp/base`` run serves an exported older ``tracked``)."""
+    outer = os.environ.get("PYTHONPATH")
+    return f"{outer}{os.pathsep}{ROOT}" if outer else str(ROOT)
+
+
 STACKS = {"auto": [], "asyncio": ["--loop", "asyncio", "--http", "h11"]}
 
 
@@ -102,7 +109,7 @@ def uvicorn_server(
 ) -> Iterator[tuple[int, int]]:
     """(port, pid) of uvicorn serving ``factory`` (bench/push_app.py) for ``store_url``."""
     port = free_port()
-    env = {**os.environ, "TRACKED_STORE": store_url, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "TRACKED_STORE": store_url, "PYTHONPATH": python_path()}
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "--factory", factory,
          "--port", str(port), "--log-level", "warning", "--no-access-log",
@@ -517,7 +524,7 @@ def measure_crowd(
 def floor_server(store_url: str) -> Iterator[tuple[int, int]]:
     """(port, pid) of the raw uvloop floor (``bench/fanout_apps.py``)."""
     port = free_port()
-    env = {**os.environ, "TRACKED_STORE": store_url, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "TRACKED_STORE": store_url, "PYTHONPATH": python_path()}
     process = subprocess.Popen([sys.executable, "-m", "bench.fanout_apps", "floor", str(port)],
                                cwd=ROOT, env=env)
     wait_port(port)
@@ -588,6 +595,81 @@ def fanout(counts: tuple[int, ...] = (1000, 2000), jobs: int = 1, writes: int = 
                       f"{statistics.median(cpu):.2f}")
 
 
+# ----------------------------------------------------------------------------- stream-memory
+
+
+def stream_memory(clients: int = 1000, top: int = 30) -> None:
+    """What an open stream holds: a tracemalloc snapshot of the uvicorn process
+    (``bench/push_app.py`` with ``$BENCH_TRACEMALLOC``) before and after ``clients``
+    SSE streams opened on one Redis record, the difference by line, per stream."""
+    directory = tempfile.mkdtemp()
+    os.environ["BENCH_TRACEMALLOC"] = f"{directory}/snapshot"
+    before, after = f"{directory}/snapshot.before", f"{directory}/snapshot.after"
+    with redis_server() as url, uvicorn_server(url) as (port, pid):
+        store = tracked.open_store(url)
+        writer = Writer(store, "memory")
+        writer.write()
+
+        def snapshot(path: str) -> None:
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(f"GET /snapshot?{path.rsplit('.', 1)[1]} HTTP/1.0\r\n\r\n".encode())
+                while sock.recv(4096):
+                    pass
+
+        async def open_streams() -> None:
+            loop = asyncio.get_running_loop()
+            opened = 0
+            ready = asyncio.Event()
+
+            class Client(asyncio.Protocol):
+                first = True
+
+                def data_received(self, data: bytes) -> None:
+                    nonlocal opened
+                    if self.first and b"data: {" in data:
+                        self.first = False
+                        opened += 1
+                        if opened == clients:
+                            ready.set()
+
+            transports = []
+            for i in range(clients):
+                transport, _ = await loop.create_connection(Client, "127.0.0.1", port)
+                transport.write(f"GET {PREFIX}/memory HTTP/1.0\r\n"
+                                "Accept: text/event-stream\r\n\r\n".encode())
+                transports.append(transport)
+                if i % 50 == 49:
+                    await asyncio.sleep(0.05)
+            await asyncio.wait_for(ready.wait(), 60)
+            await asyncio.sleep(0.5)
+            rss = rss_kib(pid)
+            await asyncio.to_thread(snapshot, after)
+            print(f"  {clients} streams: RSS {rss_before} -> {rss} KiB, "
+                  f"{(rss - rss_before) / clients:.1f} KiB per stream")
+            for transport in transports:
+                transport.close()
+
+        time.sleep(0.5)
+        snapshot(before)
+        time.sleep(0.3)
+        rss_before = rss_kib(pid)
+        asyncio.run(open_streams())
+        writer.write(final=True)
+        store.close()
+    import tracemalloc
+
+    old, new = tracemalloc.Snapshot.load(before), tracemalloc.Snapshot.load(after)
+    diff = new.compare_to(old, "lineno")
+    grown = sum(d.size_diff for d in diff)
+    print(f"  traced Python memory: +{grown / 1024:.0f} KiB, "
+          f"{grown / clients / 1024:.2f} KiB per stream; by line (bytes per stream, blocks):")
+    for stat in diff[:top]:
+        frame = stat.traceback[0]
+        print(f"    {stat.size_diff / clients:8.0f} B {stat.count_diff / clients:5.1f}  "
+              f"{frame.filename.split('site-packages/')[-1].split('/push19/')[-1]}:{frame.lineno}")
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 def _write(url: str, jobs: str, writes: str, pause: str, mode: str, names: str = "job") -> None:
     """The crowd's writer process: ``writes`` rounds over ``jobs`` records, every
     ``pause`` seconds. ``together``: the jobs write in the same instant (the worst
@@ -622,6 +704,7 @@ if __name__ == "__main__":
         "crowd-together": lambda: crowd(together=True),
         "crowd-fast": lambda: crowd(writes=40, pause=0.1, together=False),
         "fanout": fanout,
+        "stream-memory": stream_memory,
         "fanout-1000": lambda: fanout((1000,)),
     }
     for part in sys.argv[1:] or list(parts):
