@@ -55,7 +55,7 @@ def free_port() -> int:
 
 
 def wait_port(port: int) -> None:
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60  # a loaded machine starts uvicorn slowly
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
             return
@@ -116,8 +116,8 @@ def uvicorn_server(
          "--backlog", "4096", "--limit-concurrency", "20000",
          *STACKS[os.environ.get("BENCH_STACK", "auto")]],
         cwd=ROOT, env=env)
-    wait_port(port)
     try:
+        wait_port(port)
         yield port, process.pid
     finally:
         process.terminate()
@@ -527,8 +527,8 @@ def floor_server(store_url: str) -> Iterator[tuple[int, int]]:
     env = {**os.environ, "TRACKED_STORE": store_url, "PYTHONPATH": python_path()}
     process = subprocess.Popen([sys.executable, "-m", "bench.fanout_apps", "floor", str(port)],
                                cwd=ROOT, env=env)
-    wait_port(port)
     try:
+        wait_port(port)
         yield port, process.pid
     finally:
         process.terminate()
