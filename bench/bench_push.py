@@ -598,12 +598,14 @@ def fanout(counts: tuple[int, ...] = (1000, 2000), jobs: int = 1, writes: int = 
 # ----------------------------------------------------------------------------- stream-memory
 
 
-def stream_memory(clients: int = 1000, top: int = 30) -> None:
+def stream_memory(clients: int = 1000, top: int = 30, *, trace: bool = True) -> None:
     """What an open stream holds: a tracemalloc snapshot of the uvicorn process
     (``bench/push_app.py`` with ``$BENCH_TRACEMALLOC``) before and after ``clients``
-    SSE streams opened on one Redis record, the difference by line, per stream."""
+    SSE streams opened on one Redis record, the difference by line, per stream.
+    ``trace=False``: the server's RSS only, without tracemalloc's own weight."""
     directory = tempfile.mkdtemp()
-    os.environ["BENCH_TRACEMALLOC"] = f"{directory}/snapshot"
+    if trace:
+        os.environ["BENCH_TRACEMALLOC"] = f"{directory}/snapshot"
     before, after = f"{directory}/snapshot.before", f"{directory}/snapshot.after"
     with redis_server() as url, uvicorn_server(url) as (port, pid):
         store = tracked.open_store(url)
@@ -611,6 +613,8 @@ def stream_memory(clients: int = 1000, top: int = 30) -> None:
         writer.write()
 
         def snapshot(path: str) -> None:
+            if not trace:
+                return
             with socket.create_connection(("127.0.0.1", port)) as sock:
                 sock.sendall(f"GET /snapshot?{path.rsplit('.', 1)[1]} HTTP/1.0\r\n\r\n".encode())
                 while sock.recv(4096):
@@ -656,6 +660,8 @@ def stream_memory(clients: int = 1000, top: int = 30) -> None:
         asyncio.run(open_streams())
         writer.write(final=True)
         store.close()
+    if not trace:
+        return
     import tracemalloc
 
     old, new = tracemalloc.Snapshot.load(before), tracemalloc.Snapshot.load(after)
@@ -705,6 +711,7 @@ if __name__ == "__main__":
         "crowd-fast": lambda: crowd(writes=40, pause=0.1, together=False),
         "fanout": fanout,
         "stream-memory": stream_memory,
+        "stream-rss": lambda: stream_memory(trace=False),
         "fanout-1000": lambda: fanout((1000,)),
     }
     for part in sys.argv[1:] or list(parts):
