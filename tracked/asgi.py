@@ -133,7 +133,9 @@ def status_app(
         if answer is None:
             loop = asyncio.get_running_loop()
             answer = await asyncio.to_thread(service.open, request, loop)
-        del request  # a stream lasts up to a minute: it keeps no copy of its request
+        # A stream lasts up to a minute: it keeps no copy of its request (nor of the
+        # scope copied above for its root_path).
+        del request, scope
         if isinstance(answer, EventStream):
             await _stream(answer, receive, send)
         else:
