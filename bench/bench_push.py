@@ -8,6 +8,7 @@
     .venv/bin/python bench/bench_push.py crowd           # 1,000 SSE clients, 10 jobs, Redis
     .venv/bin/python bench/bench_push.py crowd-together  # ... the 10 jobs writing at once
     .venv/bin/python bench/bench_push.py crowd-fast      # ... each job writing every 0.1 s
+    BENCH_ROUNDS=3 .venv/bin/python bench/bench_push.py fanout  # tracked vs sse-starlette vs floor
 
 Each part starts its own redis-server and uvicorn (``bench/push_app.py``) on free
 ports. Figures are medians (and p99) of the runs printed; see bench/README.md.
@@ -36,6 +37,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -53,7 +55,7 @@ def free_port() -> int:
 
 
 def wait_port(port: int) -> None:
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60  # a loaded machine starts uvicorn slowly
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
             return
@@ -78,6 +80,13 @@ def redis_server() -> Iterator[str]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def python_path() -> str:
+    """The servers' ``PYTHONPATH``: this checkout, after ``$PYTHONPATH`` (so that a
+    ``PYTHONPATH=/tmp/base`` run serves an exported older ``tracked``)."""
+    outer = os.environ.get("PYTHONPATH")
+    return f"{outer}{os.pathsep}{ROOT}" if outer else str(ROOT)
+
+
 STACKS = {"auto": [], "asyncio": ["--loop", "asyncio", "--http", "h11"]}
 
 
@@ -95,18 +104,20 @@ def stack() -> str:
 
 
 @contextlib.contextmanager
-def uvicorn_server(store_url: str) -> Iterator[tuple[int, int]]:
-    """(port, pid) of uvicorn serving bench/push_app.py for ``store_url``."""
+def uvicorn_server(
+    store_url: str, factory: str = "bench.push_app:create_app"
+) -> Iterator[tuple[int, int]]:
+    """(port, pid) of uvicorn serving ``factory`` (bench/push_app.py) for ``store_url``."""
     port = free_port()
-    env = {**os.environ, "TRACKED_STORE": store_url, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "TRACKED_STORE": store_url, "PYTHONPATH": python_path()}
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "bench.push_app:create_app",
+        [sys.executable, "-m", "uvicorn", "--factory", factory,
          "--port", str(port), "--log-level", "warning", "--no-access-log",
          "--backlog", "4096", "--limit-concurrency", "20000",
          *STACKS[os.environ.get("BENCH_STACK", "auto")]],
         cwd=ROOT, env=env)
-    wait_port(port)
     try:
+        wait_port(port)
         yield port, process.pid
     finally:
         process.terminate()
@@ -358,120 +369,320 @@ def crowd(
     """1,000 SSE clients on one uvicorn process following 10 jobs on Redis; each job
     writes every ``pause`` seconds (0.1: the default min_interval, flat out)."""
     with redis_server() as url, uvicorn_server(url) as (port, pid):
+        figures = measure_crowd(url, port, pid, PREFIX, clients, jobs, writes, pause,
+                                together=together)
+    print(f"  {clients} streams open: server RSS {figures.rss_before} -> {figures.rss} KiB "
+          f"({figures.kib_per_stream:.1f} KiB per client)")
+    print(f"  Redis connections opened by the server since start: "
+          f"{figures.connections} (pub/sub connections now: {figures.pubsub})")
+    print(f"  server CPU while the jobs ran: {figures.cpu:.2f} s in {figures.took:.1f} s "
+          f"({figures.cpu / figures.took:.0%} of a core)")
+    ms = figures.ms
+    print(f"  freshness over {len(ms)} deliveries: p50={statistics.median(ms):.1f} ms "
+          f"p90={percentile(ms, 90):.1f} ms p99={percentile(ms, 99):.1f} ms "
+          f"max={max(ms):.1f} ms; streams ended: {figures.finished}/{clients}")
+    if os.environ.get("BENCH_ROUNDS"):
+        per = len(ms) // writes
+        for r in range(writes):
+            chunk = sorted(ms[r * per:(r + 1) * per])
+            print(f"    slice {r}: p50={chunk[len(chunk) // 2]:.1f} max={chunk[-1]:.1f}")
+
+
+@dataclasses.dataclass
+class Crowd:
+    """What one crowd run measured: delivery delays (ms), server RSS and CPU."""
+
+    ms: list[float]
+    rss_before: int
+    rss: int
+    clients: int
+    cpu: float
+    took: float
+    finished: int
+    connections: int
+    pubsub: int
+
+    @property
+    def kib_per_stream(self) -> float:
+        return (self.rss - self.rss_before) / self.clients
+
+    @property
+    def cpu_us_per_delivery(self) -> float:
+        return self.cpu / max(1, len(self.ms)) * 1e6
+
+
+def measure_crowd(
+    url: str, port: int, pid: int, path: str, clients: int, jobs: int, writes: int,
+    pause: float, *, together: bool, names: str = "job",
+) -> Crowd:
+    """``clients`` SSE clients of the server on ``port`` (process ``pid``) following
+    ``{path}/{names}-J`` for ``jobs`` jobs written by another process on Redis ``url``."""
+    admin = redis.Redis.from_url(url)
+    # The writes come from another process, as a job's would: no GIL shared with
+    # the clients here. It claims the records, says so, and writes on "go".
+    writer_process = subprocess.Popen(
+        [sys.executable, __file__, "_write", url, str(jobs), str(writes), str(pause),
+         "together" if together else "apart", names],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert writer_process.stdout is not None and writer_process.stdin is not None
+    assert writer_process.stdout.readline().strip() == "ready"
+    time.sleep(0.5)
+    rss_before = rss_kib(pid)
+    connections_before = int(admin.info("stats")["total_connections_received"])
+    delays: list[float] = []
+    opened = 0
+    finished = 0
+    figures: dict[str, Any] = {}
+
+    class Client(asyncio.Protocol):
+        """One SSE client, as cheap as a Python client gets (a protocol, no
+        stream reader): it notes the time bytes arrive, then parses them."""
+
+        def __init__(self, ready: asyncio.Event, done: asyncio.Future[None]) -> None:
+            self.ready, self.done = ready, done
+            self.buffer = b""
+            self.first = True
+
+        def data_received(self, data: bytes) -> None:
+            nonlocal opened
+            now = time.time()
+            self.buffer += data
+            *events, self.buffer = self.buffer.split(b"\n\n")
+            for event in events:
+                start = event.find(b"data: {")
+                if start < 0:
+                    continue
+                body = event[start + 6 :]
+                if self.first:
+                    self.first = False
+                    opened += 1
+                    if opened == clients:
+                        self.ready.set()
+                else:
+                    found = MESSAGES.search(body)
+                    stamps = found.group(1).split(b",") if found and found.group(1) else []
+                    delays.extend(now - float(stamp.strip(b'"')) for stamp in stamps)
+                if b'"in_progress":false' in body and not self.done.done():
+                    self.done.set_result(None)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if not self.done.done():
+                self.done.set_result(None)
+
+    async def client(index: int, ready: asyncio.Event) -> None:
+        nonlocal finished
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        transport, _ = await loop.create_connection(
+            lambda: Client(ready, done), "127.0.0.1", port
+        )
+        transport.write(f"GET {path}/{names}-{index % jobs} HTTP/1.0\r\n"
+                        "Accept: text/event-stream\r\n\r\n".encode())
+        await done
+        finished += 1
+        transport.close()
+
+    async def run() -> None:
+        assert writer_process.stdin is not None
+        ready = asyncio.Event()
+        tasks = []
+        for i in range(clients):
+            tasks.append(asyncio.create_task(client(i, ready)))
+            if i % 50 == 49:
+                await asyncio.sleep(0.05)
+        await asyncio.wait_for(ready.wait(), 60)
+        await asyncio.sleep(1.0)
+        figures["rss"] = rss_kib(pid)
+        pubsub = admin.execute_command("CLIENT", "LIST", "TYPE", "pubsub")
+        figures["pubsub"] = len([x for x in pubsub.decode().splitlines() if x])
+        figures["connections"] = (int(admin.info("stats")["total_connections_received"])
+                                  - connections_before)
+        cpu = server_cpu(pid)
+        started = time.monotonic()
+        writer_process.stdin.write("go\n")
+        writer_process.stdin.flush()
+        await asyncio.to_thread(writer_process.wait)
+        await asyncio.wait_for(asyncio.gather(*tasks), 60)
+        figures["took"] = time.monotonic() - started
+        figures["cpu"] = server_cpu(pid) - cpu
+
+    if importlib.util.find_spec("uvloop"):
+        import uvloop
+
+        uvloop.run(run())
+    else:
+        asyncio.run(run())
+    admin.close()
+    return Crowd(ms=[d * 1000 for d in delays], rss_before=rss_before, clients=clients,
+                 finished=finished, **figures)
+
+
+# ----------------------------------------------------------------------------- fanout
+
+
+@contextlib.contextmanager
+def floor_server(store_url: str) -> Iterator[tuple[int, int]]:
+    """(port, pid) of the raw uvloop floor (``bench/fanout_apps.py``)."""
+    port = free_port()
+    env = {**os.environ, "TRACKED_STORE": store_url, "PYTHONPATH": python_path()}
+    process = subprocess.Popen([sys.executable, "-m", "bench.fanout_apps", "floor", str(port)],
+                               cwd=ROOT, env=env)
+    try:
+        wait_port(port)
+        yield port, process.pid
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+#: The servers ``fanout`` compares: how to start one, and the path prefix of its streams.
+FANOUT = {
+    "tracked": (lambda url: uvicorn_server(url), PREFIX),
+    "sse-starlette": (lambda url: uvicorn_server(url, "bench.fanout_apps:create_sse_starlette"),
+                      "/sse"),
+    "floor": (floor_server, "/floor"),
+}
+
+
+def fanout(counts: tuple[int, ...] = (1000, 2000), jobs: int = 1, writes: int = 20,
+           pause: float = 0.5) -> None:
+    """tracked.asgi against sse-starlette with one shared subscriber and a raw uvloop
+    floor with one subscription: ``counts`` clients following ``jobs`` jobs on Redis
+    that write in the same instant every ``pause`` s. Each (count, round) runs the
+    three on fresh servers, in a rotated order; the figures are medians of rounds,
+    and the ratios are the medians of each round's own ratio."""
+    rounds = int(os.environ.get("BENCH_ROUNDS", 3))
+    print(f"  uvicorn stack {stack()}; {rounds} rounds; {jobs} job(s), {writes} writes "
+          f"every {pause} s, all clients' deliveries at once; load {os.getloadavg()[0]:.1f}")
+    kinds = list(FANOUT)
+    with redis_server() as url:
+        for count in counts:
+            runs: dict[str, list[Crowd]] = {kind: [] for kind in kinds}
+            loads = []
+            for round_ in range(rounds):
+                order = kinds[round_ % 3:] + kinds[:round_ % 3]
+                for kind in order:
+                    start, path = FANOUT[kind]
+                    loads.append(os.getloadavg()[0])
+                    with start(url) as (port, pid):
+                        time.sleep(1.0)  # let the server settle before its RSS is read
+                        runs[kind].append(measure_crowd(
+                            url, port, pid, path, count, jobs, writes, pause, together=True,
+                            names=f"{kind}-{count}-{round_}"))
+                    got = runs[kind][-1]
+                    print(f"    {count} {kind:13} round {round_}: p50 "
+                          f"{statistics.median(got.ms):.1f} p99 {percentile(got.ms, 99):.1f} "
+                          f"max {max(got.ms):.1f} ms, {got.cpu_us_per_delivery:.1f} us/delivery, "
+                          f"{got.kib_per_stream:.1f} KiB/stream, {len(got.ms)} deliveries, "
+                          f"ended {got.finished}/{count}")
+            print(f"  {count} clients (load {min(loads):.1f}-{max(loads):.1f}):")
+            for kind in kinds:
+                done = runs[kind]
+                p50 = statistics.median(statistics.median(c.ms) for c in done)
+                print(f"    {kind:13} p50 {p50:6.1f}"
+                      f"  p99 {statistics.median(percentile(c.ms, 99) for c in done):6.1f}"
+                      f"  max {statistics.median(max(c.ms) for c in done):6.1f} ms;"
+                      f"  {statistics.median(c.cpu_us_per_delivery for c in done):5.1f} us CPU"
+                      f" per delivery; {statistics.median(c.kib_per_stream for c in done):5.1f}"
+                      f" KiB per stream; pub/sub connections {done[-1].pubsub}")
+            for other in ("sse-starlette", "floor"):
+                ratios = [percentile(t.ms, 99) / percentile(o.ms, 99)
+                          for t, o in zip(runs["tracked"], runs[other], strict=True)]
+                cpu = [t.cpu_us_per_delivery / o.cpu_us_per_delivery
+                       for t, o in zip(runs["tracked"], runs[other], strict=True)]
+                print(f"    tracked / {other}: p99 {statistics.median(ratios):.2f} "
+                      f"({min(ratios):.2f}-{max(ratios):.2f}), CPU per delivery "
+                      f"{statistics.median(cpu):.2f}")
+
+
+# ----------------------------------------------------------------------------- stream-memory
+
+
+def stream_memory(clients: int = 1000, top: int = 30, *, trace: bool = True) -> None:
+    """What an open stream holds: a tracemalloc snapshot of the uvicorn process
+    (``bench/push_app.py`` with ``$BENCH_TRACEMALLOC``) before and after ``clients``
+    SSE streams opened on one Redis record, the difference by line, per stream.
+    ``trace=False``: the server's RSS only, without tracemalloc's own weight."""
+    directory = tempfile.mkdtemp()
+    if trace:
+        os.environ["BENCH_TRACEMALLOC"] = f"{directory}/snapshot"
+    before, after = f"{directory}/snapshot.before", f"{directory}/snapshot.after"
+    with redis_server() as url, uvicorn_server(url) as (port, pid):
         store = tracked.open_store(url)
-        admin = redis.Redis.from_url(url)
-        # The writes come from another process, as a job's would: no GIL shared with
-        # the 1,000 clients here. It claims the records, says so, and writes on "go".
-        writer_process = subprocess.Popen(
-            [sys.executable, __file__, "_write", url, str(jobs), str(writes), str(pause),
-             "together" if together else "apart"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert writer_process.stdout is not None and writer_process.stdin is not None
-        assert writer_process.stdout.readline().strip() == "ready"
-        time.sleep(0.5)
-        rss_before = rss_kib(pid)
-        connections_before = int(admin.info("stats")["total_connections_received"])
-        delays: list[float] = []
-        opened = 0
-        finished = 0
+        writer = Writer(store, "memory")
+        writer.write()
 
-        class Client(asyncio.Protocol):
-            """One SSE client, as cheap as a Python client gets (a protocol, no
-            stream reader): it notes the time bytes arrive, then parses them."""
+        def snapshot(path: str) -> None:
+            if not trace:
+                return
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(f"GET /snapshot?{path.rsplit('.', 1)[1]} HTTP/1.0\r\n\r\n".encode())
+                while sock.recv(4096):
+                    pass
 
-            def __init__(self, ready: asyncio.Event, done: asyncio.Future[None]) -> None:
-                self.ready, self.done = ready, done
-                self.buffer = b""
-                self.first = True
+        async def open_streams() -> None:
+            loop = asyncio.get_running_loop()
+            opened = 0
+            ready = asyncio.Event()
 
-            def data_received(self, data: bytes) -> None:
-                nonlocal opened
-                now = time.time()
-                self.buffer += data
-                *events, self.buffer = self.buffer.split(b"\n\n")
-                for event in events:
-                    start = event.find(b"data: {")
-                    if start < 0:
-                        continue
-                    body = event[start + 6 :]
-                    if self.first:
+            class Client(asyncio.Protocol):
+                first = True
+
+                def data_received(self, data: bytes) -> None:
+                    nonlocal opened
+                    if self.first and b"data: {" in data:
                         self.first = False
                         opened += 1
                         if opened == clients:
-                            self.ready.set()
-                    else:
-                        found = MESSAGES.search(body)
-                        stamps = found.group(1).split(b",") if found and found.group(1) else []
-                        delays.extend(now - float(stamp.strip(b'"')) for stamp in stamps)
-                    if b'"in_progress":false' in body and not self.done.done():
-                        self.done.set_result(None)
+                            ready.set()
 
-            def connection_lost(self, exc: Exception | None) -> None:
-                if not self.done.done():
-                    self.done.set_result(None)
-
-        async def client(index: int, ready: asyncio.Event) -> None:
-            nonlocal finished
-            loop = asyncio.get_running_loop()
-            done: asyncio.Future[None] = loop.create_future()
-            transport, _ = await loop.create_connection(
-                lambda: Client(ready, done), "127.0.0.1", port
-            )
-            transport.write(f"GET {PREFIX}/job-{index % jobs} HTTP/1.0\r\n"
-                            "Accept: text/event-stream\r\n\r\n".encode())
-            await done
-            finished += 1
-            transport.close()
-
-        async def run() -> None:
-            ready = asyncio.Event()
-            tasks = []
+            transports = []
             for i in range(clients):
-                tasks.append(asyncio.create_task(client(i, ready)))
+                transport, _ = await loop.create_connection(Client, "127.0.0.1", port)
+                transport.write(f"GET {PREFIX}/memory HTTP/1.0\r\n"
+                                "Accept: text/event-stream\r\n\r\n".encode())
+                transports.append(transport)
                 if i % 50 == 49:
                     await asyncio.sleep(0.05)
             await asyncio.wait_for(ready.wait(), 60)
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(0.5)
             rss = rss_kib(pid)
-            pubsub = admin.execute_command("CLIENT", "LIST", "TYPE", "pubsub")
-            pubsub_count = len([x for x in pubsub.decode().splitlines() if x])
-            opened_connections = int(admin.info("stats")["total_connections_received"])
-            print(f"  {clients} streams open: server RSS {rss_before} -> {rss} KiB "
-                  f"({(rss - rss_before) / clients:.1f} KiB per client)")
-            print(f"  Redis connections opened by the server since start: "
-                  f"{opened_connections - connections_before} (pub/sub connections now: "
-                  f"{pubsub_count})")
+            await asyncio.to_thread(snapshot, after)
+            print(f"  {clients} streams: RSS {rss_before} -> {rss} KiB, "
+                  f"{(rss - rss_before) / clients:.1f} KiB per stream")
+            for transport in transports:
+                transport.close()
 
-            cpu = server_cpu(pid)
-            started = time.monotonic()
-            writer_process.stdin.write("go\n")
-            writer_process.stdin.flush()
-            await asyncio.to_thread(writer_process.wait)
-            await asyncio.wait_for(asyncio.gather(*tasks), 60)
-            took = time.monotonic() - started
-            print(f"  server CPU while the jobs ran: {server_cpu(pid) - cpu:.2f} s "
-                  f"in {took:.1f} s ({(server_cpu(pid) - cpu) / took:.0%} of a core)")
-
-        asyncio.run(run())
-        ms = [d * 1000 for d in delays]
-        print(f"  freshness over {len(ms)} deliveries: p50={statistics.median(ms):.1f} ms "
-              f"p90={percentile(ms, 90):.1f} ms p99={percentile(ms, 99):.1f} ms "
-              f"max={max(ms):.1f} ms; streams ended: {finished}/{clients}")
-        if os.environ.get("BENCH_ROUNDS"):
-            per = len(ms) // writes
-            for r in range(writes):
-                chunk = sorted(ms[r * per:(r + 1) * per])
-                print(f"    slice {r}: p50={chunk[len(chunk) // 2]:.1f} max={chunk[-1]:.1f}")
+        time.sleep(0.5)
+        snapshot(before)
+        time.sleep(0.3)
+        rss_before = rss_kib(pid)
+        asyncio.run(open_streams())
+        writer.write(final=True)
         store.close()
+    if not trace:
+        return
+    import tracemalloc
+
+    old, new = tracemalloc.Snapshot.load(before), tracemalloc.Snapshot.load(after)
+    diff = new.compare_to(old, "lineno")
+    grown = sum(d.size_diff for d in diff)
+    print(f"  traced Python memory: +{grown / 1024:.0f} KiB, "
+          f"{grown / clients / 1024:.2f} KiB per stream; by line (bytes per stream, blocks):")
+    for stat in diff[:top]:
+        frame = stat.traceback[0]
+        print(f"    {stat.size_diff / clients:8.0f} B {stat.count_diff / clients:5.1f}  "
+              f"{frame.filename.split('site-packages/')[-1].split('/push19/')[-1]}:{frame.lineno}")
+    shutil.rmtree(directory, ignore_errors=True)
 
 
-def _write(url: str, jobs: str, writes: str, pause: str, mode: str) -> None:
+def _write(url: str, jobs: str, writes: str, pause: str, mode: str, names: str = "job") -> None:
     """The crowd's writer process: ``writes`` rounds over ``jobs`` records, every
     ``pause`` seconds. ``together``: the jobs write in the same instant (the worst
     case, 1,000 deliveries at once); ``apart``: each job at its own phase of the
     period, as independent jobs' flushers do."""
     store = tracked.open_store(url)
-    writers = [Writer(store, f"job-{j}") for j in range(int(jobs))]
+    writers = [Writer(store, f"{names}-{j}") for j in range(int(jobs))]
     period = float(pause)
     print("ready", flush=True)
     sys.stdin.readline()
@@ -498,6 +709,10 @@ if __name__ == "__main__":
         "crowd": lambda: crowd(together=False),
         "crowd-together": lambda: crowd(together=True),
         "crowd-fast": lambda: crowd(writes=40, pause=0.1, together=False),
+        "fanout": fanout,
+        "stream-memory": stream_memory,
+        "stream-rss": lambda: stream_memory(trace=False),
+        "fanout-1000": lambda: fanout((1000,)),
     }
     for part in sys.argv[1:] or list(parts):
         print(f"== {part}")

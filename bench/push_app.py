@@ -53,13 +53,41 @@ def hand_written(store: Any) -> Any:
 
 
 def create_app() -> Any:
-    """``/trivial`` straight to the trivial route; everything else through the middleware."""
+    """``/trivial`` straight to the trivial route; everything else through the middleware.
+    With ``$BENCH_TRACEMALLOC`` set, tracemalloc runs and ``/snapshot?N`` dumps a
+    snapshot to that path + ``.N`` (``bench_push.py stream-memory``); with
+    ``$BENCH_PROFILE``, the event loop's thread runs under cProfile until ``/profile``
+    dumps the stats to that path."""
+    snapshot_path = os.environ.get("BENCH_TRACEMALLOC")
+    if snapshot_path:
+        import tracemalloc
+
+        tracemalloc.start(6)
+    profile_path = os.environ.get("BENCH_PROFILE")
+    profiler: Any = None
+    if profile_path:  # the event loop's thread, from start to ``/profile``
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     store = tracked.open_store(os.environ["TRACKED_STORE"])
     tracked_app = TrackedMiddleware(trivial, store)
     hand = hand_written(store) if hasattr(store, "record_key") else None
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] == "/trivial":
+        if snapshot_path and scope["type"] == "http" and scope["path"] == "/snapshot":
+            import gc
+            import tracemalloc
+
+            gc.collect()
+            suffix = scope["query_string"].decode() or "0"
+            tracemalloc.take_snapshot().dump(f"{snapshot_path}.{suffix}")
+            await trivial(scope, receive, send)
+        elif profiler is not None and scope["type"] == "http" and scope["path"] == "/profile":
+            profiler.disable()
+            profiler.dump_stats(profile_path)
+            await trivial(scope, receive, send)
+        elif scope["type"] == "http" and scope["path"] == "/trivial":
             await trivial(scope, receive, send)
         elif hand is not None and scope["type"] == "http" and scope["path"].startswith("/hand/"):
             await hand(scope, receive, send)

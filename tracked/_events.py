@@ -322,8 +322,24 @@ def event_schedule(
 
 
 def _slim(state: tracked.State) -> tracked.State:
-    """``state`` without its messages (``message_count`` stays): what a stream keeps."""
-    return dataclasses.replace(state, messages=()) if state.messages else state
+    """``state`` without its messages (``message_count`` stays): what a stream keeps.
+
+    The streams woken by one change get the same ``State``: they share one copy
+    (the last one made), not a copy each."""
+    global _last_slim
+    if not state.messages:
+        return state
+    last = _last_slim  # one tuple, swapped whole: safe across threads
+    if last[0] is state:
+        return last[1]
+    slim = dataclasses.replace(state, messages=())
+    _last_slim = (state, slim)
+    return slim
+
+
+_EMPTY = tracked.State(name="", total=None)
+#: The last state ``_slim`` copied and its copy (kept for identity: a held reference).
+_last_slim: tuple[tracked.State, tracked.State] = (_EMPTY, _EMPTY)
 
 
 def _continues(latest: tracked.State, sent: tracked.State, run: int, cursor: int) -> bool:

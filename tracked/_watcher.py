@@ -23,12 +23,15 @@ Change = tuple[bool, "tracked.State | None"]
 class Subscription:
     """One stream's interest in one key: woken by its store's watcher."""
 
-    __slots__ = ("_cond", "_latest", "_pending", "_waiters", "key", "watcher")
+    __slots__ = ("_cond", "_latest", "_lock", "_pending", "_waiters", "key", "watcher")
 
     def __init__(self, watcher: Watcher, key: str) -> None:
         self.watcher = watcher
         self.key = key
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        # Made by the first blocking ``wait``: a stream driven on an event loop never
+        # needs one, and a Condition costs about 1 KiB (a dict of bound methods, a deque).
+        self._cond: threading.Condition | None = None
         self._pending = False
         self._latest: tracked.State | None = None
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
@@ -41,17 +44,18 @@ class Subscription:
         self, state: tracked.State | None
     ) -> list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]:
         """Record a change and wake waiting threads; the loop waiters still to wake."""
-        with self._cond:
+        with self._lock:
             # Two changes before the stream looked: the state in hand misses the first.
             self._latest = state if not self._pending else None
             self._pending = True
-            self._cond.notify_all()
+            if self._cond is not None:
+                self._cond.notify_all()
             waiters, self._waiters = self._waiters, []
         return waiters
 
     def take(self) -> Change:
         """Whether a change arrived since the last ``take`` (and its state), resetting it."""
-        with self._cond:
+        with self._lock:
             return self._take_locked()
 
     def _take_locked(self) -> Change:
@@ -62,8 +66,10 @@ class Subscription:
 
     def wait(self, timeout: float) -> Change:
         """Block up to ``timeout`` seconds for a change; then ``take()`` it."""
-        with self._cond:
+        with self._lock:
             if not self._pending and timeout > 0:
+                if self._cond is None:
+                    self._cond = threading.Condition(self._lock)
                 self._cond.wait(timeout)
         return self.take()
 
@@ -73,7 +79,7 @@ class Subscription:
         One future and one timer per wait (no ``wait_for`` task machinery): with a
         thousand streams woken at once, each wake-up is the loop's cheapest."""
         loop = asyncio.get_running_loop()
-        with self._cond:
+        with self._lock:
             if self._pending or timeout <= 0:
                 return self._take_locked()
             future: asyncio.Future[None] = loop.create_future()
@@ -84,7 +90,7 @@ class Subscription:
         finally:
             timer.cancel()
             if not future.done() or self._waiters:
-                with self._cond:
+                with self._lock:
                     self._waiters = [w for w in self._waiters if w[1] is not future]
         return self.take()
 

@@ -133,6 +133,9 @@ def status_app(
         if answer is None:
             loop = asyncio.get_running_loop()
             answer = await asyncio.to_thread(service.open, request, loop)
+        # A stream lasts up to a minute: it keeps no copy of its request (nor of the
+        # scope copied above for its root_path).
+        del request, scope
         if isinstance(answer, EventStream):
             await _stream(answer, receive, send)
         else:
@@ -221,23 +224,14 @@ _HEADERS = frozenset(
 async def _stream(stream: EventStream, receive: Receive, send: Send) -> None:
     """Drive an event stream on the loop: wait for changes without a thread, read
     the store in one, stop when the client disconnects (or a send fails)."""
-    gone = False
-
-    async def listen() -> None:
-        nonlocal gone
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                gone = True
-                stream.subscription.notify()  # wake a waiting schedule now
-                return
-
-    listener = asyncio.create_task(listen())
+    # Done once the client has gone: no closure or cells per stream (issue 19: each
+    # open stream's memory counts, a thousand at a time).
+    listener = asyncio.create_task(_listen(receive, stream))
     try:
         headers = list(_encoded(stream.headers))  # a fresh list of shared pairs
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         value: Any = None
-        while not gone:
+        while not listener.done():
             try:
                 step = stream.steps.send(value)
             except StopIteration:
@@ -252,13 +246,22 @@ async def _stream(stream: EventStream, receive: Receive, send: Send) -> None:
                     value = await asyncio.to_thread(stream.load)
                 except Exception:  # noqa: BLE001 - end the stream; a reconnect gets the 500
                     break
-        if not gone:
+        if not listener.done():
             await send({"type": "http.response.body", "body": b"", "more_body": False})
     except OSError:
         pass  # the client went away (ASGI 2.4 servers raise it from send)
     finally:
         listener.cancel()
         stream.close()
+
+
+async def _listen(receive: Receive, stream: EventStream) -> None:
+    """Return once the client of ``stream`` has disconnected, waking its schedule."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            stream.subscription.notify()  # wake a waiting schedule now
+            return
 
 
 @functools.lru_cache(maxsize=16)
