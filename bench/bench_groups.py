@@ -26,21 +26,28 @@ from _common import interleaved, load_tracked, median, seconds
 tracked = load_tracked()
 
 
-def fill(store: Any, name: str, children: int) -> Any:
-    """A running group with ``children`` running children (its block left open)."""
+def fill(store: Any, name: str, children: int, *, swept: bool = True) -> Any:
+    """A running group with ``children`` running children (its block left open), their
+    records never written; ``swept``: its sweep turn just taken, so no read sweeps it
+    within the store's window (a sweep counts record-less children abandoned)."""
     group = tracked.group(name, store=store)
+    run = group.token.split(".")[1]
+    if swept:
+        store.sweep_turn(group.key, run, 0.0)
     for i in range(children):
-        run = group.token.split(".")[1]
         store.move_child(group.key, run, f"{name}-child-{i}", "running", 0, None)
     return group
 
 
 def reads(store: Any, label: str, rounds: int, n: int = 2000) -> None:
-    small, big = fill(store, "small", 10), fill(store, "big", 10_000)
-    sweep = seconds(lambda: store.load("big"))  # the first read sweeps: 10,000 running
-    print(f"{label} one sweep of 10,000 running children: {sweep * 1e3:.0f} ms"
+    doomed = fill(store, "doomed", 10_000, swept=False)
+    sweep = seconds(lambda: store.load("doomed"))  # the first read sweeps: 10,000 running
+    print(f"{label} one sweep of 10,000 running children, every one moved to abandoned"
+          f" (no record): {sweep * 1e3:.0f} ms"
           f" (once per {store.sweep_window:.0f} s window, by one reader)")
+    doomed.close()
     store.group_sweep_window = 3600.0  # steady reads: no sweep falls inside the rounds
+    small, big = fill(store, "small", 10), fill(store, "big", 10_000)
 
     def read(name: str) -> Any:
         def run() -> None:
