@@ -97,7 +97,7 @@ def message_then_sleep(store: str, name: str, min_interval: str) -> None:
     with tracked.start(name, store=store, min_interval=float(min_interval)) as p:
         p.add_message("a")
         say("added", repr(time.time()))
-        time.sleep(1.0)
+        time.sleep(10.0 * float(min_interval) + 3.0)  # well past any flush, even under load
 
 
 def generator_job(store: str, name: str, steps: str) -> None:
