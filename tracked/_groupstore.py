@@ -140,6 +140,16 @@ def sweep_group(store: Store, key: str, book: GroupBook) -> GroupBook | None:
     abandoned."""
     if not store.sweep_turn(key, book.run, store.sweep_window):
         return None
+    latest, vanished = _move_changed(store, key, book.run)
+    if vanished:
+        time.sleep(_SETTLE)  # a child's write may land just after its count (a cluster)
+        latest = _abandon_vanished(store, key, book.run, vanished) or latest
+    return latest if latest is not None else store.read_group(key)
+
+
+def _move_changed(store: Store, key: str, run: str) -> tuple[GroupBook | None, list[str]]:
+    """Move in the ledger the children whose records now say another state; return
+    the latest book and the running children whose record is gone or another run's."""
     latest, vanished = None, []
     for child, counted in store.group_children(key):
         if counted in ENDED_STATES:
@@ -148,25 +158,32 @@ def sweep_group(store: Store, key: str, book: GroupBook) -> GroupBook | None:
             state = store.load(child)  # judged: a dead owner's run reads abandoned
         except StoreError:
             continue
-        if state is None or not _of_group(state, key, book.run):
+        if state is None or not _of_group(state, key, run):
             if counted == "running":  # a queued one's record may be in a caller's
                 vanished.append(child)  # RQ pipeline, written when it executes
         elif state.state != counted:
             line = child_line(state) or f"{child.replace(chr(0), '/')} {state.state}"
-            moved = store.move_child(key, book.run, child, state.state, units_of(state), line)
+            moved = store.move_child(key, run, child, state.state, units_of(state), line)
             latest = moved or latest
-    if vanished:
-        time.sleep(_SETTLE)  # a child's write may land just after its count (a cluster)
+    return latest, vanished
+
+
+def _abandon_vanished(
+    store: Store, key: str, run: str, vanished: list[str]
+) -> GroupBook | None:
+    """Count abandoned the ``vanished`` children still missing (or another run's) on a
+    second look; return the latest book moved, if any."""
+    latest = None
     for child in vanished:
         try:
             state = store.load(child)
         except StoreError:
             continue
-        if state is None or not _of_group(state, key, book.run):
+        if state is None or not _of_group(state, key, run):
             why = "its record is gone" if state is None else "its name holds another run"
             line = f"{child.replace(chr(0), '/')} abandoned: {why}"
-            latest = store.move_child(key, book.run, child, "abandoned", FULL, line) or latest
-    return latest if latest is not None else store.read_group(key)
+            latest = store.move_child(key, run, child, "abandoned", FULL, line) or latest
+    return latest
 
 
 #: How long a sweep waits before it counts a child whose record it did not find.

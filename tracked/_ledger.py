@@ -170,14 +170,9 @@ class Ledger:
             self.counts[previous[0]] = self.counts.get(previous[0], 0) - 1
             old_units = previous[1]
         self.counts[state] = self.counts.get(state, 0) + 1
-        lines, line_count, first = book.lines, book.line_count, book.first_error
-        if state in ("failed", "abandoned") and line:
-            lines = (*lines, line)[-KEEP_LINES:]
-            line_count += 1
-            first = first or line
         book = dataclasses.replace(
-            book, counts=dict(self.counts), units=book.units + units - old_units,
-            lines=lines, line_count=line_count, first_error=first,
+            _with_line(book, state, line), counts=dict(self.counts),
+            units=book.units + units - old_units,
         )
         return self._ended(book, now), True
 
@@ -195,6 +190,17 @@ class Ledger:
         if book.closed and book.ended_at is None and book.unended == 0:
             return dataclasses.replace(book, ended_at=now, just_ended=True)
         return book
+
+
+def _with_line(book: GroupBook, state: str, line: str | None) -> GroupBook:
+    """``book`` with a failed or abandoned child's ``line`` kept (the last
+    ``KEEP_LINES``, the first one as the group's first error)."""
+    if state not in ("failed", "abandoned") or not line:
+        return book
+    return dataclasses.replace(
+        book, lines=(*book.lines, line)[-KEEP_LINES:], line_count=book.line_count + 1,
+        first_error=book.first_error or line,
+    )
 
 
 def overlay(state: State, book: GroupBook | None) -> State:
@@ -220,17 +226,7 @@ def overlay(state: State, book: GroupBook | None) -> State:
         "cancel_requested": state.cancel_requested or book.cancelled,
     }
     if book.ended_at is not None:
-        failed = children["failed"] + children["abandoned"]
-        error = None
-        if book.cancelled and children["cancelled"]:
-            end = "cancelled"
-        elif failed:
-            end = "failed"
-            error = f"{failed} of {total} children failed: first error: {book.first_error}"
-        elif children["cancelled"]:  # a child stopped on request: not all work was done
-            end = "cancelled"
-        else:
-            end = "finished"
+        end, error = _group_end(book, children, total)
         ended = state if not state.in_progress else state.ended(end, book.ended_at)
         changes.update(
             in_progress=False, state=end, error=error, finished_time=book.ended_at,
@@ -241,6 +237,20 @@ def overlay(state: State, book: GroupBook | None) -> State:
     if not state.in_progress:  # the group's record ended without its ledger (a lapse)
         return dataclasses.replace(state, **changes)
     return dataclasses.replace(state, **changes)
+
+
+def _group_end(book: GroupBook, children: dict[str, int], total: int) -> tuple[str, str | None]:
+    """How an ended group ended, and its error: ``cancelled`` if it was cancelled and a
+    child stopped, ``failed`` if a child failed or was abandoned, ``cancelled`` if a
+    child stopped on request, else ``finished``."""
+    failed = children["failed"] + children["abandoned"]
+    if book.cancelled and children["cancelled"]:
+        return "cancelled", None
+    if failed:
+        return "failed", f"{failed} of {total} children failed: first error: {book.first_error}"
+    if children["cancelled"]:  # a child stopped on request: not all work was done
+        return "cancelled", None
+    return "finished", None
 
 
 # ----------------------------------------------------------------------------- tokens

@@ -92,13 +92,9 @@ def _published(
     if run is None:
         return
     if headers.get("retries"):  # self.retry() in the running task: the same run
-        ticket = requeue_current(str(headers["id"]))
-        if ticket is not None:
-            headers[HEADER] = ticket.to_dict()
+        _requeue(headers)
         return
-    args, kwargs = ((), {})
-    if isinstance(body, (list, tuple)) and len(body) >= 2:
-        args, kwargs = body[0], body[1]
+    args, kwargs = _call_args(body)
     plan = describe_call(run, tuple(args), dict(kwargs))
     state, owner, ticket = prepare(
         plan.name,
@@ -115,12 +111,32 @@ def _published(
     headers[HEADER] = ticket.to_dict()
     (store or plan.store).claim(state, owner)
     if state.group is not None:  # a group's child is counted from now
-        book = report_move(store or plan.store, state)
-        why = "its group is not running" if book is None else book.refusal()
-        if why is not None:  # dropped before it starts: a worker skips it, never
-            end_queued(store or plan.store, ticket, "cancelled", error=why)  # uncounted
-            logger.warning("task %s (%r) not counted in its group: %s", headers["id"],
-                           state.key, why)
+        _count_in_group(store or plan.store, state, ticket, headers)
+
+
+def _requeue(headers: dict[str, Any]) -> None:
+    """A retry's send: the running run goes back in line, its ticket carried on."""
+    ticket = requeue_current(str(headers["id"]))
+    if ticket is not None:
+        headers[HEADER] = ticket.to_dict()
+
+
+def _call_args(body: Any) -> tuple[Any, Any]:
+    """The positional and keyword arguments of a task message's ``body``."""
+    if isinstance(body, (list, tuple)) and len(body) >= 2:
+        return body[0], body[1]
+    return (), {}
+
+
+def _count_in_group(store: Store, state: State, ticket: Ticket, headers: dict[str, Any]) -> None:
+    """Count a queued child in its group, or end it cancelled (a worker skips it, never
+    uncounted) when the group refuses it."""
+    book = report_move(store, state)
+    why = "its group is not running" if book is None else book.refusal()
+    if why is not None:  # dropped before it starts: a worker skips it, never
+        end_queued(store, ticket, "cancelled", error=why)  # uncounted
+        logger.warning("task %s (%r) not counted in its group: %s", headers["id"],
+                       state.key, why)
 
 
 def _queued_timeout(expires: object) -> float | None:
