@@ -202,19 +202,26 @@ class EventCache:
             return kept[2]
         state = store.load(key)  # after the stat: a change meanwhile is seen next time
         if state is not None:
-            # As RenderCache: a file younger than a clock tick is reused only until it
-            # could have settled (another replace within the tick could look the same).
-            settled = time.time_ns() - signature[1] > RenderCache.SETTLE_NS
-            until = now + (RenderCache.RECHECK_S if settled else RenderCache.SETTLE_NS / 1e9)
-            size = _state_bytes(state)
-            with self._lock:
-                old = self._loaded.pop(key, None)
-                if old is not None:
-                    self._bytes -= old[3]
-                if key in self._streams and self._bytes + size <= self.max_bytes:
-                    self._loaded[key] = (signature, until, state, size)
-                    self._bytes += size
+            self._keep_loaded(key, signature, now, state)
         return state
+
+    def _keep_loaded(
+        self, key: str, signature: Signature, now: float, state: tracked.State
+    ) -> None:
+        """Keep ``state``, read at ``now`` from a file with ``signature``, for the key's
+        open streams, within ``max_bytes``."""
+        # As RenderCache: a file younger than a clock tick is reused only until it
+        # could have settled (another replace within the tick could look the same).
+        settled = time.time_ns() - signature[1] > RenderCache.SETTLE_NS
+        until = now + (RenderCache.RECHECK_S if settled else RenderCache.SETTLE_NS / 1e9)
+        size = _state_bytes(state)
+        with self._lock:
+            old = self._loaded.pop(key, None)
+            if old is not None:
+                self._bytes -= old[3]
+            if key in self._streams and self._bytes + size <= self.max_bytes:
+                self._loaded[key] = (signature, until, state, size)
+                self._bytes += size
 
     @property
     def size(self) -> int:
