@@ -186,12 +186,14 @@ class Progress:
         run: str,
         was: frozenset[str],
         retry: Callable[[BaseException], Owner | None],
+        left: Callable[[BaseException], bool] | None = None,
     ) -> bool:
         """Become the owner of queued run ``run`` (``tracked._queued``): the run keeps the
         count, messages, attempt and start time of ``queued``, the record read (None:
         there is none, claim it afresh under the same run). False if the record is no
         longer that run in one of the states ``was``. ``retry``, given the exception
-        the run ends by, names the queued owner to go back in line as (or None)."""
+        the run ends by, names the queued owner to go back in line as (or None);
+        ``left``, given it, says the queue is killing this process and ends the run."""
         if queued is not None:
             self._base = queued.count
             self._messages.carry(queued.messages, queued.message_count)
@@ -205,6 +207,7 @@ class Progress:
         self._watched()
         self._writer.report_group(snapshot)  # a group's child: counted running
         self._line.retry = retry
+        self._line.left = left
         return True
 
     def _watched(self) -> None:
@@ -243,6 +246,17 @@ class Progress:
         _flusher.forget(writer)
         unregister_live_run(run)
         return True
+
+    def _let_go(self) -> None:
+        """Leave the run as its record says (running) and never end it from here, not
+        even when collected: the queue that is killing this process writes the end
+        (Celery's revoke handler), else readers judge it by the crash rule."""
+        with self._lock:
+            self._ended = True
+            self._clean = False
+        _flusher.forget(self._writer)
+        if self._writer.owner is not None:
+            unregister_live_run(self._writer.owner.run)
 
     def finish(self) -> None:
         """End as ``finished``; the final snapshot is written at once."""
@@ -403,7 +417,12 @@ class Progress:
     def _end_by(self, exc: BaseException | None) -> None:
         """End the way an exiting block says: no exception finishes, an interrupt,
         ``GeneratorExit`` or a task's cancellation cancels, any other exception fails
-        (or, for a queued run its queue will retry, puts it back in line)."""
+        (or, for a queued run its queue will retry, puts it back in line; for one its
+        queue is killing this process to end it, writes nothing: see ``_let_go``)."""
+        left = self._line.left
+        if exc is not None and left is not None and left(exc):
+            self._let_go()
+            return
         retry = self._line.retry
         if exc is not None and retry is not None:
             owner = retry(exc)
@@ -803,9 +822,10 @@ def take_over_run(
     run: str,
     was: frozenset[str],
     retry: Callable[[BaseException], Owner | None],
+    left: Callable[[BaseException], bool] | None = None,
 ) -> bool:
     """Make ``progress`` the owner of queued run ``run`` (see ``Progress._take_over``)."""
-    return progress._take_over(queued, run, was, retry)
+    return progress._take_over(queued, run, was, retry, left)
 
 
 def requeue_retrying(progress: Progress, owner: Owner) -> None:
