@@ -518,23 +518,49 @@ NPM = {"axe-core@4": "axe.min.js", "htmx.org@2": "dist/htmx.min.js",
 
 
 @pytest.fixture(scope="session")
-def npm_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """axe-core and htmx (with its SSE extension) unpacked from the npm registry."""
+def npm_files() -> dict[str, Path]:
+    """axe-core and htmx (with its SSE extension) unpacked from the npm registry, once
+    per machine: each xdist worker runs this fixture, so all share one cache (see
+    ``npm_cache``) and fetch each package under a file lock, the first one for all."""
+    npm = require_binary("npm")
+    cache = npm_cache()
+    return {spec.rsplit("@", 1)[0]: _npm_package(npm, cache, spec) / inside
+            for spec, inside in NPM.items()}
+
+
+def npm_cache() -> Path:
+    """``$TRACKED_NPM_CACHE``, else this user's directory under the system temp (mode
+    0700, refused if another user owns it: the tests load its scripts into pages)."""
+    chosen = os.environ.get("TRACKED_NPM_CACHE")
+    cache = Path(chosen or tempfile.gettempdir()) / ("" if chosen else f"tracked-npm-{os.getuid()}")
+    cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if cache.stat().st_uid != os.getuid():
+        pytest.fail(f"{cache} belongs to another user: set TRACKED_NPM_CACHE")
+    return cache
+
+
+def _npm_package(npm: str, cache: Path, spec: str) -> Path:
+    """``spec``'s unpacked ``package`` directory in ``cache``, keyed by the spec; packed
+    and unpacked by the first worker holding the spec's lock, then renamed into place
+    whole (a run killed half way leaves no half package)."""
+    import fcntl
     import tarfile
 
-    npm = require_binary("npm")
-    cache = Path(os.environ.get("TRACKED_NPM_CACHE") or tmp_path_factory.mktemp("npm"))
-    cache.mkdir(parents=True, exist_ok=True)
-    found = {}
-    for spec, inside in NPM.items():
-        name = spec.rsplit("@", 1)[0]
-        target = cache / name / "package" / inside
-        if not target.exists():
+    done = cache / spec / "package"
+    with open(cache / f"{spec}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if done.is_dir():
+            return done
+        work = Path(tempfile.mkdtemp(prefix=f"{spec}.", dir=cache))
+        try:
             packed = subprocess.run(
-                [npm, "pack", spec, "--silent", "--pack-destination", str(cache)],
+                [npm, "pack", spec, "--silent", "--pack-destination", str(work)],
                 check=True, capture_output=True, text=True, timeout=180,
             ).stdout.strip().splitlines()[-1]
-            with tarfile.open(cache / packed) as archive:
-                archive.extractall(cache / name, filter="data")
-        found[name] = target
-    return found
+            with tarfile.open(work / packed) as archive:
+                archive.extractall(work / "unpacked", filter="data")
+            done.parent.mkdir(exist_ok=True)
+            (work / "unpacked" / "package").rename(done)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return done
