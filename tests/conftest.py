@@ -94,19 +94,24 @@ def wait_for_port(port: int, timeout: float = 15.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
-#: Seconds each slow file took alone (``--durations=0``, summed by file, -n 0). xdist
-#: workers take whole files in the order collected: slowest first, so no worker starts
-#: a long file while the others run out of work. A file not named here (a new one)
-#: counts ``UNTIMED_FILE_SECONDS``; the figures steer the order only, never a result.
+#: Seconds each file takes (``--junitxml`` of a full run, 4 workers at load ~7, summed
+#: by file and scaled by 0.8 to what a file takes alone). xdist workers take whole
+#: files in the order collected: slowest first, so no worker starts a long file
+#: while the others run out of work. A file not named here (a new one) counts
+#: ``UNTIMED_FILE_SECONDS``; the figures steer the order only, never a result.
 FILE_SECONDS = {
-    "test_events.py": 83, "test_frameworks.py": 80, "test_cli.py": 56,
-    "test_redis_store.py": 45, "test_docs.py": 32, "test_share.py": 30,
-    "test_jobs_web.py": 28, "test_processes.py": 22, "test_celery.py": 19,
-    "test_web_hardening.py": 19, "test_browser.py": 18, "test_demo_e2e.py": 17,
-    "test_browser_jobs.py": 15, "test_rq.py": 13, "test_flusher.py": 11,
-    "test_exit_fork_and_races.py": 10, "test_serve_pages.py": 10, "test_lifecycle.py": 9,
-    "test_packaging.py": 8, "test_status_route.py": 7, "test_queues.py": 7,
-    "test_file_store.py": 7, "test_progress.py": 6, "test_cancel_web.py": 5,
+    "test_events.py": 76, "test_frameworks.py": 74, "test_cli.py": 69,
+    "test_redis_store.py": 47, "test_docs.py": 43, "test_groups.py": 30, "test_element.py": 30,
+    "test_rq.py": 26, "test_celery.py": 24, "test_jobs_web.py": 24, "test_browser.py": 23,
+    "test_processes.py": 22, "test_share.py": 22, "test_browser_jobs.py": 18,
+    "test_demo_e2e.py": 15, "test_exit_fork_and_races.py": 14, "test_web_hardening.py": 12,
+    "test_lifecycle.py": 11, "test_django.py": 10, "test_serve_pages.py": 10,
+    "test_packaging.py": 10, "test_flusher.py": 9, "test_queues.py": 8,
+    "test_status_route.py": 8, "test_cancel_cli.py": 8, "test_file_store.py": 6,
+    "test_cancel_web.py": 6, "test_progress.py": 6, "test_hardening.py": 5, "test_queued.py": 5,
+    "test_store_contract.py": 4, "test_log_handler.py": 4, "test_results.py": 3,
+    "test_track.py": 2, "test_cancel.py": 2, "test_jobs.py": 2, "test_fragments.py": 1,
+    "test_bottle_plugin.py": 1, "test_tqdm_bridge.py": 1, "test_cancel_route.py": 1,
 }
 UNTIMED_FILE_SECONDS = 10
 
