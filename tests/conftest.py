@@ -94,19 +94,24 @@ def wait_for_port(port: int, timeout: float = 15.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
-#: Seconds each slow file took alone (``--durations=0``, summed by file, -n 0). xdist
-#: workers take whole files in the order collected: slowest first, so no worker starts
-#: a long file while the others run out of work. A file not named here (a new one)
-#: counts ``UNTIMED_FILE_SECONDS``; the figures steer the order only, never a result.
+#: Seconds each file takes (``--junitxml`` of a full run, 4 workers at load ~7, summed
+#: by file and scaled by 0.8 to what a file takes alone). xdist workers take whole
+#: files in the order collected: slowest first, so no worker starts a long file
+#: while the others run out of work. A file not named here (a new one) counts
+#: ``UNTIMED_FILE_SECONDS``; the figures steer the order only, never a result.
 FILE_SECONDS = {
-    "test_events.py": 83, "test_frameworks.py": 80, "test_cli.py": 56,
-    "test_redis_store.py": 45, "test_docs.py": 32, "test_share.py": 30,
-    "test_jobs_web.py": 28, "test_processes.py": 22, "test_celery.py": 19,
-    "test_web_hardening.py": 19, "test_browser.py": 18, "test_demo_e2e.py": 17,
-    "test_browser_jobs.py": 15, "test_rq.py": 13, "test_flusher.py": 11,
-    "test_exit_fork_and_races.py": 10, "test_serve_pages.py": 10, "test_lifecycle.py": 9,
-    "test_packaging.py": 8, "test_status_route.py": 7, "test_queues.py": 7,
-    "test_file_store.py": 7, "test_progress.py": 6, "test_cancel_web.py": 5,
+    "test_events.py": 76, "test_frameworks.py": 74, "test_cli.py": 69,
+    "test_redis_store.py": 47, "test_docs.py": 43, "test_groups.py": 30, "test_element.py": 30,
+    "test_rq.py": 26, "test_celery.py": 24, "test_jobs_web.py": 24, "test_browser.py": 23,
+    "test_processes.py": 22, "test_share.py": 22, "test_browser_jobs.py": 18,
+    "test_demo_e2e.py": 15, "test_exit_fork_and_races.py": 14, "test_web_hardening.py": 12,
+    "test_lifecycle.py": 11, "test_django.py": 10, "test_serve_pages.py": 10,
+    "test_packaging.py": 10, "test_flusher.py": 9, "test_queues.py": 8,
+    "test_status_route.py": 8, "test_cancel_cli.py": 8, "test_file_store.py": 6,
+    "test_cancel_web.py": 6, "test_progress.py": 6, "test_hardening.py": 5, "test_queued.py": 5,
+    "test_store_contract.py": 4, "test_log_handler.py": 4, "test_results.py": 3,
+    "test_track.py": 2, "test_cancel.py": 2, "test_jobs.py": 2, "test_fragments.py": 1,
+    "test_bottle_plugin.py": 1, "test_tqdm_bridge.py": 1, "test_cancel_route.py": 1,
 }
 UNTIMED_FILE_SECONDS = 10
 
@@ -518,23 +523,49 @@ NPM = {"axe-core@4": "axe.min.js", "htmx.org@2": "dist/htmx.min.js",
 
 
 @pytest.fixture(scope="session")
-def npm_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """axe-core and htmx (with its SSE extension) unpacked from the npm registry."""
+def npm_files() -> dict[str, Path]:
+    """axe-core and htmx (with its SSE extension) unpacked from the npm registry, once
+    per machine: each xdist worker runs this fixture, so all share one cache (see
+    ``npm_cache``) and fetch each package under a file lock, the first one for all."""
+    npm = require_binary("npm")
+    cache = npm_cache()
+    return {spec.rsplit("@", 1)[0]: _npm_package(npm, cache, spec) / inside
+            for spec, inside in NPM.items()}
+
+
+def npm_cache() -> Path:
+    """``$TRACKED_NPM_CACHE``, else this user's directory under the system temp (mode
+    0700, refused if another user owns it: the tests load its scripts into pages)."""
+    chosen = os.environ.get("TRACKED_NPM_CACHE")
+    cache = Path(chosen or tempfile.gettempdir()) / ("" if chosen else f"tracked-npm-{os.getuid()}")
+    cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if cache.stat().st_uid != os.getuid():
+        pytest.fail(f"{cache} belongs to another user: set TRACKED_NPM_CACHE")
+    return cache
+
+
+def _npm_package(npm: str, cache: Path, spec: str) -> Path:
+    """``spec``'s unpacked ``package`` directory in ``cache``, keyed by the spec; packed
+    and unpacked by the first worker holding the spec's lock, then renamed into place
+    whole (a run killed half way leaves no half package)."""
+    import fcntl
     import tarfile
 
-    npm = require_binary("npm")
-    cache = Path(os.environ.get("TRACKED_NPM_CACHE") or tmp_path_factory.mktemp("npm"))
-    cache.mkdir(parents=True, exist_ok=True)
-    found = {}
-    for spec, inside in NPM.items():
-        name = spec.rsplit("@", 1)[0]
-        target = cache / name / "package" / inside
-        if not target.exists():
+    done = cache / spec / "package"
+    with open(cache / f"{spec}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if done.is_dir():
+            return done
+        work = Path(tempfile.mkdtemp(prefix=f"{spec}.", dir=cache))
+        try:
             packed = subprocess.run(
-                [npm, "pack", spec, "--silent", "--pack-destination", str(cache)],
+                [npm, "pack", spec, "--silent", "--pack-destination", str(work)],
                 check=True, capture_output=True, text=True, timeout=180,
             ).stdout.strip().splitlines()[-1]
-            with tarfile.open(cache / packed) as archive:
-                archive.extractall(cache / name, filter="data")
-        found[name] = target
-    return found
+            with tarfile.open(work / packed) as archive:
+                archive.extractall(work / "unpacked", filter="data")
+            done.parent.mkdir(exist_ok=True)
+            (work / "unpacked" / "package").rename(done)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return done

@@ -242,19 +242,23 @@ def test_prefork_soft_time_limit_fails_terminate_cancels_and_kill_9_reads_abando
         term_key = f"celery-loop\0{terminated.id}"
         until(lambda: store.load(term_key), lambda s: s.state == "running" and s.count >= 1)
         terminated.revoke(terminate=True)  # the worker kills the task's process
-        # Celery signals the task's process, then announces the revoke: the dying
-        # process may write its SystemExit as "failed" before the worker's revoke
-        # handler ends the run cancelled. Wait for that verdict (it failed under load).
-        state = until(
-            lambda: store.load(term_key),
-            lambda s: not s.in_progress and not (s.error or "").startswith("SystemExit"),
-        )
+        # Celery signals the task's process before it announces the revoke: the dying
+        # process must write no end of its own (it wrote "failed SystemExit", read
+        # before the worker's revoke handler said cancelled). Every read until the end.
+        seen = [store.load(term_key)]
+        deadline = time.monotonic() + DEADLINE
+        while seen[-1] is None or seen[-1].in_progress:
+            assert time.monotonic() < deadline, seen[-1]
+            seen.append(store.load(term_key))
+        assert {s.state for s in seen if s is not None} <= {"running", "cancelled"}, seen
+        state = seen[-1]
         assert (state.state, state.error) == ("cancelled", None) and state.count < 400
         key = f"celery-loop\0{killed.id}"
         running = until(lambda: store.load(key), lambda s: s.state == "running" and s.count >= 1)
         os.kill(int(running.messages[0].split()[1]), signal.SIGKILL)
         state = until(lambda: store.load(key), lambda s: not s.in_progress)
         assert state.state == "abandoned" and state.count < 400
+        assert store.load(term_key).state == "cancelled"  # nothing wrote over the verdict
     finally:
         stop(process)
 

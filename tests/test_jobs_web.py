@@ -17,6 +17,7 @@ import webtest
 
 import tracked
 from tests.test_demo_e2e import DemoServer, demo_app, demo_server, final_state, request
+from tracked import _jobs
 from tracked.bottle import TrackedPlugin, accepted
 
 DEADLINE = 30.0
@@ -28,7 +29,22 @@ STEPS = 20
 # ----------------------------------------------------------------------------- in process
 
 
-def build_app(store: tracked.Store, gate: threading.Event, **options: Any) -> bottle.Bottle:
+class Gate(threading.Event):
+    """What the in-process jobs wait on, and the jobs submitted through it: the pool
+    that runs them is process-wide, so a test's jobs must be over before the next
+    test submits (a queued job's position counts every job still in line)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.jobs: list[tracked.Progress] = []
+
+    def submit(self, func: Any, /, *args: Any) -> tracked.Progress:
+        progress = tracked.submit(func, *args)
+        self.jobs.append(progress)
+        return progress
+
+
+def build_app(store: tracked.Store, gate: Gate, **options: Any) -> bottle.Bottle:
     app = bottle.Bottle()
     app.install(TrackedPlugin(store, **options))
 
@@ -43,20 +59,34 @@ def build_app(store: tracked.Store, gate: threading.Event, **options: Any) -> bo
 
     @app.post("/export")
     def start_export() -> Any:
-        return accepted(tracked.submit(export, 3))
+        return accepted(gate.submit(export, 3))
 
     @app.post("/by-id")
     def start_by_id() -> Any:
-        return accepted(tracked.submit(by_id, 5))
+        return accepted(gate.submit(by_id, 5))
 
     return app
 
 
 @pytest.fixture
-def gate() -> Iterator[threading.Event]:
-    event = threading.Event()
+def gate() -> Iterator[Gate]:
+    """Opened at teardown, which then waits for the test's jobs to end (not only to
+    wake): no job of one test still holds a pool thread or a place in line in the next."""
+    event = Gate()
     yield event
     event.set()
+    for job in event.jobs:
+        job.wait(DEADLINE)
+
+
+@pytest.fixture(autouse=True)
+def _idle_pool() -> None:
+    """Start each test with no job of an earlier test (of any file this xdist worker
+    ran) in the process-wide pool: a queued run's position counts every job in line."""
+    deadline = time.monotonic() + DEADLINE
+    while (pool := _jobs._pool) is not None and (pool.queue or pool.running):
+        assert time.monotonic() < deadline, f"earlier tests' jobs never ended: {pool.running}"
+        time.sleep(0.01)
 
 
 def test_accepted_without_the_plugin_warns_once_that_the_clients_progress_id_was_lost(
@@ -85,7 +115,7 @@ def test_accepted_without_the_plugin_warns_once_that_the_clients_progress_id_was
 
 
 def test_accepted_with_the_plugin_does_not_warn(
-    tmp_path: Path, gate: threading.Event, caplog: pytest.LogCaptureFixture,
+    tmp_path: Path, gate: Gate, caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(tracked.bottle, "_warned_no_plugin", False)
@@ -97,7 +127,7 @@ def test_accepted_with_the_plugin_does_not_warn(
 
 
 def test_accepted_answers_202_with_the_wire_json_and_the_status_url(
-    tmp_path: Path, gate: threading.Event
+    tmp_path: Path, gate: Gate
 ) -> None:
     store = tracked.FileStore(tmp_path / "app-store")
     app = webtest.TestApp(build_app(store, gate))
@@ -122,7 +152,7 @@ def test_accepted_answers_202_with_the_wire_json_and_the_status_url(
 
 
 def test_a_second_start_while_the_job_runs_answers_409(
-    tmp_path: Path, gate: threading.Event
+    tmp_path: Path, gate: Gate
 ) -> None:
     app = webtest.TestApp(build_app(tracked.FileStore(tmp_path / "s"), gate))
     app.post("/export?progress_id=tab-2", status=202)
@@ -132,7 +162,7 @@ def test_a_second_start_while_the_job_runs_answers_409(
 
 
 def test_the_status_url_follows_the_plugin_prefix_and_the_mount_point(
-    tmp_path: Path, gate: threading.Event
+    tmp_path: Path, gate: Gate
 ) -> None:
     inner = build_app(tracked.FileStore(tmp_path / "s"), gate, prefix="/progress")
     outer = bottle.Bottle()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -122,6 +123,24 @@ def big_writer(store: str, name: str) -> None:
             p.add_message("x" * 1000)
 
 
+def stopped_writer(store: str, name: str) -> None:
+    """Write large records as ``big_writer`` does, but stop this whole process (SIGSTOP)
+    in its first write of a temporary file, half of it written: the parent kills it
+    there, exactly mid-write, whatever the machine's load."""
+    real_write = os.write
+
+    def write(fd: int, data: bytes | memoryview) -> int:
+        if not os.readlink(f"/proc/self/fd/{fd}").endswith(".tmp"):
+            return real_write(fd, data)
+        os.write = real_write  # once
+        written = real_write(fd, data[: len(data) // 2])
+        os.kill(os.getpid(), signal.SIGSTOP)
+        return written
+
+    os.write = write
+    big_writer(store, name)
+
+
 def read_only(store: str, name: str) -> None:
     """Read ``name`` and list the store, then try to claim a new name; report each."""
     opened = tracked.open_store(store)
@@ -234,6 +253,7 @@ COMMANDS = {
     "message_then_sleep": message_then_sleep,
     "generator_job": generator_job,
     "big_writer": big_writer,
+    "stopped_writer": stopped_writer,
     "read_only": read_only,
     "show_state": show_state,
 }

@@ -175,8 +175,8 @@ def end_queued(
 ) -> bool:
     """End the run of ``ticket`` as ``outcome`` (``failed``, ``cancelled``) if it never
     started: still queued, or judged abandoned while queued. ``started``: also if it
-    runs, or its process ended it with the ``SystemExit`` of the signal that killed it,
-    for a queue that has just killed that process on request (Celery's ``terminate``).
+    runs, for a queue that has just killed its process on request (Celery's
+    ``terminate``, RQ's stop), which wrote no end of its own.
     True if this ended it."""
     record = store.read(ticket.key)
     if record is None or record.owner is None or record.owner.run != ticket.run:
@@ -194,7 +194,7 @@ def end_queued(
             else outcome
         ),
     )
-    was = TAKEABLE | {"running", "failed"} if started else TAKEABLE
+    was = TAKEABLE | {"running"} if started else TAKEABLE
     if not store.swap(ended, _ended_owner(record.owner), run=ticket.run, was=was):
         return False
     report_move(store, ended)  # a group's child: counted as it ended
@@ -203,12 +203,10 @@ def end_queued(
 
 def _endable(state: State, *, started: bool) -> bool:
     """Whether ``end_queued`` may end a run in ``state``: queued; or, ``started``, also
-    running or ended by the ``SystemExit`` of a process the queue stopped (billiard
-    raises it)."""
+    running (an ended run keeps its end: the killed process wrote none)."""
     if state.state == "queued":
         return True
-    killed = state.state == "failed" and (state.error or "").startswith("SystemExit")
-    return started and (state.in_progress or killed)
+    return started and state.in_progress
 
 
 def reposition(store: Store, places: Sequence[tuple[str, str, int]]) -> int:
@@ -307,6 +305,10 @@ class TakeOver:
     #: Given the ``tracked.Cancelled`` that stopped the run, what the call raises
     #: instead (None: ``Cancelled`` itself), e.g. what the queue takes for a stop.
     stopped: Callable[[BaseException], BaseException | None] = lambda exc: None
+    #: Given the exception the job's function ends by: True when the queue is killing
+    #: this process and ends the run itself (Celery's revoke with ``terminate``): the
+    #: process then writes no end, which would be read before the queue's.
+    killed: Callable[[BaseException], bool] = lambda exc: False
     #: Where the queued record is (None: where the ``@tracked`` function writes).
     store: Store | None = None
     #: Set when the job must not run (its id cannot key a run): the ``@tracked`` call
@@ -379,7 +381,8 @@ def take_over(
             time.sleep(0.05)
             continue
         carried, was = taking
-        if progress.take_over(carried, ticket.run, was, _retrier(found, ticket.run, timeout)):
+        retry = _retrier(found, ticket.run, timeout)
+        if progress.take_over(carried, ticket.run, was, retry, _killer(found)):
             _taken_over(progress, found, chosen)
             return progress
         if time.monotonic() >= deadline:
@@ -473,6 +476,17 @@ def requeue_current(progress_id: str) -> Ticket | None:
     timeout = queued_timeout() if found.timeout is None else found.timeout
     progress.requeue_retrying(Owner.waiting(found.ticket.run, time.time() + timeout))
     return found.ticket
+
+
+def _killer(found: TakeOver) -> Callable[[BaseException], bool]:
+    def killed(exc: BaseException) -> bool:
+        try:
+            return found.killed(exc)
+        except Exception:
+            logger.exception("cannot tell whether the queue is killing %r", found.ticket)
+            return False
+
+    return killed
 
 
 def _retrier(found: TakeOver, run: str, timeout: float) -> Callable[[BaseException], Owner | None]:

@@ -91,12 +91,14 @@ class RunControl:
         run: str,
         was: frozenset[str],
         retry: Callable[[BaseException], Owner | None],
+        left: Callable[[BaseException], bool] | None = None,
     ) -> bool:
         """Become the owner of queued run ``run`` (``tracked._queued``): the run keeps the
         count, messages, attempt and start time of ``queued``, the record read (None:
         there is none, claim it afresh under the same run). False if the record is no
         longer that run in one of the states ``was``. ``retry``, given the exception
-        the run ends by, names the queued owner to go back in line as (or None)."""
+        the run ends by, names the queued owner to go back in line as (or None);
+        ``left``, given it, says the queue is killing this process and ends the run."""
         if queued is not None:
             self._base = queued.count
             self._messages.carry(queued.messages, queued.message_count)
@@ -110,6 +112,7 @@ class RunControl:
         self._watched()
         self._writer.report_group(snapshot)  # a group's child: counted running
         self._line.retry = retry
+        self._line.left = left
         return True
 
     def _watched(self) -> None:
@@ -149,6 +152,17 @@ class RunControl:
         unregister_live_run(run)
         return True
 
+    def _let_go(self) -> None:
+        """Leave the run as its record says (running) and never end it from here, not
+        even when collected: the queue that is killing this process writes the end
+        (Celery's revoke handler), else readers judge it by the crash rule."""
+        with self._lock:
+            self._ended = True
+            self._clean = False
+        _flusher.forget(self._writer)
+        if self._writer.owner is not None:
+            unregister_live_run(self._writer.owner.run)
+
     def requeue_retrying(self, owner: Owner) -> None:
         """A run taken over from a queue is sent again by it (a retry from inside the
         task): put it back in line now, as ``owner``, with its next attempt."""
@@ -158,7 +172,12 @@ class RunControl:
     def end_by(self, exc: BaseException | None) -> None:
         """End the way an exiting block says: no exception finishes, an interrupt,
         ``GeneratorExit`` or a task's cancellation cancels, any other exception fails
-        (or, for a queued run its queue will retry, puts it back in line)."""
+        (or, for a queued run its queue will retry, puts it back in line; for one its
+        queue is killing this process to end it, writes nothing: see ``_let_go``)."""
+        left = self._line.left
+        if exc is not None and left is not None and left(exc):
+            self._let_go()
+            return
         retry = self._line.retry
         if exc is not None and retry is not None:
             owner = retry(exc)

@@ -32,16 +32,18 @@ class CancelState:
 class Line:
     """A queued run's place in line (1 = next; None once it runs), its attempt
     (``tracked._queued``, kept across retries), what ``wait()`` waits for (set by
-    ``tracked.submit``), and ``retry``: set by a take-over, given the exception a run
-    ends by, the owner of the queued record to go back in line with, or None."""
+    ``tracked.submit``), and, set by a take-over, given the exception a run ends by:
+    ``retry``, the owner of the queued record to go back in line with, or None;
+    ``left``, True when the queue is killing this process and ends the run itself."""
 
-    __slots__ = ("attempt", "job", "position", "retry")
+    __slots__ = ("attempt", "job", "left", "position", "retry")
 
     def __init__(self, position: int | None) -> None:
         self.position = position
         self.attempt = 1
         self.job: Any = None
         self.retry: Callable[[BaseException], Owner | None] | None = None
+        self.left: Callable[[BaseException], bool] | None = None
 
 
 class Outcome:

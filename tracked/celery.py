@@ -9,7 +9,8 @@ over when the task starts (``task_prerun`` sets the take-over scope the
 next ``attempt`` (the same run), ``revoke`` before the start and
 ``tracked.cancel`` of a queued task end it ``cancelled`` without running it, and
 an error raised before the body ran (``task_failure`` of a run never taken
-over) ends it ``failed`` with the error.
+over) ends it ``failed`` with the error. ``revoke(terminate=True)`` of a running
+task ends it ``cancelled``: the killed process writes no end of its own.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from typing import Any
 
 try:
+    from billiard.common import terminate_handler_fired  # type: ignore[import-untyped]
     from celery import Celery, signals  # type: ignore[import-untyped]
     from celery.exceptions import Ignore, Retry  # type: ignore[import-untyped]
 except ImportError as exc:  # pragma: no cover - celery is in the test extra
@@ -165,6 +167,7 @@ def _prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
         retries=lambda exc: isinstance(exc, Retry),
         skipped=_skip(task),
         stopped=_stopped(task),
+        killed=_killed,
         store=_installed_store(task),
     )
     _scopes[task_id] = takeover_scope.set(found)
@@ -230,6 +233,14 @@ def _stopped(task: Any) -> Any:
         return signal
 
     return stopped
+
+
+def _killed(exc: BaseException) -> bool:
+    """Whether the pool is killing this process (billiard's terminate handler raised
+    the exception, as for ``revoke(terminate=True)``), not the task's own ``sys.exit``:
+    then the run is not ended here, which readers would see before the worker's revoke
+    handler ends it cancelled; without that handler, the crash rule ends it."""
+    return bool(terminate_handler_fired())
 
 
 def _postrun(task_id: str | None = None, **_: Any) -> None:
