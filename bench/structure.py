@@ -5,7 +5,9 @@
 Modules with a maintainability index (radon) under 20, modules over 600 lines,
 reads of another object's private attributes (``obj._attr`` where ``obj`` is not
 ``self`` or ``cls``), the largest classes by attributes and by methods, functions
-ranked C or worse by radon, and public docstring coverage (interrogate). radon and
+ranked C or worse by radon, import cycles among the package's modules (every
+``import``/``from`` line: top level, in functions and under ``TYPE_CHECKING``),
+and public docstring coverage (interrogate). radon and
 interrogate are measuring tools, not dependencies: install them next to the
 project (``pip install radon interrogate``) to run this.
 """
@@ -100,6 +102,80 @@ def class_sizes(tree: ast.AST) -> list[tuple[str, int, int]]:
     return sizes
 
 
+def module_name(path: Path, package: Path) -> str:
+    """The dotted name of ``path`` inside ``package`` (``tracked._api``, ``tracked``)."""
+    parts = list(path.relative_to(package.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(tree: ast.AST, name: str, is_package: bool, known: set[str]) -> set[str]:
+    """The package's modules that ``name`` imports anywhere in its body (top level,
+    in functions, under ``TYPE_CHECKING``); ``from m import x`` counts ``m.x`` when
+    that is a module, else ``m``."""
+    here = name if is_package else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = here
+            for _ in range(node.level - 1):
+                base = base.rpartition(".")[0]
+            base = (f"{base}.{node.module}" if node.module else base) if node.level else (
+                node.module or "")
+            for alias in node.names:
+                found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base)
+    return {module for module in found if module in known and module != name}
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    groups: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for target in sorted(graph[node]):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(groups)
+
+
+def cycle_path(graph: dict[str, set[str]], group: list[str]) -> str:
+    """One cycle through the group's first module, as ``a -> b -> a`` (breadth first)."""
+    start, members = group[0], set(group)
+    paths = {start: [start]}
+    queue = [start]
+    while queue:
+        node = queue.pop(0)
+        for target in sorted(graph[node] & members):
+            if target == start:
+                return " -> ".join(paths[node] + [start])
+            if target not in paths:
+                paths[target] = paths[node] + [target]
+                queue.append(target)
+    return "?"
+
+
 def interrogate(package: Path) -> str:
     """Public docstring coverage: private, semi-private, magic, ``__init__`` and nested
     functions left out (what a reader of the API and of each module's surface sees)."""
@@ -120,6 +196,8 @@ def main() -> None:
     files = sorted(package.rglob("*.py"))
     low_mi, long, reads, classes, complex_ = [], [], Counter[str](), [], []
     by_module: Counter[str] = Counter()
+    known = {module_name(path, package) for path in files}
+    graph: dict[str, set[str]] = {}
     foreign: Counter[str] = Counter()
     for path in files:
         source = path.read_text(encoding="utf-8")
@@ -131,6 +209,8 @@ def main() -> None:
         if lines > MAX_LINES:
             long.append(f"{name} {lines}")
         tree = ast.parse(source)
+        module = module_name(path, package)
+        graph[module] = imported_modules(tree, module, path.name == "__init__.py", known)
         found = private_reads(tree)
         reads.update(found)
         if found:
@@ -162,6 +242,10 @@ def main() -> None:
     print(f"functions ranked C or worse: {len(complex_)}  worst {worst[0]} ({worst[1]})")
     for complexity, where in complex_:
         print(f"  {complexity:3d} {where}")
+    cycles = import_cycles(graph)
+    print(f"import cycles (every import line counted): {len(cycles)}")
+    for group in cycles:
+        print(f"  {', '.join(group)}: {cycle_path(graph, group)}")
     print(f"public docstring coverage (interrogate): {interrogate(package)}")
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ._group import cancel_group
-from ._ledger import parse_token
+from ._ledger import group_token
 from ._progress import Progress, current_progress
 from ._queued import cancel as cancel_key
+from ._queued import cancel_group
 from ._scope import StoreSpec, request_scope, resolve_store
 from ._state import State, make_key
 from .errors import NoActiveProgress
@@ -90,13 +90,6 @@ def _claim(
         group=None if group is None else group_token(group),
     )
     return progress.claim()
-
-
-def group_token(group: object) -> str:
-    """The token of ``group``: a ``tracked.Group`` (its ``token``) or a token ``str``."""
-    token = getattr(group, "token", group)
-    parse_token(token)  # InvalidValue for anything else (a str then)
-    return str(token)
 
 
 def current() -> Progress:

@@ -16,8 +16,9 @@ from typing import Any, TypeVar
 
 import wrapt
 
-from ._api import group_token, start, start_queued
+from ._api import start, start_queued
 from ._checks import check_interval, check_max_messages
+from ._ledger import group_token
 from ._loops import SizedGenerator, awaiting, drive, drive_async, returned
 from ._progress import (
     Progress,

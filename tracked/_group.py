@@ -19,15 +19,15 @@ from types import TracebackType
 from typing import Any
 
 from ._groupstore import finish_group, report_move
+from ._jobs import submit_child
 from ._ledger import make_token, parse_token
 from ._progress import Progress
-from ._queued import cancel as cancel_key
 from ._scope import StoreSpec, request_scope, resolve_store
 from ._state import State, make_key
 from ._store import Owner, Store
 from .errors import InvalidValue, StoreError
 
-__all__ = ["Group", "cancel_group", "group", "token_of"]
+__all__ = ["Group", "group", "token_of"]
 
 logger = logging.getLogger("tracked")
 
@@ -64,8 +64,6 @@ class Group:
     def submit(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Progress:
         """Run ``func(*args, **kwargs)`` (a ``@tracked`` function) as a child on the
         ``tracked.submit`` pool; counted ``queued`` from now on."""
-        from ._jobs import submit_child  # _jobs imports the API this module is part of
-
         return submit_child(self.token, func, *args, **kwargs)
 
     def add_message(self, message: str, /) -> None:
@@ -164,20 +162,3 @@ def token_of(group: object) -> str:
         return group.token
     parse_token(group)
     return group  # type: ignore[return-value]
-
-
-def cancel_group(store: Store, key: str) -> bool | None:
-    """Cancel group ``key`` and every child not yet ended (queued ones never start,
-    running ones are asked to stop); None if ``key`` is not a running group."""
-    record = store.read(key)
-    if record is None or record.state.children is None or record.owner is None:
-        return None
-    book = store.cancel_group(key, record.owner.run)
-    if book is None or book.ended_at is not None:
-        return False
-    children = store.group_children(key)
-    for wanted in ("queued", "running"):  # the waiting first: none starts as others stop
-        for child, counted in children:
-            if counted == wanted and cancel_group(store, child) is None:
-                cancel_key(store, child)
-    return True

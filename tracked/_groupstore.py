@@ -1,7 +1,8 @@
 """What a store does with its groups beyond keeping their ledgers: count a child's
 change (``report_move``), write a group's end into its record (``finish_group``),
 sweep for children whose process died (``sweep_group``), and what readers see of
-a group (``group_view``). Plain functions over the ``Store`` contract.
+a group (``group_view``). Plain functions over the ``Store`` contract, typed by the
+``GroupStore`` protocol (``tracked._store`` builds on this module, not the reverse).
 """
 
 from __future__ import annotations
@@ -10,16 +11,21 @@ import dataclasses
 import logging
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Any, ClassVar, Protocol
 
 from ._ledger import FULL, GroupBook, child_line, overlay, parse_token, units_of
 from ._state import ENDED_STATES, State
 from .errors import InvalidValue, StoreError
 
-if TYPE_CHECKING:
-    from ._store import Record, Store
-
-__all__ = ["GroupLedgers", "finish_group", "group_view", "report_move", "sweep_group"]
+__all__ = [
+    "GroupLedgers",
+    "GroupRecord",
+    "GroupStore",
+    "finish_group",
+    "group_view",
+    "report_move",
+    "sweep_group",
+]
 
 logger = logging.getLogger("tracked")
 
@@ -75,7 +81,65 @@ class GroupLedgers:
         return False
 
 
-def group_view(store: Store, record: Record, book: GroupBook) -> State:
+class RunOwner(Protocol):
+    """What the functions here read of an ``Owner`` (a frozen dataclass)."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+    @property
+    def run(self) -> str:
+        """The run's token."""
+
+    @property
+    def lease_expires(self) -> float | None:
+        """When a lease lapses, if the owner holds one."""
+
+
+class GroupRecord(Protocol):
+    """What the functions here read of a ``Record``: its state and its owner."""
+
+    @property
+    def state(self) -> State:
+        """The stored snapshot."""
+
+    @property
+    def owner(self) -> RunOwner | None:
+        """Who wrote it, or None."""
+
+
+class GroupStore(Protocol):
+    """What the functions here use of a ``Store``: its group ledgers and three of its
+    record methods (``Store`` satisfies it)."""
+
+    @property
+    def sweep_window(self) -> float:
+        """See ``GroupLedgers.sweep_window``."""
+
+    def read(self, key: str) -> GroupRecord | None:
+        """See ``Store.read``."""
+
+    def load(self, key: str) -> State | None:
+        """See ``Store.load``."""
+
+    def swap(self, state: State, owner: Any, *, run: str, was: frozenset[str]) -> bool:
+        """See ``Store.swap`` (``owner`` an ``Owner``)."""
+
+    def move_child(
+        self, key: str, run: str, child: str, state: str, units: int, line: str | None
+    ) -> GroupBook | None:
+        """See ``GroupLedgers.move_child``."""
+
+    def read_group(self, key: str) -> GroupBook | None:
+        """See ``GroupLedgers.read_group``."""
+
+    def group_children(self, key: str) -> Sequence[tuple[str, str]]:
+        """See ``GroupLedgers.group_children``."""
+
+    def sweep_turn(self, key: str, run: str, window: float) -> bool:
+        """See ``GroupLedgers.sweep_turn``."""
+
+
+def group_view(store: GroupStore, record: GroupRecord, book: GroupBook) -> State:
     """What readers see of group ``record`` with its ledger ``book``. A running group
     whose last sweep is older than the store's ``sweep_window`` is swept by the one
     reader that wins the turn; an ended ledger under a running record is written
@@ -90,7 +154,7 @@ def group_view(store: Store, record: Record, book: GroupBook) -> State:
     return overlay(record.state, book)
 
 
-def report_move(store: Store, state: State) -> GroupBook | None:
+def report_move(store: GroupStore, state: State) -> GroupBook | None:
     """Count the new state of a group's child (``state.group``) in its group's ledger;
     the change that ends the group also writes the group's final record. Never raises:
     instrumentation must not kill the task (a lost count is mended by the next sweep)."""
@@ -110,7 +174,7 @@ def report_move(store: Store, state: State) -> GroupBook | None:
         return None
 
 
-def finish_group(store: Store, record: Record, book: GroupBook) -> None:
+def finish_group(store: GroupStore, record: GroupRecord, book: GroupBook) -> None:
     """Write the end the ledger ``book`` gives into group ``record`` (a running record
     blocks new claims of its name): at most once, by the run check of ``Store.swap``."""
     owner = record.owner
@@ -131,7 +195,7 @@ def finish_group(store: Store, record: Record, book: GroupBook) -> None:
         report_move(store, final)
 
 
-def sweep_group(store: Store, key: str, book: GroupBook) -> GroupBook | None:
+def sweep_group(store: GroupStore, key: str, book: GroupBook) -> GroupBook | None:
     """Count as abandoned (or as they ended) the children of group ``key`` that its
     ledger holds as queued or running but whose records say otherwise: work in
     proportion to the children, done once per ``sweep_window`` by one process. A

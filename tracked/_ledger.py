@@ -24,6 +24,7 @@ __all__ = [
     "GroupBook",
     "Ledger",
     "child_line",
+    "group_token",
     "make_token",
     "overlay",
     "parse_token",
@@ -277,3 +278,10 @@ def parse_token(token: object) -> tuple[str, str]:
     if not key or not run.isalnum():
         raise InvalidValue(f"not a group token: {token!r}")
     return key, run
+
+
+def group_token(group: object) -> str:
+    """The token of ``group``: a ``tracked.Group`` (its ``token``) or a token ``str``."""
+    token = getattr(group, "token", group)
+    parse_token(token)  # InvalidValue for anything else (a str then)
+    return str(token)

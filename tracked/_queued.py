@@ -35,6 +35,7 @@ __all__ = [
     "TakeOver",
     "Ticket",
     "cancel",
+    "cancel_group",
     "end_queued",
     "find_takeover",
     "prepare",
@@ -270,6 +271,23 @@ def cancel(store: Store, key: str) -> bool:
             return True
         # Taken over (or retried) between the read and the swap: look again.
     return store.request_cancel(key)
+
+
+def cancel_group(store: Store, key: str) -> bool | None:
+    """Cancel group ``key`` and every child not yet ended (queued ones never start,
+    running ones are asked to stop); None if ``key`` is not a running group."""
+    record = store.read(key)
+    if record is None or record.state.children is None or record.owner is None:
+        return None
+    book = store.cancel_group(key, record.owner.run)
+    if book is None or book.ended_at is not None:
+        return False
+    children = store.group_children(key)
+    for wanted in ("queued", "running"):  # the waiting first: none starts as others stop
+        for child, counted in children:
+            if counted == wanted and cancel_group(store, child) is None:
+                cancel(store, child)
+    return True
 
 
 # ----------------------------------------------------------------------------- take-over

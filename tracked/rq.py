@@ -29,9 +29,9 @@ try:
 except ImportError as exc:  # pragma: no cover - rq is in the test extra
     raise ImportError("tracked.rq needs RQ: pip install 'tracked[rq]'") from exc
 
-from ._api import group_token
 from ._decorator import CallPlan, describe_call, tracked_store
 from ._groupstore import report_move
+from ._ledger import group_token
 from ._queued import (
     TakeOver,
     Ticket,
