@@ -211,7 +211,7 @@ def sweep_group(store: GroupStore, key: str, book: GroupBook) -> GroupBook | Non
     return latest if latest is not None else store.read_group(key)
 
 
-def _move_changed(store: Store, key: str, run: str) -> tuple[GroupBook | None, list[str]]:
+def _move_changed(store: GroupStore, key: str, run: str) -> tuple[GroupBook | None, list[str]]:
     """Move in the ledger the children whose records now say another state; return
     the latest book and the running children whose record is gone or another run's."""
     latest, vanished = None, []
@@ -233,7 +233,7 @@ def _move_changed(store: Store, key: str, run: str) -> tuple[GroupBook | None, l
 
 
 def _abandon_vanished(
-    store: Store, key: str, run: str, vanished: list[str]
+    store: GroupStore, key: str, run: str, vanished: list[str]
 ) -> GroupBook | None:
     """Count abandoned the ``vanished`` children still missing (or another run's) on a
     second look; return the latest book moved, if any."""
