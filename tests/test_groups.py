@@ -148,7 +148,8 @@ def test_a_failed_child_with_a_progress_id_is_named_as_the_cli_names_it(
     state = store.load("files")
     assert state is not None and state.state == "failed"
     line = "load?progress_id=j1 failed: bad header"
-    assert (state.error, state.messages) == (f"1 of 1 children failed: first error: {line}", (line,))
+    assert state.error == f"1 of 1 children failed: first error: {line}"
+    assert state.messages == (line,)
 
 
 def test_a_killed_child_is_counted_abandoned_within_the_liveness_window(
