@@ -1127,6 +1127,18 @@ def test_list_prune_and_serve_skip_every_bad_entry_with_one_line_each(tmp_path: 
         assert sum(str(path) in line for line in skipped) == 1, (path, skipped)
 
 
+def test_show_children_json_names_a_child_by_name_and_progress_id(tmp_path: Path) -> None:
+    """A child with a progress_id (every RQ job's) reads as the status route's page has
+    it, never as the store's key with its NUL separator."""
+    store = tracked.FileStore(tmp_path / "store")
+    with tracked.group("files", store=store) as group:
+        with tracked.start("load", progress_id="j1", store=store, group=group):
+            pass
+    shown = run_cli("show", "files", "--children", "--json", store=str(tmp_path / "store"))
+    assert shown.returncode == 0, shown.stderr
+    assert json_lines(shown.stdout) == [{"name": "load", "progress_id": "j1", "state": "finished"}]
+
+
 def test_list_shows_a_group_with_its_counts_and_show_lists_its_children(tmp_path: Path) -> None:
     store = tracked.FileStore(tmp_path / "store")
     with tracked.group("batch", store=store) as group:
@@ -1144,5 +1156,8 @@ def test_list_shows_a_group_with_its_counts_and_show_lists_its_children(tmp_path
         "group of 2: 1 finished, 1 failed", "finished (1):", "  good", "failed (1):", "  bad",
     ]
     as_json = json_lines(run_cli("show", "batch", "--children", "--json", store=where).stdout)
-    assert as_json == [{"key": "good", "state": "finished"}, {"key": "bad", "state": "failed"}]
+    assert as_json == [
+        {"name": "good", "progress_id": None, "state": "finished"},
+        {"name": "bad", "progress_id": None, "state": "failed"},
+    ]
     assert_one_line_error(run_cli("show", "good", "--children", store=where), "not a group")

@@ -137,6 +137,21 @@ def test_a_child_that_raises_fails_the_group_with_its_error_and_progress_is_smoo
     assert (state.count, state.percent) == (2, 100.0)
 
 
+def test_a_failed_child_with_a_progress_id_is_named_as_the_cli_names_it(
+    store: tracked.Store,
+) -> None:
+    """An RQ job's child has a progress_id: the group's error and lines name it
+    ``name?progress_id=ID``, the form ``tracked show`` takes, not ``name/ID``."""
+    with tracked.group("files", store=store) as group:
+        with tracked.start("load", progress_id="j1", store=store, group=group) as load:
+            load.fail("bad header")
+    state = store.load("files")
+    assert state is not None and state.state == "failed"
+    line = "load?progress_id=j1 failed: bad header"
+    assert state.error == f"1 of 1 children failed: first error: {line}"
+    assert state.messages == (line,)
+
+
 def test_a_killed_child_is_counted_abandoned_within_the_liveness_window(
     shared: tuple[str, tracked.Store], tmp_path: Path,
 ) -> None:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, ClassVar, Protocol
 
-from ._ledger import FULL, GroupBook, child_line, overlay, parse_token, units_of
+from ._ledger import FULL, GroupBook, child_label, child_line, overlay, parse_token, units_of
 from ._state import ENDED_STATES, State
 from .errors import InvalidValue, StoreError
 
@@ -226,7 +226,7 @@ def _move_changed(store: GroupStore, key: str, run: str) -> tuple[GroupBook | No
             if counted == "running":  # a queued one's record may be in a caller's
                 vanished.append(child)  # RQ pipeline, written when it executes
         elif state.state != counted:
-            line = child_line(state) or f"{child.replace(chr(0), '/')} {state.state}"
+            line = child_line(state) or f"{child_label(child)} {state.state}"
             moved = store.move_child(key, run, child, state.state, units_of(state), line)
             latest = moved or latest
     return latest, vanished
@@ -245,7 +245,7 @@ def _abandon_vanished(
             continue
         if state is None or not _of_group(state, key, run):
             why = "its record is gone" if state is None else "its name holds another run"
-            line = f"{child.replace(chr(0), '/')} abandoned: {why}"
+            line = f"{child_label(child)} abandoned: {why}"
             latest = store.move_child(key, run, child, "abandoned", FULL, line) or latest
     return latest
 

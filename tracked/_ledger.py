@@ -127,11 +127,17 @@ def units_of(state: State) -> int:
     return max(0, min(FULL - 1, FULL * state.count // state.total))
 
 
+def child_label(key: str) -> str:
+    """A child named in a group's lines as the CLI and the status route name it:
+    ``name?progress_id=ID`` for one with a progress_id (every RQ job's child)."""
+    return key.replace(chr(0), "?progress_id=")
+
+
 def child_line(state: State) -> str | None:
     """The line a group keeps about a child that failed or was abandoned, else None."""
     if state.state not in ("failed", "abandoned"):
         return None
-    return f"{state.key.replace(chr(0), '/')} {state.state}: {state.error or state.status}"
+    return f"{child_label(state.key)} {state.state}: {state.error or state.status}"
 
 
 class Ledger:

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 from . import State
 from ._ledger import CHILD_STATES
-from ._state import DEFAULT_STATUS
+from ._state import DEFAULT_STATUS, split_key
 from ._words import NEVER_STARTED, never_started, span, state_text
 
 __all__ = [
@@ -118,7 +118,8 @@ def children_lines(
     state: State, children: Iterable[tuple[str, str]], *, as_json: bool
 ) -> list[str]:
     """``show --children``: the counts, then each state's children sorted by key; or,
-    ``as_json``, one ``{"key", "state"}`` object a line."""
+    ``as_json``, one ``{"name", "progress_id", "state"}`` object a line, as the status
+    route's ``?children=`` page gives them (never the store's internal key)."""
     by_state: dict[str, list[str]] = {}
     for child, counted in children:
         by_state.setdefault(counted, []).append(child)
@@ -126,7 +127,9 @@ def children_lines(
     for word in CHILD_STATES:
         keys = sorted(by_state.get(word, ()))
         if as_json:
-            lines.extend(json_text({"key": key, "state": word}) for key in keys)
+            for key in keys:
+                name, progress_id = split_key(key)
+                lines.append(json_text({"name": name, "progress_id": progress_id, "state": word}))
         elif keys:
             lines.append(f"{word} ({len(keys)}):")
             lines.extend(f"  {display_key(key)}" for key in keys)
