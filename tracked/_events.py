@@ -9,13 +9,14 @@ answer) and ``LOAD`` (the driver reads the record and sends back the state);
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
 import math
 import re
 import time
-from collections.abc import Callable, Generator
+from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any
 
 import tracked
@@ -37,6 +38,7 @@ __all__ = [
     "EventStream",
     "SyncEvents",
     "Wait",
+    "async_events",
     "event_id",
     "event_schedule",
     "resume_point",
@@ -117,6 +119,31 @@ class EventStream:
         self.subscription.close()
         if self.events is not None:
             self.events.closed(self.key)
+
+
+async def async_events(stream: EventStream) -> AsyncIterator[bytes]:
+    """The event loop's twin of ``SyncEvents``: drive ``stream`` waiting for changes
+    without a thread and reading the store in one; the stream is closed at the end.
+    (``tracked.asgi`` runs the same loop inline, to look for a disconnect between steps.)"""
+    value: Any = None
+    try:
+        while True:
+            try:
+                step = stream.steps.send(value)
+            except StopIteration:
+                return
+            value = None
+            if isinstance(step, bytes):
+                yield step
+            elif isinstance(step, Wait):
+                value = await stream.subscription.wait_async(step.seconds)
+            else:
+                try:
+                    value = await asyncio.to_thread(stream.load)
+                except Exception:  # noqa: BLE001 - end the stream; a reconnect gets the 500
+                    return
+    finally:
+        stream.close()
 
 
 class SyncEvents:

@@ -7,14 +7,13 @@ every WSGI stream does: threaded workers stream, a server without threads
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from importlib.resources import files
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
 
-from tracked._web import EventStream, Response, StatusRequest, SyncEvents, Wait
+from tracked._web import EventStream, Response, StatusRequest, SyncEvents, async_events
 
 from ._settings import service
 
@@ -46,7 +45,7 @@ async def status(request: HttpRequest, name: str = "") -> HttpResponseBase:
     # Thread-sensitive: AUTHORIZE and CANCEL callables may use the ORM (request.user).
     answer = await sync_to_async(service(streams).open)(described, loop)
     if isinstance(answer, EventStream):
-        body: Any = _events(answer) if asgi else SyncEvents(answer)
+        body: Any = async_events(answer) if asgi else SyncEvents(answer)
         streamed = StreamingHttpResponse(body)
         for header, value in answer.headers:
             streamed[header] = value
@@ -61,29 +60,6 @@ def _response(answer: Response, head: bool) -> HttpResponse:
     for header, value in answer.headers:
         response[header] = value
     return response
-
-
-async def _events(stream: EventStream) -> AsyncIterator[bytes]:
-    """Drive an event stream on the loop: waits without a thread, reads in one."""
-    value: Any = None
-    try:
-        while True:
-            try:
-                step = stream.steps.send(value)
-            except StopIteration:
-                return
-            value = None
-            if isinstance(step, bytes):
-                yield step
-            elif isinstance(step, Wait):
-                value = await stream.subscription.wait_async(step.seconds)
-            else:
-                try:
-                    value = await asyncio.to_thread(stream.load)
-                except Exception:  # noqa: BLE001 - end the stream; a reconnect gets the 500
-                    return
-    finally:
-        stream.close()
 
 
 def _script() -> HttpResponse:
